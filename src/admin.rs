@@ -1,0 +1,75 @@
+//! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics` and
+//! `POST /admin/reload`. Kept off the tenant port so tenants never see metrics or admin routes.
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::config::Secret;
+use crate::gateway::Gateway;
+
+/// Admin endpoints of one gateway.
+pub struct Admin {
+    gateway: Arc<Gateway>,
+    token: Option<Secret>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+// === impl Admin ===
+
+impl Admin {
+    /// `token` guards `/admin/*`; without one those endpoints refuse everything.
+    pub fn new(gateway: Arc<Gateway>, token: Option<Secret>) -> Arc<Admin> {
+        Arc::new(Admin { gateway, token })
+    }
+
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(token) = &self.token else { return false };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
+    }
+
+    /// Serves one admin request.
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => body::json(StatusCode::OK, r#"{"status":"ok"}"#),
+            (&Method::GET, "/readyz") => match self.gateway.store().ping().await {
+                Ok(()) => body::json(StatusCode::OK, r#"{"status":"ready"}"#),
+                Err(e) => {
+                    tracing::warn!(error = %e, "not ready: store unreachable");
+                    body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
+                }
+            },
+            (&Method::GET, "/metrics") => {
+                let text = self.gateway.metrics().render(&**self.gateway.store(), self.gateway.upstream().circuit_state()).await;
+                let mut rsp = body::json(StatusCode::OK, text);
+                rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                rsp
+            }
+            (&Method::POST, "/admin/reload") => {
+                if self.token.is_none() {
+                    return body::detail(StatusCode::FORBIDDEN, "Admin API disabled: set the admin token environment variable");
+                }
+                if !self.authorized(&req) {
+                    return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
+                }
+                match self.gateway.reload() {
+                    Ok(n) => body::json(StatusCode::OK, serde_json::json!({ "status": "reloaded", "tenants": n }).to_string()),
+                    Err(e) => body::detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("Config refused, previous config still serving: {e}")),
+                }
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! Configuration: TOML text → `FileConfig` sections (serde) → validated `Config`.
+//!
+//! Every problem is collected before giving up, so an operator fixes a config in one pass.
+//! Secrets come only from the environment, through [`Env`], so tests pass a map instead of
+//! mutating the process environment.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::policy::family::Family;
+use crate::policy::money::Usd;
+use crate::policy::pricing::{FamilyPrices, PriceTable};
+use crate::policy::rate_limit;
+use crate::policy::tenants::{Tenant, TenantDirectory};
+
+/// Tenant-facing listener when none is configured.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Admin listener: loopback, because /metrics and /admin are not for tenants.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// 16 MiB: a 10 MiB image is ~14 MB as base64, plus the rest of the JSON.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+/// Whole-request deadline; longer than the upstream timeout so upstream errors win.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 60;
+/// Drain time on SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// Slowloris guard: a client must finish its headers within this.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Open connections accepted at once; more wait in the kernel's backlog.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Request-body bytes buffered at once across all requests (503 past it): bounds memory.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 512 * 1024 * 1024;
+/// Env var holding the admin token for `POST /admin/reload`.
+pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
+/// The platform.
+pub const DEFAULT_BASE_URL: &str = "https://platform.runblob.io";
+/// Env var holding the platform token.
+pub const DEFAULT_TOKEN_ENV: &str = "RUNBLOB_TOKEN";
+/// TCP+TLS connect deadline to the platform.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2000;
+/// Deadline for one upstream request (headers and body).
+pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 30;
+/// Extra attempts for idempotent GETs on connect errors and 502/503/504.
+pub const DEFAULT_GET_RETRIES: u32 = 2;
+/// Consecutive upstream failures that open the circuit.
+pub const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
+/// How long an open circuit fails fast before probing again.
+pub const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 10;
+/// SQLite file of the embedded store.
+pub const DEFAULT_STORE_PATH: &str = "data/tollgate.db";
+/// Redis command deadline: money fails closed quickly rather than hanging.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 500;
+/// How long a fetched account balance is trusted.
+pub const DEFAULT_BALANCE_TTL_MS: u64 = 5000;
+/// Per-tenant defaults (SPEC §2 example values).
+pub const DEFAULT_RPS: u32 = 20;
+/// Burst above the sustained rate.
+pub const DEFAULT_BURST: u32 = 40;
+/// Paid generations per minute.
+pub const DEFAULT_GPM: u32 = 10;
+
+/// Where secrets come from.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A secret string that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A config that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// Path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// One or more problems, all listed.
+    #[error("invalid config: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+// ---------- raw sections (serde) ----------
+
+#[derive(Debug, Default, Deserialize)]
+struct ServerSection {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    max_body_bytes: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    max_connections: Option<u64>,
+    max_buffered_body_bytes: Option<u64>,
+    admin_token_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UpstreamSection {
+    base_url: Option<String>,
+    token_env: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    timeout_secs: Option<u64>,
+    get_retries: Option<u32>,
+    circuit_failure_threshold: Option<u32>,
+    circuit_open_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StoreSection {
+    backend: Option<String>,
+    path: Option<String>,
+    url: Option<String>,
+    timeout_ms: Option<u64>,
+    key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BalanceSection {
+    cache_ttl_ms: Option<u64>,
+    reserve: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PriceSpec {
+    Flat(String),
+    Table(HashMap<String, String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TenantSection {
+    id: Option<String>,
+    keys_sha256: Option<Vec<String>>,
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
+    generations_per_minute: Option<u32>,
+    monthly_budget: Option<String>,
+}
+
+// ---------- validated config ----------
+
+/// The validated configuration the library runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[upstream]`.
+    pub upstream: UpstreamConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[balance]`.
+    pub balance: BalanceConfig,
+    /// `[pricing]`.
+    pub pricing: PriceTable,
+    /// `[[tenants]]`.
+    pub tenants: TenantDirectory,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Tenant-facing address.
+    pub listen: SocketAddr,
+    /// Admin address.
+    pub admin_listen: SocketAddr,
+    /// Request bodies over this get 413.
+    pub max_body_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// SIGTERM drain.
+    pub shutdown_grace: Duration,
+    /// Deadline for a client's request headers.
+    pub header_read_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Body bytes buffered at once across requests.
+    pub max_buffered_body_bytes: usize,
+    /// Token for `/admin/*`; admin endpoints refuse everything when unset.
+    pub admin_token: Option<Secret>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority (and optional path prefix, no trailing slash).
+    pub base_url: Uri,
+    /// The platform token.
+    pub token: Secret,
+    /// Connect deadline.
+    pub connect_timeout: Duration,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Retries for idempotent GETs.
+    pub get_retries: u32,
+    /// Consecutive failures that open the circuit.
+    pub circuit_failure_threshold: u32,
+    /// How long the circuit stays open.
+    pub circuit_open: Duration,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Embedded SQLite file (the default).
+    Sqlite {
+        /// Database file.
+        path: PathBuf,
+    },
+    /// In memory, lost at exit (tests and the demo).
+    Memory,
+    /// Shared by several replicas.
+    Redis {
+        /// `redis://host:port/db`.
+        url: String,
+        /// Command deadline.
+        timeout: Duration,
+        /// Prefix of every key.
+        key_prefix: String,
+    },
+}
+
+/// `[balance]`.
+#[derive(Debug, Clone)]
+pub struct BalanceConfig {
+    /// How long a fetched balance is trusted.
+    pub cache_ttl: Duration,
+    /// Never spent.
+    pub reserve: Usd,
+}
+
+fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &str, problems: &mut Vec<String>) -> T {
+    let Some(value) = value else { return T::default() };
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()));
+    for path in unknown {
+        problems.push(format!("unknown key `{name}.{path}`"));
+    }
+    match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(format!("[{name}]: {}", e.to_string().trim()));
+            T::default()
+        }
+    }
+}
+
+fn positive(v: Option<u64>, default: u64, name: &str, problems: &mut Vec<String>) -> u64 {
+    let v = v.unwrap_or(default);
+    if v == 0 {
+        problems.push(format!("{name} must be greater than 0"));
+        return default;
+    }
+    v
+}
+
+fn addr(v: Option<String>, default: &str, name: &str, problems: &mut Vec<String>) -> SocketAddr {
+    let s = v.unwrap_or_else(|| default.to_string());
+    s.parse().unwrap_or_else(|_| {
+        problems.push(format!("{name} = {s:?} is not an address like \"127.0.0.1:8080\""));
+        default.parse().expect("default address parses")
+    })
+}
+
+fn parse_base_url(s: &str, problems: &mut Vec<String>) -> Uri {
+    let fallback = || Uri::from_static(DEFAULT_BASE_URL);
+    let trimmed = s.trim_end_matches('/');
+    match trimmed.parse::<Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some() && u.query().is_none() => u,
+        _ => {
+            problems.push(format!("upstream.base_url = {s:?} must be an http(s) URL like \"https://platform.runblob.io\""));
+            fallback()
+        }
+    }
+}
+
+fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Config::from_toml(&text, env)
+    }
+
+    /// Validates config text. Missing secrets are problems too.
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::parse(text, env);
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid(problems)),
+        }
+    }
+
+    /// Like [`Config::from_toml`], but a missing upstream token is a warning, not a problem
+    /// (`check-config` runs where secrets are absent). Returns the config and the warnings.
+    pub fn check(text: &str, env: &dyn Env) -> Result<(Config, Vec<String>), ConfigError> {
+        let (config, problems) = Config::parse(text, env);
+        let (secret, other): (Vec<String>, Vec<String>) = problems.into_iter().partition(|p| p.starts_with("secret:"));
+        match config {
+            Some(c) if other.is_empty() => Ok((c, secret)),
+            _ => Err(ConfigError::Invalid(other.into_iter().chain(secret).collect())),
+        }
+    }
+
+    fn parse(text: &str, env: &dyn Env) -> (Option<Config>, Vec<String>) {
+        let mut p = Vec::new();
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => return (None, vec![format!("TOML syntax: {}", e.message())]),
+        };
+        for key in table.keys() {
+            if !["server", "upstream", "store", "balance", "pricing", "tenants"].contains(&key.as_str()) {
+                p.push(format!("unknown key `{key}`"));
+            }
+        }
+        let server: ServerSection = section(table.get("server"), "server", &mut p);
+        let upstream: UpstreamSection = section(table.get("upstream"), "upstream", &mut p);
+        let store: StoreSection = section(table.get("store"), "store", &mut p);
+        let balance: BalanceSection = section(table.get("balance"), "balance", &mut p);
+        let pricing: HashMap<String, PriceSpec> = match table.get("pricing") {
+            None => HashMap::new(),
+            // Entry by entry, so one bad family does not hide the others' problems.
+            Some(toml::Value::Table(t)) => t
+                .iter()
+                .filter_map(|(name, v)| {
+                    let mut local = Vec::new();
+                    let spec: Option<PriceSpec> = section(Some(v), &format!("pricing.{name}"), &mut local);
+                    if !local.is_empty() || spec.is_none() {
+                        p.push(format!("pricing.{name:?} must be a price string or a table of price strings"));
+                        return None;
+                    }
+                    spec.map(|s| (name.clone(), s))
+                })
+                .collect(),
+            Some(_) => {
+                p.push("[pricing] must be a table".into());
+                HashMap::new()
+            }
+        };
+        let tenants: Vec<TenantSection> = match table.get("tenants") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| section(Some(v), &format!("tenants[{i}]"), &mut p))
+                .collect(),
+            Some(_) => {
+                p.push("tenants must be an array of tables ([[tenants]])".into());
+                Vec::new()
+            }
+        };
+
+        let server = Config::server(server, env, &mut p);
+        let upstream = Config::upstream(upstream, env, &mut p);
+        let store = Config::store(store, &mut p);
+        let balance = BalanceConfig {
+            cache_ttl: Duration::from_millis(positive(balance.cache_ttl_ms, DEFAULT_BALANCE_TTL_MS, "balance.cache_ttl_ms", &mut p)),
+            reserve: match balance.reserve.as_deref().map(Usd::parse) {
+                None => Usd::ZERO,
+                Some(Ok(r)) if r >= Usd::ZERO => r,
+                Some(_) => {
+                    p.push("balance.reserve must be a non-negative decimal string like \"1.00\"".into());
+                    Usd::ZERO
+                }
+            },
+        };
+        let pricing = Config::pricing(pricing, &mut p);
+        let tenants = Config::tenants(tenants, &mut p);
+        let config = Config { server, upstream, store, balance, pricing, tenants };
+        (Some(config), p)
+    }
+
+    fn server(s: ServerSection, env: &dyn Env, p: &mut Vec<String>) -> ServerConfig {
+        let token_env = s.admin_token_env.unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.to_string());
+        ServerConfig {
+            listen: addr(s.listen, DEFAULT_LISTEN, "server.listen", p),
+            admin_listen: addr(s.admin_listen, DEFAULT_ADMIN_LISTEN, "server.admin_listen", p),
+            max_body_bytes: positive(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes", p) as usize,
+            request_timeout: Duration::from_secs(positive(s.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS, "server.request_timeout_secs", p)),
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
+            header_read_timeout: Duration::from_secs(positive(
+                s.header_read_timeout_secs,
+                DEFAULT_HEADER_READ_TIMEOUT_SECS,
+                "server.header_read_timeout_secs",
+                p,
+            )),
+            max_connections: positive(s.max_connections, DEFAULT_MAX_CONNECTIONS, "server.max_connections", p) as usize,
+            max_buffered_body_bytes: positive(
+                s.max_buffered_body_bytes,
+                DEFAULT_MAX_BUFFERED_BODY_BYTES,
+                "server.max_buffered_body_bytes",
+                p,
+            ) as usize,
+            admin_token: env.var(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
+        }
+    }
+
+    fn upstream(u: UpstreamSection, env: &dyn Env, p: &mut Vec<String>) -> UpstreamConfig {
+        let base_url = parse_base_url(u.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL), p);
+        let token_env = u.token_env.unwrap_or_else(|| DEFAULT_TOKEN_ENV.to_string());
+        let token = match env.var(&token_env).filter(|t| !t.trim().is_empty()) {
+            Some(t) => Secret::new(t.trim()),
+            None => {
+                p.push(format!("secret: environment variable {token_env} (upstream.token_env) is not set"));
+                Secret::new("")
+            }
+        };
+        UpstreamConfig {
+            base_url,
+            token,
+            connect_timeout: Duration::from_millis(positive(u.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, "upstream.connect_timeout_ms", p)),
+            timeout: Duration::from_secs(positive(u.timeout_secs, DEFAULT_UPSTREAM_TIMEOUT_SECS, "upstream.timeout_secs", p)),
+            get_retries: u.get_retries.unwrap_or(DEFAULT_GET_RETRIES),
+            circuit_failure_threshold: positive(
+                u.circuit_failure_threshold.map(u64::from),
+                DEFAULT_CIRCUIT_FAILURES as u64,
+                "upstream.circuit_failure_threshold",
+                p,
+            ) as u32,
+            circuit_open: Duration::from_secs(positive(u.circuit_open_secs, DEFAULT_CIRCUIT_OPEN_SECS, "upstream.circuit_open_secs", p)),
+        }
+    }
+
+    fn store(s: StoreSection, p: &mut Vec<String>) -> StoreConfig {
+        match s.backend.as_deref().unwrap_or("sqlite") {
+            "sqlite" => StoreConfig::Sqlite { path: PathBuf::from(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
+            "memory" => StoreConfig::Memory,
+            "redis" => match s.url {
+                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") => StoreConfig::Redis {
+                    url,
+                    timeout: Duration::from_millis(positive(s.timeout_ms, DEFAULT_REDIS_TIMEOUT_MS, "store.timeout_ms", p)),
+                    key_prefix: s.key_prefix.unwrap_or_else(|| "tollgate".to_string()),
+                },
+                _ => {
+                    p.push("store.url must be set to redis://host:port when store.backend = \"redis\"".into());
+                    StoreConfig::Memory
+                }
+            },
+            other => {
+                p.push(format!("store.backend = {other:?} must be \"sqlite\", \"memory\" or \"redis\""));
+                StoreConfig::Memory
+            }
+        }
+    }
+
+    fn pricing(pricing: HashMap<String, PriceSpec>, p: &mut Vec<String>) -> PriceTable {
+        let mut families = HashMap::new();
+        let mut names: Vec<&String> = pricing.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(family) = Family::from_path(name) else {
+                let known: Vec<&str> = Family::ALL.iter().map(|f| f.path()).collect();
+                p.push(format!("pricing.{name:?} is not a model family (known: {})", known.join(", ")));
+                continue;
+            };
+            let entries: Vec<(String, String)> = match &pricing[name] {
+                PriceSpec::Flat(s) => vec![("default".to_string(), s.clone())],
+                PriceSpec::Table(t) => t.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            };
+            let mut parsed = Vec::new();
+            for (key, value) in entries {
+                match Usd::parse(&value) {
+                    Ok(u) if u >= Usd::ZERO => parsed.push((key, u)),
+                    _ => p.push(format!("pricing.{name:?}.{key:?} = {value:?} is not a non-negative decimal string")),
+                }
+            }
+            families.insert(family, FamilyPrices::new(parsed));
+        }
+        PriceTable::new(families)
+    }
+
+    fn tenants(sections: Vec<TenantSection>, p: &mut Vec<String>) -> TenantDirectory {
+        if sections.is_empty() {
+            p.push("no [[tenants]] configured: every request would be refused".into());
+        }
+        let mut seen = HashSet::new();
+        let mut entries = Vec::new();
+        for (i, t) in sections.into_iter().enumerate() {
+            let at = format!("tenants[{i}]");
+            let id = match t.id {
+                Some(id) if valid_tenant_id(&id) => id,
+                Some(id) => {
+                    p.push(format!("{at}.id = {id:?} must be 1-64 characters of A-Z a-z 0-9 - _ ."));
+                    continue;
+                }
+                None => {
+                    p.push(format!("{at}.id is required"));
+                    continue;
+                }
+            };
+            let at = format!("tenant {id:?}");
+            if !seen.insert(id.clone()) {
+                p.push(format!("{at} is listed twice"));
+            }
+            let mut digests = Vec::new();
+            let keys = t.keys_sha256.unwrap_or_default();
+            if keys.is_empty() {
+                p.push(format!("{at}: keys_sha256 needs at least one key digest (run `tollgate keygen`)"));
+            }
+            for k in keys {
+                let mut d = [0u8; 32];
+                match hex::decode_to_slice(k.trim().to_ascii_lowercase(), &mut d) {
+                    Ok(()) => digests.push(d),
+                    Err(_) => p.push(format!("{at}: keys_sha256 entry {k:?} is not 64 hex characters")),
+                }
+            }
+            let rps = t.requests_per_second.unwrap_or(DEFAULT_RPS);
+            let burst = t.burst.unwrap_or(DEFAULT_BURST.max(rps));
+            let gpm = t.generations_per_minute.unwrap_or(DEFAULT_GPM);
+            let Some(limits) = rate_limit::limits(rps, burst, gpm) else {
+                p.push(format!("{at}: requests_per_second, burst and generations_per_minute must be greater than 0"));
+                continue;
+            };
+            let monthly_budget = match t.monthly_budget.as_deref().map(Usd::parse) {
+                None => None,
+                Some(Ok(b)) if b >= Usd::ZERO => Some(b),
+                Some(_) => {
+                    p.push(format!("{at}: monthly_budget must be a non-negative decimal string like \"50.00\""));
+                    None
+                }
+            };
+            entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget }, digests));
+        }
+        TenantDirectory::new(entries).unwrap_or_else(|e| {
+            p.push(e.to_string());
+            TenantDirectory::default()
+        })
+    }
+
+    /// A human summary for `check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let s = &self.server;
+        out += &format!("listen {} (admin {})\n", s.listen, s.admin_listen);
+        out += &format!(
+            "upstream {} (token set: {}, timeout {}s)\n",
+            self.upstream.base_url,
+            !self.upstream.token.expose().is_empty(),
+            self.upstream.timeout.as_secs()
+        );
+        out += &match &self.store {
+            StoreConfig::Sqlite { path } => format!("store sqlite {}\n", path.display()),
+            StoreConfig::Memory => "store memory (not durable)\n".to_string(),
+            StoreConfig::Redis { url, .. } => format!("store redis {}\n", redact_url(url)),
+        };
+        out += &format!("balance ttl {}ms, reserve {}\n", self.balance.cache_ttl.as_millis(), self.balance.reserve);
+        let mut fams: Vec<&str> = self.pricing.families().map(|f| f.path()).collect();
+        fams.sort();
+        out += &format!("priced families: {}\n", if fams.is_empty() { "none".to_string() } else { fams.join(", ") });
+        for t in self.tenants.tenants() {
+            out += &format!(
+                "tenant {}: {} rps (burst {}), {} generations/min, budget {}\n",
+                t.id,
+                t.limits.requests_per_second,
+                t.limits.burst,
+                t.limits.generations_per_minute,
+                t.monthly_budget.map(|b| b.to_string()).unwrap_or_else(|| "none".into())
+            );
+        }
+        out
+    }
+}
+
+/// Hides a password in a Redis URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+use super::*;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([("RUNBLOB_TOKEN".to_string(), "rb-secret".to_string())])
+}
+
+const DIGEST: &str = "6e788b88657c17431c8bc2ef660098ef81f7c0fd979d79d30be1823268adbda8";
+
+fn minimal() -> String {
+    format!("[[tenants]]\nid = \"a\"\nkeys_sha256 = [\"{DIGEST}\"]\n")
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::from_toml(text, &env()) {
+        Err(ConfigError::Invalid(p)) => p,
+        Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn the_documented_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.toml");
+    let c = Config::load(&path, &env()).unwrap();
+    assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
+    assert_eq!(c.upstream.token.expose(), "rb-secret");
+    assert_eq!(c.store, StoreConfig::Sqlite { path: "data/tollgate.db".into() });
+    assert_eq!(c.tenants.tenants().len(), 2);
+    assert_eq!(&*c.tenants.lookup("tg_example_marketing").unwrap().id, "marketing");
+    assert_eq!(&*c.tenants.lookup("tg_example_research").unwrap().id, "research");
+    assert_eq!(c.pricing.estimate(Family::Sora, &["15".to_string()]), Some(Usd::parse("0.18").unwrap()));
+    assert_eq!(c.pricing.estimate(Family::KlingO1Photo, &["2k".to_string()]), Some(Usd::parse("0.029").unwrap()));
+}
+
+#[test]
+fn defaults_fill_everything_but_tenants() {
+    let c = Config::from_toml(&minimal(), &env()).unwrap();
+    assert_eq!(c.server.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(c.server.request_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstream.base_url, "https://platform.runblob.io");
+    assert_eq!(c.upstream.connect_timeout, Duration::from_millis(2000));
+    assert_eq!(c.balance.cache_ttl, Duration::from_millis(5000));
+    let t = &c.tenants.tenants()[0];
+    assert_eq!((t.limits.requests_per_second.get(), t.limits.burst.get(), t.limits.generations_per_minute.get()), (20, 40, 10));
+    assert_eq!(t.monthly_budget, None);
+    assert!(c.server.admin_token.is_none());
+}
+
+#[test]
+fn unknown_keys_anywhere_are_errors_and_all_are_reported() {
+    let text = format!(
+        "bogus = 1\n[server]\nlisten = \"nope\"\nlsiten = \"x\"\n[upstream]\ntimeout_sec = 3\n[balance]\nreserve = \"-1\"\n{}extra = true\n",
+        minimal()
+    );
+    let p = problems(&text);
+    let joined = p.join("\n");
+    for want in ["unknown key `bogus`", "unknown key `server.lsiten`", "unknown key `upstream.timeout_sec`", "server.listen", "balance.reserve", "unknown key `tenants[0].extra`"] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+    assert_eq!(p.len(), 6, "{joined}");
+}
+
+#[test]
+fn type_errors_name_their_section() {
+    let p = problems(&format!("[server]\nmax_body_bytes = \"big\"\n{}", minimal()));
+    assert!(p[0].starts_with("[server]"), "{p:?}");
+}
+
+#[test]
+fn syntax_errors_are_one_problem() {
+    let p = problems("[server\nlisten=");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("TOML syntax"), "{p:?}");
+}
+
+#[test]
+fn tenant_problems() {
+    let text = format!(
+        r#"
+[[tenants]]
+id = "bad id!"
+keys_sha256 = ["{DIGEST}"]
+[[tenants]]
+id = "b"
+keys_sha256 = ["xyz"]
+requests_per_second = 0
+[[tenants]]
+id = "c"
+keys_sha256 = []
+monthly_budget = "lots"
+"#
+    );
+    let joined = problems(&text).join("\n");
+    for want in ["tenants[0].id", "tenant \"b\": keys_sha256 entry \"xyz\"", "tenant \"b\": requests_per_second", "tenant \"c\": keys_sha256 needs", "tenant \"c\": monthly_budget"] {
+        assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn one_key_for_two_tenants_is_refused() {
+    let text = format!("{}[[tenants]]\nid = \"b\"\nkeys_sha256 = [\"{DIGEST}\"]\n", minimal());
+    assert!(problems(&text).join(" ").contains("listed by both tenant"));
+}
+
+#[test]
+fn no_tenants_is_a_problem() {
+    assert!(problems("").join(" ").contains("no [[tenants]]"));
+}
+
+#[test]
+fn missing_token_is_a_problem_for_run_and_a_warning_for_check() {
+    let err = Config::from_toml(&minimal(), &HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("RUNBLOB_TOKEN"), "{err}");
+    let (_, warnings) = Config::check(&minimal(), &HashMap::new()).unwrap();
+    assert_eq!(warnings.len(), 1);
+    let custom = format!("[upstream]\ntoken_env = \"MY_TOKEN\"\n{}", minimal());
+    let env = HashMap::from([("MY_TOKEN".to_string(), "t".to_string())]);
+    assert_eq!(Config::from_toml(&custom, &env).unwrap().upstream.token.expose(), "t");
+}
+
+#[test]
+fn store_backends() {
+    let c = |s: &str| Config::from_toml(&format!("[store]\n{s}\n{}", minimal()), &env());
+    assert_eq!(c("backend = \"memory\"").unwrap().store, StoreConfig::Memory);
+    assert!(matches!(c("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"").unwrap().store, StoreConfig::Redis { .. }));
+    assert!(c("backend = \"redis\"").is_err());
+    assert!(c("backend = \"postgres\"").is_err());
+}
+
+#[test]
+fn pricing_problems() {
+    let joined = problems(&format!("[pricing]\nmidjourney = \"1\"\nsora = {{ \"10\" = \"free\" }}\nveo = 3\n{}", minimal())).join("\n");
+    assert!(joined.contains("midjourney"), "{joined}");
+    assert!(joined.contains("\"free\""), "{joined}");
+    assert!(joined.contains("pricing.\"veo\" must be a price string"), "{joined}");
+}
+
+#[test]
+fn base_url_must_be_http() {
+    assert!(problems(&format!("[upstream]\nbase_url = \"ftp://x\"\n{}", minimal())).join(" ").contains("base_url"));
+    let c = Config::from_toml(&format!("[upstream]\nbase_url = \"http://127.0.0.1:9/\"\n{}", minimal()), &env()).unwrap();
+    assert_eq!(c.upstream.base_url.authority().unwrap().as_str(), "127.0.0.1:9");
+}
+
+#[test]
+fn error_is_one_line_and_secrets_never_print() {
+    let err = Config::from_toml("x = 1\ny = 2", &env()).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "{err}");
+    let c = Config::from_toml(&minimal(), &env()).unwrap();
+    assert!(!format!("{c:?}").contains("rb-secret"));
+    assert_eq!(redact_url("redis://:pw@host:6379"), "redis://***@host:6379");
+}

@@ -1,0 +1,261 @@
+//! The one request-path error type and the one place errors become `{"detail": ...}` responses.
+
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::policy::ledger::Refusal;
+use crate::policy::rate_limit::{Quotas, RateLimited};
+use crate::policy::validate::{BodyError, ValidationError};
+use crate::store::StoreError;
+use crate::upstream::normalize::Normalized;
+use crate::upstream::UpstreamError;
+
+/// Retry-After for the gateway's own 503s.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// Everything that can end a request early. Leaf stages return these; `into_response` is the
+/// only place they become HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No such route.
+    #[error("Not found")]
+    NotFound,
+    /// Known path, wrong method.
+    #[error("Method not allowed")]
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// No `Authorization: Bearer` header.
+    #[error("Missing credentials")]
+    MissingCredentials,
+    /// A key no tenant owns.
+    #[error("Invalid credentials")]
+    InvalidCredentials,
+    /// A tenant quota ran out.
+    #[error("Rate limit exceeded")]
+    RateLimited(#[from] RateLimited),
+    /// Body over `max_body_bytes`.
+    #[error("Request body exceeds the {limit}-byte limit")]
+    PayloadTooLarge {
+        /// The cap.
+        limit: usize,
+    },
+    /// Body is not a JSON object.
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    /// Other malformed requests (query strings, ambiguous framing, unreadable bodies).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A family rule failed.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// Budget or balance cannot pay.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Unknown generation, or another tenant's.
+    #[error("Generation not found")]
+    GenerationNotFound,
+    /// A request with the same Idempotency-Key is running.
+    #[error("A request with this Idempotency-Key is still in progress")]
+    IdempotencyInProgress,
+    /// Same Idempotency-Key, different body.
+    #[error("Idempotency-Key was already used with a different request body")]
+    IdempotencyMismatch,
+    /// The operator priced nothing for this family.
+    #[error("No price is configured for model family {0}")]
+    PriceNotConfigured(&'static str),
+    /// The platform answered with an error, already normalised.
+    #[error("{}", .0.detail)]
+    Upstream(Normalized),
+    /// The platform could not be reached, or timed out, or fails fast behind an open circuit.
+    #[error(transparent)]
+    Unreachable(#[from] UpstreamError),
+    /// The whole request took longer than `request_timeout_secs`.
+    #[error("Request timed out")]
+    RequestTimeout,
+    /// Too many request bytes buffered at once.
+    #[error("Gateway is busy, retry shortly")]
+    Overloaded,
+    /// The store could not be reached: money and ownership fail closed.
+    #[error("Store unavailable")]
+    Store(#[from] StoreError),
+    /// A bug or an impossible state; the message is logged, not shown.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+// === impl GatewayError ===
+
+impl GatewayError {
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            NotFound | GenerationNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Body(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
+            Validation(_) | IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Refused(_) => StatusCode::PAYMENT_REQUIRED,
+            IdempotencyInProgress => StatusCode::CONFLICT,
+            Upstream(n) => n.status,
+            Unreachable(_) | Overloaded | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            PriceNotConfigured(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The access log's `outcome` and the metrics label.
+    pub fn outcome(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            NotFound | MethodNotAllowed { .. } => "not_found",
+            GenerationNotFound => "not_found",
+            MissingCredentials | InvalidCredentials => "unauthorized",
+            RateLimited(_) => "rate_limited",
+            PayloadTooLarge { .. } => "payload_too_large",
+            Body(_) | BadRequest(_) | Validation(_) | IdempotencyMismatch => "invalid_request",
+            Refused(crate::policy::ledger::Refusal::InsufficientCredits) => "insufficient_credits",
+            Refused(crate::policy::ledger::Refusal::BudgetExceeded) => "budget_exceeded",
+            IdempotencyInProgress => "conflict",
+            Upstream(_) => "upstream_error",
+            Unreachable(UpstreamError::Timeout) => "upstream_timeout",
+            Unreachable(UpstreamError::CircuitOpen { .. }) => "circuit_open",
+            Unreachable(_) => "upstream_unavailable",
+            RequestTimeout => "timeout",
+            Overloaded => "overloaded",
+            Store(_) => "store_unavailable",
+            PriceNotConfigured(_) | Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited(r) => Some(r.retry_after_secs),
+            GatewayError::Upstream(n) => n.retry_after,
+            GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs }) => Some(*retry_after_secs),
+            GatewayError::Unreachable(_) | GatewayError::Store(_) => Some(RETRY_AFTER_SECS),
+            GatewayError::Overloaded => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The `{"detail": ...}` response.
+    pub fn into_response(self) -> Response<Body> {
+        if let GatewayError::Internal(msg) | GatewayError::Store(StoreError(msg)) = &self {
+            tracing::warn!(error = %msg, "request failed inside the gateway");
+        }
+        let mut rsp = body::detail(self.status(), &self.to_string());
+        let h = rsp.headers_mut();
+        if let Some(secs) = self.retry_after() {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        match &self {
+            GatewayError::RateLimited(r) => set_rate_limit_headers(h, &r.quotas),
+            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::MethodNotAllowed { allow } => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        debug_assert_eq!(h.get(CONTENT_TYPE).map(|v| v.as_bytes()), Some(&b"application/json"[..]));
+        rsp
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF draft names).
+pub fn set_rate_limit_headers(h: &mut http::HeaderMap, q: &Quotas) {
+    h.insert("ratelimit-limit", HeaderValue::from(q.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(q.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(q.reset_secs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rate_limit::LimitKind;
+    use http_body_util::BodyExt;
+
+    async fn render(e: GatewayError) -> (u16, String, http::HeaderMap) {
+        let rsp = e.into_response();
+        let status = rsp.status().as_u16();
+        let headers = rsp.headers().clone();
+        let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 1, "only `detail`: {v}");
+        (status, v["detail"].as_str().unwrap().to_string(), headers)
+    }
+
+    #[tokio::test]
+    async fn every_variant_has_its_status_and_detail() {
+        let rl = RateLimited {
+            kind: LimitKind::Requests,
+            retry_after_secs: 2,
+            quotas: Quotas { limit: 40, remaining: 0, reset_secs: 2 },
+        };
+        let cases: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::NotFound, 404, "Not found"),
+            (GatewayError::MethodNotAllowed { allow: "POST" }, 405, "Method not allowed"),
+            (GatewayError::MissingCredentials, 401, "Missing credentials"),
+            (GatewayError::InvalidCredentials, 401, "Invalid credentials"),
+            (GatewayError::RateLimited(rl), 429, "Rate limit exceeded"),
+            (GatewayError::PayloadTooLarge { limit: 10 }, 413, "Request body exceeds the 10-byte limit"),
+            (GatewayError::Body(BodyError::NotAnObject), 400, "Request body must be a JSON object"),
+            (GatewayError::BadRequest("bad limit".into()), 400, "bad limit"),
+            (
+                GatewayError::Validation(ValidationError { field: "prompt".into(), message: "is required".into() }),
+                422,
+                "prompt: is required",
+            ),
+            (GatewayError::Refused(Refusal::InsufficientCredits), 402, "INSUFFICIENT_CREDITS"),
+            (GatewayError::Refused(Refusal::BudgetExceeded), 402, "BUDGET_EXCEEDED"),
+            (GatewayError::GenerationNotFound, 404, "Generation not found"),
+            (GatewayError::IdempotencyInProgress, 409, "A request with this Idempotency-Key is still in progress"),
+            (GatewayError::IdempotencyMismatch, 422, "Idempotency-Key was already used with a different request body"),
+            (GatewayError::PriceNotConfigured("veo"), 500, "No price is configured for model family veo"),
+            (
+                GatewayError::Upstream(Normalized { status: StatusCode::BAD_REQUEST, detail: "x".into(), retry_after: None }),
+                400,
+                "x",
+            ),
+            (GatewayError::Unreachable(UpstreamError::Connect("refused".into())), 503, "Upstream unavailable"),
+            (GatewayError::Unreachable(UpstreamError::Timeout), 503, "Upstream timed out"),
+            (GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs: 3 }), 503, "Upstream unavailable (circuit open)"),
+            (GatewayError::RequestTimeout, 408, "Request timed out"),
+            (GatewayError::Overloaded, 503, "Gateway is busy, retry shortly"),
+            (GatewayError::Store(StoreError("redis down".into())), 503, "Store unavailable"),
+            (GatewayError::Internal("secret detail".into()), 500, "Internal server error"),
+        ];
+        for (err, status, detail) in cases {
+            let name = format!("{err:?}");
+            let (s, d, h) = render(err).await;
+            assert_eq!((s, d.as_str()), (status, detail), "{name}");
+            assert_eq!(h[CONTENT_TYPE], "application/json", "{name}");
+            if status == 503 || status == 429 {
+                assert!(h.contains_key(RETRY_AFTER), "{name}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limited_carries_all_headers() {
+        let rl = RateLimited { kind: LimitKind::Generations, retry_after_secs: 6, quotas: Quotas { limit: 10, remaining: 0, reset_secs: 60 } };
+        let (_, _, h) = render(GatewayError::RateLimited(rl)).await;
+        assert_eq!(h["retry-after"], "6");
+        assert_eq!(h["ratelimit-limit"], "10");
+        assert_eq!(h["ratelimit-remaining"], "0");
+        assert_eq!(h["ratelimit-reset"], "60");
+    }
+
+    #[tokio::test]
+    async fn circuit_open_uses_its_own_retry_after() {
+        let (_, _, h) = render(GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs: 7 })).await;
+        assert_eq!(h["retry-after"], "7");
+    }
+}

@@ -1,0 +1,334 @@
+//! The gateway: shared state and the top of the request path.
+//!
+//! `Gateway::handle` is the whole path, outermost first:
+//! request id → deadline → [route → auth → rate limit → stage handler] → error to response →
+//! rate-limit headers → `x-request-id` → access log + metrics.
+//! The bracketed part is `Gateway::dispatch`; the stage handlers are in `handler.rs`.
+//! Every request, including failures, leaves exactly one access-log line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Request, Response};
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::access_log::{now_rfc3339, AccessLog, AccessRecord};
+use crate::balance::BalanceKeeper;
+use crate::body::Body;
+use crate::config::{Config, ConfigError};
+use crate::error::{set_rate_limit_headers, GatewayError};
+use crate::limits::RateLimits;
+use crate::metrics::{Metrics, RequestSample};
+use crate::policy::money::Usd;
+use crate::policy::pricing::PriceTable;
+use crate::policy::rate_limit::{LimitKind, Quotas};
+use crate::policy::tenants::{Tenant, TenantDirectory};
+use crate::routes::{self, Route};
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// Re-reads the config (from its file) for a hot reload.
+pub type ReloadSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// Body-budget accounting unit: 1 KiB per semaphore permit.
+const BUDGET_UNIT: usize = 1024;
+
+/// What a reload may change: tenants, keys, limits, prices and the reserve.
+pub struct Runtime {
+    /// Key → tenant.
+    pub tenants: TenantDirectory,
+    /// Their limiters.
+    pub limits: RateLimits,
+    /// `[pricing]`.
+    pub pricing: PriceTable,
+    /// `[balance] reserve`.
+    pub reserve: Usd,
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) balance: BalanceKeeper,
+    pub(crate) metrics: Arc<Metrics>,
+    log: AccessLog,
+    pub(crate) max_body_bytes: usize,
+    request_timeout: Duration,
+    body_budget: Semaphore,
+    body_budget_units: usize,
+    reload_source: Option<ReloadSource>,
+}
+
+/// What one request did, filled in as it goes; becomes the access-log line.
+pub struct Ctx {
+    /// Sent back as `x-request-id` and logged.
+    pub request_id: String,
+    /// Set by auth.
+    pub tenant: Option<Arc<str>>,
+    /// Route template.
+    pub route: &'static str,
+    /// Outcome label for a successful response.
+    pub outcome: &'static str,
+    /// Platform status, if called.
+    pub upstream_status: Option<u16>,
+    /// Platform time, if called.
+    pub upstream_latency: Option<Duration>,
+    /// Held or charged price.
+    pub price: Option<Usd>,
+    /// Rate-limit state for the response headers.
+    pub quotas: Option<Quotas>,
+    /// Body size.
+    pub request_bytes: usize,
+    /// Decoded image bytes validated.
+    pub image_bytes: usize,
+}
+
+/// A permit for buffered body bytes; returned on drop.
+pub struct BodyPermit<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
+
+fn sane_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| s.to_string())
+}
+
+fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid().to_string()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Builds a gateway on an opened store.
+    pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>) -> Arc<Gateway> {
+        let upstream = Arc::new(Upstream::new(&config.upstream));
+        let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
+        let units = (config.server.max_buffered_body_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(Gateway::runtime(config, None)),
+            store,
+            upstream,
+            balance,
+            metrics: Arc::new(Metrics::new()),
+            log,
+            max_body_bytes: config.server.max_body_bytes,
+            request_timeout: config.server.request_timeout,
+            body_budget: Semaphore::new(units),
+            body_budget_units: units,
+            reload_source,
+        })
+    }
+
+    fn runtime(config: &Config, previous: Option<&Runtime>) -> Runtime {
+        Runtime {
+            limits: RateLimits::new(&config.tenants, previous.map(|p| &p.limits)),
+            tenants: config.tenants.clone(),
+            pricing: config.pricing.clone(),
+            reserve: config.balance.reserve,
+        }
+    }
+
+    /// The current tenants, limits and prices.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The upstream client.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Swaps in tenants, keys, limits and prices from a freshly loaded config. In-flight requests
+    /// finish on the runtime they started with; connections are untouched.
+    pub fn apply(&self, config: &Config) {
+        let previous = self.runtime.load();
+        self.runtime.store(Arc::new(Gateway::runtime(config, Some(&previous))));
+    }
+
+    /// Re-reads the config source and applies it; a bad config is refused and the old one keeps
+    /// serving.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(source) = &self.reload_source else {
+            return Err("this gateway has no config file to reload".into());
+        };
+        match source() {
+            Ok(config) => {
+                self.apply(&config);
+                self.metrics.reload(true);
+                let n = config.tenants.tenants().len();
+                tracing::info!(tenants = n, "config reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Reserves memory for a body of `declared` bytes (the cap when unknown); 503 when too many
+    /// bytes are already buffered.
+    pub(crate) fn body_permit(&self, declared: Option<u64>) -> Result<BodyPermit<'_>, GatewayError> {
+        let bytes = declared.map(|d| d as usize).unwrap_or(self.max_body_bytes).min(self.max_body_bytes);
+        let units = (bytes.div_ceil(BUDGET_UNIT)).clamp(1, self.body_budget_units) as u32;
+        self.body_budget.try_acquire_many(units).map(BodyPermit).map_err(|_| GatewayError::Overloaded)
+    }
+
+    /// Serves one request. Never fails: errors become `{"detail": ...}` responses here.
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let request_id = req.headers().get("x-request-id").and_then(sane_request_id).unwrap_or_else(new_request_id);
+        let mut ctx = Ctx {
+            request_id,
+            tenant: None,
+            route: routes::UNMATCHED,
+            outcome: "forwarded",
+            upstream_status: None,
+            upstream_latency: None,
+            price: None,
+            quotas: None,
+            request_bytes: 0,
+            image_bytes: 0,
+        };
+        // The deadline drops the stage future; hold and idempotency guards clean up on drop.
+        let result = match tokio::time::timeout(self.request_timeout, self.dispatch(&mut ctx, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::RequestTimeout),
+        };
+        let mut rsp = match result {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                ctx.outcome = e.outcome();
+                if let GatewayError::RateLimited(r) = &e {
+                    if let Some(t) = &ctx.tenant {
+                        self.metrics.rate_limited(t, RateLimits::kind_name(r.kind));
+                    }
+                } else if let GatewayError::Unreachable(u) = &e {
+                    self.metrics.upstream_error(u.kind());
+                }
+                e.into_response()
+            }
+        };
+        if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key("ratelimit-limit")) {
+            set_rate_limit_headers(rsp.headers_mut(), q);
+        }
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            rsp.headers_mut().insert("x-request-id", v);
+        }
+        self.finish(&ctx, method.as_str(), rsp.status().as_u16(), started.elapsed());
+        rsp
+    }
+
+    fn finish(&self, ctx: &Ctx, method: &str, status: u16, latency: Duration) {
+        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let anon = ANONYMOUS.get_or_init(|| Arc::from("-"));
+        self.metrics.observe(&RequestSample {
+            tenant: ctx.tenant.as_ref().unwrap_or(anon),
+            route: ctx.route,
+            status,
+            outcome: ctx.outcome,
+            latency,
+            upstream_latency: ctx.upstream_latency,
+        });
+        self.log.write(&AccessRecord {
+            time: now_rfc3339(),
+            level: "INFO",
+            target: "access_log",
+            request_id: &ctx.request_id,
+            tenant: ctx.tenant.as_deref(),
+            method,
+            route: ctx.route,
+            status,
+            outcome: ctx.outcome,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            upstream_status: ctx.upstream_status,
+            upstream_latency_ms: ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+            price: ctx.price.map(|p| p.to_string()),
+            request_bytes: ctx.request_bytes,
+            image_bytes: ctx.image_bytes,
+        });
+    }
+
+    /// Route, authenticate, rate-limit, then hand over to the route's stage handler.
+    async fn dispatch<B>(&self, ctx: &mut Ctx, req: Request<B>) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        // Ambiguous framing is refused before anything else looks at the request.
+        if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
+            return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
+        }
+        let route = routes::resolve(req.method(), req.uri().path())?;
+        ctx.route = route.template();
+        let runtime = self.current();
+        let tenant = self.authenticate(&runtime, req.headers())?;
+        ctx.tenant = Some(tenant.id.clone());
+        ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
+        match route {
+            Route::Generate(family) => self.generate(ctx, &runtime, &tenant, family, req).await,
+            Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
+            Route::List(family) => self.list(ctx, &tenant, family, req.uri()).await,
+            Route::Balance => self.tenant_balance(ctx, &runtime, &tenant).await,
+        }
+    }
+
+    fn authenticate(&self, runtime: &Runtime, headers: &HeaderMap) -> Result<Arc<Tenant>, GatewayError> {
+        let key = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
+        runtime.tenants.lookup(key).cloned().ok_or(GatewayError::InvalidCredentials)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_clients_must_be_sane() {
+        assert_eq!(sane_request_id(&HeaderValue::from_static("abc-123_x.y:z")), Some("abc-123_x.y:z".into()));
+        assert_eq!(sane_request_id(&HeaderValue::from_static("has space")), None);
+        assert_eq!(sane_request_id(&HeaderValue::from_static("")), None);
+        assert_eq!(sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()), None);
+        assert_eq!(new_request_id().len(), 36);
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(AUTHORIZATION, HeaderValue::from_static(v));
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer ")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+}

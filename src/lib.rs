@@ -1,0 +1,106 @@
+//! tollgate: an HTTP API gateway in front of the RunBlob media-generation platform.
+//!
+//! The library takes a validated [`Config`] and bound listeners ([`run`]), so tests start the
+//! real gateway in-process on `127.0.0.1:0`. `main.rs` is a thin CLI over it.
+//!
+//! Request path (see `gateway.rs` for the top, `handler.rs` for the stages):
+//! accept (`server`) → request id → deadline → route (`routes`) → auth (`policy::tenants`) →
+//! rate limit (`limits`) → body cap → validation (`policy::validate`, `policy::image`) →
+//! idempotency → generation limit → price (`policy::pricing`) → balance and hold
+//! (`balance`, `store`) → forward (`upstream`) → settle → normalise errors
+//! (`upstream::normalize`, `error`) → access log + metrics.
+
+#![warn(missing_docs)]
+
+pub mod access_log;
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+mod handler;
+pub mod limits;
+pub mod metrics;
+pub mod mock;
+pub mod policy;
+pub mod routes;
+pub mod server;
+pub mod store;
+#[doc(hidden)]
+pub mod testkit;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError};
+pub use error::GatewayError;
+pub use gateway::Gateway;
+
+use access_log::AccessLog;
+use gateway::ReloadSource;
+use server::ServerOptions;
+
+/// The two bound listeners a gateway serves.
+pub struct Listeners {
+    /// Tenant-facing.
+    pub tenant: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            tenant: bind(config.server.listen).await?,
+            admin: bind(config.server.admin_listen).await?,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// Opens the store and builds the gateway (without serving yet).
+pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>) -> Result<Arc<Gateway>, store::StoreError> {
+    let store = store::open(&config.store).await?;
+    Ok(Gateway::new(config, store, log, reload))
+}
+
+/// Serves `gateway` on the listeners until `shutdown` resolves, then drains in-flight requests
+/// for up to `shutdown_grace_secs`.
+pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let opts = ServerOptions {
+        header_read_timeout: config.server.header_read_timeout,
+        max_connections: config.server.max_connections,
+        shutdown_grace: config.server.shutdown_grace,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = admin::Admin::new(gateway.clone(), config.server.admin_token.clone());
+    let admin_opts = ServerOptions { max_connections: 256, ..opts.clone() };
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(server::serve(
+        listeners.admin,
+        admin_opts,
+        move |req| admin.clone().handle(req),
+        async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let gw = gateway.clone();
+    let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    tenant.await;
+    let _ = admin_task.await;
+}

@@ -1,0 +1,96 @@
+//! Stages 2 and 5 of the request path (I/O half): which limiter a tenant's check goes to.
+//!
+//! With the embedded store every tenant has in-process governor limiters. With Redis the check
+//! is one GCRA script shared by all replicas; if Redis fails, the local limiter answers instead
+//! (fail open, but bounded: each replica still enforces the tenant's limit on its own).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::policy::rate_limit::{quota_of, GcraParams, LimitKind, RateLimited, TenantLimiter};
+use crate::policy::tenants::{Tenant, TenantDirectory};
+use crate::policy::rate_limit::Quotas;
+use crate::store::{SharedLimit, Store};
+
+/// Per-tenant limiters for one config generation.
+pub struct RateLimits {
+    local: HashMap<Arc<str>, Arc<TenantLimiter>>,
+}
+
+fn kind_name(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::Requests => "requests",
+        LimitKind::Generations => "generations",
+    }
+}
+
+// === impl RateLimits ===
+
+impl RateLimits {
+    /// Limiters for every tenant of `dir`. Limiters of `previous` whose limits did not change are
+    /// kept, so a reload does not hand every tenant a fresh burst.
+    pub fn new(dir: &TenantDirectory, previous: Option<&RateLimits>) -> Self {
+        let local = dir
+            .tenants()
+            .iter()
+            .map(|t| {
+                let kept = previous
+                    .and_then(|p| p.local.get(&t.id))
+                    .filter(|l| l.limits() == &t.limits)
+                    .cloned();
+                (t.id.clone(), kept.unwrap_or_else(|| Arc::new(TenantLimiter::new(t.limits))))
+            })
+            .collect();
+        RateLimits { local }
+    }
+
+    /// Consumes one cell of `kind` for `tenant`.
+    pub async fn check(&self, store: &dyn Store, tenant: &Tenant, kind: LimitKind) -> Result<Quotas, RateLimited> {
+        let params = GcraParams::of(&quota_of(&tenant.limits, kind));
+        match store.shared_rate_limit(&tenant.id, kind_name(kind), params).await {
+            Some(Ok(SharedLimit::Allowed(q))) => return Ok(q),
+            Some(Ok(SharedLimit::Refused { retry_after_secs, quotas })) => {
+                return Err(RateLimited { kind, retry_after_secs, quotas });
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, tenant = %tenant.id, "shared rate limit unavailable; using the local limiter"),
+            None => {}
+        }
+        match self.local.get(&tenant.id) {
+            Some(l) => l.check(kind),
+            // A tenant added by a reload that raced this request: build its limiter lazily.
+            None => TenantLimiter::new(tenant.limits).check(kind),
+        }
+    }
+
+    /// Name of a limit kind for logs and metrics.
+    pub fn kind_name(kind: LimitKind) -> &'static str {
+        kind_name(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rate_limit::limits;
+    use crate::policy::tenants::key_digest;
+    use crate::store::embedded::EmbeddedStore;
+
+    fn dir(rps: u32) -> TenantDirectory {
+        let t = Tenant { id: "a".into(), limits: limits(rps, 1, 1).unwrap(), monthly_budget: None };
+        TenantDirectory::new(vec![(t, vec![key_digest("k")])]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_state_of_unchanged_limits() {
+        let store = EmbeddedStore::memory();
+        let d = dir(1);
+        let first = RateLimits::new(&d, None);
+        let tenant = d.tenants()[0].clone();
+        first.check(&store, &tenant, LimitKind::Requests).await.unwrap();
+        let same = RateLimits::new(&d, Some(&first));
+        assert!(same.check(&store, &tenant, LimitKind::Requests).await.is_err(), "burst must not reset on reload");
+        let changed_dir = dir(2);
+        let changed = RateLimits::new(&changed_dir, Some(&first));
+        assert!(changed.check(&store, &changed_dir.tenants()[0], LimitKind::Requests).await.is_ok());
+    }
+}

@@ -1,0 +1,239 @@
+//! The `tollgate` command: a thin CLI over the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tollgate::access_log::AccessLog;
+use tollgate::config::{Config, ConfigError, ProcessEnv};
+use tollgate::mock::{Fault, FaultKind, MockOptions, MockPlatform};
+use tollgate::policy::money::Usd;
+use tracing_subscriber::EnvFilter;
+
+/// EX_USAGE: the config (or a secret it names) is unusable.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "HTTP API gateway in front of the RunBlob media-generation platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve tenants with the given config.
+    Run {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start the gateway and a simulated platform on loopback, offline, and print curl commands.
+    Demo {
+        /// Tenant-facing address (another free port is used if it is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+    /// Run the simulated platform alone (tests, benchmarks).
+    MockPlatform {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Env var holding the token the platform requires (unset: any bearer token works).
+        #[arg(long, default_value = "RUNBLOB_TOKEN")]
+        token_env: String,
+        /// Starting account balance in USD.
+        #[arg(long, default_value = "100.00")]
+        balance: String,
+        /// Milliseconds a generation stays pending, then processing.
+        #[arg(long, default_value_t = 2000)]
+        step_ms: u64,
+        /// Fault injected at random: latency, html502, reset, reset_mid_body, malformed_json, status, slow_body.
+        #[arg(long)]
+        fault: Option<String>,
+        /// Probability of the fault per request (0–1).
+        #[arg(long, default_value_t = 0.1)]
+        fault_rate: f64,
+        /// Status for the `status` and `malformed_json` faults.
+        #[arg(long)]
+        fault_status: Option<u16>,
+        /// Delay for the `latency` and `slow_body` faults.
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+    },
+    /// Validate a config and print a summary.
+    CheckConfig {
+        /// TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a new random tenant key and the config line for it.
+    Keygen,
+}
+
+fn init_logging() -> (AccessLog, tracing_appender::non_blocking::WorkerGuard) {
+    // One non-blocking stdout writer for both the access log and diagnostics: a slow terminal
+    // or pipe never stalls a request.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(writer.clone())
+        .with_current_span(false)
+        .init();
+    (AccessLog::to_writer(writer), guard)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ConfigError> {
+    Config::load(path, &ProcessEnv)
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    let (log, _guard) = init_logging();
+    let listeners = tollgate::Listeners::bind(&config).await?;
+    let reload_path = path.clone();
+    let gateway = tollgate::build(&config, log, Some(Arc::new(move || load(&reload_path)))).await.context("opening the store")?;
+    // SIGHUP: reload tenants, keys, limits and prices; a bad file is refused and logged.
+    let gw = gateway.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                let _ = gw.reload();
+            }
+        }
+    });
+    tracing::info!(
+        listen = %config.server.listen,
+        admin = %config.server.admin_listen,
+        store = gateway.store().backend(),
+        tenants = config.tenants.tenants().len(),
+        "tollgate serving"
+    );
+    tollgate::run(&config, gateway, listeners, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fault_kind(s: &str) -> anyhow::Result<FaultKind> {
+    serde_json::from_value(serde_json::Value::String(s.replace("html_502", "html502"))).map_err(|_| anyhow::anyhow!("unknown fault {s:?}"))
+}
+
+async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u64, fault: Option<(String, f64, Option<u16>, u64)>) -> anyhow::Result<ExitCode> {
+    let (_, _guard) = init_logging();
+    let random_fault = match fault {
+        None => None,
+        Some((kind, rate, status, latency)) => Some((
+            Fault {
+                kind: fault_kind(&kind)?,
+                status,
+                latency_ms: Some(latency),
+                body: None,
+                content_type: None,
+                retry_after: None,
+                path_prefix: None,
+                times: None,
+            },
+            rate,
+        )),
+    };
+    let opts = MockOptions {
+        token: std::env::var(&token_env).ok().filter(|t| !t.is_empty()),
+        balance: Usd::parse(&balance).map_err(|e| anyhow::anyhow!("--balance: {e}"))?,
+        step: Duration::from_millis(step_ms),
+        random_fault,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, token_required = opts.token.is_some(), "simulated platform serving");
+    MockPlatform::new(opts).serve(listener, shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tollgate: cannot read config {}: {e}", path.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match Config::check(&text, &ProcessEnv) {
+        Ok((config, warnings)) => {
+            println!("config {} is valid", path.display());
+            print!("{}", config.summary());
+            for w in warnings {
+                println!("warning: {}", w.trim_start_matches("secret: "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn keygen() -> ExitCode {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let key = format!("tg_{}", hex::encode(bytes));
+    let digest = hex::encode(tollgate::policy::tenants::key_digest(&key));
+    println!("key:    {key}");
+    println!("config: keys_sha256 = [\"{digest}\"]");
+    println!("Give the key to the tenant; put only the digest in the config.");
+    ExitCode::SUCCESS
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config).await,
+        Command::Demo { listen, admin_listen } => {
+            let (log, _guard) = init_logging();
+            match tollgate::demo::run(listen, admin_listen, log, shutdown_signal()).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        }
+        Command::MockPlatform { listen, token_env, balance, step_ms, fault, fault_rate, fault_status, latency_ms } => {
+            mock(listen, token_env, balance, step_ms, fault.map(|f| (f, fault_rate, fault_status, latency_ms))).await
+        }
+        Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Keygen => Ok(keygen()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Prometheus metrics (SPEC §6), served as text on the admin listener.
+//!
+//! Request counters and histograms are updated on the request path; gauges that describe
+//! stored state (balance, holds, spend) are read from the store when /metrics is scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::policy::money::Usd;
+use crate::store::{month_of, now_ms, Store};
+use crate::upstream::circuit::State;
+
+/// A label value shared without copying (tenant ids).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        e.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: Label,
+    route: &'static str,
+    status: u16,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    tenant: Label,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// All series.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    upstream_latency: Family<RouteLabels, Histogram>,
+    rate_limited: Family<LimitLabels, Counter>,
+    upstream_errors: Family<KindLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    balance: Gauge<f64, AtomicU64>,
+    holds_open: Gauge,
+    holds_open_usd: Gauge<f64, AtomicU64>,
+    holds_unknown: Gauge,
+    held_usd: Gauge<f64, AtomicU64>,
+    spend: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    circuit_open: Gauge,
+    store_up: Gauge,
+}
+
+/// The fields of one finished request that metrics count.
+pub struct RequestSample<'a> {
+    /// Tenant id, `-` when unauthenticated.
+    pub tenant: &'a Arc<str>,
+    /// Route template.
+    pub route: &'static str,
+    /// Response status.
+    pub status: u16,
+    /// Access-log outcome.
+    pub outcome: &'static str,
+    /// Total time.
+    pub latency: Duration,
+    /// Time spent waiting on the platform, if it was called.
+    pub upstream_latency: Option<Duration>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests by tenant, route, status and outcome", requests.clone());
+        let hist = || Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(hist as fn() -> Histogram);
+        registry.register("request_duration_seconds", "Total request latency", latency.clone());
+        let upstream_latency = Family::<RouteLabels, Histogram>::new_with_constructor(hist as fn() -> Histogram);
+        registry.register("upstream_duration_seconds", "Latency of platform calls", upstream_latency.clone());
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register("rate_limited", "Requests refused by a tenant rate limit", rate_limited.clone());
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register("upstream_errors", "Platform failures by kind", upstream_errors.clone());
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Config reloads by result", reloads.clone());
+        let balance = Gauge::<f64, AtomicU64>::default();
+        registry.register("account_balance_usd", "Account balance last fetched from the platform", balance.clone());
+        let holds_open = Gauge::default();
+        registry.register("holds_open", "Paid requests in flight holding balance", holds_open.clone());
+        let holds_open_usd = Gauge::<f64, AtomicU64>::default();
+        registry.register("holds_open_usd", "USD held by paid requests in flight", holds_open_usd.clone());
+        let holds_unknown = Gauge::default();
+        registry.register("holds_unknown", "Holds whose outcome is unknown (timed out), kept until the next balance fetch", holds_unknown.clone());
+        let held_usd = Gauge::<f64, AtomicU64>::default();
+        registry.register("held_usd", "USD counted against the cached balance (holds and recent charges)", held_usd.clone());
+        let spend = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("spend_usd", "Spend this month by tenant", spend.clone());
+        let circuit_open = Gauge::default();
+        registry.register("circuit_open", "1 while the upstream circuit breaker is open", circuit_open.clone());
+        let store_up = Gauge::default();
+        registry.register("store_up", "1 when the store answered the last scrape", store_up.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_latency,
+            rate_limited,
+            upstream_errors,
+            reloads,
+            balance,
+            holds_open,
+            holds_open_usd,
+            holds_unknown,
+            held_usd,
+            spend,
+            circuit_open,
+            store_up,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe(&self, s: &RequestSample<'_>) {
+        self.requests
+            .get_or_create(&RequestLabels { tenant: Label(s.tenant.clone()), route: s.route, status: s.status, outcome: s.outcome })
+            .inc();
+        self.latency.get_or_create(&RouteLabels { route: s.route }).observe(s.latency.as_secs_f64());
+        if let Some(u) = s.upstream_latency {
+            self.upstream_latency.get_or_create(&RouteLabels { route: s.route }).observe(u.as_secs_f64());
+        }
+    }
+
+    /// Counts a rate-limit refusal.
+    pub fn rate_limited(&self, tenant: &Arc<str>, kind: &'static str) {
+        self.rate_limited.get_or_create(&LimitLabels { tenant: Label(tenant.clone()), kind }).inc();
+    }
+
+    /// Counts a platform failure.
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts a config reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "refused" } }).inc();
+    }
+
+    /// Reads stored state into the gauges and renders everything.
+    pub async fn render(&self, store: &dyn Store, circuit: State) -> String {
+        let month = month_of(now_ms());
+        let state = async {
+            let balance = store.balance().await?;
+            let totals = store.hold_totals().await?;
+            let spend = store.spend_by_tenant(&month).await?;
+            Ok::<_, crate::store::StoreError>((balance, totals, spend))
+        };
+        match state.await {
+            Ok((balance, totals, spend)) => {
+                self.store_up.set(1);
+                if let Some(b) = balance {
+                    self.balance.set(b.amount.as_f64());
+                }
+                self.holds_open.set(totals.open as i64);
+                self.holds_open_usd.set(totals.open_amount.as_f64());
+                self.holds_unknown.set(totals.unknown as i64);
+                self.held_usd.set(totals.held.as_f64());
+                for (tenant, amount) in spend {
+                    self.spend.get_or_create(&TenantLabels { tenant: Label(tenant) }).set(Usd::as_f64(amount));
+                }
+            }
+            Err(_) => {
+                self.store_up.set(0);
+            }
+        }
+        self.circuit_open.set(i64::from(matches!(circuit, State::Open(_))));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn renders_request_and_state_series() {
+        let m = Metrics::new();
+        let t: Arc<str> = Arc::from("marketing");
+        m.observe(&RequestSample {
+            tenant: &t,
+            route: "/v1/sora/generate",
+            status: 201,
+            outcome: "forwarded",
+            latency: Duration::from_millis(12),
+            upstream_latency: Some(Duration::from_millis(10)),
+        });
+        m.rate_limited(&t, "requests");
+        m.upstream_error("timeout");
+        let store = EmbeddedStore::memory();
+        store.apply_balance(Usd::parse("12.5").unwrap(), 0, 1).await.unwrap();
+        let text = m.render(&store, State::Closed).await;
+        for want in [
+            r#"tollgate_requests_total{tenant="marketing",route="/v1/sora/generate",status="201",outcome="forwarded"} 1"#,
+            r#"tollgate_rate_limited_total{tenant="marketing",kind="requests"} 1"#,
+            r#"tollgate_upstream_errors_total{kind="timeout"} 1"#,
+            "tollgate_account_balance_usd 12.5",
+            "tollgate_request_duration_seconds_bucket",
+            "tollgate_upstream_duration_seconds_count{route=\"/v1/sora/generate\"} 1",
+            "tollgate_holds_open 0",
+            "tollgate_store_up 1",
+            "tollgate_circuit_open 0",
+        ] {
+            assert!(text.contains(want), "missing {want}\n{text}");
+        }
+    }
+}

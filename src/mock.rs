@@ -1,0 +1,532 @@
+//! `tollgate mock-platform`: the platform's documented API, simulated in memory, with fault
+//! injection. Used by the demo, the integration tests and the load benchmark.
+//!
+//! - A balance that decreases by each generation's price (and is refunded on failure).
+//! - Generations moving pending → processing → completed on a fast clock; a prompt containing
+//!   `[fail]` ends `failed` instead (and is refunded).
+//! - The documented errors: 401 `Missing credentials`, 402 `INSUFFICIENT_CREDITS`, 404
+//!   `Generation not found`, 422 pydantic lists, 400 for both image fields.
+//! - Faults, scripted per request through `POST /_mock/faults` or at random from the command
+//!   line: latency, HTML 502, connection reset (before or mid-response), malformed JSON, any
+//!   status with any body, slow body.
+//! - Every request it receives is recorded (`GET /_mock/requests`), so tests can check what the
+//!   gateway sent (token injected, tenant key stripped).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::policy::family::Family;
+use crate::policy::money::Usd;
+
+type MockBody = BoxBody<Bytes, std::io::Error>;
+
+/// Simulated platform settings.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Bearer token required on platform routes (`None`: any bearer accepted).
+    pub token: Option<String>,
+    /// Starting account balance.
+    pub balance: Usd,
+    /// Time a generation spends pending, then processing.
+    pub step: Duration,
+    /// A fault applied at random to platform routes, with its probability.
+    pub random_fault: Option<(Fault, f64)>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions { token: None, balance: Usd::from_micros(100_000_000), step: Duration::from_millis(500), random_fault: None }
+    }
+}
+
+/// What goes wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Wait `latency_ms`, then answer normally.
+    Latency,
+    /// 502 with an HTML page.
+    Html502,
+    /// Close the connection without answering.
+    Reset,
+    /// Send headers and half a body, then close.
+    ResetMidBody,
+    /// `status` (default 500) with a truncated JSON body.
+    MalformedJson,
+    /// `status` with `body` (default `{"detail": "<canonical reason>"}`) and `content_type`.
+    Status,
+    /// `status` (default 200) with the normal body sent slowly, `latency_ms` per 16 bytes.
+    SlowBody,
+}
+
+/// One scripted fault.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Fault {
+    /// What happens.
+    pub kind: FaultKind,
+    /// Status for `status`, `malformed_json`.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Delay for `latency`, `slow_body`.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// Raw body for `status`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Content type for `status` (default `application/json`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// `Retry-After` header to send.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    /// Only requests whose path starts with this.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// How many requests it applies to (default 1).
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+/// A request as the platform received it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// `Authorization` header as received.
+    pub authorization: Option<String>,
+    /// All header names received.
+    pub headers: Vec<String>,
+    /// Body size.
+    pub body_bytes: usize,
+    /// SHA-256 of the body (hex), to check bytes were forwarded unchanged.
+    pub body_sha256: String,
+}
+
+struct Generation {
+    family: Family,
+    created: Instant,
+    created_at: String,
+    prompt: String,
+    price: Usd,
+    fails: bool,
+    refunded: bool,
+}
+
+struct State {
+    balance: Usd,
+    generations: HashMap<String, Generation>,
+    order: Vec<String>,
+    faults: VecDeque<Fault>,
+    recorded: Vec<Recorded>,
+}
+
+/// The simulated platform.
+pub struct MockPlatform {
+    opts: MockOptions,
+    state: Mutex<State>,
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<MockBody> {
+    let mut rsp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *rsp.status_mut() = status;
+    if let Ok(ct) = HeaderValue::from_str(content_type) {
+        rsp.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    rsp
+}
+
+fn json_rsp(status: StatusCode, v: serde_json::Value) -> Response<MockBody> {
+    full(status, "application/json", v.to_string())
+}
+
+fn detail(status: StatusCode, d: &str) -> Response<MockBody> {
+    json_rsp(status, json!({ "detail": d }))
+}
+
+/// The mock's price list (matches `config/tollgate.toml`).
+pub fn mock_price(family: Family, body: &serde_json::Value) -> Usd {
+    let s = |k: &str| body.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+    let p = match family {
+        Family::Sora => if s("duration").as_deref() == Some("15") { "0.1800" } else { "0.1200" },
+        Family::Veo => match s("model").or_else(|| s("model_type")).as_deref() {
+            Some("veo-3-quality") => "0.5000",
+            _ => "0.2500",
+        },
+        Family::Kling => if s("duration").as_deref() == Some("10") { "0.5000" } else { "0.2500" },
+        Family::KlingO1Video => if s("duration").as_deref() == Some("10") { "0.60" } else { "0.30" },
+        Family::KlingO3Video => match s("duration").as_deref() {
+            Some("15") => "0.4500",
+            Some("10") => "0.3000",
+            _ => "0.1500",
+        },
+        Family::KlingO1Photo => "0.0290",
+        Family::KlingO3Photo => match s("img_resolution").as_deref() {
+            Some("1k") => "0.0300",
+            Some("2k") => "0.0400",
+            _ => "0.0500",
+        },
+        Family::Gemini => match s("model").as_deref() {
+            Some("pro") => "0.0500",
+            Some("v2") => "0.0400",
+            _ => "0.0200",
+        },
+        Family::ChatgptImages => "0.0390",
+        Family::Seedance => "0.2000",
+    };
+    Usd::parse(p).unwrap_or_default()
+}
+
+// === impl MockPlatform ===
+
+impl MockPlatform {
+    /// A platform with these options.
+    pub fn new(opts: MockOptions) -> Arc<MockPlatform> {
+        let balance = opts.balance;
+        Arc::new(MockPlatform {
+            opts,
+            state: Mutex::new(State { balance, generations: HashMap::new(), order: Vec::new(), faults: VecDeque::new(), recorded: Vec::new() }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves on `listener` until the task is dropped or `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                _ = &mut shutdown => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let me = me.clone();
+                async move { me.handle(req).await }
+            });
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    }
+
+    /// Current balance.
+    pub fn balance(&self) -> Usd {
+        self.lock().balance
+    }
+
+    /// Sets the balance.
+    pub fn set_balance(&self, b: Usd) {
+        self.lock().balance = b;
+    }
+
+    /// Queues a fault.
+    pub fn push_fault(&self, f: Fault) {
+        self.lock().faults.push_back(f);
+    }
+
+    /// Requests received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.lock().recorded.clone()
+    }
+
+    fn next_fault(&self, path: &str) -> Option<Fault> {
+        let mut st = self.lock();
+        let idx = st.faults.iter().position(|f| f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)));
+        if let Some(i) = idx {
+            let f = st.faults[i].clone();
+            let left = f.times.unwrap_or(1).saturating_sub(1);
+            if left == 0 {
+                st.faults.remove(i);
+            } else {
+                st.faults[i].times = Some(left);
+            }
+            return Some(f);
+        }
+        drop(st);
+        match &self.opts.random_fault {
+            Some((f, p)) if rand::thread_rng().gen_bool(p.clamp(0.0, 1.0)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
+    /// One request. `Err` makes hyper drop the connection (the `reset` fault).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<MockBody>, std::io::Error> {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+        if let Some(rest) = parts.uri.path().strip_prefix("/_mock/") {
+            return Ok(self.control(&parts.method, rest, &body));
+        }
+        {
+            use sha2::Digest;
+            let rec = Recorded {
+                method: parts.method.to_string(),
+                path: path.clone(),
+                authorization: parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string),
+                headers: parts.headers.keys().map(|k| k.to_string()).collect(),
+                body_bytes: body.len(),
+                body_sha256: hex::encode(sha2::Sha256::digest(&body)),
+            };
+            self.lock().recorded.push(rec);
+        }
+        let fault = self.next_fault(&path);
+        if let Some(f) = &fault {
+            let delay = Duration::from_millis(f.latency_ms.unwrap_or(0));
+            match f.kind {
+                FaultKind::Latency => tokio::time::sleep(delay).await,
+                FaultKind::Reset => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset")),
+                FaultKind::Html502 => {
+                    return Ok(full(StatusCode::BAD_GATEWAY, "text/html", "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"));
+                }
+                FaultKind::MalformedJson => {
+                    let status = StatusCode::from_u16(f.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    return Ok(full(status, "application/json", r#"{"detail": "Internal err"#));
+                }
+                FaultKind::Status => {
+                    let status = StatusCode::from_u16(f.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let body = f.body.clone().unwrap_or_else(|| json!({ "detail": status.canonical_reason().unwrap_or("error") }).to_string());
+                    let mut rsp = full(status, f.content_type.as_deref().unwrap_or("application/json"), body);
+                    if let Some(r) = f.retry_after {
+                        rsp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(r));
+                    }
+                    return Ok(rsp);
+                }
+                FaultKind::ResetMidBody | FaultKind::SlowBody => {}
+            }
+        }
+        let rsp = self.platform(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, &body);
+        Ok(match fault {
+            Some(f) if f.kind == FaultKind::ResetMidBody => trickle(rsp, None).await,
+            Some(f) if f.kind == FaultKind::SlowBody => trickle(rsp, Some(Duration::from_millis(f.latency_ms.unwrap_or(100)))).await,
+            _ => rsp,
+        })
+    }
+
+    fn control(&self, method: &Method, rest: &str, body: &[u8]) -> Response<MockBody> {
+        match (method, rest) {
+            (&Method::POST, "faults") => match serde_json::from_slice::<Fault>(body) {
+                Ok(f) => {
+                    self.push_fault(f);
+                    json_rsp(StatusCode::OK, json!({ "queued": self.lock().faults.len() }))
+                }
+                Err(e) => detail(StatusCode::BAD_REQUEST, &e.to_string()),
+            },
+            (&Method::POST, "balance") => {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                match v.get("balance").and_then(Usd::from_json) {
+                    Some(b) => {
+                        self.set_balance(b);
+                        json_rsp(StatusCode::OK, json!({ "balance": b.to_string() }))
+                    }
+                    None => detail(StatusCode::BAD_REQUEST, "expected {\"balance\": \"<decimal>\"}"),
+                }
+            }
+            (&Method::GET, "requests") => json_rsp(StatusCode::OK, serde_json::to_value(self.recorded()).unwrap_or_default()),
+            (&Method::POST, "reset") => {
+                let mut st = self.lock();
+                st.faults.clear();
+                st.recorded.clear();
+                json_rsp(StatusCode::OK, json!({ "reset": true }))
+            }
+            _ => detail(StatusCode::NOT_FOUND, "Not found"),
+        }
+    }
+
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        let presented = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match (&self.opts.token, presented) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(t), Some(p)) => t == p,
+        }
+    }
+
+    fn platform(&self, method: &Method, path: &str, query: Option<&str>, headers: &http::HeaderMap, body: &[u8]) -> Response<MockBody> {
+        if !self.authorized(headers) {
+            return detail(StatusCode::UNAUTHORIZED, "Missing credentials");
+        }
+        if path == "/v1/data/balance" && method == Method::GET {
+            return json_rsp(StatusCode::OK, json!({ "balance": self.balance().to_string() }));
+        }
+        let Some(rest) = path.strip_prefix("/v1/") else { return detail(StatusCode::NOT_FOUND, "Not Found") };
+        let Some((family, tail)) =
+            Family::ALL.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
+        else {
+            return detail(StatusCode::NOT_FOUND, "Not Found");
+        };
+        match (method, tail) {
+            (&Method::POST, "generate") => self.generate(family, body),
+            (&Method::GET, "generations") => self.list(family, query),
+            (&Method::GET, t) if t.starts_with("generations/") => {
+                let id = t.trim_start_matches("generations/").trim_end_matches('/');
+                self.status(family, id)
+            }
+            _ => detail(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    }
+
+    fn generate(&self, family: Family, body: &[u8]) -> Response<MockBody> {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return json_rsp(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error"}]}),
+            );
+        };
+        let prompt = v.get("prompt").and_then(|p| p.as_str()).unwrap_or("");
+        if prompt.is_empty() && family != Family::Kling && family != Family::Seedance {
+            return json_rsp(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"detail": [{"type": "string_too_short", "loc": ["body", "prompt"], "msg": "String should have at least 1 character"}]}),
+            );
+        }
+        if v.get("image_base64").is_some() && v.get("image_url").is_some() {
+            return detail(StatusCode::BAD_REQUEST, "Cannot provide both image_base64 and image_url");
+        }
+        let price = mock_price(family, &v);
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut st = self.lock();
+        if st.balance < price {
+            return detail(StatusCode::PAYMENT_REQUIRED, "INSUFFICIENT_CREDITS");
+        }
+        st.balance -= price;
+        let created_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+            .trim_end_matches('Z')
+            .to_string();
+        st.generations.insert(
+            id.clone(),
+            Generation { family, created: Instant::now(), created_at, prompt: prompt.to_string(), price, fails: prompt.contains("[fail]"), refunded: false },
+        );
+        st.order.push(id.clone());
+        json_rsp(StatusCode::CREATED, json!({ family.id_field(): id, "status": "pending", "price": price.to_string() }))
+    }
+
+    fn status_json(&self, st: &mut State, id: &str) -> Option<serde_json::Value> {
+        let step = self.opts.step;
+        let g = st.generations.get_mut(id)?;
+        let age = g.created.elapsed();
+        let status = if age < step {
+            "pending"
+        } else if age < step * 2 {
+            "processing"
+        } else if g.fails {
+            "failed"
+        } else {
+            "completed"
+        };
+        let mut refund = Usd::ZERO;
+        if status == "failed" && !g.refunded {
+            g.refunded = true;
+            refund = g.price;
+        }
+        let done = matches!(status, "completed" | "failed");
+        let url_field = match g.family {
+            Family::Gemini | Family::ChatgptImages => "result_image_url",
+            Family::KlingO1Photo | Family::KlingO3Photo => "image_url",
+            _ => "video_url",
+        };
+        let error_field = if g.family == Family::Sora { "error_message" } else { "message" };
+        let v = json!({
+            g.family.id_field(): id,
+            "status": status,
+            "prompt": g.prompt,
+            url_field: if status == "completed" { json!(format!("https://cdn.runblob.io/mock/{id}.bin")) } else { json!(null) },
+            "created_at": g.created_at,
+            "completed_at": if done { json!(g.created_at) } else { json!(null) },
+            "progress_pct": if status == "processing" { json!(50) } else if status == "completed" { json!(100) } else { json!(null) },
+            error_field: if status == "failed" { json!("Image contains photorealistic people. Please try with a different image.") } else { json!(null) },
+        });
+        st.balance += refund;
+        Some(v)
+    }
+
+    fn status(&self, family: Family, id: &str) -> Response<MockBody> {
+        let mut st = self.lock();
+        if st.generations.get(id).is_none_or(|g| g.family != family) {
+            return detail(StatusCode::NOT_FOUND, "Generation not found");
+        }
+        match self.status_json(&mut st, id) {
+            Some(v) => json_rsp(StatusCode::OK, v),
+            None => detail(StatusCode::NOT_FOUND, "Generation not found"),
+        }
+    }
+
+    fn list(&self, family: Family, query: Option<&str>) -> Response<MockBody> {
+        let param = |name: &str, default: usize| -> usize {
+            query
+                .and_then(|q| q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (limit, offset) = (param("limit", 50).clamp(1, 100), param("offset", 0));
+        let mut st = self.lock();
+        let ids: Vec<String> =
+            st.order.iter().rev().filter(|id| st.generations.get(*id).is_some_and(|g| g.family == family)).skip(offset).take(limit).cloned().collect();
+        let items: Vec<serde_json::Value> = ids.iter().filter_map(|id| self.status_json(&mut st, id)).collect();
+        json_rsp(StatusCode::OK, serde_json::Value::Array(items))
+    }
+}
+
+/// Re-sends a response's body in 16-byte pieces: slowly (`Some(delay)`), or half of it followed
+/// by a broken connection (`None`).
+async fn trickle(rsp: Response<MockBody>, delay: Option<Duration>) -> Response<MockBody> {
+    let (parts, body) = rsp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let total = bytes.len();
+    let chunks: Vec<Bytes> = (0..total).step_by(16).map(|i| bytes.slice(i..(i + 16).min(total))).collect();
+    let half = chunks.len() / 2;
+    let stream = futures_util::stream::unfold((chunks.into_iter().enumerate(), delay), move |(mut it, delay)| async move {
+        let (i, chunk) = it.next()?;
+        match delay {
+            Some(d) => tokio::time::sleep(d).await,
+            None if i >= half.max(1) => {
+                return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected mid-body reset")), (it, delay)));
+            }
+            None => {}
+        }
+        Some((Ok(Frame::data(chunk)), (it, delay)))
+    });
+    let mut out = Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)));
+    // Content-Length promises the whole body, so a cut is visible to the client.
+    out.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(total));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_match_the_example_config() {
+        assert_eq!(mock_price(Family::Sora, &json!({"duration": 15})), Usd::parse("0.18").unwrap());
+        assert_eq!(mock_price(Family::Sora, &json!({})), Usd::parse("0.12").unwrap());
+        assert_eq!(mock_price(Family::Veo, &json!({"model_type": "veo-3-quality"})), Usd::parse("0.5").unwrap());
+        assert_eq!(mock_price(Family::KlingO1Photo, &json!({})), Usd::parse("0.029").unwrap());
+    }
+
+    #[test]
+    fn faults_parse_from_json() {
+        let f: Fault = serde_json::from_str(r#"{"kind":"status","status":429,"retry_after":7,"times":2}"#).unwrap();
+        assert_eq!((f.kind, f.status, f.retry_after, f.times), (FaultKind::Status, Some(429), Some(7), Some(2)));
+    }
+}

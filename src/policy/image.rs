@@ -1,0 +1,309 @@
+//! Stage 4 of the paid path (policy half): is this base64 string a real JPEG/PNG/WEBP image?
+//!
+//! Works on the string borrowed from the request body. The size bound comes from the length
+//! alone, validity from one SIMD scan (no output), and format and dimensions from decoding only a
+//! prefix; the whole payload is decoded only for images whose header lies deep in the file.
+
+use imagesize::ImageError as SizeError;
+
+/// Decoded bytes examined for the header. JPEG's size marker follows the EXIF/ICC segments,
+/// which are usually well under this.
+const HEADER_PREFIX_BYTES: usize = 64 * 1024;
+
+/// An accepted image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// `image/jpeg`
+    Jpeg,
+    /// `image/png`
+    Png,
+    /// `image/webp`
+    Webp,
+}
+
+/// What was learnt from a valid image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Detected from the magic bytes.
+    pub format: ImageFormat,
+    /// Pixels.
+    pub width: usize,
+    /// Pixels.
+    pub height: usize,
+    /// Size of the decoded file in bytes.
+    pub decoded_len: usize,
+}
+
+/// Why a base64 image was refused. Messages go to the client after the field name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    /// Empty string or empty data URL payload.
+    #[error("is empty")]
+    Empty,
+    /// `data:` URL that is not `data:image/<jpeg|png|webp>;base64,`.
+    #[error("data URL must look like data:image/<jpeg|png|webp>;base64,<data>")]
+    BadDataUrl,
+    /// Not strict, padded, standard-alphabet base64.
+    #[error("is not valid base64")]
+    InvalidBase64,
+    /// Decoded size over the cap.
+    #[error("decodes to {decoded} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// Decoded bytes.
+        decoded: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Magic bytes are not JPEG, PNG or WEBP.
+    #[error("must be a JPEG, PNG or WEBP image")]
+    UnsupportedFormat,
+    /// Data URL says one format, bytes say another.
+    #[error("declared {declared:?} but the data is {actual:?}")]
+    FormatMismatch {
+        /// From the data URL.
+        declared: ImageFormat,
+        /// From the magic bytes.
+        actual: ImageFormat,
+    },
+    /// Magic bytes fine, header unreadable.
+    #[error("has an unreadable {0:?} header")]
+    Unreadable(ImageFormat),
+    /// Header says 0×N or N×0.
+    #[error("has zero width or height")]
+    ZeroDimensions,
+}
+
+fn declared_format(media_type: &str) -> Option<ImageFormat> {
+    match media_type.to_ascii_lowercase().as_str() {
+        "image/jpeg" | "image/jpg" | "image/pjpeg" => Some(ImageFormat::Jpeg),
+        "image/png" => Some(ImageFormat::Png),
+        "image/webp" => Some(ImageFormat::Webp),
+        _ => None,
+    }
+}
+
+/// Splits an optional `data:image/...;base64,` prefix off the payload.
+fn split_data_url(s: &str) -> Result<(Option<ImageFormat>, &str), ImageError> {
+    let Some(rest) = s.strip_prefix("data:") else {
+        return Ok((None, s));
+    };
+    let (header, payload) = rest.split_once(',').ok_or(ImageError::BadDataUrl)?;
+    let media_type = header.strip_suffix(";base64").ok_or(ImageError::BadDataUrl)?;
+    let format = declared_format(media_type).ok_or(ImageError::BadDataUrl)?;
+    Ok((Some(format), payload))
+}
+
+/// Format from the magic bytes alone (imagesize wants more than the signature to name one).
+fn sniff(decoded: &[u8]) -> Result<ImageFormat, ImageError> {
+    if decoded.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Ok(ImageFormat::Jpeg)
+    } else if decoded.starts_with(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A]) {
+        Ok(ImageFormat::Png)
+    } else if decoded.len() >= 12 && &decoded[..4] == b"RIFF" && &decoded[8..12] == b"WEBP" {
+        Ok(ImageFormat::Webp)
+    } else {
+        Err(ImageError::UnsupportedFormat)
+    }
+}
+
+/// Decoded length of strict padded base64, from its length and padding alone.
+fn decoded_len(b64: &[u8]) -> Result<usize, ImageError> {
+    if b64.len() % 4 != 0 {
+        return Err(ImageError::InvalidBase64);
+    }
+    let pad = b64.iter().rev().take(2).take_while(|&&c| c == b'=').count();
+    Ok(b64.len() / 4 * 3 - pad)
+}
+
+/// Validates a raw base64 string or a `data:` URL holding a JPEG, PNG or WEBP image of at most
+/// `max_decoded` bytes.
+pub fn check_base64_image(s: &str, max_decoded: usize) -> Result<ImageInfo, ImageError> {
+    let (declared, payload) = split_data_url(s)?;
+    let b64 = payload.as_bytes();
+    if b64.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    // Cheapest refusal first: the size bound needs only the length.
+    let decoded = decoded_len(b64)?;
+    if decoded > max_decoded {
+        return Err(ImageError::TooLarge { decoded, max: max_decoded });
+    }
+    base64_simd::STANDARD.check(b64).map_err(|_| ImageError::InvalidBase64)?;
+
+    // A prefix of whole quanta never contains padding, so it decodes on its own.
+    let prefix_chars = (HEADER_PREFIX_BYTES / 3) * 4;
+    let mut header = if b64.len() > prefix_chars {
+        decode(&b64[..prefix_chars])?
+    } else {
+        decode(b64)?
+    };
+    let format = sniff(&header)?;
+    if let Some(declared) = declared {
+        if declared != format {
+            return Err(ImageError::FormatMismatch { declared, actual: format });
+        }
+    }
+    let size = match imagesize::blob_size(&header) {
+        Ok(size) => size,
+        // The header runs past the prefix (large metadata): decode everything once.
+        Err(SizeError::IoError(_)) | Err(SizeError::CorruptedImage) if b64.len() > prefix_chars => {
+            header = decode(b64)?;
+            imagesize::blob_size(&header).map_err(|_| ImageError::Unreadable(format))?
+        }
+        Err(_) => return Err(ImageError::Unreadable(format)),
+    };
+    if size.width == 0 || size.height == 0 {
+        return Err(ImageError::ZeroDimensions);
+    }
+    Ok(ImageInfo { format, width: size.width, height: size.height, decoded_len: decoded })
+}
+
+fn decode(b64: &[u8]) -> Result<Vec<u8>, ImageError> {
+    base64_simd::STANDARD.decode_to_vec(b64).map_err(|_| ImageError::InvalidBase64)
+}
+
+/// Test and bench fixtures: tiny but well-formed images.
+pub mod fixtures {
+    /// A PNG of `w`×`h` pixels (header only plus an IEND; enough for header checks), padded with
+    /// an ancillary chunk to at least `min_len` bytes.
+    pub fn png(w: u32, h: u32, min_len: usize) -> Vec<u8> {
+        let mut v = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+        v.extend_from_slice(&13u32.to_be_bytes());
+        v.extend_from_slice(b"IHDR");
+        v.extend_from_slice(&w.to_be_bytes());
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&[8, 6, 0, 0, 0]);
+        v.extend_from_slice(&[0, 0, 0, 0]); // CRC (not checked by header readers)
+        let pad = min_len.saturating_sub(v.len() + 12 + 12);
+        if pad > 0 {
+            v.extend_from_slice(&(pad as u32).to_be_bytes());
+            v.extend_from_slice(b"tEXt");
+            v.extend(std::iter::repeat(b'a').take(pad));
+            v.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v.extend_from_slice(b"IEND");
+        v.extend_from_slice(&[0xAE, 0x42, 0x60, 0x82]);
+        v
+    }
+
+    /// A baseline JPEG header of `w`×`h` with `app_len` bytes of APP1 metadata before the frame
+    /// header (pushes the size marker deep into the file).
+    pub fn jpeg(w: u16, h: u16, app_len: usize) -> Vec<u8> {
+        let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0];
+        let mut left = app_len;
+        while left > 0 {
+            let chunk = left.min(65_000);
+            v.extend_from_slice(&[0xFF, 0xE1]);
+            v.extend_from_slice(&((chunk + 2) as u16).to_be_bytes());
+            v.extend(std::iter::repeat(0u8).take(chunk));
+            left -= chunk;
+        }
+        v.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&w.to_be_bytes());
+        v.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        v.extend_from_slice(&[0xFF, 0xD9]);
+        v
+    }
+
+    /// A lossy WEBP (VP8) header of `w`×`h`.
+    pub fn webp(w: u16, h: u16) -> Vec<u8> {
+        let mut vp8 = vec![0x9d, 0x01, 0x2a];
+        // 3-byte frame tag precedes the start code.
+        let mut frame = vec![0x10, 0x02, 0x00];
+        frame.append(&mut vp8);
+        frame.extend_from_slice(&w.to_le_bytes());
+        frame.extend_from_slice(&h.to_le_bytes());
+        frame.extend_from_slice(&[0; 10]);
+        let mut v = Vec::new();
+        v.extend_from_slice(b"RIFF");
+        v.extend_from_slice(&((4 + 8 + frame.len()) as u32).to_le_bytes());
+        v.extend_from_slice(b"WEBP");
+        v.extend_from_slice(b"VP8 ");
+        v.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        v.extend_from_slice(&frame);
+        v
+    }
+
+    /// Standard padded base64.
+    pub fn b64(bytes: &[u8]) -> String {
+        base64_simd::STANDARD.encode_to_string(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn accepts_png_jpeg_webp_raw_and_data_url() {
+        let png_s = b64(&png(640, 480, 0));
+        let info = check_base64_image(&png_s, 10 * MIB).unwrap();
+        assert_eq!((info.format, info.width, info.height), (ImageFormat::Png, 640, 480));
+        let jpg = format!("data:image/jpeg;base64,{}", b64(&jpeg(300, 200, 10)));
+        let info = check_base64_image(&jpg, 10 * MIB).unwrap();
+        assert_eq!((info.format, info.width, info.height), (ImageFormat::Jpeg, 300, 200));
+        let webp = format!("data:image/webp;base64,{}", b64(&webp(64, 32)));
+        let info = check_base64_image(&webp, 10 * MIB).unwrap();
+        assert_eq!((info.format, info.width, info.height), (ImageFormat::Webp, 64, 32));
+    }
+
+    #[test]
+    fn reads_jpeg_header_beyond_the_prefix() {
+        let s = b64(&jpeg(1920, 1080, 200_000));
+        let info = check_base64_image(&s, 10 * MIB).unwrap();
+        assert_eq!((info.width, info.height), (1920, 1080));
+    }
+
+    #[test]
+    fn size_is_exact_and_bounded() {
+        let bytes = png(10, 10, 4096);
+        let s = b64(&bytes);
+        assert_eq!(check_base64_image(&s, bytes.len()).unwrap().decoded_len, bytes.len());
+        assert_eq!(
+            check_base64_image(&s, bytes.len() - 1),
+            Err(ImageError::TooLarge { decoded: bytes.len(), max: bytes.len() - 1 })
+        );
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_input() {
+        let good = b64(&png(1, 1, 0));
+        let cases: Vec<(String, ImageError)> = vec![
+            (String::new(), ImageError::Empty),
+            ("data:image/png;base64,".into(), ImageError::Empty),
+            ("data:text/plain;base64,QUJD".into(), ImageError::BadDataUrl),
+            (format!("data:image/png,{good}"), ImageError::BadDataUrl),
+            ("data:image/png;base64".into(), ImageError::BadDataUrl),
+            ("QUJD*A==".into(), ImageError::InvalidBase64),
+            ("QUJ".into(), ImageError::InvalidBase64),
+            (format!("{good} "), ImageError::InvalidBase64),
+            (b64(&png(1, 1, 100)).replace('=', ""), ImageError::InvalidBase64),
+            (b64(b"GIF89a\x01\x00\x01\x00"), ImageError::UnsupportedFormat),
+            (b64(b"hello world, not an image"), ImageError::UnsupportedFormat),
+            (b64(&png(0, 5, 0)), ImageError::ZeroDimensions),
+            (b64(&[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0]), ImageError::Unreadable(ImageFormat::Png)),
+            (
+                format!("data:image/jpeg;base64,{good}"),
+                ImageError::FormatMismatch { declared: ImageFormat::Jpeg, actual: ImageFormat::Png },
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(check_base64_image(&input, 10 * MIB), Err(want), "{input:.40}");
+        }
+    }
+
+    #[test]
+    fn ten_mib_image_passes_and_one_byte_more_fails() {
+        let bytes = png(4000, 3000, 10 * MIB);
+        assert_eq!(bytes.len(), 10 * MIB);
+        let s = b64(&bytes);
+        assert!(check_base64_image(&s, 10 * MIB).is_ok());
+        let bigger = b64(&png(4000, 3000, 10 * MIB + 1));
+        assert!(matches!(check_base64_image(&bigger, 10 * MIB), Err(ImageError::TooLarge { .. })));
+    }
+}

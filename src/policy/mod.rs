@@ -1,0 +1,11 @@
+//! Policy: the gateway's rules as plain functions and data, free of hyper, http and tower so
+//! they unit-test fast. The layers and handler translate HTTP to these inputs and back.
+
+pub mod family;
+pub mod image;
+pub mod ledger;
+pub mod money;
+pub mod pricing;
+pub mod rate_limit;
+pub mod tenants;
+pub mod validate;

@@ -1,0 +1,100 @@
+//! Stage 6 of the paid path: what a generation will cost, before the platform says so.
+//!
+//! The estimate only sizes the hold; the hold is settled at the `price` the platform charges.
+
+use std::collections::HashMap;
+
+use super::family::Family;
+use super::money::Usd;
+
+/// Prices of one family: lookup key → USD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FamilyPrices {
+    by_key: HashMap<String, Usd>,
+    max: Usd,
+}
+
+/// `[pricing]` of the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriceTable {
+    families: HashMap<Family, FamilyPrices>,
+}
+
+// === impl FamilyPrices ===
+
+impl FamilyPrices {
+    /// From `(key, price)` pairs; a flat family price uses the key `default`.
+    pub fn new(entries: impl IntoIterator<Item = (String, Usd)>) -> Self {
+        let by_key: HashMap<String, Usd> = entries.into_iter().collect();
+        let max = by_key.values().copied().max().unwrap_or_default();
+        FamilyPrices { by_key, max }
+    }
+
+    /// Most specific match first: all dimensions joined with `/` (`kling_3_pro/10`), then each
+    /// dimension alone, then `default`; an unlisted combination is held at the family's highest
+    /// price so a hold never undershoots.
+    pub fn estimate(&self, key: &[String]) -> Usd {
+        let joined = key.join("/");
+        std::iter::once(joined.as_str())
+            .chain(key.iter().map(String::as_str))
+            .chain(std::iter::once("default"))
+            .find_map(|k| self.by_key.get(k).copied())
+            .unwrap_or(self.max)
+    }
+}
+
+// === impl PriceTable ===
+
+impl PriceTable {
+    /// Builds the table.
+    pub fn new(families: HashMap<Family, FamilyPrices>) -> Self {
+        PriceTable { families }
+    }
+
+    /// The hold for a request of `family` with price key `key`; `None` when the family has no
+    /// prices configured.
+    pub fn estimate(&self, family: Family, key: &[String]) -> Option<Usd> {
+        self.families.get(&family).map(|p| p.estimate(key))
+    }
+
+    /// Families with prices.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.families.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(s: &str) -> Usd {
+        Usd::parse(s).unwrap()
+    }
+
+    fn keys(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn picks_most_specific_then_single_then_default_then_max() {
+        let p = FamilyPrices::new([
+            ("kling_3_pro/10".to_string(), usd("0.90")),
+            ("kling_3_pro".to_string(), usd("0.50")),
+            ("5".to_string(), usd("0.25")),
+            ("default".to_string(), usd("0.30")),
+        ]);
+        assert_eq!(p.estimate(&keys(&["kling_3_pro", "10"])), usd("0.90"));
+        assert_eq!(p.estimate(&keys(&["kling_3_pro", "7"])), usd("0.50"));
+        assert_eq!(p.estimate(&keys(&["kling_2.1", "5"])), usd("0.25"));
+        assert_eq!(p.estimate(&keys(&["kling_2.1", "10"])), usd("0.30"));
+        let no_default = FamilyPrices::new([("10".to_string(), usd("0.12")), ("15".to_string(), usd("0.18"))]);
+        assert_eq!(no_default.estimate(&keys(&["20"])), usd("0.18"));
+    }
+
+    #[test]
+    fn unpriced_family_has_no_estimate() {
+        let t = PriceTable::new(HashMap::from([(Family::Sora, FamilyPrices::new([("10".into(), usd("0.12"))]))]));
+        assert_eq!(t.estimate(Family::Sora, &keys(&["10"])), Some(usd("0.12")));
+        assert_eq!(t.estimate(Family::Veo, &keys(&["veo-3-fast"])), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! The route table: the platform's API (shared/platform-api.md §2) as the gateway serves it.
+//!
+//! Paths are the platform's own, so a tenant switches base URL and key and nothing else.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use http::Method;
+
+use crate::error::GatewayError;
+use crate::policy::family::Family;
+
+/// Longest generation id accepted (the platform's are UUIDs or short prefixed ids).
+const MAX_ID_LEN: usize = 128;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/{family}/generate` (paid).
+    Generate(Family),
+    /// `GET /v1/{family}/generations/{id}` (with or without a trailing slash).
+    Status(Family, String),
+    /// `GET /v1/{family}/generations` (list).
+    List(Family),
+    /// `GET /v1/data/balance`.
+    Balance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Generate,
+    Status,
+    List,
+}
+
+/// Route template for logs and metrics when no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+fn templates() -> &'static HashMap<(Family, Kind), &'static str> {
+    static T: OnceLock<HashMap<(Family, Kind), &'static str>> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut m = HashMap::new();
+        for f in Family::ALL {
+            // Leaked once: a fixed, small set of label values.
+            let mk = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+            m.insert((f, Kind::Generate), mk(format!("/v1/{}/generate", f.path())));
+            m.insert((f, Kind::Status), mk(format!("/v1/{}/generations/{{id}}", f.path())));
+            m.insert((f, Kind::List), mk(format!("/v1/{}/generations", f.path())));
+        }
+        m
+    })
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+// === impl Route ===
+
+impl Route {
+    /// The route with its id elided, e.g. `/v1/sora/generations/{id}`.
+    pub fn template(&self) -> &'static str {
+        let key = match self {
+            Route::Balance => return "/v1/data/balance",
+            Route::Generate(f) => (*f, Kind::Generate),
+            Route::Status(f, _) => (*f, Kind::Status),
+            Route::List(f) => (*f, Kind::List),
+        };
+        templates().get(&key).copied().unwrap_or(UNMATCHED)
+    }
+
+    /// Is this the paid path?
+    pub fn is_paid(&self) -> bool {
+        matches!(self, Route::Generate(_))
+    }
+}
+
+/// Matches method and path. Unknown paths are 404 `Not found`; a known path with the wrong
+/// method is 405 with `Allow`. An id that cannot be a generation id is 404 `Generation not found`.
+pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    let rest = path.strip_prefix("/v1/").ok_or(GatewayError::NotFound)?;
+    let (route, allow) = if rest == "data/balance" {
+        (Route::Balance, "GET")
+    } else {
+        let (family, tail) = Family::ALL
+            .iter()
+            .find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
+            .ok_or(GatewayError::NotFound)?;
+        match tail {
+            "generate" => (Route::Generate(family), "POST"),
+            "generations" | "generations/" => (Route::List(family), "GET"),
+            _ => {
+                let id = tail.strip_prefix("generations/").ok_or(GatewayError::NotFound)?;
+                let id = id.strip_suffix('/').unwrap_or(id);
+                if id.contains('/') {
+                    return Err(GatewayError::NotFound);
+                }
+                if !valid_id(id) {
+                    return Err(GatewayError::GenerationNotFound);
+                }
+                (Route::Status(family, id.to_string()), "GET")
+            }
+        }
+    };
+    let method_ok = match allow {
+        "GET" => method == Method::GET,
+        _ => method == Method::POST,
+    };
+    if method_ok {
+        Ok(route)
+    } else {
+        Err(GatewayError::MethodNotAllowed { allow })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: Method, path: &str) -> Route {
+        resolve(&method, path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_family_route_resolves() {
+        for f in Family::ALL {
+            let p = f.path();
+            assert_eq!(ok(Method::POST, &format!("/v1/{p}/generate")), Route::Generate(f));
+            assert_eq!(ok(Method::GET, &format!("/v1/{p}/generations/abc-123")), Route::Status(f, "abc-123".into()));
+            assert_eq!(ok(Method::GET, &format!("/v1/{p}/generations/abc-123/")), Route::Status(f, "abc-123".into()));
+            assert_eq!(ok(Method::GET, &format!("/v1/{p}/generations")), Route::List(f));
+        }
+        assert_eq!(ok(Method::GET, "/v1/data/balance"), Route::Balance);
+    }
+
+    #[test]
+    fn longest_family_wins() {
+        assert_eq!(ok(Method::POST, "/v1/kling/o3-photo/generate"), Route::Generate(Family::KlingO3Photo));
+        assert_eq!(ok(Method::POST, "/v1/kling/generate"), Route::Generate(Family::Kling));
+        assert_eq!(
+            ok(Method::GET, "/v1/kling/o1-photo/generations/photo-550e8400-e29b-41d4-a716"),
+            Route::Status(Family::KlingO1Photo, "photo-550e8400-e29b-41d4-a716".into())
+        );
+    }
+
+    #[test]
+    fn unknown_paths_are_404() {
+        for p in ["/", "/v1", "/v1/", "/v2/sora/generate", "/v1/midjourney/generate", "/v1/sora", "/v1/sora/", "/v1/sora/generatex",
+            "/v1/sora/generations/a/b", "/v1/data/balance/", "/v1/data", "/v1/sorax/generate"] {
+            assert!(matches!(resolve(&Method::GET, p), Err(GatewayError::NotFound)), "{p}");
+        }
+    }
+
+    #[test]
+    fn odd_ids_are_unknown_generations() {
+        for p in ["/v1/sora/generations/..%2f", "/v1/sora/generations/a.b", &format!("/v1/sora/generations/{}", "a".repeat(129))] {
+            assert!(matches!(resolve(&Method::GET, p), Err(GatewayError::GenerationNotFound)), "{p}");
+        }
+    }
+
+    #[test]
+    fn wrong_method_is_405_with_allow() {
+        assert!(matches!(resolve(&Method::GET, "/v1/sora/generate"), Err(GatewayError::MethodNotAllowed { allow: "POST" })));
+        assert!(matches!(resolve(&Method::DELETE, "/v1/sora/generations/x"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+        assert!(matches!(resolve(&Method::POST, "/v1/data/balance"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+    }
+
+    #[test]
+    fn templates_hide_ids() {
+        assert_eq!(Route::Status(Family::Sora, "x".into()).template(), "/v1/sora/generations/{id}");
+        assert_eq!(Route::Generate(Family::KlingO1Video).template(), "/v1/kling/o1-video/generate");
+        assert_eq!(Route::List(Family::Gemini).template(), "/v1/gemini/generations");
+        assert_eq!(Route::Balance.template(), "/v1/data/balance");
+        assert!(Route::Generate(Family::Sora).is_paid());
+    }
+}

@@ -1,0 +1,202 @@
+//! What the gateway remembers: holds against the account balance, spend per tenant per month,
+//! which tenant owns which generation, and idempotency records.
+//!
+//! Backends: `embedded` (in memory, optionally backed by a SQLite file: one process) and
+//! `redis` (several replicas share one Redis). Both give the same answers; the admission
+//! decision is atomic in each (one mutex, or one Lua script).
+
+pub mod embedded;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::StoreConfig;
+use crate::policy::family::Family;
+use crate::policy::ledger::{HoldTotals, Refusal};
+use crate::policy::money::Usd;
+use crate::policy::rate_limit::{GcraParams, Quotas};
+
+/// The store could not answer; money and ownership decisions fail closed on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// A generation the gateway forwarded and the platform accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRecord {
+    /// `generation_id` or `task_uuid`.
+    pub id: String,
+    /// Owner.
+    pub tenant: Arc<str>,
+    /// Family it was created in.
+    pub family: Family,
+    /// What the platform charged.
+    pub price: Usd,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// Last status the gateway saw.
+    pub status: String,
+}
+
+/// A hold request: one paid generation about to be forwarded.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    /// Who pays.
+    pub tenant: Arc<str>,
+    /// `YYYY-MM` the spend counts in.
+    pub month: String,
+    /// Estimated price.
+    pub price: Usd,
+    /// The tenant's budget.
+    pub budget: Option<Usd>,
+    /// Account reserve.
+    pub reserve: Usd,
+}
+
+/// Answer to a hold request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Granted; settle, release or mark unknown by this id.
+    Held(u64),
+    /// Budget or balance cannot pay.
+    Refused(Refusal),
+    /// No balance is cached (fetch one first).
+    NoBalance,
+}
+
+/// A response kept for an Idempotency-Key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes as first sent.
+    pub body: Bytes,
+}
+
+/// Answer to claiming an Idempotency-Key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdemClaim {
+    /// First use: go ahead, then `idem_finish` or `idem_abort`.
+    Fresh,
+    /// Seen with this body: send this again.
+    Replay(StoredResponse),
+    /// Seen with this body and still running.
+    InProgress,
+    /// Seen with another body.
+    Mismatch,
+}
+
+/// Result of a rate-limit check shared by replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedLimit {
+    /// Allowed, with header state.
+    Allowed(Quotas),
+    /// Refused.
+    Refused {
+        /// Seconds until a retry can pass (at least 1).
+        retry_after_secs: u64,
+        /// Header state.
+        quotas: Quotas,
+    },
+}
+
+/// Cached account balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalanceSnapshot {
+    /// Account balance as the platform last reported it.
+    pub amount: Usd,
+    /// Unix ms of the fetch.
+    pub fetched_ms: u64,
+}
+
+/// What the gateway remembers; see the module docs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name for logs and metrics.
+    fn backend(&self) -> &'static str;
+    /// Is the store reachable (for `/readyz`)?
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The cached account balance.
+    async fn balance(&self) -> Result<Option<BalanceSnapshot>, StoreError>;
+    /// Marks the start of a balance fetch; pass the mark to `apply_balance`.
+    async fn begin_balance_fetch(&self) -> Result<u64, StoreError>;
+    /// Stores a fetched balance; drops debits and unknown holds it already reflects.
+    async fn apply_balance(&self, amount: Usd, mark: u64, now_ms: u64) -> Result<(), StoreError>;
+
+    /// Atomically checks budget and balance and takes a hold.
+    async fn hold(&self, req: &HoldRequest) -> Result<HoldOutcome, StoreError>;
+    /// The platform accepted and charged `charged`: record the generation durably, then turn the
+    /// hold into spend.
+    async fn settle(&self, hold: u64, month: &str, charged: Usd, record: &GenerationRecord) -> Result<(), StoreError>;
+    /// No charge happened: drop the hold.
+    async fn release(&self, hold: u64) -> Result<(), StoreError>;
+    /// The outcome is unknown: keep the hold until a later balance fetch.
+    async fn mark_unknown(&self, hold: u64) -> Result<(), StoreError>;
+    /// What a tenant can still spend; `None` without a cached balance.
+    async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError>;
+
+    /// Who owns a generation.
+    async fn generation(&self, id: &str) -> Result<Option<GenerationRecord>, StoreError>;
+    /// A tenant's generations in a family, newest first.
+    async fn list_generations(&self, tenant: &str, family: Family, limit: usize, offset: usize) -> Result<Vec<GenerationRecord>, StoreError>;
+    /// The platform reported a new status; a first `failed` refunds the tenant's spend.
+    async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+
+    /// Claims an Idempotency-Key for a request body digest.
+    async fn idem_claim(&self, tenant: &str, key: &str, body_digest: &[u8; 32]) -> Result<IdemClaim, StoreError>;
+    /// Stores the response of a claimed key.
+    async fn idem_finish(&self, tenant: &str, key: &str, body_digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError>;
+    /// Gives up a claim (nothing was charged), so a retry runs afresh.
+    async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Hold totals for metrics.
+    async fn hold_totals(&self) -> Result<HoldTotals, StoreError>;
+    /// Spend of every tenant in a month, for metrics.
+    async fn spend_by_tenant(&self, month: &str) -> Result<Vec<(Arc<str>, Usd)>, StoreError>;
+
+    /// A rate-limit check shared with other replicas; `None` when this backend has none (the
+    /// caller uses its in-process limiter).
+    async fn shared_rate_limit(&self, _tenant: &str, _kind: &'static str, _params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {
+        None
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `YYYY-MM` (UTC) of a unix-ms time: the budget month.
+pub fn month_of(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!("{:04}-{:02}", t.year(), t.month() as u8)
+}
+
+/// Opens the configured backend.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Memory => Arc::new(embedded::EmbeddedStore::memory()),
+        StoreConfig::Sqlite { path } => Arc::new(embedded::EmbeddedStore::sqlite(path).await?),
+        StoreConfig::Redis { url, timeout, key_prefix } => Arc::new(redis::RedisStore::connect(url, *timeout, key_prefix).await?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        assert_eq!(month_of(0), "1970-01");
+        // 2026-11-30T23:59:59Z and a second later
+        assert_eq!(month_of(1_796_083_199_000), "2026-11");
+        assert_eq!(month_of(1_796_083_200_000), "2026-12");
+    }
+}
+#[cfg(test)]
+mod contract;

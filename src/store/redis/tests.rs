@@ -1,0 +1,84 @@
+use super::*;
+use crate::store::contract;
+use crate::testkit::RedisServer;
+
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url, Duration::from_millis(500), &format!("t{}", uuid::Uuid::new_v4().simple())).await.unwrap()
+}
+
+macro_rules! contract_tests {
+    ($($name:ident),*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let server = RedisServer::start();
+            contract::$name(&store(&server).await).await;
+        }
+    )*};
+}
+
+contract_tests!(
+    holds_follow_the_balance,
+    settle_records_and_budgets_apply,
+    failed_generations_are_refunded_once,
+    unknown_holds_wait_for_a_refetch,
+    lists_are_per_tenant,
+    idempotency_keys
+);
+
+#[tokio::test]
+async fn concurrent_holds_never_overspend() {
+    let server = RedisServer::start();
+    contract::concurrent_holds_never_overspend(Arc::new(store(&server).await)).await;
+}
+
+#[tokio::test]
+async fn two_connections_share_one_ledger() {
+    let server = RedisServer::start();
+    let a = RedisStore::connect(&server.url, Duration::from_millis(500), "shared").await.unwrap();
+    let b = RedisStore::connect(&server.url, Duration::from_millis(500), "shared").await.unwrap();
+    a.apply_balance(Usd::parse("0.24").unwrap(), 0, 1).await.unwrap();
+    let req = HoldRequest { tenant: Arc::from("t"), month: "2026-11".into(), price: Usd::parse("0.12").unwrap(), budget: None, reserve: Usd::ZERO };
+    assert!(matches!(a.hold(&req).await.unwrap(), HoldOutcome::Held(_)));
+    assert!(matches!(b.hold(&req).await.unwrap(), HoldOutcome::Held(_)));
+    assert_eq!(a.hold(&req).await.unwrap(), HoldOutcome::Refused(Refusal::InsufficientCredits));
+}
+
+#[tokio::test]
+async fn gcra_allows_burst_then_refuses() {
+    let server = RedisServer::start();
+    let s = store(&server).await;
+    let params = GcraParams { emission_ns: 1_000_000_000, burst: 3 };
+    for left in (0..3).rev() {
+        match s.rate_limit("t", "req", params).await.unwrap() {
+            SharedLimit::Allowed(q) => assert_eq!((q.limit, q.remaining), (3, left)),
+            other => panic!("{other:?}"),
+        }
+    }
+    match s.rate_limit("t", "req", params).await.unwrap() {
+        SharedLimit::Refused { retry_after_secs, quotas } => {
+            assert_eq!(retry_after_secs, 1);
+            assert_eq!(quotas.remaining, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another tenant is untouched.
+    assert!(matches!(s.rate_limit("u", "req", params).await.unwrap(), SharedLimit::Allowed(_)));
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_fast_not_hangs() {
+    let server = RedisServer::start();
+    let s = store(&server).await;
+    s.ping().await.unwrap();
+    drop(server);
+    let started = std::time::Instant::now();
+    assert!(s.ping().await.is_err());
+    assert!(s.balance().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn connect_to_nothing_is_a_clear_error() {
+    let e = RedisStore::connect("redis://127.0.0.1:1", Duration::from_millis(200), "x").await.err().unwrap();
+    assert!(e.0.starts_with("redis:"), "{e}");
+}

@@ -1,0 +1,272 @@
+//! Stage 9: forwarding to the platform over a pooled hyper-util client (http or https via
+//! rustls). The upstream token is added here and only here, so no outer stage ever sees it.
+//!
+//! Idempotent GETs are retried on connect errors and 502/503/504 within a retry budget, with
+//! jittered backoff; a paid POST is never retried. A circuit breaker fails fast while the
+//! platform is down and lets one probe through after `circuit_open`.
+
+pub mod circuit;
+pub mod normalize;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+
+use crate::config::UpstreamConfig;
+use circuit::CircuitBreaker;
+
+/// Upstream answers are small JSON; anything bigger is not the platform talking.
+const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// First retry delay; doubles per attempt, ±50 % jitter.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+/// Retries allowed per request seen, on top of a small floor (a retry budget, as in linkerd):
+/// a struggling platform sees at most ~20 % extra load from us.
+const RETRY_RATIO_PERCENT: u64 = 20;
+const RETRY_BUDGET_FLOOR: u64 = 10;
+
+/// The platform could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nothing was sent (connection refused, DNS, TLS handshake): safe to release a hold.
+    #[error("Upstream unavailable")]
+    Connect(String),
+    /// The request may have been received; the deadline passed without an answer.
+    #[error("Upstream timed out")]
+    Timeout,
+    /// The connection broke after the request was (maybe) sent.
+    #[error("Upstream unavailable")]
+    Broken(String),
+    /// Failing fast while the circuit is open.
+    #[error("Upstream unavailable (circuit open)")]
+    CircuitOpen {
+        /// Seconds until the next probe.
+        retry_after_secs: u64,
+    },
+}
+
+impl UpstreamError {
+    /// Could the platform have acted on (and charged for) the request?
+    pub fn maybe_delivered(&self) -> bool {
+        matches!(self, UpstreamError::Timeout | UpstreamError::Broken(_))
+    }
+
+    /// Label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Broken(_) => "broken",
+            UpstreamError::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+}
+
+/// A buffered platform answer.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes, unchanged.
+    pub body: Bytes,
+    /// Time from sending to the last body byte (last attempt).
+    pub latency: Duration,
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The platform client.
+pub struct Upstream {
+    client: HttpsClient,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    path_prefix: String,
+    auth: HeaderValue,
+    timeout: Duration,
+    get_retries: u32,
+    circuit: CircuitBreaker,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let msg = format!("{e}: {}", std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default());
+    if e.is_connect() {
+        UpstreamError::Connect(msg)
+    } else {
+        UpstreamError::Broken(msg)
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Builds the pooled client.
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        let parts = cfg.base_url.clone().into_parts();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token"));
+        // Sensitive: hyper's HPACK never indexes it and Debug output hides it.
+        auth.set_sensitive(true);
+        Upstream {
+            client,
+            scheme: parts.scheme.unwrap_or(http::uri::Scheme::HTTPS),
+            authority: parts.authority.unwrap_or_else(|| http::uri::Authority::from_static("platform.runblob.io")),
+            path_prefix: parts.path_and_query.map(|p| p.path().trim_end_matches('/').to_string()).unwrap_or_default(),
+            auth,
+            timeout: cfg.timeout,
+            get_retries: cfg.get_retries,
+            circuit: CircuitBreaker::new(cfg.circuit_failure_threshold, cfg.circuit_open),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        }
+    }
+
+    /// Is the circuit closed (for metrics)?
+    pub fn circuit_state(&self) -> circuit::State {
+        self.circuit.state()
+    }
+
+    fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.path_prefix, path_and_query))
+            .build()
+            .map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))
+    }
+
+    fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &str, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        let h = req.headers_mut();
+        // An allow-list: the tenant's Authorization, cookies and Idempotency-Key never go up.
+        h.insert(AUTHORIZATION, self.auth.clone());
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        h.insert(USER_AGENT, HeaderValue::from_static(concat!("tollgate/", env!("CARGO_PKG_VERSION"))));
+        if let Some(ct) = content_type {
+            h.insert(CONTENT_TYPE, ct.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", v);
+        }
+        req
+    }
+
+    async fn attempt(&self, req: Request<Full<Bytes>>) -> Result<UpstreamResponse, UpstreamError> {
+        let started = Instant::now();
+        let fut = async {
+            let rsp = self.client.request(req).await.map_err(|e| classify(&e))?;
+            let (parts, body) = rsp.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| UpstreamError::Broken(format!("reading response body: {e}")))?
+                .to_bytes();
+            Ok(UpstreamResponse { status: parts.status, headers: parts.headers, body, latency: started.elapsed() })
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    fn retry_allowed(&self) -> bool {
+        let seen = self.requests.load(Ordering::Relaxed);
+        let budget = RETRY_BUDGET_FLOOR + seen * RETRY_RATIO_PERCENT / 100;
+        if self.retries.load(Ordering::Relaxed) >= budget {
+            return false;
+        }
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn backoff(attempt: u32) -> Duration {
+        let base = RETRY_BASE * 2u32.saturating_pow(attempt);
+        base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+    }
+
+    /// Sends one request to the platform. `content_type` and the body are passed through
+    /// unchanged; the token is injected. GETs are retried as described in the module docs.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: Option<&HeaderValue>,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = self.uri(path_and_query)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let retries = if method == Method::GET { self.get_retries } else { 0 };
+        let mut attempt = 0;
+        loop {
+            let permit = self.circuit.try_acquire().map_err(|retry_after_secs| UpstreamError::CircuitOpen { retry_after_secs })?;
+            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, body.clone())).await;
+            let failed = match &result {
+                Ok(r) => matches!(r.status.as_u16(), 502..=504),
+                Err(_) => true,
+            };
+            permit.record(!failed);
+            let retryable = match &result {
+                Ok(r) => matches!(r.status.as_u16(), 502..=504),
+                // A GET is safe to repeat whatever happened to the first one.
+                Err(UpstreamError::CircuitOpen { .. }) => false,
+                Err(_) => true,
+            };
+            if retryable && attempt < retries && self.retry_allowed() {
+                tokio::time::sleep(Self::backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+            return result;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_is_uncertain_only_after_sending() {
+        assert!(!UpstreamError::Connect("refused".into()).maybe_delivered());
+        assert!(!UpstreamError::CircuitOpen { retry_after_secs: 1 }.maybe_delivered());
+        assert!(UpstreamError::Timeout.maybe_delivered());
+        assert!(UpstreamError::Broken("reset".into()).maybe_delivered());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter() {
+        for attempt in 0..4 {
+            let d = Upstream::backoff(attempt);
+            let base = RETRY_BASE * 2u32.pow(attempt);
+            assert!(d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5), "{attempt}: {d:?}");
+        }
+    }
+}
