@@ -1,0 +1,276 @@
+//! Shared harness: a simulated platform and a real gateway, both in-process on 127.0.0.1:0,
+//! talking over real sockets; a plain hyper client for the tenant side.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use tollgate::mock::{Fault, FaultKind, MockOptions, MockPlatform, Recorded};
+use tollgate::access_log::AccessLog;
+use tollgate::config::Config;
+use tollgate::policy::money::Usd;
+use tollgate::policy::tenants::key_digest;
+use tollgate::{Gateway, Listeners};
+
+pub const TOKEN: &str = "platform-secret-token";
+pub const KEY_A: &str = "tenant-a-key";
+pub const KEY_B: &str = "tenant-b-key";
+
+/// The simulated platform on a free port.
+pub struct Platform {
+    pub addr: SocketAddr,
+    pub mock: Arc<MockPlatform>,
+    task: JoinHandle<()>,
+}
+
+impl Platform {
+    pub async fn start() -> Platform {
+        Platform::with(MockOptions { token: Some(TOKEN.into()), balance: usd("100"), ..Default::default() }).await
+    }
+
+    pub async fn with_balance(balance: &str) -> Platform {
+        Platform::with(MockOptions { token: Some(TOKEN.into()), balance: usd(balance), ..Default::default() }).await
+    }
+
+    pub async fn with(opts: MockOptions) -> Platform {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mock = MockPlatform::new(opts);
+        let task = tokio::spawn(mock.clone().serve(listener, std::future::pending()));
+        Platform { addr, mock, task }
+    }
+
+    pub fn fault(&self, kind: FaultKind) -> Fault {
+        Fault { kind, status: None, latency_ms: None, body: None, content_type: None, retry_after: None, path_prefix: None, times: None }
+    }
+
+    pub fn inject(&self, f: Fault) {
+        self.mock.push_fault(f);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.mock.recorded()
+    }
+
+    pub fn requests_to(&self, path_prefix: &str) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path.starts_with(path_prefix)).collect()
+    }
+
+    pub fn generate_calls(&self) -> usize {
+        self.requests().iter().filter(|r| r.path.ends_with("/generate")).count()
+    }
+
+    pub fn balance_calls(&self) -> usize {
+        self.requests_to("/v1/data/balance").len()
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address nothing listens on.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+pub fn usd(s: &str) -> Usd {
+    Usd::parse(s).unwrap()
+}
+
+/// A config for a platform at `upstream`; `extra` is TOML appended to the sections (use it to
+/// override or add tenants). Tenants `a` (KEY_A) and `b` (KEY_B) have generous limits.
+pub fn config_text(upstream: SocketAddr, server_extra: &str, tenants_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+request_timeout_secs = 10
+shutdown_grace_secs = 5
+header_read_timeout_secs = 2
+{server_extra}
+
+[upstream]
+base_url = "http://{upstream}"
+token_env = "TEST_PLATFORM_TOKEN"
+connect_timeout_ms = 500
+timeout_secs = 2
+circuit_failure_threshold = 1000
+
+[store]
+backend = "memory"
+
+[balance]
+cache_ttl_ms = 60000
+
+[pricing]
+sora = {{ "10" = "0.12", "15" = "0.18" }}
+veo = {{ "veo-3-fast" = "0.25", "veo-3-quality" = "0.50" }}
+gemini = "0.02"
+"kling/o1-photo" = "0.029"
+
+{tenants_extra}
+"#
+    )
+}
+
+pub fn tenant(id: &str, key: &str, rps: u32, burst: u32, gpm: u32, budget: Option<&str>) -> String {
+    let budget = budget.map(|b| format!("monthly_budget = \"{b}\"\n")).unwrap_or_default();
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nkeys_sha256 = [\"{}\"]\nrequests_per_second = {rps}\nburst = {burst}\ngenerations_per_minute = {gpm}\n{budget}\n",
+        hex::encode(key_digest(key))
+    )
+}
+
+pub fn default_tenants() -> String {
+    format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None))
+}
+
+pub fn env() -> HashMap<String, String> {
+    HashMap::from([("TEST_PLATFORM_TOKEN".to_string(), TOKEN.to_string()), ("TEST_ADMIN_TOKEN".to_string(), "admin-secret".to_string())])
+}
+
+/// A gateway serving on free ports.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    pub async fn start(text: &str) -> TestGateway {
+        let config = Config::from_toml(text, &env()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        TestGateway::start_config(config, None).await
+    }
+
+    pub async fn start_config(config: Config, reload: Option<tollgate::gateway::ReloadSource>) -> TestGateway {
+        let (log, logs) = AccessLog::memory();
+        let gateway = tollgate::build(&config, log, reload).await.expect("store opens");
+        let listeners = Listeners { tenant: TcpListener::bind("127.0.0.1:0").await.unwrap(), admin: TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let (addr, admin) = (listeners.tenant.local_addr().unwrap(), listeners.admin.local_addr().unwrap());
+        let (stop, rx) = oneshot::channel();
+        let gw = gateway.clone();
+        let task = tokio::spawn(async move {
+            tollgate::run(&config, gw, listeners, async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+        TestGateway { addr, admin, gateway, logs, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().iter().map(|l| serde_json::from_str(l).expect("log line is JSON")).collect()
+    }
+
+    /// Stops accepting and waits for the drain; panics in server tasks surface here.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("drained in time").expect("server task");
+        }
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// A response read whole.
+pub struct Rsp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Rsp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn detail(&self) -> String {
+        let v = self.json();
+        assert_eq!(v.as_object().map(|o| o.len()), Some(1), "error body must be exactly {{\"detail\"}}: {v}");
+        assert_eq!(self.headers["content-type"], "application/json");
+        v["detail"].as_str().expect("detail is a string").to_string()
+    }
+}
+
+pub fn request(method: Method, url: &str, key: Option<&str>, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(url).header("content-type", "application/json");
+    if let Some(k) = key {
+        b = b.header("authorization", format!("Bearer {k}"));
+    }
+    b.body(Full::new(body.into())).unwrap()
+}
+
+pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Rsp {
+    let rsp = tokio::time::timeout(Duration::from_secs(30), c.request(req)).await.expect("no hang").expect("request");
+    let status = rsp.status();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.expect("body").to_bytes();
+    Rsp { status, headers, body }
+}
+
+pub async fn get(c: &HttpClient, url: &str, key: Option<&str>) -> Rsp {
+    send(c, request(Method::GET, url, key, Bytes::new())).await
+}
+
+pub async fn post(c: &HttpClient, url: &str, key: Option<&str>, body: &str) -> Rsp {
+    send(c, request(Method::POST, url, key, body.to_string())).await
+}
+
+pub const SORA: &str = r#"{"prompt": "A beautiful sunset over the ocean", "duration": 10}"#;
+
+/// Creates a Sora generation as `key` and returns its id.
+pub async fn create(c: &HttpClient, gw: &TestGateway, key: &str) -> String {
+    let r = post(c, &gw.url("/v1/sora/generate"), Some(key), SORA).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()["generation_id"].as_str().unwrap().to_string()
+}
+
+/// Retries `check` until it holds or `deadline` passes (asynchronous state only).
+pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    while !check() {
+        assert!(tokio::time::Instant::now() < until, "condition not met within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
