@@ -130,8 +130,8 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     });
     tracing::info!(
-        listen = %config.server.listen,
-        admin = %config.server.admin_listen,
+        listen = %listeners.tenant.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
         store = gateway.store().backend(),
         tenants = config.tenants.tenants().len(),
         "tollgate serving"

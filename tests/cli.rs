@@ -1,0 +1,333 @@
+//! The `tollgate` binary as an operator runs it: exit codes, SIGTERM drain, SIGHUP reload,
+//! kill -9 durability with SQLite, and two replicas sharing one Redis.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::*;
+use tollgate::testkit::RedisServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tollgate-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running `tollgate run`, its stdout collected line by line.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Proc {
+    fn spawn(config: &str, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
+        let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, config).unwrap();
+        Proc::spawn_path(&path, extra_env)
+    }
+
+    fn spawn_path(path: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(path).env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = lines.lock().unwrap().iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["fields"]["message"] == "tollgate serving").then(|| {
+                    (v["fields"]["listen"].as_str().unwrap().parse().unwrap(), v["fields"]["admin"].as_str().unwrap().parse().unwrap())
+                })
+            });
+            if let Some((addr, admin)) = found {
+                return Proc { child, lines, addr, admin };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tollgate exited early with {status}: {:?}", lines.lock().unwrap());
+            }
+            assert!(Instant::now() < deadline, "tollgate did not start: {:?}", lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success());
+    }
+
+    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "tollgate did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access_log")
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sqlite_config(platform: SocketAddr, db: &std::path::Path, tenants: &str) -> String {
+    config_text(platform, "", tenants).replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", db.display()))
+}
+
+#[test]
+fn bad_config_exits_64_with_one_line_listing_every_problem() {
+    let dir = temp_dir();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = \"nowhere\"\nbogus = 1\n").unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).env("RUNBLOB_TOKEN", "t").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("server.listen") && err.contains("server.bogus") && err.contains("no [[tenants]]"), "{err}");
+}
+
+#[test]
+fn missing_token_exits_64() {
+    let dir = temp_dir();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, tenant("a", KEY_A, 1, 1, 1, None)).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).env_remove("RUNBLOB_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUNBLOB_TOKEN"));
+}
+
+#[test]
+fn check_config_and_keygen() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");
+    let out = Command::new(BIN).args(["check-config", "--config", example]).env("RUNBLOB_TOKEN", "t").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
+    // Without the secret it still validates, with a warning.
+    let out = Command::new(BIN).args(["check-config", "--config", example]).env_remove("RUNBLOB_TOKEN").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("warning: environment variable RUNBLOB_TOKEN"));
+
+    let out = Command::new(BIN).arg("keygen").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().next().unwrap().trim_start_matches("key:").trim().to_string();
+    let digest = hex::encode(tollgate::policy::tenants::key_digest(&key));
+    assert!(key.starts_with("tg_") && key.len() > 40, "{key}");
+    assert!(text.contains(&digest), "the printed config line holds the key's digest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let mut gw = Proc::spawn(&config_text(platform.addr, "", &default_tenants()), &dir, &[]);
+    let mut f = platform.fault(FaultKind::Latency);
+    f.latency_ms = Some(1000);
+    f.path_prefix = Some("/v1/sora/generate".into());
+    platform.inject(f);
+    let c = client();
+    let url = gw.url("/v1/sora/generate");
+    let in_flight = tokio::spawn(async move { post(&c, &url, Some(KEY_A), SORA).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 201);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = gw.wait(Duration::from_secs(10));
+        (s, gw.access_lines().len())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0));
+    assert_eq!(status.1, 1, "the drained request was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let path = dir.join("live.toml");
+    let server = "admin_token_env = \"TEST_ADMIN_TOKEN\"";
+    std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None))).unwrap();
+    let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret")]);
+    let c = client();
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 401);
+    // Add tenant b and send SIGHUP, on a live keep-alive connection.
+    std::fs::write(&path, config_text(platform.addr, server, &default_tenants())).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not add tenant b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file is refused; the old config keeps serving.
+    std::fs::write(&path, "this is not toml [").unwrap();
+    let admin = format!("http://{}/admin/reload", gw.admin);
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.detail().starts_with("Config refused"));
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 200);
+    // Admin reload needs the admin token.
+    assert_eq!(send(&c, request(http::Method::POST, &admin, Some("wrong"), "")).await.status, 401);
+    // Removing tenant b through the admin endpoint takes effect at once.
+    std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None))).unwrap();
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["tenants"], 1);
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 401);
+    let metrics = get(&c, &format!("http://{}/metrics", gw.admin), None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("tollgate_config_reloads_total{result=\"ok\"} 2"), "{text}");
+    assert!(text.contains("tollgate_config_reloads_total{result=\"refused\"} 1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_loses_no_acknowledged_generation() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let db = dir.join("tollgate.db");
+    let config = sqlite_config(platform.addr, &db, &default_tenants());
+    let gw = Proc::spawn(&config, &dir, &[]);
+    let c = client();
+    let url = gw.url("/v1/sora/generate");
+    // A steady burst of paid requests from several clients…
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, url, acked) = (c.clone(), url.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                let req = request(http::Method::POST, &url, Some(KEY_A), SORA);
+                match c.request(req).await {
+                    Ok(rsp) if rsp.status() == 201 => {
+                        use http_body_util::BodyExt;
+                        let Ok(body) = rsp.into_body().collect().await else { return };
+                        let v: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+                        acked.lock().unwrap().push(v["generation_id"].as_str().unwrap().to_string());
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // …and the process dies mid-burst.
+    eventually(Duration::from_secs(20), || acked.lock().unwrap().len() >= 30).await;
+    let mut gw = gw;
+    gw.signal("KILL");
+    gw.wait(Duration::from_secs(5));
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 30);
+
+    // After a restart, every 201 a tenant received is in the ledger and spend matches.
+    let gw = Proc::spawn(&config, &dir, &[]);
+    for id in &acked {
+        let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_A)).await;
+        assert_eq!(r.status, 200, "generation {id} was acknowledged but lost");
+        let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_B)).await;
+        assert_eq!(r.status, 404, "ownership survived too");
+    }
+    let store = tollgate::store::embedded::EmbeddedStore::sqlite(&db).await.unwrap();
+    use tollgate::store::Store;
+    let spend = store.spend_by_tenant(&tollgate::store::month_of(tollgate::store::now_ms())).await.unwrap();
+    let recorded = spend.iter().find(|(t, _)| &**t == "a").map(|(_, s)| *s).unwrap();
+    // At least every acknowledged one; at most those the platform charged.
+    assert!(recorded.micros() >= acked.len() as i64 * 120_000, "{recorded} for {} acked", acked.len());
+    assert!(recorded.micros() <= platform.generate_calls() as i64 * 120_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_share_limits_and_never_overspend() {
+    let redis = RedisServer::start();
+    let platform = Platform::with_balance("0.84").await;
+    let dir = temp_dir();
+    let tenants = format!("{}{}", tenant("a", KEY_A, 1, 5, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None));
+    let config = config_text(platform.addr, "", &tenants)
+        .replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"", redis.url, uuid::Uuid::new_v4().simple()));
+    let one = Proc::spawn(&config, &dir, &[]);
+    let two = Proc::spawn(&config, &dir, &[]);
+    let c = client();
+
+    // Tenant a: burst 5 shared by both replicas, not 5 each.
+    let mut ok = 0;
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        if get(&c, &gw.url("/v1/sora/generations"), Some(KEY_A)).await.status == 200 {
+            ok += 1;
+        }
+    }
+    assert!((5..=6).contains(&ok), "{ok} passed; the shared limit is 5 (plus at most one replenished)");
+
+    // Tenant b: 50 concurrent generates over both replicas at a balance for 7.
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let url = if i % 2 == 0 { one.url("/v1/sora/generate") } else { two.url("/v1/sora/generate") };
+            let c = c.clone();
+            tokio::spawn(async move { post(&c, &url, Some(KEY_B), SORA).await.status.as_u16() })
+        })
+        .collect();
+    let mut created = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => created += 1,
+            402 => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(created, 7);
+    assert_eq!(platform.generate_calls(), 7);
+    // A generation made through one replica is visible (and owned) through the other.
+    let id = platform.requests_to("/v1/sora/generate").len();
+    assert_eq!(id, 7);
+    let list = get(&c, &two.url("/v1/sora/generations"), Some(KEY_B)).await;
+    assert_eq!(list.json().as_array().unwrap().len(), 7);
+    let readyz = get(&c, &format!("http://{}/readyz", one.admin), None).await;
+    assert_eq!(readyz.status, 200);
+    // Redis gone: money fails closed, fast; readiness reports it.
+    drop(redis);
+    let started = Instant::now();
+    let r = post(&c, &one.url("/v1/sora/generate"), Some(KEY_B), SORA).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Store unavailable"));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(get(&c, &format!("http://{}/readyz", one.admin), None).await.status, 503);
+    assert_eq!(platform.generate_calls(), 7);
+}
