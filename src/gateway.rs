@@ -282,7 +282,8 @@ impl Gateway {
         B::Error: std::fmt::Display,
     {
         // Ambiguous framing is refused before anything else looks at the request.
-        if req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING) {
+        let both = req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING);
+        if both || req.extensions().get::<crate::framing::AmbiguousFraming>().is_some() {
             return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
         }
         let route = routes::resolve(req.method(), req.uri().path())?;

@@ -19,6 +19,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod gateway;
 mod handler;
 pub mod limits;

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::body::Body;
+use crate::framing::{AmbiguousFraming, Watched};
 
 /// Most request headers accepted (more: 431).
 pub const MAX_HEADERS: usize = 100;
@@ -78,11 +80,17 @@ where
         };
         let _ = stream.set_nodelay(true);
         let h = handler.clone();
-        let svc = service_fn(move |req| {
+        let ambiguous = Arc::new(AtomicBool::new(false));
+        let flag = ambiguous.clone();
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            if flag.load(Ordering::Relaxed) {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
             let fut = h(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+        let io = TokioIo::new(Watched::new(stream, ambiguous));
+        let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);

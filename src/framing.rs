@@ -1,0 +1,258 @@
+//! Spots request-smuggling shapes that hyper quietly repairs.
+//!
+//! hyper (per RFC 9112 §6.3) lets Transfer-Encoding win over Content-Length and closes the
+//! connection afterwards, dropping the Content-Length header before the service sees the
+//! request. That is safe, but a front-line gateway should refuse such a request outright (400)
+//! rather than guess. This wrapper watches the bytes of each HTTP/1 request head as they are
+//! read, follows body framing to find the next head, and raises a per-connection flag that the
+//! gateway turns into a 400. It never changes the bytes; on anything it does not understand
+//! (HTTP/2, upgrades, malformed framing — which hyper refuses anyway) it stops watching.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest head examined (hyper refuses longer ones itself).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers parsed per head.
+const MAX_HEADERS: usize = 128;
+
+/// Marker put in request extensions when the connection carried an ambiguous request.
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
+#[derive(Debug)]
+enum State {
+    Head(Vec<u8>),
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkEnd(u8),
+    Trailers(Vec<u8>),
+    Off,
+}
+
+/// Framing follower for one connection; see the module docs.
+#[derive(Debug)]
+pub struct Framing {
+    state: State,
+    ambiguous: Arc<AtomicBool>,
+}
+
+impl Framing {
+    /// A follower raising `ambiguous`.
+    pub fn new(ambiguous: Arc<AtomicBool>) -> Self {
+        Framing { state: State::Head(Vec::new()), ambiguous }
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            data = match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    match find(buf, b"\r\n\r\n") {
+                        None => {
+                            if buf.len() > MAX_HEAD {
+                                self.state = State::Off;
+                            }
+                            return;
+                        }
+                        Some(end) => {
+                            let head_len = end + 4;
+                            let consumed = head_len - before;
+                            let head = std::mem::take(buf);
+                            self.state = self.after_head(&head[..head_len]);
+                            &data[consumed..]
+                        }
+                    }
+                }
+                State::Body(left) => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                    &data[n..]
+                }
+                State::ChunkSize(line) => match data.iter().position(|&b| b == b'\n') {
+                    None => {
+                        line.extend_from_slice(data);
+                        if line.len() > 1024 {
+                            self.state = State::Off;
+                        }
+                        return;
+                    }
+                    Some(i) => {
+                        line.extend_from_slice(&data[..=i]);
+                        let text = String::from_utf8_lossy(line);
+                        let size = text.trim_end().split(';').next().map(str::trim).and_then(|h| u64::from_str_radix(h, 16).ok());
+                        self.state = match size {
+                            None => State::Off,
+                            Some(0) => State::Trailers(Vec::new()),
+                            Some(n) => State::ChunkData(n),
+                        };
+                        &data[i + 1..]
+                    }
+                },
+                State::ChunkData(left) => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.state = State::ChunkEnd(2);
+                    }
+                    &data[n..]
+                }
+                State::ChunkEnd(left) => {
+                    let n = (*left as usize).min(data.len());
+                    *left -= n as u8;
+                    if *left == 0 {
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                    &data[n..]
+                }
+                State::Trailers(line) => match data.iter().position(|&b| b == b'\n') {
+                    None => {
+                        line.extend_from_slice(data);
+                        return;
+                    }
+                    Some(i) => {
+                        line.extend_from_slice(&data[..=i]);
+                        let empty = line.as_slice() == b"\r\n" || line.as_slice() == b"\n";
+                        self.state = if empty { State::Head(Vec::new()) } else { State::Trailers(Vec::new()) };
+                        &data[i + 1..]
+                    }
+                },
+            };
+        }
+    }
+
+    fn after_head(&self, head: &[u8]) -> State {
+        if head.starts_with(b"PRI * HTTP/2.0") {
+            return State::Off;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(_)) = req.parse(head) else { return State::Off };
+        if req.method == Some("CONNECT") {
+            return State::Off;
+        }
+        let mut length = None;
+        let mut chunked = false;
+        let mut te = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).or(Some(0));
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+                chunked = h.value.to_ascii_lowercase().ends_with(b"chunked");
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                return State::Off;
+            }
+        }
+        if te && length.is_some() {
+            self.ambiguous.store(true, Ordering::Relaxed);
+        }
+        match (te, chunked, length) {
+            (true, true, _) => State::ChunkSize(Vec::new()),
+            (true, false, _) => State::Off,
+            (false, _, Some(0)) | (false, _, None) => State::Head(Vec::new()),
+            (false, _, Some(n)) => State::Body(n),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An IO wrapper feeding everything read into a [`Framing`] follower.
+pub struct Watched<IO> {
+    io: IO,
+    framing: Framing,
+}
+
+impl<IO> Watched<IO> {
+    /// Wraps a connection.
+    pub fn new(io: IO, ambiguous: Arc<AtomicBool>) -> Self {
+        Watched { io, framing: Framing::new(ambiguous) }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.framing.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(parts: &[&[u8]]) -> (bool, bool) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut f = Framing::new(flag.clone());
+        for p in parts {
+            f.feed(p);
+        }
+        (flag.load(Ordering::Relaxed), matches!(f.state, State::Off))
+    }
+
+    #[test]
+    fn flags_cl_plus_te_in_either_order() {
+        assert!(run(&[b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]).0);
+        assert!(run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"]).0);
+    }
+
+    #[test]
+    fn follows_bodies_to_the_next_head() {
+        // A CL body whose bytes look like a head must not confuse it…
+        let body = b"Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
+        let first = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        let (flag, off) = run(&[first.as_bytes(), body, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
+        assert!(!flag && !off);
+        // …nor chunked ones, split at awkward places.
+        let (flag, off) = run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r", b"\nabc", b"de\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-", b"Length: 0\r\n\r\n"]);
+        assert!(!flag && !off);
+        // A later ambiguous request on the same connection is still caught.
+        let (flag, _) = run(&[b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        assert!(flag);
+    }
+
+    #[test]
+    fn stops_watching_what_it_does_not_follow() {
+        assert!(run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).1);
+        assert!(run(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"]).1);
+        assert!(run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]).1);
+    }
+}

@@ -1,0 +1,252 @@
+//! Hostile clients and a failing platform, over raw sockets: slowloris, malformed framing,
+//! oversized heads, connection caps; GET retries and the circuit breaker.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes, returns what came back before the server closed or `wait` passed.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    // One response is enough.
+                    if out.windows(4).any(|w| w == b"\r\n\r\n") && String::from_utf8_lossy(&out).contains("\"detail\"") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(rsp: &str) -> u16 {
+    rsp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_with_4xx() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let auth = format!("Authorization: Bearer {KEY_A}\r\n");
+    let body = SORA;
+    let cases = [
+        // CL + TE (request smuggling shape).
+        format!("POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len(), body.len()),
+        // Two different Content-Lengths.
+        format!("POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nContent-Length: 5\r\n\r\n{body}", body.len()),
+        // Invalid method token.
+        "G@T /v1/data/balance HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        // Garbage request line.
+        "HELLO\r\n\r\n".to_string(),
+        // Invalid Content-Length.
+        format!("POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: abc\r\n\r\n"),
+    ];
+    for case in cases {
+        let rsp = raw(gw.addr, case.as_bytes(), Duration::from_secs(3)).await;
+        let status = status_of(&rsp);
+        assert!((400..500).contains(&status), "{case:?} → {rsp:?}");
+    }
+    assert_eq!(platform.generate_calls(), 0, "nothing ambiguous was forwarded");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_methods_on_known_paths_are_405() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let rsp = raw(gw.addr, format!("BREW /v1/sora/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&rsp), 405, "{rsp}");
+    assert!(rsp.contains("{\"detail\":\"Method not allowed\"}"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_and_too_many_headers_are_431() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let huge = format!("GET /v1/data/balance HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let rsp = raw(gw.addr, huge.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&rsp), 431, "{rsp:.200}");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let rsp = raw(gw.addr, format!("GET /v1/data/balance HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&rsp), 431, "{rsp:.200}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slowloris_does_not_starve_normal_clients() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    // 200 connections that dribble header bytes and never finish.
+    let mut lorises = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /v1/data/balance HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        lorises.push(s);
+    }
+    let dribble = tokio::spawn(async move {
+        for _ in 0..20 {
+            for s in lorises.iter_mut() {
+                let _ = s.write_all(b"X-A: b\r\n").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lorises
+    });
+    let c = client();
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "normal clients were slowed: {:?}", started.elapsed());
+    // The header-read deadline (2 s in the test config) closes the slow connections.
+    let mut lorises = dribble.await.unwrap();
+    let mut closed = 0;
+    for s in lorises.iter_mut() {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => closed += 1,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, 200, "every slowloris connection was cut by the header deadline");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_cap_queues_instead_of_failing() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "max_connections = 4", &default_tenants())).await;
+    // Four idle keep-alive connections fill the cap…
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // …so a fifth client waits (it is not served)…
+    let c = client();
+    let url = gw.url("/v1/data/balance");
+    let waiting = tokio::spawn(async move { get(&c, &url, Some(KEY_A)).await.status });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "served past the connection cap");
+    // …until a slot frees up (the idle ones hit the header deadline or close).
+    drop(idle);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap(), 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotent_gets_are_retried_but_paid_posts_never() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let id = create(&c, &gw, KEY_A).await;
+    let before = platform.requests().len();
+    // One 503 then success: the tenant never sees the blip.
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(503);
+    f.path_prefix = Some("/v1/sora/generations/".into());
+    platform.inject(f);
+    let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_A)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(platform.requests().len() - before, 2, "one retry");
+    // The same blip on a paid POST is passed on, not retried.
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(503);
+    f.path_prefix = Some("/v1/sora/generate".into());
+    platform.inject(f);
+    let calls = platform.generate_calls();
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(platform.generate_calls(), calls + 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn circuit_opens_when_the_platform_is_down_and_recovers_by_itself() {
+    let platform = Platform::start().await;
+    let text = config_text(platform.addr, "", &default_tenants())
+        .replace("circuit_failure_threshold = 1000", "circuit_failure_threshold = 3\ncircuit_open_secs = 1\nget_retries = 0");
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    let id = create(&c, &gw, KEY_A).await;
+    let url = gw.url(&format!("/v1/sora/generations/{id}/"));
+    let mut f = platform.fault(FaultKind::Html502);
+    f.times = Some(3);
+    platform.inject(f);
+    for _ in 0..3 {
+        assert_eq!(get(&c, &url, Some(KEY_A)).await.status, 503);
+    }
+    // Open: fails fast without touching the platform.
+    let seen = platform.requests().len();
+    let r = get(&c, &url, Some(KEY_A)).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Upstream unavailable (circuit open)"));
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(platform.requests().len(), seen);
+    let metrics = get(&c, &gw.admin_url("/metrics"), None).await;
+    assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_circuit_open 1"));
+    // After the open period a probe goes through and closes it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&c, &url, Some(KEY_A)).await.status, 200);
+    assert_eq!(get(&c, &url, Some(KEY_A)).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_body_ends_in_the_schema_within_the_timeout() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let mut f = platform.fault(FaultKind::SlowBody);
+    f.latency_ms = Some(400);
+    f.path_prefix = Some("/v1/sora/generate".into());
+    platform.inject(f);
+    let started = Instant::now();
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Upstream timed out"));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let t = gw.gateway.store().hold_totals().await.unwrap();
+    assert_eq!((t.open, t.unknown), (0, 1), "the hold is kept as outcome unknown, not leaked open");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    create(&c, &gw, KEY_A).await;
+    assert_eq!(get(&c, &gw.admin_url("/healthz"), None).await.status, 200);
+    assert_eq!(get(&c, &gw.admin_url("/readyz"), None).await.status, 200);
+    let m = get(&c, &gw.admin_url("/metrics"), None).await;
+    assert!(m.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&m.body);
+    for want in [
+        r#"tollgate_requests_total{tenant="a",route="/v1/sora/generate",status="201",outcome="forwarded"} 1"#,
+        "tollgate_upstream_duration_seconds_count{route=\"/v1/sora/generate\"} 1",
+        "tollgate_account_balance_usd 100",
+        r#"tollgate_spend_usd{tenant="a"} 0.12"#,
+        "tollgate_holds_open 0",
+    ] {
+        assert!(text.contains(want), "missing {want}\n{text}");
+    }
+    // Admin routes are not on the tenant port, and reload is off without an admin token.
+    assert_eq!(get(&c, &gw.url("/metrics"), None).await.status, 404);
+    let r = send(&c, request(http::Method::POST, &gw.admin_url("/admin/reload"), Some("x"), "")).await;
+    assert_eq!(r.status, 403);
+    gw.shutdown().await;
+}
