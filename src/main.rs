@@ -168,6 +168,7 @@ async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u
         balance: Usd::parse(&balance).map_err(|e| anyhow::anyhow!("--balance: {e}"))?,
         step: Duration::from_millis(step_ms),
         random_fault,
+        record: false,
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, token_required = opts.token.is_some(), "simulated platform serving");

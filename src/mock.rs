@@ -43,11 +43,13 @@ pub struct MockOptions {
     pub step: Duration,
     /// A fault applied at random to platform routes, with its probability.
     pub random_fault: Option<(Fault, f64)>,
+    /// Keep a record of every request (tests); off for long runs, where it would only grow.
+    pub record: bool,
 }
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions { token: None, balance: Usd::from_micros(100_000_000), step: Duration::from_millis(500), random_fault: None }
+        MockOptions { token: None, balance: Usd::from_micros(100_000_000), step: Duration::from_millis(500), random_fault: None, record: true }
     }
 }
 
@@ -276,7 +278,7 @@ impl MockPlatform {
         if let Some(rest) = parts.uri.path().strip_prefix("/_mock/") {
             return Ok(self.control(&parts.method, rest, &body));
         }
-        {
+        if self.opts.record {
             use sha2::Digest;
             let rec = Recorded {
                 method: parts.method.to_string(),
