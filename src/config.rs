@@ -46,6 +46,8 @@ pub const DEFAULT_TOKEN_ENV: &str = "RUNBLOB_TOKEN";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2000;
 /// Deadline for one upstream request (headers and body).
 pub const DEFAULT_UPSTREAM_TIMEOUT_SECS: u64 = 30;
+/// Polls of one generation share a platform answer this long (0: off); see `status_cache.rs`.
+pub const DEFAULT_STATUS_CACHE_MS: u64 = 1000;
 /// Extra attempts for idempotent GETs on connect errors and 502/503/504.
 pub const DEFAULT_GET_RETRIES: u32 = 2;
 /// Consecutive upstream failures that open the circuit.
@@ -146,6 +148,7 @@ struct UpstreamSection {
     connect_timeout_ms: Option<u64>,
     timeout_secs: Option<u64>,
     get_retries: Option<u32>,
+    status_cache_ms: Option<u64>,
     circuit_failure_threshold: Option<u32>,
     circuit_open_secs: Option<u64>,
 }
@@ -237,6 +240,8 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Retries for idempotent GETs.
     pub get_retries: u32,
+    /// How long a generation's status answer is shared between polls.
+    pub status_cache: Duration,
     /// Consecutive failures that open the circuit.
     pub circuit_failure_threshold: u32,
     /// How long the circuit stays open.
@@ -460,6 +465,7 @@ impl Config {
             connect_timeout: Duration::from_millis(positive(u.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, "upstream.connect_timeout_ms", p)),
             timeout: Duration::from_secs(positive(u.timeout_secs, DEFAULT_UPSTREAM_TIMEOUT_SECS, "upstream.timeout_secs", p)),
             get_retries: u.get_retries.unwrap_or(DEFAULT_GET_RETRIES),
+            status_cache: Duration::from_millis(u.status_cache_ms.unwrap_or(DEFAULT_STATUS_CACHE_MS)),
             circuit_failure_threshold: positive(
                 u.circuit_failure_threshold.map(u64::from),
                 DEFAULT_CIRCUIT_FAILURES as u64,

@@ -27,6 +27,7 @@ use crate::policy::pricing::PriceTable;
 use crate::policy::rate_limit::{LimitKind, Quotas};
 use crate::policy::tenants::{Tenant, TenantDirectory};
 use crate::routes::{self, Route};
+use crate::status_cache::StatusCache;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -54,6 +55,7 @@ pub struct Gateway {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) balance: BalanceKeeper,
+    pub(crate) status_cache: StatusCache,
     pub(crate) metrics: Arc<Metrics>,
     log: AccessLog,
     pub(crate) max_body_bytes: usize,
@@ -119,6 +121,7 @@ impl Gateway {
             store,
             upstream,
             balance,
+            status_cache: StatusCache::new(config.upstream.status_cache),
             metrics: Arc::new(Metrics::new()),
             log,
             max_body_bytes: config.server.max_body_bytes,

@@ -5,6 +5,7 @@
 //! fresh balance → atomic hold (402) → forward → settle / release / mark unknown → respond.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -19,6 +20,7 @@ use crate::policy::money::Usd;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
 use crate::policy::validate::{parse_object, validate};
+use crate::status_cache::CachedStatus;
 use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Store, StoredResponse};
 use crate::upstream::normalize::normalize;
 use crate::upstream::UpstreamResponse;
@@ -114,6 +116,12 @@ impl Drop for IdemGuard {
             let _ = store.idem_abort(&tenant, &key).await;
         });
     }
+}
+
+/// A status answer and, when the platform was asked, its status and latency.
+struct Polled {
+    result: Result<CachedStatus, GatewayError>,
+    upstream: Option<(StatusCode, std::time::Duration)>,
 }
 
 /// A 2xx from the platform, passed through byte for byte with its content type.
@@ -303,14 +311,43 @@ impl Gateway {
             .await?
             .filter(|r| r.tenant == tenant.id && r.family == family)
             .ok_or(GatewayError::GenerationNotFound)?;
-        let rsp = self.upstream.send(Method::GET, path_and_query(uri), None, &ctx.request_id, Bytes::new()).await?;
-        ctx.upstream_status = Some(rsp.status.as_u16());
-        ctx.upstream_latency = Some(rsp.latency);
-        if !rsp.status.is_success() {
-            return Err(upstream_error(&rsp));
+        let polled = self.current_status(&ctx.request_id, &record, path_and_query(uri)).await;
+        match polled.upstream {
+            Some((status, latency)) => {
+                ctx.upstream_status = Some(status.as_u16());
+                ctx.upstream_latency = Some(latency);
+            }
+            None => ctx.outcome = "cached",
         }
-        self.track_status(&record, &rsp.body).await;
-        Ok(passthrough(&rsp))
+        let answer = polled.result?;
+        let mut rsp = body::json(answer.status, answer.body);
+        if let Some(ct) = answer.content_type {
+            rsp.headers_mut().insert(CONTENT_TYPE, ct);
+        }
+        Ok(rsp)
+    }
+
+    /// An owned generation's status: shared with concurrent polls and cached briefly
+    /// (`status_cache.rs`), otherwise asked of the platform.
+    async fn current_status(&self, request_id: &str, record: &GenerationRecord, path: &str) -> Polled {
+        let mut slot = if self.status_cache.enabled() { Some(self.status_cache.slot(&record.id).await) } else { None };
+        if let Some(hit) = slot.as_ref().and_then(|s| s.fresh()) {
+            return Polled { result: Ok(hit.clone()), upstream: None };
+        }
+        let rsp = match self.upstream.send(Method::GET, path, None, request_id, Bytes::new()).await {
+            Ok(rsp) => rsp,
+            Err(e) => return Polled { result: Err(e.into()), upstream: None },
+        };
+        let upstream = Some((rsp.status, rsp.latency));
+        if !rsp.status.is_success() {
+            return Polled { result: Err(upstream_error(&rsp)), upstream };
+        }
+        self.track_status(record, &rsp.body).await;
+        let answer = CachedStatus { at: Instant::now(), status: rsp.status, content_type: rsp.headers.get(CONTENT_TYPE).cloned(), body: rsp.body };
+        if let Some(s) = slot.as_mut() {
+            s.store(answer.clone());
+        }
+        Polled { result: Ok(answer), upstream }
     }
 
     /// Records a status change; a first `failed` refunds the tenant's spend.
@@ -337,15 +374,14 @@ impl Gateway {
                 let path = format!("/v1/{}/generations/{}{slash}", family.path(), r.id);
                 let request_id = request_id.clone();
                 async move {
-                    let fresh = match self.upstream.send(Method::GET, &path, None, &request_id, Bytes::new()).await {
-                        Ok(rsp) if rsp.status.is_success() && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&rsp.body).is_ok() => {
-                            self.track_status(&r, &rsp.body).await;
-                            Some(String::from_utf8_lossy(&rsp.body).into_owned())
+                    let polled = self.current_status(&request_id, &r, &path).await;
+                    match polled.result {
+                        Ok(a) if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&a.body).is_ok() => {
+                            String::from_utf8_lossy(&a.body).into_owned()
                         }
-                        _ => None,
-                    };
-                    // The platform did not answer for this one: what the gateway last saw.
-                    fresh.unwrap_or_else(|| serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string())
+                        // The platform did not answer for this one: what the gateway last saw.
+                        _ => serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string(),
+                    }
                 }
             })
             .buffered(LIST_CONCURRENCY)

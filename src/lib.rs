@@ -28,6 +28,7 @@ pub mod mock;
 pub mod policy;
 pub mod routes;
 pub mod server;
+pub mod status_cache;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;

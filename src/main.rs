@@ -78,17 +78,21 @@ enum Command {
     Keygen,
 }
 
-fn init_logging() -> (AccessLog, tracing_appender::non_blocking::WorkerGuard) {
-    // One non-blocking stdout writer for both the access log and diagnostics: a slow terminal
-    // or pipe never stalls a request.
+/// Keeps both log writers alive; dropping it writes out what is buffered.
+struct LogGuards(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard, #[allow(dead_code)] tollgate::access_log::FlushGuard);
+
+fn init_logging() -> (AccessLog, LogGuards) {
+    // Diagnostics go through a non-blocking writer and the access log through a batch: a slow
+    // terminal or pipe never stalls a request. Both end on stdout.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(writer.clone())
+        .with_writer(writer)
         .with_current_span(false)
         .init();
-    (AccessLog::to_writer(writer), guard)
+    let (log, flush) = AccessLog::batched(std::io::stdout());
+    (log, LogGuards(guard, flush))
 }
 
 async fn shutdown_signal() {

@@ -310,3 +310,41 @@ async fn upstream_timeout_on_generate_is_503_and_holds_as_unknown() {
     assert_eq!((totals.open, totals.unknown), (0, 1));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn status_polls_are_coalesced_and_cached_per_generation() {
+    let platform = Platform::start().await;
+    let text = config_text(platform.addr, "", &default_tenants()).replace("status_cache_ms = 0", "status_cache_ms = 300");
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    let id = create(&c, &gw, KEY_A).await;
+    let path = format!("/v1/sora/generations/{id}/");
+    // A slow platform answer: 64 concurrent polls wait for one call.
+    let mut f = platform.fault(FaultKind::Latency);
+    f.latency_ms = Some(200);
+    f.path_prefix = Some("/v1/sora/generations/".into());
+    platform.inject(f);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (c, url) = (c.clone(), gw.url(&path));
+            tokio::spawn(async move { get(&c, &url, Some(KEY_A)).await })
+        })
+        .collect();
+    let mut bodies = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        bodies.insert(r.body);
+    }
+    assert_eq!(bodies.len(), 1, "everyone got the same answer");
+    assert_eq!(platform.requests_to("/v1/sora/generations/").len(), 1);
+    let lines = gw.log_lines();
+    assert_eq!(lines.iter().filter(|l| l["outcome"] == "cached").count(), 63);
+    // Ownership is checked before the cache: another tenant still gets 404.
+    assert_eq!(get(&c, &gw.url(&path), Some(KEY_B)).await.detail(), "Generation not found");
+    // After the TTL the platform is asked again.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(get(&c, &gw.url(&path), Some(KEY_A)).await.status, 200);
+    assert_eq!(platform.requests_to("/v1/sora/generations/").len(), 2);
+    gw.shutdown().await;
+}

@@ -114,6 +114,8 @@ token_env = "TEST_PLATFORM_TOKEN"
 connect_timeout_ms = 500
 timeout_secs = 2
 circuit_failure_threshold = 1000
+# Every poll reaches the platform unless a test turns the status cache on.
+status_cache_ms = 0
 
 [store]
 backend = "memory"
