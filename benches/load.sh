@@ -28,7 +28,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 TOKEN=bench-platform-token
 KEY=bench-tenant-key
-P_PORT=$(free_port); N_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_port)
+P_PORT=$(free_port); N_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_port); U_PORT=$(free_port); UA_PORT=$(free_port)
 
 # (a) the simulated platform; generations stay pending (long step) so polls are uniform.
 RUNBLOB_TOKEN=$TOKEN $BIN mock-platform --listen 127.0.0.1:$P_PORT --balance 1000000000 --step-ms 100000000 >"$WORK/mock.log" 2>&1 &
@@ -88,11 +88,20 @@ EOF
 RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
 TPID=$!
 PIDS+=($TPID)
-wait_port $P_PORT; wait_port $N_PORT; wait_port $T_PORT
+# The same gateway with the status cache off: every poll goes to the platform, as through nginx.
+sed -e "s/127.0.0.1:$T_PORT/127.0.0.1:$U_PORT/" -e "s/127.0.0.1:$A_PORT/127.0.0.1:$UA_PORT/" -e "s#tollgate.db#nocache.db#" \
+    -e 's/^token_env = "RUNBLOB_TOKEN"/token_env = "RUNBLOB_TOKEN"\nstatus_cache_ms = 0/' "$WORK/tollgate.toml" >"$WORK/nocache.toml"
+RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/nocache.toml" >"$WORK/nocache.log" 2>&1 &
+PIDS+=($!)
+wait_port $P_PORT; wait_port $N_PORT; wait_port $T_PORT; wait_port $U_PORT
 
 # A generation owned by the bench tenant, polled through all three.
-GEN=$(curl -sf "http://127.0.0.1:$T_PORT/v1/sora/generate" -H "Authorization: Bearer $KEY" \
-  -H 'Content-Type: application/json' -d '{"prompt":"benchmark"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation_id"])')
+new_gen() {
+  curl -sf "http://127.0.0.1:$1/v1/sora/generate" -H "Authorization: Bearer $KEY" \
+    -H 'Content-Type: application/json' -d '{"prompt":"benchmark"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation_id"])'
+}
+GEN=$(new_gen $T_PORT)
+GEN_NC=$(new_gen $U_PORT)
 sleep 1
 IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$TPID/status)
 
@@ -146,6 +155,9 @@ for target in direct:$P_PORT nginx:$N_PORT tollgate:$T_PORT; do
   # direct needs the platform token itself.
   script=$WORK/get.lua; [ "$name" = direct ] && { sed "s/$KEY/$TOKEN/" "$WORK/get.lua" >"$WORK/get_direct.lua"; script=$WORK/get_direct.lua; }
   R[status_$name]=$(run "status_$name" "$port" 64 "$script" "$STATUS")
+  if [ "$name" = tollgate ]; then
+    R[status_tollgate_nocache]=$(run status_tollgate_nocache "$U_PORT" 64 "$script" "/v1/sora/generations/$GEN_NC/")
+  fi
   for size in 1m 10m; do
     s=$WORK/post_$size.lua; [ "$name" = direct ] && { sed "s/$KEY/$TOKEN/" "$s" >"$WORK/post_${size}_direct.lua"; s=$WORK/post_${size}_direct.lua; }
     R[gen${size}_$name]=$(run "gen${size}_$name" "$port" 4 "$s" /v1/sora/generate)
@@ -167,7 +179,8 @@ BODY_BYTES=$(stat -c %s "$WORK/body_10m.json")
 
 printf '\n%-22s %12s %10s %10s %8s\n' workload req/s p50_ms p99_ms non2xx
 for w in status gen1m gen10m; do
-  for name in direct nginx tollgate; do
+  names="direct nginx tollgate"; [ $w = status ] && names="direct nginx tollgate tollgate_nocache"
+  for name in $names; do
     read -r rps p50 p99 bad <<<"${R[${w}_$name]}"
     printf '%-22s %12s %10s %10s %8s\n' "$w/$name" "$rps" "$p50" "$p99" "$bad"
   done
@@ -182,6 +195,9 @@ for w in status gen1m gen10m; do
        "p99 tollgate/nginx $(ratio "$t_p99" "$n_p99");" \
        "p50 added over nginx $(python3 -c "print(round($t_p50-$n_p50, 3))") ms, over direct $(python3 -c "print(round($t_p50-$d_p50, 3))") ms"
 done
+read -r t_rps _ t_p99 _ <<<"${R[status_tollgate_nocache]}"
+read -r n_rps _ n_p99 _ <<<"${R[status_nginx]}"
+echo "status with the cache off: throughput tollgate/nginx $(ratio "$t_rps" "$n_rps"); p99 tollgate/nginx $(ratio "$t_p99" "$n_p99")"
 echo
 echo "tollgate RSS idle: $((IDLE_RSS / 1024)) MiB"
 echo "tollgate RSS peak under 20 concurrent 10 MiB uploads: sampled $((PEAK / 1024)) MiB, VmHWM $((HWM / 1024)) MiB" \

@@ -242,3 +242,8 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+// mimalloc keeps freed large buffers for reuse: a 14 MB request body otherwise costs a fresh
+// mmap and ~3,500 page faults per request with glibc's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

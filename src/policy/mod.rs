@@ -3,6 +3,7 @@
 
 pub mod family;
 pub mod image;
+pub mod json;
 pub mod ledger;
 pub mod money;
 pub mod pricing;

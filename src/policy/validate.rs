@@ -1,15 +1,15 @@
 //! Stage 4 of the paid path (policy half): parse the JSON body and check it per family.
 //!
-//! The body is parsed into a map of borrowed raw values: only the fields a rule reads are
-//! decoded, and large strings (base64 images) are validated in place without being copied.
+//! The body is parsed once (`json.rs`) into values whose strings borrow from it, so large
+//! strings (base64 images) are validated in place without being copied.
 //! Unknown fields pass through untouched; what is forwarded is always the original bytes.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use serde::Deserialize;
 
 use super::family::Family;
+use super::json::{self, Json};
 use super::image::{check_base64_image, ImageError};
 
 const MIB: usize = 1024 * 1024;
@@ -48,84 +48,6 @@ pub struct Validated {
     pub image_bytes: usize,
 }
 
-/// A JSON value whose strings borrow from the request body. One parsing pass over the body
-/// (a 14 MB base64 string is scanned once and never copied unless it contains escapes).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json<'a> {
-    /// `null`
-    Null,
-    /// `true`/`false`
-    Bool(bool),
-    /// A number.
-    Num(serde_json::Number),
-    /// A string.
-    Str(Cow<'a, str>),
-    /// An array.
-    Arr(Vec<Json<'a>>),
-    /// An object (values kept for completeness; the rules look only at top-level fields).
-    Obj(Vec<(Cow<'a, str>, Json<'a>)>),
-}
-
-struct JsonVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de> serde::de::Visitor<'de> for JsonVisitor<'de> {
-    type Value = Json<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
-        Ok(Json::Null)
-    }
-    fn visit_none<E>(self) -> Result<Json<'de>, E> {
-        Ok(Json::Null)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Json<'de>, E> {
-        Ok(Json::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Json<'de>, E> {
-        Ok(Json::Num(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Json<'de>, E> {
-        Ok(Json::Num(v.into()))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json<'de>, E> {
-        serde_json::Number::from_f64(v).map(Json::Num).ok_or_else(|| E::custom("number out of range"))
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Json<'de>, E> {
-        Ok(Json::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Json<'de>, E> {
-        Ok(Json::Str(Cow::Owned(v.to_string())))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Json<'de>, E> {
-        Ok(Json::Str(Cow::Owned(v)))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        let mut v = Vec::new();
-        while let Some(item) = seq.next_element::<Json<'de>>()? {
-            v.push(item);
-        }
-        Ok(Json::Arr(v))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut v = Vec::new();
-        while let Some((k, val)) = map.next_entry::<Key<'de>, Json<'de>>()? {
-            v.push((k.0, val));
-        }
-        Ok(Json::Obj(v))
-    }
-}
-
-impl<'de> Deserialize<'de> for Json<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(JsonVisitor(std::marker::PhantomData))
-    }
-}
-
-#[derive(Deserialize)]
-struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
-
 /// The top-level fields of a JSON object body.
 pub struct Fields<'a> {
     map: HashMap<Cow<'a, str>, Json<'a>>,
@@ -135,9 +57,10 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError 
     ValidationError { field: field.into(), message: message.into() }
 }
 
-/// Parses the request body as a JSON object, borrowing its strings.
+/// Parses the request body as a JSON object, borrowing its strings. A repeated key keeps its
+/// last value, as the platform's parser does.
 pub fn parse_object(body: &[u8]) -> Result<Fields<'_>, BodyError> {
-    match serde_json::from_slice::<Json<'_>>(body) {
+    match json::parse(body) {
         Ok(Json::Obj(entries)) => Ok(Fields { map: entries.into_iter().collect() }),
         Ok(_) => Err(BodyError::NotAnObject),
         Err(e) => Err(BodyError::InvalidJson(e.to_string())),
