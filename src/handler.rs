@@ -20,7 +20,7 @@ use crate::policy::money::Usd;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
 use crate::policy::validate::{parse_object, validate};
-use crate::status_cache::CachedStatus;
+use crate::status_cache::{CachedStatus, Lookup};
 use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Store, StoredResponse};
 use crate::upstream::normalize::normalize;
 use crate::upstream::UpstreamResponse;
@@ -330,10 +330,14 @@ impl Gateway {
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
     async fn current_status(&self, request_id: &str, record: &GenerationRecord, path: &str) -> Polled {
-        let mut slot = if self.status_cache.enabled() { Some(self.status_cache.slot(&record.id).await) } else { None };
-        if let Some(hit) = slot.as_ref().and_then(|s| s.fresh()) {
-            return Polled { result: Ok(hit.clone()), upstream: None };
-        }
+        let refresh = if self.status_cache.enabled() {
+            match self.status_cache.lookup(&record.id).await {
+                Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
+                Lookup::Refresh(r) => Some(r),
+            }
+        } else {
+            None
+        };
         let rsp = match self.upstream.send(Method::GET, path, None, request_id, Bytes::new()).await {
             Ok(rsp) => rsp,
             Err(e) => return Polled { result: Err(e.into()), upstream: None },
@@ -344,8 +348,8 @@ impl Gateway {
         }
         self.track_status(record, &rsp.body).await;
         let answer = CachedStatus { at: Instant::now(), status: rsp.status, content_type: rsp.headers.get(CONTENT_TYPE).cloned(), body: rsp.body };
-        if let Some(s) = slot.as_mut() {
-            s.store(answer.clone());
+        if let Some(r) = refresh {
+            r.store(answer.clone());
         }
         Polled { result: Ok(answer), upstream }
     }
