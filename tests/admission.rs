@@ -204,10 +204,7 @@ async fn buffered_body_budget_sheds_load_with_503() {
     // Room for one 1 MiB body at a time.
     let gw = TestGateway::start(&config_text(platform.addr, "max_buffered_body_bytes = 1572864", &default_tenants())).await;
     let c = client();
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(600);
-    f.path_prefix = Some("/v1/sora/generate".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generate", 600, 1);
     let body = format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&png(100, 100, 1024 * 1024)));
     let first = tokio::spawn({
         let (c, url, body) = (c.clone(), gw.url("/v1/sora/generate"), body.clone());

@@ -158,10 +158,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let platform = Platform::start().await;
     let dir = temp_dir();
     let mut gw = Proc::spawn(&config_text(platform.addr, "", &default_tenants()), &dir, &[]);
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(1000);
-    f.path_prefix = Some("/v1/sora/generate".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generate", 1000, 1);
     let c = client();
     let url = gw.url("/v1/sora/generate");
     let in_flight = tokio::spawn(async move { post(&c, &url, Some(KEY_A), SORA).await });

@@ -44,10 +44,7 @@ async fn balance_is_fetched_once_per_ttl_under_200_concurrent_requests() {
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
     // A slow balance endpoint makes every request wait on the same fetch.
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(300);
-    f.path_prefix = Some("/v1/data/balance".into());
-    platform.inject(f);
+    platform.delay("/v1/data/balance", 300, 1);
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let (c, base) = (c.clone(), gw.addr);
@@ -217,10 +214,7 @@ async fn idempotency_key_replays_conflicts_and_mismatches() {
         r
     };
     // The first is slow, so a duplicate arrives while it runs.
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(500);
-    f.path_prefix = Some("/v1/sora/generate".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generate", 500, 1);
     let first = tokio::spawn({
         let (c, req) = (c.clone(), with_key(SORA, "order-1", KEY_A));
         async move { send(&c, req).await }
@@ -299,10 +293,7 @@ async fn upstream_timeout_on_generate_is_503_and_holds_as_unknown() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(3000);
-    f.path_prefix = Some("/v1/sora/generate".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generate", 3000, 1);
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Upstream timed out"));
     assert_eq!(platform.generate_calls(), 1, "a paid POST is never retried");
@@ -320,10 +311,7 @@ async fn status_polls_are_coalesced_and_cached_per_generation() {
     let id = create(&c, &gw, KEY_A).await;
     let path = format!("/v1/sora/generations/{id}/");
     // A slow platform answer: 64 concurrent polls wait for one call.
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(200);
-    f.path_prefix = Some("/v1/sora/generations/".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generations/", 200, 1);
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (c, url) = (c.clone(), gw.url(&path));

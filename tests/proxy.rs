@@ -165,11 +165,7 @@ async fn slow_upstream_times_out_within_the_configured_timeout() {
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
     let id = create(&c, &gw, KEY_A).await;
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(5000);
-    f.times = Some(3);
-    f.path_prefix = Some("/v1/sora/generations/".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generations/", 5000, 3);
     let started = Instant::now();
     let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_A)).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Upstream timed out"));
@@ -246,10 +242,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
-    let mut f = platform.fault(FaultKind::Latency);
-    f.latency_ms = Some(800);
-    f.path_prefix = Some("/v1/sora/generate".into());
-    platform.inject(f);
+    platform.delay("/v1/sora/generate", 800, 1);
     let url = gw.url("/v1/sora/generate");
     let in_flight = tokio::spawn({
         let c = c.clone();

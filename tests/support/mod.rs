@@ -60,6 +60,15 @@ impl Platform {
         self.mock.push_fault(f);
     }
 
+    /// Delays the next `times` requests whose path starts with `path_prefix` by `ms`.
+    pub fn delay(&self, path_prefix: &str, ms: u64, times: u32) {
+        let mut f = self.fault(FaultKind::Latency);
+        f.latency_ms = Some(ms);
+        f.path_prefix = Some(path_prefix.into());
+        f.times = Some(times);
+        self.inject(f);
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.mock.recorded()
     }
