@@ -178,7 +178,7 @@ pub mod fixtures {
         if pad > 0 {
             v.extend_from_slice(&(pad as u32).to_be_bytes());
             v.extend_from_slice(b"tEXt");
-            v.extend(std::iter::repeat(b'a').take(pad));
+            v.extend(std::iter::repeat_n(b'a', pad));
             v.extend_from_slice(&[0, 0, 0, 0]);
         }
         v.extend_from_slice(&[0, 0, 0, 0]);
@@ -196,7 +196,7 @@ pub mod fixtures {
             let chunk = left.min(65_000);
             v.extend_from_slice(&[0xFF, 0xE1]);
             v.extend_from_slice(&((chunk + 2) as u16).to_be_bytes());
-            v.extend(std::iter::repeat(0u8).take(chunk));
+            v.extend(std::iter::repeat_n(0u8, chunk));
             left -= chunk;
         }
         v.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);

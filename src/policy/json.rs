@@ -306,7 +306,7 @@ mod tests {
     }
 
     /// Same verdict and same value as serde_json.
-    pub(crate) fn agrees_with_serde(input: &[u8]) {
+    fn agrees_with_serde(input: &[u8]) {
         let ours = parse(input);
         let theirs = serde_json::from_slice::<serde_json::Value>(input);
         match (&ours, &theirs) {
@@ -388,6 +388,3 @@ mod tests {
         assert_eq!(m[1].1, Json::Str(Cow::Owned("esc\"aped".into())));
     }
 }
-
-#[cfg(test)]
-pub(crate) use tests::agrees_with_serde;

@@ -207,7 +207,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn ceil_secs_from_us(us: i64) -> u64 {
-    ((us.max(0) as u64) + 999_999) / 1_000_000
+    (us.max(0) as u64).div_ceil(1_000_000)
 }
 
 // === impl RedisStore ===

@@ -127,9 +127,12 @@ mod tests {
         (r.status.as_u16(), r.detail, r.retry_after)
     }
 
+    /// Upstream status and body → expected status, detail, Retry-After.
+    type Case<'a> = (u16, &'a str, (u16, &'a str, Option<u64>));
+
     #[test]
     fn every_shape_becomes_one_detail_string() {
-        let cases: &[(u16, &str, (u16, &str, Option<u64>))] = &[
+        let cases: &[Case<'_>] = &[
             (402, r#"{"detail": "INSUFFICIENT_CREDITS"}"#, (402, "INSUFFICIENT_CREDITS", None)),
             (404, r#"{"detail": "Generation not found"}"#, (404, "Generation not found", None)),
             (
