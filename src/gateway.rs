@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response};
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -284,9 +284,9 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        // Ambiguous framing is refused before anything else looks at the request.
-        let both = req.headers().contains_key(CONTENT_LENGTH) && req.headers().contains_key(TRANSFER_ENCODING);
-        if both || req.extensions().get::<crate::framing::AmbiguousFraming>().is_some() {
+        // Ambiguous framing (seen on the wire by `framing.rs`; hyper drops the evidence from the
+        // headers) is refused before anything else looks at the request.
+        if req.extensions().get::<crate::framing::AmbiguousFraming>().is_some() {
             return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
         }
         let route = routes::resolve(req.method(), req.uri().path())?;

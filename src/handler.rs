@@ -142,12 +142,22 @@ fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
-/// `generation_id`/`task_uuid` and `price` of a 201.
-fn created(family: Family, body: &[u8]) -> (Option<String>, Option<Usd>) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return (None, None) };
+/// What a 201 says: `generation_id`/`task_uuid`, `price` and `status`.
+#[derive(Debug, PartialEq, Eq)]
+struct Created {
+    id: Option<String>,
+    price: Option<Usd>,
+    status: Option<String>,
+}
+
+fn created(family: Family, body: &[u8]) -> Created {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return Created { id: None, price: None, status: None } };
     let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"));
-    let id = id.and_then(|i| i.as_str()).map(str::to_string);
-    (id, v.get("price").and_then(Usd::from_json))
+    Created {
+        id: id.and_then(|i| i.as_str()).map(str::to_string),
+        price: v.get("price").and_then(Usd::from_json),
+        status: v.get("status").and_then(|s| s.as_str()).map(str::to_string),
+    }
 }
 
 /// `status` of a status body, if it is a JSON object with one.
@@ -280,10 +290,11 @@ impl Gateway {
             }
             return Err(err);
         }
-        let (id, charged) = created(family, &rsp.body);
-        let charged = charged.unwrap_or(price);
+        let answer = created(family, &rsp.body);
+        // "calculating" or absent (Motion Control, Seedance): settle at the estimate.
+        let charged = answer.price.unwrap_or(price);
         ctx.price = Some(charged);
-        let id = id.unwrap_or_else(|| {
+        let id = answer.id.unwrap_or_else(|| {
             tracing::warn!(request_id = %ctx.request_id, "platform accepted a generation without an id; recording it under the request id");
             format!("unknown-{}", ctx.request_id)
         });
@@ -293,7 +304,7 @@ impl Gateway {
             family,
             price: charged,
             created_ms: now_ms() as i64,
-            status: reported_status(&rsp.body).unwrap_or_else(|| "pending".into()),
+            status: answer.status.unwrap_or_else(|| "pending".into()),
         };
         // Durable before the tenant hears of it.
         hold.settle(&month, charged, &record).await?;
@@ -414,13 +425,18 @@ mod tests {
 
     #[test]
     fn reads_created_id_and_price_of_either_id_field() {
+        let c = |id: Option<&str>, price: Option<i64>, status: Option<&str>| Created {
+            id: id.map(str::to_string),
+            price: price.map(Usd::from_micros),
+            status: status.map(str::to_string),
+        };
         assert_eq!(
             created(Family::Sora, br#"{"generation_id":"g1","status":"pending","price":"0.1200"}"#),
-            (Some("g1".into()), Some(Usd::from_micros(120_000)))
+            c(Some("g1"), Some(120_000), Some("pending"))
         );
-        assert_eq!(created(Family::Gemini, br#"{"task_uuid":"t1","price":0.02}"#), (Some("t1".into()), Some(Usd::from_micros(20_000))));
-        assert_eq!(created(Family::Kling, br#"{"generation_id":"k","price":"calculating"}"#), (Some("k".into()), None));
-        assert_eq!(created(Family::Veo, b"not json"), (None, None));
+        assert_eq!(created(Family::Gemini, br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
+        assert_eq!(created(Family::Kling, br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
+        assert_eq!(created(Family::Veo, b"not json"), c(None, None, None));
     }
 
     #[test]
