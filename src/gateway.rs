@@ -5,6 +5,11 @@
 //! rate-limit headers → `x-request-id` → access log + metrics.
 //! The bracketed part is `Gateway::dispatch`; the stage handlers are in `handler.rs`.
 //! Every request, including failures, leaves exactly one access-log line.
+//!
+//! ARCHITECTURE.md sketches these stages as tower layers. They are plain async functions here
+//! instead: each stage needs the route, the tenant or the buffered body, which layers can only
+//! pass through request extensions, and one straight-line function with `?` between stages is
+//! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
