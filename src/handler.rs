@@ -118,16 +118,17 @@ impl Drop for IdemGuard {
     }
 }
 
-/// A status answer and, when the platform was asked, its status and latency.
+/// A status answer and, when the platform answered, its status and latency (`None` with an
+/// `Ok` answer: served from the status cache).
 struct Polled {
     result: Result<CachedStatus, GatewayError>,
     upstream: Option<(StatusCode, std::time::Duration)>,
 }
 
 /// A 2xx from the platform, passed through byte for byte with its content type.
-fn passthrough(rsp: &UpstreamResponse) -> Response<Body> {
-    let mut out = body::json(rsp.status, rsp.body.clone());
-    if let Some(ct) = rsp.headers.get(CONTENT_TYPE) {
+fn passthrough(status: StatusCode, content_type: Option<&HeaderValue>, bytes: Bytes) -> Response<Body> {
+    let mut out = body::json(status, bytes);
+    if let Some(ct) = content_type {
         out.headers_mut().insert(CONTENT_TYPE, ct.clone());
     }
     out
@@ -311,7 +312,7 @@ impl Gateway {
         if let Some(idem) = idem {
             idem.finish(rsp.status, &rsp.body).await;
         }
-        Ok(passthrough(&rsp))
+        Ok(passthrough(rsp.status, rsp.headers.get(CONTENT_TYPE), rsp.body))
     }
 
     /// `GET /v1/{family}/generations/{id}`: only the owner may look.
@@ -323,19 +324,15 @@ impl Gateway {
             .filter(|r| r.tenant == tenant.id && r.family == family)
             .ok_or(GatewayError::GenerationNotFound)?;
         let polled = self.current_status(&ctx.request_id, &record, path_and_query(uri)).await;
-        match polled.upstream {
-            Some((status, latency)) => {
-                ctx.upstream_status = Some(status.as_u16());
-                ctx.upstream_latency = Some(latency);
-            }
-            None => ctx.outcome = "cached",
+        if let Some((status, latency)) = polled.upstream {
+            ctx.upstream_status = Some(status.as_u16());
+            ctx.upstream_latency = Some(latency);
         }
         let answer = polled.result?;
-        let mut rsp = body::json(answer.status, answer.body);
-        if let Some(ct) = answer.content_type {
-            rsp.headers_mut().insert(CONTENT_TYPE, ct);
+        if polled.upstream.is_none() {
+            ctx.outcome = "cached";
         }
-        Ok(rsp)
+        Ok(passthrough(answer.status, answer.content_type.as_ref(), answer.body))
     }
 
     /// An owned generation's status: shared with concurrent polls and cached briefly

@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-
 use super::family::Family;
 use super::json::{self, Json};
 use super::image::{check_base64_image, ImageError};
