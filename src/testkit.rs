@@ -27,7 +27,9 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed for these tests (apt-get install redis-server)");
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}): the Redis-backed tests need it; run `scripts/test`, which installs it, instead of `cargo test`")
+            });
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             assert!(Instant::now() < deadline, "redis-server did not create {}", sock.display());
