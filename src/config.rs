@@ -168,6 +168,14 @@ struct BalanceSection {
     reserve: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct ReconcileSection {
+    interval_secs: Option<u64>,
+    status_calls_per_minute: Option<u32>,
+    unknown_after_secs: Option<u64>,
+    lease_margin_ms: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum PriceSpec {
@@ -198,6 +206,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[balance]`.
     pub balance: BalanceConfig,
+    /// `[reconcile]`.
+    pub reconcile: ReconcileConfig,
     /// `[pricing]`.
     pub pricing: PriceTable,
     /// `[[tenants]]`.
@@ -277,6 +287,28 @@ pub struct BalanceConfig {
     /// Never spent.
     pub reserve: Usd,
 }
+
+/// `[reconcile]`: how the ledger converges to the platform (unknown outcomes, refunds).
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How often unresolved generations and outcomes are looked at.
+    pub interval: Duration,
+    /// Platform calls the reconciler may spend per minute (all tenants share one token).
+    pub status_calls_per_minute: u32,
+    /// An unknown outcome not found on the platform by then is released.
+    pub unknown_after: Duration,
+    /// A hold's lease is the upstream timeout plus this.
+    pub lease_margin: Duration,
+}
+
+/// Reconciler defaults.
+pub const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 30;
+/// Platform status calls per minute for the reconciler.
+pub const DEFAULT_RECONCILE_CALLS_PER_MINUTE: u32 = 30;
+/// Unknown outcomes not found by then are released.
+pub const DEFAULT_UNKNOWN_AFTER_SECS: u64 = 900;
+/// Lease margin over the upstream timeout.
+pub const DEFAULT_LEASE_MARGIN_MS: u64 = 10_000;
 
 fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &str, problems: &mut Vec<String>) -> T {
     let Some(value) = value else { return T::default() };
@@ -363,7 +395,7 @@ impl Config {
             Err(e) => return (None, vec![format!("TOML syntax: {}", e.message())]),
         };
         for key in table.keys() {
-            if !["server", "upstream", "store", "balance", "pricing", "tenants"].contains(&key.as_str()) {
+            if !["server", "upstream", "store", "balance", "reconcile", "pricing", "tenants"].contains(&key.as_str()) {
                 p.push(format!("unknown key `{key}`"));
             }
         }
@@ -371,6 +403,7 @@ impl Config {
         let upstream: UpstreamSection = section(table.get("upstream"), "upstream", &mut p);
         let store: StoreSection = section(table.get("store"), "store", &mut p);
         let balance: BalanceSection = section(table.get("balance"), "balance", &mut p);
+        let reconcile: ReconcileSection = section(table.get("reconcile"), "reconcile", &mut p);
         let pricing: HashMap<String, PriceSpec> = match table.get("pricing") {
             None => HashMap::new(),
             // Entry by entry, so one bad family does not hide the others' problems.
@@ -420,7 +453,18 @@ impl Config {
         };
         let pricing = Config::pricing(pricing, &mut p);
         let tenants = Config::tenants(tenants, &mut p);
-        let config = Config { server, upstream, store, balance, pricing, tenants };
+        let reconcile = ReconcileConfig {
+            interval: Duration::from_secs(positive(reconcile.interval_secs, DEFAULT_RECONCILE_INTERVAL_SECS, "reconcile.interval_secs", &mut p)),
+            status_calls_per_minute: positive(
+                reconcile.status_calls_per_minute.map(u64::from),
+                DEFAULT_RECONCILE_CALLS_PER_MINUTE as u64,
+                "reconcile.status_calls_per_minute",
+                &mut p,
+            ) as u32,
+            unknown_after: Duration::from_secs(positive(reconcile.unknown_after_secs, DEFAULT_UNKNOWN_AFTER_SECS, "reconcile.unknown_after_secs", &mut p)),
+            lease_margin: Duration::from_millis(reconcile.lease_margin_ms.unwrap_or(DEFAULT_LEASE_MARGIN_MS)),
+        };
+        let config = Config { server, upstream, store, balance, reconcile, pricing, tenants };
         (Some(config), p)
     }
 

@@ -13,6 +13,8 @@ use crate::upstream::UpstreamError;
 
 /// Retry-After for the gateway's own 503s.
 const RETRY_AFTER_SECS: u64 = 5;
+/// Repeats of an Idempotency-Key whose first outcome is being reconciled: try again later.
+const OUTCOME_RETRY_AFTER_SECS: u64 = 30;
 
 /// Everything that can end a request early. Leaf stages return these; `into_response` is the
 /// only place they become HTTP.
@@ -60,6 +62,10 @@ pub enum GatewayError {
     /// A request with the same Idempotency-Key is running.
     #[error("A request with this Idempotency-Key is still in progress")]
     IdempotencyInProgress,
+    /// The first request with this Idempotency-Key reached the platform without a readable
+    /// answer; repeats wait until the reconciler knows whether it was charged.
+    #[error("The first request with this Idempotency-Key reached the platform but its outcome is not known yet; it is being resolved, retry later")]
+    OutcomeUnresolved,
     /// Same Idempotency-Key, different body.
     #[error("Idempotency-Key was already used with a different request body")]
     IdempotencyMismatch,
@@ -101,7 +107,7 @@ impl GatewayError {
             Body(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
             Validation(_) | IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Refused(_) => StatusCode::PAYMENT_REQUIRED,
-            IdempotencyInProgress => StatusCode::CONFLICT,
+            IdempotencyInProgress | OutcomeUnresolved => StatusCode::CONFLICT,
             Upstream(n) => n.status,
             Unreachable(_) | Overloaded | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -121,7 +127,7 @@ impl GatewayError {
             Body(_) | BadRequest(_) | Validation(_) | IdempotencyMismatch => "invalid_request",
             Refused(crate::policy::ledger::Refusal::InsufficientCredits) => "insufficient_credits",
             Refused(crate::policy::ledger::Refusal::BudgetExceeded) => "budget_exceeded",
-            IdempotencyInProgress => "conflict",
+            IdempotencyInProgress | OutcomeUnresolved => "conflict",
             Upstream(_) => "upstream_error",
             Unreachable(UpstreamError::Timeout) => "upstream_timeout",
             Unreachable(UpstreamError::CircuitOpen { .. }) => "circuit_open",
@@ -140,6 +146,7 @@ impl GatewayError {
             GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs }) => Some(*retry_after_secs),
             GatewayError::Unreachable(_) | GatewayError::Store(_) => Some(RETRY_AFTER_SECS),
             GatewayError::Overloaded => Some(1),
+            GatewayError::OutcomeUnresolved => Some(OUTCOME_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -217,6 +224,11 @@ mod tests {
             (GatewayError::Refused(Refusal::BudgetExceeded), 402, "BUDGET_EXCEEDED"),
             (GatewayError::GenerationNotFound, 404, "Generation not found"),
             (GatewayError::IdempotencyInProgress, 409, "A request with this Idempotency-Key is still in progress"),
+            (
+                GatewayError::OutcomeUnresolved,
+                409,
+                "The first request with this Idempotency-Key reached the platform but its outcome is not known yet; it is being resolved, retry later",
+            ),
             (GatewayError::IdempotencyMismatch, 422, "Idempotency-Key was already used with a different request body"),
             (GatewayError::PriceNotConfigured("veo"), 500, "No price is configured for model family veo"),
             (
@@ -237,7 +249,7 @@ mod tests {
             let (s, d, h) = render(err).await;
             assert_eq!((s, d.as_str()), (status, detail), "{name}");
             assert_eq!(h[CONTENT_TYPE], "application/json", "{name}");
-            if status == 503 || status == 429 {
+            if status == 503 || status == 429 || name == "OutcomeUnresolved" {
                 assert!(h.contains_key(RETRY_AFTER), "{name}");
             }
         }

@@ -11,6 +11,7 @@
 //! pass through request extensions, and one straight-line function with `?` between stages is
 //! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,14 +65,25 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     log: AccessLog,
     pub(crate) max_body_bytes: usize,
-    request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    /// A hold's lease: the upstream timeout plus a margin.
+    pub(crate) hold_lease: Duration,
+    pub(crate) reconcile: crate::config::ReconcileConfig,
     body_budget: Semaphore,
     body_budget_units: usize,
     reload_source: Option<ReloadSource>,
 }
 
 /// What one request did, filled in as it goes; becomes the access-log line.
+#[derive(Clone)]
 pub struct Ctx {
+    /// When the request arrived.
+    pub started: Instant,
+    /// Its method.
+    pub method: http::Method,
+    /// Set once a paid request is handed to the platform: from then on it runs to its outcome,
+    /// past the request deadline and past a client that leaves.
+    pub forwarded: Arc<AtomicBool>,
     /// Sent back as `x-request-id` and logged.
     pub request_id: String,
     /// Set by auth.
@@ -131,6 +143,8 @@ impl Gateway {
             log,
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout,
+            hold_lease: config.upstream.timeout + config.reconcile.lease_margin,
+            reconcile: config.reconcile.clone(),
             body_budget: Semaphore::new(units),
             body_budget_units: units,
             reload_source,
@@ -209,10 +223,12 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        let started = Instant::now();
-        let method = req.method().clone();
         let request_id = req.headers().get("x-request-id").and_then(sane_request_id).unwrap_or_else(new_request_id);
+        let forwarded = Arc::new(AtomicBool::new(false));
         let mut ctx = Ctx {
+            started: Instant::now(),
+            method: req.method().clone(),
+            forwarded: forwarded.clone(),
             request_id,
             tenant: None,
             route: routes::UNMATCHED,
@@ -224,10 +240,18 @@ impl Gateway {
             request_bytes: 0,
             image_bytes: 0,
         };
-        // The deadline drops the stage future; hold and idempotency guards clean up on drop.
-        let result = match tokio::time::timeout(self.request_timeout, self.dispatch(&mut ctx, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(GatewayError::RequestTimeout),
+        // The deadline drops the stage future (hold and idempotency guards clean up on drop),
+        // except once a paid request was forwarded: then its answer is what the client gets, and
+        // the upstream timeout bounds the wait.
+        let result = {
+            let dispatch = self.dispatch(&mut ctx, req);
+            tokio::pin!(dispatch);
+            tokio::select! {
+                r = &mut dispatch => r,
+                _ = tokio::time::sleep(self.request_timeout) => {
+                    if forwarded.load(Ordering::Acquire) { dispatch.await } else { Err(GatewayError::RequestTimeout) }
+                }
+            }
         };
         let mut rsp = match result {
             Ok(rsp) => rsp,
@@ -249,11 +273,13 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
             rsp.headers_mut().insert("x-request-id", v);
         }
-        self.finish(&ctx, method.as_str(), rsp.status().as_u16(), started.elapsed());
+        self.finish(&ctx, rsp.status().as_u16());
         rsp
     }
 
-    fn finish(&self, ctx: &Ctx, method: &str, status: u16, latency: Duration) {
+    /// Counts the request and writes its access line.
+    pub(crate) fn finish(&self, ctx: &Ctx, status: u16) {
+        let latency = ctx.started.elapsed();
         static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         let anon = ANONYMOUS.get_or_init(|| Arc::from("-"));
         self.metrics.observe(&RequestSample {
@@ -270,7 +296,7 @@ impl Gateway {
             target: "access_log",
             request_id: &ctx.request_id,
             tenant: ctx.tenant.as_deref(),
-            method,
+            method: ctx.method.as_str(),
             route: ctx.route,
             status,
             outcome: ctx.outcome,
@@ -284,7 +310,7 @@ impl Gateway {
     }
 
     /// Route, authenticate, rate-limit, then hand over to the route's stage handler.
-    async fn dispatch<B>(&self, ctx: &mut Ctx, req: Request<B>) -> Result<Response<Body>, GatewayError>
+    async fn dispatch<B>(self: &Arc<Self>, ctx: &mut Ctx, req: Request<B>) -> Result<Response<Body>, GatewayError>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,

@@ -16,12 +16,12 @@ use crate::body::{self, content_length, read_limited, Body, ReadError};
 use crate::error::GatewayError;
 use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::policy::family::Family;
-use crate::policy::money::Usd;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
 use crate::policy::validate::{parse_object, validate};
 use crate::status_cache::{CachedStatus, Lookup};
-use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Store, StoredResponse};
+use crate::paid::{passthrough, HoldGuard, IdemGuard, Paid};
+use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent};
 use crate::upstream::normalize::normalize;
 use crate::upstream::UpstreamResponse;
 
@@ -30,108 +30,17 @@ const LIST_DEFAULT: usize = 50;
 const LIST_MAX: usize = 100;
 /// Status lookups in flight at once while building a list.
 const LIST_CONCURRENCY: usize = 8;
+/// A claim whose request died before taking its hold frees itself this long after the request
+/// deadline.
+const IDEM_CLAIM_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest Idempotency-Key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
-
-/// A hold on the balance; released (or, once forwarded, marked unknown) if dropped unsettled,
-/// so a cancelled or timed-out request cannot leak held money.
-struct HoldGuard {
-    store: Arc<dyn Store>,
-    id: u64,
-    forwarded: bool,
-    done: bool,
-}
-
-impl HoldGuard {
-    async fn release(mut self) {
-        self.done = true;
-        if let Err(e) = self.store.release(self.id).await {
-            tracing::warn!(error = %e, hold = self.id, "could not release hold");
-        }
-    }
-
-    async fn unknown(mut self) {
-        self.done = true;
-        if let Err(e) = self.store.mark_unknown(self.id).await {
-            tracing::warn!(error = %e, hold = self.id, "could not mark hold unknown");
-        }
-    }
-
-    async fn settle(mut self, month: &str, charged: Usd, record: &GenerationRecord) -> Result<(), GatewayError> {
-        match self.store.settle(self.id, month, charged, record).await {
-            Ok(()) => {
-                self.done = true;
-                Ok(())
-            }
-            // Charged but not recorded: keep the money held (Drop marks it unknown) and fail.
-            Err(e) => {
-                tracing::error!(error = %e, generation = %record.id, tenant = %record.tenant, "generation created upstream but not recorded");
-                Err(e.into())
-            }
-        }
-    }
-}
-
-impl Drop for HoldGuard {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let (store, id, forwarded) = (self.store.clone(), self.id, self.forwarded);
-        tokio::spawn(async move {
-            let r = if forwarded { store.mark_unknown(id).await } else { store.release(id).await };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, hold = id, "could not clean up an abandoned hold");
-            }
-        });
-    }
-}
-
-/// A claimed Idempotency-Key; given up if dropped unfinished so a retry can run.
-struct IdemGuard {
-    store: Arc<dyn Store>,
-    tenant: Arc<str>,
-    key: String,
-    digest: [u8; 32],
-    done: bool,
-}
-
-impl IdemGuard {
-    async fn finish(mut self, status: StatusCode, body: &Bytes) {
-        self.done = true;
-        let rsp = StoredResponse { status: status.as_u16(), body: body.clone() };
-        if let Err(e) = self.store.idem_finish(&self.tenant, &self.key, &self.digest, &rsp).await {
-            tracing::warn!(error = %e, "could not store idempotent response");
-        }
-    }
-}
-
-impl Drop for IdemGuard {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let (store, tenant, key) = (self.store.clone(), self.tenant.clone(), std::mem::take(&mut self.key));
-        tokio::spawn(async move {
-            let _ = store.idem_abort(&tenant, &key).await;
-        });
-    }
-}
 
 /// A status answer and, when the platform answered, its status and latency (`None` with an
 /// `Ok` answer: served from the status cache).
 struct Polled {
     result: Result<CachedStatus, GatewayError>,
     upstream: Option<(StatusCode, std::time::Duration)>,
-}
-
-/// A 2xx from the platform, passed through byte for byte with its content type.
-fn passthrough(status: StatusCode, content_type: Option<&HeaderValue>, bytes: Bytes) -> Response<Body> {
-    let mut out = body::json(status, bytes);
-    if let Some(ct) = content_type {
-        out.headers_mut().insert(CONTENT_TYPE, ct.clone());
-    }
-    out
 }
 
 fn upstream_error(rsp: &UpstreamResponse) -> GatewayError {
@@ -141,24 +50,6 @@ fn upstream_error(rsp: &UpstreamResponse) -> GatewayError {
 
 fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-}
-
-/// What a 201 says: `generation_id`/`task_uuid`, `price` and `status`.
-#[derive(Debug, PartialEq, Eq)]
-struct Created {
-    id: Option<String>,
-    price: Option<Usd>,
-    status: Option<String>,
-}
-
-fn created(family: Family, body: &[u8]) -> Created {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return Created { id: None, price: None, status: None } };
-    let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"));
-    Created {
-        id: id.and_then(|i| i.as_str()).map(str::to_string),
-        price: v.get("price").and_then(Usd::from_json),
-        status: v.get("status").and_then(|s| s.as_str()).map(str::to_string),
-    }
 }
 
 /// `status` of a status body, if it is a JSON object with one.
@@ -196,7 +87,7 @@ fn query_usize(uri: &Uri, name: &str, default: usize, min: usize, max: usize) ->
 impl Gateway {
     /// `POST /v1/{family}/generate`: the paid path.
     pub(crate) async fn generate<B>(
-        &self,
+        self: &Arc<Self>,
         ctx: &mut Ctx,
         runtime: &Runtime,
         tenant: &Arc<Tenant>,
@@ -219,19 +110,25 @@ impl Gateway {
         ctx.request_bytes = body.len();
 
         // 4. JSON and family rules, on borrowed slices of the body.
-        let validated = {
+        let (validated, prompt_sha256) = {
             let fields = parse_object(&body)?;
-            validate(family, &fields)?
+            let validated = validate(family, &fields)?;
+            let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
+            (validated, hex::encode(Sha256::digest(prompt.as_bytes())))
         };
         ctx.image_bytes = validated.image_bytes;
 
+        // The hold's id exists before anything is stored, so every later step can clean up by it.
+        let hold = HoldGuard::new(self.store.clone());
+
         // 10. A repeat of a finished request is answered from the record, uncharged.
-        let idem = match idem_key {
+        let idem = match &idem_key {
             None => None,
             Some(key) => {
                 let digest: [u8; 32] = Sha256::digest(&body).into();
-                match self.store.idem_claim(&tenant.id, &key, &digest).await? {
-                    IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key, digest, done: false }),
+                let stale_ms = (self.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
+                match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
+                    IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key: key.clone(), digest, done: false }),
                     IdemClaim::Replay(stored) => {
                         ctx.outcome = "idempotent_replay";
                         let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
@@ -240,6 +137,7 @@ impl Gateway {
                         return Ok(rsp);
                     }
                     IdemClaim::InProgress => return Err(GatewayError::IdempotencyInProgress),
+                    IdemClaim::Unresolved => return Err(GatewayError::OutcomeUnresolved),
                     IdemClaim::Mismatch => return Err(GatewayError::IdempotencyMismatch),
                 }
             }
@@ -252,67 +150,43 @@ impl Gateway {
         let price = runtime.pricing.estimate(family, &validated.price_key).ok_or(GatewayError::PriceNotConfigured(family.path()))?;
         ctx.price = Some(price);
         self.balance.ensure_fresh(&ctx.request_id).await?;
-        let month = month_of(now_ms());
-        let hold_req = HoldRequest { tenant: tenant.id.clone(), month: month.clone(), price, budget: tenant.monthly_budget, reserve: runtime.reserve };
-        let mut hold = match self.store.hold(&hold_req).await? {
-            HoldOutcome::Held(id) => HoldGuard { store: self.store.clone(), id, forwarded: false, done: false },
+        let hold_req = HoldRequest {
+            id: hold.id.clone(),
+            tenant: tenant.id.clone(),
+            price,
+            budget: tenant.monthly_budget,
+            reserve: runtime.reserve,
+            lease_ms: self.hold_lease.as_millis() as u64,
+            intent: Intent { family: family.path().to_string(), prompt_sha256, created_ms: 0, idem_key, month: month_of(now_ms()) },
+        };
+        match self.store.hold(&hold_req).await? {
+            HoldOutcome::Held => {}
             HoldOutcome::Refused(r) => return Err(r.into()),
             HoldOutcome::NoBalance => return Err(GatewayError::Internal("no balance cached after a successful refresh".into())),
-        };
+            HoldOutcome::Gone => return Err(GatewayError::Internal("hold id was released before it was taken".into())),
+        }
 
-        // 9. Forward; never retried (a POST may have been charged).
-        hold.forwarded = true;
-        let sent = self
-            .upstream
-            .send(Method::POST, path_and_query(&parts.uri), parts.headers.get(CONTENT_TYPE), &ctx.request_id, body)
-            .await;
-        let rsp = match sent {
-            Ok(rsp) => rsp,
-            Err(e) => {
-                if e.maybe_delivered() {
-                    hold.unknown().await;
-                } else {
-                    hold.release().await;
-                }
-                return Err(e.into());
-            }
-        };
-        ctx.upstream_status = Some(rsp.status.as_u16());
-        ctx.upstream_latency = Some(rsp.latency);
-        if !rsp.status.is_success() {
-            hold.release().await;
-            let err = upstream_error(&rsp);
-            // The platform's own verdict on this body (4xx) is final: replay it. 5xx and 429 may
-            // pass on retry, so the key is given up (the guard's drop).
-            if let (Some(idem), GatewayError::Upstream(n)) = (idem, &err) {
-                if n.status.is_client_error() && n.status != StatusCode::TOO_MANY_REQUESTS {
-                    idem.finish(n.status, &Bytes::from(serde_json::json!({ "detail": n.detail }).to_string())).await;
-                }
-            }
-            return Err(err);
-        }
-        let answer = created(family, &rsp.body);
-        // "calculating" or absent (Motion Control, Seedance): settle at the estimate.
-        let charged = answer.price.unwrap_or(price);
-        ctx.price = Some(charged);
-        let id = answer.id.unwrap_or_else(|| {
-            tracing::warn!(request_id = %ctx.request_id, "platform accepted a generation without an id; recording it under the request id");
-            format!("unknown-{}", ctx.request_id)
-        });
-        let record = GenerationRecord {
-            id,
-            tenant: tenant.id.clone(),
+        // 9. Forward (never retried: a POST may have been charged) and settle, in a task of its
+        // own: from here on the request runs to its outcome whether or not the client stays.
+        ctx.forwarded.store(true, std::sync::atomic::Ordering::Release);
+        let paid = Paid {
+            gw: self.clone(),
+            hold,
+            idem,
             family,
-            price: charged,
-            created_ms: now_ms() as i64,
-            status: answer.status.unwrap_or_else(|| "pending".into()),
+            tenant: tenant.id.clone(),
+            quoted: price,
+            path: path_and_query(&parts.uri).to_string(),
+            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+            body,
         };
-        // Durable before the tenant hears of it.
-        hold.settle(&month, charged, &record).await?;
-        if let Some(idem) = idem {
-            idem.finish(rsp.status, &rsp.body).await;
+        let out = paid.spawn(ctx).await.map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
+        if let Some((status, latency)) = out.upstream {
+            ctx.upstream_status = Some(status.as_u16());
+            ctx.upstream_latency = Some(latency);
         }
-        Ok(passthrough(rsp.status, rsp.headers.get(CONTENT_TYPE), rsp.body))
+        ctx.price = Some(out.price);
+        out.result
     }
 
     /// `GET /v1/{family}/generations/{id}`: only the owner may look.
@@ -363,10 +237,15 @@ impl Gateway {
     }
 
     /// Records a status change; a first `failed` refunds the tenant's spend.
-    async fn track_status(&self, record: &GenerationRecord, body: &[u8]) {
+    pub(crate) async fn track_status(&self, record: &GenerationRecord, body: &[u8]) {
         if let Some(status) = reported_status(body).filter(|s| *s != record.status) {
-            if let Err(e) = self.store.update_status(&record.id, &status).await {
-                tracing::warn!(error = %e, generation = %record.id, "could not record status change");
+            match self.store.update_status(&record.id, &status).await {
+                Ok(()) if status == "failed" => {
+                    self.metrics.refund(&record.tenant);
+                    tracing::warn!(generation = %record.id, tenant = %record.tenant, price = %record.price, cause = "generation_failed", "generation failed on the platform; refunded to the tenant's month");
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, generation = %record.id, "could not record status change"),
             }
         }
     }
@@ -419,22 +298,6 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_created_id_and_price_of_either_id_field() {
-        let c = |id: Option<&str>, price: Option<i64>, status: Option<&str>| Created {
-            id: id.map(str::to_string),
-            price: price.map(Usd::from_micros),
-            status: status.map(str::to_string),
-        };
-        assert_eq!(
-            created(Family::Sora, br#"{"generation_id":"g1","status":"pending","price":"0.1200"}"#),
-            c(Some("g1"), Some(120_000), Some("pending"))
-        );
-        assert_eq!(created(Family::Gemini, br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
-        assert_eq!(created(Family::Kling, br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
-        assert_eq!(created(Family::Veo, b"not json"), c(None, None, None));
-    }
 
     #[test]
     fn list_query_bounds() {

@@ -22,6 +22,8 @@ pub mod error;
 pub mod framing;
 pub mod gateway;
 mod handler;
+mod paid;
+pub mod reconcile;
 pub mod limits;
 pub mod metrics;
 pub mod mock;
@@ -98,6 +100,7 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
+    let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
     let gw = gateway.clone();
     let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), async move {
         shutdown.await;
@@ -105,4 +108,5 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
     });
     tenant.await;
     let _ = admin_task.await;
+    let _ = reconciler.await;
 }

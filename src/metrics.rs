@@ -80,6 +80,18 @@ pub struct Metrics {
     spend: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     circuit_open: Gauge,
     store_up: Gauge,
+    holds_unknown_usd: Gauge<f64, AtomicU64>,
+    unknown_outcomes: Family<CauseLabels, Counter>,
+    resolutions: Family<ResultLabels, Counter>,
+    refunds: Family<TenantLabels, Counter>,
+    expired_leases: Counter,
+    untrusted_prices: Counter,
+    store_retries: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
 }
 
 /// The fields of one finished request that metrics count.
@@ -124,7 +136,7 @@ impl Metrics {
         let holds_open_usd = Gauge::<f64, AtomicU64>::default();
         registry.register("holds_open_usd", "USD held by paid requests in flight", holds_open_usd.clone());
         let holds_unknown = Gauge::default();
-        registry.register("holds_unknown", "Holds whose outcome is unknown (timed out), kept until the next balance fetch", holds_unknown.clone());
+        registry.register("holds_unknown", "Paid requests whose outcome is unknown, counted as spent until reconciled", holds_unknown.clone());
         let held_usd = Gauge::<f64, AtomicU64>::default();
         registry.register("held_usd", "USD counted against the cached balance (holds and recent charges)", held_usd.clone());
         let spend = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
@@ -133,7 +145,28 @@ impl Metrics {
         registry.register("circuit_open", "1 while the upstream circuit breaker is open", circuit_open.clone());
         let store_up = Gauge::default();
         registry.register("store_up", "1 when the store answered the last scrape", store_up.clone());
+        let holds_unknown_usd = Gauge::<f64, AtomicU64>::default();
+        registry.register("holds_unknown_usd", "USD held by outcomes being reconciled", holds_unknown_usd.clone());
+        let unknown_outcomes = Family::<CauseLabels, Counter>::default();
+        registry.register("unknown_outcomes", "Paid requests forwarded without a readable answer, by cause", unknown_outcomes.clone());
+        let resolutions = Family::<ResultLabels, Counter>::default();
+        registry.register("reconcile_resolutions", "Unknown outcomes resolved by the reconciler (found / not_charged)", resolutions.clone());
+        let refunds = Family::<TenantLabels, Counter>::default();
+        registry.register("refunds", "Failed generations refunded to a tenant's month", refunds.clone());
+        let expired_leases = Counter::default();
+        registry.register("expired_hold_leases", "Holds whose lease ran out (crash, grace expiry, slow store)", expired_leases.clone());
+        let untrusted_prices = Counter::default();
+        registry.register("untrusted_prices", "Platform prices not trusted (negative or far above the quote)", untrusted_prices.clone());
+        let store_retries = Family::<ResultLabels, Counter>::default();
+        registry.register("record_retries", "Retries writing a generation the platform accepted (ok / failed)", store_retries.clone());
         Metrics {
+            holds_unknown_usd,
+            unknown_outcomes,
+            resolutions,
+            refunds,
+            expired_leases,
+            untrusted_prices,
+            store_retries,
             registry,
             requests,
             latency,
@@ -173,6 +206,36 @@ impl Metrics {
         self.upstream_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
+    /// Counts a paid request whose outcome is unknown.
+    pub fn unknown_outcome(&self, cause: &'static str) {
+        self.unknown_outcomes.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    /// Counts a reconciler resolution (`found` / `not_charged`).
+    pub fn resolution(&self, result: &'static str) {
+        self.resolutions.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a refund credited to a tenant.
+    pub fn refund(&self, tenant: &Arc<str>) {
+        self.refunds.get_or_create(&TenantLabels { tenant: Label(tenant.clone()) }).inc();
+    }
+
+    /// Counts holds whose lease ran out.
+    pub fn expired_leases(&self, n: u64) {
+        self.expired_leases.inc_by(n);
+    }
+
+    /// Counts a price the platform reported that was not trusted.
+    pub fn untrusted_price(&self) {
+        self.untrusted_prices.inc();
+    }
+
+    /// Counts a retry of writing a generation record.
+    pub fn record_retry(&self, ok: bool) {
+        self.store_retries.get_or_create(&ResultLabels { result: if ok { "ok" } else { "failed" } }).inc();
+    }
+
     /// Counts a config reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "refused" } }).inc();
@@ -196,6 +259,7 @@ impl Metrics {
                 self.holds_open.set(totals.open as i64);
                 self.holds_open_usd.set(totals.open_amount.as_f64());
                 self.holds_unknown.set(totals.unknown as i64);
+                self.holds_unknown_usd.set(totals.unknown_amount.as_f64());
                 self.held_usd.set(totals.held.as_f64());
                 for (tenant, amount) in spend {
                     self.spend.get_or_create(&TenantLabels { tenant: Label(tenant) }).set(Usd::as_f64(amount));
@@ -240,7 +304,8 @@ mod tests {
         m.rate_limited(&t, "requests");
         m.upstream_error("timeout");
         let store = EmbeddedStore::memory();
-        store.apply_balance(Usd::parse("12.5").unwrap(), 0, 1).await.unwrap();
+        let at = store.begin_balance_fetch().await.unwrap();
+        store.apply_balance(Usd::parse("12.5").unwrap(), at, 1).await.unwrap();
         let text = m.render(&store, State::Closed).await;
         for want in [
             r#"tollgate_requests_total{tenant="marketing",route="/v1/sora/generate",status="201",outcome="forwarded"} 1"#,

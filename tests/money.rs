@@ -262,9 +262,9 @@ async fn a_refused_request_does_not_burn_its_idempotency_key() {
 }
 
 #[tokio::test]
-async fn errors_release_holds_and_timeouts_keep_them_until_refetch() {
+async fn errors_release_holds_and_unknown_outcomes_stay_counted_until_reconciled() {
     let platform = Platform::with_balance("0.12").await;
-    let text = config_text(platform.addr, "", &default_tenants()).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 1500");
+    let text = fast_reconcile(&config_text(platform.addr, "", &default_tenants()).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 500"), 3, 500);
     let gw = TestGateway::start(&text).await;
     let c = client();
     // A platform error releases the hold: the same money is available again at once.
@@ -279,10 +279,17 @@ async fn errors_release_holds_and_timeouts_keep_them_until_refetch() {
     platform.inject(f);
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 503);
     assert_eq!(gw.gateway.store().hold_totals().await.unwrap().unknown, 1);
-    // … so the money stays held until the balance is refetched.
+    // … so the money stays counted as spent, also through balance refetches …
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.detail(), "INSUFFICIENT_CREDITS");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
-    // The refetch shows nothing was charged (the platform's balance is still 0.12).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.detail(), "INSUFFICIENT_CREDITS");
+    // … until the reconciler finds no such generation on the platform and releases it.
+    let store = gw.gateway.store().clone();
+    until(Duration::from_secs(8), "unknown outcome released", || {
+        let store = store.clone();
+        async move { store.hold_totals().await.unwrap().unknown == 0 }
+    })
+    .await;
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     assert_eq!(gw.gateway.store().hold_totals().await.unwrap().open, 0);
     gw.shutdown().await;

@@ -1,14 +1,19 @@
 //! Stages 7–9 of the paid path (policy half): may this tenant spend `price` now?
 //!
 //! Money the platform may still take is tracked as *entries* against the last fetched account
-//! balance:
-//! - `Open`: a request being forwarded (a hold);
+//! balance, each under an id the gateway chose before asking the store (so a hold call that
+//! timed out can still be cleaned up by id):
+//! - `Open`: a request being forwarded (a hold), a lease that ends at `lease_until_ms`;
 //! - `Debit`: charged (a 201 was seen) but perhaps not yet reflected in the cached balance;
-//! - `Unknown`: forwarded but timed out, so we cannot tell whether it was charged.
+//! - `Unknown`: forwarded, no answer read (timeout, broken connection, crash, expired lease).
+//!   It counts as spent for the tenant's budget and against the account until the reconciler
+//!   resolves it: found on the platform (it becomes a debit and spend) or not (released).
 //!
-//! Settled debits and unknown holds get a sequence number; a balance fetched after that number
-//! already reflects them, so applying it drops them. This module is the arithmetic for the
-//! embedded stores; the Redis backend runs the same rules in Lua (see `store/redis.rs`).
+//! Settled debits get a sequence number; a balance fetched after that number already reflects
+//! them, so applying it drops them. Fetches carry a ticket taken when they start; a fetch that
+//! started before the stored snapshot's is dropped, so an old balance never overwrites a newer
+//! one. This module is the arithmetic for the embedded stores; the Redis backend runs the same
+//! rules in Lua (see `store/redis.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,19 +78,52 @@ impl Admission {
 /// One hold's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryState {
-    /// Being forwarded.
-    Open,
+    /// Being forwarded; becomes `Unknown` when the lease ends (unix ms).
+    Open {
+        /// Lease end.
+        lease_until_ms: u64,
+    },
     /// Charged; dropped once a balance fetched after `seq` is applied.
     Debit(u64),
-    /// Outcome unknown; dropped once a balance fetched after `seq` is applied.
-    Unknown(u64),
+    /// Outcome unknown; stays until resolved.
+    Unknown,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    tenant: Arc<str>,
-    amount: Usd,
-    state: EntryState,
+/// What a hold was for: lets the reconciler find its generation on the platform.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Intent {
+    /// Family path (`sora`, `kling/o1-video` …).
+    pub family: String,
+    /// Hex SHA-256 of the request's prompt (empty string when it had none).
+    pub prompt_sha256: String,
+    /// Unix ms the hold was taken.
+    pub created_ms: u64,
+    /// The request's Idempotency-Key, if any.
+    pub idem_key: Option<String>,
+    /// `YYYY-MM` the spend counts in.
+    pub month: String,
+}
+
+/// One entry, as the reconciler and the stores see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Who pays.
+    pub tenant: Arc<str>,
+    /// Held (or charged) amount.
+    pub amount: Usd,
+    /// Where it is in its life.
+    pub state: EntryState,
+    /// What it was for.
+    pub intent: Intent,
+}
+
+/// A fetch's place in line: `mark` for debits, `ticket` for ordering snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FetchTicket {
+    /// Debits settled up to this sequence number will be in the fetched balance.
+    pub mark: u64,
+    /// Increases with every fetch begun; the stored snapshot keeps the highest applied.
+    pub ticket: u64,
 }
 
 /// Holds, debits and per-month spend for the embedded stores (guarded by one mutex there).
@@ -93,12 +131,16 @@ struct Entry {
 pub struct LedgerState {
     balance: Option<Usd>,
     balance_fetched_ms: u64,
+    balance_ticket: u64,
+    next_ticket: u64,
     seq: u64,
-    next_id: u64,
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<String, Entry>,
+    /// Ids released before their hold arrived (a hold call that timed out): refused later.
+    tombstones: HashMap<String, u64>,
     account_held: Usd,
     tenant_held: HashMap<Arc<str>, Usd>,
     spend: HashMap<(Arc<str>, String), Usd>,
+    refunded: HashMap<(Arc<str>, String), Usd>,
 }
 
 /// Totals for metrics.
@@ -110,9 +152,27 @@ pub struct HoldTotals {
     pub open_amount: Usd,
     /// Holds whose outcome is unknown.
     pub unknown: u64,
+    /// Their amount.
+    pub unknown_amount: Usd,
     /// Everything held against the cached balance.
     pub held: Usd,
 }
+
+/// Result of asking for a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldDecision {
+    /// Granted (or already granted under this id).
+    Held,
+    /// Budget or balance cannot pay.
+    Refused(Refusal),
+    /// No balance cached.
+    NoBalance,
+    /// This id was already released or resolved: the caller gave up on it.
+    Gone,
+}
+
+/// How long a tombstone for a released id is kept (longer than any store call can be late).
+const TOMBSTONE_MS: u64 = 3_600_000;
 
 // === impl LedgerState ===
 
@@ -122,24 +182,27 @@ impl LedgerState {
         self.balance.map(|b| (b, self.balance_fetched_ms))
     }
 
-    /// Marks the start of a balance fetch: entries settled up to now will be in its answer.
-    pub fn begin_fetch(&self) -> u64 {
-        self.seq
+    /// Marks the start of a balance fetch.
+    pub fn begin_fetch(&mut self) -> FetchTicket {
+        self.next_ticket += 1;
+        FetchTicket { mark: self.seq, ticket: self.next_ticket }
     }
 
-    /// Stores a fetched balance and drops what it already reflects.
-    pub fn apply_balance(&mut self, balance: Usd, mark: u64, now_ms: u64) {
+    /// Stores a fetched balance and drops the debits it already reflects. A fetch that began
+    /// before the stored snapshot's is dropped (returns false).
+    pub fn apply_balance(&mut self, balance: Usd, at: FetchTicket, now_ms: u64) -> bool {
+        if at.ticket < self.balance_ticket {
+            return false;
+        }
         self.balance = Some(balance);
         self.balance_fetched_ms = now_ms;
-        let reflected: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e.state, EntryState::Debit(s) | EntryState::Unknown(s) if s <= mark))
-            .map(|(id, _)| *id)
-            .collect();
+        self.balance_ticket = at.ticket;
+        let reflected: Vec<String> =
+            self.entries.iter().filter(|(_, e)| matches!(e.state, EntryState::Debit(s) if s <= at.mark)).map(|(id, _)| id.clone()).collect();
         for id in reflected {
-            self.remove(id);
+            self.remove(&id);
         }
+        true
     }
 
     fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Option<Admission> {
@@ -153,62 +216,122 @@ impl LedgerState {
         })
     }
 
-    /// Takes a hold of `price` if budget and balance allow; `None` when no balance is cached.
+    /// Takes hold `id` of `price` if budget and balance allow. Asking again with the same id
+    /// answers `Held` without a second hold.
+    #[allow(clippy::too_many_arguments)]
     pub fn hold(
         &mut self,
+        id: &str,
         tenant: &Arc<str>,
-        month: &str,
         price: Usd,
         budget: Option<Usd>,
         reserve: Usd,
-    ) -> Option<Result<u64, Refusal>> {
-        let admission = self.admission(tenant, month, budget, reserve)?;
-        if let Err(r) = admission.admit(price) {
-            return Some(Err(r));
+        lease_until_ms: u64,
+        intent: Intent,
+    ) -> HoldDecision {
+        if self.entries.contains_key(id) {
+            return HoldDecision::Held;
         }
-        self.next_id += 1;
-        let id = self.next_id;
-        self.entries.insert(id, Entry { tenant: tenant.clone(), amount: price, state: EntryState::Open });
-        self.account_held += price;
-        *self.tenant_held.entry(tenant.clone()).or_default() += price;
-        Some(Ok(id))
+        if self.tombstones.contains_key(id) {
+            return HoldDecision::Gone;
+        }
+        let Some(admission) = self.admission(tenant, &intent.month, budget, reserve) else { return HoldDecision::NoBalance };
+        if let Err(r) = admission.admit(price) {
+            return HoldDecision::Refused(r);
+        }
+        self.insert(id.to_string(), Entry { tenant: tenant.clone(), amount: price, state: EntryState::Open { lease_until_ms }, intent });
+        HoldDecision::Held
     }
 
-    /// The platform charged `charged` for hold `id` in `month`: it becomes a debit and spend.
-    pub fn settle(&mut self, id: u64, charged: Usd, month: &str) {
-        let Some(e) = self.entries.get(&id).cloned() else { return };
-        if e.state != EntryState::Open {
-            return;
+    /// Puts back an entry loaded from durable storage (counted like a new one).
+    pub fn insert(&mut self, id: String, e: Entry) {
+        self.account_held += e.amount;
+        if !matches!(e.state, EntryState::Debit(_)) {
+            *self.tenant_held.entry(e.tenant.clone()).or_default() += e.amount;
+        }
+        self.entries.insert(id, e);
+    }
+
+    /// The platform charged `charged` for hold `id` (open or unknown): it becomes a debit and
+    /// spend in `month` (the generation's). Returns false when there was no such hold (already settled,
+    /// resolved or released); the caller then adds the spend itself if the generation is new.
+    pub fn settle(&mut self, id: &str, charged: Usd, month: &str) -> bool {
+        let Some(e) = self.entries.get(id).cloned() else { return false };
+        if matches!(e.state, EntryState::Debit(_)) {
+            return false;
         }
         self.release_tenant(&e.tenant, e.amount);
         self.account_held = self.account_held - e.amount + charged;
         self.seq += 1;
         let seq = self.seq;
-        if let Some(entry) = self.entries.get_mut(&id) {
+        if let Some(entry) = self.entries.get_mut(id) {
             entry.amount = charged;
             entry.state = EntryState::Debit(seq);
         }
-        *self.spend.entry((e.tenant, month.to_string())).or_default() += charged;
+        self.add_spend(e.tenant, month, charged);
+        true
     }
 
-    /// The request failed before or at the platform without a charge.
-    pub fn release(&mut self, id: u64) {
-        if self.entries.get(&id).is_some_and(|e| e.state == EntryState::Open) {
-            self.remove(id);
+    /// Spend for a generation recorded without a hold (a late settle after release).
+    pub fn add_spend(&mut self, tenant: Arc<str>, month: &str, amount: Usd) {
+        *self.spend.entry((tenant, month.to_string())).or_default() += amount;
+    }
+
+    /// No charge happened: drop an open or unknown hold; an id never seen is tombstoned so its
+    /// late hold is refused.
+    pub fn release(&mut self, id: &str, now_ms: u64) -> bool {
+        match self.entries.get(id).map(|e| e.state) {
+            Some(EntryState::Open { .. } | EntryState::Unknown) => {
+                self.remove(id);
+                self.tombstones.insert(id.to_string(), now_ms + TOMBSTONE_MS);
+                true
+            }
+            Some(EntryState::Debit(_)) => false,
+            None => {
+                self.tombstones.insert(id.to_string(), now_ms + TOMBSTONE_MS);
+                false
+            }
         }
     }
 
-    /// The forward timed out: keep the hold until a later balance fetch settles the question.
-    pub fn mark_unknown(&mut self, id: u64) {
-        self.seq += 1;
-        let seq = self.seq;
-        if let Some(e) = self.entries.get_mut(&id).filter(|e| e.state == EntryState::Open) {
-            e.state = EntryState::Unknown(seq);
+    /// The outcome is unknown: the hold stays counted until the reconciler resolves it.
+    pub fn mark_unknown(&mut self, id: &str) -> bool {
+        match self.entries.get_mut(id) {
+            Some(e) if matches!(e.state, EntryState::Open { .. }) => {
+                e.state = EntryState::Unknown;
+                true
+            }
+            _ => false,
         }
     }
 
-    fn remove(&mut self, id: u64) {
-        if let Some(e) = self.entries.remove(&id) {
+    /// Open holds whose lease ended become unknown outcomes; returns their ids. Old tombstones go.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<String> {
+        self.tombstones.retain(|_, until| *until > now_ms);
+        let mut expired = Vec::new();
+        for (id, e) in self.entries.iter_mut() {
+            if matches!(e.state, EntryState::Open { lease_until_ms } if lease_until_ms <= now_ms) {
+                e.state = EntryState::Unknown;
+                expired.push(id.clone());
+            }
+        }
+        expired
+    }
+
+    /// Unknown outcomes, oldest first.
+    pub fn unknown(&self) -> Vec<(String, Entry)> {
+        let mut v: Vec<(String, Entry)> = self.entries.iter().filter(|(_, e)| e.state == EntryState::Unknown).map(|(i, e)| (i.clone(), e.clone())).collect();
+        v.sort_by_key(|(_, e)| e.intent.created_ms);
+        v
+    }
+
+    /// An entry by id.
+    pub fn entry(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(e) = self.entries.remove(id) {
             self.account_held -= e.amount;
             // A debit already left the tenant's holds for its spend.
             if !matches!(e.state, EntryState::Debit(_)) {
@@ -228,16 +351,24 @@ impl LedgerState {
         self.spend.get(&(tenant.clone(), month.to_string())).copied().unwrap_or_default()
     }
 
-    /// Overwrites a month's spend (loading from durable storage).
-    pub fn set_spend(&mut self, tenant: Arc<str>, month: String, amount: Usd) {
-        self.spend.insert((tenant, month), amount);
+    /// Overwrites a month's spend and refunds (loading from durable storage).
+    pub fn set_spend(&mut self, tenant: Arc<str>, month: String, spend: Usd, refunded: Usd) {
+        self.spend.insert((tenant.clone(), month.clone()), spend);
+        self.refunded.insert((tenant, month), refunded);
     }
 
     /// A charged generation failed and the platform refunded it.
     pub fn refund(&mut self, tenant: &Arc<str>, month: &str, amount: Usd) {
-        if let Some(s) = self.spend.get_mut(&(tenant.clone(), month.to_string())) {
+        let k = (tenant.clone(), month.to_string());
+        if let Some(s) = self.spend.get_mut(&k) {
             *s = (*s - amount).max_zero();
         }
+        *self.refunded.entry(k).or_default() += amount;
+    }
+
+    /// Refunds the tenant received in `month`.
+    pub fn refunded(&self, tenant: &Arc<str>, month: &str) -> Usd {
+        self.refunded.get(&(tenant.clone(), month.to_string())).copied().unwrap_or_default()
     }
 
     /// What the tenant can still spend; `None` when no balance is cached.
@@ -250,11 +381,14 @@ impl LedgerState {
         let mut t = HoldTotals { held: self.account_held, ..Default::default() };
         for e in self.entries.values() {
             match e.state {
-                EntryState::Open => {
+                EntryState::Open { .. } => {
                     t.open += 1;
                     t.open_amount += e.amount;
                 }
-                EntryState::Unknown(_) => t.unknown += 1,
+                EntryState::Unknown => {
+                    t.unknown += 1;
+                    t.unknown_amount += e.amount;
+                }
                 EntryState::Debit(_) => {}
             }
         }

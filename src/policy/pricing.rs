@@ -63,9 +63,34 @@ impl PriceTable {
     }
 }
 
+/// A charged price above this many times the quote is not believed.
+pub const UNTRUSTED_FACTOR: i64 = 3;
+
+/// The price to settle at: the platform's, unless it is missing (`"calculating"`), negative, or
+/// more than [`UNTRUSTED_FACTOR`] × the quote. `Err` carries the quote and why the reported
+/// price was refused (to be logged as an error).
+pub fn settle_price(quoted: Usd, reported: Option<Usd>) -> Result<Usd, (Usd, &'static str)> {
+    match reported {
+        None => Ok(quoted),
+        Some(p) if p < Usd::ZERO => Err((quoted, "negative")),
+        Some(p) if quoted > Usd::ZERO && p.micros() > quoted.micros().saturating_mul(UNTRUSTED_FACTOR) => Err((quoted, "far above the quote")),
+        Some(p) => Ok(p),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_prices_are_sanity_checked() {
+        let q = Usd::parse("0.12").unwrap();
+        assert_eq!(settle_price(q, None), Ok(q));
+        assert_eq!(settle_price(q, Some(Usd::parse("0.10").unwrap())), Ok(Usd::parse("0.10").unwrap()));
+        assert_eq!(settle_price(q, Some(Usd::parse("0.36").unwrap())), Ok(Usd::parse("0.36").unwrap()));
+        assert_eq!(settle_price(q, Some(Usd::parse("-5.0000").unwrap())), Err((q, "negative")));
+        assert_eq!(settle_price(q, Some(Usd::parse("120").unwrap())), Err((q, "far above the quote")));
+    }
 
     fn usd(s: &str) -> Usd {
         Usd::parse(s).unwrap()

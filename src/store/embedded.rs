@@ -1,11 +1,11 @@
 //! The embedded store: one process, state in memory behind one mutex, made durable in a SQLite
 //! file (WAL, `synchronous=FULL`) when configured.
 //!
-//! Holds and the cached balance live only in memory: they describe requests in flight in this
-//! process, which a restart ends anyway. Generations and finished idempotency records are
-//! written to SQLite *before* the caller is told they are settled, so a 201 is only ever sent for
-//! a record that survives `kill -9`. Spend is derived from the generations table, so it always
-//! matches the records.
+//! The cached balance lives only in memory. Holds, generations and idempotency claims are
+//! written to SQLite *before* the caller is told, so a 201 is only ever sent for a record that
+//! survives `kill -9`, and a hold whose request died with the process comes back at the next
+//! start as an unknown outcome for the reconciler (never silently dropped). Spend is derived
+//! from the generations table, so it always matches the records.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,17 +15,21 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{month_of, BalanceSnapshot, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Store, StoreError, StoredResponse};
+use super::{
+    is_final_status, month_of, BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, Resolution, Store,
+    StoreError, StoredResponse, UnknownOutcome,
+};
 use crate::policy::family::Family;
-use crate::policy::ledger::{HoldTotals, LedgerState};
+use crate::policy::ledger::{Entry, EntryState, HoldDecision, HoldTotals, LedgerState};
 use crate::policy::money::Usd;
 
 /// Entries kept in memory before the cache of SQLite-backed records is emptied.
 const CACHE_LIMIT: usize = 200_000;
 
 enum Idem {
-    Running([u8; 32]),
-    Done([u8; 32], StoredResponse),
+    /// Claimed by the request that takes hold `hold`.
+    Running { digest: [u8; 32], hold: String, since_ms: u64 },
+    Done { digest: [u8; 32], rsp: StoredResponse, at_ms: u64 },
 }
 
 #[derive(Default)]
@@ -53,12 +57,24 @@ CREATE TABLE IF NOT EXISTS generations (
     status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS generations_by_owner ON generations (tenant, family, created_ms DESC);
-CREATE TABLE IF NOT EXISTS idempotency (
+CREATE TABLE IF NOT EXISTS holds (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    price_micros INTEGER NOT NULL,
+    family TEXT NOT NULL,
+    prompt_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    idem_key TEXT,
+    month TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
     body_digest BLOB NOT NULL,
-    status INTEGER NOT NULL,
-    body BLOB NOT NULL,
+    state TEXT NOT NULL,
+    hold_id TEXT NOT NULL,
+    status INTEGER NOT NULL DEFAULT 0,
+    body BLOB NOT NULL DEFAULT x'',
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (tenant, key)
 );
@@ -82,6 +98,8 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<GenerationRecord> 
 
 // === impl EmbeddedStore ===
 
+type Loaded = (Connection, Vec<(String, String, i64, i64)>, Vec<(String, Entry)>);
+
 impl EmbeddedStore {
     /// State in memory only; lost at exit.
     pub fn memory() -> Self {
@@ -89,10 +107,11 @@ impl EmbeddedStore {
     }
 
     /// State in memory, records durable in the SQLite file at `path` (created with its parent
-    /// directory if missing). Loads each tenant's spend from the records.
+    /// directory if missing). Loads each tenant's spend from the records, and the holds of
+    /// requests that were in flight when the process last stopped, as unknown outcomes.
     pub async fn sqlite(path: &Path) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
-        let (conn, spend) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (conn, spend, holds) = tokio::task::spawn_blocking(move || -> Result<Loaded, StoreError> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
             }
@@ -104,20 +123,55 @@ impl EmbeddedStore {
             conn.execute_batch(SCHEMA).map_err(db_err)?;
             let spend = {
                 let mut stmt = conn
-                    .prepare("SELECT tenant, month, SUM(price_micros) FROM generations WHERE status != 'failed' GROUP BY tenant, month")
+                    .prepare(
+                        "SELECT tenant, month, SUM(CASE WHEN status != 'failed' THEN price_micros ELSE 0 END),
+                                SUM(CASE WHEN status = 'failed' THEN price_micros ELSE 0 END)
+                         FROM generations GROUP BY tenant, month",
+                    )
                     .map_err(db_err)?;
                 let rows = stmt
-                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
                     .map_err(db_err)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
             };
-            Ok((conn, spend))
+            let holds = {
+                let mut stmt = conn
+                    .prepare("SELECT id, tenant, price_micros, family, prompt_sha256, created_ms, idem_key, month FROM holds")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            Entry {
+                                tenant: Arc::from(r.get::<_, String>(1)?),
+                                amount: Usd::from_micros(r.get(2)?),
+                                state: EntryState::Unknown,
+                                intent: Intent {
+                                    family: r.get(3)?,
+                                    prompt_sha256: r.get(4)?,
+                                    created_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                                    idem_key: r.get(6)?,
+                                    month: r.get(7)?,
+                                },
+                            },
+                        ))
+                    })
+                    .map_err(db_err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db_err)?
+            };
+            Ok((conn, spend, holds))
         })
         .await
         .map_err(db_err)??;
         let mut inner = Inner::default();
-        for (tenant, month, micros) in spend {
-            inner.ledger.set_spend(Arc::from(tenant), month, Usd::from_micros(micros));
+        for (tenant, month, micros, refunded) in spend {
+            inner.ledger.set_spend(Arc::from(tenant), month, Usd::from_micros(micros), Usd::from_micros(refunded));
+        }
+        if !holds.is_empty() {
+            tracing::warn!(holds = holds.len(), "requests were in flight when the gateway last stopped; their holds are unknown outcomes until reconciled");
+        }
+        for (id, entry) in holds {
+            inner.ledger.insert(id, entry);
         }
         Ok(EmbeddedStore { inner: Mutex::new(inner), db: Some(Arc::new(Mutex::new(conn))) })
     }
@@ -151,6 +205,45 @@ impl EmbeddedStore {
         }
         inner.generations.insert(record.id.clone(), record);
     }
+
+    /// Writes a generation (if new), drops the hold row and finishes an Idempotency-Key, in one
+    /// transaction. Returns whether the generation was new.
+    async fn record_generation(&self, r: &GenerationRecord, hold: &str, idem: Option<(String, String, Bytes)>) -> Result<bool, StoreError> {
+        if self.db.is_none() {
+            return Ok(!self.lock().generations.contains_key(&r.id));
+        }
+        let r = r.clone();
+        let hold = hold.to_string();
+        let month = month_of(r.created_ms.max(0) as u64);
+        self.with_db(move |c| {
+            let tx = c.transaction()?;
+            let new = tx.execute(
+                "INSERT OR IGNORE INTO generations (id, tenant, family, price_micros, created_ms, month, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.id, &*r.tenant, r.family.path(), r.price.micros(), r.created_ms, month, r.status],
+            )? == 1;
+            tx.execute("DELETE FROM holds WHERE id = ?1", [&hold])?;
+            if let Some((tenant, key, body)) = idem {
+                tx.execute(
+                    "UPDATE idempotency_keys SET state = 'done', status = 201, body = ?3, created_ms = ?4 WHERE tenant = ?1 AND key = ?2 AND hold_id = ?5",
+                    params![tenant, key, body.to_vec(), super::now_ms() as i64, hold],
+                )?;
+            }
+            tx.commit()?;
+            Ok(new)
+        })
+        .await
+        .map(|v| v.unwrap_or(true))
+    }
+}
+
+fn idem_done(inner: &mut Inner, tenant: &str, key: &str, hold: &str, rsp: StoredResponse) {
+    let k = (tenant.to_string(), key.to_string());
+    if let Some(Idem::Running { digest, hold: h, .. }) = inner.idem.get(&k) {
+        if h == hold {
+            let digest = *digest;
+            inner.idem.insert(k, Idem::Done { digest, rsp, at_ms: super::now_ms() });
+        }
+    }
 }
 
 #[async_trait]
@@ -171,47 +264,138 @@ impl Store for EmbeddedStore {
         Ok(self.lock().ledger.balance().map(|(amount, fetched_ms)| BalanceSnapshot { amount, fetched_ms }))
     }
 
-    async fn begin_balance_fetch(&self) -> Result<u64, StoreError> {
+    async fn begin_balance_fetch(&self) -> Result<FetchTicket, StoreError> {
         Ok(self.lock().ledger.begin_fetch())
     }
 
-    async fn apply_balance(&self, amount: Usd, mark: u64, now_ms: u64) -> Result<(), StoreError> {
-        self.lock().ledger.apply_balance(amount, mark, now_ms);
-        Ok(())
+    async fn apply_balance(&self, amount: Usd, at: FetchTicket, now_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.lock().ledger.apply_balance(amount, at, now_ms))
     }
 
     async fn hold(&self, req: &HoldRequest) -> Result<HoldOutcome, StoreError> {
-        let mut inner = self.lock();
-        Ok(match inner.ledger.hold(&req.tenant, &req.month, req.price, req.budget, req.reserve) {
-            None => HoldOutcome::NoBalance,
-            Some(Ok(id)) => HoldOutcome::Held(id),
-            Some(Err(r)) => HoldOutcome::Refused(r),
+        let now = super::now_ms();
+        let mut intent = req.intent.clone();
+        intent.created_ms = now;
+        let decision = self.lock().ledger.hold(&req.id, &req.tenant, req.price, req.budget, req.reserve, now + req.lease_ms, intent.clone());
+        if decision == HoldDecision::Held && self.db.is_some() {
+            let (id, tenant, price) = (req.id.clone(), req.tenant.to_string(), req.price.micros());
+            let written = self
+                .with_db(move |c| {
+                    c.execute(
+                        "INSERT OR IGNORE INTO holds (id, tenant, price_micros, family, prompt_sha256, created_ms, idem_key, month) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![id, tenant, price, intent.family, intent.prompt_sha256, intent.created_ms as i64, intent.idem_key, intent.month],
+                    )
+                })
+                .await;
+            if let Err(e) = written {
+                self.lock().ledger.release(&req.id, now);
+                return Err(e);
+            }
+        }
+        Ok(match decision {
+            HoldDecision::Held => HoldOutcome::Held,
+            HoldDecision::Refused(r) => HoldOutcome::Refused(r),
+            HoldDecision::NoBalance => HoldOutcome::NoBalance,
+            HoldDecision::Gone => HoldOutcome::Gone,
         })
     }
 
-    async fn settle(&self, hold: u64, month: &str, charged: Usd, record: &GenerationRecord) -> Result<(), StoreError> {
-        let r = record.clone();
-        let month_owned = month.to_string();
-        self.with_db(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO generations (id, tenant, family, price_micros, created_ms, month, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![r.id, &*r.tenant, r.family.path(), r.price.micros(), r.created_ms, month_owned, r.status],
-            )
-        })
-        .await?;
-        self.lock().ledger.settle(hold, charged, month);
+    async fn settle(&self, hold: &str, charged: Usd, record: &GenerationRecord) -> Result<(), StoreError> {
+        let new = self.record_generation(record, hold, None).await?;
+        let month = month_of(record.created_ms.max(0) as u64);
+        {
+            let mut inner = self.lock();
+            if new {
+                if !inner.ledger.settle(hold, charged, &month) {
+                    // Released or resolved meanwhile: the generation still costs the tenant.
+                    inner.ledger.add_spend(record.tenant.clone(), &month, charged);
+                }
+            } else {
+                // Recorded already (the reconciler found it first): drop the duplicate hold.
+                inner.ledger.release(hold, super::now_ms());
+            }
+        }
         self.cache(record.clone());
         Ok(())
     }
 
-    async fn release(&self, hold: u64) -> Result<(), StoreError> {
-        self.lock().ledger.release(hold);
+    async fn release(&self, hold: &str) -> Result<(), StoreError> {
+        let id = hold.to_string();
+        self.with_db(move |c| c.execute("DELETE FROM holds WHERE id = ?1", [id])).await?;
+        self.lock().ledger.release(hold, super::now_ms());
         Ok(())
     }
 
-    async fn mark_unknown(&self, hold: u64) -> Result<(), StoreError> {
+    async fn mark_unknown(&self, hold: &str) -> Result<(), StoreError> {
+        // The durable row already says "in flight"; after a restart every row is unknown.
         self.lock().ledger.mark_unknown(hold);
         Ok(())
+    }
+
+    async fn expire_holds(&self) -> Result<u64, StoreError> {
+        let now = super::now_ms();
+        let cutoff = now.saturating_sub(super::IDEM_RETENTION_MS);
+        let expired = {
+            let mut inner = self.lock();
+            inner.idem.retain(|_, v| !matches!(v, Idem::Done { at_ms, .. } if *at_ms < cutoff));
+            inner.ledger.expire(now).len() as u64
+        };
+        self.with_db(move |c| c.execute("DELETE FROM idempotency_keys WHERE state = 'done' AND created_ms < ?1", [cutoff as i64])).await?;
+        Ok(expired)
+    }
+
+    async fn unknown_outcomes(&self) -> Result<Vec<UnknownOutcome>, StoreError> {
+        Ok(self
+            .lock()
+            .ledger
+            .unknown()
+            .into_iter()
+            .map(|(hold, e)| UnknownOutcome { hold, tenant: e.tenant, price: e.amount, intent: e.intent })
+            .collect())
+    }
+
+    async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError> {
+        let Some(entry) = self.lock().ledger.entry(hold).filter(|e| e.state == EntryState::Unknown).cloned() else { return Ok(false) };
+        let idem_key = entry.intent.idem_key.clone();
+        match resolution {
+            Resolution::Created { record, reply } => {
+                let idem = idem_key.clone().map(|k| (entry.tenant.to_string(), k, reply.clone()));
+                let new = self.record_generation(record, hold, idem).await?;
+                let month = month_of(record.created_ms.max(0) as u64);
+                let mut inner = self.lock();
+                if new {
+                    inner.ledger.settle(hold, record.price, &month);
+                } else {
+                    inner.ledger.release(hold, super::now_ms());
+                }
+                if let Some(k) = &idem_key {
+                    idem_done(&mut inner, &entry.tenant, k, hold, StoredResponse { status: 201, body: reply.clone() });
+                }
+                drop(inner);
+                self.cache(record.clone());
+            }
+            Resolution::NotCharged => {
+                let (id, tenant, key) = (hold.to_string(), entry.tenant.to_string(), idem_key.clone());
+                self.with_db(move |c| {
+                    let tx = c.transaction()?;
+                    tx.execute("DELETE FROM holds WHERE id = ?1", [&id])?;
+                    if let Some(k) = key {
+                        tx.execute("DELETE FROM idempotency_keys WHERE tenant = ?1 AND key = ?2 AND hold_id = ?3 AND state = 'running'", params![tenant, k, id])?;
+                    }
+                    tx.commit()
+                })
+                .await?;
+                let mut inner = self.lock();
+                inner.ledger.release(hold, super::now_ms());
+                if let Some(k) = idem_key {
+                    let kk = (entry.tenant.to_string(), k);
+                    if matches!(inner.idem.get(&kk), Some(Idem::Running { hold: h, .. }) if h == hold) {
+                        inner.idem.remove(&kk);
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError> {
@@ -262,16 +446,46 @@ impl Store for EmbeddedStore {
         Ok(rows.unwrap_or_default())
     }
 
+    async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError> {
+        if self.db.is_none() {
+            let inner = self.lock();
+            let mut v: Vec<GenerationRecord> = inner.generations.values().filter(|r| !is_final_status(&r.status)).cloned().collect();
+            v.sort_by_key(|r| r.created_ms);
+            v.truncate(limit);
+            return Ok(v);
+        }
+        let rows = self
+            .with_db(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, tenant, family, price_micros, created_ms, status FROM generations
+                     WHERE status NOT IN ('completed', 'failed') ORDER BY created_ms LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit as i64], row_to_record)?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
+    }
+
     async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
         let Some(record) = self.generation(id).await? else { return Ok(()) };
-        if record.status == status {
+        if record.status == status || record.status == "failed" {
             return Ok(());
         }
         let (id_owned, status_owned) = (id.to_string(), status.to_string());
-        self.with_db(move |c| c.execute("UPDATE generations SET status = ?2 WHERE id = ?1", params![id_owned, status_owned])).await?;
+        // Conditional on the old status, so two concurrent observers refund once.
+        let changed = self
+            .with_db(move |c| c.execute("UPDATE generations SET status = ?2 WHERE id = ?1 AND status != 'failed' AND status != ?2", params![id_owned, status_owned]))
+            .await?;
         let mut inner = self.lock();
-        let refund = status == "failed" && record.status != "failed";
-        if refund {
+        let current = inner.generations.get(id).map(|r| r.status.clone()).unwrap_or_else(|| record.status.clone());
+        if changed == Some(0) || current == "failed" || current == status {
+            if let (Some(r), Some(0)) = (inner.generations.get_mut(id), changed) {
+                r.status = status.to_string();
+            }
+            return Ok(());
+        }
+        if status == "failed" {
             let month = month_of(record.created_ms.max(0) as u64);
             inner.ledger.refund(&record.tenant, &month, record.price);
         }
@@ -281,64 +495,112 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32]) -> Result<IdemClaim, StoreError> {
+    async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {
         let k = (tenant.to_string(), key.to_string());
-        {
-            let inner = self.lock();
-            match inner.idem.get(&k) {
-                Some(Idem::Running(d)) => return Ok(if d == digest { IdemClaim::InProgress } else { IdemClaim::Mismatch }),
-                Some(Idem::Done(d, rsp)) => return Ok(if d == digest { IdemClaim::Replay(rsp.clone()) } else { IdemClaim::Mismatch }),
-                None => {}
+        let in_memory = self.lock().idem.contains_key(&k);
+        if !in_memory {
+            let (t, kk) = k.clone();
+            let stored = self
+                .with_db(move |c| {
+                    c.query_row(
+                        "SELECT body_digest, state, hold_id, status, body, created_ms FROM idempotency_keys WHERE tenant = ?1 AND key = ?2",
+                        [t, kk],
+                        |r| {
+                            Ok((
+                                r.get::<_, Vec<u8>>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, i64>(3)?,
+                                r.get::<_, Vec<u8>>(4)?,
+                                r.get::<_, i64>(5)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                })
+                .await?
+                .flatten();
+            if let Some((d, state, h, status, body, at)) = stored {
+                let digest_arr: [u8; 32] = d.try_into().unwrap_or([0; 32]);
+                let at_ms = at.max(0) as u64;
+                let v = if state == "done" {
+                    Idem::Done { digest: digest_arr, rsp: StoredResponse { status: status as u16, body: Bytes::from(body) }, at_ms }
+                } else {
+                    Idem::Running { digest: digest_arr, hold: h, since_ms: at_ms }
+                };
+                self.lock().idem.entry(k.clone()).or_insert(v);
             }
         }
-        let (t, kk) = k.clone();
-        let stored = self
+        let now = super::now_ms();
+        let claim = {
+            let mut inner = self.lock();
+            let answer = match inner.idem.get(&k) {
+                None => None,
+                Some(Idem::Done { digest: d, rsp, at_ms }) if now.saturating_sub(*at_ms) < super::IDEM_RETENTION_MS => {
+                    Some(if d == digest { IdemClaim::Replay(rsp.clone()) } else { IdemClaim::Mismatch })
+                }
+                Some(Idem::Done { .. }) => None,
+                Some(Idem::Running { digest: d, .. }) if d != digest => Some(IdemClaim::Mismatch),
+                Some(Idem::Running { hold: h, since_ms, .. }) => match inner.ledger.entry(h).map(|e| e.state) {
+                    Some(EntryState::Unknown) => Some(IdemClaim::Unresolved),
+                    Some(_) => Some(IdemClaim::InProgress),
+                    // Its request died before taking a hold: nothing was sent, take it over.
+                    None if now.saturating_sub(*since_ms) >= stale_ms => None,
+                    None => Some(IdemClaim::InProgress),
+                },
+            };
+            if answer.is_none() {
+                inner.idem.insert(k.clone(), Idem::Running { digest: *digest, hold: hold.to_string(), since_ms: now });
+            }
+            answer
+        };
+        if let Some(a) = claim {
+            return Ok(a);
+        }
+        let (t, kk, d, h) = (k.0.clone(), k.1.clone(), digest.to_vec(), hold.to_string());
+        let written = self
             .with_db(move |c| {
-                c.query_row("SELECT body_digest, status, body FROM idempotency WHERE tenant = ?1 AND key = ?2", [t, kk], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
-                })
-                .optional()
+                c.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (tenant, key, body_digest, state, hold_id, created_ms) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+                    params![t, kk, d, h, now as i64],
+                )
             })
-            .await?
-            .flatten();
-        let mut inner = self.lock();
-        if let Some((d, status, body)) = stored {
-            let rsp = StoredResponse { status: status as u16, body: Bytes::from(body) };
-            let same = d.as_slice() == digest;
-            inner.idem.insert(k, Idem::Done(d.try_into().unwrap_or([0; 32]), rsp.clone()));
-            return Ok(if same { IdemClaim::Replay(rsp) } else { IdemClaim::Mismatch });
+            .await;
+        if let Err(e) = written {
+            self.lock().idem.remove(&k);
+            return Err(e);
         }
-        // Re-check under the lock: another request may have claimed it while we read SQLite.
-        if let Some(existing) = inner.idem.get(&k) {
-            return Ok(match existing {
-                Idem::Running(d) if d == digest => IdemClaim::InProgress,
-                Idem::Done(d, rsp) if d == digest => IdemClaim::Replay(rsp.clone()),
-                _ => IdemClaim::Mismatch,
-            });
-        }
-        inner.idem.insert(k, Idem::Running(*digest));
         Ok(IdemClaim::Fresh)
     }
 
     async fn idem_finish(&self, tenant: &str, key: &str, digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError> {
         let (t, k, d, status, body) = (tenant.to_string(), key.to_string(), digest.to_vec(), rsp.status as i64, rsp.body.to_vec());
+        let now = super::now_ms();
         self.with_db(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO idempotency (tenant, key, body_digest, status, body, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![t, k, d, status, body, super::now_ms() as i64],
+                "INSERT OR REPLACE INTO idempotency_keys (tenant, key, body_digest, state, hold_id, status, body, created_ms) VALUES (?1, ?2, ?3, 'done', '', ?4, ?5, ?6)",
+                params![t, k, d, status, body, now as i64],
             )
         })
         .await?;
-        self.lock().idem.insert((tenant.to_string(), key.to_string()), Idem::Done(*digest, rsp.clone()));
+        self.lock().idem.insert((tenant.to_string(), key.to_string()), Idem::Done { digest: *digest, rsp: rsp.clone(), at_ms: now });
         Ok(())
     }
 
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
+        let (t, k) = (tenant.to_string(), key.to_string());
+        self.with_db(move |c| c.execute("DELETE FROM idempotency_keys WHERE tenant = ?1 AND key = ?2 AND state = 'running'", [t, k])).await?;
         let mut inner = self.lock();
-        if matches!(inner.idem.get(&(tenant.to_string(), key.to_string())), Some(Idem::Running(_))) {
-            inner.idem.remove(&(tenant.to_string(), key.to_string()));
+        let kk = (tenant.to_string(), key.to_string());
+        if matches!(inner.idem.get(&kk), Some(Idem::Running { .. })) {
+            inner.idem.remove(&kk);
         }
         Ok(())
+    }
+
+    async fn reconciler_lease(&self, _owner: &str, _ttl_ms: u64) -> Result<bool, StoreError> {
+        // One process owns this store.
+        Ok(true)
     }
 
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError> {

@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::config::StoreConfig;
 use crate::policy::family::Family;
+pub use crate::policy::ledger::{FetchTicket, Intent};
 use crate::policy::ledger::{HoldTotals, Refusal};
 use crate::policy::money::Usd;
 use crate::policy::rate_limit::{GcraParams, Quotas};
@@ -45,27 +46,62 @@ pub struct GenerationRecord {
 /// A hold request: one paid generation about to be forwarded.
 #[derive(Debug, Clone)]
 pub struct HoldRequest {
+    /// Chosen by the gateway before the call, so a call that timed out can be cleaned up.
+    pub id: String,
     /// Who pays.
     pub tenant: Arc<str>,
-    /// `YYYY-MM` the spend counts in.
-    pub month: String,
     /// Estimated price.
     pub price: Usd,
     /// The tenant's budget.
     pub budget: Option<Usd>,
     /// Account reserve.
     pub reserve: Usd,
+    /// The hold's lease: after this long it becomes an unknown outcome (upstream timeout plus a
+    /// margin), so no hold outlives a crash.
+    pub lease_ms: u64,
+    /// What it is for (month, family, prompt digest, Idempotency-Key).
+    pub intent: Intent,
 }
 
 /// Answer to a hold request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldOutcome {
-    /// Granted; settle, release or mark unknown by this id.
-    Held(u64),
+    /// Granted; settle, release or mark unknown by its id.
+    Held,
     /// Budget or balance cannot pay.
     Refused(Refusal),
     /// No balance is cached (fetch one first).
     NoBalance,
+    /// The id was released before the hold arrived (an earlier call timed out).
+    Gone,
+}
+
+/// A forwarded request whose outcome is not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownOutcome {
+    /// Hold id.
+    pub hold: String,
+    /// Who would pay.
+    pub tenant: Arc<str>,
+    /// Held amount (the quoted price).
+    pub price: Usd,
+    /// What it was for.
+    pub intent: Intent,
+}
+
+/// How the reconciler settles an unknown outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Found on the platform: owned by the tenant and charged at its price. `reply` is the 201
+    /// body a repeat of its Idempotency-Key gets.
+    Created {
+        /// The generation found.
+        record: GenerationRecord,
+        /// Body replayed to repeats of its Idempotency-Key.
+        reply: Bytes,
+    },
+    /// Not found: nothing was charged.
+    NotCharged,
 }
 
 /// A response kept for an Idempotency-Key.
@@ -86,6 +122,8 @@ pub enum IdemClaim {
     Replay(StoredResponse),
     /// Seen with this body and still running.
     InProgress,
+    /// Seen with this body; its outcome is unknown until the reconciler resolves it.
+    Unresolved,
     /// Seen with another body.
     Mismatch,
 }
@@ -123,20 +161,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The cached account balance.
     async fn balance(&self) -> Result<Option<BalanceSnapshot>, StoreError>;
-    /// Marks the start of a balance fetch; pass the mark to `apply_balance`.
-    async fn begin_balance_fetch(&self) -> Result<u64, StoreError>;
-    /// Stores a fetched balance; drops debits and unknown holds it already reflects.
-    async fn apply_balance(&self, amount: Usd, mark: u64, now_ms: u64) -> Result<(), StoreError>;
+    /// Marks the start of a balance fetch; pass the ticket to `apply_balance`.
+    async fn begin_balance_fetch(&self) -> Result<FetchTicket, StoreError>;
+    /// Stores a fetched balance and drops debits it already reflects. A fetch that began before
+    /// the stored snapshot's is dropped (`false`).
+    async fn apply_balance(&self, amount: Usd, at: FetchTicket, now_ms: u64) -> Result<bool, StoreError>;
 
-    /// Atomically checks budget and balance and takes a hold.
+    /// Atomically checks budget and balance and takes hold `req.id`; idempotent per id.
     async fn hold(&self, req: &HoldRequest) -> Result<HoldOutcome, StoreError>;
-    /// The platform accepted and charged `charged`: record the generation durably, then turn the
-    /// hold into spend.
-    async fn settle(&self, hold: u64, month: &str, charged: Usd, record: &GenerationRecord) -> Result<(), StoreError>;
-    /// No charge happened: drop the hold.
-    async fn release(&self, hold: u64) -> Result<(), StoreError>;
-    /// The outcome is unknown: keep the hold until a later balance fetch.
-    async fn mark_unknown(&self, hold: u64) -> Result<(), StoreError>;
+    /// The platform accepted and charged `charged`: record the generation durably and turn the
+    /// hold (open, or unknown after a lease ran out) into spend. Idempotent: a generation already
+    /// recorded is not counted twice.
+    async fn settle(&self, hold: &str, charged: Usd, record: &GenerationRecord) -> Result<(), StoreError>;
+    /// No charge happened: drop the hold (a hold that has not arrived yet is refused later).
+    async fn release(&self, hold: &str) -> Result<(), StoreError>;
+    /// The outcome is unknown: the hold counts as spent until `resolve_unknown`.
+    async fn mark_unknown(&self, hold: &str) -> Result<(), StoreError>;
+    /// Open holds whose lease ended become unknown outcomes; returns how many.
+    async fn expire_holds(&self) -> Result<u64, StoreError>;
+    /// Unknown outcomes, oldest first.
+    async fn unknown_outcomes(&self) -> Result<Vec<UnknownOutcome>, StoreError>;
+    /// Settles an unknown outcome (and its Idempotency-Key); `false` if it was no longer unknown.
+    async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError>;
     /// What a tenant can still spend; `None` without a cached balance.
     async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError>;
 
@@ -144,15 +190,22 @@ pub trait Store: Send + Sync + 'static {
     async fn generation(&self, id: &str) -> Result<Option<GenerationRecord>, StoreError>;
     /// A tenant's generations in a family, newest first.
     async fn list_generations(&self, tenant: &str, family: Family, limit: usize, offset: usize) -> Result<Vec<GenerationRecord>, StoreError>;
+    /// Generations not yet `completed` or `failed`, oldest first (the reconciler follows them).
+    async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError>;
     /// The platform reported a new status; a first `failed` refunds the tenant's spend.
     async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
 
-    /// Claims an Idempotency-Key for a request body digest.
-    async fn idem_claim(&self, tenant: &str, key: &str, body_digest: &[u8; 32]) -> Result<IdemClaim, StoreError>;
-    /// Stores the response of a claimed key.
+    /// Claims an Idempotency-Key for a request body digest, for the request that will take
+    /// hold `hold`. A claim whose request died before taking its hold frees itself after
+    /// `stale_ms`; one whose hold is unknown answers `Unresolved`.
+    async fn idem_claim(&self, tenant: &str, key: &str, body_digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError>;
+    /// Stores the response of a claimed key (kept 24 h).
     async fn idem_finish(&self, tenant: &str, key: &str, body_digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError>;
     /// Gives up a claim (nothing was charged), so a retry runs afresh.
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Takes or renews the reconciler's lease for `owner`; `true` while `owner` holds it.
+    async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
 
     /// Hold totals for metrics.
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError>;
@@ -175,6 +228,14 @@ pub fn now_ms() -> u64 {
 pub fn month_of(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!("{:04}-{:02}", t.year(), t.month() as u8)
+}
+
+/// Finished Idempotency-Keys are kept this long on every backend.
+pub const IDEM_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// Is this platform status final?
+pub fn is_final_status(status: &str) -> bool {
+    matches!(status, "completed" | "failed")
 }
 
 /// Opens the configured backend.

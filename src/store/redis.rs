@@ -20,98 +20,203 @@ use ::redis::{AsyncCommands, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{SharedLimit, BalanceSnapshot, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Store, StoreError, StoredResponse};
+use super::{
+    BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, Resolution, SharedLimit, Store, StoreError,
+    StoredResponse, UnknownOutcome,
+};
+
+/// A hold entry as the scripts store it (see `COMMON`).
+#[derive(serde::Deserialize)]
+struct RedisEntry {
+    t: String,
+    a: i64,
+    st: String,
+    #[serde(default)]
+    f: String,
+    #[serde(default)]
+    pd: String,
+    #[serde(default)]
+    c: u64,
+    #[serde(default)]
+    ik: String,
+    #[serde(default)]
+    m: String,
+}
 use crate::policy::family::Family;
 use crate::policy::ledger::{HoldTotals, Refusal};
 use crate::policy::money::Usd;
 use crate::policy::rate_limit::{GcraParams, Quotas};
 
-/// Finished idempotency records are kept a day.
-const IDEM_DONE_TTL_MS: u64 = 24 * 3600 * 1000;
-/// A claim whose request died with its process frees itself after this.
-const IDEM_RUNNING_TTL_MS: u64 = 10 * 60 * 1000;
+/// Tombstones of holds released before they arrived are kept this long.
+const TOMBSTONE_MS: u64 = 3_600_000;
 
+// Shared by every script: Redis's clock (replicas agree without synchronised clocks) and the
+// hold entries, kept as JSON in one hash: {t tenant, a amount µ$, st o|d|u, sq seq, exp lease
+// end ms, f family, pd prompt digest, c created ms, ik idempotency key, m month}.
+const COMMON: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function get_entry(p, id)
+  local s = redis.call('HGET', p .. ':holds', id)
+  if not s then return nil end
+  return cjson.decode(s)
+end
+local function put_entry(p, id, e)
+  redis.call('HSET', p .. ':holds', id, cjson.encode(e))
+end
+local function drop_entry(p, id, e)
+  redis.call('HDEL', p .. ':holds', id)
+  redis.call('INCRBY', p .. ':held', -e.a)
+  if e.st ~= 'd' then redis.call('HINCRBY', p .. ':theld', e.t, -e.a) end
+end
+local function tombstone(p, id)
+  redis.call('ZADD', p .. ':tombs', now_ms() + tonumber(ARGV_TOMB), id)
+end
+-- Records a generation if new (returns true when it was new).
+local function record_gen(p, gid, tenant, family, price, created, status, month)
+  local k = p .. ':gen:' .. gid
+  if redis.call('EXISTS', k) == 1 then return false end
+  redis.call('HSET', k, 'tenant', tenant, 'family', family, 'price', price, 'created_ms', created, 'status', status, 'month', month)
+  redis.call('ZADD', p .. ':gens:' .. tenant .. ':' .. family, created, gid)
+  if status ~= 'completed' and status ~= 'failed' then redis.call('ZADD', p .. ':unfinished', created, gid) end
+  return true
+end
+-- Turns an open or unknown entry into a debit and spend.
+local function to_debit(p, id, e, charged, month)
+  redis.call('HINCRBY', p .. ':theld', e.t, -e.a)
+  redis.call('INCRBY', p .. ':held', charged - e.a)
+  e.a = charged
+  e.st = 'd'
+  e.sq = redis.call('INCR', p .. ':seq')
+  put_entry(p, id, e)
+  redis.call('HINCRBY', p .. ':spend:' .. month, e.t, charged)
+end
+local function idem_done(p, tenant, key, hold, body)
+  if not key or key == '' then return end
+  local k = p .. ':idem:' .. tenant .. ':' .. key
+  if redis.call('HGET', k, 'hold') == hold then
+    redis.call('HSET', k, 'state', 'done', 'status', 201, 'body', body)
+    redis.call('PEXPIRE', k, ARGV_IDEM_TTL)
+  end
+end
+local function idem_drop(p, tenant, key, hold)
+  if not key or key == '' then return end
+  local k = p .. ':idem:' .. tenant .. ':' .. key
+  if redis.call('HGET', k, 'hold') == hold and redis.call('HGET', k, 'state') == 'running' then redis.call('DEL', k) end
+end
+"#;
+
+// ARGV: prefix, id, tenant, price, budget(-1 none), reserve, lease_ms, family, prompt digest, idem key, month
 const HOLD: &str = r#"
-local p, tenant = ARGV[1], ARGV[2]
-local price, budget, reserve = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local p, id, tenant = ARGV[1], ARGV[2], ARGV[3]
+local price, budget, reserve, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+if redis.call('HEXISTS', p .. ':holds', id) == 1 then return {1} end
+if redis.call('ZSCORE', p .. ':tombs', id) then return {4} end
 local bal = redis.call('HGET', p .. ':balance', 'amount')
 if not bal then return {0} end
 local held = tonumber(redis.call('GET', p .. ':held') or '0')
 local theld = tonumber(redis.call('HGET', p .. ':theld', tenant) or '0')
-local spend = tonumber(redis.call('HGET', p .. ':spend:' .. ARGV[6], tenant) or '0')
+local spend = tonumber(redis.call('HGET', p .. ':spend:' .. ARGV[11], tenant) or '0')
 if budget >= 0 and spend + theld + price > budget then return {2} end
 if tonumber(bal) - held - reserve < price then return {3} end
-local id = redis.call('INCR', p .. ':hold_id')
-redis.call('HSET', p .. ':holds', id, tenant .. '|' .. price .. '|o|0')
+local now = now_ms()
+put_entry(p, id, {t = tenant, a = price, st = 'o', sq = 0, exp = now + lease, f = ARGV[8], pd = ARGV[9], c = now, ik = ARGV[10], m = ARGV[11]})
 redis.call('INCRBY', p .. ':held', price)
 redis.call('HINCRBY', p .. ':theld', tenant, price)
-return {1, id}
+return {1}
 "#;
 
-// Parses "tenant|amount|state|seq".
-const PARSE_ENTRY: &str = r#"
-local function entry(s)
-  local t, a, st, sq = string.match(s, '^(.*)|(%-?%d+)|(%a)|(%d+)$')
-  return t, tonumber(a), st, tonumber(sq)
-end
-"#;
-
+// ARGV: prefix, hold, charged, gid, tenant, family, created, status, month
 const SETTLE: &str = r#"
 local p, id, charged = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local gid, tenant, family, created, status, month = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-redis.call('HSET', p .. ':gen:' .. gid, 'tenant', tenant, 'family', family, 'price', charged,
-  'created_ms', created, 'status', status, 'month', month)
-redis.call('ZADD', p .. ':gens:' .. tenant .. ':' .. family, created, gid)
-redis.call('HINCRBY', p .. ':spend:' .. month, tenant, charged)
-local e = redis.call('HGET', p .. ':holds', id)
-if e then
-  local t, amount, st = entry(e)
-  if st == 'o' then
-    local seq = redis.call('INCR', p .. ':seq')
-    redis.call('INCRBY', p .. ':held', charged - amount)
-    redis.call('HINCRBY', p .. ':theld', t, -amount)
-    redis.call('HSET', p .. ':holds', id, t .. '|' .. charged .. '|d|' .. seq)
+local new = record_gen(p, ARGV[4], ARGV[5], ARGV[6], charged, ARGV[7], ARGV[8], ARGV[9])
+local e = get_entry(p, id)
+if new then
+  if e and e.st ~= 'd' then
+    to_debit(p, id, e, charged, ARGV[9])
+  else
+    redis.call('HINCRBY', p .. ':spend:' .. ARGV[9], ARGV[5], charged)
   end
+elseif e and e.st ~= 'd' then
+  drop_entry(p, id, e)
 end
 return 1
 "#;
 
 const RELEASE: &str = r#"
 local p, id = ARGV[1], ARGV[2]
-local e = redis.call('HGET', p .. ':holds', id)
-if not e then return 0 end
-local t, amount, st = entry(e)
-if st ~= 'o' then return 0 end
-redis.call('HDEL', p .. ':holds', id)
-redis.call('INCRBY', p .. ':held', -amount)
-redis.call('HINCRBY', p .. ':theld', t, -amount)
+local e = get_entry(p, id)
+tombstone(p, id)
+if not e or e.st == 'd' then return 0 end
+drop_entry(p, id, e)
 return 1
 "#;
 
 const UNKNOWN: &str = r#"
 local p, id = ARGV[1], ARGV[2]
-local e = redis.call('HGET', p .. ':holds', id)
-if not e then return 0 end
-local t, amount, st = entry(e)
-if st ~= 'o' then return 0 end
-local seq = redis.call('INCR', p .. ':seq')
-redis.call('HSET', p .. ':holds', id, t .. '|' .. amount .. '|u|' .. seq)
+local e = get_entry(p, id)
+if not e or e.st ~= 'o' then return 0 end
+e.st = 'u'
+put_entry(p, id, e)
 return 1
 "#;
 
-const APPLY_BALANCE: &str = r#"
-local p, amount, mark, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-redis.call('HSET', p .. ':balance', 'amount', amount, 'fetched_ms', now)
+const EXPIRE: &str = r#"
+local p = ARGV[1]
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', p .. ':tombs', '-inf', now)
+local n = 0
 local all = redis.call('HGETALL', p .. ':holds')
 for i = 1, #all, 2 do
-  local t, a, st, sq = entry(all[i + 1])
-  if st ~= 'o' and sq <= mark then
-    redis.call('HDEL', p .. ':holds', all[i])
-    redis.call('INCRBY', p .. ':held', -a)
-    if st == 'u' then redis.call('HINCRBY', p .. ':theld', t, -a) end
+  local e = cjson.decode(all[i + 1])
+  if e.st == 'o' and e.exp <= now then
+    e.st = 'u'
+    put_entry(p, all[i], e)
+    n = n + 1
   end
 end
+return n
+"#;
+
+// ARGV: prefix, hold, kind (created|none), gid, family, price, created, status, month, reply
+const RESOLVE: &str = r#"
+local p, id = ARGV[1], ARGV[2]
+local e = get_entry(p, id)
+if not e or e.st ~= 'u' then return 0 end
+if ARGV[3] == 'created' then
+  if record_gen(p, ARGV[4], e.t, ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]) then
+    to_debit(p, id, e, tonumber(ARGV[6]), ARGV[9])
+  else
+    drop_entry(p, id, e)
+  end
+  idem_done(p, e.t, e.ik, id, ARGV[10])
+else
+  drop_entry(p, id, e)
+  idem_drop(p, e.t, e.ik, id)
+end
 return 1
+"#;
+
+// ARGV: prefix, amount, mark, ticket
+const APPLY_BALANCE: &str = r#"
+local p, amount, mark, ticket = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local stored = tonumber(redis.call('HGET', p .. ':balance', 'ticket') or '0')
+if ticket < stored then return 0 end
+redis.call('HSET', p .. ':balance', 'amount', amount, 'fetched_ms', now_ms(), 'ticket', ticket)
+local all = redis.call('HGETALL', p .. ':holds')
+for i = 1, #all, 2 do
+  local e = cjson.decode(all[i + 1])
+  if e.st == 'd' and e.sq <= mark then drop_entry(p, all[i], e) end
+end
+return 1
+"#;
+
+const BEGIN_FETCH: &str = r#"
+local p = ARGV[1]
+local ticket = redis.call('INCR', p .. ':fetch_ticket')
+return {tonumber(redis.call('GET', p .. ':seq') or '0'), ticket}
 "#;
 
 const SPENDABLE: &str = r#"
@@ -131,35 +236,55 @@ const UPDATE_STATUS: &str = r#"
 local p, gid, status = ARGV[1], ARGV[2], ARGV[3]
 local k = p .. ':gen:' .. gid
 local old = redis.call('HGET', k, 'status')
-if (not old) or old == status then return 0 end
+if (not old) or old == status or old == 'failed' then return 0 end
 redis.call('HSET', k, 'status', status)
+if status == 'completed' or status == 'failed' then redis.call('ZREM', p .. ':unfinished', gid) end
 if status == 'failed' then
   local tenant, month, price = unpack(redis.call('HMGET', k, 'tenant', 'month', 'price'))
   local sk = p .. ':spend:' .. month
   local s = tonumber(redis.call('HGET', sk, tenant) or '0') - tonumber(price)
   if s < 0 then s = 0 end
   redis.call('HSET', sk, tenant, s)
+  redis.call('HINCRBY', p .. ':refunded:' .. month, tenant, tonumber(price))
 end
 return 1
 "#;
 
+// KEYS: idem key. ARGV: prefix, digest, hold, stale_ms
 const IDEM_CLAIM: &str = r#"
-local k, digest = KEYS[1], ARGV[1]
+local k, p, digest, hold, stale = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now = now_ms()
 local d = redis.call('HGET', k, 'digest')
-if not d then
-  redis.call('HSET', k, 'digest', digest, 'state', 'running')
-  redis.call('PEXPIRE', k, ARGV[2])
-  return {'fresh'}
+if d then
+  if d ~= digest then return {'mismatch'} end
+  local state = redis.call('HGET', k, 'state')
+  if state == 'done' then
+    local v = redis.call('HMGET', k, 'status', 'body')
+    return {'done', v[1], v[2]}
+  end
+  local e = get_entry(p, redis.call('HGET', k, 'hold'))
+  if e and e.st == 'u' then return {'unresolved'} end
+  if e then return {'running'} end
+  if now - tonumber(redis.call('HGET', k, 'since') or '0') < stale then return {'running'} end
 end
-if d ~= digest then return {'mismatch'} end
-if redis.call('HGET', k, 'state') == 'running' then return {'running'} end
-local v = redis.call('HMGET', k, 'status', 'body')
-return {'done', v[1], v[2]}
+redis.call('DEL', k)
+redis.call('HSET', k, 'digest', digest, 'state', 'running', 'hold', hold, 'since', now)
+redis.call('PEXPIRE', k, ARGV_IDEM_TTL)
+return {'fresh'}
 "#;
 
 const IDEM_ABORT: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') == 'running' then redis.call('DEL', KEYS[1]) end
 return 1
+"#;
+
+const LEASE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
 "#;
 
 /// GCRA on Redis's clock (TIME), so replicas agree without synchronised clocks.
@@ -186,7 +311,11 @@ struct Scripts {
     settle: Script,
     release: Script,
     unknown: Script,
+    expire: Script,
+    resolve: Script,
+    begin_fetch: Script,
     apply_balance: Script,
+    lease: Script,
     spendable: Script,
     update_status: Script,
     idem_claim: Script,
@@ -226,16 +355,21 @@ impl RedisStore {
             .await
             .map_err(|_| err(format!("no answer from {} within {:?}", crate::config::redact_url(url), timeout * 4)))?
             .map_err(err)?;
-        let with_entry = |body: &str| Script::new(&format!("{PARSE_ENTRY}{body}"));
+        let common = COMMON.replace("ARGV_TOMB", &TOMBSTONE_MS.to_string()).replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string());
+        let with_common = |body: &str| Script::new(&format!("{common}{body}"));
         let scripts = Scripts {
-            hold: Script::new(HOLD),
-            settle: with_entry(SETTLE),
-            release: with_entry(RELEASE),
-            unknown: with_entry(UNKNOWN),
-            apply_balance: with_entry(APPLY_BALANCE),
+            hold: with_common(HOLD),
+            settle: with_common(SETTLE),
+            release: with_common(RELEASE),
+            unknown: with_common(UNKNOWN),
+            expire: with_common(EXPIRE),
+            resolve: with_common(RESOLVE),
+            begin_fetch: Script::new(BEGIN_FETCH),
+            apply_balance: with_common(APPLY_BALANCE),
+            lease: Script::new(LEASE),
             spendable: Script::new(SPENDABLE),
             update_status: Script::new(UPDATE_STATUS),
-            idem_claim: Script::new(IDEM_CLAIM),
+            idem_claim: with_common(&IDEM_CLAIM.replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string())),
             idem_abort: Script::new(IDEM_ABORT),
             gcra: Script::new(GCRA),
         };
@@ -323,36 +457,44 @@ impl Store for RedisStore {
         })
     }
 
-    async fn begin_balance_fetch(&self) -> Result<u64, StoreError> {
-        let key = self.key("seq");
-        let seq: Option<u64> = self.run(|mut c| async move { c.get(key).await }).await?;
-        Ok(seq.unwrap_or(0))
+    async fn begin_balance_fetch(&self) -> Result<FetchTicket, StoreError> {
+        let v: Vec<u64> = self.script(|s| &s.begin_fetch, &[], &[self.prefix.clone()]).await?;
+        match v.as_slice() {
+            [mark, ticket] => Ok(FetchTicket { mark: *mark, ticket: *ticket }),
+            _ => Err(err("unexpected answer to begin_fetch")),
+        }
     }
 
-    async fn apply_balance(&self, amount: Usd, mark: u64, now_ms: u64) -> Result<(), StoreError> {
-        let args = [self.prefix.clone(), amount.micros().to_string(), mark.to_string(), now_ms.to_string()];
-        self.script::<i64>(|s| &s.apply_balance, &[], &args).await.map(|_| ())
+    async fn apply_balance(&self, amount: Usd, at: FetchTicket, _now_ms: u64) -> Result<bool, StoreError> {
+        let args = [self.prefix.clone(), amount.micros().to_string(), at.mark.to_string(), at.ticket.to_string()];
+        self.script::<i64>(|s| &s.apply_balance, &[], &args).await.map(|v| v == 1)
     }
 
     async fn hold(&self, req: &HoldRequest) -> Result<HoldOutcome, StoreError> {
         let args = [
             self.prefix.clone(),
+            req.id.clone(),
             req.tenant.to_string(),
             req.price.micros().to_string(),
             budget_arg(req.budget),
             req.reserve.micros().to_string(),
-            req.month.clone(),
+            req.lease_ms.to_string(),
+            req.intent.family.clone(),
+            req.intent.prompt_sha256.clone(),
+            req.intent.idem_key.clone().unwrap_or_default(),
+            req.intent.month.clone(),
         ];
         let v: Vec<i64> = self.script(|s| &s.hold, &[], &args).await?;
         Ok(match v.as_slice() {
-            [1, id] => HoldOutcome::Held(*id as u64),
+            [1] => HoldOutcome::Held,
             [2] => HoldOutcome::Refused(Refusal::BudgetExceeded),
             [3] => HoldOutcome::Refused(Refusal::InsufficientCredits),
+            [4] => HoldOutcome::Gone,
             _ => HoldOutcome::NoBalance,
         })
     }
 
-    async fn settle(&self, hold: u64, month: &str, charged: Usd, r: &GenerationRecord) -> Result<(), StoreError> {
+    async fn settle(&self, hold: &str, charged: Usd, r: &GenerationRecord) -> Result<(), StoreError> {
         let args = [
             self.prefix.clone(),
             hold.to_string(),
@@ -362,17 +504,58 @@ impl Store for RedisStore {
             r.family.path().to_string(),
             r.created_ms.to_string(),
             r.status.clone(),
-            month.to_string(),
+            super::month_of(r.created_ms.max(0) as u64),
         ];
         self.script::<i64>(|s| &s.settle, &[], &args).await.map(|_| ())
     }
 
-    async fn release(&self, hold: u64) -> Result<(), StoreError> {
+    async fn release(&self, hold: &str) -> Result<(), StoreError> {
         self.script::<i64>(|s| &s.release, &[], &[self.prefix.clone(), hold.to_string()]).await.map(|_| ())
     }
 
-    async fn mark_unknown(&self, hold: u64) -> Result<(), StoreError> {
+    async fn mark_unknown(&self, hold: &str) -> Result<(), StoreError> {
         self.script::<i64>(|s| &s.unknown, &[], &[self.prefix.clone(), hold.to_string()]).await.map(|_| ())
+    }
+
+    async fn expire_holds(&self) -> Result<u64, StoreError> {
+        self.script::<i64>(|s| &s.expire, &[], &[self.prefix.clone()]).await.map(|n| n.max(0) as u64)
+    }
+
+    async fn unknown_outcomes(&self) -> Result<Vec<UnknownOutcome>, StoreError> {
+        let hk = self.key("holds");
+        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(hk).await }).await?;
+        let mut out: Vec<UnknownOutcome> = all
+            .into_iter()
+            .filter_map(|(id, json)| {
+                let e: RedisEntry = serde_json::from_str(&json).ok()?;
+                (e.st == "u").then(|| UnknownOutcome {
+                    hold: id,
+                    tenant: Arc::from(e.t.as_str()),
+                    price: Usd::from_micros(e.a),
+                    intent: Intent { family: e.f, prompt_sha256: e.pd, created_ms: e.c, idem_key: Some(e.ik).filter(|k| !k.is_empty()), month: e.m },
+                })
+            })
+            .collect();
+        out.sort_by_key(|u| u.intent.created_ms);
+        Ok(out)
+    }
+
+    async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError> {
+        let mut args = vec![self.prefix.clone(), hold.to_string()];
+        match resolution {
+            Resolution::Created { record: r, reply } => args.extend([
+                "created".to_string(),
+                r.id.clone(),
+                r.family.path().to_string(),
+                r.price.micros().to_string(),
+                r.created_ms.to_string(),
+                r.status.clone(),
+                super::month_of(r.created_ms.max(0) as u64),
+                String::from_utf8_lossy(reply).into_owned(),
+            ]),
+            Resolution::NotCharged => args.push("none".into()),
+        }
+        self.script::<i64>(|s| &s.resolve, &[], &args).await.map(|v| v == 1)
     }
 
     async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError> {
@@ -408,19 +591,34 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError> {
+        let key = self.key("unfinished");
+        let stop = limit.max(1) as isize - 1;
+        let ids: Vec<String> = self.run(|mut c| async move { c.zrange(key, 0, stop).await }).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.generation(&id).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
         let args = [self.prefix.clone(), id.to_string(), status.to_string()];
         self.script::<i64>(|s| &s.update_status, &[], &args).await.map(|_| ())
     }
 
-    async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32]) -> Result<IdemClaim, StoreError> {
+    async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
-        let v: Vec<Value> = self.script(|s| &s.idem_claim, &[k], &[hex::encode(digest), IDEM_RUNNING_TTL_MS.to_string()]).await?;
+        let args = [self.prefix.clone(), hex::encode(digest), hold.to_string(), stale_ms.to_string()];
+        let v: Vec<Value> = self.script(|s| &s.idem_claim, &[k], &args).await?;
         let tag: String = v.first().map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or_default();
         Ok(match tag.as_str() {
             "fresh" => IdemClaim::Fresh,
             "mismatch" => IdemClaim::Mismatch,
             "running" => IdemClaim::InProgress,
+            "unresolved" => IdemClaim::Unresolved,
             "done" => {
                 let status: u16 = v.get(1).map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or(500);
                 let body: Vec<u8> = v.get(2).map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or_default();
@@ -437,7 +635,7 @@ impl Store for RedisStore {
             ::redis::pipe()
                 .atomic()
                 .hset_multiple(&k, &[("digest", d.into_bytes()), ("state", b"done".to_vec()), ("status", status.to_string().into_bytes()), ("body", body)])
-                .pexpire(&k, IDEM_DONE_TTL_MS as i64)
+                .pexpire(&k, super::IDEM_RETENTION_MS as i64)
                 .query_async::<()>(&mut c)
                 .await
         })
@@ -449,21 +647,26 @@ impl Store for RedisStore {
         self.script::<i64>(|s| &s.idem_abort, &[k], &[]).await.map(|_| ())
     }
 
+    async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let k = self.key("reconciler");
+        self.script::<i64>(|s| &s.lease, &[k], &[owner.to_string(), ttl_ms.to_string()]).await.map(|v| v == 1)
+    }
+
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError> {
         let (hk, heldk) = (self.key("holds"), self.key("held"));
         let (entries, held): (Vec<String>, Option<i64>) =
             self.run(|mut c| async move { ::redis::pipe().hvals(hk).get(heldk).query_async(&mut c).await }).await?;
         let mut t = HoldTotals { held: Usd::from_micros(held.unwrap_or(0)), ..Default::default() };
-        for e in entries {
-            let mut parts = e.rsplitn(3, '|');
-            let (_seq, state, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
-            let amount = rest.rsplit('|').next().and_then(|a| a.parse().ok()).unwrap_or(0);
-            match state {
-                Some("o") => {
+        for e in entries.iter().filter_map(|j| serde_json::from_str::<RedisEntry>(j).ok()) {
+            match e.st.as_str() {
+                "o" => {
                     t.open += 1;
-                    t.open_amount += Usd::from_micros(amount);
+                    t.open_amount += Usd::from_micros(e.a);
                 }
-                Some("u") => t.unknown += 1,
+                "u" => {
+                    t.unknown += 1;
+                    t.unknown_amount += Usd::from_micros(e.a);
+                }
                 _ => {}
             }
         }

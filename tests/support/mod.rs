@@ -132,6 +132,12 @@ backend = "memory"
 [balance]
 cache_ttl_ms = 60000
 
+# The reconciler is effectively off unless a test sets a short interval (it calls the platform).
+[reconcile]
+interval_secs = 3600
+unknown_after_secs = 900
+lease_margin_ms = 10000
+
 [pricing]
 sora = {{ "10" = "0.12", "15" = "0.18" }}
 veo = {{ "veo-3-fast" = "0.25", "veo-3-quality" = "0.50" }}
@@ -253,7 +259,7 @@ pub fn request(method: Method, url: &str, key: Option<&str>, body: impl Into<Byt
 }
 
 pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Rsp {
-    let rsp = tokio::time::timeout(Duration::from_secs(30), c.request(req)).await.expect("no hang").expect("request");
+    let rsp = tokio::time::timeout(Duration::from_secs(90), c.request(req)).await.expect("no hang").expect("request");
     let status = rsp.status();
     let headers = rsp.headers().clone();
     let body = rsp.into_body().collect().await.expect("body").to_bytes();
@@ -275,6 +281,27 @@ pub async fn create(c: &HttpClient, gw: &TestGateway, key: &str) -> String {
     let r = post(c, &gw.url("/v1/sora/generate"), Some(key), SORA).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     r.json()["generation_id"].as_str().unwrap().to_string()
+}
+
+/// Turns the reconciler on: a pass every second, unknown outcomes released after `unknown_after`
+/// seconds, leases `margin_ms` past the upstream timeout.
+pub fn fast_reconcile(text: &str, unknown_after: u64, margin_ms: u64) -> String {
+    text.replace("interval_secs = 3600", "interval_secs = 1")
+        .replace("unknown_after_secs = 900", &format!("unknown_after_secs = {unknown_after}"))
+        .replace("lease_margin_ms = 10000", &format!("lease_margin_ms = {margin_ms}"))
+}
+
+/// Waits (polling) until an async condition holds.
+pub async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Retries `check` until it holds or `deadline` passes (asynchronous state only).

@@ -1,5 +1,6 @@
 use super::*;
 use crate::store::contract;
+use crate::policy::ledger::HoldTotals;
 
 macro_rules! both_backends {
     ($($name:ident),*) => {$(
@@ -20,9 +21,13 @@ macro_rules! both_backends {
 
 both_backends!(
     holds_follow_the_balance,
+    a_late_hold_after_its_release_is_refused,
     settle_records_and_budgets_apply,
+    balance_snapshots_only_move_forward,
     failed_generations_are_refunded_once,
-    unknown_holds_wait_for_a_refetch,
+    unknown_outcomes_count_until_resolved,
+    unknown_outcomes_not_found_are_released,
+    expired_leases_become_unknown,
     lists_are_per_tenant,
     idempotency_keys
 );
@@ -38,15 +43,28 @@ async fn concurrent_holds_never_overspend() {
     contract::concurrent_holds_never_overspend(Arc::new(EmbeddedStore::memory())).await;
 }
 
+fn hold_req(id: &str, idem: Option<&str>) -> HoldRequest {
+    HoldRequest {
+        id: id.into(),
+        tenant: Arc::from("a"),
+        price: Usd::from_micros(120_000),
+        budget: None,
+        reserve: Usd::ZERO,
+        lease_ms: 60_000,
+        intent: Intent { family: "veo".into(), prompt_sha256: "d".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: "2026-11".into() },
+    }
+}
+
 #[tokio::test]
 async fn sqlite_records_survive_reopen_with_their_spend() {
     let path = tempdir().join("nested/dir/t.db");
     {
         let s = EmbeddedStore::sqlite(&path).await.unwrap();
-        s.apply_balance(Usd::parse("1").unwrap(), 0, 1).await.unwrap();
+        let at = s.begin_balance_fetch().await.unwrap();
+        s.apply_balance(Usd::parse("1").unwrap(), at, 1).await.unwrap();
         for (i, status) in ["completed", "failed"].iter().enumerate() {
-            let req = HoldRequest { tenant: Arc::from("a"), month: "2026-11".into(), price: Usd::from_micros(120_000), budget: None, reserve: Usd::ZERO };
-            let HoldOutcome::Held(h) = s.hold(&req).await.unwrap() else { panic!() };
+            let req = hold_req(&format!("h{i}"), None);
+            assert_eq!(s.hold(&req).await.unwrap(), HoldOutcome::Held);
             let rec = GenerationRecord {
                 id: format!("g{i}"),
                 tenant: Arc::from("a"),
@@ -55,10 +73,10 @@ async fn sqlite_records_survive_reopen_with_their_spend() {
                 created_ms: 1_794_268_800_000,
                 status: "pending".into(),
             };
-            s.settle(h, "2026-11", rec.price, &rec).await.unwrap();
+            s.settle(&req.id, rec.price, &rec).await.unwrap();
             s.update_status(&rec.id, status).await.unwrap();
         }
-        s.idem_claim("a", "k", &[7; 32]).await.unwrap();
+        s.idem_claim("a", "k", &[7; 32], "hk", 60_000).await.unwrap();
         s.idem_finish("a", "k", &[7; 32], &StoredResponse { status: 201, body: Bytes::from_static(b"{}") }).await.unwrap();
     }
     let s = EmbeddedStore::sqlite(&path).await.unwrap();
@@ -66,9 +84,30 @@ async fn sqlite_records_survive_reopen_with_their_spend() {
     assert_eq!((&*g.tenant, g.family, g.status.as_str()), ("a", Family::Veo, "completed"));
     // Only the completed one counts: the failed one was refunded.
     assert_eq!(s.spend_by_tenant("2026-11").await.unwrap(), vec![(Arc::from("a"), Usd::from_micros(120_000))]);
-    assert!(matches!(s.idem_claim("a", "k", &[7; 32]).await.unwrap(), IdemClaim::Replay(_)));
+    assert!(matches!(s.idem_claim("a", "k", &[7; 32], "x", 60_000).await.unwrap(), IdemClaim::Replay(_)));
+    assert_eq!(s.hold_totals().await.unwrap(), HoldTotals::default());
     assert_eq!(s.backend(), "sqlite");
     s.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_holds_in_flight_at_a_crash_come_back_as_unknown_outcomes() {
+    let path = tempdir().join("t.db");
+    {
+        let s = EmbeddedStore::sqlite(&path).await.unwrap();
+        let at = s.begin_balance_fetch().await.unwrap();
+        s.apply_balance(Usd::parse("1").unwrap(), at, 1).await.unwrap();
+        assert_eq!(s.idem_claim("a", "k", &[7; 32], "inflight", 60_000).await.unwrap(), IdemClaim::Fresh);
+        assert_eq!(s.hold(&hold_req("inflight", Some("k"))).await.unwrap(), HoldOutcome::Held);
+        // The process dies here (no settle, no release).
+    }
+    let s = EmbeddedStore::sqlite(&path).await.unwrap();
+    let unknown = s.unknown_outcomes().await.unwrap();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!((unknown[0].hold.as_str(), unknown[0].intent.idem_key.as_deref()), ("inflight", Some("k")));
+    // Counted against the tenant until resolved; its key is not forwarded again.
+    assert_eq!(s.spendable(&Arc::from("a"), "2026-11", Some(Usd::from_micros(120_000)), Usd::ZERO).await.unwrap(), None);
+    assert_eq!(s.idem_claim("a", "k", &[7; 32], "retry", 0).await.unwrap(), IdemClaim::Unresolved);
 }
 
 #[tokio::test]

@@ -18,9 +18,13 @@ macro_rules! contract_tests {
 
 contract_tests!(
     holds_follow_the_balance,
+    a_late_hold_after_its_release_is_refused,
     settle_records_and_budgets_apply,
+    balance_snapshots_only_move_forward,
     failed_generations_are_refunded_once,
-    unknown_holds_wait_for_a_refetch,
+    unknown_outcomes_count_until_resolved,
+    unknown_outcomes_not_found_are_released,
+    expired_leases_become_unknown,
     lists_are_per_tenant,
     idempotency_keys
 );
@@ -36,11 +40,24 @@ async fn two_connections_share_one_ledger() {
     let server = RedisServer::start();
     let a = RedisStore::connect(&server.url, Duration::from_millis(500), "shared").await.unwrap();
     let b = RedisStore::connect(&server.url, Duration::from_millis(500), "shared").await.unwrap();
-    a.apply_balance(Usd::parse("0.24").unwrap(), 0, 1).await.unwrap();
-    let req = HoldRequest { tenant: Arc::from("t"), month: "2026-11".into(), price: Usd::parse("0.12").unwrap(), budget: None, reserve: Usd::ZERO };
-    assert!(matches!(a.hold(&req).await.unwrap(), HoldOutcome::Held(_)));
-    assert!(matches!(b.hold(&req).await.unwrap(), HoldOutcome::Held(_)));
-    assert_eq!(a.hold(&req).await.unwrap(), HoldOutcome::Refused(Refusal::InsufficientCredits));
+    let at = a.begin_balance_fetch().await.unwrap();
+    a.apply_balance(Usd::parse("0.24").unwrap(), at, 1).await.unwrap();
+    let req = |id: &str| HoldRequest {
+        id: id.into(),
+        tenant: Arc::from("t"),
+        price: Usd::parse("0.12").unwrap(),
+        budget: None,
+        reserve: Usd::ZERO,
+        lease_ms: 60_000,
+        intent: Intent { month: "2026-11".into(), ..Default::default() },
+    };
+    assert_eq!(a.hold(&req("1")).await.unwrap(), HoldOutcome::Held);
+    assert_eq!(b.hold(&req("2")).await.unwrap(), HoldOutcome::Held);
+    assert_eq!(a.hold(&req("3")).await.unwrap(), HoldOutcome::Refused(Refusal::InsufficientCredits));
+    // The reconciler's lease is one owner's at a time.
+    assert!(a.reconciler_lease("a", 60_000).await.unwrap());
+    assert!(!b.reconciler_lease("b", 60_000).await.unwrap());
+    assert!(a.reconciler_lease("a", 60_000).await.unwrap());
 }
 
 #[tokio::test]

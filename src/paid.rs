@@ -1,0 +1,317 @@
+//! Stage 9 of the paid path: forward a held request and run it to its outcome.
+//!
+//! Once a hold is taken the request is forwarded from its own task ([`Paid::spawn`]), so a
+//! client that hangs up (HTTP/1 close, HTTP/2 RST_STREAM) never cancels a request the platform
+//! may be charging for. The outcome is one of:
+//! - **created** (201): the generation is recorded and the hold settles at the charged price. If
+//!   the store fails here the tenant still gets its 201; the record is retried until written
+//!   (and the hold, durable or leased, is the fallback for the reconciler).
+//! - **refused** (any other answer, or nothing sent): the hold is released.
+//! - **unknown** (sent, no answer read): the hold stays, counted as spent, and its
+//!   Idempotency-Key answers 409 until the reconciler (`reconcile.rs`) resolves it.
+//!
+//! When the client is gone by then, the task writes the access line itself (`client_closed`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Response, StatusCode};
+use tokio::sync::oneshot;
+
+use crate::body::{self, Body};
+use crate::error::GatewayError;
+use crate::gateway::{Ctx, Gateway};
+use crate::policy::family::Family;
+use crate::policy::money::Usd;
+use crate::policy::pricing::settle_price;
+use crate::store::{now_ms, GenerationRecord, Store, StoredResponse};
+use crate::upstream::normalize::normalize;
+use crate::upstream::UpstreamResponse;
+
+/// First and longest wait between retries of writing an accepted generation.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A hold under an id chosen before the store was asked. Dropped before it is handed to the
+/// paid task (the client left, the store timed out), it is released by id, so a hold call that
+/// lands late is refused rather than leaked.
+pub(crate) struct HoldGuard {
+    store: Arc<dyn Store>,
+    pub(crate) id: String,
+    armed: bool,
+}
+
+impl HoldGuard {
+    pub(crate) fn new(store: Arc<dyn Store>) -> HoldGuard {
+        HoldGuard { store, id: uuid::Uuid::new_v4().simple().to_string(), armed: true }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    async fn release(mut self) {
+        self.armed = false;
+        if let Err(e) = self.store.release(&self.id).await {
+            // Its lease will end and the reconciler will find nothing: released then.
+            tracing::warn!(error = %e, hold = %self.id, "could not release a hold; it will expire and be reconciled");
+        }
+    }
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, id) = (self.store.clone(), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release(&id).await {
+                    tracing::warn!(error = %e, hold = %id, "could not release an abandoned hold; it will expire and be reconciled");
+                }
+            });
+        }
+    }
+}
+
+/// A claimed Idempotency-Key; given up if dropped unfinished so a retry can run.
+pub(crate) struct IdemGuard {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) key: String,
+    pub(crate) digest: [u8; 32],
+    pub(crate) done: bool,
+}
+
+impl IdemGuard {
+    pub(crate) async fn finish(mut self, status: StatusCode, body: &Bytes) {
+        self.done = true;
+        let rsp = StoredResponse { status: status.as_u16(), body: body.clone() };
+        if let Err(e) = self.store.idem_finish(&self.tenant, &self.key, &self.digest, &rsp).await {
+            tracing::warn!(error = %e, "could not store idempotent response");
+        }
+    }
+
+    /// The outcome is unknown: the claim stays, tied to the unknown hold, until reconciled.
+    fn keep(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for IdemGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (store, tenant, key) = (self.store.clone(), self.tenant.clone(), std::mem::take(&mut self.key));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = store.idem_abort(&tenant, &key).await;
+            });
+        }
+    }
+}
+
+/// What the paid task tells the request: the answer and what to log.
+pub(crate) struct PaidOutcome {
+    pub(crate) result: Result<Response<Body>, GatewayError>,
+    pub(crate) upstream: Option<(StatusCode, Duration)>,
+    pub(crate) price: Usd,
+}
+
+/// A held request about to be forwarded.
+pub(crate) struct Paid {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) hold: HoldGuard,
+    pub(crate) idem: Option<IdemGuard>,
+    pub(crate) family: Family,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) quoted: Usd,
+    pub(crate) path: String,
+    pub(crate) content_type: Option<HeaderValue>,
+    pub(crate) body: Bytes,
+}
+
+fn upstream_error(rsp: &UpstreamResponse) -> GatewayError {
+    let retry = rsp.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
+    GatewayError::Upstream(normalize(rsp.status, retry, &rsp.body))
+}
+
+/// What a 201 says: `generation_id`/`task_uuid`, `price` and `status`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Created {
+    pub(crate) id: Option<String>,
+    pub(crate) price: Option<Usd>,
+    pub(crate) status: Option<String>,
+}
+
+pub(crate) fn created(family: Family, body: &[u8]) -> Created {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return Created { id: None, price: None, status: None } };
+    let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"));
+    Created {
+        id: id.and_then(|i| i.as_str()).map(str::to_string),
+        price: v.get("price").and_then(Usd::from_json),
+        status: v.get("status").and_then(|s| s.as_str()).map(str::to_string),
+    }
+}
+
+// === impl Paid ===
+
+impl Paid {
+    /// Runs the request to its outcome in its own task. The answer arrives on the returned
+    /// channel; if nobody is listening any more, the task logs the request as `client_closed`.
+    pub(crate) fn spawn(self, ctx: &Ctx) -> oneshot::Receiver<PaidOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let ctx = ctx.clone();
+        let gw = self.gw.clone();
+        tokio::spawn(async move {
+            let out = self.run(&ctx.request_id).await;
+            if let Err(out) = tx.send(out) {
+                let mut ctx = ctx;
+                let status = match &out.result {
+                    Ok(r) => r.status(),
+                    Err(e) => e.status(),
+                };
+                ctx.outcome = "client_closed";
+                ctx.upstream_status = out.upstream.map(|u| u.0.as_u16());
+                ctx.upstream_latency = out.upstream.map(|u| u.1);
+                ctx.price = Some(out.price);
+                tracing::info!(request_id = %ctx.request_id, status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");
+                gw.finish(&ctx, status.as_u16());
+            }
+        });
+        rx
+    }
+
+    async fn run(self, request_id: &str) -> PaidOutcome {
+        let Paid { gw, mut hold, idem, family, tenant, quoted, path, content_type, body } = self;
+        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), request_id, body).await;
+        let rsp = match sent {
+            Ok(rsp) => rsp,
+            Err(e) if e.maybe_delivered() => {
+                hold.disarm();
+                gw.metrics.unknown_outcome(e.kind());
+                tracing::warn!(request_id, tenant = %tenant, hold = %hold.id, cause = e.kind(), "paid request sent but no answer read: outcome unknown, counted as spent until reconciled");
+                if let Err(se) = gw.store.mark_unknown(&hold.id).await {
+                    tracing::warn!(error = %se, hold = %hold.id, "could not mark hold unknown; its lease will");
+                }
+                if let Some(i) = idem {
+                    i.keep();
+                }
+                return PaidOutcome { result: Err(e.into()), upstream: None, price: quoted };
+            }
+            Err(e) => {
+                hold.release().await;
+                return PaidOutcome { result: Err(e.into()), upstream: None, price: quoted };
+            }
+        };
+        let upstream = Some((rsp.status, rsp.latency));
+        if !rsp.status.is_success() {
+            hold.release().await;
+            let err = upstream_error(&rsp);
+            // The platform's own verdict on this body (4xx) is final: replay it. 5xx and 429 may
+            // pass on retry, so the key is given up (the guard's drop).
+            if let (Some(idem), GatewayError::Upstream(n)) = (idem, &err) {
+                if n.status.is_client_error() && n.status != StatusCode::TOO_MANY_REQUESTS {
+                    idem.finish(n.status, &Bytes::from(serde_json::json!({ "detail": n.detail }).to_string())).await;
+                }
+            }
+            return PaidOutcome { result: Err(err), upstream, price: quoted };
+        }
+        let answer = created(family, &rsp.body);
+        let charged = match settle_price(quoted, answer.price) {
+            Ok(p) => p,
+            Err((q, why)) => {
+                gw.metrics.untrusted_price();
+                tracing::error!(request_id, tenant = %tenant, reported = ?answer.price.map(|p| p.to_string()), quoted = %q, why, "platform reported a price that is not trusted; settled at the quote");
+                q
+            }
+        };
+        let id = answer.id.unwrap_or_else(|| {
+            tracing::warn!(request_id, "platform accepted a generation without an id; recording it under the request id");
+            format!("unknown-{request_id}")
+        });
+        let record = GenerationRecord {
+            id,
+            tenant: tenant.clone(),
+            family,
+            price: charged,
+            created_ms: now_ms() as i64,
+            status: answer.status.unwrap_or_else(|| "pending".into()),
+        };
+        // Durable before the tenant hears of it, when the store allows.
+        hold.disarm();
+        match gw.store.settle(&hold.id, charged, &record).await {
+            Ok(()) => {
+                if let Some(idem) = idem {
+                    idem.finish(rsp.status, &rsp.body).await;
+                }
+            }
+            Err(e) => {
+                // The platform created and charged it: the tenant gets its 201 regardless, and
+                // the record is written when the store is back.
+                tracing::error!(error = %e, generation = %record.id, tenant = %tenant, "generation created upstream but not recorded yet; retrying in the background");
+                let idem = idem.map(|i| (i, rsp.status, rsp.body.clone()));
+                tokio::spawn(retry_record(gw.clone(), hold.id.clone(), charged, record, idem));
+            }
+        }
+        let out = passthrough(rsp.status, rsp.headers.get(CONTENT_TYPE), rsp.body);
+        PaidOutcome { result: Ok(out), upstream, price: charged }
+    }
+}
+
+/// Retries settling an accepted generation until the store takes it.
+async fn retry_record(gw: Arc<Gateway>, hold: String, charged: Usd, record: GenerationRecord, idem: Option<(IdemGuard, StatusCode, Bytes)>) {
+    let mut wait = RECORD_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        match gw.store.settle(&hold, charged, &record).await {
+            Ok(()) => {
+                gw.metrics.record_retry(true);
+                tracing::info!(generation = %record.id, tenant = %record.tenant, "generation recorded after a store failure");
+                if let Some((i, status, body)) = idem {
+                    i.finish(status, &body).await;
+                }
+                return;
+            }
+            Err(e) => {
+                gw.metrics.record_retry(false);
+                tracing::warn!(error = %e, generation = %record.id, "still cannot record an accepted generation; retrying");
+                wait = (wait * 2).min(RECORD_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// A 2xx from the platform, passed through byte for byte with its content type.
+pub(crate) fn passthrough(status: StatusCode, content_type: Option<&HeaderValue>, bytes: Bytes) -> Response<Body> {
+    let mut out = body::json(status, bytes);
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(CONTENT_TYPE, ct.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_created_id_and_price_of_either_id_field() {
+        let c = |id: Option<&str>, price: Option<i64>, status: Option<&str>| Created {
+            id: id.map(str::to_string),
+            price: price.map(Usd::from_micros),
+            status: status.map(str::to_string),
+        };
+        assert_eq!(
+            created(Family::Sora, br#"{"generation_id":"g1","status":"pending","price":"0.1200"}"#),
+            c(Some("g1"), Some(120_000), Some("pending"))
+        );
+        assert_eq!(created(Family::Gemini, br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
+        assert_eq!(created(Family::Kling, br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
+        assert_eq!(created(Family::Veo, b"not json"), c(None, None, None));
+    }
+}
