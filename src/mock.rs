@@ -71,6 +71,9 @@ pub enum FaultKind {
     Status,
     /// `status` (default 200) with the normal body sent slowly, `latency_ms` per 16 bytes.
     SlowBody,
+    /// Act on the request (charge a generate), then wait `latency_ms` before answering: a
+    /// platform that charges and answers late.
+    LateAnswer,
 }
 
 /// One scripted fault.
@@ -240,6 +243,23 @@ impl MockPlatform {
         self.lock().balance = b;
     }
 
+    /// What the account was charged and not refunded, in total (a failed generation's status is
+    /// brought up to date first, which refunds it as the platform does).
+    pub fn charged_total(&self) -> Usd {
+        let mut st = self.lock();
+        let ids: Vec<String> = st.order.clone();
+        for id in &ids {
+            self.status_json(&mut st, id);
+        }
+        ids.iter().filter_map(|id| st.generations.get(id)).filter(|g| !g.refunded).map(|g| g.price).sum()
+    }
+
+    /// Every generation created, oldest first: (id, family path, prompt).
+    pub fn generations(&self) -> Vec<(String, String, String)> {
+        let st = self.lock();
+        st.order.iter().filter_map(|id| st.generations.get(id).map(|g| (id.clone(), g.family.path().to_string(), g.prompt.clone()))).collect()
+    }
+
     /// Queues a fault.
     pub fn push_fault(&self, f: Fault) {
         self.lock().faults.push_back(f);
@@ -312,10 +332,13 @@ impl MockPlatform {
                     }
                     return Ok(rsp);
                 }
-                FaultKind::ResetMidBody | FaultKind::SlowBody => {}
+                FaultKind::ResetMidBody | FaultKind::SlowBody | FaultKind::LateAnswer => {}
             }
         }
         let rsp = self.platform(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, &body);
+        if let Some(f) = fault.as_ref().filter(|f| f.kind == FaultKind::LateAnswer) {
+            tokio::time::sleep(Duration::from_millis(f.latency_ms.unwrap_or(0))).await;
+        }
         Ok(match fault {
             Some(f) if f.kind == FaultKind::ResetMidBody => trickle(rsp, None).await,
             Some(f) if f.kind == FaultKind::SlowBody => trickle(rsp, Some(Duration::from_millis(f.latency_ms.unwrap_or(100)))).await,

@@ -312,3 +312,126 @@ pub async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Which store a fault test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Sqlite,
+    Redis,
+}
+
+/// A store section for `backend`; Redis gets a private server (kept alive by the returned guard).
+pub fn with_backend(text: &str, backend: Backend) -> (String, Option<tollgate::testkit::RedisServer>) {
+    match backend {
+        Backend::Memory => (text.to_string(), None),
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(format!("tollgate-fault-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            (text.replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", dir.join("t.db").display())), None)
+        }
+        Backend::Redis => {
+            let server = tollgate::testkit::RedisServer::start();
+            let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+            let t = text.replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"", server.url));
+            (t, Some(server))
+        }
+    }
+}
+
+/// Sends an HTTP/1.1 request over a raw socket and closes the socket after `after`, without
+/// reading the answer: a client that hangs up.
+pub async fn hang_up_after(addr: SocketAddr, path: &str, key: &str, body: &str, extra_headers: &str, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra_headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(after).await;
+    drop(s);
+}
+
+/// A TCP proxy in front of a Redis unix socket that can stall every byte, or delay the frames
+/// that contain a marker (to slow one script call down past the store timeout).
+pub struct RedisProxy {
+    pub url: String,
+    pub stalled: Arc<std::sync::atomic::AtomicBool>,
+    pub delay_marker: Arc<Mutex<Option<(Vec<u8>, Duration)>>>,
+    task: JoinHandle<()>,
+}
+
+impl RedisProxy {
+    pub async fn start(redis_url: &str) -> RedisProxy {
+        let sock = redis_url.trim_start_matches("unix://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let delay_marker: Arc<Mutex<Option<(Vec<u8>, Duration)>>> = Arc::new(Mutex::new(None));
+        let (st, dm) = (stalled.clone(), delay_marker.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok(server) = tokio::net::UnixStream::connect(&sock).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, st.clone(), Some(dm.clone())));
+                tokio::spawn(pipe(sr, cw, st.clone(), None));
+            }
+        });
+        RedisProxy { url, stalled, delay_marker, task }
+    }
+
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for RedisProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pipe(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    marker: Option<Arc<Mutex<Option<(Vec<u8>, Duration)>>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let delay = marker.as_ref().and_then(|m| {
+            let m = m.lock().unwrap();
+            m.as_ref().filter(|(needle, _)| buf[..n].windows(needle.len()).any(|w| w == needle.as_slice())).map(|(_, d)| *d)
+        });
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Hex SHA-256 of a prompt, as holds record it.
+pub fn prompt_digest(prompt: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(prompt.as_bytes()))
+}
+
+/// The tenant's spend this month, as the store has it.
+pub async fn spend_of(gw: &TestGateway, tenant: &str) -> Usd {
+    let month = tollgate::store::month_of(tollgate::store::now_ms());
+    gw.gateway.store().spend_by_tenant(&month).await.unwrap().into_iter().find(|(t, _)| &**t == tenant).map(|(_, s)| s).unwrap_or_default()
+}
