@@ -57,6 +57,10 @@ pub struct Reconciler {
     gw: Arc<Gateway>,
     owner: String,
     last_checked: HashMap<String, Instant>,
+    /// Platform calls it may make now: refilled at `status_calls_per_minute`, at most a
+    /// minute's worth saved up (so a long list can be read across quiet passes).
+    tokens: f64,
+    refilled: Instant,
 }
 
 fn family_of(path: &str) -> Option<Family> {
@@ -96,7 +100,8 @@ fn listed(family: Family, v: &serde_json::Value) -> Option<Listed> {
 impl Reconciler {
     /// A reconciler for `gw`, under a fresh owner id.
     pub fn new(gw: Arc<Gateway>) -> Reconciler {
-        Reconciler { gw, owner: uuid::Uuid::new_v4().simple().to_string(), last_checked: HashMap::new() }
+        let per_minute = f64::from(gw.reconcile.status_calls_per_minute);
+        Reconciler { gw, owner: uuid::Uuid::new_v4().simple().to_string(), last_checked: HashMap::new(), tokens: per_minute / 2.0, refilled: Instant::now() }
     }
 
     /// Runs passes every `interval` until `stop` turns true.
@@ -132,8 +137,11 @@ impl Reconciler {
             gw.metrics.expired_leases(report.expired);
             tracing::warn!(holds = report.expired, cause = "lease_expired", "holds outlived their lease (crash, shutdown or slow store): now unknown outcomes, counted as spent until reconciled");
         }
-        let per_pass = (u64::from(cfg.status_calls_per_minute) * cfg.interval.as_secs().max(1)).div_ceil(60).max(1);
-        let mut calls_left = per_pass;
+        let per_minute = f64::from(cfg.status_calls_per_minute);
+        self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * per_minute / 60.0).min(per_minute.max(1.0));
+        self.refilled = Instant::now();
+        let budget = self.tokens.floor() as u64;
+        let mut calls_left = budget;
 
         let unknown = gw.store.unknown_outcomes().await?;
         if !unknown.is_empty() {
@@ -150,12 +158,12 @@ impl Reconciler {
                 break;
             }
             calls_left -= 1;
-            report.calls += 1;
             self.follow(&record).await;
             self.last_checked.insert(record.id.clone(), Instant::now());
             report.followed += 1;
         }
-        report.calls = per_pass - calls_left;
+        report.calls = budget - calls_left;
+        self.tokens -= report.calls as f64;
         Ok(report)
     }
 

@@ -98,8 +98,10 @@ async fn timeout_after_charge(backend: Backend) {
     let platform = Platform::start().await;
     let (gw, _redis) = start(&platform, backend).await;
     let c = client();
-    // The platform charges, then answers after the upstream timeout (2 s).
+    // The platform charges, then answers after the upstream timeout (2 s); its list answers
+    // slowly, so the outcome stays unknown for a while.
     late_answer(&platform, 2600);
+    platform.delay("/v1/sora/generations?", 1500, 2);
     let keyed = |key: &str| {
         let mut r = request(Method::POST, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA);
         r.headers_mut().insert("idempotency-key", key.parse().unwrap());
@@ -276,7 +278,6 @@ async fn a_failed_generation_is_refunded_without_anyone_polling() {
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.detail(), "BUDGET_EXCEEDED");
     // Nobody polls; the reconciler follows it to `failed` and refunds it once.
     wait_spend(&gw, "a", "0").await;
-    assert_eq!(platform.requests_to("/v1/sora/generations/").iter().filter(|r| r.path.contains("reconcile")).count(), 0);
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     let metrics = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
     assert!(metrics.contains(r#"tollgate_refunds_total{tenant="a"} 1"#), "{metrics}");

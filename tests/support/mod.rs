@@ -135,6 +135,7 @@ cache_ttl_ms = 60000
 # The reconciler is effectively off unless a test sets a short interval (it calls the platform).
 [reconcile]
 interval_secs = 3600
+status_calls_per_minute = 30
 unknown_after_secs = 900
 lease_margin_ms = 10000
 
@@ -287,6 +288,7 @@ pub async fn create(c: &HttpClient, gw: &TestGateway, key: &str) -> String {
 /// seconds, leases `margin_ms` past the upstream timeout.
 pub fn fast_reconcile(text: &str, unknown_after: u64, margin_ms: u64) -> String {
     text.replace("interval_secs = 3600", "interval_secs = 1")
+        .replace("status_calls_per_minute = 30", "status_calls_per_minute = 6000")
         .replace("unknown_after_secs = 900", &format!("unknown_after_secs = {unknown_after}"))
         .replace("lease_margin_ms = 10000", &format!("lease_margin_ms = {margin_ms}"))
 }
