@@ -458,7 +458,7 @@ impl Store for RedisStore {
     }
 
     async fn begin_balance_fetch(&self) -> Result<FetchTicket, StoreError> {
-        let v: Vec<u64> = self.script(|s| &s.begin_fetch, &[], &[self.prefix.clone()]).await?;
+        let v: Vec<u64> = self.script(|s| &s.begin_fetch, &[], std::slice::from_ref(&self.prefix)).await?;
         match v.as_slice() {
             [mark, ticket] => Ok(FetchTicket { mark: *mark, ticket: *ticket }),
             _ => Err(err("unexpected answer to begin_fetch")),
@@ -518,7 +518,7 @@ impl Store for RedisStore {
     }
 
     async fn expire_holds(&self) -> Result<u64, StoreError> {
-        self.script::<i64>(|s| &s.expire, &[], &[self.prefix.clone()]).await.map(|n| n.max(0) as u64)
+        self.script::<i64>(|s| &s.expire, &[], std::slice::from_ref(&self.prefix)).await.map(|n| n.max(0) as u64)
     }
 
     async fn unknown_outcomes(&self) -> Result<Vec<UnknownOutcome>, StoreError> {

@@ -356,12 +356,15 @@ pub async fn hang_up_after(addr: SocketAddr, path: &str, key: &str, body: &str, 
     drop(s);
 }
 
+/// A byte string and the delay for frames that contain it.
+pub type DelayMarker = Arc<Mutex<Option<(Vec<u8>, Duration)>>>;
+
 /// A TCP proxy in front of a Redis unix socket that can stall every byte, or delay the frames
 /// that contain a marker (to slow one script call down past the store timeout).
 pub struct RedisProxy {
     pub url: String,
     pub stalled: Arc<std::sync::atomic::AtomicBool>,
-    pub delay_marker: Arc<Mutex<Option<(Vec<u8>, Duration)>>>,
+    pub delay_marker: DelayMarker,
     task: JoinHandle<()>,
 }
 
@@ -371,7 +374,7 @@ impl RedisProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("redis://{}", listener.local_addr().unwrap());
         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let delay_marker: Arc<Mutex<Option<(Vec<u8>, Duration)>>> = Arc::new(Mutex::new(None));
+        let delay_marker: DelayMarker = Arc::new(Mutex::new(None));
         let (st, dm) = (stalled.clone(), delay_marker.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -401,7 +404,7 @@ async fn pipe(
     mut r: impl tokio::io::AsyncRead + Unpin,
     mut w: impl tokio::io::AsyncWrite + Unpin,
     stalled: Arc<std::sync::atomic::AtomicBool>,
-    marker: Option<Arc<Mutex<Option<(Vec<u8>, Duration)>>>>,
+    marker: Option<DelayMarker>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
