@@ -36,6 +36,12 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 /// Request-body bytes buffered at once across all requests (503 past it): bounds memory.
 pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 512 * 1024 * 1024;
+/// Uploads one tenant may have in progress at once.
+pub const DEFAULT_MAX_UPLOADS_PER_TENANT: u64 = 16;
+/// Slowest upload accepted after its first 5 s (bytes per second).
+pub const DEFAULT_MIN_UPLOAD_BYTES_PER_SEC: u64 = 16_384;
+/// Keep-alive and HTTP/2 connections with nothing in flight close after this.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Env var holding the admin token for `POST /admin/reload`.
 pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
 /// The platform.
@@ -138,6 +144,10 @@ struct ServerSection {
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<u64>,
     max_buffered_body_bytes: Option<u64>,
+    max_buffered_body_bytes_per_tenant: Option<u64>,
+    max_uploads_per_tenant: Option<u64>,
+    min_upload_bytes_per_sec: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     admin_token_env: Option<String>,
 }
 
@@ -233,6 +243,14 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Body bytes buffered at once across requests.
     pub max_buffered_body_bytes: usize,
+    /// One tenant's share of it.
+    pub max_buffered_body_bytes_per_tenant: usize,
+    /// Request bodies one tenant may be uploading at once.
+    pub max_uploads_per_tenant: usize,
+    /// Uploads slower than this after the first 5 s get 408 (0: no minimum).
+    pub min_upload_bytes_per_sec: u64,
+    /// Connections with no request in flight for this long are closed.
+    pub idle_timeout: Duration,
     /// Token for `/admin/*`; admin endpoints refuse everything when unset.
     pub admin_token: Option<Secret>,
 }
@@ -469,8 +487,8 @@ impl Config {
     }
 
     fn server(s: ServerSection, env: &dyn Env, p: &mut Vec<String>) -> ServerConfig {
-        let token_env = s.admin_token_env.unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.to_string());
-        ServerConfig {
+        let token_env = s.admin_token_env.clone().unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.to_string());
+        let mut cfg = ServerConfig {
             listen: addr(s.listen, DEFAULT_LISTEN, "server.listen", p),
             admin_listen: addr(s.admin_listen, DEFAULT_ADMIN_LISTEN, "server.admin_listen", p),
             max_body_bytes: positive(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes", p) as usize,
@@ -489,8 +507,19 @@ impl Config {
                 "server.max_buffered_body_bytes",
                 p,
             ) as usize,
+            max_buffered_body_bytes_per_tenant: 0,
+            max_uploads_per_tenant: positive(s.max_uploads_per_tenant, DEFAULT_MAX_UPLOADS_PER_TENANT, "server.max_uploads_per_tenant", p) as usize,
+            min_upload_bytes_per_sec: s.min_upload_bytes_per_sec.unwrap_or(DEFAULT_MIN_UPLOAD_BYTES_PER_SEC),
+            idle_timeout: Duration::from_secs(positive(s.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "server.idle_timeout_secs", p)),
             admin_token: env.var(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
+        };
+        // A quarter of the total by default: one tenant's stalled uploads never fill it.
+        let per_tenant = s.max_buffered_body_bytes_per_tenant.unwrap_or(cfg.max_buffered_body_bytes as u64 / 4);
+        if per_tenant == 0 {
+            p.push("server.max_buffered_body_bytes_per_tenant must be greater than 0".into());
         }
+        cfg.max_buffered_body_bytes_per_tenant = (per_tenant as usize).clamp(1, cfg.max_buffered_body_bytes);
+        cfg
     }
 
     fn upstream(u: UpstreamSection, env: &dyn Env, p: &mut Vec<String>) -> UpstreamConfig {

@@ -277,6 +277,28 @@ impl Gateway {
         rsp
     }
 
+    /// A connection refused before any request reached the gateway (no head in time, malformed
+    /// head, headers too large, closed at the connection cap): logged and counted like a request.
+    pub fn protocol_refusal(&self, r: crate::server::ProtocolRefusal) {
+        let ctx = Ctx {
+            started: Instant::now(),
+            method: http::Method::from_bytes(b"-").unwrap_or(http::Method::GET),
+            forwarded: Arc::new(AtomicBool::new(false)),
+            request_id: new_request_id(),
+            tenant: None,
+            route: "-",
+            outcome: r.outcome,
+            upstream_status: None,
+            upstream_latency: None,
+            price: None,
+            quotas: None,
+            request_bytes: 0,
+            image_bytes: 0,
+        };
+        tracing::debug!(peer = %r.peer, status = r.status, outcome = r.outcome, "connection refused at the protocol level");
+        self.finish(&ctx, r.status);
+    }
+
     /// Counts the request and writes its access line.
     pub(crate) fn finish(&self, ctx: &Ctx, status: u16) {
         let latency = ctx.started.elapsed();

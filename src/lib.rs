@@ -85,9 +85,12 @@ pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>
 pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) {
     let opts = ServerOptions {
         header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
         shutdown_grace: config.server.shutdown_grace,
     };
+    let gw = gateway.clone();
+    let on_refusal: server::OnRefusal = Arc::new(move |r| gw.protocol_refusal(r));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = admin::Admin::new(gateway.clone(), config.server.admin_token.clone());
     let admin_opts = ServerOptions { max_connections: 256, ..opts.clone() };
@@ -96,13 +99,14 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
         listeners.admin,
         admin_opts,
         move |req| admin.clone().handle(req),
+        on_refusal.clone(),
         async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
     let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
     let gw = gateway.clone();
-    let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), async move {
+    let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), on_refusal, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });

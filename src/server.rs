@@ -1,21 +1,33 @@
 //! Stage 0: accepting connections. hyper-util's auto builder serves HTTP/1.1 and HTTP/2 (h2c
-//! prior knowledge) on one port, with keep-alive, a header-read deadline (which needs the timer,
-//! or slowloris connections live forever), a connection cap and graceful drain on shutdown.
+//! prior knowledge) on one port. Around it, every connection gets:
+//! - a deadline from accept to its first complete request head. hyper's own
+//!   `header_read_timeout` only starts once HTTP/1 was detected, so a socket that never speaks,
+//!   or sends half an HTTP/2 preface, would otherwise hold its slot forever;
+//! - an idle timeout (`idle_timeout`) once no request is in flight, for HTTP/1 keep-alive and
+//!   HTTP/2 alike (HTTP/2 gets a GOAWAY);
+//! - a slot under `max_connections`. At the cap, the oldest connection that has not yet sent a
+//!   request is closed to make room, so silent sockets cannot lock out real clients (or the
+//!   Kubernetes probes on the admin port);
+//! - graceful drain on shutdown, for up to the grace period.
+//!
+//! Refusals at the protocol level (a head that never completed, a malformed head, headers too
+//! large) are reported to `on_refusal`, which logs and counts them like any request.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::body::Body;
 use crate::framing::{AmbiguousFraming, Watched};
@@ -24,21 +36,126 @@ use crate::framing::{AmbiguousFraming, Watched};
 pub const MAX_HEADERS: usize = 100;
 /// Largest request head buffered (hyper answers 431 beyond it).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A connection silent for less than this is not closed to make room (it is about to speak).
+const MIN_SILENT_AGE: Duration = Duration::from_millis(500);
+/// Streams one HTTP/2 connection may have open at once.
+pub const MAX_H2_STREAMS: u32 = 64;
 
 /// Listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Deadline for a client's request headers.
+    /// From accept to the first complete request head; also hyper's limit for later heads.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
     /// How long in-flight requests get after shutdown starts.
     pub shutdown_grace: Duration,
 }
 
+/// The client's address, put in every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// A connection refused before any request reached the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolRefusal {
+    /// Who.
+    pub peer: SocketAddr,
+    /// The status it corresponds to (408 no head in time, 400 malformed head, 431 too large,
+    /// 503 closed to make room at the connection cap).
+    pub status: u16,
+    /// Access-log outcome.
+    pub outcome: &'static str,
+}
+
+/// Called for each protocol-level refusal.
+pub type OnRefusal = Arc<dyn Fn(ProtocolRefusal) + Send + Sync>;
+
+/// What the connection task knows about its requests.
+struct Activity {
+    started: Instant,
+    /// Requests that reached the service.
+    seen: AtomicU64,
+    /// Requests in flight.
+    active: AtomicUsize,
+    /// Milliseconds after `started` when the last request finished.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle_since(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Acquire))
+    }
+}
+
+/// Counts a request in flight until dropped (also when the client leaves mid-request).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.started.elapsed().as_millis() as u64, Ordering::Release);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Connections that have not sent a request yet, oldest first: the ones closed at the cap.
+#[derive(Default)]
+struct Silent {
+    queue: Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+}
+
+impl Silent {
+    fn push(&self, a: Arc<Activity>, n: Arc<Notify>) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.retain(|(a, _)| a.seen.load(Ordering::Acquire) == 0 && Arc::strong_count(a) > 1);
+        q.push_back((a, n));
+    }
+
+    /// Closes the oldest connection that has been silent for at least `min_age` (a client that
+    /// just connected is about to speak); false when there is none.
+    fn evict_oldest(&self, min_age: Duration) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((a, n)) = q.front().cloned() {
+            if a.seen.load(Ordering::Acquire) != 0 || Arc::strong_count(&a) <= 2 {
+                q.pop_front();
+                continue;
+            }
+            if a.started.elapsed() < min_age {
+                return false;
+            }
+            q.pop_front();
+            n.notify_one();
+            return true;
+        }
+        false
+    }
+}
+
+fn classify(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                return Some((431, "headers_too_large"));
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return Some((400, "bad_request_head"));
+            }
+            if h.is_timeout() {
+                return Some((408, "header_timeout"));
+            }
+            return None;
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting and lets open
 /// connections finish their in-flight requests for up to the grace period.
-pub async fn serve<F, Fut>(listener: TcpListener, opts: ServerOptions, handler: F, shutdown: impl Future<Output = ()>)
+pub async fn serve<F, Fut>(listener: TcpListener, opts: ServerOptions, handler: F, on_refusal: OnRefusal, shutdown: impl Future<Output = ()>)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -54,21 +171,20 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(MAX_H2_STREAMS)
         .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(MAX_HEAD_BYTES as u32);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let builder = Arc::new(builder);
+    let max = opts.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let slots = Arc::new(Semaphore::new(max));
+    let silent = Arc::new(Silent::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // At the cap, stop accepting: new connections wait in the kernel backlog.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(s) => s,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -78,27 +194,99 @@ where
             },
             _ = &mut shutdown => break,
         };
+        // At the cap: make room by closing the oldest silent connection; if every connection is
+        // busy with real requests, wait for one to finish (new ones queue in the backlog).
+        let permit = loop {
+            if let Ok(p) = slots.clone().try_acquire_owned() {
+                break Some(p);
+            }
+            silent.evict_oldest(MIN_SILENT_AGE);
+            tokio::select! {
+                p = slots.clone().acquire_owned() => break p.ok(),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = &mut shutdown => break None,
+            }
+        };
+        let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) });
+        let evict = Arc::new(Notify::new());
+        silent.push(activity.clone(), evict.clone());
         let h = handler.clone();
         let ambiguous = Arc::new(AtomicBool::new(false));
         let flag = ambiguous.clone();
+        let act = activity.clone();
         let svc = service_fn(move |mut req: Request<Incoming>| {
             if flag.load(Ordering::Relaxed) {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
+            req.extensions_mut().insert(PeerAddr(peer));
+            act.seen.fetch_add(1, Ordering::AcqRel);
+            act.active.fetch_add(1, Ordering::AcqRel);
+            let in_flight = InFlight(act.clone());
             let fut = h(req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let rsp = fut.await;
+                drop(in_flight);
+                Ok::<_, Infallible>(rsp)
+            }
         });
         let io = TokioIo::new(Watched::new(stream, ambiguous));
-        let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+        let (builder, opts, on_refusal, mut stop) = (builder.clone(), opts.clone(), on_refusal.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let _ = conn.await;
+            let conn = builder.serve_connection(io, svc).into_owned();
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            let refuse = |status, outcome| on_refusal(ProtocolRefusal { peer, status, outcome });
+            loop {
+                let seen = activity.seen.load(Ordering::Acquire);
+                let wake = if seen == 0 {
+                    activity.started + opts.header_read_timeout
+                } else if activity.active.load(Ordering::Acquire) == 0 {
+                    activity.idle_since() + opts.idle_timeout
+                } else {
+                    Instant::now() + opts.idle_timeout
+                };
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            if let Some((status, outcome)) = classify(&*e) {
+                                refuse(status, outcome);
+                            }
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|s| *s), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = evict.notified(), if seen == 0 => {
+                        refuse(503, "evicted_at_capacity");
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        if activity.seen.load(Ordering::Acquire) == 0 {
+                            refuse(408, "header_timeout");
+                            break;
+                        }
+                        let idle = activity.active.load(Ordering::Acquire) == 0 && activity.idle_since().elapsed() >= opts.idle_timeout;
+                        if idle && closing {
+                            break;
+                        }
+                        if idle {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = slots.acquire_many(max as u32) => {}
         _ = tokio::time::sleep(opts.shutdown_grace) => {
             tracing::warn!(grace_secs = opts.shutdown_grace.as_secs(), "grace period over; closing remaining connections");
         }

@@ -84,6 +84,17 @@ async fn oversized_and_too_many_headers_are_431() {
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let rsp = raw(gw.addr, format!("GET /v1/data/balance HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(status_of(&rsp), 431, "{rsp:.200}");
+    // A malformed head is 400. Both refusals are logged and counted like requests.
+    let rsp = raw(gw.addr, b"GET /v1/data/balance HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", Duration::from_secs(3)).await;
+    assert_eq!(status_of(&rsp), 400, "{rsp:.200}");
+    eventually(Duration::from_secs(2), || {
+        let lines = gw.log_lines();
+        lines.iter().filter(|l| l["outcome"] == "headers_too_large" && l["status"] == 431).count() == 2
+            && lines.iter().any(|l| l["outcome"] == "bad_request_head" && l["status"] == 400)
+    })
+    .await;
+    let metrics = String::from_utf8_lossy(&get(&client(), &gw.admin_url("/metrics"), None).await.body).into_owned();
+    assert!(metrics.contains(r#"outcome="headers_too_large"} 2"#), "{metrics}");
     gw.shutdown().await;
 }
 
@@ -128,23 +139,40 @@ async fn slowloris_does_not_starve_normal_clients() {
 }
 
 #[tokio::test]
-async fn connection_cap_queues_instead_of_failing() {
+async fn at_the_connection_cap_silent_sockets_make_room_and_busy_ones_queue() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&config_text(platform.addr, "max_connections = 4", &default_tenants())).await;
-    // Four idle keep-alive connections fill the cap…
-    let mut idle = Vec::new();
+    // Four sockets that never speak fill the cap…
+    let mut silent = Vec::new();
     for _ in 0..4 {
-        idle.push(TcpStream::connect(gw.addr).await.unwrap());
+        silent.push(TcpStream::connect(gw.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // …so a fifth client waits (it is not served)…
+    // …but a real client is served at once: the oldest silent one is closed for it.
     let c = client();
-    let url = gw.url("/v1/data/balance");
-    let waiting = tokio::spawn(async move { get(&c, &url, Some(KEY_A)).await.status });
+    let started = Instant::now();
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
+    let mut buf = [0u8; 16];
+    assert_eq!(tokio::time::timeout(Duration::from_secs(1), silent[0].read(&mut buf)).await.unwrap().unwrap_or(0), 0, "the oldest silent socket was closed");
+    assert!(gw.log_lines().iter().any(|l| l["outcome"] == "evicted_at_capacity" && l["status"] == 503));
+    drop(silent);
+    // Four connections busy with real requests are never evicted: a fifth waits for a slot.
+    platform.delay("/v1/sora/generate", 800, 4);
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (client(), gw.url("/v1/sora/generate"));
+            tokio::spawn(async move { post(&c, &url, Some(KEY_A), SORA).await.status })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (c5, url) = (client(), gw.url("/v1/data/balance"));
+    let waiting = tokio::spawn(async move { get(&c5, &url, Some(KEY_A)).await.status });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished(), "served past the connection cap");
-    // …until a slot frees up (the idle ones hit the header deadline or close).
-    drop(idle);
+    for b in busy {
+        assert_eq!(b.await.unwrap(), 201);
+    }
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap(), 200);
     gw.shutdown().await;
 }
@@ -248,5 +276,74 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(get(&c, &gw.url("/metrics"), None).await.status, 404);
     let r = send(&c, request(http::Method::POST, &gw.admin_url("/admin/reload"), Some("x"), "")).await;
     assert_eq!(r.status, 403);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_and_half_h2_prefaces_are_closed_at_the_head_deadline() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 2", "header_read_timeout_secs = 1")).await;
+    let mut socks = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        if i % 2 == 1 {
+            // Half an HTTP/2 preface: hyper's auto builder waits for the rest.
+            s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        socks.push(s);
+    }
+    let started = Instant::now();
+    for s in &mut socks {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await.expect("closed by the deadline").unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    eventually(Duration::from_secs(2), || gw.log_lines().iter().filter(|l| l["outcome"] == "header_timeout" && l["status"] == 408).count() == 20).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_http2_and_keep_alive_connections_are_closed() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 1", &default_tenants())).await;
+    // HTTP/1.1 keep-alive: one request, then silence.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await.expect("closed after the idle timeout") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() >= Duration::from_millis(900) && started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // HTTP/2: the connection is closed (GOAWAY) once idle; the client reconnects transparently.
+    let c = h2_client();
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_probes_answer_while_silent_sockets_fill_its_cap() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "header_read_timeout_secs = 30", &default_tenants()).replace("header_read_timeout_secs = 2\n", "")).await;
+    let mut socks = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect(gw.admin).await {
+            socks.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let c = client();
+    let started = Instant::now();
+    let r = get(&c, &gw.admin_url("/healthz"), None).await;
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     gw.shutdown().await;
 }
