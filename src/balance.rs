@@ -13,7 +13,6 @@ use http::Method;
 use crate::error::GatewayError;
 use crate::policy::money::Usd;
 use crate::store::{now_ms, Store};
-use crate::upstream::normalize::normalize;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// After a failed fetch, queued callers fail at once for this long instead of each retrying.
@@ -31,8 +30,7 @@ impl BalanceSource for Upstream {
     async fn fetch_balance(&self, request_id: &str) -> Result<Usd, GatewayError> {
         let rsp = self.send(Method::GET, "/v1/data/balance", None, request_id, bytes::Bytes::new()).await?;
         if !rsp.status.is_success() {
-            let retry = rsp.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
-            return Err(GatewayError::Upstream(normalize(rsp.status, retry, &rsp.body)));
+            return Err(GatewayError::Upstream(self.error_of(&rsp)));
         }
         let v: serde_json::Value = serde_json::from_slice(&rsp.body)
             .map_err(|_| GatewayError::Unreachable(UpstreamError::Broken("balance response is not JSON".into())))?;

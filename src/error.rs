@@ -35,6 +35,15 @@ pub enum GatewayError {
     /// A key no tenant owns.
     #[error("Invalid credentials")]
     InvalidCredentials,
+    /// This client address sent too many unknown keys: it waits before trying more.
+    #[error("Too many failed authentication attempts from this address; retry later")]
+    AuthThrottled {
+        /// Seconds until it may try again.
+        retry_after_secs: u64,
+    },
+    /// A POST body that is not `application/json`.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
     /// A tenant quota ran out.
     #[error("Rate limit exceeded")]
     RateLimited(#[from] RateLimited),
@@ -102,7 +111,8 @@ impl GatewayError {
             NotFound | GenerationNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_) | AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Body(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
             Validation(_) | IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -123,6 +133,8 @@ impl GatewayError {
             GenerationNotFound => "not_found",
             MissingCredentials | InvalidCredentials => "unauthorized",
             RateLimited(_) => "rate_limited",
+            AuthThrottled { .. } => "auth_throttled",
+            UnsupportedMediaType => "invalid_request",
             PayloadTooLarge { .. } => "payload_too_large",
             Body(_) | BadRequest(_) | Validation(_) | IdempotencyMismatch => "invalid_request",
             Refused(crate::policy::ledger::Refusal::InsufficientCredits) => "insufficient_credits",
@@ -142,6 +154,7 @@ impl GatewayError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited(r) => Some(r.retry_after_secs),
+            GatewayError::AuthThrottled { retry_after_secs } => Some(*retry_after_secs),
             GatewayError::Upstream(n) => n.retry_after,
             GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs }) => Some(*retry_after_secs),
             GatewayError::Unreachable(_) | GatewayError::Store(_) => Some(RETRY_AFTER_SECS),
@@ -212,6 +225,8 @@ mod tests {
             (GatewayError::MissingCredentials, 401, "Missing credentials"),
             (GatewayError::InvalidCredentials, 401, "Invalid credentials"),
             (GatewayError::RateLimited(rl), 429, "Rate limit exceeded"),
+            (GatewayError::AuthThrottled { retry_after_secs: 3 }, 429, "Too many failed authentication attempts from this address; retry later"),
+            (GatewayError::UnsupportedMediaType, 415, "Content-Type must be application/json"),
             (GatewayError::PayloadTooLarge { limit: 10 }, 413, "Request body exceeds the 10-byte limit"),
             (GatewayError::Body(BodyError::NotAnObject), 400, "Request body must be a JSON object"),
             (GatewayError::BadRequest("bad limit".into()), 400, "bad limit"),

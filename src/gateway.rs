@@ -72,6 +72,7 @@ pub struct Gateway {
     body_budget: Semaphore,
     body_budget_units: usize,
     reload_source: Option<ReloadSource>,
+    auth_failures: crate::limits::AuthFailures,
 }
 
 /// What one request did, filled in as it goes; becomes the access-log line.
@@ -119,6 +120,20 @@ fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid().to_string()
 }
 
+/// 400 for query parameters the route does not document (lists take `limit` and `offset`).
+fn check_query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
+    let Some(q) = query.filter(|q| !q.is_empty()) else { return Ok(()) };
+    let allowed: &[&str] = if matches!(route, Route::List(_)) { &["limit", "offset"] } else { &[] };
+    let mut unknown: Vec<&str> = q.split('&').map(|kv| kv.split('=').next().unwrap_or("")).filter(|k| !allowed.contains(k)).collect();
+    unknown.dedup();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let accepted = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+    let names: Vec<String> = unknown.iter().map(|k| if k.len() > 40 { format!("{}…", &k[..k.floor_char_boundary(40)]) } else { k.to_string() }).collect();
+    Err(GatewayError::BadRequest(format!("Unsupported query parameter(s): {} (this endpoint accepts: {accepted})", names.join(", "))))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.trim().split_once(' ')?;
@@ -148,6 +163,7 @@ impl Gateway {
             body_budget: Semaphore::new(units),
             body_budget_units: units,
             reload_source,
+            auth_failures: crate::limits::AuthFailures::new(),
         })
     }
 
@@ -344,8 +360,15 @@ impl Gateway {
         }
         let route = routes::resolve(req.method(), req.uri().path())?;
         ctx.route = route.template();
+        // One credential, and only the query parameters this route documents: nothing the
+        // gateway did not validate reaches the platform.
+        if req.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(GatewayError::BadRequest("Send exactly one Authorization header".into()));
+        }
+        check_query(&route, req.uri().query())?;
         let runtime = self.current();
-        let tenant = self.authenticate(&runtime, req.headers())?;
+        let peer = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+        let tenant = self.authenticate(&runtime, req.headers(), peer)?;
         ctx.tenant = Some(tenant.id.clone());
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
         match route {
@@ -356,9 +379,18 @@ impl Gateway {
         }
     }
 
-    fn authenticate(&self, runtime: &Runtime, headers: &HeaderMap) -> Result<Arc<Tenant>, GatewayError> {
-        let key = bearer(headers).ok_or(GatewayError::MissingCredentials)?;
-        runtime.tenants.lookup(key).cloned().ok_or(GatewayError::InvalidCredentials)
+    /// A valid key is never slowed down; a client address that keeps presenting unknown keys
+    /// is answered 429 for a while (`auth_failures`).
+    fn authenticate(&self, runtime: &Runtime, headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> Result<Arc<Tenant>, GatewayError> {
+        let found = bearer(headers).ok_or(GatewayError::MissingCredentials).and_then(|key| runtime.tenants.lookup(key).cloned().ok_or(GatewayError::InvalidCredentials));
+        match (found, peer) {
+            (Ok(t), _) => Ok(t),
+            (Err(e), Some(ip)) => match self.auth_failures.failed(ip) {
+                Ok(()) => Err(e),
+                Err(retry_after_secs) => Err(GatewayError::AuthThrottled { retry_after_secs }),
+            },
+            (Err(e), None) => Err(e),
+        }
     }
 }
 

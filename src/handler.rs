@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 
@@ -22,8 +22,6 @@ use crate::policy::validate::{parse_object, validate};
 use crate::status_cache::{CachedStatus, Lookup};
 use crate::paid::{passthrough, HoldGuard, IdemGuard, Paid};
 use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent};
-use crate::upstream::normalize::normalize;
-use crate::upstream::UpstreamResponse;
 
 /// Default and maximum page size of list endpoints (the platform's documented 1–100, 50).
 const LIST_DEFAULT: usize = 50;
@@ -43,9 +41,11 @@ struct Polled {
     upstream: Option<(StatusCode, std::time::Duration)>,
 }
 
-fn upstream_error(rsp: &UpstreamResponse) -> GatewayError {
-    let retry = rsp.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
-    GatewayError::Upstream(normalize(rsp.status, retry, &rsp.body))
+/// `application/json`, parameters (charset) allowed.
+fn is_json(ct: Option<&HeaderValue>) -> bool {
+    ct.and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false)
 }
 
 fn path_and_query(uri: &Uri) -> &str {
@@ -99,6 +99,9 @@ impl Gateway {
         B::Error: std::fmt::Display,
     {
         let (parts, incoming) = req.into_parts();
+        if !is_json(parts.headers.get(CONTENT_TYPE)) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
         // 3. Body, capped; memory for it is reserved first.
         let declared = content_length(&parts.headers);
         let idem_key = idempotency_key(&parts.headers)?;
@@ -226,7 +229,7 @@ impl Gateway {
         };
         let upstream = Some((rsp.status, rsp.latency));
         if !rsp.status.is_success() {
-            return Polled { result: Err(upstream_error(&rsp)), upstream };
+            return Polled { result: Err(GatewayError::Upstream(self.upstream.error_of(&rsp))), upstream };
         }
         self.track_status(record, &rsp.body).await;
         let answer = CachedStatus { at: Instant::now(), status: rsp.status, content_type: rsp.headers.get(CONTENT_TYPE).cloned(), body: rsp.body };
@@ -298,6 +301,16 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_json_bodies_are_accepted() {
+        let v = |s: &'static str| Some(HeaderValue::from_static(s));
+        assert!(is_json(v("application/json").as_ref()));
+        assert!(is_json(v("Application/JSON; charset=utf-8").as_ref()));
+        assert!(!is_json(v("application/x-www-form-urlencoded").as_ref()));
+        assert!(!is_json(v("text/plain").as_ref()));
+        assert!(!is_json(None));
+    }
 
     #[test]
     fn list_query_bounds() {

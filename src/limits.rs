@@ -94,3 +94,40 @@ mod tests {
         assert!(changed.check(&store, &changed_dir.tenants()[0], LimitKind::Requests).await.is_ok());
     }
 }
+
+/// Failed authentications allowed per client address in a burst, then one per second.
+pub const AUTH_FAILURE_BURST: u32 = 10;
+
+/// A per-client-address limit on *failed* authentications (401s). Only failures are counted,
+/// so valid keys are never slowed, however many bad ones share their address.
+pub struct AuthFailures {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    checks: std::sync::atomic::AtomicU64,
+}
+
+impl AuthFailures {
+    /// Ten failures at once, then one a second, per address.
+    pub fn new() -> Self {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN).allow_burst(std::num::NonZeroU32::new(AUTH_FAILURE_BURST).unwrap_or(std::num::NonZeroU32::MIN));
+        AuthFailures { limiter: governor::RateLimiter::keyed(quota), checks: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Records a failure from `ip`; `Err(seconds)` when the address is over its allowance.
+    pub fn failed(&self, ip: std::net::IpAddr) -> Result<(), u64> {
+        use governor::clock::Clock;
+        // Forget idle addresses now and then, so the table stays small.
+        if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        Self::new()
+    }
+}

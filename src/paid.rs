@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
@@ -27,8 +27,6 @@ use crate::policy::family::Family;
 use crate::policy::money::Usd;
 use crate::policy::pricing::settle_price;
 use crate::store::{now_ms, GenerationRecord, Store, StoredResponse};
-use crate::upstream::normalize::normalize;
-use crate::upstream::UpstreamResponse;
 
 /// First and longest wait between retries of writing an accepted generation.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -135,11 +133,6 @@ pub(crate) struct Paid {
     pub(crate) body: Bytes,
 }
 
-fn upstream_error(rsp: &UpstreamResponse) -> GatewayError {
-    let retry = rsp.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok());
-    GatewayError::Upstream(normalize(rsp.status, retry, &rsp.body))
-}
-
 /// What a 201 says: `generation_id`/`task_uuid`, `price` and `status`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Created {
@@ -211,7 +204,7 @@ impl Paid {
         let upstream = Some((rsp.status, rsp.latency));
         if !rsp.status.is_success() {
             hold.release().await;
-            let err = upstream_error(&rsp);
+            let err = GatewayError::Upstream(gw.upstream.error_of(&rsp));
             // The platform's own verdict on this body (4xx) is final: replay it. 5xx and 429 may
             // pass on retry, so the key is given up (the guard's drop).
             if let (Some(idem), GatewayError::Upstream(n)) = (idem, &err) {

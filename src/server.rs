@@ -82,6 +82,8 @@ struct Activity {
     active: AtomicUsize,
     /// Milliseconds after `started` when the last request finished.
     last_ms: AtomicU64,
+    /// Wakes the connection's watchdog when its deadline changes (first request, last finished).
+    changed: Notify,
 }
 
 impl Activity {
@@ -96,7 +98,9 @@ struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.started.elapsed().as_millis() as u64, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
     }
 }
 
@@ -209,7 +213,7 @@ where
         };
         let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) });
+        let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0), changed: Notify::new() });
         let evict = Arc::new(Notify::new());
         silent.push(activity.clone(), evict.clone());
         let h = handler.clone();
@@ -221,7 +225,9 @@ where
                 req.extensions_mut().insert(AmbiguousFraming);
             }
             req.extensions_mut().insert(PeerAddr(peer));
-            act.seen.fetch_add(1, Ordering::AcqRel);
+            if act.seen.fetch_add(1, Ordering::AcqRel) == 0 {
+                act.changed.notify_one();
+            }
             act.active.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(act.clone());
             let fut = h(req);
@@ -260,6 +266,7 @@ where
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
+                    _ = activity.changed.notified() => {}
                     _ = evict.notified(), if seen == 0 => {
                         refuse(503, "evicted_at_capacity");
                         break;

@@ -101,7 +101,7 @@ async fn oversized_and_too_many_headers_are_431() {
 #[tokio::test]
 async fn slowloris_does_not_starve_normal_clients() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 2")).await;
     // 200 connections that dribble header bytes and never finish.
     let mut lorises = Vec::new();
     for _ in 0..200 {
@@ -282,7 +282,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 #[tokio::test]
 async fn silent_sockets_and_half_h2_prefaces_are_closed_at_the_head_deadline() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 2", "header_read_timeout_secs = 1")).await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await;
     let mut socks = Vec::new();
     for i in 0..20 {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -332,7 +332,7 @@ async fn idle_http2_and_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn the_admin_probes_answer_while_silent_sockets_fill_its_cap() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "header_read_timeout_secs = 30", &default_tenants()).replace("header_read_timeout_secs = 2\n", "")).await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 30")).await;
     let mut socks = Vec::new();
     for _ in 0..300 {
         if let Ok(s) = TcpStream::connect(gw.admin).await {

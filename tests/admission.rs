@@ -72,6 +72,7 @@ async fn oversized_bodies_get_413_in_the_detail_schema() {
         .method(Method::POST)
         .uri(gw.url("/v1/sora/generate"))
         .header("authorization", format!("Bearer {KEY_A}"))
+        .header("content-type", "application/json")
         .body(body)
         .unwrap();
     let streaming = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();

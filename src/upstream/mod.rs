@@ -32,6 +32,8 @@ const RETRY_BASE: Duration = Duration::from_millis(50);
 /// a struggling platform sees at most ~20 % extra load from us.
 const RETRY_RATIO_PERCENT: u64 = 20;
 const RETRY_BUDGET_FLOOR: u64 = 10;
+/// A retry is only started with at least this much of the deadline left.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// The platform could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +148,16 @@ impl Upstream {
         }
     }
 
+    /// An error answer as the tenant will see it: normalised (`normalize.rs`), with the
+    /// gateway's token and any quoted credential redacted.
+    pub fn error_of(&self, rsp: &UpstreamResponse) -> normalize::Normalized {
+        let retry = rsp.headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+        let mut n = normalize::normalize(rsp.status, retry, &rsp.body);
+        let token = self.auth.to_str().unwrap_or("").trim_start_matches("Bearer ").to_string();
+        n.detail = normalize::redact(&n.detail, &[&token]);
+        n
+    }
+
     /// Is the circuit closed (for metrics)?
     pub fn circuit_state(&self) -> circuit::State {
         self.circuit.state()
@@ -178,7 +190,7 @@ impl Upstream {
         req
     }
 
-    async fn attempt(&self, req: Request<Full<Bytes>>) -> Result<UpstreamResponse, UpstreamError> {
+    async fn attempt(&self, req: Request<Full<Bytes>>, budget: Duration) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
         let fut = async {
             let rsp = self.client.request(req).await.map_err(|e| classify(&e))?;
@@ -190,7 +202,7 @@ impl Upstream {
                 .to_bytes();
             Ok(UpstreamResponse { status: parts.status, headers: parts.headers, body, latency: started.elapsed() })
         };
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(budget, fut).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout),
         }
@@ -224,10 +236,13 @@ impl Upstream {
         let uri = self.uri(path_and_query)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let retries = if method == Method::GET { self.get_retries } else { 0 };
+        // Every attempt and backoff fits inside one `timeout`.
+        let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
             let permit = self.circuit.try_acquire().map_err(|retry_after_secs| UpstreamError::CircuitOpen { retry_after_secs })?;
-            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, body.clone())).await;
+            let budget = deadline.saturating_duration_since(Instant::now());
+            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, body.clone()), budget).await;
             let failed = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 Err(_) => true,
@@ -235,12 +250,15 @@ impl Upstream {
             permit.record(!failed);
             let retryable = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
-                // A GET is safe to repeat whatever happened to the first one.
-                Err(UpstreamError::CircuitOpen { .. }) => false,
+                // A timed-out platform is overloaded or stuck: asking again only adds load.
+                Err(UpstreamError::CircuitOpen { .. } | UpstreamError::Timeout) => false,
+                // A GET is safe to repeat whatever else happened to the first one.
                 Err(_) => true,
             };
-            if retryable && attempt < retries && self.retry_allowed() {
-                tokio::time::sleep(Self::backoff(attempt)).await;
+            let pause = Self::backoff(attempt);
+            let time_left = deadline.saturating_duration_since(Instant::now()) > pause + MIN_ATTEMPT;
+            if retryable && time_left && attempt < retries && self.retry_allowed() {
+                tokio::time::sleep(pause).await;
                 attempt += 1;
                 continue;
             }

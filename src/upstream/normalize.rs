@@ -22,6 +22,35 @@ pub struct Normalized {
     pub retry_after: Option<u64>,
 }
 
+/// What replaces a secret in a detail.
+pub const REDACTED: &str = "[redacted]";
+
+/// Removes `secrets` and any `Bearer <credential>` from a detail the platform wrote, so a
+/// platform that quotes a header back never leaks the gateway's token to a tenant.
+pub fn redact(detail: &str, secrets: &[&str]) -> String {
+    let mut out = detail.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(*s) {
+            out = out.replace(*s, REDACTED);
+        }
+    }
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.to_ascii_lowercase().find("bearer ") {
+        let after = &rest[i + 7..];
+        let cred_len = after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',').unwrap_or(after.len());
+        result.push_str(&rest[..i + 7]);
+        if cred_len > 0 && &after[..cred_len] != REDACTED {
+            result.push_str(REDACTED);
+        } else {
+            result.push_str(&after[..cred_len]);
+        }
+        rest = &after[cred_len..];
+    }
+    result.push_str(rest);
+    result
+}
+
 /// Canonical text of a status, e.g. `Bad Gateway`.
 pub fn canonical(status: StatusCode) -> String {
     status.canonical_reason().unwrap_or("Upstream error").to_string()
@@ -121,6 +150,15 @@ pub fn normalize(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_and_bearer_credentials_are_redacted() {
+        assert_eq!(redact("Bad header Authorization: Bearer sk-live-123", &["sk-live-123"]), "Bad header Authorization: Bearer [redacted]");
+        assert_eq!(redact("token sk-live-123 expired", &["sk-live-123"]), "token [redacted] expired");
+        assert_eq!(redact("bearer abc, then BEARER xyz", &[]), "bearer [redacted], then BEARER [redacted]");
+        assert_eq!(redact("nothing secret", &["sk-live-123"]), "nothing secret");
+        assert_eq!(redact("Bearer ", &[]), "Bearer ");
+    }
 
     fn n(status: u16, body: &str) -> (u16, String, Option<u64>) {
         let r = normalize(StatusCode::from_u16(status).unwrap(), None, body.as_bytes());

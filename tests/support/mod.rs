@@ -114,7 +114,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 request_timeout_secs = 10
 shutdown_grace_secs = 5
-header_read_timeout_secs = 2
+header_read_timeout_secs = 10
 {server_extra}
 
 [upstream]

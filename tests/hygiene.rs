@@ -1,0 +1,115 @@
+//! Request hygiene at the front door (SPEC §3): secrets never pass through, nothing unvalidated
+//! reaches the platform, ambiguous credentials are refused, bad keys are throttled per address,
+//! and GET retries stay inside one upstream deadline.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use support::*;
+
+#[tokio::test]
+async fn the_platform_token_quoted_in_an_error_never_reaches_the_tenant() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(400);
+    f.body = Some(format!(r#"{{"detail":"Bad header Authorization: Bearer {TOKEN} (token {TOKEN} unknown)"}}"#));
+    platform.inject(f);
+    let r = post(&client(), &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
+    assert_eq!(r.status, 400);
+    let detail = r.detail();
+    assert!(!detail.contains(TOKEN), "{detail}");
+    assert_eq!(detail, "Bad header Authorization: Bearer [redacted] (token [redacted] unknown)");
+    assert!(gw.logs.lock().unwrap().iter().all(|l| !l.contains(TOKEN)));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn undocumented_query_parameters_are_refused_by_name() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let r = post(&c, &gw.url("/v1/sora/generate?callback_url=http://internal/&duration=12"), Some(KEY_A), SORA).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.detail(), "Unsupported query parameter(s): callback_url, duration (this endpoint accepts: none)");
+    assert_eq!(platform.generate_calls(), 0);
+    let r = get(&c, &gw.url("/v1/sora/generations?limit=5&offset=0&status=failed"), Some(KEY_A)).await;
+    assert_eq!(r.detail(), "Unsupported query parameter(s): status (this endpoint accepts: limit, offset)");
+    assert_eq!(get(&c, &gw.url("/v1/sora/generations?limit=5&offset=0"), Some(KEY_A)).await.status, 200);
+    assert_eq!(get(&c, &gw.url("/v1/data/balance?x=1"), Some(KEY_A)).await.status, 400);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_bodies_must_be_json() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let mut req = request(Method::POST, &gw.url("/v1/sora/generate"), Some(KEY_A), "prompt=a+cat&duration=10");
+    req.headers_mut().insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    let r = send(&c, req).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (415, "Content-Type must be application/json"));
+    let mut req = request(Method::POST, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA);
+    req.headers_mut().insert("content-type", "application/json; charset=utf-8".parse().unwrap());
+    assert_eq!(send(&c, req).await.status, 201);
+    assert_eq!(platform.generate_calls(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let mut req = request(Method::GET, &gw.url("/v1/data/balance"), Some(KEY_A), Bytes::new());
+    req.headers_mut().append("authorization", format!("Bearer {KEY_B}").parse().unwrap());
+    let r = send(&client(), req).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (400, "Send exactly one Authorization header"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_address_but_valid_keys_are_not() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        statuses.push(get(&c, &gw.url("/v1/data/balance"), Some(&format!("wrong-{i}"))).await);
+    }
+    assert!(statuses[..10].iter().all(|r| r.status == 401));
+    let throttled: Vec<_> = statuses.iter().filter(|r| r.status == 429).collect();
+    assert!(throttled.len() >= 45, "{} of 60 throttled", throttled.len());
+    assert!(throttled[0].headers.contains_key("retry-after"));
+    assert_eq!(throttled[0].detail(), "Too many failed authentication attempts from this address; retry later");
+    // The same address with a valid key is served at full speed.
+    for _ in 0..20 {
+        assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn get_retries_fit_inside_one_upstream_deadline_and_timeouts_are_not_retried() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let id = create(&c, &gw, KEY_A).await;
+    let path = format!("/v1/sora/generations/{id}/");
+    // A platform slower than the 2 s timeout: one attempt, 503 after ~2 s (was 3 × 2 s).
+    platform.delay("/v1/sora/generations/", 3000, 1);
+    let started = Instant::now();
+    let r = get(&c, &gw.url(&path), Some(KEY_A)).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Upstream timed out"));
+    assert!(started.elapsed() < Duration::from_millis(2600), "{:?}", started.elapsed());
+    assert_eq!(platform.requests_to("/v1/sora/generations/").len(), 1, "a timed-out GET is not retried");
+    // A 502 is retried, within the same deadline.
+    let mut f = platform.fault(FaultKind::Html502);
+    f.path_prefix = Some("/v1/sora/generations/".into());
+    platform.inject(f);
+    let r = get(&c, &gw.url(&path), Some(KEY_A)).await;
+    assert_eq!(r.status, 200);
+    gw.shutdown().await;
+}
