@@ -37,7 +37,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 /// Request-body bytes buffered at once across all requests (503 past it): bounds memory.
 pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: u64 = 512 * 1024 * 1024;
 /// Uploads one tenant may have in progress at once.
-pub const DEFAULT_MAX_UPLOADS_PER_TENANT: u64 = 16;
+pub const DEFAULT_MAX_UPLOADS_PER_TENANT: u64 = 32;
 /// Slowest upload accepted after its first 5 s (bytes per second).
 pub const DEFAULT_MIN_UPLOAD_BYTES_PER_SEC: u64 = 16_384;
 /// Keep-alive and HTTP/2 connections with nothing in flight close after this.

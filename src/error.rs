@@ -41,6 +41,12 @@ pub enum GatewayError {
         /// Seconds until it may try again.
         retry_after_secs: u64,
     },
+    /// The body arrived slower than `min_upload_bytes_per_sec` after the grace period.
+    #[error("Request body arrived too slowly")]
+    UploadTooSlow,
+    /// The tenant already has its share of uploads or of body memory in use.
+    #[error("Too many uploads in progress for this tenant; retry shortly")]
+    TenantUploadsBusy,
     /// A POST body that is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -111,7 +117,8 @@ impl GatewayError {
             NotFound | GenerationNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            RateLimited(_) | AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy => StatusCode::TOO_MANY_REQUESTS,
+            UploadTooSlow => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Body(_) | BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -134,6 +141,8 @@ impl GatewayError {
             MissingCredentials | InvalidCredentials => "unauthorized",
             RateLimited(_) => "rate_limited",
             AuthThrottled { .. } => "auth_throttled",
+            TenantUploadsBusy => "overloaded",
+            UploadTooSlow => "timeout",
             UnsupportedMediaType => "invalid_request",
             PayloadTooLarge { .. } => "payload_too_large",
             Body(_) | BadRequest(_) | Validation(_) | IdempotencyMismatch => "invalid_request",
@@ -158,7 +167,7 @@ impl GatewayError {
             GatewayError::Upstream(n) => n.retry_after,
             GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs }) => Some(*retry_after_secs),
             GatewayError::Unreachable(_) | GatewayError::Store(_) => Some(RETRY_AFTER_SECS),
-            GatewayError::Overloaded => Some(1),
+            GatewayError::Overloaded | GatewayError::TenantUploadsBusy => Some(1),
             GatewayError::OutcomeUnresolved => Some(OUTCOME_RETRY_AFTER_SECS),
             _ => None,
         }
@@ -226,6 +235,8 @@ mod tests {
             (GatewayError::InvalidCredentials, 401, "Invalid credentials"),
             (GatewayError::RateLimited(rl), 429, "Rate limit exceeded"),
             (GatewayError::AuthThrottled { retry_after_secs: 3 }, 429, "Too many failed authentication attempts from this address; retry later"),
+            (GatewayError::UploadTooSlow, 408, "Request body arrived too slowly"),
+            (GatewayError::TenantUploadsBusy, 429, "Too many uploads in progress for this tenant; retry shortly"),
             (GatewayError::UnsupportedMediaType, 415, "Content-Type must be application/json"),
             (GatewayError::PayloadTooLarge { limit: 10 }, 413, "Request body exceeds the 10-byte limit"),
             (GatewayError::Body(BodyError::NotAnObject), 400, "Request body must be a JSON object"),

@@ -19,7 +19,6 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response};
 use rand::Rng;
-use tokio::sync::Semaphore;
 
 use crate::access_log::{now_rfc3339, AccessLog, AccessRecord};
 use crate::balance::BalanceKeeper;
@@ -40,8 +39,6 @@ use crate::upstream::Upstream;
 /// Re-reads the config (from its file) for a hot reload.
 pub type ReloadSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
-/// Body-budget accounting unit: 1 KiB per semaphore permit.
-const BUDGET_UNIT: usize = 1024;
 
 /// What a reload may change: tenants, keys, limits, prices and the reserve.
 pub struct Runtime {
@@ -69,8 +66,7 @@ pub struct Gateway {
     /// A hold's lease: the upstream timeout plus a margin.
     pub(crate) hold_lease: Duration,
     pub(crate) reconcile: crate::config::ReconcileConfig,
-    body_budget: Semaphore,
-    body_budget_units: usize,
+    pub(crate) uploads: crate::upload::Uploads,
     reload_source: Option<ReloadSource>,
     auth_failures: crate::limits::AuthFailures,
 }
@@ -107,8 +103,6 @@ pub struct Ctx {
     pub image_bytes: usize,
 }
 
-/// A permit for buffered body bytes; returned on drop.
-pub struct BodyPermit<'a>(#[allow(dead_code)] tokio::sync::SemaphorePermit<'a>);
 
 fn sane_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
@@ -147,7 +141,6 @@ impl Gateway {
     pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>) -> Arc<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
-        let units = (config.server.max_buffered_body_bytes / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(Gateway::runtime(config, None)),
             store,
@@ -160,8 +153,12 @@ impl Gateway {
             request_timeout: config.server.request_timeout,
             hold_lease: config.upstream.timeout + config.reconcile.lease_margin,
             reconcile: config.reconcile.clone(),
-            body_budget: Semaphore::new(units),
-            body_budget_units: units,
+            uploads: crate::upload::Uploads::new(
+                config.server.max_buffered_body_bytes,
+                config.server.max_buffered_body_bytes_per_tenant,
+                config.server.max_uploads_per_tenant,
+                config.server.min_upload_bytes_per_sec,
+            ),
             reload_source,
             auth_failures: crate::limits::AuthFailures::new(),
         })
@@ -223,14 +220,6 @@ impl Gateway {
                 Err(e.to_string())
             }
         }
-    }
-
-    /// Reserves memory for a body of `declared` bytes (the cap when unknown); 503 when too many
-    /// bytes are already buffered.
-    pub(crate) fn body_permit(&self, declared: Option<u64>) -> Result<BodyPermit<'_>, GatewayError> {
-        let bytes = declared.map(|d| d as usize).unwrap_or(self.max_body_bytes).min(self.max_body_bytes);
-        let units = (bytes.div_ceil(BUDGET_UNIT)).clamp(1, self.body_budget_units) as u32;
-        self.body_budget.try_acquire_many(units).map(BodyPermit).map_err(|_| GatewayError::Overloaded)
     }
 
     /// Serves one request. Never fails: errors become `{"detail": ...}` responses here.

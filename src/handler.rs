@@ -12,7 +12,8 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 
-use crate::body::{self, content_length, read_limited, Body, ReadError};
+use crate::body::{self, content_length, Body};
+use crate::upload::UploadError;
 use crate::error::GatewayError;
 use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::policy::family::Family;
@@ -105,11 +106,8 @@ impl Gateway {
         // 3. Body, capped; memory for it is reserved first.
         let declared = content_length(&parts.headers);
         let idem_key = idempotency_key(&parts.headers)?;
-        let _permit = self.body_permit(declared)?;
-        let body = read_limited(incoming, declared, self.max_body_bytes).await.map_err(|e| match e {
-            ReadError::TooLarge => GatewayError::PayloadTooLarge { limit: self.max_body_bytes },
-            ReadError::Broken(m) => GatewayError::BadRequest(format!("Could not read request body: {m}")),
-        })?;
+        let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
+        let body = self.uploads.read(&mut reservation, incoming, declared, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
         ctx.request_bytes = body.len();
 
         // 4. JSON and family rules, on borrowed slices of the body.
@@ -190,6 +188,16 @@ impl Gateway {
         }
         ctx.price = Some(out.price);
         out.result
+    }
+
+    fn upload_error(&self, e: UploadError) -> GatewayError {
+        match e {
+            UploadError::TooLarge => GatewayError::PayloadTooLarge { limit: self.max_body_bytes },
+            UploadError::Broken(m) => GatewayError::BadRequest(format!("Could not read request body: {m}")),
+            UploadError::TooSlow => GatewayError::UploadTooSlow,
+            UploadError::TenantBusy => GatewayError::TenantUploadsBusy,
+            UploadError::Busy => GatewayError::Overloaded,
+        }
     }
 
     /// `GET /v1/{family}/generations/{id}`: only the owner may look.

@@ -34,6 +34,7 @@ pub mod status_cache;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;
+pub mod upload;
 pub mod upstream;
 
 use std::future::Future;

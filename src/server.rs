@@ -70,6 +70,56 @@ pub struct ProtocolRefusal {
     pub outcome: &'static str,
 }
 
+/// An early answer's unread request body is read and thrown away for at most this long, and
+/// this many bytes, so the client can finish sending and read the answer (nginx's lingering
+/// close) instead of getting a reset.
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+/// A request body that, when dropped unread (an early 401, 413, 429 …), keeps draining in the
+/// background within the linger limits.
+pub struct Lingering(Option<Incoming>);
+
+impl http_body::Body for Lingering {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take().filter(|b| !http_body::Body::is_end_stream(b)) else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            use http_body_util::BodyExt;
+            let until = tokio::time::Instant::now() + LINGER_TIME;
+            let mut drained = 0usize;
+            while drained < LINGER_BYTES {
+                let next = tokio::time::timeout_at(until.min(tokio::time::Instant::now() + LINGER_IDLE), body.frame()).await;
+                match next {
+                    Ok(Some(Ok(frame))) => drained += frame.data_ref().map(|d| d.len()).unwrap_or(0),
+                    _ => break,
+                }
+            }
+        });
+    }
+}
+
 /// Called for each protocol-level refusal.
 pub type OnRefusal = Arc<dyn Fn(ProtocolRefusal) + Send + Sync>;
 
@@ -161,7 +211,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)
 /// connections finish their in-flight requests for up to the grace period.
 pub async fn serve<F, Fut>(listener: TcpListener, opts: ServerOptions, handler: F, on_refusal: OnRefusal, shutdown: impl Future<Output = ()>)
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Lingering>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -230,7 +280,7 @@ where
             }
             act.active.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(act.clone());
-            let fut = h(req);
+            let fut = h(req.map(|b| Lingering(Some(b))));
             async move {
                 let rsp = fut.await;
                 drop(in_flight);

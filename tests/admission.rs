@@ -181,7 +181,7 @@ async fn invalid_images_never_reach_the_platform() {
 async fn twenty_concurrent_large_images_are_validated() {
     let platform = Platform::start().await;
     // 280 MB through a debug build on two cores: give the platform leg time.
-    let text = config_text(platform.addr, "", &default_tenants()).replace("\ntimeout_secs = 2", "\ntimeout_secs = 60").replace("request_timeout_secs = 10", "request_timeout_secs = 90");
+    let text = config_text(platform.addr, "max_buffered_body_bytes_per_tenant = 536870912\nmax_uploads_per_tenant = 32", &default_tenants()).replace("\ntimeout_secs = 2", "\ntimeout_secs = 60").replace("request_timeout_secs = 10", "request_timeout_secs = 90");
     let gw = TestGateway::start(&text).await;
     let c = client();
     let body = std::sync::Arc::new(format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&png(4000, 3000, 10 * 1024 * 1024))));
@@ -203,7 +203,7 @@ async fn twenty_concurrent_large_images_are_validated() {
 async fn buffered_body_budget_sheds_load_with_503() {
     let platform = Platform::start().await;
     // Room for one 1 MiB body at a time.
-    let gw = TestGateway::start(&config_text(platform.addr, "max_buffered_body_bytes = 1572864", &default_tenants())).await;
+    let gw = TestGateway::start(&config_text(platform.addr, "max_buffered_body_bytes = 1572864\nmax_buffered_body_bytes_per_tenant = 1572864", &default_tenants())).await;
     let c = client();
     platform.delay("/v1/sora/generate", 600, 1);
     let body = format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&png(100, 100, 1024 * 1024)));
@@ -212,7 +212,8 @@ async fn buffered_body_budget_sheds_load_with_503() {
         async move { post(&c, &url, Some(KEY_A), &body).await.status }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &body).await;
+    // Another tenant is within its own share, but the gateway's total is in use.
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), &body).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Gateway is busy, retry shortly"));
     assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(first.await.unwrap(), 201);
