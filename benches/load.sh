@@ -68,6 +68,9 @@ cat >"$WORK/tollgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$T_PORT"
 admin_listen = "127.0.0.1:$A_PORT"
+# One tenant drives all the load here: give it the whole body budget.
+max_buffered_body_bytes_per_tenant = 536870912
+max_uploads_per_tenant = 64
 [upstream]
 base_url = "http://127.0.0.1:$P_PORT"
 token_env = "RUNBLOB_TOKEN"
