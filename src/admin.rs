@@ -68,7 +68,29 @@ impl Admin {
                     Err(e) => body::detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("Config refused, previous config still serving: {e}")),
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            (&Method::POST, "/admin/webhooks/redeliver") => {
+                if self.token.is_none() {
+                    return body::detail(StatusCode::FORBIDDEN, "Admin API disabled: set the admin token environment variable");
+                }
+                if !self.authorized(&req) {
+                    return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
+                }
+                let tenant = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tenant="))).map(str::to_string);
+                match self.gateway.store().outbox_redeliver(tenant.as_deref()).await {
+                    Ok(n) => {
+                        tracing::info!(deliveries = n, tenant = tenant.as_deref(), "dead-letter webhooks queued again");
+                        if let Some(r) = &self.gateway.relay {
+                            r.wake();
+                        }
+                        body::json(StatusCode::OK, serde_json::json!({ "redelivering": n }).to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redeliver failed: store unreachable");
+                        body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
+                    }
+                }
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/webhooks/redeliver") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
         }
     }

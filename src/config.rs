@@ -179,6 +179,16 @@ struct BalanceSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+struct WebhooksSection {
+    public_base_url: Option<String>,
+    allow_http_loopback: Option<bool>,
+    retry_base_ms: Option<u64>,
+    attempt_timeout_ms: Option<u64>,
+    max_attempts: Option<u32>,
+    concurrency: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct ReconcileSection {
     interval_secs: Option<u64>,
     status_calls_per_minute: Option<u32>,
@@ -201,6 +211,7 @@ struct TenantSection {
     burst: Option<u32>,
     generations_per_minute: Option<u32>,
     monthly_budget: Option<String>,
+    webhook_secret_env: Option<String>,
 }
 
 // ---------- validated config ----------
@@ -218,6 +229,8 @@ pub struct Config {
     pub balance: BalanceConfig,
     /// `[reconcile]`.
     pub reconcile: ReconcileConfig,
+    /// `[webhooks]`: relay tenants' callbacks (off when absent).
+    pub webhooks: Option<WebhooksConfig>,
     /// `[pricing]`.
     pub pricing: PriceTable,
     /// `[[tenants]]`.
@@ -319,6 +332,23 @@ pub struct ReconcileConfig {
     pub lease_margin: Duration,
 }
 
+/// `[webhooks]` (SPEC §8).
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Where the platform reaches this gateway, without a trailing slash.
+    pub public_base_url: String,
+    /// Plain http to loopback allowed (tests, the demo).
+    pub allow_http_loopback: bool,
+    /// First retry delay; doubles per attempt (30 s, 60 s, 120 s, 240 s, 480 s by default).
+    pub retry_base: Duration,
+    /// Deadline of one delivery attempt.
+    pub attempt_timeout: Duration,
+    /// Attempts before a delivery becomes a dead letter.
+    pub max_attempts: u32,
+    /// Deliveries in flight at once per gateway.
+    pub concurrency: usize,
+}
+
 /// Reconciler defaults.
 pub const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 30;
 /// Platform status calls per minute for the reconciler.
@@ -413,7 +443,7 @@ impl Config {
             Err(e) => return (None, vec![format!("TOML syntax: {}", e.message())]),
         };
         for key in table.keys() {
-            if !["server", "upstream", "store", "balance", "reconcile", "pricing", "tenants"].contains(&key.as_str()) {
+            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "pricing", "tenants"].contains(&key.as_str()) {
                 p.push(format!("unknown key `{key}`"));
             }
         }
@@ -422,6 +452,7 @@ impl Config {
         let store: StoreSection = section(table.get("store"), "store", &mut p);
         let balance: BalanceSection = section(table.get("balance"), "balance", &mut p);
         let reconcile: ReconcileSection = section(table.get("reconcile"), "reconcile", &mut p);
+        let webhooks: Option<WebhooksSection> = table.get("webhooks").map(|v| section(Some(v), "webhooks", &mut p));
         let pricing: HashMap<String, PriceSpec> = match table.get("pricing") {
             None => HashMap::new(),
             // Entry by entry, so one bad family does not hide the others' problems.
@@ -470,7 +501,7 @@ impl Config {
             },
         };
         let pricing = Config::pricing(pricing, &mut p);
-        let tenants = Config::tenants(tenants, &mut p);
+        let tenants = Config::tenants(tenants, env, &mut p);
         let reconcile = ReconcileConfig {
             interval: Duration::from_secs(positive(reconcile.interval_secs, DEFAULT_RECONCILE_INTERVAL_SECS, "reconcile.interval_secs", &mut p)),
             status_calls_per_minute: positive(
@@ -482,7 +513,8 @@ impl Config {
             unknown_after: Duration::from_secs(positive(reconcile.unknown_after_secs, DEFAULT_UNKNOWN_AFTER_SECS, "reconcile.unknown_after_secs", &mut p)),
             lease_margin: Duration::from_millis(reconcile.lease_margin_ms.unwrap_or(DEFAULT_LEASE_MARGIN_MS)),
         };
-        let config = Config { server, upstream, store, balance, reconcile, pricing, tenants };
+        let webhooks = webhooks.map(|w| Config::webhooks(w, &mut p));
+        let config = Config { server, upstream, store, balance, reconcile, webhooks, pricing, tenants };
         (Some(config), p)
     }
 
@@ -549,6 +581,25 @@ impl Config {
         }
     }
 
+    fn webhooks(w: WebhooksSection, p: &mut Vec<String>) -> WebhooksConfig {
+        let allow_http_loopback = w.allow_http_loopback.unwrap_or(false);
+        let base = w.public_base_url.unwrap_or_default().trim().trim_end_matches('/').to_string();
+        let policy = crate::webhooks::target::Policy { allow_http_loopback };
+        if base.is_empty() {
+            p.push("webhooks.public_base_url is required: where the platform can reach this gateway".into());
+        } else if let Err(e) = policy.check_url(&base) {
+            p.push(format!("webhooks.public_base_url {base:?} {e}"));
+        }
+        WebhooksConfig {
+            public_base_url: base,
+            allow_http_loopback,
+            retry_base: Duration::from_millis(positive(w.retry_base_ms, 30_000, "webhooks.retry_base_ms", p)),
+            attempt_timeout: Duration::from_millis(positive(w.attempt_timeout_ms, 10_000, "webhooks.attempt_timeout_ms", p)),
+            max_attempts: positive(w.max_attempts.map(u64::from), 6, "webhooks.max_attempts", p) as u32,
+            concurrency: positive(w.concurrency, 16, "webhooks.concurrency", p) as usize,
+        }
+    }
+
     fn store(s: StoreSection, p: &mut Vec<String>) -> StoreConfig {
         match s.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreConfig::Sqlite { path: PathBuf::from(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
@@ -597,7 +648,7 @@ impl Config {
         PriceTable::new(families)
     }
 
-    fn tenants(sections: Vec<TenantSection>, p: &mut Vec<String>) -> TenantDirectory {
+    fn tenants(sections: Vec<TenantSection>, env: &dyn Env, p: &mut Vec<String>) -> TenantDirectory {
         if sections.is_empty() {
             p.push("no [[tenants]] configured: every request would be refused".into());
         }
@@ -647,7 +698,23 @@ impl Config {
                     None
                 }
             };
-            entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget }, digests));
+            let webhook_secret = match &t.webhook_secret_env {
+                None => None,
+                Some(var) => match env.var(var).filter(|v| !v.trim().is_empty()) {
+                    None => {
+                        p.push(format!("secret: environment variable {var} ({at}.webhook_secret_env) is not set"));
+                        None
+                    }
+                    Some(v) => match crate::webhooks::sign::SigningKey::parse(&v) {
+                        Ok(_) => Some(Secret::new(v.trim())),
+                        Err(e) => {
+                            p.push(format!("{at}: {var}: {e}"));
+                            None
+                        }
+                    },
+                },
+            };
+            entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget, webhook_secret }, digests));
         }
         TenantDirectory::new(entries).unwrap_or_else(|e| {
             p.push(e.to_string());

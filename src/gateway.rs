@@ -66,6 +66,8 @@ pub struct Gateway {
     /// A hold's lease: the upstream timeout plus a margin.
     pub(crate) hold_lease: Duration,
     pub(crate) reconcile: crate::config::ReconcileConfig,
+    /// `[webhooks]`, when configured.
+    pub(crate) relay: Option<Arc<crate::webhooks::Relay>>,
     pub(crate) uploads: crate::upload::Uploads,
     reload_source: Option<ReloadSource>,
     auth_failures: crate::limits::AuthFailures,
@@ -153,6 +155,7 @@ impl Gateway {
             request_timeout: config.server.request_timeout,
             hold_lease: config.upstream.timeout + config.reconcile.lease_margin,
             reconcile: config.reconcile.clone(),
+            relay: config.webhooks.as_ref().map(|w| Arc::new(crate::webhooks::Relay::new(w))),
             uploads: crate::upload::Uploads::new(
                 config.server.max_buffered_body_bytes,
                 config.server.max_buffered_body_bytes_per_tenant,
@@ -355,6 +358,9 @@ impl Gateway {
             return Err(GatewayError::BadRequest("Send exactly one Authorization header".into()));
         }
         check_query(&route, req.uri().query())?;
+        if let Route::Webhook(token) = &route {
+            return self.webhook_received(ctx, token, req).await;
+        }
         let runtime = self.current();
         let peer = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
         let tenant = self.authenticate(&runtime, req.headers(), peer)?;
@@ -365,6 +371,7 @@ impl Gateway {
             Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
             Route::List(family) => self.list(ctx, &tenant, family, req.uri()).await,
             Route::Balance => self.tenant_balance(ctx, &runtime, &tenant).await,
+            Route::Webhook(_) => Err(GatewayError::NotFound),
         }
     }
 

@@ -19,10 +19,10 @@ use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::policy::family::Family;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
-use crate::policy::validate::{parse_object, validate};
+use crate::policy::validate::{parse_object, validate_with};
 use crate::status_cache::{CachedStatus, Lookup};
 use crate::paid::{passthrough, HoldGuard, IdemGuard, Paid};
-use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent};
+use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage, WebhookTarget};
 
 /// Default and maximum page size of list endpoints (the platform's documented 1–100, 50).
 const LIST_DEFAULT: usize = 50;
@@ -111,11 +111,13 @@ impl Gateway {
         ctx.request_bytes = body.len();
 
         // 4. JSON and family rules, on borrowed slices of the body.
-        let (validated, prompt_sha256) = {
+        let relay = self.relay.clone();
+        let (validated, prompt_sha256, callback) = {
             let fields = parse_object(&body)?;
-            let validated = validate(family, &fields)?;
+            let validated = validate_with(family, &fields, relay.is_some())?;
             let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
-            (validated, hex::encode(Sha256::digest(prompt.as_bytes())))
+            let callback = fields.str("callback_url").ok().flatten().filter(|_| relay.is_some()).map(str::to_string);
+            (validated, hex::encode(Sha256::digest(prompt.as_bytes())), callback)
         };
         ctx.image_bytes = validated.image_bytes;
 
@@ -151,6 +153,11 @@ impl Gateway {
         let price = runtime.pricing.estimate(family, &validated.price_key).ok_or(GatewayError::PriceNotConfigured(family.path()))?;
         ctx.price = Some(price);
         self.balance.ensure_fresh(&ctx.request_id).await?;
+        // With the relay on, the platform calls the gateway back, never the tenant's URL.
+        let (body, webhook_token) = match (callback, &relay) {
+            (Some(url), Some(relay)) => self.relay_callback(tenant, relay, &url, &body).await?,
+            _ => (body, None),
+        };
         let hold_req = HoldRequest {
             id: hold.id.clone(),
             tenant: tenant.id.clone(),
@@ -180,6 +187,7 @@ impl Gateway {
             path: path_and_query(&parts.uri).to_string(),
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
             body,
+            webhook_token,
         };
         let out = paid.spawn(ctx).await.map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
         if let Some((status, latency)) = out.upstream {
@@ -188,6 +196,78 @@ impl Gateway {
         }
         ctx.price = Some(out.price);
         out.result
+    }
+
+    /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
+    /// this gateway, and the target's token.
+    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::webhooks::Relay, url: &str, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
+        let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
+        if tenant.webhook_secret.is_none() {
+            return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
+        }
+        relay.policy.check_url(url).map_err(invalid)?;
+        let token = crate::webhooks::new_token();
+        self.store
+            .webhook_register(&WebhookTarget { token: token.clone(), tenant: tenant.id.clone(), url: url.to_string(), generation: None, created_ms: now_ms() })
+            .await?;
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| GatewayError::Internal(format!("validated body did not re-parse: {e}")))?;
+        v.insert("callback_url".into(), serde_json::Value::String(crate::webhooks::relay_url(&relay.config, &token)));
+        let out = serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok((Bytes::from(out), Some(token)))
+    }
+
+    /// `POST /webhooks/runblob/{token}`: the platform reports an outcome. Recorded (a refund on
+    /// `failed`), queued for delivery to the tenant, answered at once.
+    pub(crate) async fn webhook_received<B>(&self, ctx: &mut Ctx, token: &str, req: Request<B>) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        use http_body_util::BodyExt;
+        let Some(relay) = self.relay.clone() else { return Err(GatewayError::NotFound) };
+        let Some(target) = self.store.webhook_target(token).await? else {
+            self.metrics.webhook_rejected("unknown_token");
+            return Err(GatewayError::NotFound);
+        };
+        ctx.tenant = Some(target.tenant.clone());
+        ctx.outcome = "webhook_received";
+        let mut buf = bytes::BytesMut::new();
+        let mut incoming = std::pin::pin!(req.into_body());
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| GatewayError::BadRequest(format!("Could not read request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > crate::webhooks::MAX_WEBHOOK_BODY {
+                    self.metrics.webhook_rejected("too_large");
+                    return Err(GatewayError::PayloadTooLarge { limit: crate::webhooks::MAX_WEBHOOK_BODY });
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        let body = buf.freeze();
+        ctx.request_bytes = body.len();
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            self.metrics.webhook_rejected("not_json");
+            return Err(GatewayError::BadRequest("Webhook body must be a JSON object".into()));
+        };
+        // Record the outcome; a first `failed` refunds, once, whoever sees it first.
+        let named = ["generation_id", "task_uuid"].iter().find_map(|k| fields.get(*k).and_then(|v| v.as_str()).map(str::to_string));
+        if let Some(id) = target.generation.clone().or(named) {
+            if let Some(record) = self.store.generation(&id).await?.filter(|r| r.tenant == target.tenant) {
+                self.track_status(&record, &body).await;
+            }
+        }
+        let m = OutboxMessage {
+            id: crate::webhooks::message_id(token, &body),
+            tenant: target.tenant.clone(),
+            url: target.url.clone(),
+            body,
+            attempts: 0,
+            created_ms: now_ms(),
+        };
+        self.store.outbox_push(&m).await?;
+        relay.wake();
+        Ok(body::json(StatusCode::OK, r#"{"received":true}"#))
     }
 
     fn upload_error(&self, e: UploadError) -> GatewayError {

@@ -36,6 +36,7 @@ pub mod store;
 pub mod testkit;
 pub mod upload;
 pub mod upstream;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,6 +107,7 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
         },
     ));
     let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
+    let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
     let gw = gateway.clone();
     let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), on_refusal, async move {
         shutdown.await;
@@ -114,4 +116,7 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
     tenant.await;
     let _ = admin_task.await;
     let _ = reconciler.await;
+    if let Some(r) = relay {
+        let _ = r.await;
+    }
 }

@@ -75,7 +75,11 @@ enum Command {
         config: PathBuf,
     },
     /// Print a new random tenant key and the config line for it.
-    Keygen,
+    Keygen {
+        /// Print a Standard Webhooks signing secret (`whsec_…`) for a tenant instead.
+        #[arg(long)]
+        webhook_secret: bool,
+    },
 }
 
 /// Keeps both log writers alive; dropping it writes out what is buffered.
@@ -204,7 +208,15 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-fn keygen() -> ExitCode {
+fn keygen(webhook_secret: bool) -> ExitCode {
+    if webhook_secret {
+        let secret = tollgate::webhooks::sign::new_secret();
+        println!("secret: {secret}");
+        println!("Put it in an environment variable (e.g. MARKETING_WEBHOOK_SECRET={secret}),");
+        println!("name that variable in the tenant's config: webhook_secret_env = \"MARKETING_WEBHOOK_SECRET\",");
+        println!("and give the secret to the tenant to verify webhook-signature.");
+        return ExitCode::SUCCESS;
+    }
     use rand::RngCore;
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -232,7 +244,7 @@ async fn main() -> ExitCode {
             mock(listen, token_env, balance, step_ms, fault.map(|f| (f, fault_rate, fault_status, latency_ms))).await
         }
         Command::CheckConfig { config } => Ok(check_config(&config)),
-        Command::Keygen => Ok(keygen()),
+        Command::Keygen { webhook_secret } => Ok(keygen(webhook_secret)),
     };
     match result {
         Ok(code) => code,

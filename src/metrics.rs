@@ -87,6 +87,17 @@ pub struct Metrics {
     expired_leases: Counter,
     untrusted_prices: Counter,
     store_retries: Family<ResultLabels, Counter>,
+    webhook_deliveries: Family<DeliveryLabels, Counter>,
+    webhook_rejected: Family<CauseLabels, Counter>,
+    outbox_pending: Gauge,
+    outbox_oldest: Gauge<f64, AtomicU64>,
+    outbox_dead: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    tenant: Label,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,7 +170,22 @@ impl Metrics {
         registry.register("untrusted_prices", "Platform prices not trusted (negative or far above the quote)", untrusted_prices.clone());
         let store_retries = Family::<ResultLabels, Counter>::default();
         registry.register("record_retries", "Retries writing a generation the platform accepted (ok / failed)", store_retries.clone());
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register("webhook_deliveries", "Webhook delivery attempts by tenant and result (delivered / retry / dead_letter)", webhook_deliveries.clone());
+        let webhook_rejected = Family::<CauseLabels, Counter>::default();
+        registry.register("webhook_rejected", "Platform webhook calls refused (unknown or forged token, bad body)", webhook_rejected.clone());
+        let outbox_pending = Gauge::default();
+        registry.register("webhook_outbox_pending", "Webhook deliveries waiting", outbox_pending.clone());
+        let outbox_oldest = Gauge::<f64, AtomicU64>::default();
+        registry.register("webhook_outbox_oldest_pending_seconds", "Age of the oldest waiting webhook delivery", outbox_oldest.clone());
+        let outbox_dead = Gauge::default();
+        registry.register("webhook_dead_letters", "Webhook deliveries given up on (re-drive with POST /admin/webhooks/redeliver)", outbox_dead.clone());
         Metrics {
+            webhook_deliveries,
+            webhook_rejected,
+            outbox_pending,
+            outbox_oldest,
+            outbox_dead,
             holds_unknown_usd,
             unknown_outcomes,
             resolutions,
@@ -236,6 +262,16 @@ impl Metrics {
         self.store_retries.get_or_create(&ResultLabels { result: if ok { "ok" } else { "failed" } }).inc();
     }
 
+    /// Counts a webhook delivery attempt.
+    pub fn webhook_delivery(&self, tenant: &Arc<str>, result: &'static str) {
+        self.webhook_deliveries.get_or_create(&DeliveryLabels { tenant: Label(tenant.clone()), result }).inc();
+    }
+
+    /// Counts a refused platform webhook call.
+    pub fn webhook_rejected(&self, cause: &'static str) {
+        self.webhook_rejected.get_or_create(&CauseLabels { cause }).inc();
+    }
+
     /// Counts a config reload attempt.
     pub fn reload(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "refused" } }).inc();
@@ -248,10 +284,14 @@ impl Metrics {
             let balance = store.balance().await?;
             let totals = store.hold_totals().await?;
             let spend = store.spend_by_tenant(&month).await?;
-            Ok::<_, crate::store::StoreError>((balance, totals, spend))
+            let outbox = store.outbox_stats().await?;
+            Ok::<_, crate::store::StoreError>((balance, totals, spend, outbox))
         };
         match state.await {
-            Ok((balance, totals, spend)) => {
+            Ok((balance, totals, spend, outbox)) => {
+                self.outbox_pending.set(outbox.pending as i64);
+                self.outbox_dead.set(outbox.dead as i64);
+                self.outbox_oldest.set(outbox.oldest_pending_ms.map(|t| now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0));
                 self.store_up.set(1);
                 if let Some(b) = balance {
                     self.balance.set(b.amount.as_f64());

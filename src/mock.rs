@@ -137,6 +137,10 @@ struct State {
     order: Vec<String>,
     faults: VecDeque<Fault>,
     recorded: Vec<Recorded>,
+    /// Generations whose `callback_url` is still to be called: (id, url).
+    callbacks: Vec<(String, String)>,
+    /// Webhooks sent: (url, body, status answered or 0 for none, when sent).
+    sent: Vec<(String, Bytes, u16, Instant)>,
 }
 
 /// The simulated platform.
@@ -203,7 +207,15 @@ impl MockPlatform {
         let balance = opts.balance;
         Arc::new(MockPlatform {
             opts,
-            state: Mutex::new(State { balance, generations: HashMap::new(), order: Vec::new(), faults: VecDeque::new(), recorded: Vec::new() }),
+            state: Mutex::new(State {
+                balance,
+                generations: HashMap::new(),
+                order: Vec::new(),
+                faults: VecDeque::new(),
+                recorded: Vec::new(),
+                callbacks: Vec::new(),
+                sent: Vec::new(),
+            }),
         })
     }
 
@@ -258,6 +270,46 @@ impl MockPlatform {
     pub fn generations(&self) -> Vec<(String, String, String)> {
         let st = self.lock();
         st.order.iter().filter_map(|id| st.generations.get(id).map(|g| (id.clone(), g.family.path().to_string(), g.prompt.clone()))).collect()
+    }
+
+    /// Webhooks the platform sent: (url, body, status the receiver answered or 0, when).
+    pub fn webhooks_sent(&self) -> Vec<(String, Bytes, u16, Instant)> {
+        self.lock().sent.clone()
+    }
+
+    /// Once the generation is final, POSTs its webhook to `url` (as the platform does: the final
+    /// status object, without the prompt), retrying a few times on failure.
+    async fn call_back(self: Arc<Self>, id: String, url: String) {
+        tokio::time::sleep(self.opts.step * 2 + Duration::from_millis(20)).await;
+        let payload = {
+            let mut st = self.lock();
+            let Some(mut v) = self.status_json(&mut st, &id) else { return };
+            if let Some(o) = v.as_object_mut() {
+                o.remove("prompt");
+                o.remove("progress_pct");
+                o.remove("created_at");
+            }
+            Bytes::from(v.to_string())
+        };
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        for attempt in 0..3 {
+            let Ok(uri) = url.parse::<http::Uri>() else { return };
+            let mut req = Request::new(Full::new(payload.clone()));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = uri;
+            req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let at = Instant::now();
+            let status = match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                Ok(Ok(rsp)) => rsp.status().as_u16(),
+                _ => 0,
+            };
+            self.lock().sent.push((url.clone(), payload.clone(), status, at));
+            if (200..300).contains(&status) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+        }
     }
 
     /// Queues a fault.
@@ -336,6 +388,10 @@ impl MockPlatform {
             }
         }
         let rsp = self.platform(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, &body);
+        let callbacks = std::mem::take(&mut self.lock().callbacks);
+        for (id, url) in callbacks {
+            tokio::spawn(self.clone().call_back(id, url));
+        }
         if let Some(f) = fault.as_ref().filter(|f| f.kind == FaultKind::LateAnswer) {
             tokio::time::sleep(Duration::from_millis(f.latency_ms.unwrap_or(0))).await;
         }
@@ -443,6 +499,9 @@ impl MockPlatform {
             Generation { family, created: Instant::now(), created_at, prompt: prompt.to_string(), price, fails: prompt.contains("[fail]"), refunded: false },
         );
         st.order.push(id.clone());
+        if let Some(url) = v.get("callback_url").and_then(|u| u.as_str()) {
+            st.callbacks.push((id.clone(), url.to_string()));
+        }
         json_rsp(StatusCode::CREATED, json!({ family.id_field(): id, "status": "pending", "price": price.to_string() }))
     }
 

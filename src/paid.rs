@@ -131,6 +131,8 @@ pub(crate) struct Paid {
     pub(crate) path: String,
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) body: Bytes,
+    /// The relay token in the forwarded `callback_url`, if any.
+    pub(crate) webhook_token: Option<String>,
 }
 
 /// What a 201 says: `generation_id`/`task_uuid`, `price` and `status`.
@@ -180,7 +182,7 @@ impl Paid {
     }
 
     async fn run(self, request_id: &str) -> PaidOutcome {
-        let Paid { gw, mut hold, idem, family, tenant, quoted, path, content_type, body } = self;
+        let Paid { gw, mut hold, idem, family, tenant, quoted, path, content_type, body, webhook_token } = self;
         let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), request_id, body).await;
         let rsp = match sent {
             Ok(rsp) => rsp,
@@ -235,6 +237,12 @@ impl Paid {
             created_ms: now_ms() as i64,
             status: answer.status.unwrap_or_else(|| "pending".into()),
         };
+        if let Some(token) = &webhook_token {
+            if let Err(e) = gw.store.webhook_link(token, &record.id).await {
+                // The receiver also finds the generation by the id in the platform's body.
+                tracing::warn!(error = %e, generation = %record.id, "could not link the webhook token to its generation");
+            }
+        }
         // Durable before the tenant hears of it, when the store allows.
         hold.disarm();
         match gw.store.settle(&hold.id, charged, &record).await {

@@ -24,6 +24,8 @@ pub enum Route {
     List(Family),
     /// `GET /v1/data/balance`.
     Balance,
+    /// `POST /webhooks/runblob/{token}`: the platform calling back (no tenant key).
+    Webhook(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +64,7 @@ impl Route {
     pub fn template(&self) -> &'static str {
         let key = match self {
             Route::Balance => return "/v1/data/balance",
+            Route::Webhook(_) => return "/webhooks/runblob/{token}",
             Route::Generate(f) => (*f, Kind::Generate),
             Route::Status(f, _) => (*f, Kind::Status),
             Route::List(f) => (*f, Kind::List),
@@ -78,6 +81,12 @@ impl Route {
 /// Matches method and path. Unknown paths are 404 `Not found`; a known path with the wrong
 /// method is 405 with `Allow`. An id that cannot be a generation id is 404 `Generation not found`.
 pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    if let Some(token) = path.strip_prefix("/webhooks/runblob/") {
+        if token.is_empty() || token.len() > MAX_ID_LEN || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(GatewayError::NotFound);
+        }
+        return if method == Method::POST { Ok(Route::Webhook(token.to_string())) } else { Err(GatewayError::MethodNotAllowed { allow: "POST" }) };
+    }
     let rest = path.strip_prefix("/v1/").ok_or(GatewayError::NotFound)?;
     let (route, allow) = if rest == "data/balance" {
         (Route::Balance, "GET")

@@ -19,6 +19,8 @@ pub struct Tenant {
     pub limits: Limits,
     /// Optional monthly spend cap.
     pub monthly_budget: Option<Usd>,
+    /// Standard Webhooks signing secret (`whsec_…`, from the environment), for relayed webhooks.
+    pub webhook_secret: Option<crate::config::Secret>,
 }
 
 /// A tenant's rate limits; non-zero by construction.
@@ -101,6 +103,7 @@ mod tests {
             id: id.into(),
             limits: Limits { requests_per_second: n, burst: n, generations_per_minute: n },
             monthly_budget: None,
+            webhook_secret: None,
         }
     }
 

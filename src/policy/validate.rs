@@ -145,6 +145,8 @@ impl<'a> Fields<'a> {
 struct Check<'f, 'a> {
     f: &'f Fields<'a>,
     out: Validated,
+    /// `callback_url` is checked by the webhook relay instead (it has its own, stricter policy).
+    relayed_callbacks: bool,
 }
 
 impl<'f, 'a> Check<'f, 'a> {
@@ -199,6 +201,10 @@ impl<'f, 'a> Check<'f, 'a> {
     }
 
     fn callback_url(&mut self) -> Result<(), ValidationError> {
+        if self.relayed_callbacks {
+            self.f.str("callback_url")?;
+            return Ok(());
+        }
         if let Some(u) = self.f.str("callback_url")? {
             check_url("callback_url", u, true)?;
         }
@@ -308,7 +314,13 @@ const ASPECT_VIDEO: &[&str] = &["16:9", "9:16", "1:1"];
 
 /// Checks `fields` against the rules of `family`.
 pub fn validate(family: Family, f: &Fields<'_>) -> Result<Validated, ValidationError> {
-    let mut c = Check { f, out: Validated::default() };
+    validate_with(family, f, false)
+}
+
+/// [`validate`], leaving `callback_url` (beyond being a string) to the webhook relay when
+/// `relayed_callbacks`.
+pub fn validate_with(family: Family, f: &Fields<'_>, relayed_callbacks: bool) -> Result<Validated, ValidationError> {
+    let mut c = Check { f, out: Validated::default(), relayed_callbacks };
     match family {
         Family::Sora => {
             c.prompt(true, 1, 4000)?;

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    is_final_status, month_of, BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, Resolution, Store,
-    StoreError, StoredResponse, UnknownOutcome,
+    is_final_status, month_of, BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage,
+    OutboxStats, Resolution, Store, StoreError, StoredResponse, UnknownOutcome, WebhookTarget,
 };
 use crate::policy::family::Family;
 use crate::policy::ledger::{Entry, EntryState, HoldDecision, HoldTotals, LedgerState};
@@ -32,8 +32,17 @@ enum Idem {
     Done { digest: [u8; 32], rsp: StoredResponse, at_ms: u64 },
 }
 
+/// An outbox entry of the memory backend.
+struct Queued {
+    m: OutboxMessage,
+    next_ms: u64,
+    dead: bool,
+}
+
 #[derive(Default)]
 struct Inner {
+    webhooks: HashMap<String, WebhookTarget>,
+    outbox: HashMap<String, Queued>,
     ledger: LedgerState,
     /// All generations (memory backend) or a cache of them (SQLite backend).
     generations: HashMap<String, GenerationRecord>,
@@ -67,6 +76,24 @@ CREATE TABLE IF NOT EXISTS holds (
     idem_key TEXT,
     month TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_targets (
+    token TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    generation TEXT,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    next_ms INTEGER NOT NULL,
+    dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, next_ms);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -596,6 +623,197 @@ impl Store for EmbeddedStore {
             inner.idem.remove(&kk);
         }
         Ok(())
+    }
+
+    async fn webhook_register(&self, t: &WebhookTarget) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            self.lock().webhooks.insert(t.token.clone(), t.clone());
+            return Ok(());
+        }
+        let t = t.clone();
+        self.with_db(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO webhook_targets (token, tenant, url, generation, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.token, &*t.tenant, t.url, t.generation, t.created_ms as i64],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn webhook_link(&self, token: &str, generation: &str) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            if let Some(t) = self.lock().webhooks.get_mut(token) {
+                t.generation = Some(generation.to_string());
+            }
+            return Ok(());
+        }
+        let (t, g) = (token.to_string(), generation.to_string());
+        self.with_db(move |c| c.execute("UPDATE webhook_targets SET generation = ?2 WHERE token = ?1", [t, g])).await.map(|_| ())
+    }
+
+    async fn webhook_target(&self, token: &str) -> Result<Option<WebhookTarget>, StoreError> {
+        if self.db.is_none() {
+            return Ok(self.lock().webhooks.get(token).cloned());
+        }
+        let t = token.to_string();
+        Ok(self
+            .with_db(move |c| {
+                c.query_row("SELECT token, tenant, url, generation, created_ms FROM webhook_targets WHERE token = ?1", [t], |r| {
+                    Ok(WebhookTarget {
+                        token: r.get(0)?,
+                        tenant: Arc::from(r.get::<_, String>(1)?),
+                        url: r.get(2)?,
+                        generation: r.get(3)?,
+                        created_ms: r.get::<_, i64>(4)?.max(0) as u64,
+                    })
+                })
+                .optional()
+            })
+            .await?
+            .flatten())
+    }
+
+    async fn outbox_push(&self, m: &OutboxMessage) -> Result<(), StoreError> {
+        let now = super::now_ms();
+        if self.db.is_none() {
+            self.lock().outbox.insert(m.id.clone(), Queued { m: m.clone(), next_ms: now, dead: false });
+            return Ok(());
+        }
+        let m = m.clone();
+        self.with_db(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO outbox (id, tenant, url, body, attempts, created_ms, next_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![m.id, &*m.tenant, m.url, m.body.to_vec(), m.attempts, m.created_ms as i64, now as i64],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn outbox_claim(&self, limit: usize, lease_ms: u64) -> Result<Vec<OutboxMessage>, StoreError> {
+        let now = super::now_ms();
+        if self.db.is_none() {
+            let mut inner = self.lock();
+            let mut due: Vec<&mut Queued> = inner.outbox.values_mut().filter(|q| !q.dead && q.next_ms <= now).collect();
+            due.sort_by_key(|q| q.next_ms);
+            return Ok(due
+                .into_iter()
+                .take(limit)
+                .map(|q| {
+                    q.next_ms = now + lease_ms;
+                    q.m.clone()
+                })
+                .collect());
+        }
+        let rows = self
+            .with_db(move |c| {
+                let tx = c.transaction()?;
+                let rows = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id, tenant, url, body, attempts, created_ms FROM outbox WHERE dead = 0 AND next_ms <= ?1 ORDER BY next_ms LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![now as i64, limit as i64], |r| {
+                        Ok(OutboxMessage {
+                            id: r.get(0)?,
+                            tenant: Arc::from(r.get::<_, String>(1)?),
+                            url: r.get(2)?,
+                            body: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+                            attempts: r.get(4)?,
+                            created_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                        })
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                };
+                for m in &rows {
+                    tx.execute("UPDATE outbox SET next_ms = ?2 WHERE id = ?1", params![m.id, (now + lease_ms) as i64])?;
+                }
+                tx.commit()?;
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
+    }
+
+    async fn outbox_done(&self, id: &str) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            self.lock().outbox.remove(id);
+            return Ok(());
+        }
+        let id = id.to_string();
+        self.with_db(move |c| c.execute("DELETE FROM outbox WHERE id = ?1", [id])).await.map(|_| ())
+    }
+
+    async fn outbox_retry(&self, id: &str, attempts: u32, next_ms: u64) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            if let Some(q) = self.lock().outbox.get_mut(id) {
+                q.m.attempts = attempts;
+                q.next_ms = next_ms;
+            }
+            return Ok(());
+        }
+        let id = id.to_string();
+        self.with_db(move |c| c.execute("UPDATE outbox SET attempts = ?2, next_ms = ?3 WHERE id = ?1", params![id, attempts, next_ms as i64]))
+            .await
+            .map(|_| ())
+    }
+
+    async fn outbox_dead(&self, id: &str, attempts: u32) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            if let Some(q) = self.lock().outbox.get_mut(id) {
+                q.m.attempts = attempts;
+                q.dead = true;
+            }
+            return Ok(());
+        }
+        let id = id.to_string();
+        self.with_db(move |c| c.execute("UPDATE outbox SET attempts = ?2, dead = 1 WHERE id = ?1", params![id, attempts])).await.map(|_| ())
+    }
+
+    async fn outbox_redeliver(&self, tenant: Option<&str>) -> Result<u64, StoreError> {
+        let now = super::now_ms();
+        if self.db.is_none() {
+            let mut n = 0;
+            for q in self.lock().outbox.values_mut().filter(|q| q.dead && tenant.is_none_or(|t| &*q.m.tenant == t)) {
+                q.dead = false;
+                q.m.attempts = 0;
+                q.next_ms = now;
+                n += 1;
+            }
+            return Ok(n);
+        }
+        let tenant = tenant.map(str::to_string);
+        let n = self
+            .with_db(move |c| {
+                c.execute(
+                    "UPDATE outbox SET dead = 0, attempts = 0, next_ms = ?1 WHERE dead = 1 AND (?2 IS NULL OR tenant = ?2)",
+                    params![now as i64, tenant],
+                )
+            })
+            .await?;
+        Ok(n.unwrap_or(0) as u64)
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        if self.db.is_none() {
+            let inner = self.lock();
+            let pending = inner.outbox.values().filter(|q| !q.dead);
+            return Ok(OutboxStats {
+                pending: pending.clone().count() as u64,
+                oldest_pending_ms: pending.map(|q| q.m.created_ms).min(),
+                dead: inner.outbox.values().filter(|q| q.dead).count() as u64,
+            });
+        }
+        let s = self
+            .with_db(|c| {
+                c.query_row(
+                    "SELECT COALESCE(SUM(dead = 0), 0), MIN(CASE WHEN dead = 0 THEN created_ms END), COALESCE(SUM(dead = 1), 0) FROM outbox",
+                    [],
+                    |r| Ok(OutboxStats { pending: r.get::<_, i64>(0)? as u64, oldest_pending_ms: r.get::<_, Option<i64>>(1)?.map(|v| v.max(0) as u64), dead: r.get::<_, i64>(2)? as u64 }),
+                )
+            })
+            .await?;
+        Ok(s.unwrap_or_default())
     }
 
     async fn reconciler_lease(&self, _owner: &str, _ttl_ms: u64) -> Result<bool, StoreError> {

@@ -104,6 +104,49 @@ pub enum Resolution {
     NotCharged,
 }
 
+/// Where one generation's webhook goes (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// The unguessable token in the URL given to the platform.
+    pub token: String,
+    /// Whose generation.
+    pub tenant: Arc<str>,
+    /// The tenant's own `callback_url`.
+    pub url: String,
+    /// The generation, once the platform's 201 named it.
+    pub generation: Option<String>,
+    /// Unix ms.
+    pub created_ms: u64,
+}
+
+/// A delivery in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// `webhook-id` (`msg_…`), the same on every attempt so receivers can deduplicate.
+    pub id: String,
+    /// For whom.
+    pub tenant: Arc<str>,
+    /// Where to.
+    pub url: String,
+    /// The platform's body, byte for byte.
+    pub body: Bytes,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Unix ms it was received.
+    pub created_ms: u64,
+}
+
+/// Outbox figures for metrics and usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Deliveries waiting (due or backing off).
+    pub pending: u64,
+    /// Unix ms of the oldest pending one.
+    pub oldest_pending_ms: Option<u64>,
+    /// Deliveries given up on (dead letters).
+    pub dead: u64,
+}
+
 /// A response kept for an Idempotency-Key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -203,6 +246,28 @@ pub trait Store: Send + Sync + 'static {
     async fn idem_finish(&self, tenant: &str, key: &str, body_digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError>;
     /// Gives up a claim (nothing was charged), so a retry runs afresh.
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Remembers where a generation's webhook goes, under its token.
+    async fn webhook_register(&self, target: &WebhookTarget) -> Result<(), StoreError>;
+    /// Names the generation a token belongs to (after the platform's 201).
+    async fn webhook_link(&self, token: &str, generation: &str) -> Result<(), StoreError>;
+    /// The target of a token.
+    async fn webhook_target(&self, token: &str) -> Result<Option<WebhookTarget>, StoreError>;
+    /// Queues a delivery, due now.
+    async fn outbox_push(&self, m: &OutboxMessage) -> Result<(), StoreError>;
+    /// Claims up to `limit` due deliveries for `lease_ms` (others skip them meanwhile; a claim
+    /// whose worker died becomes due again when the lease ends).
+    async fn outbox_claim(&self, limit: usize, lease_ms: u64) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// Delivered.
+    async fn outbox_done(&self, id: &str) -> Result<(), StoreError>;
+    /// Failed; due again at `next_ms`.
+    async fn outbox_retry(&self, id: &str, attempts: u32, next_ms: u64) -> Result<(), StoreError>;
+    /// Given up: kept as a dead letter.
+    async fn outbox_dead(&self, id: &str, attempts: u32) -> Result<(), StoreError>;
+    /// Dead letters (of one tenant, or all) become due again; returns how many.
+    async fn outbox_redeliver(&self, tenant: Option<&str>) -> Result<u64, StoreError>;
+    /// Figures for metrics.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
     /// Takes or renews the reconciler's lease for `owner`; `true` while `owner` holds it.
     async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, Resolution, SharedLimit, Store, StoreError,
-    StoredResponse, UnknownOutcome,
+    BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage, OutboxStats, Resolution,
+    SharedLimit, Store, StoreError, StoredResponse, UnknownOutcome, WebhookTarget,
 };
 
 /// A hold entry as the scripts store it (see `COMMON`).
@@ -278,6 +278,44 @@ if redis.call('HGET', KEYS[1], 'state') == 'running' then redis.call('DEL', KEYS
 return 1
 "#;
 
+// Outbox: p:ob:{id} hash (tenant, url, body, attempts, created_ms); p:ob:due zset by next ms;
+// p:ob:dead zset by created ms. ARGV: prefix, limit, lease_ms.
+const OUTBOX_CLAIM: &str = r#"
+local p, limit, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local ids = redis.call('ZRANGEBYSCORE', p .. ':ob:due', '-inf', now, 'LIMIT', 0, limit)
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', p .. ':ob:due', now + lease, id)
+  local v = redis.call('HMGET', p .. ':ob:' .. id, 'tenant', 'url', 'body', 'attempts', 'created_ms')
+  if v[1] then table.insert(out, {id, v[1], v[2], v[3], v[4], v[5]}) else redis.call('ZREM', p .. ':ob:due', id) end
+end
+return out
+"#;
+
+const OUTBOX_PUSH: &str = r#"
+local p, id = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. ':ob:' .. id) == 1 then return 0 end
+redis.call('HSET', p .. ':ob:' .. id, 'tenant', ARGV[3], 'url', ARGV[4], 'body', ARGV[5], 'attempts', 0, 'created_ms', ARGV[6])
+redis.call('ZADD', p .. ':ob:due', now_ms(), id)
+return 1
+"#;
+
+const OUTBOX_REDELIVER: &str = r#"
+local p, tenant = ARGV[1], ARGV[2]
+local now = now_ms()
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', p .. ':ob:dead', 0, -1)) do
+  if tenant == '' or redis.call('HGET', p .. ':ob:' .. id, 'tenant') == tenant then
+    redis.call('ZREM', p .. ':ob:dead', id)
+    redis.call('HSET', p .. ':ob:' .. id, 'attempts', 0)
+    redis.call('ZADD', p .. ':ob:due', now, id)
+    n = n + 1
+  end
+end
+return n
+"#;
+
 const LEASE: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur == false or cur == ARGV[1] then
@@ -316,6 +354,9 @@ struct Scripts {
     begin_fetch: Script,
     apply_balance: Script,
     lease: Script,
+    outbox_claim: Script,
+    outbox_push: Script,
+    outbox_redeliver: Script,
     spendable: Script,
     update_status: Script,
     idem_claim: Script,
@@ -367,6 +408,9 @@ impl RedisStore {
             begin_fetch: Script::new(BEGIN_FETCH),
             apply_balance: with_common(APPLY_BALANCE),
             lease: Script::new(LEASE),
+            outbox_claim: with_common(OUTBOX_CLAIM),
+            outbox_push: with_common(OUTBOX_PUSH),
+            outbox_redeliver: with_common(OUTBOX_REDELIVER),
             spendable: Script::new(SPENDABLE),
             update_status: Script::new(UPDATE_STATUS),
             idem_claim: with_common(&IDEM_CLAIM.replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string())),
@@ -645,6 +689,104 @@ impl Store for RedisStore {
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
         self.script::<i64>(|s| &s.idem_abort, &[k], &[]).await.map(|_| ())
+    }
+
+    async fn webhook_register(&self, t: &WebhookTarget) -> Result<(), StoreError> {
+        let k = self.key(&format!("wh:{}", t.token));
+        let fields = vec![
+            ("tenant", t.tenant.to_string()),
+            ("url", t.url.clone()),
+            ("generation", t.generation.clone().unwrap_or_default()),
+            ("created_ms", t.created_ms.to_string()),
+        ];
+        self.run(|mut c| async move { c.hset_multiple::<_, _, _, ()>(k, &fields).await }).await
+    }
+
+    async fn webhook_link(&self, token: &str, generation: &str) -> Result<(), StoreError> {
+        let k = self.key(&format!("wh:{token}"));
+        let g = generation.to_string();
+        self.run(|mut c| async move { ::redis::cmd("HSET").arg(&k).arg("generation").arg(g).query_async::<()>(&mut c).await }).await
+    }
+
+    async fn webhook_target(&self, token: &str) -> Result<Option<WebhookTarget>, StoreError> {
+        let k = self.key(&format!("wh:{token}"));
+        let f: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        Ok((|| {
+            Some(WebhookTarget {
+                token: token.to_string(),
+                tenant: Arc::from(f.get("tenant")?.as_str()),
+                url: f.get("url")?.clone(),
+                generation: f.get("generation").filter(|g| !g.is_empty()).cloned(),
+                created_ms: f.get("created_ms")?.parse().ok()?,
+            })
+        })())
+    }
+
+    async fn outbox_push(&self, m: &OutboxMessage) -> Result<(), StoreError> {
+        let args = [
+            self.prefix.clone(),
+            m.id.clone(),
+            m.tenant.to_string(),
+            m.url.clone(),
+            String::from_utf8_lossy(&m.body).into_owned(),
+            m.created_ms.to_string(),
+        ];
+        self.script::<i64>(|s| &s.outbox_push, &[], &args).await.map(|_| ())
+    }
+
+    async fn outbox_claim(&self, limit: usize, lease_ms: u64) -> Result<Vec<OutboxMessage>, StoreError> {
+        let rows: Vec<(String, String, String, Vec<u8>, u32, u64)> =
+            self.script(|s| &s.outbox_claim, &[], &[self.prefix.clone(), limit.to_string(), lease_ms.to_string()]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant, url, body, attempts, created_ms)| OutboxMessage { id, tenant: Arc::from(tenant.as_str()), url, body: Bytes::from(body), attempts, created_ms })
+            .collect())
+    }
+
+    async fn outbox_done(&self, id: &str) -> Result<(), StoreError> {
+        let (k, due) = (self.key(&format!("ob:{id}")), self.key("ob:due"));
+        let id = id.to_string();
+        self.run(|mut c| async move { ::redis::pipe().atomic().del(k).zrem(due, id).query_async::<()>(&mut c).await }).await
+    }
+
+    async fn outbox_retry(&self, id: &str, attempts: u32, next_ms: u64) -> Result<(), StoreError> {
+        let (k, due) = (self.key(&format!("ob:{id}")), self.key("ob:due"));
+        let id = id.to_string();
+        self.run(|mut c| async move {
+            ::redis::pipe().atomic().hset(k, "attempts", attempts).zadd(due, id, next_ms).query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn outbox_dead(&self, id: &str, attempts: u32) -> Result<(), StoreError> {
+        let (k, due, dead) = (self.key(&format!("ob:{id}")), self.key("ob:due"), self.key("ob:dead"));
+        let id = id.to_string();
+        let now = super::now_ms();
+        self.run(|mut c| async move {
+            ::redis::pipe().atomic().hset(k, "attempts", attempts).zrem(due, &id).zadd(dead, &id, now).query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn outbox_redeliver(&self, tenant: Option<&str>) -> Result<u64, StoreError> {
+        let args = [self.prefix.clone(), tenant.unwrap_or("").to_string()];
+        self.script::<i64>(|s| &s.outbox_redeliver, &[], &args).await.map(|n| n.max(0) as u64)
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let (due, dead) = (self.key("ob:due"), self.key("ob:dead"));
+        let prefix = self.key("ob:");
+        let (ids, dead_n): (Vec<String>, u64) = self.run(|mut c| async move { ::redis::pipe().zrange(due, 0, -1).zcard(dead).query_async(&mut c).await }).await?;
+        let mut oldest: Option<u64> = None;
+        for id in ids.iter().take(1000) {
+            let k = format!("{prefix}{id}");
+            let created: Option<u64> = self.run(|mut c| async move { c.hget(k, "created_ms").await }).await?;
+            oldest = match (oldest, created) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(OutboxStats { pending: ids.len() as u64, oldest_pending_ms: oldest, dead: dead_n })
     }
 
     async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError> {

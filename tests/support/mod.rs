@@ -162,8 +162,15 @@ pub fn default_tenants() -> String {
     format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None))
 }
 
+/// Tenants' webhook signing secret in tests (32 bytes of 0x2a).
+pub const WEBHOOK_SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
 pub fn env() -> HashMap<String, String> {
-    HashMap::from([("TEST_PLATFORM_TOKEN".to_string(), TOKEN.to_string()), ("TEST_ADMIN_TOKEN".to_string(), "admin-secret".to_string())])
+    HashMap::from([
+        ("TEST_PLATFORM_TOKEN".to_string(), TOKEN.to_string()),
+        ("TEST_ADMIN_TOKEN".to_string(), "admin-secret".to_string()),
+        ("TEST_WEBHOOK_SECRET".to_string(), WEBHOOK_SECRET.to_string()),
+    ])
 }
 
 /// A gateway serving on free ports.
@@ -182,10 +189,22 @@ impl TestGateway {
         TestGateway::start_config(config, None).await
     }
 
+    /// Binds the tenant port first, so the config can name it (`{addr}` in `text`).
+    pub async fn start_templated(text: &str) -> TestGateway {
+        let tenant = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let text = text.replace("{addr}", &tenant.local_addr().unwrap().to_string());
+        let config = Config::from_toml(&text, &env()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        TestGateway::start_on(config, None, tenant).await
+    }
+
     pub async fn start_config(config: Config, reload: Option<tollgate::gateway::ReloadSource>) -> TestGateway {
+        TestGateway::start_on(config, reload, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    pub async fn start_on(config: Config, reload: Option<tollgate::gateway::ReloadSource>, tenant: TcpListener) -> TestGateway {
         let (log, logs) = AccessLog::memory();
         let gateway = tollgate::build(&config, log, reload).await.expect("store opens");
-        let listeners = Listeners { tenant: TcpListener::bind("127.0.0.1:0").await.unwrap(), admin: TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let listeners = Listeners { tenant, admin: TcpListener::bind("127.0.0.1:0").await.unwrap() };
         let (addr, admin) = (listeners.tenant.local_addr().unwrap(), listeners.admin.local_addr().unwrap());
         let (stop, rx) = oneshot::channel();
         let gw = gateway.clone();
@@ -439,4 +458,79 @@ pub fn prompt_digest(prompt: &str) -> String {
 pub async fn spend_of(gw: &TestGateway, tenant: &str) -> Usd {
     let month = tollgate::store::month_of(tollgate::store::now_ms());
     gw.gateway.store().spend_by_tenant(&month).await.unwrap().into_iter().find(|(t, _)| &**t == tenant).map(|(_, s)| s).unwrap_or_default()
+}
+
+/// One webhook as a tenant's receiver got it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: std::time::Instant,
+    pub answered: u16,
+}
+
+/// A tenant's webhook receiver on loopback: records every POST; answers 503 while `down`.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    pub down: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (g, d) = (got.clone(), down.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { return };
+                let (g, d) = (g.clone(), d.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (g, d) = (g.clone(), d.clone());
+                    async move {
+                        let headers = req.headers().clone();
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        let answered = if d.load(std::sync::atomic::Ordering::SeqCst) { 503 } else { 204 };
+                        g.lock().unwrap().push(Received { headers, body, at: std::time::Instant::now(), answered });
+                        let mut rsp = http::Response::new(Full::new(Bytes::new()));
+                        *rsp.status_mut() = StatusCode::from_u16(answered).unwrap();
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    }
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc));
+            }
+        });
+        Receiver { addr, got, down, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks/tollgate", self.addr)
+    }
+
+    /// Deliveries it accepted (2xx).
+    pub fn accepted(&self) -> Vec<Received> {
+        self.got.lock().unwrap().iter().filter(|r| r.answered < 300).cloned().collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Verifies a Standard Webhooks signature with its own HMAC (not the gateway's code).
+pub fn verify_signature(secret: &str, r: &Received) -> bool {
+    use hmac::Mac;
+    let key = base64_simd::STANDARD.decode_to_vec(secret.trim_start_matches("whsec_")).unwrap();
+    let id = r.headers["webhook-id"].to_str().unwrap();
+    let ts = r.headers["webhook-timestamp"].to_str().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&r.body);
+    let expected = format!("v1,{}", base64_simd::STANDARD.encode_to_string(mac.finalize().into_bytes()));
+    r.headers["webhook-signature"].to_str().unwrap().split(' ').any(|s| s == expected)
 }
