@@ -16,6 +16,9 @@ use crate::Listeners;
 /// Demo gateway keys (loopback only; never use these anywhere else).
 pub const DEMO_KEYS: [(&str, &str); 2] = [("marketing", "tg_demo_marketing_key"), ("research", "tg_demo_research_key")];
 
+/// The demo tenant "marketing"'s webhook signing secret (loopback only).
+pub const DEMO_WEBHOOK_SECRET: &str = "whsec_ZGVtby13ZWJob29rLXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24=";
+
 /// The demo's config text for a platform at `platform`.
 pub fn demo_config_text(platform: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> String {
     let [(m_id, m_key), (r_id, r_key)] = DEMO_KEYS;
@@ -37,6 +40,10 @@ backend = "memory"
 [balance]
 cache_ttl_ms = 2000
 
+[webhooks]
+public_base_url = "http://{listen}"
+allow_http_loopback = true
+
 [pricing]
 sora = {{ "10" = "0.12", "15" = "0.18" }}
 veo = {{ "veo-3-fast" = "0.25", "veo-3-quality" = "0.50" }}
@@ -50,6 +57,7 @@ requests_per_second = 20
 burst = 40
 generations_per_minute = 10
 monthly_budget = "1.00"
+webhook_secret_env = "DEMO_WEBHOOK_SECRET"
 
 [[tenants]]
 id = "{r_id}"
@@ -71,6 +79,34 @@ async fn bind_or_any(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
+/// A tiny webhook receiver: prints each delivery and whether its signature verifies.
+async fn start_receiver() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let key = crate::webhooks::sign::SigningKey::parse(DEMO_WEBHOOK_SECRET).map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { return };
+            let key = key.clone();
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let key = key.clone();
+                async move {
+                    use http_body_util::BodyExt;
+                    let h = req.headers().clone();
+                    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let (id, ts, sig) = (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"));
+                    let ok = ts.parse().is_ok_and(|t| key.sign(&id, t, &body) == sig);
+                    println!("demo receiver: webhook {id} (signature {}): {}", if ok { "valid" } else { "INVALID" }, String::from_utf8_lossy(&body));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc));
+        }
+    });
+    Ok(addr)
+}
+
 /// Runs the demo until `shutdown` resolves.
 pub async fn run(listen: SocketAddr, admin: SocketAddr, log: AccessLog, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Box<dyn std::error::Error>> {
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
@@ -82,7 +118,8 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, log: AccessLog, shutdown
     let tenant = bind_or_any(listen).await?;
     let admin_l = bind_or_any(admin).await?;
     let (gw_addr, admin_addr) = (tenant.local_addr()?, admin_l.local_addr()?);
-    let env = HashMap::from([("DEMO_PLATFORM_TOKEN".to_string(), token)]);
+    let env = HashMap::from([("DEMO_PLATFORM_TOKEN".to_string(), token), ("DEMO_WEBHOOK_SECRET".to_string(), DEMO_WEBHOOK_SECRET.to_string())]);
+    let receiver = start_receiver().await?;
     let config = Config::from_toml(&demo_config_text(platform_addr, gw_addr, admin_addr), &env)?;
     let gateway = crate::build(&config, log, None).await?;
 
@@ -106,6 +143,11 @@ Try:
   curl -s {base}/v1/sora/generations/<generation_id>/ -H 'Authorization: Bearer {other}'   # another tenant: 404
   curl -s {base}/v1/sora/generate -H 'Authorization: Bearer nope' -d '{{}}'                  # 401
   curl -s http://{admin_addr}/metrics
+
+Webhooks: with a callback_url, the platform calls the gateway, which relays the outcome signed
+(Standard Webhooks) to the tenant. A receiver in this demo prints what it gets:
+  curl -s {base}/v1/sora/generate -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+       -d '{{"prompt": "A lighthouse at night", "callback_url": "http://{receiver}/hook"}}'
 
 Access-log lines (JSON) follow below. Ctrl-C stops the demo.
 "#
