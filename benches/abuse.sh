@@ -160,7 +160,7 @@ timeout "$DUR" h2load -c 50 -m 64 -D "$DUR" -H "Authorization: Bearer wrong-key"
 pid=$!; row "h2 wrong-key flood (h2load -c 50)" 50 "$(probe "$DUR")"; wait "$pid" 2>/dev/null || true
 
 echo
-echo "tollgate $(git rev-parse --short HEAD 2>/dev/null || echo '?') under attack, ${DUR} s each; normal request = GET /v1/data/balance every 250 ms"
+echo "$BIN under attack, ${DUR} s each; normal request = GET /v1/data/balance every 250 ms"
 echo
 echo "| attack | connections | normal p50 ms | normal max ms | normal failures | gateway RSS MB |"
 echo "|---|---:|---:|---:|---:|---:|"

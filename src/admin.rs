@@ -51,6 +51,8 @@ impl Admin {
                 }
             },
             (&Method::GET, "/metrics") => {
+                let runtime = self.gateway.current();
+                self.gateway.metrics().set_budgets(runtime.tenants.tenants().iter().filter_map(|t| t.monthly_budget.map(|b| (t.id.clone(), b))));
                 let text = self.gateway.metrics().render(&**self.gateway.store(), self.gateway.upstream().circuit_state()).await;
                 let mut rsp = body::json(StatusCode::OK, text);
                 rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -66,6 +68,34 @@ impl Admin {
                 match self.gateway.reload() {
                     Ok(n) => body::json(StatusCode::OK, serde_json::json!({ "status": "reloaded", "tenants": n }).to_string()),
                     Err(e) => body::detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("Config refused, previous config still serving: {e}")),
+                }
+            }
+            (&Method::GET, "/admin/usage") => {
+                if self.token.is_none() {
+                    return body::detail(StatusCode::FORBIDDEN, "Admin API disabled: set the admin token environment variable");
+                }
+                if !self.authorized(&req) {
+                    return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
+                }
+                let q = |name: &str| req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))).map(str::to_string);
+                let month = q("month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
+                if !crate::usage::valid_month(&month) {
+                    return body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM");
+                }
+                let tenant = q("tenant");
+                let csv = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
+                let runtime = self.gateway.current();
+                match crate::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
+                    Ok(r) if csv => {
+                        let mut rsp = body::json(StatusCode::OK, r.csv());
+                        rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+                        rsp
+                    }
+                    Ok(r) => body::json(StatusCode::OK, serde_json::to_string(&r).unwrap_or_default()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "usage report failed: store unreachable");
+                        body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
+                    }
                 }
             }
             (&Method::POST, "/admin/webhooks/redeliver") => {
@@ -90,7 +120,7 @@ impl Admin {
                     }
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/webhooks/redeliver") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/webhooks/redeliver" | "/admin/usage") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
         }
     }

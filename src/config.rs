@@ -127,8 +127,8 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// One or more problems, all listed.
-    #[error("invalid config: {}", .0.join("; "))]
+    /// One or more problems, all listed, one per line.
+    #[error("invalid config ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.iter().map(|p| format!("  - {}", p.replace(['\n', '\r'], " "))).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<String>),
 }
 
@@ -196,6 +196,25 @@ struct ReconcileSection {
     lease_margin_ms: Option<u64>,
 }
 
+/// A USD amount as a string (`"50.00"`, preferred: exact) or a number (`50`, `12.5`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Amount {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+impl Amount {
+    fn text(&self) -> String {
+        match self {
+            Amount::Text(s) => s.clone(),
+            Amount::Int(i) => i.to_string(),
+            Amount::Float(f) => f.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum PriceSpec {
@@ -210,7 +229,7 @@ struct TenantSection {
     requests_per_second: Option<u32>,
     burst: Option<u32>,
     generations_per_minute: Option<u32>,
-    monthly_budget: Option<String>,
+    monthly_budget: Option<Amount>,
     webhook_secret_env: Option<String>,
 }
 
@@ -368,10 +387,29 @@ fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &st
     match parsed {
         Ok(v) => v,
         Err(e) => {
-            problems.push(format!("[{name}]: {}", e.to_string().trim()));
-            T::default()
+            // Find every key that fails on its own, report each, and keep the rest.
+            let Some(table) = value.as_table() else {
+                problems.push(format!("[{name}]: {}", one_line(&e.to_string())));
+                return T::default();
+            };
+            let mut good = toml::Table::new();
+            for (k, v) in table {
+                let single = toml::Table::from_iter([(k.clone(), v.clone())]);
+                match T::deserialize(toml::Value::Table(single)) {
+                    Ok(_) => {
+                        good.insert(k.clone(), v.clone());
+                    }
+                    Err(e) => problems.push(format!("{name}.{k}: {}", one_line(&e.to_string()))),
+                }
+            }
+            T::deserialize(toml::Value::Table(good)).unwrap_or_default()
         }
     }
+}
+
+/// A serde/TOML message on one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn positive(v: Option<u64>, default: u64, name: &str, problems: &mut Vec<String>) -> u64 {
@@ -440,7 +478,15 @@ impl Config {
         let mut p = Vec::new();
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
-            Err(e) => return (None, vec![format!("TOML syntax: {}", e.message())]),
+            Err(e) => {
+                let at = e.span().map(|sp| {
+                    let before = &text[..sp.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+                    format!(" at line {line}, column {col}")
+                });
+                return (None, vec![format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())]);
+            }
         };
         for key in table.keys() {
             if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "pricing", "tenants"].contains(&key.as_str()) {
@@ -690,11 +736,11 @@ impl Config {
                 p.push(format!("{at}: requests_per_second, burst and generations_per_minute must be greater than 0"));
                 continue;
             };
-            let monthly_budget = match t.monthly_budget.as_deref().map(Usd::parse) {
+            let monthly_budget = match t.monthly_budget.as_ref().map(|a| Usd::parse(&a.text())) {
                 None => None,
                 Some(Ok(b)) if b >= Usd::ZERO => Some(b),
                 Some(_) => {
-                    p.push(format!("{at}: monthly_budget must be a non-negative decimal string like \"50.00\""));
+                    p.push(format!("{at}: monthly_budget must be a non-negative amount like \"50.00\""));
                     None
                 }
             };
@@ -741,7 +787,12 @@ impl Config {
         out += &format!("balance ttl {}ms, reserve {}\n", self.balance.cache_ttl.as_millis(), self.balance.reserve);
         let mut fams: Vec<&str> = self.pricing.families().map(|f| f.path()).collect();
         fams.sort();
-        out += &format!("priced families: {}\n", if fams.is_empty() { "none".to_string() } else { fams.join(", ") });
+        out += &format!("enabled families (priced): {}\n", if fams.is_empty() { "none".to_string() } else { fams.join(", ") });
+        let mut off: Vec<&str> = Family::ALL.iter().filter(|f| self.pricing.estimate(**f, &[]).is_none()).map(|f| f.path()).collect();
+        off.sort();
+        if !off.is_empty() {
+            out += &format!("not offered (no price; their routes answer 404): {}\n", off.join(", "));
+        }
         for t in self.tenants.tenants() {
             out += &format!(
                 "tenant {}: {} rps (burst {}), {} generations/min, budget {}\n",

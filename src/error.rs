@@ -84,9 +84,14 @@ pub enum GatewayError {
     /// Same Idempotency-Key, different body.
     #[error("Idempotency-Key was already used with a different request body")]
     IdempotencyMismatch,
-    /// The operator priced nothing for this family.
-    #[error("No price is configured for model family {0}")]
-    PriceNotConfigured(&'static str),
+    /// The operator priced nothing for this family: it is not offered here.
+    #[error("Model family {family} is not enabled on this gateway (enabled: {enabled})")]
+    FamilyNotEnabled {
+        /// The family's path.
+        family: &'static str,
+        /// The families this gateway offers.
+        enabled: String,
+    },
     /// The platform answered with an error, already normalised.
     #[error("{}", .0.detail)]
     Upstream(Normalized),
@@ -114,7 +119,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            NotFound | GenerationNotFound => StatusCode::NOT_FOUND,
+            NotFound | GenerationNotFound | FamilyNotEnabled { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
             RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy => StatusCode::TOO_MANY_REQUESTS,
@@ -128,7 +133,7 @@ impl GatewayError {
             Upstream(n) => n.status,
             Unreachable(_) | Overloaded | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            PriceNotConfigured(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -137,7 +142,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             NotFound | MethodNotAllowed { .. } => "not_found",
-            GenerationNotFound => "not_found",
+            GenerationNotFound | FamilyNotEnabled { .. } => "not_found",
             MissingCredentials | InvalidCredentials => "unauthorized",
             RateLimited(_) => "rate_limited",
             AuthThrottled { .. } => "auth_throttled",
@@ -156,7 +161,7 @@ impl GatewayError {
             RequestTimeout => "timeout",
             Overloaded => "overloaded",
             Store(_) => "store_unavailable",
-            PriceNotConfigured(_) | Internal(_) => "internal",
+            Internal(_) => "internal",
         }
     }
 
@@ -256,7 +261,11 @@ mod tests {
                 "The first request with this Idempotency-Key reached the platform but its outcome is not known yet; it is being resolved, retry later",
             ),
             (GatewayError::IdempotencyMismatch, 422, "Idempotency-Key was already used with a different request body"),
-            (GatewayError::PriceNotConfigured("veo"), 500, "No price is configured for model family veo"),
+            (
+                GatewayError::FamilyNotEnabled { family: "seedance", enabled: "sora, veo".into() },
+                404,
+                "Model family seedance is not enabled on this gateway (enabled: sora, veo)",
+            ),
             (
                 GatewayError::Upstream(Normalized { status: StatusCode::BAD_REQUEST, detail: "x".into(), retry_after: None }),
                 400,

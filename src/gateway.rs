@@ -362,6 +362,14 @@ impl Gateway {
             return self.webhook_received(ctx, token, req).await;
         }
         let runtime = self.current();
+        // A family without a price is not offered here: 404 before anything else, never a 500.
+        if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
+            if runtime.pricing.estimate(*f, &[]).is_none() {
+                let mut enabled: Vec<&str> = runtime.pricing.families().map(|f| f.path()).collect();
+                enabled.sort();
+                return Err(GatewayError::FamilyNotEnabled { family: f.path(), enabled: enabled.join(", ") });
+            }
+        }
         let peer = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
         let tenant = self.authenticate(&runtime, req.headers(), peer)?;
         ctx.tenant = Some(tenant.id.clone());
@@ -371,6 +379,7 @@ impl Gateway {
             Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
             Route::List(family) => self.list(ctx, &tenant, family, req.uri()).await,
             Route::Balance => self.tenant_balance(ctx, &runtime, &tenant).await,
+            Route::Usage => self.tenant_usage(ctx, &runtime, &tenant).await,
             Route::Webhook(_) => Err(GatewayError::NotFound),
         }
     }

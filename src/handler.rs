@@ -150,7 +150,10 @@ impl Gateway {
         ctx.quotas = Some(runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await?);
 
         // 6–8. Price, fresh balance, atomic hold against budget and balance.
-        let price = runtime.pricing.estimate(family, &validated.price_key).ok_or(GatewayError::PriceNotConfigured(family.path()))?;
+        let price = runtime
+            .pricing
+            .estimate(family, &validated.price_key)
+            .ok_or_else(|| GatewayError::FamilyNotEnabled { family: family.path(), enabled: String::new() })?;
         ctx.price = Some(price);
         self.balance.ensure_fresh(&ctx.request_id).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
@@ -370,6 +373,35 @@ impl Gateway {
             .collect()
             .await;
         Ok(body::json(StatusCode::OK, format!("[{}]", items.join(","))))
+    }
+
+    /// `GET /v1/gateway/usage`: the tenant's own month: budget, spent, held, remaining, when it
+    /// resets, what the account still allows, and its limits.
+    pub(crate) async fn tenant_usage(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
+        ctx.outcome = "served";
+        let month = month_of(now_ms());
+        let totals = self.store.month_totals(&month).await?.remove(&*tenant.id).unwrap_or_default();
+        let account = match self.balance.ensure_fresh(&ctx.request_id).await {
+            Ok(()) => self.store.spendable(&tenant.id, &month, None, runtime.reserve).await?.map(|u| u.to_string()),
+            Err(_) => None,
+        };
+        let v = serde_json::json!({
+            "tenant": &*tenant.id,
+            "month": month,
+            "resets_at": crate::usage::resets_at(&month),
+            "budget": tenant.monthly_budget.map(|b| b.to_string()),
+            "spent": totals.spent.to_string(),
+            "held": (totals.held + totals.unknown).to_string(),
+            "refunded": totals.refunded.to_string(),
+            "remaining": tenant.monthly_budget.map(|b| (b - totals.spent - totals.held - totals.unknown).max_zero().to_string()),
+            "account_available": account,
+            "limits": {
+                "requests_per_second": tenant.limits.requests_per_second.get(),
+                "burst": tenant.limits.burst.get(),
+                "generations_per_minute": tenant.limits.generations_per_minute.get(),
+            },
+        });
+        Ok(body::json(StatusCode::OK, v.to_string()))
     }
 
     /// `GET /v1/data/balance`: what this tenant can still spend.

@@ -35,6 +35,7 @@ pub mod store;
 #[doc(hidden)]
 pub mod testkit;
 pub mod upload;
+pub mod usage;
 pub mod upstream;
 pub mod webhooks;
 
@@ -51,6 +52,9 @@ pub use gateway::Gateway;
 use access_log::AccessLog;
 use gateway::ReloadSource;
 use server::ServerOptions;
+
+/// How often an idle gateway refreshes the account balance.
+const BACKGROUND_BALANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The two bound listeners a gateway serves.
 pub struct Listeners {
@@ -107,6 +111,21 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
         },
     ));
     let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
+    // An idle replica still knows the account balance (for the gauge and its alert).
+    let refresher = {
+        let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = gw.balance.ensure_fresh("background-balance").await {
+                    tracing::debug!(error = %e, "background balance refresh failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKGROUND_BALANCE_EVERY) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
     let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
     let gw = gateway.clone();
     let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), on_refusal, async move {
@@ -116,6 +135,7 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
     tenant.await;
     let _ = admin_task.await;
     let _ = reconciler.await;
+    let _ = refresher.await;
     if let Some(r) = relay {
         let _ = r.await;
     }

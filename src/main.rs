@@ -73,6 +73,25 @@ enum Command {
         /// TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Do not require the secrets' environment variables (validate a file where they are
+        /// absent); missing secrets are then warnings.
+        #[arg(long)]
+        skip_secrets: bool,
+    },
+    /// Spend, holds, unknown outcomes, refunds and generations per tenant, from the store.
+    Usage {
+        /// TOML config file (its [store] is read).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Month, YYYY-MM (UTC); default: this month.
+        #[arg(long)]
+        month: Option<String>,
+        /// One tenant only.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// table, json or csv (one row per generation).
+        #[arg(long, default_value = "table")]
+        format: String,
     },
     /// Print a new random tenant key and the config line for it.
     Keygen {
@@ -142,6 +161,11 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         admin = %listeners.admin.local_addr()?,
         store = gateway.store().backend(),
         tenants = config.tenants.tenants().len(),
+        families = %{
+            let mut f: Vec<&str> = config.pricing.families().map(|f| f.path()).collect();
+            f.sort();
+            f.join(",")
+        },
         "tollgate serving"
     );
     tollgate::run(&config, gateway, listeners, shutdown_signal()).await;
@@ -184,7 +208,7 @@ async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(path: &Path) -> ExitCode {
+fn check_config(path: &Path, skip_secrets: bool) -> ExitCode {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -192,7 +216,9 @@ fn check_config(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    match Config::check(&text, &ProcessEnv) {
+    // The same verdict as `run`, unless told to leave secrets out (validating files in CI).
+    let checked = if skip_secrets { Config::check(&text, &ProcessEnv) } else { Config::from_toml(&text, &ProcessEnv).map(|c| (c, Vec::new())) };
+    match checked {
         Ok((config, warnings)) => {
             println!("config {} is valid", path.display());
             print!("{}", config.summary());
@@ -206,6 +232,34 @@ fn check_config(path: &Path) -> ExitCode {
             ExitCode::from(EXIT_BAD_CONFIG)
         }
     }
+}
+
+async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, format: &str) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+    // Secrets are not needed to read the store.
+    let (config, _) = match Config::check(&text, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    if matches!(config.store, tollgate::config::StoreConfig::Memory) {
+        anyhow::bail!("the memory store keeps nothing outside a running gateway: ask it with GET /admin/usage instead");
+    }
+    let month = month.unwrap_or_else(|| tollgate::store::month_of(tollgate::store::now_ms()));
+    if !tollgate::usage::valid_month(&month) {
+        anyhow::bail!("--month must be YYYY-MM");
+    }
+    let store = tollgate::store::open(&config.store).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = tollgate::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    match format {
+        "table" => print!("{}", report.table()),
+        "json" => println!("{}", serde_json::to_string_pretty(&report)?),
+        "csv" => print!("{}", report.csv()),
+        other => anyhow::bail!("--format {other:?} must be table, json or csv"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn keygen(webhook_secret: bool) -> ExitCode {
@@ -243,8 +297,9 @@ async fn main() -> ExitCode {
         Command::MockPlatform { listen, token_env, balance, step_ms, fault, fault_rate, fault_status, latency_ms } => {
             mock(listen, token_env, balance, step_ms, fault.map(|f| (f, fault_rate, fault_status, latency_ms))).await
         }
-        Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::CheckConfig { config, skip_secrets } => Ok(check_config(&config, skip_secrets)),
         Command::Keygen { webhook_secret } => Ok(keygen(webhook_secret)),
+        Command::Usage { config, month, tenant, format } => usage(&config, month, tenant, &format).await,
     };
     match result {
         Ok(code) => code,

@@ -92,6 +92,7 @@ pub struct Metrics {
     outbox_pending: Gauge,
     outbox_oldest: Gauge<f64, AtomicU64>,
     outbox_dead: Gauge,
+    budget: Family<TenantLabels, Gauge<f64, AtomicU64>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,7 +181,10 @@ impl Metrics {
         registry.register("webhook_outbox_oldest_pending_seconds", "Age of the oldest waiting webhook delivery", outbox_oldest.clone());
         let outbox_dead = Gauge::default();
         registry.register("webhook_dead_letters", "Webhook deliveries given up on (re-drive with POST /admin/webhooks/redeliver)", outbox_dead.clone());
+        let budget = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("budget_usd", "Monthly budget by tenant (alert on spend_usd / budget_usd)", budget.clone());
         Metrics {
+            budget,
             webhook_deliveries,
             webhook_rejected,
             outbox_pending,
@@ -260,6 +264,13 @@ impl Metrics {
     /// Counts a retry of writing a generation record.
     pub fn record_retry(&self, ok: bool) {
         self.store_retries.get_or_create(&ResultLabels { result: if ok { "ok" } else { "failed" } }).inc();
+    }
+
+    /// Sets the budget gauges from the current tenants.
+    pub fn set_budgets(&self, budgets: impl IntoIterator<Item = (Arc<str>, Usd)>) {
+        for (t, b) in budgets {
+            self.budget.get_or_create(&TenantLabels { tenant: Label(t) }).set(b.as_f64());
+        }
     }
 
     /// Counts a webhook delivery attempt.

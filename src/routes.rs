@@ -24,6 +24,8 @@ pub enum Route {
     List(Family),
     /// `GET /v1/data/balance`.
     Balance,
+    /// `GET /v1/gateway/usage`: the tenant's own budget and spend.
+    Usage,
     /// `POST /webhooks/runblob/{token}`: the platform calling back (no tenant key).
     Webhook(String),
 }
@@ -64,6 +66,7 @@ impl Route {
     pub fn template(&self) -> &'static str {
         let key = match self {
             Route::Balance => return "/v1/data/balance",
+            Route::Usage => return "/v1/gateway/usage",
             Route::Webhook(_) => return "/webhooks/runblob/{token}",
             Route::Generate(f) => (*f, Kind::Generate),
             Route::Status(f, _) => (*f, Kind::Status),
@@ -90,6 +93,8 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
     let rest = path.strip_prefix("/v1/").ok_or(GatewayError::NotFound)?;
     let (route, allow) = if rest == "data/balance" {
         (Route::Balance, "GET")
+    } else if rest == "gateway/usage" {
+        (Route::Usage, "GET")
     } else {
         let (family, tail) = Family::ALL
             .iter()

@@ -112,14 +112,16 @@ fn sqlite_config(platform: SocketAddr, db: &std::path::Path, tenants: &str) -> S
 }
 
 #[test]
-fn bad_config_exits_64_with_one_line_listing_every_problem() {
+fn bad_config_exits_64_listing_every_problem_one_per_line() {
     let dir = temp_dir();
     let path = dir.join("bad.toml");
     std::fs::write(&path, "[server]\nlisten = \"nowhere\"\nbogus = 1\n").unwrap();
     let out = Command::new(BIN).args(["run", "--config"]).arg(&path).env("RUNBLOB_TOKEN", "t").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let lines: Vec<&str> = err.trim().lines().collect();
+    assert_eq!(lines.len(), 4, "a header and one line per problem: {err}");
+    assert!(lines[1..].iter().all(|l| l.starts_with("  - ")), "{err}");
     assert!(err.contains("server.listen") && err.contains("server.bogus") && err.contains("no [[tenants]]"), "{err}");
 }
 
@@ -133,6 +135,30 @@ fn missing_token_exits_64() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("RUNBLOB_TOKEN"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reads_the_store_offline() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let config = sqlite_config(platform.addr, &dir.join("tollgate.db"), &default_tenants());
+    let gw = Proc::spawn(&config, &dir, &[]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    }
+    let path = dir.join("usage.toml");
+    std::fs::write(&path, &config).unwrap();
+    let run = |format: &str| Command::new(BIN).args(["usage", "--config"]).arg(&path).args(["--format", format]).env_remove("TEST_PLATFORM_TOKEN").output().unwrap();
+    let out = run("table");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = table.lines().find(|l| l.starts_with("a ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("0.3600") && row.trim_end().ends_with('3'), "{table}");
+    let json: serde_json::Value = serde_json::from_slice(&run("json").stdout).unwrap();
+    assert_eq!(json["tenants"][0]["spent"], "0.3600");
+    assert_eq!(String::from_utf8(run("csv").stdout).unwrap().lines().count(), 4);
+    drop(gw);
+}
+
 #[test]
 fn check_config_and_keygen() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");
@@ -140,10 +166,19 @@ fn check_config_and_keygen() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
-    // Without the secret it still validates, with a warning.
+    assert!(text.contains("enabled families (priced): chatgpt-images, gemini, kling"), "{text}");
+    assert!(text.contains("not offered (no price; their routes answer 404): seedance"), "{text}");
+    // Without the secret: the same verdict as `run` (exit 64) …
     let out = Command::new(BIN).args(["check-config", "--config", example]).env_remove("RUNBLOB_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUNBLOB_TOKEN"));
+    // … unless asked to leave secrets out (validating a file where they do not live).
+    let out = Command::new(BIN).args(["check-config", "--skip-secrets", "--config", example]).env_remove("RUNBLOB_TOKEN").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning: environment variable RUNBLOB_TOKEN"));
+    let out = Command::new(BIN).args(["keygen", "--webhook-secret"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(tollgate::webhooks::sign::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim()).is_ok(), "{text}");
 
     let out = Command::new(BIN).arg("keygen").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();

@@ -63,8 +63,12 @@ fn unknown_keys_anywhere_are_errors_and_all_are_reported() {
 
 #[test]
 fn type_errors_name_their_section() {
-    let p = problems(&format!("[server]\nmax_body_bytes = \"big\"\n{}", minimal()));
-    assert!(p[0].starts_with("[server]"), "{p:?}");
+    // Each bad key is named, and one bad key does not hide the others.
+    let p = problems(&format!("[server]\nmax_body_bytes = \"big\"\nmax_connections = \"many\"\nlisten = 7\n{}", minimal()));
+    assert!(p.iter().any(|x| x.starts_with("server.max_body_bytes:")), "{p:?}");
+    assert!(p.iter().any(|x| x.starts_with("server.max_connections:")), "{p:?}");
+    assert!(p.iter().any(|x| x.starts_with("server.listen:")), "{p:?}");
+    assert_eq!(p.len(), 3, "{p:?}");
 }
 
 #[test]
@@ -146,8 +150,25 @@ fn base_url_must_be_http() {
 #[test]
 fn error_is_one_line_and_secrets_never_print() {
     let err = Config::from_toml("x = 1\ny = 2", &env()).unwrap_err().to_string();
-    assert!(!err.contains('\n'), "{err}");
+    // A header line, then one line per problem.
+    assert!(err.starts_with("invalid config ("), "{err}");
+    assert!(err.lines().skip(1).all(|l| l.starts_with("  - ")), "{err}");
+    assert!(err.lines().count() >= 3, "{err}");
     let c = Config::from_toml(&minimal(), &env()).unwrap();
     assert!(!format!("{c:?}").contains("rb-secret"));
     assert_eq!(redact_url("redis://:pw@host:6379"), "redis://***@host:6379");
+}
+
+#[test]
+fn toml_syntax_errors_give_line_and_column() {
+    let p = problems("[server]\nlisten = \"127.0.0.1:1\"\nbroken = = 1\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("TOML syntax at line 3, column"), "{p:?}");
+}
+
+#[test]
+fn a_budget_may_be_a_number() {
+    let text = minimal().replace("[[tenants]]", "[[tenants]]\nmonthly_budget = 50");
+    let c = Config::from_toml(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.tenants.tenants()[0].monthly_budget, Some(Usd::parse("50").unwrap()));
 }

@@ -395,6 +395,25 @@ impl LedgerState {
         t
     }
 
+    /// Refunds of every tenant in `month`.
+    pub fn refunded_by_tenant(&self, month: &str) -> Vec<(Arc<str>, Usd)> {
+        self.refunded.iter().filter(|((_, m), _)| m == month).map(|((t, _), s)| (t.clone(), *s)).collect()
+    }
+
+    /// Open and unknown amounts per tenant for holds taken in `month`.
+    pub fn held_by_tenant(&self, month: &str) -> Vec<(Arc<str>, Usd, Usd)> {
+        let mut m: HashMap<Arc<str>, (Usd, Usd)> = HashMap::new();
+        for e in self.entries.values().filter(|e| e.intent.month == month) {
+            let slot = m.entry(e.tenant.clone()).or_default();
+            match e.state {
+                EntryState::Open { .. } => slot.0 += e.amount,
+                EntryState::Unknown => slot.1 += e.amount,
+                EntryState::Debit(_) => {}
+            }
+        }
+        m.into_iter().map(|(t, (h, u))| (t, h, u)).collect()
+    }
+
     /// Spend of every tenant in `month` (metrics).
     pub fn spend_by_tenant(&self, month: &str) -> Vec<(Arc<str>, Usd)> {
         self.spend.iter().filter(|((_, m), _)| m == month).map(|((t, _), s)| (t.clone(), *s)).collect()

@@ -816,6 +816,67 @@ impl Store for EmbeddedStore {
         Ok(s.unwrap_or_default())
     }
 
+    async fn month_totals(&self, month: &str) -> Result<HashMap<String, crate::usage::MonthTotals>, StoreError> {
+        let inner = self.lock();
+        let mut out: HashMap<String, crate::usage::MonthTotals> = HashMap::new();
+        for (t, s) in inner.ledger.spend_by_tenant(month) {
+            out.entry(t.to_string()).or_default().spent = s;
+        }
+        for (t, r) in inner.ledger.refunded_by_tenant(month) {
+            out.entry(t.to_string()).or_default().refunded = r;
+        }
+        for (t, h, u) in inner.ledger.held_by_tenant(month) {
+            let e = out.entry(t.to_string()).or_default();
+            e.held = h;
+            e.unknown = u;
+        }
+        Ok(out)
+    }
+
+    async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError> {
+        if self.db.is_none() {
+            let inner = self.lock();
+            let mut v: Vec<GenerationRecord> = inner
+                .generations
+                .values()
+                .filter(|r| month_of(r.created_ms.max(0) as u64) == month && tenant.is_none_or(|t| &*r.tenant == t))
+                .cloned()
+                .collect();
+            v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.id.cmp(&b.id)));
+            return Ok(v);
+        }
+        let (month, tenant) = (month.to_string(), tenant.map(str::to_string));
+        let rows = self
+            .with_db(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, tenant, family, price_micros, created_ms, status FROM generations
+                     WHERE month = ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY created_ms, id",
+                )?;
+                let rows = stmt.query_map(params![month, tenant], row_to_record)?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
+    }
+
+    async fn outbox_dead_by_tenant(&self) -> Result<HashMap<String, u64>, StoreError> {
+        if self.db.is_none() {
+            let mut out = HashMap::new();
+            for q in self.lock().outbox.values().filter(|q| q.dead) {
+                *out.entry(q.m.tenant.to_string()).or_default() += 1;
+            }
+            return Ok(out);
+        }
+        let rows = self
+            .with_db(|c| {
+                let mut stmt = c.prepare_cached("SELECT tenant, COUNT(*) FROM outbox WHERE dead = 1 GROUP BY tenant")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+                rows.collect::<Result<HashMap<_, _>, _>>()
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
+    }
+
     async fn reconciler_lease(&self, _owner: &str, _ttl_ms: u64) -> Result<bool, StoreError> {
         // One process owns this store.
         Ok(true)

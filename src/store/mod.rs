@@ -269,6 +269,13 @@ pub trait Store: Send + Sync + 'static {
     /// Figures for metrics.
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
+    /// Each tenant's money in `month` (spent, refunded, held, unknown), for usage reports.
+    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::usage::MonthTotals>, StoreError>;
+    /// The month's generations (of one tenant, or all), oldest first.
+    async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError>;
+    /// Dead-letter webhook deliveries per tenant.
+    async fn outbox_dead_by_tenant(&self) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+
     /// Takes or renews the reconciler's lease for `owner`; `true` while `owner` holds it.
     async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
 

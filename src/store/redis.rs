@@ -80,6 +80,7 @@ local function record_gen(p, gid, tenant, family, price, created, status, month)
   if redis.call('EXISTS', k) == 1 then return false end
   redis.call('HSET', k, 'tenant', tenant, 'family', family, 'price', price, 'created_ms', created, 'status', status, 'month', month)
   redis.call('ZADD', p .. ':gens:' .. tenant .. ':' .. family, created, gid)
+  redis.call('ZADD', p .. ':month:' .. month, created, gid)
   if status ~= 'completed' and status ~= 'failed' then redis.call('ZADD', p .. ':unfinished', created, gid) end
   return true
 end
@@ -787,6 +788,54 @@ impl Store for RedisStore {
             };
         }
         Ok(OutboxStats { pending: ids.len() as u64, oldest_pending_ms: oldest, dead: dead_n })
+    }
+
+    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::usage::MonthTotals>, StoreError> {
+        let (sk, rk, hk) = (self.key(&format!("spend:{month}")), self.key(&format!("refunded:{month}")), self.key("holds"));
+        let (spend, refunded, holds): (std::collections::HashMap<String, i64>, std::collections::HashMap<String, i64>, Vec<String>) =
+            self.run(|mut c| async move { ::redis::pipe().hgetall(sk).hgetall(rk).hvals(hk).query_async(&mut c).await }).await?;
+        let mut out: std::collections::HashMap<String, crate::usage::MonthTotals> = std::collections::HashMap::new();
+        for (t, v) in spend {
+            out.entry(t).or_default().spent = Usd::from_micros(v);
+        }
+        for (t, v) in refunded {
+            out.entry(t).or_default().refunded = Usd::from_micros(v);
+        }
+        for e in holds.iter().filter_map(|j| serde_json::from_str::<RedisEntry>(j).ok()).filter(|e| e.m == month) {
+            let slot = out.entry(e.t.clone()).or_default();
+            match e.st.as_str() {
+                "o" => slot.held += Usd::from_micros(e.a),
+                "u" => slot.unknown += Usd::from_micros(e.a),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError> {
+        let key = self.key(&format!("month:{month}"));
+        let ids: Vec<String> = self.run(|mut c| async move { c.zrange(key, 0, -1).await }).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.generation(&id).await?.filter(|r| tenant.is_none_or(|t| &*r.tenant == t)) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn outbox_dead_by_tenant(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let dead = self.key("ob:dead");
+        let ids: Vec<String> = self.run(|mut c| async move { c.zrange(dead, 0, -1).await }).await?;
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            let k = self.key(&format!("ob:{id}"));
+            let t: Option<String> = self.run(|mut c| async move { c.hget(k, "tenant").await }).await?;
+            if let Some(t) = t {
+                *out.entry(t).or_default() += 1;
+            }
+        }
+        Ok(out)
     }
 
     async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError> {
