@@ -17,6 +17,7 @@ async fn the_platform_token_quoted_in_an_error_never_reaches_the_tenant() {
     let mut f = platform.fault(FaultKind::Status);
     f.status = Some(400);
     f.body = Some(format!(r#"{{"detail":"Bad header Authorization: Bearer {TOKEN} (token {TOKEN} unknown)"}}"#));
+    f.path_prefix = Some("/v1/sora/generate".into());
     platform.inject(f);
     let r = post(&client(), &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
     assert_eq!(r.status, 400);
