@@ -183,7 +183,7 @@ async fn idempotent_gets_are_retried_but_paid_posts_never() {
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
     let id = create(&c, &gw, KEY_A).await;
-    let before = platform.requests().len();
+    let before = platform.forwarded().len();
     // One 503 then success: the tenant never sees the blip.
     let mut f = platform.fault(FaultKind::Status);
     f.status = Some(503);
@@ -191,7 +191,7 @@ async fn idempotent_gets_are_retried_but_paid_posts_never() {
     platform.inject(f);
     let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_A)).await;
     assert_eq!(r.status, 200);
-    assert_eq!(platform.requests().len() - before, 2, "one retry");
+    assert_eq!(platform.forwarded().len() - before, 2, "one retry");
     // The same blip on a paid POST is passed on, not retried.
     let mut f = platform.fault(FaultKind::Status);
     f.status = Some(503);
@@ -220,11 +220,11 @@ async fn circuit_opens_when_the_platform_is_down_and_recovers_by_itself() {
         assert_eq!(get(&c, &url, Some(KEY_A)).await.status, 503);
     }
     // Open: fails fast without touching the platform.
-    let seen = platform.requests().len();
+    let seen = platform.forwarded().len();
     let r = get(&c, &url, Some(KEY_A)).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Upstream unavailable (circuit open)"));
     assert_eq!(r.headers["retry-after"], "1");
-    assert_eq!(platform.requests().len(), seen);
+    assert_eq!(platform.forwarded().len(), seen);
     let metrics = get(&c, &gw.admin_url("/metrics"), None).await;
     assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_circuit_open 1"));
     // After the open period a probe goes through and closes it.

@@ -247,6 +247,9 @@ async fn a_stale_balance_fetch_never_overwrites_a_newer_one_across_replicas() {
     let replica_a = TestGateway::start(&text).await;
     let replica_b = TestGateway::start(&text).await;
     let c = client();
+    // (Both replicas fetched the balance at start; let that snapshot go stale.)
+    eventually(Duration::from_secs(5), || platform.balance_calls() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     // Replica A starts a balance fetch that the platform answers slowly (it will say 0.84) …
     platform.delay("/v1/data/balance", 1500, 1);
     let slow = {

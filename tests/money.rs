@@ -144,7 +144,7 @@ async fn foreign_generations_are_404_without_asking_the_platform() {
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
     let id = create(&c, &gw, KEY_A).await;
-    let before = platform.requests().len();
+    let before = platform.forwarded().len();
     for path in [format!("/v1/sora/generations/{id}/"), format!("/v1/sora/generations/{id}"), format!("/v1/veo/generations/{id}")] {
         let r = get(&c, &gw.url(&path), Some(KEY_B)).await;
         assert_eq!((r.status.as_u16(), r.detail().as_str()), (404, "Generation not found"), "{path}");
@@ -153,7 +153,7 @@ async fn foreign_generations_are_404_without_asking_the_platform() {
     let r = get(&c, &gw.url("/v1/sora/generations/00000000-0000-0000-0000-000000000000/"), Some(KEY_A)).await;
     assert_eq!(r.detail(), "Generation not found");
     assert_eq!(get(&c, &gw.url(&format!("/v1/veo/generations/{id}")), Some(KEY_A)).await.status, 404);
-    assert_eq!(platform.requests().len(), before, "the platform was never asked");
+    assert_eq!(platform.forwarded().len(), before, "the platform was never asked");
     assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_A)).await.status, 200);
     gw.shutdown().await;
 }

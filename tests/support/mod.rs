@@ -73,6 +73,11 @@ impl Platform {
         self.mock.recorded()
     }
 
+    /// Requests other than the gateway's own background balance refreshes.
+    pub fn forwarded(&self) -> Vec<Recorded> {
+        self.requests().into_iter().filter(|r| r.path != "/v1/data/balance").collect()
+    }
+
     pub fn requests_to(&self, path_prefix: &str) -> Vec<Recorded> {
         self.requests().into_iter().filter(|r| r.path.starts_with(path_prefix)).collect()
     }
