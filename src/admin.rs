@@ -66,7 +66,10 @@ impl Admin {
                     return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
                 }
                 match self.gateway.reload() {
-                    Ok(n) => body::json(StatusCode::OK, serde_json::json!({ "status": "reloaded", "tenants": n }).to_string()),
+                    Ok(r) => body::json(
+                        StatusCode::OK,
+                        serde_json::json!({ "status": "reloaded", "tenants": r.tenants, "restart_required": r.restart_required }).to_string(),
+                    ),
                     Err(e) => body::detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("Config refused, previous config still serving: {e}")),
                 }
             }

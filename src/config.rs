@@ -768,6 +768,40 @@ impl Config {
         })
     }
 
+    /// Settings a reload cannot change (listeners, store, upstream, connection and body limits,
+    /// webhooks): name → value, compared across reloads to say what still needs a restart.
+    pub fn restart_only(&self) -> Vec<(&'static str, String)> {
+        let s = &self.server;
+        let u = &self.upstream;
+        vec![
+            ("server.listen", s.listen.to_string()),
+            ("server.admin_listen", s.admin_listen.to_string()),
+            (
+                "server (timeouts and limits)",
+                format!(
+                    "{} {:?} {:?} {:?} {:?} {} {} {} {} {}",
+                    s.max_body_bytes,
+                    s.request_timeout,
+                    s.header_read_timeout,
+                    s.idle_timeout,
+                    s.shutdown_grace,
+                    s.max_connections,
+                    s.max_buffered_body_bytes,
+                    s.max_buffered_body_bytes_per_tenant,
+                    s.max_uploads_per_tenant,
+                    s.min_upload_bytes_per_sec
+                ),
+            ),
+            ("store", format!("{:?}", self.store)),
+            (
+                "upstream",
+                format!("{} {:?} {:?} {} {:?} {} {:?} {}", u.base_url, u.connect_timeout, u.timeout, u.get_retries, u.status_cache, u.circuit_failure_threshold, u.circuit_open, u.token.expose().len()),
+            ),
+            ("webhooks", format!("{:?}", self.webhooks)),
+            ("reconcile", format!("{:?}", self.reconcile)),
+        ]
+    }
+
     /// A human summary for `check-config`.
     pub fn summary(&self) -> String {
         let mut out = String::new();

@@ -36,6 +36,15 @@ use crate::status_cache::StatusCache;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Tenants now configured.
+    pub tenants: usize,
+    /// Changed settings that only a restart applies.
+    pub restart_required: Vec<&'static str>,
+}
+
 /// Re-reads the config (from its file) for a hot reload.
 pub type ReloadSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
@@ -70,6 +79,8 @@ pub struct Gateway {
     pub(crate) relay: Option<Arc<crate::webhooks::Relay>>,
     pub(crate) uploads: crate::upload::Uploads,
     reload_source: Option<ReloadSource>,
+    /// The restart-only settings this process started with.
+    started_with: Vec<(&'static str, String)>,
     auth_failures: crate::limits::AuthFailures,
 }
 
@@ -163,6 +174,7 @@ impl Gateway {
                 config.server.min_upload_bytes_per_sec,
             ),
             reload_source,
+            started_with: config.restart_only(),
             auth_failures: crate::limits::AuthFailures::new(),
         })
     }
@@ -205,7 +217,7 @@ impl Gateway {
 
     /// Re-reads the config source and applies it; a bad config is refused and the old one keeps
     /// serving.
-    pub fn reload(&self) -> Result<usize, String> {
+    pub fn reload(&self) -> Result<Reloaded, String> {
         let Some(source) = &self.reload_source else {
             return Err("this gateway has no config file to reload".into());
         };
@@ -213,9 +225,15 @@ impl Gateway {
             Ok(config) => {
                 self.apply(&config);
                 self.metrics.reload(true);
-                let n = config.tenants.tenants().len();
-                tracing::info!(tenants = n, "config reloaded");
-                Ok(n)
+                let tenants = config.tenants.tenants().len();
+                let restart_required: Vec<&'static str> =
+                    config.restart_only().into_iter().zip(&self.started_with).filter(|(new, old)| new.1 != old.1).map(|(new, _)| new.0).collect();
+                if restart_required.is_empty() {
+                    tracing::info!(tenants, "config reloaded");
+                } else {
+                    tracing::warn!(tenants, restart_required = %restart_required.join(", "), "config reloaded; changes to these settings take effect only after a restart");
+                }
+                Ok(Reloaded { tenants, restart_required })
             }
             Err(e) => {
                 self.metrics.reload(false);

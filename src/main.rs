@@ -93,6 +93,12 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Exit 0 when the admin /readyz answers 200 (container health checks without a shell).
+    Healthcheck {
+        /// The readiness URL.
+        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+    },
     /// Print a new random tenant key and the config line for it.
     Keygen {
         /// Print a Standard Webhooks signing secret (`whsec_…`) for a tenant instead.
@@ -262,6 +268,30 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
     Ok(ExitCode::SUCCESS)
 }
 
+async fn healthcheck(url: &str) -> ExitCode {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        eprintln!("tollgate healthcheck: bad --url {url:?}");
+        return ExitCode::from(2);
+    };
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri)).await {
+        Ok(Ok(rsp)) if rsp.status() == http::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(Ok(rsp)) => {
+            eprintln!("tollgate healthcheck: {url} answered {}", rsp.status());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("tollgate healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("tollgate healthcheck: {url}: no answer within 3 s");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn keygen(webhook_secret: bool) -> ExitCode {
     if webhook_secret {
         let secret = tollgate::webhooks::sign::new_secret();
@@ -299,6 +329,7 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig { config, skip_secrets } => Ok(check_config(&config, skip_secrets)),
         Command::Keygen { webhook_secret } => Ok(keygen(webhook_secret)),
+        Command::Healthcheck { url } => Ok(healthcheck(&url).await),
         Command::Usage { config, month, tenant, format } => usage(&config, month, tenant, &format).await,
     };
     match result {

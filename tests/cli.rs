@@ -159,6 +159,22 @@ async fn usage_reads_the_store_offline() {
     drop(gw);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_healthcheck_command_passes_against_a_live_gateway() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let gw = Proc::spawn(&config_text(platform.addr, "", &default_tenants()), &dir, &[]);
+    // The command deploy/docker-compose.yml runs, under /bin/sh -c as Docker would with a shell.
+    let compose = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/docker-compose.yml")).unwrap();
+    assert!(compose.contains(r#""/usr/local/bin/tollgate", "healthcheck", "--url", "http://127.0.0.1:9090/readyz""#));
+    let cmd = format!("{BIN} healthcheck --url http://{}/readyz", gw.admin);
+    let ok = Command::new("/bin/sh").args(["-c", &cmd]).status().unwrap();
+    assert!(ok.success());
+    let down = Command::new("/bin/sh").args(["-c", &format!("{BIN} healthcheck --url http://{}/readyz", dead_addr().await)]).status().unwrap();
+    assert!(!down.success());
+    drop(gw);
+}
+
 #[test]
 fn check_config_and_keygen() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");
@@ -243,10 +259,16 @@ async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["tenants"], 1);
+    assert_eq!(r.json()["restart_required"], serde_json::json!([]));
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 401);
+    // A change a reload cannot apply is named in the answer and the log.
+    std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None)).replace("timeout_secs = 2", "timeout_secs = 3")).unwrap();
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    assert_eq!(r.json()["restart_required"], serde_json::json!(["upstream"]));
+    eventually(Duration::from_secs(2), || gw.lines.lock().unwrap().iter().any(|l| l.contains("take effect only after a restart") && l.contains("upstream"))).await;
     let metrics = get(&c, &format!("http://{}/metrics", gw.admin), None).await;
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("tollgate_config_reloads_total{result=\"ok\"} 2"), "{text}");
+    assert!(text.contains("tollgate_config_reloads_total{result=\"ok\"} 3"), "{text}");
     assert!(text.contains("tollgate_config_reloads_total{result=\"refused\"} 1"), "{text}");
 }
 
