@@ -123,6 +123,11 @@ fn sane_request_id(v: &HeaderValue) -> Option<String> {
     ok.then(|| s.to_string())
 }
 
+/// Milliseconds with microsecond precision (no `0.13026300000000002` in logs).
+fn round_ms(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
 fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid().to_string()
 }
@@ -348,9 +353,9 @@ impl Gateway {
             route: ctx.route,
             status,
             outcome: ctx.outcome,
-            latency_ms: latency.as_secs_f64() * 1000.0,
+            latency_ms: round_ms(latency),
             upstream_status: ctx.upstream_status,
-            upstream_latency_ms: ctx.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+            upstream_latency_ms: ctx.upstream_latency.map(round_ms),
             price: ctx.price.map(|p| p.to_string()),
             request_bytes: ctx.request_bytes,
             image_bytes: ctx.image_bytes,

@@ -175,6 +175,23 @@ async fn the_compose_healthcheck_command_passes_against_a_live_gateway() {
     drop(gw);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_failures_are_logged_with_their_cause() {
+    let dead = dead_addr().await;
+    let dir = temp_dir();
+    let config = config_text(dead, "", &default_tenants()).replace("circuit_failure_threshold = 1000", "circuit_failure_threshold = 2");
+    let gw = Proc::spawn(&config, &dir, &[]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 503);
+    }
+    let logged = |needle: &str| gw.lines.lock().unwrap().iter().any(|l| l.contains(needle));
+    eventually(Duration::from_secs(3), || logged(r#""cause":"unreachable""#) && logged("upstream circuit opened")).await;
+    // Rate-limited: an outage does not write a line per request.
+    let failures = gw.lines.lock().unwrap().iter().filter(|l| l.contains("platform call failed")).count();
+    assert!(failures <= 2, "{failures} failure lines");
+}
+
 #[test]
 fn check_config_and_keygen() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");

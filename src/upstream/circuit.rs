@@ -78,12 +78,23 @@ impl CircuitBreaker {
     fn record_at(&self, success: bool, probe: bool, now: Instant) {
         let mut inner = self.lock();
         if success {
+            if inner.state != State::Closed {
+                tracing::info!(cause = "platform_recovered", "upstream circuit closed: the platform answers again");
+            }
             inner.failures = 0;
             inner.state = State::Closed;
             return;
         }
         inner.failures = inner.failures.saturating_add(1);
         if probe || inner.failures >= self.threshold {
+            if !matches!(inner.state, State::Open(_)) {
+                tracing::warn!(
+                    cause = if probe { "probe_failed" } else { "consecutive_failures" },
+                    failures = inner.failures,
+                    open_secs = self.open_for.as_secs(),
+                    "upstream circuit opened: failing fast (503) until the next probe"
+                );
+            }
             inner.state = State::Open(now + self.open_for);
         }
     }

@@ -99,6 +99,10 @@ pub struct Upstream {
     circuit: CircuitBreaker,
     requests: AtomicU64,
     retries: AtomicU64,
+    /// Unix ms of the last failure logged, so an outage writes a line a second, not one per
+    /// request.
+    last_failure_log: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
@@ -145,6 +149,8 @@ impl Upstream {
             circuit: CircuitBreaker::new(cfg.circuit_failure_threshold, cfg.circuit_open),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            last_failure_log: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
         }
     }
 
@@ -208,6 +214,31 @@ impl Upstream {
         }
     }
 
+    /// Logs why the platform failed, at most once a second (with how many were not logged).
+    fn log_failure(&self, path: &str, result: &Result<UpstreamResponse, UpstreamError>) {
+        let (cause, detail, status) = match result {
+            Ok(r) if matches!(r.status.as_u16(), 401 | 403) => ("token_rejected", "the platform rejected the gateway's token".to_string(), Some(r.status.as_u16())),
+            Ok(r) if matches!(r.status.as_u16(), 502..=504) => ("platform_unavailable", format!("the platform answered {}", r.status), Some(r.status.as_u16())),
+            Ok(_) => return,
+            Err(UpstreamError::Connect(m)) => ("unreachable", m.clone(), None),
+            Err(UpstreamError::Timeout) => ("timeout", format!("no answer within {:?}", self.timeout), None),
+            Err(UpstreamError::Broken(m)) => ("broken_connection", m.clone(), None),
+            Err(UpstreamError::CircuitOpen { .. }) => return,
+        };
+        let now = crate::store::now_ms();
+        let last = self.last_failure_log.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000 || self.last_failure_log.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        if cause == "token_rejected" {
+            tracing::error!(cause, status, path, suppressed, "{detail}: check the upstream token (upstream.token_env)");
+        } else {
+            tracing::warn!(cause, status, path, error = %detail, suppressed, "platform call failed");
+        }
+    }
+
     fn retry_allowed(&self) -> bool {
         let seen = self.requests.load(Ordering::Relaxed);
         let budget = RETRY_BUDGET_FLOOR + seen * RETRY_RATIO_PERCENT / 100;
@@ -248,6 +279,7 @@ impl Upstream {
                 Err(_) => true,
             };
             permit.record(!failed);
+            self.log_failure(path_and_query, &result);
             let retryable = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 // A timed-out platform is overloaded or stuck: asking again only adds load.
