@@ -14,6 +14,7 @@ use crate::gateway::Gateway;
 pub struct Admin {
     gateway: Arc<Gateway>,
     token: Option<Secret>,
+    token_env: String,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -24,8 +25,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Admin {
     /// `token` guards `/admin/*`; without one those endpoints refuse everything.
-    pub fn new(gateway: Arc<Gateway>, token: Option<Secret>) -> Arc<Admin> {
-        Arc::new(Admin { gateway, token })
+    pub fn new(gateway: Arc<Gateway>, token: Option<Secret>, token_env: String) -> Arc<Admin> {
+        Arc::new(Admin { gateway, token, token_env })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -55,12 +56,12 @@ impl Admin {
                 self.gateway.metrics().set_budgets(runtime.tenants.tenants().iter().filter_map(|t| t.monthly_budget.map(|b| (t.id.clone(), b))));
                 let text = self.gateway.metrics().render(&**self.gateway.store(), self.gateway.upstream().circuit_state()).await;
                 let mut rsp = body::json(StatusCode::OK, text);
-                rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
                 rsp
             }
             (&Method::POST, "/admin/reload") => {
                 if self.token.is_none() {
-                    return body::detail(StatusCode::FORBIDDEN, "Admin API disabled: set the admin token environment variable");
+                    return body::detail(StatusCode::FORBIDDEN, &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env));
                 }
                 if !self.authorized(&req) {
                     return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
@@ -75,7 +76,7 @@ impl Admin {
             }
             (&Method::GET, "/admin/usage") => {
                 if self.token.is_none() {
-                    return body::detail(StatusCode::FORBIDDEN, "Admin API disabled: set the admin token environment variable");
+                    return body::detail(StatusCode::FORBIDDEN, &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env));
                 }
                 if !self.authorized(&req) {
                     return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
@@ -103,7 +104,7 @@ impl Admin {
             }
             (&Method::POST, "/admin/webhooks/redeliver") => {
                 if self.token.is_none() {
-                    return body::detail(StatusCode::FORBIDDEN, "Admin API disabled: set the admin token environment variable");
+                    return body::detail(StatusCode::FORBIDDEN, &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env));
                 }
                 if !self.authorized(&req) {
                     return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");

@@ -285,6 +285,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Token for `/admin/*`; admin endpoints refuse everything when unset.
     pub admin_token: Option<Secret>,
+    /// The variable it comes from (named in the admin API's 403).
+    pub admin_token_env: String,
 }
 
 /// `[upstream]`.
@@ -590,6 +592,7 @@ impl Config {
             min_upload_bytes_per_sec: s.min_upload_bytes_per_sec.unwrap_or(DEFAULT_MIN_UPLOAD_BYTES_PER_SEC),
             idle_timeout: Duration::from_secs(positive(s.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "server.idle_timeout_secs", p)),
             admin_token: env.var(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
+            admin_token_env: token_env.clone(),
         };
         // A quarter of the total by default: one tenant's stalled uploads never fill it.
         let per_tenant = s.max_buffered_body_bytes_per_tenant.unwrap_or(cfg.max_buffered_body_bytes as u64 / 4);

@@ -32,6 +32,17 @@ pub enum GatewayError {
     /// No `Authorization: Bearer` header.
     #[error("Missing credentials")]
     MissingCredentials,
+    /// An `Authorization` header of another scheme.
+    #[error("Missing credentials: use Authorization: Bearer <key>")]
+    WrongScheme,
+    /// The tenant's monthly budget cannot pay; the detail stays the platform-compatible string.
+    #[error("BUDGET_EXCEEDED")]
+    BudgetExceeded {
+        /// What the budget still allows.
+        remaining: String,
+        /// When the month (and the budget) resets.
+        resets_at: String,
+    },
     /// A key no tenant owns.
     #[error("Invalid credentials")]
     InvalidCredentials,
@@ -51,7 +62,7 @@ pub enum GatewayError {
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     /// A tenant quota ran out.
-    #[error("Rate limit exceeded")]
+    #[error("Rate limit exceeded: {} for this key", match .0.kind { crate::policy::rate_limit::LimitKind::Requests => "requests per second", crate::policy::rate_limit::LimitKind::Generations => "paid generations per minute" })]
     RateLimited(#[from] RateLimited),
     /// Body over `max_body_bytes`.
     #[error("Request body exceeds the {limit}-byte limit")]
@@ -121,7 +132,8 @@ impl GatewayError {
         match self {
             NotFound | GenerationNotFound | FamilyNotEnabled { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            MissingCredentials | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy => StatusCode::TOO_MANY_REQUESTS,
             UploadTooSlow => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -143,7 +155,8 @@ impl GatewayError {
         match self {
             NotFound | MethodNotAllowed { .. } => "not_found",
             GenerationNotFound | FamilyNotEnabled { .. } => "not_found",
-            MissingCredentials | InvalidCredentials => "unauthorized",
+            MissingCredentials | WrongScheme | InvalidCredentials => "unauthorized",
+            BudgetExceeded { .. } => "budget_exceeded",
             RateLimited(_) => "rate_limited",
             AuthThrottled { .. } => "auth_throttled",
             TenantUploadsBusy => "overloaded",
@@ -189,8 +202,15 @@ impl GatewayError {
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         match &self {
-            GatewayError::RateLimited(r) => set_rate_limit_headers(h, &r.quotas),
-            GatewayError::MissingCredentials | GatewayError::InvalidCredentials => {
+            // The limiter that decided: its reset is when the next request passes.
+            GatewayError::RateLimited(r) => set_rate_limit_headers(h, &Quotas { reset_secs: r.retry_after_secs, ..r.quotas }),
+            GatewayError::BudgetExceeded { remaining, resets_at } => {
+                if let (Ok(r), Ok(t)) = (HeaderValue::from_str(remaining), HeaderValue::from_str(resets_at)) {
+                    h.insert("x-budget-remaining", r);
+                    h.insert("x-budget-resets-at", t);
+                }
+            }
+            GatewayError::MissingCredentials | GatewayError::WrongScheme | GatewayError::InvalidCredentials => {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             GatewayError::MethodNotAllowed { allow } => {
@@ -238,7 +258,9 @@ mod tests {
             (GatewayError::MethodNotAllowed { allow: "POST" }, 405, "Method not allowed"),
             (GatewayError::MissingCredentials, 401, "Missing credentials"),
             (GatewayError::InvalidCredentials, 401, "Invalid credentials"),
-            (GatewayError::RateLimited(rl), 429, "Rate limit exceeded"),
+            (GatewayError::RateLimited(rl), 429, "Rate limit exceeded: requests per second for this key"),
+            (GatewayError::WrongScheme, 401, "Missing credentials: use Authorization: Bearer <key>"),
+            (GatewayError::BudgetExceeded { remaining: "0.0100".into(), resets_at: "2026-12-01T00:00:00Z".into() }, 402, "BUDGET_EXCEEDED"),
             (GatewayError::AuthThrottled { retry_after_secs: 3 }, 429, "Too many failed authentication attempts from this address; retry later"),
             (GatewayError::UploadTooSlow, 408, "Request body arrived too slowly"),
             (GatewayError::TenantUploadsBusy, 429, "Too many uploads in progress for this tenant; retry shortly"),
@@ -297,7 +319,7 @@ mod tests {
         assert_eq!(h["retry-after"], "6");
         assert_eq!(h["ratelimit-limit"], "10");
         assert_eq!(h["ratelimit-remaining"], "0");
-        assert_eq!(h["ratelimit-reset"], "60");
+        assert_eq!(h["ratelimit-reset"], "6", "Retry-After and RateLimit-Reset agree");
     }
 
     #[tokio::test]

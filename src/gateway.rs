@@ -410,7 +410,8 @@ impl Gateway {
     /// A valid key is never slowed down; a client address that keeps presenting unknown keys
     /// is answered 429 for a while (`auth_failures`).
     fn authenticate(&self, runtime: &Runtime, headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> Result<Arc<Tenant>, GatewayError> {
-        let found = bearer(headers).ok_or(GatewayError::MissingCredentials).and_then(|key| runtime.tenants.lookup(key).cloned().ok_or(GatewayError::InvalidCredentials));
+        let missing = if headers.contains_key(AUTHORIZATION) { GatewayError::WrongScheme } else { GatewayError::MissingCredentials };
+        let found = bearer(headers).ok_or(missing).and_then(|key| runtime.tenants.lookup(key).cloned().ok_or(GatewayError::InvalidCredentials));
         match (found, peer) {
             (Ok(t), _) => Ok(t),
             (Err(e), Some(ip)) => match self.auth_failures.failed(ip) {

@@ -146,9 +146,6 @@ impl Gateway {
             }
         };
 
-        // 5. Generation rate limit.
-        ctx.quotas = Some(runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await?);
-
         // 6–8. Price, fresh balance, atomic hold against budget and balance.
         let price = runtime
             .pricing
@@ -172,10 +169,15 @@ impl Gateway {
         };
         match self.store.hold(&hold_req).await? {
             HoldOutcome::Held => {}
+            HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => return Err(self.budget_exceeded(tenant).await),
             HoldOutcome::Refused(r) => return Err(r.into()),
             HoldOutcome::NoBalance => return Err(GatewayError::Internal("no balance cached after a successful refresh".into())),
             HoldOutcome::Gone => return Err(GatewayError::Internal("hold id was released before it was taken".into())),
         }
+
+        // 5. Generation rate limit, once the request can be paid for: a 402 does not use a slot.
+        // A refusal drops the hold guard, which releases the hold.
+        ctx.quotas = Some(runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await?);
 
         // 9. Forward (never retried: a POST may have been charged) and settle, in a task of its
         // own: from here on the request runs to its outcome whether or not the client stays.
@@ -199,6 +201,19 @@ impl Gateway {
         }
         ctx.price = Some(out.price);
         out.result
+    }
+
+    /// 402 BUDGET_EXCEEDED with what is left of the budget and when it resets.
+    async fn budget_exceeded(&self, tenant: &Tenant) -> GatewayError {
+        let month = month_of(now_ms());
+        let remaining = match (tenant.monthly_budget, self.store.month_totals(&month).await) {
+            (Some(b), Ok(mut t)) => {
+                let t = t.remove(&*tenant.id).unwrap_or_default();
+                (b - t.spent - t.held - t.unknown).max_zero().to_string()
+            }
+            _ => String::new(),
+        };
+        GatewayError::BudgetExceeded { remaining, resets_at: crate::usage::resets_at(&month).unwrap_or_default() }
     }
 
     /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at

@@ -261,8 +261,10 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(get(&c, &gw.admin_url("/healthz"), None).await.status, 200);
     assert_eq!(get(&c, &gw.admin_url("/readyz"), None).await.status, 200);
     let m = get(&c, &gw.admin_url("/metrics"), None).await;
-    assert!(m.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    // The body is OpenMetrics text (it ends with `# EOF`), and says so.
+    assert_eq!(m.headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
     let text = String::from_utf8_lossy(&m.body);
+    assert!(text.trim_end().ends_with("# EOF"));
     for want in [
         r#"tollgate_requests_total{tenant="a",route="/v1/sora/generate",status="201",outcome="forwarded"} 1"#,
         "tollgate_upstream_duration_seconds_count{route=\"/v1/sora/generate\"} 1",

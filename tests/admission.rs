@@ -25,11 +25,11 @@ async fn request_rate_limit_is_per_tenant_with_headers() {
         assert!(r.headers.contains_key("ratelimit-reset"));
     }
     let r = get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await;
-    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Rate limit exceeded"));
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Rate limit exceeded: requests per second for this key"));
     assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(r.headers["ratelimit-limit"], "3");
     assert_eq!(r.headers["ratelimit-remaining"], "0");
-    assert_eq!(r.headers["ratelimit-reset"], "3");
+    assert_eq!(r.headers["ratelimit-reset"], "1", "agrees with Retry-After");
     // Tenant a's flood does not touch tenant b.
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 200);
     let lines = gw.log_lines();
@@ -46,7 +46,7 @@ async fn generation_rate_limit_applies_to_paid_requests_only() {
     create(&c, &gw, KEY_A).await;
     create(&c, &gw, KEY_A).await;
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
-    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Rate limit exceeded"));
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Rate limit exceeded: paid generations per minute for this key"));
     assert_eq!(r.headers["retry-after"], "30");
     assert_eq!(r.headers["ratelimit-limit"], "2");
     assert_eq!(platform.generate_calls(), 2);

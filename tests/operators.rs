@@ -88,3 +88,31 @@ async fn a_family_without_a_price_is_not_offered_and_never_a_500() {
     assert_eq!(platform.generate_calls(), 0);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn refusals_say_what_to_do() {
+    let platform = Platform::start().await;
+    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.20")), tenant("b", KEY_B, 1000, 1000, 1, None));
+    let gw = TestGateway::start(&config_text(platform.addr, "", &tenants).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 200")).await;
+    let c = client();
+    create(&c, &gw, KEY_A).await;
+    // The budget's detail stays the platform's string; headers say what is left and when it resets.
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (402, "BUDGET_EXCEEDED"));
+    assert_eq!(r.headers["x-budget-remaining"], "0.0800");
+    assert!(r.headers["x-budget-resets-at"].to_str().unwrap().ends_with("-01T00:00:00Z"));
+    // Another scheme than Bearer is named.
+    let mut req = request(http::Method::GET, &gw.url("/v1/data/balance"), None, "");
+    req.headers_mut().insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+    assert_eq!(send(&c, req).await.detail(), "Missing credentials: use Authorization: Bearer <key>");
+    // A 402 does not use up a generation slot (b may make 1 a minute).
+    platform.mock.set_balance(usd("0"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await;
+    assert_eq!(r.detail(), "INSUFFICIENT_CREDITS");
+    platform.mock.set_balance(usd("10"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await.status, 201);
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await.status, 429);
+    gw.shutdown().await;
+}
