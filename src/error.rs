@@ -82,6 +82,9 @@ pub enum GatewayError {
     /// Budget or balance cannot pay.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// `/v1/{family}/…` with a family the platform does not have.
+    #[error("Unknown model family {0:?}; the families are: {1}")]
+    UnknownFamily(String, String),
     /// Unknown generation, or another tenant's.
     #[error("Generation not found")]
     GenerationNotFound,
@@ -130,7 +133,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            NotFound | GenerationNotFound | FamilyNotEnabled { .. } => StatusCode::NOT_FOUND,
+            NotFound | GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
@@ -154,7 +157,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             NotFound | MethodNotAllowed { .. } => "not_found",
-            GenerationNotFound | FamilyNotEnabled { .. } => "not_found",
+            GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => "not_found",
             MissingCredentials | WrongScheme | InvalidCredentials => "unauthorized",
             BudgetExceeded { .. } => "budget_exceeded",
             RateLimited(_) => "rate_limited",

@@ -116,6 +116,8 @@ fn init_logging() -> (AccessLog, LogGuards) {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
         .json()
+        // Flat fields and `timestamp`, like the access lines: one shape for every line.
+        .flatten_event(true)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(writer)
         .with_current_span(false)

@@ -96,10 +96,17 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
     } else if rest == "gateway/usage" {
         (Route::Usage, "GET")
     } else {
-        let (family, tail) = Family::ALL
-            .iter()
-            .find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
-            .ok_or(GatewayError::NotFound)?;
+        let Some((family, tail)) = Family::ALL.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t))) else {
+            // `/v1/<name>/generate` or `/v1/<name>/generations…` with a name that is no family.
+            let mut parts = rest.splitn(2, '/');
+            let (name, tail) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if !name.is_empty() && name.len() <= 40 && (tail == "generate" || tail.starts_with("generations")) {
+                let mut known: Vec<&str> = Family::ALL.iter().map(|f| f.path()).collect();
+                known.sort();
+                return Err(GatewayError::UnknownFamily(name.to_string(), known.join(", ")));
+            }
+            return Err(GatewayError::NotFound);
+        };
         match tail {
             "generate" => (Route::Generate(family), "POST"),
             "generations" | "generations/" => (Route::List(family), "GET"),
@@ -159,8 +166,8 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_404() {
-        for p in ["/", "/v1", "/v1/", "/v2/sora/generate", "/v1/midjourney/generate", "/v1/sora", "/v1/sora/", "/v1/sora/generatex",
-            "/v1/sora/generations/a/b", "/v1/data/balance/", "/v1/data", "/v1/sorax/generate"] {
+        for p in ["/", "/v1", "/v1/", "/v2/sora/generate", "/v1/sora", "/v1/sora/", "/v1/sora/generatex", "/v1/midjourney",
+            "/v1/sora/generations/a/b", "/v1/data/balance/", "/v1/data"] {
             assert!(matches!(resolve(&Method::GET, p), Err(GatewayError::NotFound)), "{p}");
         }
     }

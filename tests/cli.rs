@@ -55,8 +55,8 @@ impl Proc {
         loop {
             let found = lines.lock().unwrap().iter().find_map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["fields"]["message"] == "tollgate serving").then(|| {
-                    (v["fields"]["listen"].as_str().unwrap().parse().unwrap(), v["fields"]["admin"].as_str().unwrap().parse().unwrap())
+                (v["message"] == "tollgate serving").then(|| {
+                    (v["listen"].as_str().unwrap().parse().unwrap(), v["admin"].as_str().unwrap().parse().unwrap())
                 })
             });
             if let Some((addr, admin)) = found {

@@ -74,10 +74,14 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
-    for path in ["/", "/v1/nope", "/v1/midjourney/generate", "/v2/sora/generate", "/metrics"] {
+    for path in ["/", "/v1/nope", "/v2/sora/generate", "/metrics"] {
         let r = get(&c, &gw.url(path), Some(KEY_A)).await;
         assert_eq!((r.status.as_u16(), r.detail().as_str()), (404, "Not found"), "{path}");
     }
+    // An unknown family is named, with the ones that exist.
+    let r = post(&c, &gw.url("/v1/midjourney/generate"), Some(KEY_A), SORA).await;
+    assert_eq!(r.status, 404);
+    assert!(r.detail().starts_with("Unknown model family \"midjourney\"; the families are: chatgpt-images, gemini, kling,"), "{}", r.detail());
     let r = get(&c, &gw.url("/v1/sora/generate"), Some(KEY_A)).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.headers["allow"], "POST");
@@ -206,7 +210,7 @@ async fn one_access_log_line_per_request_without_secrets() {
     let lines = gw.log_lines();
     assert_eq!(lines.len(), 3);
     let first = &lines[0];
-    for k in ["time", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
+    for k in ["timestamp", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
         assert!(first.get(k).is_some(), "missing {k} in {first}");
     }
     assert_eq!(first["tenant"], "a");
