@@ -117,6 +117,27 @@ pub struct Ctx {
 }
 
 
+impl Ctx {
+    /// A request just arrived.
+    fn new(method: http::Method, request_id: String, route: &'static str, outcome: &'static str) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            method,
+            forwarded: Arc::new(AtomicBool::new(false)),
+            request_id,
+            tenant: None,
+            route,
+            outcome,
+            upstream_status: None,
+            upstream_latency: None,
+            price: None,
+            quotas: None,
+            request_bytes: 0,
+            image_bytes: 0,
+        }
+    }
+}
+
 fn sane_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
@@ -142,7 +163,8 @@ fn check_query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
         return Ok(());
     }
     let accepted = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
-    let names: Vec<String> = unknown.iter().map(|k| if k.len() > 40 { format!("{}…", &k[..k.floor_char_boundary(40)]) } else { k.to_string() }).collect();
+    // Long names are cut (on a character boundary) so a detail stays readable.
+    let names: Vec<String> = unknown.iter().map(|k| if k.chars().count() > 40 { format!("{}…", k.chars().take(40).collect::<String>()) } else { k.to_string() }).collect();
     Err(GatewayError::BadRequest(format!("Unsupported query parameter(s): {} (this endpoint accepts: {accepted})", names.join(", "))))
 }
 
@@ -255,22 +277,8 @@ impl Gateway {
         B::Error: std::fmt::Display,
     {
         let request_id = req.headers().get("x-request-id").and_then(sane_request_id).unwrap_or_else(new_request_id);
-        let forwarded = Arc::new(AtomicBool::new(false));
-        let mut ctx = Ctx {
-            started: Instant::now(),
-            method: req.method().clone(),
-            forwarded: forwarded.clone(),
-            request_id,
-            tenant: None,
-            route: routes::UNMATCHED,
-            outcome: "forwarded",
-            upstream_status: None,
-            upstream_latency: None,
-            price: None,
-            quotas: None,
-            request_bytes: 0,
-            image_bytes: 0,
-        };
+        let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
+        let forwarded = ctx.forwarded.clone();
         // The deadline drops the stage future (hold and idempotency guards clean up on drop),
         // except once a paid request was forwarded: then its answer is what the client gets, and
         // the upstream timeout bounds the wait.
@@ -311,21 +319,7 @@ impl Gateway {
     /// A connection refused before any request reached the gateway (no head in time, malformed
     /// head, headers too large, closed at the connection cap): logged and counted like a request.
     pub fn protocol_refusal(&self, r: crate::server::ProtocolRefusal) {
-        let ctx = Ctx {
-            started: Instant::now(),
-            method: http::Method::from_bytes(b"-").unwrap_or(http::Method::GET),
-            forwarded: Arc::new(AtomicBool::new(false)),
-            request_id: new_request_id(),
-            tenant: None,
-            route: "-",
-            outcome: r.outcome,
-            upstream_status: None,
-            upstream_latency: None,
-            price: None,
-            quotas: None,
-            request_bytes: 0,
-            image_bytes: 0,
-        };
+        let ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), new_request_id(), "-", r.outcome);
         tracing::debug!(peer = %r.peer, status = r.status, outcome = r.outcome, "connection refused at the protocol level");
         self.finish(&ctx, r.status);
     }

@@ -68,33 +68,6 @@ impl RateLimits {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::rate_limit::limits;
-    use crate::policy::tenants::key_digest;
-    use crate::store::embedded::EmbeddedStore;
-
-    fn dir(rps: u32) -> TenantDirectory {
-        let t = Tenant { id: "a".into(), limits: limits(rps, 1, 1).unwrap(), monthly_budget: None, webhook_secret: None };
-        TenantDirectory::new(vec![(t, vec![key_digest("k")])]).unwrap()
-    }
-
-    #[tokio::test]
-    async fn reload_keeps_state_of_unchanged_limits() {
-        let store = EmbeddedStore::memory();
-        let d = dir(1);
-        let first = RateLimits::new(&d, None);
-        let tenant = d.tenants()[0].clone();
-        first.check(&store, &tenant, LimitKind::Requests).await.unwrap();
-        let same = RateLimits::new(&d, Some(&first));
-        assert!(same.check(&store, &tenant, LimitKind::Requests).await.is_err(), "burst must not reset on reload");
-        let changed_dir = dir(2);
-        let changed = RateLimits::new(&changed_dir, Some(&first));
-        assert!(changed.check(&store, &changed_dir.tenants()[0], LimitKind::Requests).await.is_ok());
-    }
-}
-
 /// Failed authentications allowed per client address in a burst, then one per second.
 pub const AUTH_FAILURE_BURST: u32 = 10;
 
@@ -129,5 +102,32 @@ impl AuthFailures {
 impl Default for AuthFailures {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rate_limit::limits;
+    use crate::policy::tenants::key_digest;
+    use crate::store::embedded::EmbeddedStore;
+
+    fn dir(rps: u32) -> TenantDirectory {
+        let t = Tenant { id: "a".into(), limits: limits(rps, 1, 1).unwrap(), monthly_budget: None, webhook_secret: None };
+        TenantDirectory::new(vec![(t, vec![key_digest("k")])]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reload_keeps_state_of_unchanged_limits() {
+        let store = EmbeddedStore::memory();
+        let d = dir(1);
+        let first = RateLimits::new(&d, None);
+        let tenant = d.tenants()[0].clone();
+        first.check(&store, &tenant, LimitKind::Requests).await.unwrap();
+        let same = RateLimits::new(&d, Some(&first));
+        assert!(same.check(&store, &tenant, LimitKind::Requests).await.is_err(), "burst must not reset on reload");
+        let changed_dir = dir(2);
+        let changed = RateLimits::new(&changed_dir, Some(&first));
+        assert!(changed.check(&store, &changed_dir.tenants()[0], LimitKind::Requests).await.is_ok());
     }
 }

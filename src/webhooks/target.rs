@@ -70,7 +70,7 @@ impl Policy {
             return Err("must not carry credentials".into());
         }
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
-            if !public(ip) && !(self.allow_http_loopback && ip.is_loopback()) {
+            if !self.allows(ip) {
                 return Err("must not point to a private, loopback or link-local address".into());
             }
         } else if loopback && !self.allow_http_loopback {
