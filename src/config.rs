@@ -168,6 +168,7 @@ struct StoreSection {
     backend: Option<String>,
     path: Option<String>,
     url: Option<String>,
+    password_env: Option<String>,
     timeout_ms: Option<u64>,
     key_prefix: Option<String>,
 }
@@ -536,7 +537,7 @@ impl Config {
 
         let server = Config::server(server, env, &mut p);
         let upstream = Config::upstream(upstream, env, &mut p);
-        let store = Config::store(store, &mut p);
+        let store = Config::store(store, env, &mut p);
         let balance = BalanceConfig {
             cache_ttl: Duration::from_millis(positive(balance.cache_ttl_ms, DEFAULT_BALANCE_TTL_MS, "balance.cache_ttl_ms", &mut p)),
             reserve: match balance.reserve.as_deref().map(Usd::parse) {
@@ -649,13 +650,31 @@ impl Config {
         }
     }
 
-    fn store(s: StoreSection, p: &mut Vec<String>) -> StoreConfig {
+    fn store(s: StoreSection, env: &dyn Env, p: &mut Vec<String>) -> StoreConfig {
         match s.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreConfig::Sqlite { path: PathBuf::from(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
             "memory" => StoreConfig::Memory,
             "redis" => match s.url {
                 Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") => StoreConfig::Redis {
-                    url,
+                    url: match &s.password_env {
+                        None => url,
+                        // The password comes from the environment, never the file.
+                        Some(var) => match env.var(var).filter(|v| !v.is_empty()) {
+                            Some(pw) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                                let (scheme, rest) = url.split_once("://").unwrap_or(("redis", &url));
+                                let enc: String = pw.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+                                format!("{scheme}://:{enc}@{}", rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest))
+                            }
+                            Some(_) => {
+                                p.push("store.password_env needs a redis:// or rediss:// url".into());
+                                url
+                            }
+                            None => {
+                                p.push(format!("secret: environment variable {var} (store.password_env) is not set"));
+                                url
+                            }
+                        },
+                    },
                     timeout: Duration::from_millis(positive(s.timeout_ms, DEFAULT_REDIS_TIMEOUT_MS, "store.timeout_ms", p)),
                     key_prefix: s.key_prefix.unwrap_or_else(|| "tollgate".to_string()),
                 },

@@ -14,7 +14,7 @@ fn deploy(path: &str) -> String {
 }
 
 fn env() -> std::collections::HashMap<String, String> {
-    std::collections::HashMap::from([("RUNBLOB_TOKEN".to_string(), "t".to_string())])
+    std::collections::HashMap::from([("RUNBLOB_TOKEN".to_string(), "t".to_string()), ("REDIS_PASSWORD".to_string(), "pw".to_string())])
 }
 
 #[test]
@@ -22,13 +22,18 @@ fn deploy_configs_validate() {
     for f in ["tollgate.toml", "tollgate-redis.toml"] {
         Config::from_toml(&deploy(f), &env()).unwrap_or_else(|e| panic!("deploy/{f}: {e}"));
     }
-    // The TOML embedded in the Kubernetes ConfigMap.
-    let cm = deploy("k8s/config.yaml");
-    let start = cm.find("tollgate.toml: |\n").unwrap() + "tollgate.toml: |\n".len();
-    let end = cm[start..].find("\n---").map(|e| start + e).unwrap();
-    let toml: String = cm[start..end].lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
-    let c = Config::from_toml(&toml, &env()).unwrap_or_else(|e| panic!("k8s ConfigMap: {e}"));
-    assert!(matches!(c.store, tollgate::config::StoreConfig::Redis { .. }));
+    // The TOML embedded in the Kubernetes ConfigMaps.
+    for f in ["k8s/config.yaml", "k8s/sidecar.yaml"] {
+        let cm = deploy(f);
+        let start = cm.find("tollgate.toml: |\n").unwrap() + "tollgate.toml: |\n".len();
+        let end = cm[start..].find("\n---").map(|e| start + e).unwrap();
+        let toml: String = cm[start..end].lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let c = Config::from_toml(&toml, &env()).unwrap_or_else(|e| panic!("{f} ConfigMap: {e}"));
+        assert!(matches!(c.store, tollgate::config::StoreConfig::Redis { .. }), "{f}");
+    }
+    // The sidecar's ports stay inside the pod, and it runs as a native sidecar.
+    let sidecar = deploy("k8s/sidecar.yaml");
+    assert!(sidecar.contains("listen = \"127.0.0.1:8080\"") && sidecar.contains("restartPolicy: Always"));
 }
 
 #[tokio::test]

@@ -172,3 +172,16 @@ fn a_budget_may_be_a_number() {
     let c = Config::from_toml(&text, &env()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.tenants.tenants()[0].monthly_budget, Some(Usd::parse("50").unwrap()));
 }
+
+#[test]
+fn the_redis_password_comes_from_the_environment() {
+    let text = minimal().replace("[[tenants]]", "[store]\nbackend = \"redis\"\nurl = \"redis://redis:6379/0\"\npassword_env = \"REDIS_PW\"\n\n[[tenants]]");
+    let mut e = env();
+    e.insert("REDIS_PW".into(), "p@ss word".into());
+    let c = Config::from_toml(&text, &e).unwrap_or_else(|err| panic!("{err}"));
+    match c.store {
+        StoreConfig::Redis { url, .. } => assert_eq!(url, "redis://:p%40ss%20word@redis:6379/0"),
+        other => panic!("{other:?}"),
+    }
+    assert!(problems(&text).iter().any(|p| p.contains("REDIS_PW")));
+}
