@@ -47,40 +47,40 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
-P_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_port)
 TOKEN=bench-platform-token
 KEY=tg_abuse_bench_key
 DIGEST=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+up() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
-"$BIN" mock-platform --listen "127.0.0.1:$P_PORT" >"$WORK/mock.log" 2>&1 &
-PIDS+=($!)
-# Defaults everywhere that matters (connection cap, header deadline, body budget), a small cap
-# so a few hundred sockets reach it.
-cat >"$WORK/tollgate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$T_PORT"
-admin_listen = "127.0.0.1:$A_PORT"
-max_connections = 512
-[upstream]
-base_url = "http://127.0.0.1:$P_PORT"
-token_env = "RUNBLOB_TOKEN"
-[store]
-backend = "memory"
-[pricing]
-sora = { "10" = "0.12", "15" = "0.18" }
-[[tenants]]
-id = "bench"
-keys_sha256 = ["$DIGEST"]
-requests_per_second = 100000
-burst = 100000
-generations_per_minute = 100000
-EOF
-RUNBLOB_TOKEN=$TOKEN "$BIN" run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
-GPID=$!
-PIDS+=($GPID)
-wait_port "$P_PORT"; wait_port "$T_PORT"; wait_port "$A_PORT"
+# Free ports are picked, then bound by the children: another process can take one in between,
+# so a start that does not come up is retried with other ports.
+start_all() {
+  P_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_port)
+  "$BIN" mock-platform --listen "127.0.0.1:$P_PORT" >"$WORK/mock.log" 2>&1 &
+  MPID=$!
+  # Defaults everywhere that matters (header deadline, body budget); a small connection cap so a
+  # few hundred sockets reach it.
+  printf '%s\n' "[server]" "listen = \"127.0.0.1:$T_PORT\"" "admin_listen = \"127.0.0.1:$A_PORT\"" "max_connections = 512" \
+    "[upstream]" "base_url = \"http://127.0.0.1:$P_PORT\"" "token_env = \"RUNBLOB_TOKEN\"" "[store]" "backend = \"memory\"" \
+    "[pricing]" "sora = { \"10\" = \"0.12\", \"15\" = \"0.18\" }" "[[tenants]]" "id = \"bench\"" "keys_sha256 = [\"$DIGEST\"]" \
+    "requests_per_second = 100000" "burst = 100000" "generations_per_minute = 100000" >"$WORK/tollgate.toml"
+  RUNBLOB_TOKEN=$TOKEN "$BIN" run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
+  GPID=$!
+  up "$P_PORT" && up "$T_PORT" && up "$A_PORT"
+}
+started=0
+for attempt in 1 2 3; do
+  if start_all; then started=1; break; fi
+  kill "$MPID" "$GPID" 2>/dev/null || true
+  echo "start attempt $attempt did not come up; retrying with other ports" >&2
+done
+if [ "$started" != 1 ]; then
+  echo "the gateway or the simulated platform did not start:" >&2
+  tail -5 "$WORK/mock.log" "$WORK/tollgate.log" >&2
+  exit 1
+fi
+PIDS+=("$MPID" "$GPID")
 URL="http://127.0.0.1:$T_PORT"
 
 # Times one normal request every 250 ms for $1 seconds; prints "p50_ms max_ms failures".
