@@ -41,6 +41,8 @@ if [ -z "$BIN" ]; then
   [ -x "$BIN" ] || cargo build --release --locked -q
 fi
 
+[ -x "$BIN" ] || { echo "abuse.sh: no tollgate binary at $BIN" >&2; exit 2; }
+
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
