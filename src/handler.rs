@@ -122,7 +122,7 @@ impl Gateway {
         ctx.image_bytes = validated.image_bytes;
 
         // The hold's id exists before anything is stored, so every later step can clean up by it.
-        let hold = HoldGuard::new(self.store.clone());
+        let mut hold = HoldGuard::new(self.store.clone());
 
         // 10. A repeat of a finished request is answered from the record, uncharged.
         let idem = match &idem_key {
@@ -167,7 +167,13 @@ impl Gateway {
             lease_ms: self.hold_lease.as_millis() as u64,
             intent: Intent { family: family.path().to_string(), prompt_sha256, created_ms: 0, idem_key, month: month_of(now_ms()) },
         };
-        match self.store.hold(&hold_req).await? {
+        // A store error leaves the guard armed: the hold may have landed, so it is released by id.
+        hold.arm();
+        let outcome = self.store.hold(&hold_req).await?;
+        if outcome != HoldOutcome::Held {
+            hold.disarm();
+        }
+        match outcome {
             HoldOutcome::Held => {}
             HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => return Err(self.budget_exceeded(tenant).await),
             HoldOutcome::Refused(r) => return Err(r.into()),

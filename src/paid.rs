@@ -32,9 +32,10 @@ use crate::store::{now_ms, GenerationRecord, Store, StoredResponse};
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(200);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// A hold under an id chosen before the store was asked. Dropped before it is handed to the
-/// paid task (the client left, the store timed out), it is released by id, so a hold call that
-/// lands late is refused rather than leaked.
+/// A hold under an id chosen before the store was asked. Armed when the hold is asked for:
+/// dropped after that and before it is handed to the paid task (the client left, the store timed
+/// out, a later stage refused), it is released by id, so a hold call that lands late is refused
+/// rather than leaked. Requests that end before asking cost no store call.
 pub(crate) struct HoldGuard {
     store: Arc<dyn Store>,
     pub(crate) id: String,
@@ -43,10 +44,16 @@ pub(crate) struct HoldGuard {
 
 impl HoldGuard {
     pub(crate) fn new(store: Arc<dyn Store>) -> HoldGuard {
-        HoldGuard { store, id: uuid::Uuid::new_v4().simple().to_string(), armed: true }
+        HoldGuard { store, id: uuid::Uuid::new_v4().simple().to_string(), armed: false }
     }
 
-    fn disarm(&mut self) {
+    /// The hold is about to be asked for: from now on, dropping the guard releases it.
+    pub(crate) fn arm(&mut self) {
+        self.armed = true;
+    }
+
+    /// No hold stands under this id (refused, or settled, or left to its lease).
+    pub(crate) fn disarm(&mut self) {
         self.armed = false;
     }
 
