@@ -21,6 +21,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The value of query parameter `name`, if given.
+fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+}
+
 // === impl Admin ===
 
 impl Admin {
@@ -38,6 +43,20 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
+    }
+
+    /// `/admin/*` needs the admin token: 403 when none is configured, 401 when it is wrong.
+    fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        if self.token.is_none() {
+            return Some(body::detail(
+                StatusCode::FORBIDDEN,
+                &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env),
+            ));
+        }
+        if !self.authorized(req) {
+            return Some(body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials"));
+        }
+        None
     }
 
     /// Serves one admin request.
@@ -60,11 +79,8 @@ impl Admin {
                 rsp
             }
             (&Method::POST, "/admin/reload") => {
-                if self.token.is_none() {
-                    return body::detail(StatusCode::FORBIDDEN, &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env));
-                }
-                if !self.authorized(&req) {
-                    return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
+                if let Some(refused) = self.refusal(&req) {
+                    return refused;
                 }
                 match self.gateway.reload() {
                     Ok(r) => body::json(
@@ -75,18 +91,14 @@ impl Admin {
                 }
             }
             (&Method::GET, "/admin/usage") => {
-                if self.token.is_none() {
-                    return body::detail(StatusCode::FORBIDDEN, &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env));
+                if let Some(refused) = self.refusal(&req) {
+                    return refused;
                 }
-                if !self.authorized(&req) {
-                    return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
-                }
-                let q = |name: &str| req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))).map(str::to_string);
-                let month = q("month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
+                let month = query_param(&req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
                 if !crate::usage::valid_month(&month) {
                     return body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM");
                 }
-                let tenant = q("tenant");
+                let tenant = query_param(&req, "tenant");
                 let csv = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
                 let runtime = self.gateway.current();
                 match crate::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
@@ -103,13 +115,10 @@ impl Admin {
                 }
             }
             (&Method::POST, "/admin/webhooks/redeliver") => {
-                if self.token.is_none() {
-                    return body::detail(StatusCode::FORBIDDEN, &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env));
+                if let Some(refused) = self.refusal(&req) {
+                    return refused;
                 }
-                if !self.authorized(&req) {
-                    return body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials");
-                }
-                let tenant = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("tenant="))).map(str::to_string);
+                let tenant = query_param(&req, "tenant");
                 match self.gateway.store().outbox_redeliver(tenant.as_deref()).await {
                     Ok(n) => {
                         tracing::info!(deliveries = n, tenant = tenant.as_deref(), "dead-letter webhooks queued again");

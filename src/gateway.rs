@@ -61,6 +61,15 @@ pub struct Runtime {
     pub reserve: Usd,
 }
 
+impl Runtime {
+    /// 404 for a family this config does not price, naming the ones it does.
+    pub(crate) fn family_not_enabled(&self, family: crate::policy::family::Family) -> GatewayError {
+        let mut enabled: Vec<&str> = self.pricing.families().map(|f| f.path()).collect();
+        enabled.sort();
+        GatewayError::FamilyNotEnabled { family: family.path(), enabled: enabled.join(", ") }
+    }
+}
+
 /// Shared state of a running gateway.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
@@ -382,9 +391,7 @@ impl Gateway {
         // A family without a price is not offered here: 404 before anything else, never a 500.
         if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
             if runtime.pricing.estimate(*f, &[]).is_none() {
-                let mut enabled: Vec<&str> = runtime.pricing.families().map(|f| f.path()).collect();
-                enabled.sort();
-                return Err(GatewayError::FamilyNotEnabled { family: f.path(), enabled: enabled.join(", ") });
+                return Err(runtime.family_not_enabled(*f));
             }
         }
         let peer = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());

@@ -150,7 +150,7 @@ impl Gateway {
         let price = runtime
             .pricing
             .estimate(family, &validated.price_key)
-            .ok_or_else(|| GatewayError::FamilyNotEnabled { family: family.path(), enabled: String::new() })?;
+            .ok_or_else(|| runtime.family_not_enabled(family))?;
         ctx.price = Some(price);
         self.balance.ensure_fresh(&ctx.request_id).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
