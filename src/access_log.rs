@@ -17,7 +17,6 @@ use time::format_description::well_known::Rfc3339;
 #[derive(Debug, Serialize)]
 pub struct AccessRecord<'a> {
     /// RFC 3339 UTC.
-    #[serde(rename = "timestamp")]
     pub time: String,
     /// Always `INFO`.
     pub level: &'static str,
@@ -106,7 +105,7 @@ impl AccessLog {
                 }
                 let dropped = b.dropped.swap(0, Ordering::Relaxed);
                 if dropped > 0 {
-                    let _ = writeln!(w, r#"{{"timestamp":"{}","level":"WARN","target":"access_log","message":"dropped {dropped} access-log lines: output too slow"}}"#, now_rfc3339());
+                    let _ = writeln!(w, r#"{{"time":"{}","level":"WARN","target":"access_log","message":"dropped {dropped} access-log lines: output too slow"}}"#, now_rfc3339());
                 }
                 if stop {
                     return;
@@ -230,7 +229,7 @@ mod tests {
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-        for k in ["timestamp", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
+        for k in ["time", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["price"], "0.1200");

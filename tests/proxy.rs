@@ -210,7 +210,7 @@ async fn one_access_log_line_per_request_without_secrets() {
     let lines = gw.log_lines();
     assert_eq!(lines.len(), 3);
     let first = &lines[0];
-    for k in ["timestamp", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
+    for k in ["time", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
         assert!(first.get(k).is_some(), "missing {k} in {first}");
     }
     assert_eq!(first["tenant"], "a");
