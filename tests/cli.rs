@@ -337,13 +337,17 @@ async fn kill_9_mid_burst_then_restart(config: String, dir: PathBuf, platform: P
                         let v: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap();
                         acked.lock().unwrap().push(v["generation_id"].as_str().unwrap().to_string());
                     }
-                    _ => return,
+                    Ok(rsp) => {
+                        eprintln!("burst: unexpected {}", rsp.status());
+                        return;
+                    }
+                    Err(_) => return,
                 }
             }
         }));
     }
-    // …and the process dies mid-burst.
-    eventually(Duration::from_secs(30), || acked.lock().unwrap().len() >= 30).await;
+    // …and the process dies mid-burst, with requests the platform has seen but not answered.
+    eventually(Duration::from_secs(30), || acked.lock().unwrap().len() >= 30 && platform.generate_calls() > acked.lock().unwrap().len()).await;
     let mut gw = gw;
     gw.signal("KILL");
     gw.wait(Duration::from_secs(5));
