@@ -346,8 +346,11 @@ async fn kill_9_mid_burst_then_restart(config: String, dir: PathBuf, platform: P
             }
         }));
     }
-    // …and the process dies mid-burst, with requests the platform has seen but not answered.
-    eventually(Duration::from_secs(30), || acked.lock().unwrap().len() >= 30 && platform.generate_calls() > acked.lock().unwrap().len()).await;
+    // …and the process dies mid-burst, just after the platform took a request it will answer
+    // only 150 ms later (the burst runs in lockstep, so "30 acks" alone can fall between rounds).
+    eventually(Duration::from_secs(30), || acked.lock().unwrap().len() >= 30).await;
+    let seen = platform.generate_calls();
+    eventually(Duration::from_secs(10), || platform.generate_calls() > seen).await;
     let mut gw = gw;
     gw.signal("KILL");
     gw.wait(Duration::from_secs(5));
