@@ -62,6 +62,19 @@ impl RateLimits {
         }
     }
 
+    /// Gives back the generation cell `tenant` used for a generation the platform did not take
+    /// (it answered 503, 429 or its own 402, or was never reached): only charged work counts.
+    pub async fn give_back_generation(&self, store: &dyn Store, tenant: &str) {
+        let Some(local) = self.local.get(tenant) else { return };
+        let params = GcraParams::of(&quota_of(local.limits(), LimitKind::Generations));
+        match store.shared_rate_limit_give_back(tenant, kind_name(LimitKind::Generations), params).await {
+            Some(Ok(())) => return,
+            Some(Err(e)) => tracing::warn!(error = %e, tenant, "shared rate limit unavailable; giving the cell back locally"),
+            None => {}
+        }
+        local.give_back_generation();
+    }
+
     /// Name of a limit kind for logs and metrics.
     pub fn kind_name(kind: LimitKind) -> &'static str {
         kind_name(kind)

@@ -207,12 +207,17 @@ impl Paid {
             }
             Err(e) => {
                 hold.release().await;
+                gw.current().limits.give_back_generation(&*gw.store, &tenant).await;
                 return PaidOutcome { result: Err(e.into()), upstream: None, price: quoted };
             }
         };
         let upstream = Some((rsp.status, rsp.latency));
         if !rsp.status.is_success() {
             hold.release().await;
+            // Refused for capacity or money, not for the request: no generation, no slot used.
+            if matches!(rsp.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYMENT_REQUIRED) {
+                gw.current().limits.give_back_generation(&*gw.store, &tenant).await;
+            }
             let err = GatewayError::Upstream(gw.upstream.error_of(&rsp));
             // The platform's own verdict on this body (4xx) is final: replay it. 5xx and 429 may
             // pass on retry, so the key is given up (the guard's drop).

@@ -116,3 +116,36 @@ async fn refusals_say_what_to_do() {
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await.status, 429);
     gw.shutdown().await;
 }
+
+/// A generation the platform refused for capacity (503) never reached its quota: the tenant's
+/// generation slot is given back, on the in-process limiter and on the shared one alike.
+async fn platform_503_gives_the_generation_slot_back(backend: Backend) {
+    let platform = Platform::start().await;
+    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1, None));
+    let (text, _redis) = with_backend(&config_text(platform.addr, "", &tenants), backend);
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(503);
+    f.path_prefix = Some("/v1/sora/generate".into());
+    f.times = Some(2);
+    platform.inject(f);
+    for _ in 0..2 {
+        assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await.status, 503);
+    }
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await.status, 201);
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await;
+    assert_eq!(r.status, 429, "one generation a minute, and it was used: {}", r.detail());
+    assert_eq!(platform.generate_calls(), 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn platform_503_gives_the_generation_slot_back_in_memory() {
+    platform_503_gives_the_generation_slot_back(Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn platform_503_gives_the_generation_slot_back_on_redis() {
+    platform_503_gives_the_generation_slot_back(Backend::Redis).await;
+}

@@ -1,12 +1,16 @@
 //! Stages 2 and 5 of the request path (policy half): per-tenant GCRA limits with governor.
 //!
-//! Each tenant gets its own pair of direct limiters, so one tenant's flood never drains
-//! another's quota. The clock is a type parameter so tests drive time by hand.
+//! Each tenant gets its own pair of limiters, so one tenant's flood never drains another's
+//! quota. Requests use governor. Paid generations use the same GCRA arithmetic by hand, because
+//! a generation the platform refused (503, its own 402, never reached) gives its cell back, and
+//! governor has no way to return a cell. The clock is a type parameter so tests drive time.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use std::sync::Mutex;
+
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -51,8 +55,53 @@ pub struct RateLimited {
 pub struct TenantLimiter<C: Clock = DefaultClock> {
     limits: Limits,
     requests: Direct<C>,
-    generations: Direct<C>,
+    generations: Gcra<C>,
     clock: C,
+}
+
+/// GCRA with a "give back": the theoretical arrival time of the next cell, in nanoseconds
+/// since `origin`. Same arithmetic as the shared store's script.
+struct Gcra<C: Clock> {
+    params: GcraParams,
+    tat: Mutex<u64>,
+    origin: C::Instant,
+}
+
+impl<C: Clock> Gcra<C> {
+    fn new(quota: &Quota, clock: &C) -> Self {
+        Gcra { params: GcraParams::of(quota), tat: Mutex::new(0), origin: clock.now() }
+    }
+
+    fn now(&self, clock: &C) -> u64 {
+        clock.now().duration_since(self.origin).as_u64()
+    }
+
+    fn check(&self, clock: &C, kind: LimitKind) -> Result<Quotas, RateLimited> {
+        let (emission, burst) = (self.params.emission_ns.max(1), self.params.burst);
+        let window = emission * burst as u64;
+        let now = self.now(clock);
+        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let base = (*tat).max(now);
+        let next = base + emission;
+        if next - now > window {
+            let reset = Duration::from_nanos(base - now);
+            return Err(RateLimited {
+                kind,
+                retry_after_secs: ceil_secs(Duration::from_nanos(next - now - window)).max(1),
+                quotas: Quotas { limit: burst, remaining: 0, reset_secs: ceil_secs(reset) },
+            });
+        }
+        *tat = next;
+        let remaining = ((window - (next - now)) / emission) as u32;
+        Ok(Quotas { limit: burst, remaining, reset_secs: ceil_secs(Duration::from_nanos(next - now)) })
+    }
+
+    /// Returns one cell taken earlier (never more than a full bucket).
+    fn give_back(&self, clock: &C) {
+        let now = self.now(clock);
+        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        *tat = tat.saturating_sub(self.params.emission_ns).max(now);
+    }
 }
 
 /// The quota for all requests: `rps` sustained, `burst` at once.
@@ -95,7 +144,7 @@ impl<C: Clock + Clone> TenantLimiter<C> {
         let mk = |q: Quota| RateLimiter::direct_with_clock(q, clock.clone()).with_middleware::<StateInformationMiddleware>();
         TenantLimiter {
             requests: mk(request_quota(&limits)),
-            generations: mk(generation_quota(&limits)),
+            generations: Gcra::new(&generation_quota(&limits), &clock),
             limits,
             clock,
         }
@@ -106,11 +155,16 @@ impl<C: Clock + Clone> TenantLimiter<C> {
         &self.limits
     }
 
+    /// Gives back a generation cell whose generation the platform did not take.
+    pub fn give_back_generation(&self) {
+        self.generations.give_back(&self.clock);
+    }
+
     /// Consumes one cell of `kind`.
     pub fn check(&self, kind: LimitKind) -> Result<Quotas, RateLimited> {
         let limiter = match kind {
             LimitKind::Requests => &self.requests,
-            LimitKind::Generations => &self.generations,
+            LimitKind::Generations => return self.generations.check(&self.clock, kind),
         };
         match limiter.check() {
             Ok(snapshot) => {
@@ -215,6 +269,23 @@ mod tests {
         assert_eq!(l.check(LimitKind::Requests).unwrap().remaining, 99);
         clock.advance(Duration::from_secs(30));
         assert!(l.check(LimitKind::Generations).is_ok());
+    }
+
+    #[test]
+    fn a_generation_cell_given_back_is_usable_again_but_never_beyond_the_burst() {
+        let (l, clock) = limiter(100, 100, 2);
+        l.check(LimitKind::Generations).unwrap();
+        assert_eq!(l.check(LimitKind::Generations).unwrap().remaining, 0);
+        l.give_back_generation();
+        assert_eq!(l.check(LimitKind::Generations).unwrap().remaining, 0);
+        assert!(l.check(LimitKind::Generations).is_err());
+        // A full bucket stays full: giving back then does not add a third cell.
+        clock.advance(Duration::from_secs(120));
+        l.give_back_generation();
+        l.give_back_generation();
+        l.check(LimitKind::Generations).unwrap();
+        l.check(LimitKind::Generations).unwrap();
+        assert!(l.check(LimitKind::Generations).is_err());
     }
 
     #[test]

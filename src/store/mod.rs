@@ -289,6 +289,11 @@ pub trait Store: Send + Sync + 'static {
     async fn shared_rate_limit(&self, _tenant: &str, _kind: &'static str, _params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {
         None
     }
+
+    /// Returns one cell of a shared limit; `None` when this backend has none.
+    async fn shared_rate_limit_give_back(&self, _tenant: &str, _kind: &'static str, _params: GcraParams) -> Option<Result<(), StoreError>> {
+        None
+    }
 }
 
 /// Unix milliseconds now.

@@ -344,6 +344,21 @@ local remaining = math.floor((window - (new_tat - now)) / emission)
 return {1, remaining, 0, new_tat - now}
 "#;
 
+/// Gives one cell back: the arrival time moves back one interval, never before now.
+/// ARGV: emission interval (µs).
+const GCRA_GIVE_BACK: &str = r#"
+local emission = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat - emission > now then
+  redis.call('SET', KEYS[1], string.format('%d', tat - emission), 'PX', math.ceil((tat - emission - now) / 1000) + 1)
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;
+
 /// Scripts compiled once (their SHA1 is computed at construction).
 struct Scripts {
     hold: Script,
@@ -363,6 +378,7 @@ struct Scripts {
     idem_claim: Script,
     idem_abort: Script,
     gcra: Script,
+    gcra_give_back: Script,
 }
 
 /// Redis-backed store shared by replicas.
@@ -417,6 +433,7 @@ impl RedisStore {
             idem_claim: with_common(&IDEM_CLAIM.replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string())),
             idem_abort: Script::new(IDEM_ABORT),
             gcra: Script::new(GCRA),
+            gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
         Ok(RedisStore { conn, prefix: prefix.to_string(), timeout, scripts: Arc::new(scripts) })
     }
@@ -464,6 +481,14 @@ impl RedisStore {
         } else {
             SharedLimit::Refused { retry_after_secs: ceil_secs_from_us(retry_us).max(1), quotas }
         })
+    }
+
+    /// Returns one cell of a shared GCRA limit.
+    pub async fn rate_limit_give_back(&self, tenant: &str, kind: &str, params: GcraParams) -> Result<(), StoreError> {
+        let emission_us = (params.emission_ns / 1000).max(1);
+        let key = self.key(&format!("rl:{tenant}:{kind}"));
+        let _: i64 = self.script(|s| &s.gcra_give_back, &[key], &[emission_us.to_string()]).await?;
+        Ok(())
     }
 
     fn parse_record(id: &str, fields: &std::collections::HashMap<String, String>) -> Option<GenerationRecord> {
@@ -872,6 +897,10 @@ impl Store for RedisStore {
 
     async fn shared_rate_limit(&self, tenant: &str, kind: &'static str, params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {
         Some(self.rate_limit(tenant, kind, params).await)
+    }
+
+    async fn shared_rate_limit_give_back(&self, tenant: &str, kind: &'static str, params: GcraParams) -> Option<Result<(), StoreError>> {
+        Some(self.rate_limit_give_back(tenant, kind, params).await)
     }
 }
 
