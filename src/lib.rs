@@ -18,6 +18,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod demo;
+pub mod diag_log;
 pub mod error;
 pub mod framing;
 pub mod gateway;

@@ -115,12 +115,10 @@ fn init_logging() -> (AccessLog, LogGuards) {
     // terminal or pipe never stalls a request. Both end on stdout.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
-        .json()
-        // Flat fields and `timestamp`, like the access lines: one shape for every line.
-        .flatten_event(true)
+        // Flat fields and `time`, like the access lines: one shape for every line.
+        .event_format(tollgate::diag_log::FlatJson)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(writer)
-        .with_current_span(false)
         .init();
     let (log, flush) = AccessLog::batched(std::io::stdout());
     (log, LogGuards(guard, flush))

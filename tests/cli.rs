@@ -190,6 +190,14 @@ async fn platform_failures_are_logged_with_their_cause() {
     // Rate-limited: an outage does not write a line per request.
     let failures = gw.lines.lock().unwrap().iter().filter(|l| l.contains("platform call failed")).count();
     assert!(failures <= 2, "{failures} failure lines");
+    // Diagnostic and access lines share one shape: flat JSON with `time`, `level`, `target`.
+    eventually(Duration::from_secs(3), || logged(r#""target":"access_log""#)).await;
+    for line in gw.lines.lock().unwrap().iter() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let t = v["time"].as_str().unwrap_or_else(|| panic!("no time: {line}"));
+        assert!(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok(), "{line}");
+        assert!(v["level"].is_string() && v["target"].is_string() && v.get("timestamp").is_none() && v.get("fields").is_none(), "{line}");
+    }
 }
 
 #[test]
