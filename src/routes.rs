@@ -91,9 +91,10 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
         return if method == Method::POST { Ok(Route::Webhook(token.to_string())) } else { Err(GatewayError::MethodNotAllowed { allow: "POST" }) };
     }
     let rest = path.strip_prefix("/v1/").ok_or(GatewayError::NotFound)?;
-    let (route, allow) = if rest == "data/balance" {
+    // Like the generation paths, the two gateway reads take an optional trailing slash.
+    let (route, allow) = if matches!(rest, "data/balance" | "data/balance/") {
         (Route::Balance, "GET")
-    } else if rest == "gateway/usage" {
+    } else if matches!(rest, "gateway/usage" | "gateway/usage/") {
         (Route::Usage, "GET")
     } else {
         let Some((family, tail)) = Family::ALL.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t))) else {
@@ -152,6 +153,8 @@ mod tests {
             assert_eq!(ok(Method::GET, &format!("/v1/{p}/generations")), Route::List(f));
         }
         assert_eq!(ok(Method::GET, "/v1/data/balance"), Route::Balance);
+        assert_eq!(ok(Method::GET, "/v1/data/balance/"), Route::Balance);
+        assert_eq!(ok(Method::GET, "/v1/gateway/usage/"), Route::Usage);
     }
 
     #[test]
@@ -167,7 +170,7 @@ mod tests {
     #[test]
     fn unknown_paths_are_404() {
         for p in ["/", "/v1", "/v1/", "/v2/sora/generate", "/v1/sora", "/v1/sora/", "/v1/sora/generatex", "/v1/midjourney",
-            "/v1/sora/generations/a/b", "/v1/data/balance/", "/v1/data"] {
+            "/v1/sora/generations/a/b", "/v1/data/balance//", "/v1/data"] {
             assert!(matches!(resolve(&Method::GET, p), Err(GatewayError::NotFound)), "{p}");
         }
     }

@@ -70,6 +70,9 @@ async fn usage_reports_match_a_known_ledger() {
     assert_eq!(mine["limits"]["generations_per_minute"], 1000);
     assert!(mine["account_available"].is_string());
     assert_eq!(get(&c, &gw.url("/v1/gateway/usage"), Some(KEY_B)).await.json()["tenant"], "b");
+    // Both reads take a trailing slash, as the generation paths do.
+    assert_eq!(get(&c, &gw.url("/v1/gateway/usage/"), Some(KEY_B)).await.json()["tenant"], "b");
+    assert_eq!(get(&c, &gw.url("/v1/data/balance/"), Some(KEY_B)).await.status, 200);
 
     let metrics = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
     assert!(metrics.contains(r#"tollgate_budget_usd{tenant="a"} 1"#), "{metrics}");
