@@ -128,7 +128,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A request just arrived.
-    fn new(method: http::Method, request_id: String, route: &'static str, outcome: &'static str) -> Ctx {
+    pub(crate) fn new(method: http::Method, request_id: String, route: &'static str, outcome: &'static str) -> Ctx {
         Ctx {
             started: Instant::now(),
             method,
@@ -147,7 +147,7 @@ impl Ctx {
     }
 }
 
-fn sane_request_id(v: &HeaderValue) -> Option<String> {
+pub(crate) fn sane_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     ok.then(|| s.to_string())
@@ -158,7 +158,7 @@ fn round_ms(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid().to_string()
 }
 

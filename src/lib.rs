@@ -31,6 +31,7 @@ pub mod mock;
 pub mod policy;
 pub mod routes;
 pub mod server;
+pub mod service;
 pub mod status_cache;
 pub mod store;
 #[doc(hidden)]
@@ -105,39 +106,62 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,
         admin_opts,
-        move |req| admin.clone().handle(req),
+        tower::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, std::convert::Infallible>(admin.handle(req).await) }
+        }),
         on_refusal.clone(),
         async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
-    let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
-    // An idle replica still knows the account balance (for the gauge and its alert).
-    let refresher = {
-        let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = gw.balance.ensure_fresh("background-balance").await {
-                    tracing::debug!(error = %e, "background balance refresh failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(BACKGROUND_BALANCE_EVERY) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        })
-    };
-    let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
+    let background = Background::spawn(gateway.clone(), stop_rx.clone());
     let gw = gateway.clone();
-    let tenant = server::serve(listeners.tenant, opts, move |req| gw.clone().handle(req), on_refusal, async move {
+    let tenant = server::serve(listeners.tenant, opts, service::stack(gw), on_refusal, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     tenant.await;
     let _ = admin_task.await;
-    let _ = reconciler.await;
-    let _ = refresher.await;
-    if let Some(r) = relay {
-        let _ = r.await;
+    background.join().await;
+}
+
+/// The gateway's work outside requests: the reconciler, the background balance refresh and the
+/// webhook relay's deliveries. [`run`] starts them; an embedder serving [`service::stack`] in its
+/// own server starts them with [`Background::spawn`].
+pub struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts the tasks; they end when `stop` turns true.
+    pub fn spawn(gateway: Arc<Gateway>, stop_rx: tokio::sync::watch::Receiver<bool>) -> Background {
+        let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
+        // An idle replica still knows the account balance (for the gauge and its alert).
+        let refresher = {
+            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = gw.balance.ensure_fresh("background-balance").await {
+                        tracing::debug!(error = %e, "background balance refresh failed");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(BACKGROUND_BALANCE_EVERY) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            })
+        };
+        let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
+        let mut tasks = vec![reconciler, refresher];
+        tasks.extend(relay);
+        Background { tasks }
+    }
+
+    /// Waits for every task to end.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
 }

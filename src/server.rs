@@ -29,7 +29,6 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::body::Body;
 use crate::framing::{AmbiguousFraming, Watched};
 
 /// Most request headers accepted (more: 431).
@@ -209,10 +208,12 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting and lets open
 /// connections finish their in-flight requests for up to the grace period.
-pub async fn serve<F, Fut>(listener: TcpListener, opts: ServerOptions, handler: F, on_refusal: OnRefusal, shutdown: impl Future<Output = ()>)
+pub async fn serve<S, B>(listener: TcpListener, opts: ServerOptions, service: S, on_refusal: OnRefusal, shutdown: impl Future<Output = ()>)
 where
-    F: Fn(Request<Lingering>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
+    S: tower::Service<Request<Lingering>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -266,7 +267,7 @@ where
         let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0), changed: Notify::new() });
         let evict = Arc::new(Notify::new());
         silent.push(activity.clone(), evict.clone());
-        let h = handler.clone();
+        let h = service.clone();
         let ambiguous = Arc::new(AtomicBool::new(false));
         let flag = ambiguous.clone();
         let act = activity.clone();
@@ -280,11 +281,11 @@ where
             }
             act.active.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(act.clone());
-            let fut = h(req.map(|b| Lingering(Some(b))));
+            let fut = tower::ServiceExt::oneshot(h.clone(), req.map(|b| Lingering(Some(b))));
             async move {
                 let rsp = fut.await;
                 drop(in_flight);
-                Ok::<_, Infallible>(rsp)
+                rsp
             }
         });
         let io = TokioIo::new(Watched::new(stream, ambiguous));

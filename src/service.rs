@@ -1,0 +1,153 @@
+//! The gateway as a `tower::Service`, wrapped in tower-http's layers, so it composes with the
+//! ecosystem: the binary serves exactly this stack, and a Rust team can mount it inside its own
+//! hyper or axum server (see `examples/embed.rs`).
+//!
+//! Outside in:
+//! 1. `SetSensitiveRequestHeaders`: the tenant's key and cookies are marked sensitive, so no
+//!    `Debug` of the request (logs, traces) prints them, and HTTP/2 never indexes them.
+//! 2. an `x-request-id` that is not sane (empty, over 128 bytes, odd characters) is dropped;
+//!    `SetRequestId` then gives the request a fresh UUID, and `PropagateRequestId` copies the
+//!    id onto every response, panics' included;
+//! 3. `CatchPanic`: a panic anywhere below becomes `500 {"detail": "Internal server error"}`
+//!    with an access line (outcome `panic`) and an error log line, instead of a dropped
+//!    connection;
+//! 4. [`GatewayService`]: the request path itself (`Gateway::handle`).
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+use crate::body::Body;
+use crate::gateway::{Ctx, Gateway};
+
+/// Response body of the layered stack (`CatchPanic` boxes it).
+pub type StackBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
+
+/// The request header carrying the request id.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The bare request path as a service: never fails, errors are `{"detail": ...}` responses.
+#[derive(Clone)]
+pub struct GatewayService(pub Arc<Gateway>);
+
+impl<B> Service<Request<B>> for GatewayService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let gw = self.0.clone();
+        Box::pin(async move { Ok(gw.handle(req).await) })
+    }
+}
+
+/// Keeps a sane client id; otherwise a fresh UUID.
+#[derive(Clone, Copy, Default)]
+pub struct SaneOrNewRequestId;
+
+impl MakeRequestId for SaneOrNewRequestId {
+    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&crate::gateway::new_request_id()).ok().map(RequestId::new)
+    }
+}
+
+/// Drops an `x-request-id` the gateway will not repeat (so `SetRequestId` replaces it).
+fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
+    if req.headers().get(X_REQUEST_ID).is_some_and(|v| crate::gateway::sane_request_id(v).is_none()) {
+        req.headers_mut().remove(X_REQUEST_ID);
+    }
+    req
+}
+
+/// Marks a response as the answer to a panic, for the access line written above `CatchPanic`.
+#[derive(Clone, Copy)]
+struct Panicked;
+
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let what = err.downcast_ref::<String>().map(String::as_str).or_else(|| err.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
+    tracing::error!(panic = what, "a request handler panicked; answered 500");
+    let mut rsp = crate::body::json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "detail": "Internal server error" }).to_string());
+    rsp.extensions_mut().insert(Panicked);
+    rsp
+}
+
+/// The gateway with its tower-http layers: what the binary serves on the tenant listener.
+pub fn stack<B>(gw: Arc<Gateway>) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    layered(gw.clone(), GatewayService(gw))
+}
+
+/// The layers around any inner service (`GatewayService`, or the gateway inside a service of
+/// the embedder's); `gw` writes the access line of a panic.
+pub fn layered<S, B>(gw: Arc<Gateway>, inner: S) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    let inner = ServiceBuilder::new().layer(CatchPanicLayer::custom(panic_response)).service(inner);
+    // Above CatchPanic, where the request is still known: the panic's access line.
+    let logged = tower::service_fn(move |req: Request<B>| {
+        let (inner, gw) = (inner.clone(), gw.clone());
+        let method = req.method().clone();
+        let route = crate::routes::resolve(req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
+        let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+        async move {
+            let rsp = inner.oneshot(req).await?;
+            if rsp.extensions().get::<Panicked>().is_some() {
+                let id = id.unwrap_or_else(crate::gateway::new_request_id);
+                gw.finish(&Ctx::new(method, id, route, "panic"), 500);
+            }
+            Ok::<_, Infallible>(rsp)
+        }
+    });
+    ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
+        .map_request(drop_insane_request_id)
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, SaneOrNewRequestId))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .service(logged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insane_request_ids_are_dropped_sane_ones_kept() {
+        let req = |id: &str| Request::builder().header("x-request-id", id).body(()).unwrap();
+        assert!(drop_insane_request_id(req("abc-123")).headers().contains_key("x-request-id"));
+        assert!(!drop_insane_request_id(req("a b")).headers().contains_key("x-request-id"));
+        assert!(!drop_insane_request_id(req(&"x".repeat(200))).headers().contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn a_panic_becomes_a_detail_500() {
+        let rsp = panic_response(Box::new("boom"));
+        assert_eq!(rsp.status(), 500);
+        assert_eq!(rsp.headers()["content-type"], "application/json");
+        assert!(rsp.extensions().get::<Panicked>().is_some());
+    }
+}

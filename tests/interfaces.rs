@@ -1,0 +1,119 @@
+//! The gateway as a tower service: tower-http's layers around it (panics, request ids), and
+//! mounted inside another server (`examples/embed.rs`), over real sockets.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::net::TcpListener;
+use tower::Service;
+
+/// A handler that panics on `/boom` answers 500 `{"detail": …}` with the request's id and an
+/// access line, and the server keeps serving, on the same connection too.
+#[tokio::test]
+async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving() {
+    let platform = Platform::start().await;
+    let config = tollgate::config::Config::from_toml(&config_text(platform.addr, "", &default_tenants()), &env()).unwrap();
+    let (log, lines) = tollgate::access_log::AccessLog::memory();
+    let gw = tollgate::build(&config, log, None).await.unwrap();
+    let gateway = tollgate::service::GatewayService(gw.clone());
+    let panicky = tower::service_fn(move |req: http::Request<tollgate::server::Lingering>| {
+        let mut gateway = gateway.clone();
+        async move {
+            // SetSensitiveRequestHeaders ran first: the key never shows in a Debug of the request.
+            assert!(req.headers().get("authorization").is_none_or(|v| v.is_sensitive()), "{:?}", req.headers());
+            if req.uri().path() == "/v1/sora/generations/boom" {
+                panic!("a bug on the request path");
+            }
+            gateway.call(req).await
+        }
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = tollgate::server::ServerOptions {
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 16,
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let gw2 = gw.clone();
+    let on_refusal: tollgate::server::OnRefusal = Arc::new(move |r| gw2.protocol_refusal(r));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate::server::serve(listener, opts, tollgate::service::layered(gw.clone(), panicky), on_refusal, async move {
+        let _ = stopped.await;
+    }));
+
+    let c = client(); // one pooled keep-alive connection for both requests
+    let mut req = request(http::Method::GET, &format!("http://{addr}/v1/sora/generations/boom"), Some(KEY_A), "");
+    req.headers_mut().insert("x-request-id", "panic-probe-1".parse().unwrap());
+    let r = send(&c, req).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json(), serde_json::json!({ "detail": "Internal server error" }));
+    assert_eq!(r.headers["x-request-id"], "panic-probe-1");
+    let line = lines.lock().unwrap().iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["request_id"] == "panic-probe-1").expect("an access line for the panic");
+    assert_eq!((line["status"].as_u64(), line["outcome"].as_str(), line["route"].as_str()), (Some(500), Some("panic"), Some("/v1/sora/generations/{id}")));
+
+    let r = get(&c, &format!("http://{addr}/v1/data/balance"), Some(KEY_A)).await;
+    assert_eq!(r.status, 200, "still serving after the panic");
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+/// A sane client id is echoed and logged; an insane one is replaced by a fresh UUID.
+#[tokio::test]
+async fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    for (sent, kept) in [("client-id_1.2:3", true), ("has spaces", false), ("", false)] {
+        let mut req = request(http::Method::GET, &gw.url("/v1/data/balance"), Some(KEY_A), "");
+        req.headers_mut().insert("x-request-id", sent.parse().unwrap());
+        let r = send(&c, req).await;
+        let got = r.headers["x-request-id"].to_str().unwrap().to_string();
+        if kept {
+            assert_eq!(got, sent);
+        } else {
+            assert!(uuid::Uuid::parse_str(&got).is_ok(), "{got}");
+        }
+        assert!(gw.log_lines().iter().any(|l| l["request_id"] == got.as_str()), "the access line carries {got}");
+        // The platform got the same id.
+        assert!(platform.mock.recorded().iter().any(|r| r.headers.iter().any(|h| h == "x-request-id")));
+    }
+    let r = get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await;
+    assert!(uuid::Uuid::parse_str(r.headers["x-request-id"].to_str().unwrap()).is_ok());
+    gw.shutdown().await;
+}
+
+/// `examples/embed.rs`, run as a user would: the host app's own route and the gateway's routes
+/// side by side on one listener.
+#[tokio::test]
+async fn the_embedding_example_serves_its_own_route_and_the_gateway() {
+    let platform = Platform::start().await;
+    let dir = std::env::temp_dir().join(format!("tollgate-embed-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, config_text(platform.addr, "", &default_tenants())).unwrap();
+    // target/debug/deps/interfaces-… → target/debug/examples/embed
+    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/embed");
+    assert!(exe.exists(), "{} is built by cargo test", exe.display());
+    let mut child = Command::new(&exe).arg(&path).arg("127.0.0.1:0").env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{first}")).to_string();
+    std::thread::spawn(move || for _ in out.lines() {});
+    let c = client();
+    let r = get(&c, &format!("http://{addr}/hello"), None).await;
+    assert_eq!((r.status.as_u16(), String::from_utf8_lossy(&r.body).as_ref()), (200, "hello from the host app\n"));
+    let r = post(&c, &format!("http://{addr}/v1/sora/generate"), Some(KEY_A), SORA).await;
+    assert_eq!(r.status, 201);
+    assert!(r.headers.contains_key("x-request-id"));
+    assert_eq!(get(&c, &format!("http://{addr}/v1/data/balance"), None).await.detail(), "Missing credentials");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
