@@ -24,6 +24,8 @@ pub struct AccessRecord<'a> {
     pub target: &'static str,
     /// `x-request-id` sent back to the client.
     pub request_id: &'a str,
+    /// W3C trace id (the caller's `traceparent`, or one the gateway started).
+    pub trace_id: Option<&'a str>,
     /// Tenant id, when authenticated.
     pub tenant: Option<&'a str>,
     /// HTTP method.
@@ -179,6 +181,7 @@ mod tests {
             level: "INFO",
             target: "access_log",
             request_id: id,
+            trace_id: None,
             tenant: None,
             method: "GET",
             route: "/v1/data/balance",
@@ -214,6 +217,7 @@ mod tests {
             level: "INFO",
             target: "access_log",
             request_id: "r1",
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
             tenant: Some("marketing"),
             method: "POST",
             route: "/v1/sora/generate",
@@ -229,7 +233,7 @@ mod tests {
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-        for k in ["time", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
+        for k in ["time", "level", "request_id", "trace_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["price"], "0.1200");

@@ -105,6 +105,8 @@ pub struct Ctx {
     pub forwarded: Arc<AtomicBool>,
     /// Sent back as `x-request-id` and logged.
     pub request_id: String,
+    /// W3C trace context: the caller's trace (or a new one), sent to the platform and logged.
+    pub trace: Option<crate::trace::TraceContext>,
     /// Set by auth.
     pub tenant: Option<Arc<str>>,
     /// Route template.
@@ -134,6 +136,7 @@ impl Ctx {
             method,
             forwarded: Arc::new(AtomicBool::new(false)),
             request_id,
+            trace: None,
             tenant: None,
             route,
             outcome,
@@ -287,6 +290,7 @@ impl Gateway {
     {
         let request_id = req.headers().get("x-request-id").and_then(sane_request_id).unwrap_or_else(new_request_id);
         let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
+        ctx.trace = Some(crate::trace::TraceContext::from_headers(req.headers()));
         let forwarded = ctx.forwarded.clone();
         // The deadline drops the stage future (hold and idempotency guards clean up on drop),
         // except once a paid request was forwarded: then its answer is what the client gets, and
@@ -351,6 +355,7 @@ impl Gateway {
             level: "INFO",
             target: "access_log",
             request_id: &ctx.request_id,
+            trace_id: ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
             tenant: ctx.tenant.as_deref(),
             method: ctx.method.as_str(),
             route: ctx.route,

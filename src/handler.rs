@@ -196,6 +196,7 @@ impl Gateway {
             tenant: tenant.id.clone(),
             quoted: price,
             path: path_and_query(&parts.uri).to_string(),
+            trace: ctx.trace.clone(),
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
             body,
             webhook_token,
@@ -312,7 +313,7 @@ impl Gateway {
             .await?
             .filter(|r| r.tenant == tenant.id && r.family == family)
             .ok_or(GatewayError::GenerationNotFound)?;
-        let polled = self.current_status(&ctx.request_id, &record, path_and_query(uri)).await;
+        let polled = self.current_status(&ctx.request_id, ctx.trace.as_ref(), &record, path_and_query(uri)).await;
         if let Some((status, latency)) = polled.upstream {
             ctx.upstream_status = Some(status.as_u16());
             ctx.upstream_latency = Some(latency);
@@ -326,7 +327,7 @@ impl Gateway {
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
-    async fn current_status(&self, request_id: &str, record: &GenerationRecord, path: &str) -> Polled {
+    async fn current_status(&self, request_id: &str, trace: Option<&crate::trace::TraceContext>, record: &GenerationRecord, path: &str) -> Polled {
         let refresh = if self.status_cache.enabled() {
             match self.status_cache.lookup(&record.id).await {
                 Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
@@ -335,7 +336,7 @@ impl Gateway {
         } else {
             None
         };
-        let rsp = match self.upstream.send(Method::GET, path, None, request_id, Bytes::new()).await {
+        let rsp = match self.upstream.send(Method::GET, path, None, request_id, trace, Bytes::new()).await {
             Ok(rsp) => rsp,
             Err(e) => return Polled { result: Err(e.into()), upstream: None },
         };
@@ -372,15 +373,15 @@ impl Gateway {
         let limit = query_usize(uri, "limit", LIST_DEFAULT, 1, LIST_MAX)?;
         let offset = query_usize(uri, "offset", 0, 0, usize::MAX / 2)?;
         let records = self.store.list_generations(&tenant.id, family, limit, offset).await?;
-        let request_id = ctx.request_id.clone();
+        let (request_id, trace) = (ctx.request_id.clone(), ctx.trace.clone());
         // Sora's status path is documented with a trailing slash.
         let slash = if family == Family::Sora { "/" } else { "" };
         let items: Vec<String> = stream::iter(records)
             .map(|r| {
                 let path = format!("/v1/{}/generations/{}{slash}", family.path(), r.id);
-                let request_id = request_id.clone();
+                let (request_id, trace) = (request_id.clone(), trace.clone());
                 async move {
-                    let polled = self.current_status(&request_id, &r, &path).await;
+                    let polled = self.current_status(&request_id, trace.as_ref(), &r, &path).await;
                     match polled.result {
                         Ok(a) if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&a.body).is_ok() => {
                             String::from_utf8_lossy(&a.body).into_owned()

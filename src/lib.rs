@@ -36,6 +36,7 @@ pub mod status_cache;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;
+pub mod trace;
 pub mod upload;
 pub mod usage;
 pub mod upstream;

@@ -115,6 +115,8 @@ pub struct Recorded {
     pub authorization: Option<String>,
     /// All header names received.
     pub headers: Vec<String>,
+    /// `traceparent` and `tracestate` as received.
+    pub trace: (Option<String>, Option<String>),
     /// Body size.
     pub body_bytes: usize,
     /// SHA-256 of the body (hex), to check bytes were forwarded unchanged.
@@ -357,6 +359,10 @@ impl MockPlatform {
                 path: path.clone(),
                 authorization: parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string),
                 headers: parts.headers.keys().map(|k| k.to_string()).collect(),
+                trace: (
+                    parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),
+                    parts.headers.get("tracestate").and_then(|v| v.to_str().ok()).map(str::to_string),
+                ),
                 body_bytes: body.len(),
                 body_sha256: hex::encode(sha2::Sha256::digest(&body)),
             };

@@ -136,6 +136,8 @@ pub(crate) struct Paid {
     pub(crate) tenant: Arc<str>,
     pub(crate) quoted: Usd,
     pub(crate) path: String,
+    /// The request's trace context, passed to the platform.
+    pub(crate) trace: Option<crate::trace::TraceContext>,
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) body: Bytes,
     /// The relay token in the forwarded `callback_url`, if any.
@@ -189,8 +191,8 @@ impl Paid {
     }
 
     async fn run(self, request_id: &str) -> PaidOutcome {
-        let Paid { gw, mut hold, idem, family, tenant, quoted, path, content_type, body, webhook_token } = self;
-        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), request_id, body).await;
+        let Paid { gw, mut hold, idem, family, tenant, quoted, path, trace, content_type, body, webhook_token } = self;
+        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), request_id, trace.as_ref(), body).await;
         let rsp = match sent {
             Ok(rsp) => rsp,
             Err(e) if e.maybe_delivered() => {

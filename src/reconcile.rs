@@ -171,7 +171,7 @@ impl Reconciler {
         let slash = if record.family == Family::Sora { "/" } else { "" };
         let path = format!("/v1/{}/generations/{}{slash}", record.family.path(), record.id);
         let request_id = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
-        match self.gw.upstream.send(Method::GET, &path, None, &request_id, Bytes::new()).await {
+        match self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await {
             Ok(rsp) if rsp.status.is_success() => self.gw.track_status(record, &rsp.body).await,
             Ok(rsp) => tracing::debug!(generation = %record.id, status = rsp.status.as_u16(), "reconciler status check answered with an error"),
             Err(e) => tracing::debug!(generation = %record.id, error = %e, "reconciler status check failed"),
@@ -189,7 +189,7 @@ impl Reconciler {
             *calls_left -= 1;
             let path = format!("/v1/{}/generations?limit={PAGE}&offset={offset}", family.path());
             let request_id = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
-            let rsp = self.gw.upstream.send(Method::GET, &path, None, &request_id, Bytes::new()).await.ok()?;
+            let rsp = self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await.ok()?;
             if !rsp.status.is_success() {
                 return None;
             }

@@ -117,3 +117,42 @@ async fn the_embedding_example_serves_its_own_route_and_the_gateway() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// W3C trace context: the caller's trace reaches the platform with the gateway's span as parent,
+/// `tracestate` passes unchanged, and the access line carries the trace id. Without one the
+/// gateway starts a trace of its own.
+#[tokio::test]
+async fn trace_context_reaches_the_platform_and_the_access_line() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = request(http::Method::POST, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA);
+    req.headers_mut().insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap());
+    req.headers_mut().insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+    req.headers_mut().insert("x-request-id", "traced-1".parse().unwrap());
+    assert_eq!(send(&c, req).await.status, 201);
+    let sent = platform.mock.recorded().into_iter().find(|r| r.path.ends_with("/generate")).unwrap();
+    let (parent, state) = sent.trace;
+    let parent = parent.expect("traceparent sent to the platform");
+    let parts: Vec<&str> = parent.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"), "{parent}");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the gateway's own span is the platform's parent");
+    assert_eq!(state.as_deref(), Some("congo=t61rcWkgMzE"));
+    eventually(Duration::from_secs(2), || gw.log_lines().iter().any(|l| l["request_id"] == "traced-1")).await;
+    let line = gw.log_lines().into_iter().find(|l| l["request_id"] == "traced-1").unwrap();
+    assert_eq!(line["trace_id"], trace);
+
+    // No traceparent (or an invalid one): a trace of the gateway's own, logged and sent.
+    let mut req = request(http::Method::GET, &gw.url("/v1/sora/generations"), Some(KEY_A), "");
+    req.headers_mut().insert("traceparent", "00-not-a-trace".parse().unwrap());
+    req.headers_mut().insert("x-request-id", "traced-2".parse().unwrap());
+    assert_eq!(send(&c, req).await.status, 200);
+    eventually(Duration::from_secs(2), || gw.log_lines().iter().any(|l| l["request_id"] == "traced-2")).await;
+    let line = gw.log_lines().into_iter().find(|l| l["request_id"] == "traced-2").unwrap();
+    let own = line["trace_id"].as_str().unwrap().to_string();
+    assert!(own.len() == 32 && own != trace, "{own}");
+    let polled = platform.mock.recorded().into_iter().rev().find(|r| r.path.contains("/generations/")).unwrap();
+    assert!(polled.trace.0.unwrap().contains(&own));
+    gw.shutdown().await;
+}

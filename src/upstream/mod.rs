@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+
+use crate::trace::TraceContext;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -178,7 +180,7 @@ impl Upstream {
             .map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))
     }
 
-    fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &str, body: Bytes) -> Request<Full<Bytes>> {
+    fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &str, trace: Option<&TraceContext>, body: Bytes) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
@@ -192,6 +194,9 @@ impl Upstream {
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-request-id", v);
+        }
+        if let Some(t) = trace {
+            t.inject(h);
         }
         req
     }
@@ -262,6 +267,7 @@ impl Upstream {
         path_and_query: &str,
         content_type: Option<&HeaderValue>,
         request_id: &str,
+        trace: Option<&TraceContext>,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = self.uri(path_and_query)?;
@@ -273,7 +279,7 @@ impl Upstream {
         loop {
             let permit = self.circuit.try_acquire().map_err(|retry_after_secs| UpstreamError::CircuitOpen { retry_after_secs })?;
             let budget = deadline.saturating_duration_since(Instant::now());
-            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, body.clone()), budget).await;
+            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, trace, body.clone()), budget).await;
             let failed = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 Err(_) => true,

@@ -1,0 +1,135 @@
+//! W3C trace context (`traceparent`, `tracestate`): the gateway takes part in the caller's trace.
+//!
+//! A valid incoming `traceparent` keeps its trace id and flags; the gateway's hop gets a span id
+//! of its own, which becomes the parent id the platform sees. Without one (or with an invalid
+//! one, which the spec says to ignore) the gateway starts a trace. `tracestate` is passed on only
+//! with a valid `traceparent`, and only when it is of sane size. The access line carries the
+//! trace id, so a tenant's trace finds the gateway's line and the platform's request.
+
+use http::{HeaderMap, HeaderValue};
+use rand::Rng;
+
+/// The trace this request belongs to, and the gateway's span in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The gateway's span: 16 lowercase hex digits.
+    pub span_id: String,
+    /// Trace flags (bit 0: sampled), kept from the caller.
+    pub flags: u8,
+    /// The caller's `tracestate`, passed on unchanged.
+    pub tracestate: Option<HeaderValue>,
+}
+
+/// The W3C limit for `tracestate` is 32 list members; 512 bytes is what the spec asks every
+/// participant to pass on at least.
+const MAX_TRACESTATE: usize = 512;
+
+fn is_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn random_hex<const N: usize>() -> String
+where
+    rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
+{
+    loop {
+        let bytes: [u8; N] = rand::thread_rng().gen();
+        // All-zero ids are invalid.
+        if bytes.iter().any(|b| *b != 0) {
+            return hex::encode(bytes);
+        }
+    }
+}
+
+/// `(trace_id, flags)` of a valid `traceparent`.
+fn parse(v: &str) -> Option<(&str, u8)> {
+    let mut parts = v.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let valid = version.len() == 2 && is_hex(version) && version != "ff"
+        && trace.len() == 32 && is_hex(trace) && trace.bytes().any(|b| b != b'0')
+        && parent.len() == 16 && is_hex(parent) && parent.bytes().any(|b| b != b'0')
+        && flags.len() == 2 && is_hex(flags);
+    // Version 00 has exactly four fields; later versions may append more after a dash.
+    let rest_ok = match parts.next() {
+        None => true,
+        Some(_) => version != "00",
+    };
+    (valid && rest_ok).then(|| (trace, u8::from_str_radix(flags, 16).unwrap_or(0)))
+}
+
+impl TraceContext {
+    /// The context for a request with these headers.
+    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse);
+        match parent {
+            Some((trace, flags)) => TraceContext {
+                trace_id: trace.to_string(),
+                span_id: random_hex::<8>(),
+                flags,
+                tracestate: headers.get("tracestate").filter(|v| v.len() <= MAX_TRACESTATE).cloned(),
+            },
+            None => TraceContext { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), flags: 0, tracestate: None },
+        }
+    }
+
+    /// The `traceparent` the platform gets: this trace, the gateway's span as parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        HeaderValue::from_str(&format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)).unwrap_or(HeaderValue::from_static(""))
+    }
+
+    /// Adds `traceparent` (and `tracestate`) to a request going upstream.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        headers.insert("traceparent", self.traceparent());
+        if let Some(s) = &self.tracestate {
+            headers.insert("tracestate", s.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(tp: &str, ts: Option<&str>) -> TraceContext {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", tp.parse().unwrap());
+        if let Some(ts) = ts {
+            h.insert("tracestate", ts.parse().unwrap());
+        }
+        TraceContext::from_headers(&h)
+    }
+
+    #[test]
+    fn a_valid_parent_keeps_its_trace_and_flags_with_a_new_span() {
+        let c = ctx("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Some("congo=t61rcWkgMzE"));
+        assert_eq!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.flags, 1);
+        assert_ne!(c.span_id, "00f067aa0ba902b7");
+        assert_eq!(c.tracestate.as_ref().unwrap(), "congo=t61rcWkgMzE");
+        let tp = c.traceparent();
+        let tp = tp.to_str().unwrap();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"), "{tp}");
+        assert_eq!(parse(tp).map(|p| p.0), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
+    fn invalid_parents_start_a_new_trace_and_drop_tracestate() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let c = ctx(bad, Some("a=b"));
+            assert_ne!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_eq!((c.trace_id.len(), c.flags, c.tracestate.is_none()), (32, 0, true), "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more").is_some());
+    }
+}
