@@ -78,6 +78,10 @@ impl Admin {
                 rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
                 rsp
             }
+            (&Method::GET, "/openapi.json") => match openapi_json() {
+                Ok(json) => body::json(StatusCode::OK, json),
+                Err(e) => body::detail(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
             (&Method::POST, "/admin/reload") => {
                 if let Some(refused) = self.refusal(&req) {
                     return refused;
@@ -137,4 +141,18 @@ impl Admin {
             _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
         }
     }
+}
+
+/// The tenant API's OpenAPI document (`docs/openapi.yaml`, compiled in), as JSON, converted once.
+pub fn openapi_json() -> Result<&'static str, &'static str> {
+    static JSON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    JSON.get_or_init(|| {
+        let doc: serde_json::Value = serde_yaml_ng::from_str(include_str!("../docs/openapi.yaml")).map_err(|e| format!("docs/openapi.yaml: {e}"))?;
+        serde_json::to_string(&doc).map_err(|e| e.to_string())
+    })
+    .as_deref()
+    .map_err(|e| {
+        tracing::error!(error = e, "the compiled-in OpenAPI document does not parse");
+        "OpenAPI document unavailable"
+    })
 }

@@ -128,7 +128,9 @@ impl Gateway {
         let idem = match &idem_key {
             None => None,
             Some(key) => {
-                let digest: [u8; 32] = Sha256::digest(&body).into();
+                // The route is part of what the key names: the same body sent to another family
+                // is another request, never a replay of the first one's answer.
+                let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
                 let stale_ms = (self.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
                 match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
                     IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key: key.clone(), digest, done: false }),

@@ -156,3 +156,25 @@ async fn trace_context_reaches_the_platform_and_the_access_line() {
     assert!(polled.trace.0.unwrap().contains(&own));
     gw.shutdown().await;
 }
+
+/// The admin listener serves the OpenAPI document as JSON, covering every family's routes.
+#[tokio::test]
+async fn the_admin_listener_serves_the_openapi_document() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let r = get(&client(), &gw.admin_url("/openapi.json"), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for f in tollgate::policy::family::Family::ALL {
+        let slash = if f == tollgate::policy::family::Family::Sora { "/" } else { "" };
+        for path in [format!("/v1/{}/generate", f.path()), format!("/v1/{}/generations", f.path()), format!("/v1/{}/generations/{{id}}{slash}", f.path())] {
+            assert!(doc["paths"].get(&path).is_some(), "{path} is not documented");
+        }
+    }
+    for path in ["/v1/data/balance", "/v1/gateway/usage", "/webhooks/runblob/{token}"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
+    gw.shutdown().await;
+}

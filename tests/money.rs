@@ -233,6 +233,13 @@ async fn idempotency_key_replays_conflicts_and_mismatches() {
     // Same key, other body: 422.
     let other = send(&c, with_key(r#"{"prompt":"something else"}"#, "order-1", KEY_A)).await;
     assert_eq!((other.status.as_u16(), other.detail().as_str()), (422, "Idempotency-Key was already used with a different request body"));
+    // Same key and body on another family is another request, not a replay of the Sora answer
+    // (found by schemathesis: a Nano Banana 201 came back for a Sora generate).
+    let mut r = request(Method::POST, &gw.url("/v1/gemini/generate"), Some(KEY_A), SORA.to_string());
+    r.headers_mut().insert("idempotency-key", "order-1".parse().unwrap());
+    let other = send(&c, r).await;
+    assert_eq!((other.status.as_u16(), other.detail().as_str()), (422, "Idempotency-Key was already used with a different request body"));
+    assert_eq!(platform.generate_calls(), 1);
     // Keys are per tenant.
     assert_eq!(send(&c, with_key(SORA, "order-1", KEY_B)).await.status, 201);
     assert_eq!(platform.generate_calls(), 2);
