@@ -149,6 +149,8 @@ struct ServerSection {
     min_upload_bytes_per_sec: Option<u64>,
     idle_timeout_secs: Option<u64>,
     admin_token_env: Option<String>,
+    tls_cert_path: Option<String>,
+    tls_key_path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +290,17 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// The variable it comes from (named in the admin API's 403).
     pub admin_token_env: String,
+    /// TLS on the tenant listener: PEM certificate chain and private key.
+    pub tls: Option<TlsPaths>,
+}
+
+/// `[server] tls_cert_path` and `tls_key_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 /// `[upstream]`.
@@ -594,6 +607,7 @@ impl Config {
             idle_timeout: Duration::from_secs(positive(s.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "server.idle_timeout_secs", p)),
             admin_token: env.var(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
             admin_token_env: token_env.clone(),
+            tls: Self::tls(s.tls_cert_path, s.tls_key_path, p),
         };
         // A quarter of the total by default: one tenant's stalled uploads never fill it.
         let per_tenant = s.max_buffered_body_bytes_per_tenant.unwrap_or(cfg.max_buffered_body_bytes as u64 / 4);
@@ -602,6 +616,30 @@ impl Config {
         }
         cfg.max_buffered_body_bytes_per_tenant = (per_tenant as usize).clamp(1, cfg.max_buffered_body_bytes);
         cfg
+    }
+
+    /// Both paths or neither; the files must hold a certificate and its key. A missing file is
+    /// reported like a missing secret (`check-config --skip-secrets` only warns).
+    fn tls(cert: Option<String>, key: Option<String>, p: &mut Vec<String>) -> Option<TlsPaths> {
+        match (cert.filter(|c| !c.is_empty()), key.filter(|k| !k.is_empty())) {
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                p.push("server.tls_cert_path and server.tls_key_path go together: set both (TLS) or neither (plain HTTP)".into());
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let paths = TlsPaths { cert: cert.into(), key: key.into() };
+                let missing: Vec<_> = [("tls_cert_path", &paths.cert), ("tls_key_path", &paths.key)].into_iter().filter(|(_, f)| !f.is_file()).collect();
+                if !missing.is_empty() {
+                    for (k, f) in missing {
+                        p.push(format!("secret: server.{k} {} is not a readable file", f.display()));
+                    }
+                } else if let Err(e) = crate::tls::read(&paths.cert, &paths.key) {
+                    p.push(e);
+                }
+                Some(paths)
+            }
+        }
     }
 
     fn upstream(u: UpstreamSection, env: &dyn Env, p: &mut Vec<String>) -> UpstreamConfig {
@@ -798,6 +836,8 @@ impl Config {
         vec![
             ("server.listen", s.listen.to_string()),
             ("server.admin_listen", s.admin_listen.to_string()),
+            // Turning TLS on or off needs a restart; new files (or paths) are reloaded.
+            ("server.tls", s.tls.is_some().to_string()),
             (
                 "server (timeouts and limits)",
                 format!(

@@ -73,6 +73,8 @@ impl Runtime {
 /// Shared state of a running gateway.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
+    /// The tenant listener's certificate, when it speaks TLS (swapped by a reload).
+    pub tls: Option<Arc<crate::tls::Certs>>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) balance: BalanceKeeper,
@@ -190,7 +192,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 impl Gateway {
     /// Builds a gateway on an opened store.
-    pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>) -> Arc<Gateway> {
+    pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>, tls: Option<Arc<crate::tls::Certs>>) -> Arc<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
         Arc::new(Gateway {
@@ -213,6 +215,7 @@ impl Gateway {
                 config.server.min_upload_bytes_per_sec,
             ),
             reload_source,
+            tls,
             started_with: config.restart_only(),
             auth_failures: crate::limits::AuthFailures::new(),
         })
@@ -260,7 +263,14 @@ impl Gateway {
         let Some(source) = &self.reload_source else {
             return Err("this gateway has no config file to reload".into());
         };
-        match source() {
+        let loaded = source().map_err(|e| e.to_string()).and_then(|config| {
+            // New certificate files (or paths) reach new connections; open ones keep theirs.
+            if let (Some(certs), Some(paths)) = (&self.tls, &config.server.tls) {
+                certs.reload(&paths.cert, &paths.key)?;
+            }
+            Ok(config)
+        });
+        match loaded {
             Ok(config) => {
                 self.apply(&config);
                 self.metrics.reload(true);
@@ -277,7 +287,7 @@ impl Gateway {
             Err(e) => {
                 self.metrics.reload(false);
                 tracing::error!(error = %e, "config reload refused; the previous config keeps serving");
-                Err(e.to_string())
+                Err(e)
             }
         }
     }

@@ -36,6 +36,7 @@ pub mod status_cache;
 pub mod store;
 #[doc(hidden)]
 pub mod testkit;
+pub mod tls;
 pub mod trace;
 pub mod upload;
 pub mod usage;
@@ -83,26 +84,50 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Opens the store and builds the gateway (without serving yet).
-pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>) -> Result<Arc<Gateway>, store::StoreError> {
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The store did not open.
+    #[error("opening the store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The TLS certificate or key did not load.
+    #[error("loading the TLS certificate: {0}")]
+    Tls(String),
+}
+
+/// Opens the store, loads the TLS certificate if any, and builds the gateway (without serving).
+pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>) -> Result<Arc<Gateway>, BuildError> {
+    let tls = match &config.server.tls {
+        Some(p) => Some(tls::Certs::load(&p.cert, &p.key).map_err(BuildError::Tls)?),
+        None => None,
+    };
     let store = store::open(&config.store).await?;
-    Ok(Gateway::new(config, store, log, reload))
+    Ok(Gateway::new(config, store, log, reload, tls))
 }
 
 /// Serves `gateway` on the listeners until `shutdown` resolves, then drains in-flight requests
 /// for up to `shutdown_grace_secs`.
 pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let tls = match gateway.tls.as_ref().map(|c| c.acceptor()).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up TLS; not serving");
+            return;
+        }
+    };
     let opts = ServerOptions {
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
         shutdown_grace: config.server.shutdown_grace,
+        tls,
     };
     let gw = gateway.clone();
     let on_refusal: server::OnRefusal = Arc::new(move |r| gw.protocol_refusal(r));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin = admin::Admin::new(gateway.clone(), config.server.admin_token.clone(), config.server.admin_token_env.clone());
-    let admin_opts = ServerOptions { max_connections: 256, ..opts.clone() };
+    // The admin port stays plain HTTP: it is meant for loopback and the cluster network.
+    let admin_opts = ServerOptions { max_connections: 256, tls: None, ..opts.clone() };
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(server::serve(
         listeners.admin,

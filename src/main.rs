@@ -151,7 +151,7 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let (log, _guard) = init_logging();
     let listeners = tollgate::Listeners::bind(&config).await?;
     let reload_path = path.clone();
-    let gateway = tollgate::build(&config, log, Some(Arc::new(move || load(&reload_path)))).await.context("opening the store")?;
+    let gateway = tollgate::build(&config, log, Some(Arc::new(move || load(&reload_path)))).await.context("starting the gateway")?;
     // SIGHUP: reload tenants, keys, limits and prices; a bad file is refused and logged.
     let gw = gateway.clone();
     tokio::spawn(async move {
@@ -164,6 +164,7 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     });
     tracing::info!(
         listen = %listeners.tenant.local_addr()?,
+        tls = config.server.tls.is_some(),
         admin = %listeners.admin.local_addr()?,
         store = gateway.store().backend(),
         tenants = config.tenants.tenants().len(),

@@ -40,8 +40,12 @@ const MIN_SILENT_AGE: Duration = Duration::from_millis(500);
 /// Streams one HTTP/2 connection may have open at once.
 pub const MAX_H2_STREAMS: u32 = 64;
 
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// Listener settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// From accept to the first complete request head; also hyper's limit for later heads.
     pub header_read_timeout: Duration,
@@ -51,6 +55,8 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// How long in-flight requests get after shutdown starts.
     pub shutdown_grace: Duration,
+    /// TLS (rustls, ALPN h2 and http/1.1); `None` serves plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The client's address, put in every request's extensions.
@@ -288,13 +294,42 @@ where
                 rsp
             }
         });
-        let io = TokioIo::new(Watched::new(stream, ambiguous));
         let (builder, opts, on_refusal, mut stop) = (builder.clone(), opts.clone(), on_refusal.clone(), stop_rx.clone());
         tokio::spawn(async move {
+            let refuse = |status, outcome| on_refusal(ProtocolRefusal { peer, status, outcome });
+            // The TLS handshake counts against the first head's deadline, and a connection still
+            // in its handshake is as silent as one that never spoke: evictable at the cap.
+            let io: Box<dyn Io> = match &opts.tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    let deadline = activity.started + opts.header_read_timeout;
+                    tokio::select! {
+                        r = acceptor.accept(stream) => match r {
+                            Ok(tls) => Box::new(tls),
+                            Err(e) => {
+                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                                refuse(400, "tls_handshake_failed");
+                                drop(permit);
+                                return;
+                            }
+                        },
+                        _ = tokio::time::sleep_until(deadline.into()) => {
+                            refuse(408, "header_timeout");
+                            drop(permit);
+                            return;
+                        }
+                        _ = evict.notified() => {
+                            refuse(503, "evicted_at_capacity");
+                            drop(permit);
+                            return;
+                        }
+                    }
+                }
+            };
+            let io = TokioIo::new(Watched::new(io, ambiguous));
             let conn = builder.serve_connection(io, svc).into_owned();
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;
-            let refuse = |status, outcome| on_refusal(ProtocolRefusal { peer, status, outcome });
             loop {
                 let seen = activity.seen.load(Ordering::Acquire);
                 let wake = if seen == 0 {

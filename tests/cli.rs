@@ -15,11 +15,6 @@ use tollgate::testkit::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tollgate-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A running `tollgate run`, its stdout collected line by line.
 struct Proc {

@@ -39,6 +39,7 @@ async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving(
         idle_timeout: Duration::from_secs(60),
         max_connections: 16,
         shutdown_grace: Duration::from_secs(1),
+        tls: None,
     };
     let gw2 = gw.clone();
     let on_refusal: tollgate::server::OnRefusal = Arc::new(move |r| gw2.protocol_refusal(r));
@@ -94,8 +95,7 @@ async fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
 #[tokio::test]
 async fn the_embedding_example_serves_its_own_route_and_the_gateway() {
     let platform = Platform::start().await;
-    let dir = std::env::temp_dir().join(format!("tollgate-embed-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir();
     let path = dir.join("tollgate.toml");
     std::fs::write(&path, config_text(platform.addr, "", &default_tenants())).unwrap();
     // target/debug/deps/interfaces-… → target/debug/examples/embed

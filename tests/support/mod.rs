@@ -167,6 +167,13 @@ pub fn default_tenants() -> String {
     format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None))
 }
 
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tollgate-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Tenants' webhook signing secret in tests (32 bytes of 0x2a).
 pub const WEBHOOK_SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
