@@ -3,11 +3,15 @@
 #   (a) the simulated platform directly,
 #   (b) nginx as a plain reverse proxy in front of it (proxy_pass, upstream keepalive, one
 #       worker, access log on),
-#   (c) tollgate in front of it (auth, rate limits set high enough not to reject, ownership
-#       check, SQLite store, JSON access log on).
+#   (c) a zero-policy hyper proxy (examples/bare_proxy.rs): the floor for this stack,
+#   (d) tollgate in front of it (auth, rate limits set high enough not to reject, ownership
+#       check, SQLite store, JSON access log on), status cache off: every poll is forwarded,
+#       as through nginx. This is the headline comparison;
+#   (e) the same tollgate with its status cache on (1 s): a feature, reported apart.
 # Workloads: status polling (GET /v1/sora/generations/{id}/, 64 connections) and paid generate
-# with a 1 MiB and a 10 MiB base64 image. Prints a table and the ratios tollgate/nginx and
-# tollgate/direct, then tollgate's RSS idle and under 20 concurrent 10 MiB uploads.
+# with a 1 MiB and a 10 MiB base64 image. Each row has the proxy's own CPU time per request
+# (utime+stime from /proc over the run, divided by the requests wrk completed). Prints a table,
+# the ratios against nginx, then tollgate's RSS idle and under 20 concurrent 10 MiB uploads.
 #
 # Needs: wrk and nginx (apt-get install wrk nginx). Usage: bash benches/load.sh [seconds]
 set -euo pipefail
@@ -16,8 +20,9 @@ DUR=${1:-10}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)"; exit 1; }
 
-cargo build --release --quiet
+cargo build --release --quiet --bins --examples
 BIN=target/release/tollgate
+BARE=target/release/examples/bare_proxy
 WORK=$(mktemp -d /tmp/tollgate-load.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,7 +33,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 TOKEN=bench-platform-token
 KEY=bench-tenant-key
-P_PORT=$(free_port); N_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_port); U_PORT=$(free_port); UA_PORT=$(free_port)
+P_PORT=$(free_port); N_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_port); U_PORT=$(free_port); UA_PORT=$(free_port); B_PORT=$(free_port)
 
 # (a) the simulated platform; generations stay pending (long step) so polls are uniform.
 RUNBLOB_TOKEN=$TOKEN $BIN mock-platform --listen 127.0.0.1:$P_PORT --balance 1000000000 --step-ms 100000000 >"$WORK/mock.log" 2>&1 &
@@ -60,7 +65,14 @@ http {
 }
 EOF
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NPID=$!
+PIDS+=($NPID)
+MPID=${PIDS[0]}
+
+# (c) the zero-policy hyper proxy.
+$BARE 127.0.0.1:$B_PORT http://127.0.0.1:$P_PORT $TOKEN >"$WORK/bare.log" 2>&1 &
+BPID=$!
+PIDS+=($BPID)
 
 # (c) tollgate.
 DIGEST=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
@@ -95,8 +107,9 @@ PIDS+=($TPID)
 sed -e "s/127.0.0.1:$T_PORT/127.0.0.1:$U_PORT/" -e "s/127.0.0.1:$A_PORT/127.0.0.1:$UA_PORT/" -e "s#tollgate.db#nocache.db#" \
     -e 's/^token_env = "RUNBLOB_TOKEN"/token_env = "RUNBLOB_TOKEN"\nstatus_cache_ms = 0/' "$WORK/tollgate.toml" >"$WORK/nocache.toml"
 RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/nocache.toml" >"$WORK/nocache.log" 2>&1 &
-PIDS+=($!)
-wait_port $P_PORT; wait_port $N_PORT; wait_port $T_PORT; wait_port $U_PORT
+UPID=$!
+PIDS+=($UPID)
+wait_port $P_PORT; wait_port $N_PORT; wait_port $T_PORT; wait_port $U_PORT; wait_port $B_PORT
 
 # A generation owned by the bench tenant, polled through all three.
 new_gen() {
@@ -135,35 +148,48 @@ EOF
 post_lua "$WORK/body_1m.json" >"$WORK/post_1m.lua"
 post_lua "$WORK/body_10m.json" >"$WORK/post_10m.lua"
 
-# run NAME PORT CONNS SCRIPT PATH → "rps p50_ms p99_ms non2xx"
+# CPU seconds (utime+stime) used so far by the given PIDs and their children threads.
+TICKS=$(getconf CLK_TCK)
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat))); done; echo $t; }
+# run NAME PORT CONNS SCRIPT PATH PIDS... → "rps p50_ms p99_ms non2xx cpu_us_per_req"
 run() {
-  local out
-  out=$(wrk -t2 -c"$3" -d"${DUR}s" --latency -s "$4" "http://127.0.0.1:$2$5" 2>&1)
-  echo "$out" >"$WORK/wrk_$1.txt"
-  local rps p50 p99 bad
+  local name=$1 port=$2 conns=$3 script=$4 path=$5; shift 5
+  local before after out
+  before=$(cpu_ticks "$@")
+  out=$(wrk -t2 -c"$conns" -d"${DUR}s" --latency -s "$script" "http://127.0.0.1:$port$path" 2>&1)
+  after=$(cpu_ticks "$@")
+  echo "$out" >"$WORK/wrk_$name.txt"
+  local rps p50 p99 bad reqs cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   bad=$(awk '/Non-2xx/ {print $5}' <<<"$out"); bad=${bad:-0}
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $bad"
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  cpu=$(python3 -c "print(round(($after-$before)/$TICKS*1e6/max($reqs,1), 1))")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $bad $cpu"
 }
 to_ms() { python3 -c "
 import re,sys; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)', v)
 n=float(m.group(1)); u=m.group(2); print(round(n/1000 if u=='us' else n*1000 if u=='s' else n, 3))" "$1"; }
 
 STATUS=/v1/sora/generations/$GEN/
+NGINX_PIDS="$NPID $(pgrep -P $NPID | tr '\n' ' ')"
 declare -A R
-for target in direct:$P_PORT nginx:$N_PORT tollgate:$T_PORT; do
-  name=${target%%:*}; port=${target##*:}
-  # direct needs the platform token itself.
+# name:port:pids (pids comma-separated)
+for target in direct:$P_PORT:$MPID nginx:$N_PORT:${NGINX_PIDS// /,} bare:$B_PORT:$BPID tollgate_nocache:$U_PORT:$UPID tollgate:$T_PORT:$TPID; do
+  IFS=: read -r name port pids <<<"$target"
+  pids=${pids//,/ }
+  # direct needs the platform token itself; the bare proxy sends it for any caller.
   script=$WORK/get.lua; [ "$name" = direct ] && { sed "s/$KEY/$TOKEN/" "$WORK/get.lua" >"$WORK/get_direct.lua"; script=$WORK/get_direct.lua; }
-  R[status_$name]=$(run "status_$name" "$port" 64 "$script" "$STATUS")
-  if [ "$name" = tollgate ]; then
-    R[status_tollgate_nocache]=$(run status_tollgate_nocache "$U_PORT" 64 "$script" "/v1/sora/generations/$GEN_NC/")
-  fi
+  gen=$GEN; [ "$name" = tollgate_nocache ] && gen=$GEN_NC
+  # shellcheck disable=SC2086
+  R[status_$name]=$(run "status_$name" "$port" 64 "$script" "/v1/sora/generations/$gen/" $pids)
+  # Generates once per proxy: the cache only concerns polls.
+  [ "$name" = tollgate ] && continue
   for size in 1m 10m; do
     s=$WORK/post_$size.lua; [ "$name" = direct ] && { sed "s/$KEY/$TOKEN/" "$s" >"$WORK/post_${size}_direct.lua"; s=$WORK/post_${size}_direct.lua; }
-    R[gen${size}_$name]=$(run "gen${size}_$name" "$port" 4 "$s" /v1/sora/generate)
+    # shellcheck disable=SC2086
+    R[gen${size}_$name]=$(run "gen${size}_$name" "$port" 4 "$s" /v1/sora/generate $pids)
   done
 done
 
@@ -180,27 +206,33 @@ done
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$TPID/status)
 BODY_BYTES=$(stat -c %s "$WORK/body_10m.json")
 
-printf '\n%-22s %12s %10s %10s %8s\n' workload req/s p50_ms p99_ms non2xx
+printf '\n%-24s %10s %9s %9s %7s %12s\n' workload req/s p50_ms p99_ms non2xx cpu_us/req
 for w in status gen1m gen10m; do
-  names="direct nginx tollgate"; [ $w = status ] && names="direct nginx tollgate tollgate_nocache"
+  names="direct nginx bare tollgate_nocache"; [ $w = status ] && names="direct nginx bare tollgate_nocache tollgate"
   for name in $names; do
-    read -r rps p50 p99 bad <<<"${R[${w}_$name]}"
-    printf '%-22s %12s %10s %10s %8s\n' "$w/$name" "$rps" "$p50" "$p99" "$bad"
+    read -r rps p50 p99 bad cpu <<<"${R[${w}_$name]}"
+    label=$name; [ $w != status ] && [ $name = tollgate_nocache ] && label=tollgate
+    [ $w = status ] && [ $name = tollgate ] && label="tollgate (cache on)"
+    printf '%-24s %10s %9s %9s %7s %12s\n' "$w/$label" "$rps" "$p50" "$p99" "$bad" "$cpu"
   done
 done
-ratio() { python3 -c "print(round(float('$1')/float('$2'), 3))"; }
+ratio() { python3 -c "print(round(float('$1')/float('$2'), 2))"; }
+vs_nginx() {
+  read -r t_rps t_p50 t_p99 _ t_cpu <<<"${R[$2]}"
+  read -r n_rps n_p50 n_p99 _ n_cpu <<<"${R[$3]}"
+  echo "$1: throughput $(ratio "$t_rps" "$n_rps")x nginx, p99 $(ratio "$t_p99" "$n_p99")x, CPU/request $(ratio "$t_cpu" "$n_cpu")x," \
+       "p50 added $(python3 -c "print(round($t_p50-$n_p50, 3))") ms"
+}
 echo
-for w in status gen1m gen10m; do
-  read -r t_rps t_p50 t_p99 _ <<<"${R[${w}_tollgate]}"
-  read -r n_rps n_p50 n_p99 _ <<<"${R[${w}_nginx]}"
-  read -r d_rps d_p50 d_p99 _ <<<"${R[${w}_direct]}"
-  echo "$w: throughput tollgate/nginx $(ratio "$t_rps" "$n_rps")  tollgate/direct $(ratio "$t_rps" "$d_rps");" \
-       "p99 tollgate/nginx $(ratio "$t_p99" "$n_p99");" \
-       "p50 added over nginx $(python3 -c "print(round($t_p50-$n_p50, 3))") ms, over direct $(python3 -c "print(round($t_p50-$d_p50, 3))") ms"
-done
-read -r t_rps _ t_p99 _ <<<"${R[status_tollgate_nocache]}"
-read -r n_rps _ n_p99 _ <<<"${R[status_nginx]}"
-echo "status with the cache off: throughput tollgate/nginx $(ratio "$t_rps" "$n_rps"); p99 tollgate/nginx $(ratio "$t_p99" "$n_p99")"
+echo "Headline, forwarding every request (status cache off), against nginx in the same run:"
+vs_nginx "  tollgate, status polls" status_tollgate_nocache status_nginx
+vs_nginx "  tollgate, 1 MiB generate" gen1m_tollgate_nocache gen1m_nginx
+vs_nginx "  tollgate, 10 MiB generate" gen10m_tollgate_nocache gen10m_nginx
+echo "The floor for this stack (zero-policy hyper proxy):"
+vs_nginx "  bare hyper, status polls" status_bare status_nginx
+vs_nginx "  bare hyper, 10 MiB generate" gen10m_bare gen10m_nginx
+echo "A separate feature, not a forwarding figure: the status cache (1 s) answers repeat polls from memory:"
+vs_nginx "  tollgate (cache on), status polls" status_tollgate status_nginx
 echo
 echo "tollgate RSS idle: $((IDLE_RSS / 1024)) MiB"
 echo "tollgate RSS peak under 20 concurrent 10 MiB uploads: sampled $((PEAK / 1024)) MiB, VmHWM $((HWM / 1024)) MiB" \
