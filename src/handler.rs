@@ -22,13 +22,13 @@ use crate::policy::tenants::Tenant;
 use crate::policy::validate::{parse_object, validate_with};
 use crate::status_cache::{CachedStatus, Lookup};
 use crate::paid::{passthrough, HoldGuard, IdemGuard, Paid};
+use std::collections::HashMap;
+
 use crate::store::{month_of, now_ms, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage, WebhookTarget};
 
 /// Default and maximum page size of list endpoints (the platform's documented 1–100, 50).
 const LIST_DEFAULT: usize = 50;
 const LIST_MAX: usize = 100;
-/// Status lookups in flight at once while building a list.
-const LIST_CONCURRENCY: usize = 8;
 /// A claim whose request died before taking its hold frees itself this long after the request
 /// deadline.
 const IDEM_CLAIM_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -369,33 +369,48 @@ impl Gateway {
     }
 
     /// `GET /v1/{family}/generations?limit&offset`: the tenant's own generations, newest first,
-    /// each with its current status from the platform.
+    /// from the gateway's records, with at most one platform call: the account's newest page of
+    /// this family gives the current body of those generations it holds (status changes are
+    /// recorded, a failure refunded); older ones are answered from the record, which the
+    /// reconciler keeps current. N generations never cost N calls of the token's shared budget.
     pub(crate) async fn list(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, uri: &Uri) -> Result<Response<Body>, GatewayError> {
-        use futures_util::stream::{self, StreamExt};
         let limit = query_usize(uri, "limit", LIST_DEFAULT, 1, LIST_MAX)?;
         let offset = query_usize(uri, "offset", 0, 0, usize::MAX / 2)?;
         let records = self.store.list_generations(&tenant.id, family, limit, offset).await?;
-        let (request_id, trace) = (ctx.request_id.clone(), ctx.trace.clone());
-        // Sora's status path is documented with a trailing slash.
-        let slash = if family == Family::Sora { "/" } else { "" };
-        let items: Vec<String> = stream::iter(records)
-            .map(|r| {
-                let path = format!("/v1/{}/generations/{}{slash}", family.path(), r.id);
-                let (request_id, trace) = (request_id.clone(), trace.clone());
-                async move {
-                    let polled = self.current_status(&request_id, trace.as_ref(), &r, &path).await;
-                    match polled.result {
-                        Ok(a) if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&a.body).is_ok() => {
-                            String::from_utf8_lossy(&a.body).into_owned()
+        if records.is_empty() {
+            ctx.outcome = "served";
+            return Ok(body::json(StatusCode::OK, "[]"));
+        }
+        let path = format!("/v1/{}/generations?limit={LIST_MAX}", family.path());
+        let mut current: HashMap<String, serde_json::Value> = HashMap::new();
+        match self.upstream.send(Method::GET, &path, None, &ctx.request_id, ctx.trace.as_ref(), Bytes::new()).await {
+            Ok(rsp) => {
+                ctx.upstream_status = Some(rsp.status.as_u16());
+                ctx.upstream_latency = Some(rsp.latency);
+                if rsp.status.is_success() {
+                    if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&rsp.body) {
+                        for item in items {
+                            if let Some(id) = item.get(family.id_field()).and_then(|v| v.as_str()) {
+                                current.insert(id.to_string(), item);
+                            }
                         }
-                        // The platform did not answer for this one: what the gateway last saw.
-                        _ => serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string(),
                     }
                 }
-            })
-            .buffered(LIST_CONCURRENCY)
-            .collect()
-            .await;
+            }
+            // The list still answers from the records; the reconciler catches up later.
+            Err(e) => tracing::debug!(request_id = %ctx.request_id, error = %e, "platform list unavailable; answering from records"),
+        }
+        let mut items = Vec::with_capacity(records.len());
+        for r in &records {
+            match current.remove(&r.id) {
+                Some(v) => {
+                    let text = v.to_string();
+                    self.track_status(r, text.as_bytes()).await;
+                    items.push(text);
+                }
+                None => items.push(serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string()),
+            }
+        }
         Ok(body::json(StatusCode::OK, format!("[{}]", items.join(","))))
     }
 

@@ -152,7 +152,7 @@ async fn trace_context_reaches_the_platform_and_the_access_line() {
     let line = gw.log_lines().into_iter().find(|l| l["request_id"] == "traced-2").unwrap();
     let own = line["trace_id"].as_str().unwrap().to_string();
     assert!(own.len() == 32 && own != trace, "{own}");
-    let polled = platform.mock.recorded().into_iter().rev().find(|r| r.path.contains("/generations/")).unwrap();
+    let polled = platform.mock.recorded().into_iter().rev().find(|r| r.path.contains("/generations")).unwrap();
     assert!(polled.trace.0.unwrap().contains(&own));
     gw.shutdown().await;
 }

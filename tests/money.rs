@@ -181,6 +181,23 @@ async fn lists_show_only_the_tenants_own_generations() {
     assert_eq!(page[0]["status"], "pending");
     let r = get(&c, &gw.url("/v1/sora/generations?limit=0"), Some(KEY_A)).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "limit: must be an integer from 1 to 100"));
+    // A list costs at most one platform call, never one per generation.
+    let before = platform.forwarded().len();
+    let r = get(&c, &gw.url("/v1/sora/generations?limit=100"), Some(KEY_A)).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 3);
+    let calls: Vec<String> = platform.forwarded()[before..].iter().map(|r| r.path.clone()).collect();
+    assert_eq!(calls, vec!["/v1/sora/generations?limit=100".to_string()], "one list call");
+    // The platform's list failing does not fail the tenant's: it answers from the records.
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(503);
+    f.path_prefix = Some("/v1/sora/generations?".into());
+    f.times = Some(10);
+    platform.inject(f);
+    let r = get(&c, &gw.url("/v1/sora/generations"), Some(KEY_A)).await;
+    assert_eq!(r.status, 200);
+    let page = r.json();
+    assert_eq!(page.as_array().unwrap().len(), 3);
+    assert_eq!((page[0]["generation_id"].as_str(), page[0]["status"].as_str()), (Some(mine[0].as_str()), Some("pending")));
     assert_eq!(get(&c, &gw.url("/v1/gemini/generations"), Some(KEY_A)).await.json(), serde_json::json!([]));
     gw.shutdown().await;
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Profiles tollgate on the forwarding path: status polls through a gateway with the status cache
+# off, 64 connections, in front of the simulated platform. Records `perf` call graphs (DWARF) of
+# the gateway process only and prints the top entries, flat and by caller.
+#   bash benches/profile.sh [seconds]       (needs perf and wrk: apt-get install linux-perf wrk)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-8}
+command -v perf >/dev/null || { echo "needs perf (apt-get install linux-perf)"; exit 1; }
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
+cargo build --release --quiet --bins
+BIN=target/release/tollgate
+WORK=$(mktemp -d /tmp/tollgate-profile.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
+P=$(free_port); T=$(free_port); A=$(free_port)
+KEY=bench-tenant-key
+RUNBLOB_TOKEN=t $BIN mock-platform --listen 127.0.0.1:$P --balance 1000000 --step-ms 100000000 >"$WORK/mock.log" 2>&1 &
+PIDS+=($!)
+cat >"$WORK/t.toml" <<TOML
+[server]
+listen = "127.0.0.1:$T"
+admin_listen = "127.0.0.1:$A"
+[upstream]
+base_url = "http://127.0.0.1:$P"
+token_env = "RUNBLOB_TOKEN"
+status_cache_ms = 0
+[store]
+backend = "sqlite"
+path = "$WORK/t.db"
+[pricing]
+sora = "0.12"
+[[tenants]]
+id = "bench"
+keys_sha256 = ["$(printf %s $KEY | sha256sum | cut -d' ' -f1)"]
+requests_per_second = 1000000
+burst = 1000000
+generations_per_minute = 1000000
+TOML
+RUNBLOB_TOKEN=t $BIN run --config "$WORK/t.toml" >"$WORK/t.log" 2>&1 &
+TPID=$!
+PIDS+=($TPID)
+wait_port $P; wait_port $T
+GEN=$(curl -sf "http://127.0.0.1:$T/v1/sora/generate" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d '{"prompt":"p"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation_id"])')
+echo "wrk.headers[\"Authorization\"] = \"Bearer $KEY\"" >"$WORK/get.lua"
+wrk -t2 -c64 -d"$((DUR + 2))s" -s "$WORK/get.lua" "http://127.0.0.1:$T/v1/sora/generations/$GEN/" >"$WORK/wrk.txt" &
+WPID=$!
+sleep 1
+perf record -q -F 999 -p $TPID -o "$WORK/perf.data" -- sleep "$DUR" 2>/dev/null
+wait $WPID
+grep -E "Requests/sec" "$WORK/wrk.txt"
+echo "--- flat (self) ---"
+perf report -i "$WORK/perf.data" --no-children --sort symbol --percent-limit 1.5 --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -30
+echo "--- inclusive (children), tollgate/hyper/tokio frames ---"
+perf report -i "$WORK/perf.data" --children --sort symbol --percent-limit 3 --stdio 2>/dev/null | grep -E "^ +[0-9]" | grep -Ei "tollgate|hyper|tokio|h2|serde|tower" | head -30
+echo "perf data: $WORK/perf.data"
