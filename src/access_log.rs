@@ -99,20 +99,26 @@ impl AccessLog {
         let b = batch.clone();
         let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || loop {
-                let stop = b.stop.load(Ordering::Relaxed);
-                let out = std::mem::take(&mut *b.buf.lock().unwrap_or_else(|p| p.into_inner()));
-                if !out.is_empty() {
-                    let _ = w.write_all(&out).and_then(|_| w.flush());
+            .spawn(move || {
+                // Two buffers swapped in turn: requests append to one whose capacity has already
+                // grown, never to a fresh empty Vec that reallocates and copies as it fills.
+                let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+                loop {
+                    let stop = b.stop.load(Ordering::Relaxed);
+                    out.clear();
+                    std::mem::swap(&mut out, &mut *b.buf.lock().unwrap_or_else(|p| p.into_inner()));
+                    if !out.is_empty() {
+                        let _ = w.write_all(&out).and_then(|_| w.flush());
+                    }
+                    let dropped = b.dropped.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let _ = writeln!(w, r#"{{"time":"{}","level":"WARN","target":"access_log","message":"dropped {dropped} access-log lines: output too slow"}}"#, now_rfc3339());
+                    }
+                    if stop {
+                        return;
+                    }
+                    std::thread::park_timeout(FLUSH_EVERY);
                 }
-                let dropped = b.dropped.swap(0, Ordering::Relaxed);
-                if dropped > 0 {
-                    let _ = writeln!(w, r#"{{"time":"{}","level":"WARN","target":"access_log","message":"dropped {dropped} access-log lines: output too slow"}}"#, now_rfc3339());
-                }
-                if stop {
-                    return;
-                }
-                std::thread::park_timeout(FLUSH_EVERY);
             })
             .expect("spawn access-log thread");
         (AccessLog { sink: Sink::Batched(batch.clone()) }, FlushGuard { batch, thread: Some(thread) })
