@@ -182,6 +182,12 @@ struct BalanceSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+struct TelemetrySection {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct WebhooksSection {
     public_base_url: Option<String>,
     allow_http_loopback: Option<bool>,
@@ -253,10 +259,21 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// `[webhooks]`: relay tenants' callbacks (off when absent).
     pub webhooks: Option<WebhooksConfig>,
+    /// `[telemetry]`: OTLP span export (off when absent).
+    pub telemetry: Option<TelemetryConfig>,
     /// `[pricing]`.
     pub pricing: PriceTable,
     /// `[[tenants]]`.
     pub tenants: TenantDirectory,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Where spans go: an OTLP/HTTP (protobuf) traces URL, `…/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
 }
 
 /// `[server]`.
@@ -505,7 +522,7 @@ impl Config {
             }
         };
         for key in table.keys() {
-            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "pricing", "tenants"].contains(&key.as_str()) {
+            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "telemetry", "pricing", "tenants"].contains(&key.as_str()) {
                 p.push(format!("unknown key `{key}`"));
             }
         }
@@ -515,6 +532,7 @@ impl Config {
         let balance: BalanceSection = section(table.get("balance"), "balance", &mut p);
         let reconcile: ReconcileSection = section(table.get("reconcile"), "reconcile", &mut p);
         let webhooks: Option<WebhooksSection> = table.get("webhooks").map(|v| section(Some(v), "webhooks", &mut p));
+        let telemetry: Option<TelemetrySection> = table.get("telemetry").map(|v| section(Some(v), "telemetry", &mut p));
         let pricing: HashMap<String, PriceSpec> = match table.get("pricing") {
             None => HashMap::new(),
             // Entry by entry, so one bad family does not hide the others' problems.
@@ -576,7 +594,8 @@ impl Config {
             lease_margin: Duration::from_millis(reconcile.lease_margin_ms.unwrap_or(DEFAULT_LEASE_MARGIN_MS)),
         };
         let webhooks = webhooks.map(|w| Config::webhooks(w, &mut p));
-        let config = Config { server, upstream, store, balance, reconcile, webhooks, pricing, tenants };
+        let telemetry = telemetry.and_then(|t| Config::telemetry(t, &mut p));
+        let config = Config { server, upstream, store, balance, reconcile, webhooks, telemetry, pricing, tenants };
         (Some(config), p)
     }
 
@@ -667,6 +686,25 @@ impl Config {
             ) as u32,
             circuit_open: Duration::from_secs(positive(u.circuit_open_secs, DEFAULT_CIRCUIT_OPEN_SECS, "upstream.circuit_open_secs", p)),
         }
+    }
+
+    /// An http(s) URL; a bare collector address gets the standard `/v1/traces` path.
+    fn telemetry(t: TelemetrySection, p: &mut Vec<String>) -> Option<TelemetryConfig> {
+        let endpoint = t.otlp_endpoint.unwrap_or_default().trim().to_string();
+        if endpoint.is_empty() {
+            p.push("telemetry.otlp_endpoint is required in [telemetry] (for example http://127.0.0.1:4318/v1/traces)".into());
+            return None;
+        }
+        let Ok(uri) = endpoint.parse::<Uri>() else {
+            p.push(format!("telemetry.otlp_endpoint `{endpoint}` is not a URL"));
+            return None;
+        };
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            p.push(format!("telemetry.otlp_endpoint `{endpoint}` must be an http(s) URL with a host"));
+            return None;
+        }
+        let otlp_endpoint = if matches!(uri.path(), "" | "/") { format!("{}/v1/traces", endpoint.trim_end_matches('/')) } else { endpoint };
+        Some(TelemetryConfig { otlp_endpoint, service_name: t.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| "tollgate".into()) })
     }
 
     fn webhooks(w: WebhooksSection, p: &mut Vec<String>) -> WebhooksConfig {
@@ -860,6 +898,7 @@ impl Config {
                 format!("{} {:?} {:?} {} {:?} {} {:?} {}", u.base_url, u.connect_timeout, u.timeout, u.get_retries, u.status_cache, u.circuit_failure_threshold, u.circuit_open, u.token.expose().len()),
             ),
             ("webhooks", format!("{:?}", self.webhooks)),
+            ("telemetry", format!("{:?}", self.telemetry)),
             ("reconcile", format!("{:?}", self.reconcile)),
         ]
     }

@@ -300,7 +300,10 @@ impl Gateway {
     {
         let request_id = req.headers().get("x-request-id").and_then(sane_request_id).unwrap_or_else(new_request_id);
         let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
-        ctx.trace = Some(crate::trace::TraceContext::from_headers(req.headers()));
+        let mut trace = crate::trace::TraceContext::from_headers(req.headers());
+        // `None` (and free) unless `[telemetry]` exports spans.
+        let span = crate::telemetry::request_span(req.method(), req.uri().path(), &mut trace);
+        ctx.trace = Some(trace);
         let forwarded = ctx.forwarded.clone();
         // The deadline drops the stage future (hold and idempotency guards clean up on drop),
         // except once a paid request was forwarded: then its answer is what the client gets, and
@@ -336,6 +339,15 @@ impl Gateway {
             rsp.headers_mut().insert("x-request-id", v);
         }
         self.finish(&ctx, rsp.status().as_u16());
+        if let Some(span) = span {
+            span.record("http.route", ctx.route);
+            span.record("http.response.status_code", rsp.status().as_u16());
+            span.record("tollgate.request_id", ctx.request_id.as_str());
+            span.record("tollgate.outcome", ctx.outcome);
+            if let Some(t) = &ctx.tenant {
+                span.record("tollgate.tenant", &**t);
+            }
+        }
         rsp
     }
 

@@ -35,6 +35,7 @@ pub mod service;
 pub mod status_cache;
 pub mod store;
 #[doc(hidden)]
+pub mod telemetry;
 pub mod testkit;
 pub mod tls;
 pub mod trace;

@@ -110,18 +110,29 @@ enum Command {
 /// Keeps both log writers alive; dropping it writes out what is buffered.
 struct LogGuards(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard, #[allow(dead_code)] tollgate::access_log::FlushGuard);
 
-fn init_logging() -> (AccessLog, LogGuards) {
+fn init_logging(telemetry: Option<&tollgate::config::TelemetryConfig>) -> (AccessLog, LogGuards, Option<tollgate::telemetry::Provider>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // Diagnostics go through a non-blocking writer and the access log through a batch: a slow
     // terminal or pipe never stalls a request. Both end on stdout.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    tracing_subscriber::fmt()
-        // Flat fields and `time`, like the access lines: one shape for every line.
-        .event_format(tollgate::diag_log::FlatJson)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(writer)
+    // Flat fields and `time`, like the access lines: one shape for every line.
+    let lines = tracing_subscriber::fmt::layer().event_format(tollgate::diag_log::FlatJson).with_writer(writer);
+    let (otel, provider) = match telemetry.map(tollgate::telemetry::layer) {
+        Some(Ok((layer, provider))) => (Some(layer), Some(provider)),
+        Some(Err(e)) => {
+            eprintln!("tollgate: telemetry off: {e}");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(lines)
+        .with(otel)
         .init();
     let (log, flush) = AccessLog::batched(std::io::stdout());
-    (log, LogGuards(guard, flush))
+    (log, LogGuards(guard, flush), provider)
 }
 
 async fn shutdown_signal() {
@@ -148,7 +159,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
-    let (log, _guard) = init_logging();
+    let (log, _guard, telemetry) = init_logging(config.telemetry.as_ref());
+    if let Some(t) = &config.telemetry {
+        tracing::info!(endpoint = %t.otlp_endpoint, service = %t.service_name, "exporting request spans over OTLP");
+    }
     let listeners = tollgate::Listeners::bind(&config).await?;
     let reload_path = path.clone();
     let gateway = tollgate::build(&config, log, Some(Arc::new(move || load(&reload_path)))).await.context("starting the gateway")?;
@@ -176,6 +190,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         "tollgate serving"
     );
     tollgate::run(&config, gateway, listeners, shutdown_signal()).await;
+    if let Some(provider) = telemetry {
+        // Flushes the spans still batched; off the async threads, the SDK blocks while it waits.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -185,7 +203,7 @@ fn fault_kind(s: &str) -> anyhow::Result<FaultKind> {
 }
 
 async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u64, fault: Option<(String, f64, Option<u16>, u64)>) -> anyhow::Result<ExitCode> {
-    let (_, _guard) = init_logging();
+    let (_, _guard, _) = init_logging(None);
     let random_fault = match fault {
         None => None,
         Some((kind, rate, status, latency)) => Some((
@@ -319,7 +337,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config).await,
         Command::Demo { listen, admin_listen } => {
-            let (log, _guard) = init_logging();
+            let (log, _guard, _) = init_logging(None);
             match tollgate::demo::run(listen, admin_listen, log, shutdown_signal()).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => Err(anyhow::anyhow!("{e}")),

@@ -18,6 +18,8 @@ pub struct TraceContext {
     pub span_id: String,
     /// Trace flags (bit 0: sampled), kept from the caller.
     pub flags: u8,
+    /// The caller's span (the `traceparent` parent id), when it sent one.
+    pub parent_id: Option<String>,
     /// The caller's `tracestate`, passed on unchanged.
     pub tracestate: Option<HeaderValue>,
 }
@@ -43,8 +45,8 @@ where
     }
 }
 
-/// `(trace_id, flags)` of a valid `traceparent`.
-fn parse(v: &str) -> Option<(&str, u8)> {
+/// `(trace_id, parent_id, flags)` of a valid `traceparent`.
+fn parse(v: &str) -> Option<(&str, &str, u8)> {
     let mut parts = v.split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let valid = version.len() == 2 && is_hex(version) && version != "ff"
@@ -56,7 +58,7 @@ fn parse(v: &str) -> Option<(&str, u8)> {
         None => true,
         Some(_) => version != "00",
     };
-    (valid && rest_ok).then(|| (trace, u8::from_str_radix(flags, 16).unwrap_or(0)))
+    (valid && rest_ok).then(|| (trace, parent, u8::from_str_radix(flags, 16).unwrap_or(0)))
 }
 
 impl TraceContext {
@@ -64,13 +66,14 @@ impl TraceContext {
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
         let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse);
         match parent {
-            Some((trace, flags)) => TraceContext {
+            Some((trace, parent, flags)) => TraceContext {
                 trace_id: trace.to_string(),
                 span_id: random_hex::<8>(),
                 flags,
+                parent_id: Some(parent.to_string()),
                 tracestate: headers.get("tracestate").filter(|v| v.len() <= MAX_TRACESTATE).cloned(),
             },
-            None => TraceContext { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), flags: 0, tracestate: None },
+            None => TraceContext { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), flags: 0, parent_id: None, tracestate: None },
         }
     }
 
@@ -112,6 +115,7 @@ mod tests {
         let tp = tp.to_str().unwrap();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"), "{tp}");
         assert_eq!(parse(tp).map(|p| p.0), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(c.parent_id.as_deref(), Some("00f067aa0ba902b7"));
     }
 
     #[test]

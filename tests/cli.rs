@@ -477,3 +477,77 @@ async fn two_replicas_on_one_redis_share_limits_and_never_overspend() {
     assert_eq!(get(&c, &format!("http://{}/readyz", one.admin), None).await.status, 503);
     assert_eq!(platform.generate_calls(), 7);
 }
+
+/// A stand-in OTLP/HTTP collector: records what is POSTed to it and answers 200.
+async fn fake_collector() -> (SocketAddr, Arc<Mutex<Vec<(String, bytes::Bytes)>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let sink = sink.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        sink.lock().unwrap().push((path, body));
+                        let mut rsp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        rsp.headers_mut().insert("content-type", "application/x-protobuf".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// `[telemetry]`: each request's span reaches an OTLP collector in the caller's trace, as a child
+/// of the caller's span; the access line and the platform's `traceparent` name that same span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let platform = Platform::start().await;
+    let (collector, got) = fake_collector().await;
+    let dir = temp_dir();
+    let config = format!("{}\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"tollgate-test\"\n", config_text(platform.addr, "", &default_tenants()));
+    let mut gw = Proc::spawn(&config, &dir, &[]);
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let c = client();
+    let mut req = request(http::Method::POST, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA);
+    req.headers_mut().insert("traceparent", format!("00-{trace}-{parent}-01").parse().unwrap());
+    req.headers_mut().insert("x-request-id", "otlp-probe-1".parse().unwrap());
+    assert_eq!(send(&c, req).await.status, 201);
+    gw.signal("TERM");
+    assert!(gw.wait(Duration::from_secs(10)).success());
+
+    // The collector got the span (flushed at shutdown), on the standard path.
+    let got = got.lock().unwrap().clone();
+    assert!(!got.is_empty(), "no export reached the collector");
+    assert!(got.iter().all(|(path, _)| path == "/v1/traces"), "{:?}", got.iter().map(|g| &g.0).collect::<Vec<_>>());
+    let mut spans = Vec::new();
+    for (_, body) in &got {
+        let export = ExportTraceServiceRequest::decode(body.clone()).expect("OTLP protobuf");
+        for rs in export.resource_spans {
+            let service = rs.resource.iter().flat_map(|r| r.attributes.iter()).find(|a| a.key == "service.name").and_then(|a| a.value.clone());
+            assert!(format!("{service:?}").contains("tollgate-test"), "{service:?}");
+            spans.extend(rs.scope_spans.into_iter().flat_map(|s| s.spans));
+        }
+    }
+    let span = spans.iter().find(|s| hex::encode(&s.trace_id) == trace).expect("a span in the caller's trace");
+    assert_eq!(hex::encode(&span.parent_span_id), parent, "a child of the caller's span");
+    assert_eq!(span.name, "POST /v1/sora/generate");
+    let span_id = hex::encode(&span.span_id);
+    // The platform was called with that span as parent; the access line names the trace.
+    let sent = platform.mock.recorded().into_iter().find(|r| r.path.ends_with("/generate")).unwrap();
+    assert_eq!(sent.trace.0.as_deref(), Some(format!("00-{trace}-{span_id}-01").as_str()));
+    let line = gw.access_lines().into_iter().find(|l| l["request_id"] == "otlp-probe-1").unwrap();
+    assert_eq!(line["trace_id"], trace);
+}

@@ -185,3 +185,18 @@ fn the_redis_password_comes_from_the_environment() {
     }
     assert!(problems(&text).iter().any(|p| p.contains("REDIS_PW")));
 }
+
+#[test]
+fn telemetry_needs_an_http_endpoint_and_defaults_the_traces_path() {
+    let c = Config::from_toml(&format!("{}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\n", minimal()), &env()).unwrap();
+    let t = c.telemetry.unwrap();
+    assert_eq!((t.otlp_endpoint.as_str(), t.service_name.as_str()), ("http://collector:4318/v1/traces", "tollgate"));
+    let c = Config::from_toml(&format!("{}\n[telemetry]\notlp_endpoint = \"https://otel.example/custom/path\"\nservice_name = \"edge\"\n", minimal()), &env()).unwrap();
+    assert_eq!(c.telemetry.unwrap().otlp_endpoint, "https://otel.example/custom/path");
+    assert!(Config::from_toml(&minimal(), &env()).unwrap().telemetry.is_none());
+    let p = problems(&format!("{}\n[telemetry]\notlp_endpoint = \"collector:4318\"\nsample = 1\n", minimal()));
+    assert!(p.iter().any(|l| l.contains("telemetry.otlp_endpoint `collector:4318` must be an http(s) URL")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("unknown key `telemetry.sample`")), "{p:?}");
+    let p = problems(&format!("{}\n[telemetry]\n", minimal()));
+    assert!(p.iter().any(|l| l.contains("telemetry.otlp_endpoint is required")), "{p:?}");
+}
