@@ -354,10 +354,17 @@ impl Gateway {
         Polled { result: Ok(answer), upstream }
     }
 
-    /// Records a status change; a first `failed` refunds the tenant's spend.
+    /// Records a status change reported in a platform body; a first `failed` refunds.
     pub(crate) async fn track_status(&self, record: &GenerationRecord, body: &[u8]) {
-        if let Some(status) = reported_status(body).filter(|s| *s != record.status) {
-            match self.store.update_status(&record.id, &status).await {
+        if let Some(status) = reported_status(body) {
+            self.record_status(record, &status).await;
+        }
+    }
+
+    /// Records `status` if it changed; a first `failed` refunds the tenant's spend.
+    async fn record_status(&self, record: &GenerationRecord, status: &str) {
+        if status != record.status {
+            match self.store.update_status(&record.id, status).await {
                 Ok(()) if status == "failed" => {
                     self.metrics.refund(&record.tenant);
                     tracing::warn!(generation = %record.id, tenant = %record.tenant, price = %record.price, cause = "generation_failed", "generation failed on the platform; refunded to the tenant's month");
@@ -404,9 +411,10 @@ impl Gateway {
         for r in &records {
             match current.remove(&r.id) {
                 Some(v) => {
-                    let text = v.to_string();
-                    self.track_status(r, text.as_bytes()).await;
-                    items.push(text);
+                    if let Some(status) = v.get("status").and_then(|s| s.as_str()) {
+                        self.record_status(r, status).await;
+                    }
+                    items.push(v.to_string());
                 }
                 None => items.push(serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string()),
             }

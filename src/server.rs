@@ -303,23 +303,18 @@ where
                 None => Box::new(stream),
                 Some(acceptor) => {
                     let deadline = activity.started + opts.header_read_timeout;
-                    tokio::select! {
-                        r = acceptor.accept(stream) => match r {
-                            Ok(tls) => Box::new(tls),
-                            Err(e) => {
-                                tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                                refuse(400, "tls_handshake_failed");
-                                drop(permit);
-                                return;
-                            }
-                        },
-                        _ = tokio::time::sleep_until(deadline.into()) => {
-                            refuse(408, "header_timeout");
-                            drop(permit);
-                            return;
-                        }
-                        _ = evict.notified() => {
-                            refuse(503, "evicted_at_capacity");
+                    let handshake = tokio::select! {
+                        r = acceptor.accept(stream) => r.map_err(|e| {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            (400, "tls_handshake_failed")
+                        }),
+                        _ = tokio::time::sleep_until(deadline.into()) => Err((408, "header_timeout")),
+                        _ = evict.notified() => Err((503, "evicted_at_capacity")),
+                    };
+                    match handshake {
+                        Ok(tls) => Box::new(tls),
+                        Err((status, outcome)) => {
+                            refuse(status, outcome);
                             drop(permit);
                             return;
                         }

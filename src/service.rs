@@ -108,16 +108,16 @@ where
     B: Send + 'static,
 {
     let inner = ServiceBuilder::new().layer(CatchPanicLayer::custom(panic_response)).service(inner);
-    // Above CatchPanic, where the request is still known: the panic's access line.
+    // Above CatchPanic, where the request is still known: the panic's access line. Only cheap
+    // clones here (reference counts); the route and the id's text are worked out on a panic.
     let logged = tower::service_fn(move |req: Request<B>| {
         let (inner, gw) = (inner.clone(), gw.clone());
-        let method = req.method().clone();
-        let route = crate::routes::resolve(req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
-        let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (method, uri, id) = (req.method().clone(), req.uri().clone(), req.headers().get(X_REQUEST_ID).cloned());
         async move {
             let rsp = inner.oneshot(req).await?;
             if rsp.extensions().get::<Panicked>().is_some() {
-                let id = id.unwrap_or_else(crate::gateway::new_request_id);
+                let route = crate::routes::resolve(&method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
+                let id = id.and_then(|v| v.to_str().ok().map(str::to_string)).unwrap_or_else(crate::gateway::new_request_id);
                 gw.finish(&Ctx::new(method, id, route, "panic"), 500);
             }
             Ok::<_, Infallible>(rsp)

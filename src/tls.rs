@@ -5,8 +5,8 @@
 //! reload (SIGHUP or `POST /admin/reload`) swaps it without touching open connections: they keep
 //! the certificate they were accepted with, new ones get the new one.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
@@ -15,11 +15,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-/// The serving certificate and where it is read from.
+/// The serving certificate.
 #[derive(Debug)]
 pub struct Certs {
     current: ArcSwap<CertifiedKey>,
-    paths: Mutex<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug)]
@@ -50,15 +49,13 @@ pub fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
 impl Certs {
     /// Loads the certificate.
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Certs>, String> {
-        Ok(Arc::new(Certs { current: ArcSwap::from_pointee(read(cert, key)?), paths: Mutex::new((cert.to_path_buf(), key.to_path_buf())) }))
+        Ok(Arc::new(Certs { current: ArcSwap::from_pointee(read(cert, key)?) }))
     }
 
     /// Reads the files again (possibly at new paths) and serves the result to new connections.
     /// On an error the current certificate stays.
     pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), String> {
-        let fresh = read(cert, key)?;
-        self.current.store(Arc::new(fresh));
-        *self.paths.lock().unwrap_or_else(|p| p.into_inner()) = (cert.to_path_buf(), key.to_path_buf());
+        self.current.store(Arc::new(read(cert, key)?));
         Ok(())
     }
 
