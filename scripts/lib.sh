@@ -1,0 +1,29 @@
+# Helpers shared by scripts/test, scripts/api-check and scripts/check-deploy (sourced, not run).
+
+# apt_install WHO PKG...: installs Debian packages as root or with passwordless sudo; otherwise
+# prints the one line to run first and fails.
+apt_install() {
+  local who=$1 sudo
+  shift
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo"; else sudo="none"; fi
+  if [ "$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "$who: needs: $*" >&2
+    echo "  install it first, e.g.: sudo apt-get install -y $*   (or your system's equivalent)" >&2
+    return 1
+  fi
+  echo "$who: installing $* with apt-get" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Python tools live in one virtualenv under target/tools.
+TOOLS_VENV=target/tools/venv
+
+# venv_tool WHO EXE REQUIREMENT: installs REQUIREMENT (pinned) in the venv unless EXE is there.
+venv_tool() {
+  if [ ! -x "$TOOLS_VENV/bin/$2" ]; then
+    echo "$1: installing $3 in $TOOLS_VENV" >&2
+    python3 -m venv "$TOOLS_VENV"
+    "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check "$3"
+  fi
+}
