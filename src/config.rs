@@ -14,7 +14,7 @@ use http::Uri;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::policy::family::Family;
+use crate::policy::catalog::Catalog;
 use crate::policy::money::Usd;
 use crate::policy::pricing::{FamilyPrices, PriceTable};
 use crate::policy::rate_limit;
@@ -182,6 +182,11 @@ struct BalanceSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+struct CatalogSection {
+    path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct TelemetrySection {
     otlp_endpoint: Option<String>,
     service_name: Option<String>,
@@ -261,6 +266,10 @@ pub struct Config {
     pub webhooks: Option<WebhooksConfig>,
     /// `[telemetry]`: OTLP span export (off when absent).
     pub telemetry: Option<TelemetryConfig>,
+    /// `[catalog]`: the model families (the built-in catalog unless `path` names another).
+    pub catalog: Catalog,
+    /// `[catalog] path`, when set.
+    pub catalog_path: Option<PathBuf>,
     /// `[pricing]`.
     pub pricing: PriceTable,
     /// `[[tenants]]`.
@@ -440,6 +449,17 @@ fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &st
     }
 }
 
+/// A TOML syntax error with its line and column.
+pub(crate) fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|sp| {
+        let before = &text[..sp.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        format!(" at line {line}, column {col}")
+    });
+    format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())
+}
+
 /// A serde/TOML message on one line.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -511,18 +531,10 @@ impl Config {
         let mut p = Vec::new();
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
-            Err(e) => {
-                let at = e.span().map(|sp| {
-                    let before = &text[..sp.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-                    format!(" at line {line}, column {col}")
-                });
-                return (None, vec![format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())]);
-            }
+            Err(e) => return (None, vec![toml_syntax_error(text, &e)]),
         };
         for key in table.keys() {
-            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "telemetry", "pricing", "tenants"].contains(&key.as_str()) {
+            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "telemetry", "catalog", "pricing", "tenants"].contains(&key.as_str()) {
                 p.push(format!("unknown key `{key}`"));
             }
         }
@@ -533,6 +545,7 @@ impl Config {
         let reconcile: ReconcileSection = section(table.get("reconcile"), "reconcile", &mut p);
         let webhooks: Option<WebhooksSection> = table.get("webhooks").map(|v| section(Some(v), "webhooks", &mut p));
         let telemetry: Option<TelemetrySection> = table.get("telemetry").map(|v| section(Some(v), "telemetry", &mut p));
+        let catalog: CatalogSection = section(table.get("catalog"), "catalog", &mut p);
         let pricing: HashMap<String, PriceSpec> = match table.get("pricing") {
             None => HashMap::new(),
             // Entry by entry, so one bad family does not hide the others' problems.
@@ -580,7 +593,15 @@ impl Config {
                 }
             },
         };
-        let pricing = Config::pricing(pricing, &mut p);
+        let catalog_path = catalog.path.map(PathBuf::from);
+        let catalog = match &catalog_path {
+            None => Catalog::builtin().clone(),
+            Some(path) => Catalog::load(path).unwrap_or_else(|problems| {
+                p.extend(problems);
+                Catalog::builtin().clone()
+            }),
+        };
+        let pricing = Config::pricing(&catalog, pricing, &mut p);
         let tenants = Config::tenants(tenants, env, &mut p);
         let reconcile = ReconcileConfig {
             interval: Duration::from_secs(positive(reconcile.interval_secs, DEFAULT_RECONCILE_INTERVAL_SECS, "reconcile.interval_secs", &mut p)),
@@ -595,7 +616,7 @@ impl Config {
         };
         let webhooks = webhooks.map(|w| Config::webhooks(w, &mut p));
         let telemetry = telemetry.and_then(|t| Config::telemetry(t, &mut p));
-        let config = Config { server, upstream, store, balance, reconcile, webhooks, telemetry, pricing, tenants };
+        let config = Config { server, upstream, store, balance, reconcile, webhooks, telemetry, catalog, catalog_path, pricing, tenants };
         (Some(config), p)
     }
 
@@ -766,14 +787,13 @@ impl Config {
         }
     }
 
-    fn pricing(pricing: HashMap<String, PriceSpec>, p: &mut Vec<String>) -> PriceTable {
+    fn pricing(catalog: &Catalog, pricing: HashMap<String, PriceSpec>, p: &mut Vec<String>) -> PriceTable {
         let mut families = HashMap::new();
         let mut names: Vec<&String> = pricing.keys().collect();
         names.sort();
         for name in names {
-            let Some(family) = Family::from_path(name) else {
-                let known: Vec<&str> = Family::ALL.iter().map(|f| f.path()).collect();
-                p.push(format!("pricing.{name:?} is not a model family (known: {})", known.join(", ")));
+            let Some(family) = catalog.get(name) else {
+                p.push(format!("pricing.{name:?} is not a model family (known: {})", catalog.paths()));
                 continue;
             };
             let entries: Vec<(String, String)> = match &pricing[name] {
@@ -920,10 +940,15 @@ impl Config {
             StoreConfig::Redis { url, .. } => format!("store redis {}\n", redact_url(url)),
         };
         out += &format!("balance ttl {}ms, reserve {}\n", self.balance.cache_ttl.as_millis(), self.balance.reserve);
+        out += &format!(
+            "model catalog {} ({} families)\n",
+            self.catalog_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in".into()),
+            self.catalog.families().len()
+        );
         let mut fams: Vec<&str> = self.pricing.families().map(|f| f.path()).collect();
         fams.sort();
         out += &format!("enabled families (priced): {}\n", if fams.is_empty() { "none".to_string() } else { fams.join(", ") });
-        let mut off: Vec<&str> = Family::ALL.iter().filter(|f| self.pricing.estimate(**f, &[]).is_none()).map(|f| f.path()).collect();
+        let mut off: Vec<&str> = self.catalog.families().iter().filter(|f| self.pricing.estimate(**f, &[]).is_none()).map(|f| f.path()).collect();
         off.sort();
         if !off.is_empty() {
             out += &format!("not offered (no price; their routes answer 404): {}\n", off.join(", "));

@@ -55,6 +55,8 @@ pub struct Runtime {
     pub tenants: TenantDirectory,
     /// Their limiters.
     pub limits: RateLimits,
+    /// The model catalog (`[catalog]`).
+    pub catalog: crate::policy::catalog::Catalog,
     /// `[pricing]`.
     pub pricing: PriceTable,
     /// `[balance] reserve`.
@@ -225,6 +227,7 @@ impl Gateway {
         Runtime {
             limits: RateLimits::new(&config.tenants, previous.map(|p| &p.limits)),
             tenants: config.tenants.clone(),
+            catalog: config.catalog.clone(),
             pricing: config.pricing.clone(),
             reserve: config.balance.reserve,
         }
@@ -302,7 +305,8 @@ impl Gateway {
         let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
         let mut trace = crate::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
-        let span = crate::telemetry::request_span(req.method(), req.uri().path(), &mut trace);
+        let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
+        let span = crate::telemetry::request_span(req.method(), route, &mut trace);
         ctx.trace = Some(trace);
         let forwarded = ctx.forwarded.clone();
         // The deadline drops the stage future (hold and idempotency guards clean up on drop),
@@ -403,7 +407,8 @@ impl Gateway {
         if req.extensions().get::<crate::framing::AmbiguousFraming>().is_some() {
             return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
         }
-        let route = routes::resolve(req.method(), req.uri().path())?;
+        let runtime = self.current();
+        let route = routes::resolve(&runtime.catalog, req.method(), req.uri().path())?;
         ctx.route = route.template();
         // One credential, and only the query parameters this route documents: nothing the
         // gateway did not validate reaches the platform.
@@ -414,7 +419,6 @@ impl Gateway {
         if let Route::Webhook(token) = &route {
             return self.webhook_received(ctx, token, req).await;
         }
-        let runtime = self.current();
         // A family without a price is not offered here: 404 before anything else, never a 500.
         if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
             if runtime.pricing.estimate(*f, &[]).is_none() {

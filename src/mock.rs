@@ -171,32 +171,34 @@ fn detail(status: StatusCode, d: &str) -> Response<MockBody> {
 /// The mock's price list (matches `config/tollgate.toml`).
 pub fn mock_price(family: Family, body: &serde_json::Value) -> Usd {
     let s = |k: &str| body.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
-    let p = match family {
-        Family::Sora => if s("duration").as_deref() == Some("15") { "0.1800" } else { "0.1200" },
-        Family::Veo => match s("model").or_else(|| s("model_type")).as_deref() {
+    let p = match family.path() {
+        "sora" => if s("duration").as_deref() == Some("15") { "0.1800" } else { "0.1200" },
+        "veo" => match s("model").or_else(|| s("model_type")).as_deref() {
             Some("veo-3-quality") => "0.5000",
             _ => "0.2500",
         },
-        Family::Kling => if s("duration").as_deref() == Some("10") { "0.5000" } else { "0.2500" },
-        Family::KlingO1Video => if s("duration").as_deref() == Some("10") { "0.60" } else { "0.30" },
-        Family::KlingO3Video => match s("duration").as_deref() {
+        "kling" => if s("duration").as_deref() == Some("10") { "0.5000" } else { "0.2500" },
+        "kling/o1-video" => if s("duration").as_deref() == Some("10") { "0.60" } else { "0.30" },
+        "kling/o3-video" => match s("duration").as_deref() {
             Some("15") => "0.4500",
             Some("10") => "0.3000",
             _ => "0.1500",
         },
-        Family::KlingO1Photo => "0.0290",
-        Family::KlingO3Photo => match s("img_resolution").as_deref() {
+        "kling/o1-photo" => "0.0290",
+        "kling/o3-photo" => match s("img_resolution").as_deref() {
             Some("1k") => "0.0300",
             Some("2k") => "0.0400",
             _ => "0.0500",
         },
-        Family::Gemini => match s("model").as_deref() {
+        "gemini" => match s("model").as_deref() {
             Some("pro") => "0.0500",
             Some("v2") => "0.0400",
             _ => "0.0200",
         },
-        Family::ChatgptImages => "0.0390",
-        Family::Seedance => "0.2000",
+        "chatgpt-images" => "0.0390",
+        "seedance" => "0.2000",
+        // A model the platform added after this list: one flat price.
+        _ => "0.1000",
     };
     Usd::parse(p).unwrap_or_default()
 }
@@ -393,6 +395,7 @@ impl MockPlatform {
                 FaultKind::ResetMidBody | FaultKind::SlowBody | FaultKind::LateAnswer => {}
             }
         }
+
         let rsp = self.platform(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, &body);
         let callbacks = std::mem::take(&mut self.lock().callbacks);
         for (id, url) in callbacks {
@@ -455,9 +458,10 @@ impl MockPlatform {
             return json_rsp(StatusCode::OK, json!({ "balance": self.balance().to_string() }));
         }
         let Some(rest) = path.strip_prefix("/v1/") else { return detail(StatusCode::NOT_FOUND, "Not Found") };
-        let Some((family, tail)) =
-            Family::ALL.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
-        else {
+        // Any `/v1/{family}/generate` or `.../generations…`: the platform has more models than
+        // any one catalog (`Family::named` gives the id field of the catalog that has it).
+        let split = rest.find("/generat").map(|i| (&rest[..i], &rest[i + 1..]));
+        let Some((family, tail)) = split.filter(|(f, _)| !f.is_empty()).map(|(f, t)| (Family::named(f), t)) else {
             return detail(StatusCode::NOT_FOUND, "Not Found");
         };
         match (method, tail) {
@@ -479,7 +483,7 @@ impl MockPlatform {
             );
         };
         let prompt = v.get("prompt").and_then(|p| p.as_str()).unwrap_or("");
-        if prompt.is_empty() && family != Family::Kling && family != Family::Seedance {
+        if prompt.is_empty() && !matches!(family.path(), "kling" | "seedance") {
             return json_rsp(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"detail": [{"type": "string_too_short", "loc": ["body", "prompt"], "msg": "String should have at least 1 character"}]}),
@@ -530,12 +534,12 @@ impl MockPlatform {
             refund = g.price;
         }
         let done = matches!(status, "completed" | "failed");
-        let url_field = match g.family {
-            Family::Gemini | Family::ChatgptImages => "result_image_url",
-            Family::KlingO1Photo | Family::KlingO3Photo => "image_url",
+        let url_field = match g.family.path() {
+            "gemini" | "chatgpt-images" => "result_image_url",
+            "kling/o1-photo" | "kling/o3-photo" => "image_url",
             _ => "video_url",
         };
-        let error_field = if g.family == Family::Sora { "error_message" } else { "message" };
+        let error_field = if g.family.path() == "sora" { "error_message" } else { "message" };
         let v = json!({
             g.family.id_field(): id,
             "status": status,
@@ -608,10 +612,10 @@ mod tests {
 
     #[test]
     fn prices_match_the_example_config() {
-        assert_eq!(mock_price(Family::Sora, &json!({"duration": 15})), Usd::parse("0.18").unwrap());
-        assert_eq!(mock_price(Family::Sora, &json!({})), Usd::parse("0.12").unwrap());
-        assert_eq!(mock_price(Family::Veo, &json!({"model_type": "veo-3-quality"})), Usd::parse("0.5").unwrap());
-        assert_eq!(mock_price(Family::KlingO1Photo, &json!({})), Usd::parse("0.029").unwrap());
+        assert_eq!(mock_price(Family::builtin("sora"), &json!({"duration": 15})), Usd::parse("0.18").unwrap());
+        assert_eq!(mock_price(Family::builtin("sora"), &json!({})), Usd::parse("0.12").unwrap());
+        assert_eq!(mock_price(Family::builtin("veo"), &json!({"model_type": "veo-3-quality"})), Usd::parse("0.5").unwrap());
+        assert_eq!(mock_price(Family::builtin("kling/o1-photo"), &json!({})), Usd::parse("0.029").unwrap());
     }
 
     #[test]

@@ -322,11 +322,11 @@ mod tests {
             status: status.map(str::to_string),
         };
         assert_eq!(
-            created(Family::Sora, br#"{"generation_id":"g1","status":"pending","price":"0.1200"}"#),
+            created(Family::builtin("sora"), br#"{"generation_id":"g1","status":"pending","price":"0.1200"}"#),
             c(Some("g1"), Some(120_000), Some("pending"))
         );
-        assert_eq!(created(Family::Gemini, br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
-        assert_eq!(created(Family::Kling, br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
-        assert_eq!(created(Family::Veo, b"not json"), c(None, None, None));
+        assert_eq!(created(Family::builtin("gemini"), br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
+        assert_eq!(created(Family::builtin("kling"), br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
+        assert_eq!(created(Family::builtin("veo"), b"not json"), c(None, None, None));
     }
 }

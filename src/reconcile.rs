@@ -64,7 +64,7 @@ pub struct Reconciler {
 }
 
 fn family_of(path: &str) -> Option<Family> {
-    Family::from_path(path)
+    Some(Family::named(path))
 }
 
 /// Unix ms of a platform timestamp (`2026-11-25T16:00:00.123456`, UTC with or without `Z`).
@@ -168,8 +168,7 @@ impl Reconciler {
     }
 
     async fn follow(&self, record: &GenerationRecord) {
-        let slash = if record.family == Family::Sora { "/" } else { "" };
-        let path = format!("/v1/{}/generations/{}{slash}", record.family.path(), record.id);
+        let path = record.family.status_path(&record.id);
         let request_id = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
         match self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await {
             Ok(rsp) if rsp.status.is_success() => self.gw.track_status(record, &rsp.body).await,
@@ -287,7 +286,7 @@ mod tests {
     #[test]
     fn list_items_match_on_prompt_digest() {
         let v = serde_json::json!({"task_uuid": "t1", "status": "completed", "prompt": "cat", "created_at": "1970-01-01T00:00:02"});
-        let l = listed(Family::Gemini, &v).unwrap();
+        let l = listed(Family::builtin("gemini"), &v).unwrap();
         assert_eq!(l.id, "t1");
         assert_eq!(l.prompt_sha256, hex::encode(Sha256::digest(b"cat")));
         assert_eq!(l.created_ms, Some(2000));

@@ -2,12 +2,10 @@
 //!
 //! Paths are the platform's own, so a tenant switches base URL and key and nothing else.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
 use http::Method;
 
 use crate::error::GatewayError;
+use crate::policy::catalog::Catalog;
 use crate::policy::family::Family;
 
 /// Longest generation id accepted (the platform's are UUIDs or short prefixed ids).
@@ -30,30 +28,8 @@ pub enum Route {
     Webhook(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Generate,
-    Status,
-    List,
-}
-
 /// Route template for logs and metrics when no route matched.
 pub const UNMATCHED: &str = "unmatched";
-
-fn templates() -> &'static HashMap<(Family, Kind), &'static str> {
-    static T: OnceLock<HashMap<(Family, Kind), &'static str>> = OnceLock::new();
-    T.get_or_init(|| {
-        let mut m = HashMap::new();
-        for f in Family::ALL {
-            // Leaked once: a fixed, small set of label values.
-            let mk = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-            m.insert((f, Kind::Generate), mk(format!("/v1/{}/generate", f.path())));
-            m.insert((f, Kind::Status), mk(format!("/v1/{}/generations/{{id}}", f.path())));
-            m.insert((f, Kind::List), mk(format!("/v1/{}/generations", f.path())));
-        }
-        m
-    })
-}
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -64,15 +40,14 @@ fn valid_id(id: &str) -> bool {
 impl Route {
     /// The route with its id elided, e.g. `/v1/sora/generations/{id}`.
     pub fn template(&self) -> &'static str {
-        let key = match self {
-            Route::Balance => return "/v1/data/balance",
-            Route::Usage => return "/v1/gateway/usage",
-            Route::Webhook(_) => return "/webhooks/runblob/{token}",
-            Route::Generate(f) => (*f, Kind::Generate),
-            Route::Status(f, _) => (*f, Kind::Status),
-            Route::List(f) => (*f, Kind::List),
-        };
-        templates().get(&key).copied().unwrap_or(UNMATCHED)
+        match self {
+            Route::Balance => "/v1/data/balance",
+            Route::Usage => "/v1/gateway/usage",
+            Route::Webhook(_) => "/webhooks/runblob/{token}",
+            Route::Generate(f) => &f.templates()[0],
+            Route::Status(f, _) => &f.templates()[1],
+            Route::List(f) => &f.templates()[2],
+        }
     }
 
     /// Is this the paid path?
@@ -83,7 +58,8 @@ impl Route {
 
 /// Matches method and path. Unknown paths are 404 `Not found`; a known path with the wrong
 /// method is 405 with `Allow`. An id that cannot be a generation id is 404 `Generation not found`.
-pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
+/// Families are those of `catalog`.
+pub fn resolve(catalog: &Catalog, method: &Method, path: &str) -> Result<Route, GatewayError> {
     if let Some(token) = path.strip_prefix("/webhooks/runblob/") {
         if token.is_empty() || token.len() > MAX_ID_LEN || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(GatewayError::NotFound);
@@ -97,14 +73,12 @@ pub fn resolve(method: &Method, path: &str) -> Result<Route, GatewayError> {
     } else if matches!(rest, "gateway/usage" | "gateway/usage/") {
         (Route::Usage, "GET")
     } else {
-        let Some((family, tail)) = Family::ALL.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t))) else {
+        let Some((family, tail)) = catalog.split(rest) else {
             // `/v1/<name>/generate` or `/v1/<name>/generations…` with a name that is no family.
             let mut parts = rest.splitn(2, '/');
             let (name, tail) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             if !name.is_empty() && name.len() <= 40 && (tail == "generate" || tail.starts_with("generations")) {
-                let mut known: Vec<&str> = Family::ALL.iter().map(|f| f.path()).collect();
-                known.sort();
-                return Err(GatewayError::UnknownFamily(name.to_string(), known.join(", ")));
+                return Err(GatewayError::UnknownFamily(name.to_string(), catalog.paths()));
             }
             return Err(GatewayError::NotFound);
         };
@@ -140,12 +114,12 @@ mod tests {
     use super::*;
 
     fn ok(method: Method, path: &str) -> Route {
-        resolve(&method, path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        resolve(Catalog::builtin(), &method, path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     #[test]
     fn every_family_route_resolves() {
-        for f in Family::ALL {
+        for &f in Catalog::builtin().families() {
             let p = f.path();
             assert_eq!(ok(Method::POST, &format!("/v1/{p}/generate")), Route::Generate(f));
             assert_eq!(ok(Method::GET, &format!("/v1/{p}/generations/abc-123")), Route::Status(f, "abc-123".into()));
@@ -159,11 +133,11 @@ mod tests {
 
     #[test]
     fn longest_family_wins() {
-        assert_eq!(ok(Method::POST, "/v1/kling/o3-photo/generate"), Route::Generate(Family::KlingO3Photo));
-        assert_eq!(ok(Method::POST, "/v1/kling/generate"), Route::Generate(Family::Kling));
+        assert_eq!(ok(Method::POST, "/v1/kling/o3-photo/generate"), Route::Generate(Family::builtin("kling/o3-photo")));
+        assert_eq!(ok(Method::POST, "/v1/kling/generate"), Route::Generate(Family::builtin("kling")));
         assert_eq!(
             ok(Method::GET, "/v1/kling/o1-photo/generations/photo-550e8400-e29b-41d4-a716"),
-            Route::Status(Family::KlingO1Photo, "photo-550e8400-e29b-41d4-a716".into())
+            Route::Status(Family::builtin("kling/o1-photo"), "photo-550e8400-e29b-41d4-a716".into())
         );
     }
 
@@ -171,30 +145,30 @@ mod tests {
     fn unknown_paths_are_404() {
         for p in ["/", "/v1", "/v1/", "/v2/sora/generate", "/v1/sora", "/v1/sora/", "/v1/sora/generatex", "/v1/midjourney",
             "/v1/sora/generations/a/b", "/v1/data/balance//", "/v1/data"] {
-            assert!(matches!(resolve(&Method::GET, p), Err(GatewayError::NotFound)), "{p}");
+            assert!(matches!(resolve(Catalog::builtin(), &Method::GET, p), Err(GatewayError::NotFound)), "{p}");
         }
     }
 
     #[test]
     fn odd_ids_are_unknown_generations() {
         for p in ["/v1/sora/generations/..%2f", "/v1/sora/generations/a.b", &format!("/v1/sora/generations/{}", "a".repeat(129))] {
-            assert!(matches!(resolve(&Method::GET, p), Err(GatewayError::GenerationNotFound)), "{p}");
+            assert!(matches!(resolve(Catalog::builtin(), &Method::GET, p), Err(GatewayError::GenerationNotFound)), "{p}");
         }
     }
 
     #[test]
     fn wrong_method_is_405_with_allow() {
-        assert!(matches!(resolve(&Method::GET, "/v1/sora/generate"), Err(GatewayError::MethodNotAllowed { allow: "POST" })));
-        assert!(matches!(resolve(&Method::DELETE, "/v1/sora/generations/x"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
-        assert!(matches!(resolve(&Method::POST, "/v1/data/balance"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+        assert!(matches!(resolve(Catalog::builtin(), &Method::GET, "/v1/sora/generate"), Err(GatewayError::MethodNotAllowed { allow: "POST" })));
+        assert!(matches!(resolve(Catalog::builtin(), &Method::DELETE, "/v1/sora/generations/x"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+        assert!(matches!(resolve(Catalog::builtin(), &Method::POST, "/v1/data/balance"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
     }
 
     #[test]
     fn templates_hide_ids() {
-        assert_eq!(Route::Status(Family::Sora, "x".into()).template(), "/v1/sora/generations/{id}");
-        assert_eq!(Route::Generate(Family::KlingO1Video).template(), "/v1/kling/o1-video/generate");
-        assert_eq!(Route::List(Family::Gemini).template(), "/v1/gemini/generations");
+        assert_eq!(Route::Status(Family::builtin("sora"), "x".into()).template(), "/v1/sora/generations/{id}");
+        assert_eq!(Route::Generate(Family::builtin("kling/o1-video")).template(), "/v1/kling/o1-video/generate");
+        assert_eq!(Route::List(Family::builtin("gemini")).template(), "/v1/gemini/generations");
         assert_eq!(Route::Balance.template(), "/v1/data/balance");
-        assert!(Route::Generate(Family::Sora).is_paid());
+        assert!(Route::Generate(Family::builtin("sora")).is_paid());
     }
 }

@@ -116,7 +116,7 @@ where
         async move {
             let rsp = inner.oneshot(req).await?;
             if rsp.extensions().get::<Panicked>().is_some() {
-                let route = crate::routes::resolve(&method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
+                let route = crate::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
                 let id = id.and_then(|v| v.to_str().ok().map(str::to_string)).unwrap_or_else(crate::gateway::new_request_id);
                 gw.finish(&Ctx::new(method, id, route, "panic"), 500);
             }

@@ -53,12 +53,12 @@ where
 /// Afterwards `trace` names the exported span (its trace id and span id), so the access line
 /// and the `traceparent` sent to the platform agree with what the collector receives.
 /// `None`, at no cost, when export is off.
-pub fn request_span(method: &http::Method, path: &str, trace: &mut TraceContext) -> Option<tracing::Span> {
+pub fn request_span(method: &http::Method, route: impl FnOnce() -> &'static str, trace: &mut TraceContext) -> Option<tracing::Span> {
     if !ON.load(Ordering::Relaxed) {
         return None;
     }
     // Named like the access line's route (ids elided), so spans group by endpoint.
-    let route = crate::routes::resolve(method, path).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
+    let route = route();
     let span = tracing::info_span!(
         target: TARGET,
         "request",

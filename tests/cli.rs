@@ -202,6 +202,7 @@ fn check_config_and_keygen() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
+    assert!(text.contains("model catalog config/models.toml (10 families)"), "{text}");
     assert!(text.contains("enabled families (priced): chatgpt-images, gemini, kling"), "{text}");
     assert!(text.contains("not offered (no price; their routes answer 404): seedance"), "{text}");
     // Without the secret: the same verdict as `run` (exit 64) …
@@ -290,6 +291,72 @@ async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("tollgate_config_reloads_total{result=\"ok\"} 3"), "{text}");
     assert!(text.contains("tollgate_config_reloads_total{result=\"refused\"} 1"), "{text}");
+}
+
+/// A family the platform added: one more `[[family]]` in the catalog file and a price, then a
+/// reload; no new binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_added_to_the_catalog_is_served_after_a_reload() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let (path, catalog) = (dir.join("live.toml"), dir.join("models.toml"));
+    std::fs::write(&catalog, tollgate::policy::catalog::BUILTIN).unwrap();
+    let server = "admin_token_env = \"TEST_ADMIN_TOKEN\"";
+    let with = |extra_price: &str| {
+        config_text(platform.addr, server, &default_tenants())
+            .replace("[pricing]\n", &format!("[catalog]\npath = {:?}\n\n[pricing]\n{extra_price}", catalog.display().to_string()))
+    };
+    std::fs::write(&path, with("")).unwrap();
+    let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret")]);
+    let c = client();
+    let url = gw.url("/v1/wan/generate");
+    let r = post(&c, &url, Some(KEY_A), r#"{"prompt":"a fox"}"#).await;
+    assert_eq!(r.status, 404, "{:?}", r.body);
+    assert!(r.detail().contains("wan") && r.detail().contains("kling/o1-video"), "{}", r.detail());
+
+    // The operator copies a Sora-like entry, renames it and lists its own values.
+    let wan = r#"
+[[family]]
+path = "wan"
+id_field = "generation_id"
+price_by = [{ field = "resolution", default = "720p" }]
+rules = [
+  { field = "prompt", check = "text", required = true, min = 1, max = 800 },
+  { field = "resolution", check = "enum", values = ["480p", "720p"] },
+  { field = "callback_url", check = "callback_url" },
+  { field = "image_base64", check = "image", max_mib = 5 },
+]
+"#;
+    std::fs::write(&catalog, format!("{}{wan}", tollgate::policy::catalog::BUILTIN)).unwrap();
+    std::fs::write(&path, with("wan = { \"720p\" = \"0.10\", \"480p\" = \"0.05\" }\n")).unwrap();
+    let admin = format!("http://{}/admin/reload", gw.admin);
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["restart_required"], serde_json::json!([]));
+
+    // Its rules hold, its price is held, and the platform sees the request.
+    let r = post(&c, &url, Some(KEY_A), r#"{"prompt":"a fox","resolution":"1080p"}"#).await;
+    assert_eq!((r.status.as_u16(), r.detail()), (422, "resolution: must be one of '480p', '720p'".to_string()));
+    let r = post(&c, &url, Some(KEY_A), r#"{"prompt":"a fox","image_base64":"not base64"}"#).await;
+    assert_eq!((r.status.as_u16(), r.detail()), (422, "image_base64: is not valid base64".to_string()));
+    assert!(platform.requests_to("/v1/wan").is_empty(), "nothing invalid was forwarded");
+    let r = post(&c, &url, Some(KEY_A), r#"{"prompt":"a fox"}"#).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["generation_id"].as_str().unwrap().to_string();
+    let r = get(&c, &gw.url(&format!("/v1/wan/generations/{id}")), Some(KEY_A)).await;
+    assert_eq!(r.status, 200, "{:?} {:?}", r.body, platform.requests_to("/v1/wan").iter().map(|r| r.path.clone()).collect::<Vec<_>>());
+    assert_eq!(get(&c, &gw.url(&format!("/v1/wan/generations/{id}")), Some(KEY_B)).await.status, 404, "only its owner sees it");
+    let usage = get(&c, &gw.url("/v1/gateway/usage"), Some(KEY_A)).await;
+    assert_eq!(usage.json()["spent"], "0.1000", "{:?}", usage.json());
+    eventually(Duration::from_secs(2), || gw.access_lines().iter().any(|l| l["route"] == "/v1/wan/generate" && l["status"] == 201)).await;
+
+    // A broken catalog is refused with every problem named; the loaded one keeps serving.
+    std::fs::write(&catalog, format!("{}{}", tollgate::policy::catalog::BUILTIN, wan.replace("\"enum\"", "\"enumm\"").replace("max_mib = 5", "max_mib = 5, urls = true"))).unwrap();
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.detail().contains("family \"wan\" rules[1] (resolution): unknown check \"enumm\""), "{}", r.detail());
+    assert!(r.detail().contains("rules[3] (image_base64): `urls` does not apply to check \"image\""), "{}", r.detail());
+    assert_eq!(post(&c, &url, Some(KEY_A), r#"{"prompt":"a fox","resolution":"480p"}"#).await.status, 201);
 }
 
 /// A gauge or counter's value from a /metrics text.

@@ -167,8 +167,8 @@ async fn the_admin_listener_serves_the_openapi_document() {
     assert_eq!(r.headers["content-type"], "application/json");
     let doc = r.json();
     assert_eq!(doc["openapi"], "3.1.0");
-    for f in tollgate::policy::family::Family::ALL {
-        let slash = if f == tollgate::policy::family::Family::Sora { "/" } else { "" };
+    for &f in tollgate::policy::catalog::Catalog::builtin().families() {
+        let slash = if f == tollgate::policy::family::Family::builtin("sora") { "/" } else { "" };
         for path in [format!("/v1/{}/generate", f.path()), format!("/v1/{}/generations", f.path()), format!("/v1/{}/generations/{{id}}{slash}", f.path())] {
             assert!(doc["paths"].get(&path).is_some(), "{path} is not documented");
         }

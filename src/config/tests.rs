@@ -1,3 +1,4 @@
+use crate::policy::family::Family;
 use super::*;
 
 fn env() -> HashMap<String, String> {
@@ -29,8 +30,8 @@ fn the_documented_example_loads() {
     assert_eq!(c.tenants.tenants().len(), 2);
     assert_eq!(&*c.tenants.lookup("tg_example_marketing").unwrap().id, "marketing");
     assert_eq!(&*c.tenants.lookup("tg_example_research").unwrap().id, "research");
-    assert_eq!(c.pricing.estimate(Family::Sora, &["15".to_string()]), Some(Usd::parse("0.18").unwrap()));
-    assert_eq!(c.pricing.estimate(Family::KlingO1Photo, &["2k".to_string()]), Some(Usd::parse("0.029").unwrap()));
+    assert_eq!(c.pricing.estimate(Family::builtin("sora"), &["15".to_string()]), Some(Usd::parse("0.18").unwrap()));
+    assert_eq!(c.pricing.estimate(Family::builtin("kling/o1-photo"), &["2k".to_string()]), Some(Usd::parse("0.029").unwrap()));
 }
 
 #[test]

@@ -1,90 +1,207 @@
-//! The platform's model families: their path segment, id field and pricing dimensions.
+//! The platform's model families as data: a path, an id field, price dimensions and the rules a
+//! generate body must follow. They come from the model catalog (`catalog.rs`,
+//! `config/models.toml`); `Family` is a cheap `Copy` handle to one family's spec.
 
-/// A model family of the platform (`/v1/{family}/...`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    /// Sora 2 (`/v1/sora`).
-    Sora,
-    /// Veo 3 (`/v1/veo`).
-    Veo,
-    /// Kling 1.6–3.0 and Motion Control (`/v1/kling`).
-    Kling,
-    /// Kling O1 video (`/v1/kling/o1-video`).
-    KlingO1Video,
-    /// Kling O3 video (`/v1/kling/o3-video`).
-    KlingO3Video,
-    /// Kling O1 photo (`/v1/kling/o1-photo`).
-    KlingO1Photo,
-    /// Kling O3 photo (`/v1/kling/o3-photo`).
-    KlingO3Photo,
-    /// Nano Banana (`/v1/gemini`).
-    Gemini,
-    /// ChatGPT Images (`/v1/chatgpt-images`).
-    ChatgptImages,
-    /// Seedance (`/v1/seedance`), known only second-hand: validated loosely.
-    Seedance,
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
+/// One field that selects the price, and the platform's value when the request leaves it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceDim {
+    /// Request field.
+    pub field: String,
+    /// Its default.
+    pub default: String,
 }
+
+/// A condition on the request body that switches a rule on (`when`) or off (`unless`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// The field's value (string or number, as text) is one of `values`; `absent` is the answer
+    /// when the field is missing.
+    In {
+        /// Field (aliases apply).
+        field: String,
+        /// Matching values.
+        values: Vec<String>,
+        /// Whether a missing field matches.
+        absent: bool,
+    },
+    /// Any of the fields is given (not null; an array or string not empty).
+    Present(Vec<String>),
+}
+
+/// What one rule checks. Fields are the catalog file's keys, documented in `config/models.toml`.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// A string of `min..=max` characters.
+    Text { field: String, required: bool, min: usize, max: usize },
+    /// One of `values` (numbers too, as text, when `numbers`).
+    Enum { field: String, values: Vec<String>, required: bool, numbers: bool },
+    /// A number in `min..=max`.
+    Number { field: String, min: f64, max: f64 },
+    /// An integer in `min..=max`.
+    Integer { field: String, min: i64, max: i64 },
+    /// `true` or `false`.
+    Boolean { field: String },
+    /// An http(s) URL.
+    Url { field: String },
+    /// An https URL for the platform to call back (left to the webhook relay when it runs).
+    CallbackUrl { field: String },
+    /// A base64 image of at most `max_bytes` decoded.
+    Image { field: String, max_bytes: usize },
+    /// An array of `min..=max` base64 images (or http(s) URLs, when `urls`).
+    Images { field: String, min: usize, max: usize, max_bytes: usize, urls: bool },
+    /// An array of at most `max` http(s) URLs.
+    Urls { field: String, max: usize },
+    /// At most one of the fields.
+    Exclusive { fields: Vec<String> },
+    /// All of the fields or none.
+    Together { fields: Vec<String> },
+    /// Fields from at most one of the groups.
+    Modes { groups: Vec<Vec<String>> },
+    /// The arrays hold at most `max` items between them.
+    MaxTotal { fields: Vec<String>, max: usize },
+    /// The field must be absent.
+    Forbidden { field: String },
+}
+
+/// A check, when it applies, and the message that replaces its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// What is checked.
+    pub check: Check,
+    /// Only when this holds.
+    pub when: Option<Cond>,
+    /// Not when this holds.
+    pub unless: Option<Cond>,
+    /// Replaces the check's own message (not those of the images inside an array).
+    pub message: Option<String>,
+}
+
+/// Everything the gateway knows about one family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FamilySpec {
+    /// Path segment(s) after `/v1/`; also the family's key in `[pricing]`.
+    pub path: String,
+    /// Name of the id field in the platform's answers.
+    pub id_field: String,
+    /// Request fields that select the price, in lookup order.
+    pub price_by: Vec<PriceDim>,
+    /// `(alias, field)`: rules and prices read `alias` when `field` is absent.
+    pub aliases: Vec<(String, String)>,
+    /// Checked in order.
+    pub rules: Vec<Rule>,
+    /// The platform's status path ends in `/` (Sora's does).
+    pub status_trailing_slash: bool,
+    /// Route templates for logs and metrics: generate, status, list.
+    templates: [String; 3],
+}
+
+impl FamilySpec {
+    /// A spec; the route templates are derived from the path.
+    pub fn new(path: String, id_field: String, price_by: Vec<PriceDim>, aliases: Vec<(String, String)>, rules: Vec<Rule>) -> Self {
+        let templates = [format!("/v1/{path}/generate"), format!("/v1/{path}/generations/{{id}}"), format!("/v1/{path}/generations")];
+        FamilySpec { path, id_field, price_by, aliases, rules, status_trailing_slash: false, templates }
+    }
+}
+
+/// A model family of the platform (`/v1/{family}/...`): a handle to its spec.
+///
+/// Specs are interned for the life of the process, so a handle is `Copy`, its strings are
+/// `'static` (route labels), and a request keeps the rules it started with across a reload.
+/// Reloading an unchanged catalog reuses the interned specs; each edited family adds one spec
+/// of a few hundred bytes. Two handles are equal when their paths are.
+#[derive(Clone, Copy)]
+pub struct Family(&'static FamilySpec);
+
+/// Every spec interned so far; the last one with a path is that path's current spec.
+static INTERNED: Mutex<Vec<&'static FamilySpec>> = Mutex::new(Vec::new());
 
 // === impl Family ===
 
 impl Family {
-    /// Every family, longest path first so prefix matching picks `kling/o1-video` over `kling`.
-    pub const ALL: [Family; 10] = [
-        Family::KlingO1Video,
-        Family::KlingO3Video,
-        Family::KlingO1Photo,
-        Family::KlingO3Photo,
-        Family::ChatgptImages,
-        Family::Seedance,
-        Family::Gemini,
-        Family::Kling,
-        Family::Sora,
-        Family::Veo,
-    ];
+    /// The interned handle for `spec`, which becomes its path's current spec.
+    pub fn intern(spec: FamilySpec) -> Family {
+        let mut all = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+        let s = match all.iter().position(|s| **s == spec) {
+            Some(i) => all.remove(i),
+            None => Box::leak(Box::new(spec)),
+        };
+        all.push(s);
+        Family(s)
+    }
 
-    /// Path segment(s) after `/v1/`; also the key of this family in `[pricing]`.
-    pub const fn path(self) -> &'static str {
-        match self {
-            Family::Sora => "sora",
-            Family::Veo => "veo",
-            Family::Kling => "kling",
-            Family::KlingO1Video => "kling/o1-video",
-            Family::KlingO3Video => "kling/o3-video",
-            Family::KlingO1Photo => "kling/o1-photo",
-            Family::KlingO3Photo => "kling/o3-photo",
-            Family::Gemini => "gemini",
-            Family::ChatgptImages => "chatgpt-images",
-            Family::Seedance => "seedance",
+    /// The current family at `path`, for records and outcomes the store kept: a family since
+    /// removed from the catalog still names its path (and platform id field), with no rules.
+    pub fn named(path: &str) -> Family {
+        super::catalog::Catalog::builtin();
+        let found = INTERNED.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find(|s| s.path == path).copied();
+        match found {
+            Some(s) => Family(s),
+            None => Family::intern(FamilySpec::new(path.to_string(), "generation_id".into(), Vec::new(), Vec::new(), Vec::new())),
         }
     }
 
-    /// The family whose path is exactly `s`.
-    pub fn from_path(s: &str) -> Option<Family> {
-        Family::ALL.into_iter().find(|f| f.path() == s)
+    /// The built-in catalog's family at `path` (tests and the simulated platform).
+    ///
+    /// # Panics
+    /// When the built-in catalog has no such family.
+    pub fn builtin(path: &str) -> Family {
+        super::catalog::Catalog::builtin().get(path).unwrap_or_else(|| panic!("no built-in family {path:?}"))
+    }
+
+    /// Path segment(s) after `/v1/`; also the key of this family in `[pricing]`.
+    pub fn path(self) -> &'static str {
+        &self.0.path
     }
 
     /// Name of the id field in the platform's responses.
-    pub const fn id_field(self) -> &'static str {
-        match self {
-            Family::Gemini | Family::ChatgptImages | Family::Seedance => "task_uuid",
-            _ => "generation_id",
-        }
+    pub fn id_field(self) -> &'static str {
+        &self.0.id_field
     }
 
     /// Request fields that select the price, in lookup order, with the platform's defaults.
-    pub const fn price_dimensions(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Family::Sora => &[("duration", "10")],
-            Family::Veo => &[("model", "veo-3-fast")],
-            Family::Kling => &[("model", "kling_2.5_turbo"), ("duration", "5")],
-            Family::KlingO1Video => &[("duration", "5")],
-            Family::KlingO3Video => &[("model", "kling_o3"), ("duration", "5")],
-            Family::KlingO1Photo => &[("img_resolution", "2k")],
-            Family::KlingO3Photo => &[("img_resolution", "4k")],
-            Family::Gemini => &[("model", "standard"), ("quality", "standard")],
-            Family::ChatgptImages => &[("model", "default")],
-            Family::Seedance => &[("model", "default"), ("duration", "5")],
-        }
+    pub fn price_dimensions(self) -> &'static [PriceDim] {
+        &self.0.price_by
+    }
+
+    /// The whole spec.
+    pub fn spec(self) -> &'static FamilySpec {
+        self.0
+    }
+
+    /// The platform's path for the status of generation `id`.
+    pub fn status_path(self, id: &str) -> String {
+        let slash = if self.0.status_trailing_slash { "/" } else { "" };
+        format!("/v1/{}/generations/{id}{slash}", self.0.path)
+    }
+
+    /// `/v1/{path}/generate`, `/v1/{path}/generations/{id}` and `/v1/{path}/generations`.
+    pub fn templates(self) -> &'static [String; 3] {
+        &self.0.templates
+    }
+}
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Family) -> bool {
+        std::ptr::eq(self.0, other.0) || self.0.path == other.0.path
+    }
+}
+
+impl Eq for Family {}
+
+impl Hash for Family {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.path.hash(state)
+    }
+}
+
+impl fmt::Debug for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Family({})", self.0.path)
     }
 }
 
@@ -93,21 +210,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_round_trip_and_prefix_order_is_longest_first() {
-        for f in Family::ALL {
-            assert_eq!(Family::from_path(f.path()), Some(f));
-        }
-        let kling = Family::ALL.iter().position(|f| *f == Family::Kling).unwrap();
-        let o1 = Family::ALL.iter().position(|f| *f == Family::KlingO1Video).unwrap();
-        assert!(o1 < kling);
-        assert_eq!(Family::from_path("midjourney"), None);
+    fn id_fields_follow_the_platform() {
+        assert_eq!(Family::builtin("sora").id_field(), "generation_id");
+        assert_eq!(Family::builtin("kling/o3-photo").id_field(), "generation_id");
+        assert_eq!(Family::builtin("gemini").id_field(), "task_uuid");
+        assert_eq!(Family::builtin("chatgpt-images").id_field(), "task_uuid");
     }
 
     #[test]
-    fn id_fields_follow_the_platform() {
-        assert_eq!(Family::Sora.id_field(), "generation_id");
-        assert_eq!(Family::KlingO3Photo.id_field(), "generation_id");
-        assert_eq!(Family::Gemini.id_field(), "task_uuid");
-        assert_eq!(Family::ChatgptImages.id_field(), "task_uuid");
+    fn interning_reuses_equal_specs_and_the_latest_names_the_path() {
+        let spec = |id: &str| FamilySpec::new("intern-test".into(), id.into(), Vec::new(), Vec::new(), Vec::new());
+        let a = Family::intern(spec("generation_id"));
+        assert!(std::ptr::eq(a.spec(), Family::intern(spec("generation_id")).spec()));
+        let b = Family::intern(spec("task_uuid"));
+        assert_eq!(a, b, "same path, same family");
+        assert_eq!(Family::named("intern-test").id_field(), "task_uuid");
+        assert_eq!(a.id_field(), "generation_id", "a handle keeps its spec");
+        // A path no catalog has is still a family (a record outliving its catalog entry).
+        assert_eq!(Family::named("gone/model").templates()[2], "/v1/gone/model/generations");
     }
 }

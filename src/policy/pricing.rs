@@ -118,8 +118,8 @@ mod tests {
 
     #[test]
     fn unpriced_family_has_no_estimate() {
-        let t = PriceTable::new(HashMap::from([(Family::Sora, FamilyPrices::new([("10".into(), usd("0.12"))]))]));
-        assert_eq!(t.estimate(Family::Sora, &keys(&["10"])), Some(usd("0.12")));
-        assert_eq!(t.estimate(Family::Veo, &keys(&["veo-3-fast"])), None);
+        let t = PriceTable::new(HashMap::from([(Family::builtin("sora"), FamilyPrices::new([("10".into(), usd("0.12"))]))]));
+        assert_eq!(t.estimate(Family::builtin("sora"), &keys(&["10"])), Some(usd("0.12")));
+        assert_eq!(t.estimate(Family::builtin("veo"), &keys(&["veo-3-fast"])), None);
     }
 }

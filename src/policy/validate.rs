@@ -7,11 +7,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use super::family::Family;
+use super::family::{Check, Cond, Family, FamilySpec, Rule};
 use super::json::{self, Json};
 use super::image::{check_base64_image, ImageError};
 
-const MIB: usize = 1024 * 1024;
 /// Longest URL accepted in `image_url`, `callback_url` and image arrays.
 pub const MAX_URL_LEN: usize = 2048;
 
@@ -142,152 +141,287 @@ impl<'a> Fields<'a> {
 }
 
 /// Running totals while one body is checked.
-struct Check<'f, 'a> {
+struct Checker<'f, 'a> {
     f: &'f Fields<'a>,
+    spec: &'static FamilySpec,
     out: Validated,
     /// `callback_url` is checked by the webhook relay instead (it has its own, stricter policy).
     relayed_callbacks: bool,
 }
 
-impl<'f, 'a> Check<'f, 'a> {
-    fn prompt(&mut self, required: bool, min: usize, max: usize) -> Result<(), ValidationError> {
-        self.text("prompt", required, min, max)
+impl<'f, 'a> Checker<'f, 'a> {
+    /// The field's name as sent and its value: `name` itself, else an alias of it.
+    fn field<'n>(&self, name: &'n str) -> (&'n str, Option<&'f Json<'a>>) {
+        let (f, spec): (&'f Fields<'a>, &'static FamilySpec) = (self.f, self.spec);
+        if let Some(v) = f.get(name) {
+            return (name, Some(v));
+        }
+        for (alias, of) in &spec.aliases {
+            if of == name {
+                if let Some(v) = f.get(alias) {
+                    return (alias.as_str(), Some(v));
+                }
+            }
+        }
+        (name, None)
     }
 
-    fn text(&mut self, name: &str, required: bool, min: usize, max: usize) -> Result<(), ValidationError> {
-        match self.f.str(name)? {
-            None if required => Err(err(name, "is required")),
-            None => Ok(()),
-            Some(s) => {
-                let n = s.chars().count();
-                if n < min || n > max {
-                    Err(err(name, format!("must be between {min} and {max} characters (got {n})")))
+    /// A string or number field as text, aliases applied (`None` when absent or another type).
+    fn text_of(&self, name: &str) -> Option<Cow<'f, str>> {
+        match self.field(name).1? {
+            Json::Str(s) => Some(Cow::Borrowed(s.as_ref())),
+            Json::Num(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
+
+    fn holds(&self, c: &Cond) -> bool {
+        match c {
+            Cond::In { field, values, absent } => match self.field(field).1 {
+                None => *absent,
+                Some(_) => self.text_of(field).is_some_and(|v| values.iter().any(|x| *x == v)),
+            },
+            Cond::Present(fields) => fields.iter().any(|n| match self.field(n).1 {
+                None => false,
+                Some(Json::Arr(items)) => !items.is_empty(),
+                Some(Json::Str(s)) => !s.is_empty(),
+                Some(_) => true,
+            }),
+        }
+    }
+
+    fn rule(&mut self, r: &Rule) -> Result<(), ValidationError> {
+        if r.when.as_ref().is_some_and(|c| !self.holds(c)) || r.unless.as_ref().is_some_and(|c| self.holds(c)) {
+            return Ok(());
+        }
+        self.check(&r.check).map_err(|e| match (&r.message, e) {
+            (Some(m), Own(field, _)) => err(field, m.clone()),
+            (_, Own(field, m)) | (_, Inner(field, m)) => err(field, m),
+        })
+    }
+
+    fn check(&mut self, c: &Check) -> Result<(), Failure> {
+        match c {
+            Check::Text { field, required, min, max } => {
+                let (name, v) = self.field(field);
+                match v {
+                    None if *required => Err(Own(name.into(), "is required".into())),
+                    None => Ok(()),
+                    Some(Json::Str(s)) => {
+                        let n = s.chars().count();
+                        if n < *min || n > *max {
+                            let m = if *max == usize::MAX {
+                                format!("must be at least {min} characters (got {n})")
+                            } else {
+                                format!("must be between {min} and {max} characters (got {n})")
+                            };
+                            Err(Own(name.into(), m))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Some(_) => Err(Inner(name.into(), "must be a string".into())),
+                }
+            }
+            Check::Enum { field, values, required, numbers } => {
+                let (name, v) = self.field(field);
+                let text = match v {
+                    None if *required => return Err(Own(name.into(), "is required".into())),
+                    None => return Ok(()),
+                    Some(Json::Str(s)) => Cow::Borrowed(s.as_ref()),
+                    Some(Json::Num(n)) if *numbers => Cow::Owned(n.to_string()),
+                    Some(_) if *numbers => return Err(Inner(name.into(), "must be a string or a number".into())),
+                    Some(_) => return Err(Inner(name.into(), "must be a string".into())),
+                };
+                if values.iter().any(|x| *x == text) {
+                    Ok(())
+                } else {
+                    Err(Own(name.into(), format!("must be one of {}", quoted(values))))
+                }
+            }
+            Check::Number { field, min, max } => {
+                let (name, v) = self.field(field);
+                match v.map(|j| match j {
+                    Json::Num(n) => n.as_f64(),
+                    _ => None,
+                }) {
+                    None => Ok(()),
+                    Some(None) => Err(Inner(name.into(), "must be a number".into())),
+                    Some(Some(x)) if !(*min..=*max).contains(&x) => Err(Own(name.into(), format!("must be between {min} and {max}"))),
+                    Some(Some(_)) => Ok(()),
+                }
+            }
+            Check::Integer { field, min, max } => {
+                let (name, v) = self.field(field);
+                match v.map(|j| match j {
+                    Json::Num(n) => n.as_i64(),
+                    _ => None,
+                }) {
+                    None => Ok(()),
+                    Some(None) => Err(Inner(name.into(), "must be an integer".into())),
+                    Some(Some(x)) if !(*min..=*max).contains(&x) => Err(Own(name.into(), format!("must be between {min} and {max}"))),
+                    Some(Some(_)) => Ok(()),
+                }
+            }
+            Check::Boolean { field } => match self.field(field) {
+                (_, None | Some(Json::Bool(_))) => Ok(()),
+                (name, Some(_)) => Err(Inner(name.into(), "must be true or false".into())),
+            },
+            Check::Url { field } => match self.string(field)? {
+                Some((name, u)) => check_url(name, u, false).map_err(Failure::own),
+                None => Ok(()),
+            },
+            Check::CallbackUrl { field } => match self.string(field)? {
+                Some((name, u)) if !self.relayed_callbacks => check_url(name, u, true).map_err(Failure::own),
+                _ => Ok(()),
+            },
+            Check::Image { field, max_bytes } => match self.string(field)? {
+                Some((name, s)) => self.image_b64(name, s, *max_bytes),
+                None => Ok(()),
+            },
+            Check::Images { field, min, max, max_bytes, urls } => {
+                let Some((name, items)) = self.strings(field)? else { return Ok(()) };
+                if items.len() > *max {
+                    return Err(Own(name.into(), format!("at most {max} images allowed, got {}", items.len())));
+                }
+                if items.len() < *min {
+                    return Err(Own(name.into(), format!("at least {min} images required, got {}", items.len())));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("{name}[{i}]");
+                    if *urls && (item.starts_with("http://") || item.starts_with("https://")) {
+                        check_url(&at, item, false).map_err(Failure::inner)?;
+                    } else {
+                        self.image_b64(&at, item, *max_bytes)?;
+                    }
+                }
+                Ok(())
+            }
+            Check::Urls { field, max } => {
+                let Some((name, items)) = self.strings(field)? else { return Ok(()) };
+                if items.len() > *max {
+                    return Err(Own(name.into(), format!("at most {max} images allowed, got {}", items.len())));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    check_url(&format!("{name}[{i}]"), item, false).map_err(Failure::inner)?;
+                }
+                Ok(())
+            }
+            Check::Exclusive { fields } => {
+                let mut given = fields.iter().filter(|n| self.field(n).1.is_some());
+                match (given.next(), given.next()) {
+                    (Some(a), Some(b)) => Err(Own(a.clone(), format!("cannot be combined with {b}; provide one of them"))),
+                    _ => Ok(()),
+                }
+            }
+            Check::Together { fields } => {
+                let given: Vec<&String> = fields.iter().filter(|n| self.field(n).1.is_some()).collect();
+                match fields.iter().find(|n| self.field(n).1.is_none()) {
+                    Some(missing) if !given.is_empty() => {
+                        let names: Vec<&str> = given.iter().map(|s| s.as_str()).collect();
+                        Err(Own(missing.clone(), format!("is required when {} is given", names.join(", "))))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Check::Modes { groups } => {
+                let used: Vec<&Vec<String>> = groups.iter().filter(|g| g.iter().any(|n| self.field(n).1.is_some())).collect();
+                if used.len() > 1 {
+                    let names: Vec<String> = used.iter().map(|g| g.join("/")).collect();
+                    Err(Own(groups[0][0].clone(), format!("{} cannot be combined", names.join(", "))))
                 } else {
                     Ok(())
                 }
             }
+            Check::MaxTotal { fields, max } => {
+                let n: usize = fields
+                    .iter()
+                    .map(|name| match self.field(name).1 {
+                        Some(Json::Arr(items)) => items.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                if n > *max {
+                    Err(Own(fields[0].clone(), format!("at most {max} images allowed in total, got {n}")))
+                } else {
+                    Ok(())
+                }
+            }
+            Check::Forbidden { field } => match self.field(field) {
+                (name, Some(_)) => Err(Own(name.into(), "is not accepted here".into())),
+                (_, None) => Ok(()),
+            },
         }
     }
 
-    fn one_of(&mut self, name: &str, allowed: &[&str], required: bool) -> Result<Option<String>, ValidationError> {
-        let v = match self.f.str(name)? {
-            None if required => return Err(err(name, "is required")),
-            None => return Ok(None),
-            Some(v) => v,
-        };
-        if allowed.contains(&v) {
-            Ok(Some(v.to_string()))
-        } else {
-            Err(err(name, format!("must be one of {}", quoted(allowed))))
+    /// A string field (aliases applied), borrowed from the body.
+    fn string<'n>(&self, name: &'n str) -> Result<Option<(&'n str, &'f str)>, Failure> {
+        match self.field(name) {
+            (_, None) => Ok(None),
+            (n, Some(Json::Str(s))) => Ok(Some((n, s.as_ref()))),
+            (n, Some(_)) => Err(Inner(n.into(), "must be a string".into())),
         }
     }
 
-    fn range(&mut self, name: &str, min: f64, max: f64) -> Result<(), ValidationError> {
-        match self.f.number(name)? {
-            Some(x) if !(min..=max).contains(&x) => Err(err(name, format!("must be between {min} and {max}"))),
-            _ => Ok(()),
+    /// An array of strings.
+    fn strings<'n>(&self, name: &'n str) -> Result<Option<(&'n str, Vec<&'f str>)>, Failure> {
+        let bad = |n: &str| Inner(n.into(), "must be an array of strings".into());
+        match self.field(name) {
+            (_, None) => Ok(None),
+            (n, Some(Json::Arr(items))) => items
+                .iter()
+                .map(|i| match i {
+                    Json::Str(s) => Ok(s.as_ref()),
+                    _ => Err(bad(n)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| Some((n, v))),
+            (n, Some(_)) => Err(bad(n)),
         }
     }
 
-    fn int_range(&mut self, name: &str, min: i64, max: i64) -> Result<(), ValidationError> {
-        match self.f.integer(name)? {
-            Some(x) if !(min..=max).contains(&x) => Err(err(name, format!("must be between {min} and {max}"))),
-            _ => Ok(()),
-        }
-    }
-
-    fn boolean(&mut self, name: &str) -> Result<(), ValidationError> {
-        self.f.boolean(name).map(|_| ())
-    }
-
-    fn callback_url(&mut self) -> Result<(), ValidationError> {
-        if self.relayed_callbacks {
-            self.f.str("callback_url")?;
-            return Ok(());
-        }
-        if let Some(u) = self.f.str("callback_url")? {
-            check_url("callback_url", u, true)?;
-        }
-        Ok(())
-    }
-
-    fn image_url(&mut self, name: &str) -> Result<(), ValidationError> {
-        if let Some(u) = self.f.str(name)? {
-            check_url(name, u, false)?;
-        }
-        Ok(())
-    }
-
-    fn image_b64(&mut self, name: &str, value: &str, max: usize) -> Result<(), ValidationError> {
-        let info = check_base64_image(value, max).map_err(|e: ImageError| err(name, e.to_string()))?;
+    fn image_b64(&mut self, name: &str, value: &str, max: usize) -> Result<(), Failure> {
+        let info = check_base64_image(value, max).map_err(|e: ImageError| Inner(name.into(), e.to_string()))?;
         self.out.images += 1;
         self.out.image_bytes += info.decoded_len;
         Ok(())
     }
 
-    fn image_field(&mut self, name: &str, max: usize) -> Result<(), ValidationError> {
-        if let Some(s) = self.f.str(name)? {
-            self.image_b64(name, s, max)?;
-        }
-        Ok(())
-    }
-
-    /// An array of base64 images (`url_ok`: elements may also be http(s) URLs).
-    fn image_array(&mut self, name: &str, max_count: usize, max_bytes: usize, url_ok: bool) -> Result<usize, ValidationError> {
-        let Some(items) = self.f.str_array(name)? else { return Ok(0) };
-        if items.len() > max_count {
-            return Err(err(name, format!("at most {max_count} images allowed, got {}", items.len())));
-        }
-        for (i, item) in items.iter().enumerate() {
-            let field = format!("{name}[{i}]");
-            if url_ok && (item.starts_with("http://") || item.starts_with("https://")) {
-                check_url(&field, item, false)?;
-            } else {
-                self.image_b64(&field, item, max_bytes)?;
-            }
-        }
-        Ok(items.len())
-    }
-
-    fn url_array(&mut self, name: &str, max_count: usize) -> Result<usize, ValidationError> {
-        let Some(items) = self.f.str_array(name)? else { return Ok(0) };
-        if items.len() > max_count {
-            return Err(err(name, format!("at most {max_count} images allowed, got {}", items.len())));
-        }
-        for (i, item) in items.iter().enumerate() {
-            check_url(&format!("{name}[{i}]"), item, false)?;
-        }
-        Ok(items.len())
-    }
-
-    fn exclusive(&mut self, a: &str, b: &str) -> Result<(), ValidationError> {
-        if self.f.has(a) && self.f.has(b) {
-            Err(err(a, format!("cannot be combined with {b}; provide one of them")))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Fills in the price key from the family's dimensions.
-    fn price_key(&mut self, family: Family) -> Result<(), ValidationError> {
-        for (field, default) in family.price_dimensions() {
-            let v = if *field == "model" && family == Family::Veo {
-                // Veo's two doc versions name it `model` and `model_type`.
-                match self.f.scalar_text("model")? {
-                    Some(v) => Some(v),
-                    None => self.f.scalar_text("model_type")?,
-                }
-            } else {
-                self.f.scalar_text(field)?
+    /// Fills in the price key from the family's dimensions (aliases applied).
+    fn price_key(&mut self) -> Result<(), ValidationError> {
+        for d in &self.spec.price_by {
+            let v = match self.field(&d.field) {
+                (_, None) => d.default.clone(),
+                (_, Some(Json::Str(s))) => s.to_string(),
+                (_, Some(Json::Num(n))) => n.to_string(),
+                (name, Some(_)) => return Err(err(name, "must be a string or a number")),
             };
-            self.out.price_key.push(v.unwrap_or_else(|| default.to_string()));
+            self.out.price_key.push(v);
         }
         Ok(())
     }
 }
 
-fn quoted(allowed: &[&str]) -> String {
-    allowed.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ")
+/// A failed check: the rule's own complaint (a catalog `message` replaces it), or one about a
+/// field's type or an image inside it (kept as is).
+enum Failure {
+    Own(String, String),
+    Inner(String, String),
+}
+use Failure::{Inner, Own};
+
+impl Failure {
+    fn own(e: ValidationError) -> Failure {
+        Own(e.field, e.message)
+    }
+
+    fn inner(e: ValidationError) -> Failure {
+        Inner(e.field, e.message)
+    }
+}
+
+fn quoted(allowed: &[impl AsRef<str>]) -> String {
+    allowed.iter().map(|a| format!("'{}'", a.as_ref())).collect::<Vec<_>>().join(", ")
 }
 
 fn check_url(field: &str, u: &str, https_only: bool) -> Result<(), ValidationError> {
@@ -310,8 +444,6 @@ fn check_url(field: &str, u: &str, https_only: bool) -> Result<(), ValidationErr
     Ok(())
 }
 
-const ASPECT_VIDEO: &[&str] = &["16:9", "9:16", "1:1"];
-
 /// Checks `fields` against the rules of `family`.
 pub fn validate(family: Family, f: &Fields<'_>) -> Result<Validated, ValidationError> {
     validate_with(family, f, false)
@@ -320,169 +452,12 @@ pub fn validate(family: Family, f: &Fields<'_>) -> Result<Validated, ValidationE
 /// [`validate`], leaving `callback_url` (beyond being a string) to the webhook relay when
 /// `relayed_callbacks`.
 pub fn validate_with(family: Family, f: &Fields<'_>, relayed_callbacks: bool) -> Result<Validated, ValidationError> {
-    let mut c = Check { f, out: Validated::default(), relayed_callbacks };
-    match family {
-        Family::Sora => {
-            c.prompt(true, 1, 4000)?;
-            c.one_of("orientation", &["9:16", "16:9"], false)?;
-            if let Some(d) = f.scalar_text("duration")? {
-                if d != "10" && d != "15" {
-                    return Err(err("duration", "must be 10 or 15"));
-                }
-            }
-            c.callback_url()?;
-            c.exclusive("image_base64", "image_url")?;
-            c.image_field("image_base64", 10 * MIB)?;
-            c.image_url("image_url")?;
-        }
-        Family::Veo => {
-            c.prompt(true, 10, 4000)?;
-            let models = ["veo-3-fast", "veo-3-quality"];
-            let model = match c.one_of("model", &models, false)? {
-                Some(m) => Some(m),
-                None => c.one_of("model_type", &models, false)?,
-            };
-            c.one_of("aspect_ratio", &["16:9", "9:16"], false)?;
-            c.int_range("seed", 0, 1_000_000_000)?;
-            c.text("watermark_text", false, 3, 14)?;
-            c.one_of("filter_text", &["moderate", "translate", "moderate_translate"], false)?;
-            c.callback_url()?;
-            let modes = [f.has("bytes_image"), f.has("start_frame") || f.has("end_frame"), f.has("reference_images")];
-            if modes.iter().filter(|m| **m).count() > 1 {
-                return Err(err("bytes_image", "bytes_image, start_frame/end_frame and reference_images cannot be combined"));
-            }
-            if f.has("start_frame") != f.has("end_frame") {
-                let missing = if f.has("start_frame") { "end_frame" } else { "start_frame" };
-                return Err(err(missing, "is required when the other frame is given"));
-            }
-            c.image_field("bytes_image", 20 * MIB)?;
-            c.image_field("start_frame", 20 * MIB)?;
-            c.image_field("end_frame", 20 * MIB)?;
-            if f.has("reference_images") {
-                if model.as_deref() == Some("veo-3-quality") {
-                    return Err(err("reference_images", "only supported by veo-3-fast"));
-                }
-                if c.image_array("reference_images", 3, 20 * MIB, false)? == 0 {
-                    return Err(err("reference_images", "must hold 1 to 3 images"));
-                }
-            }
-        }
-        Family::Kling => {
-            c.prompt(false, 1, 2500)?;
-            c.text("negative_prompt", false, 0, 2500)?;
-            let model = c.one_of(
-                "model",
-                &[
-                    "kling_3", "kling_3_pro", "kling_3_motion", "kling_3_motion_pro", "kling_2.6_motion",
-                    "kling_2.6_motion_pro", "kling_2.6", "kling_2.5_turbo", "kling_2.5_turbo_pro", "kling_2.1",
-                    "kling_2.1_pro", "kling_2.1_master", "kling_1.6", "kling_1.6_pro",
-                ],
-                false,
-            )?;
-            if let Some(d) = f.scalar_text("duration")? {
-                let per_second = matches!(model.as_deref(), Some("kling_3") | Some("kling_3_pro"));
-                let ok = if per_second {
-                    d.parse::<u32>().is_ok_and(|n| (3..=15).contains(&n))
-                } else {
-                    d == "5" || d == "10"
-                };
-                if !ok {
-                    let want = if per_second { "an integer from 3 to 15" } else { "\"5\" or \"10\"" };
-                    return Err(err("duration", format!("must be {want}")));
-                }
-            }
-            c.one_of("aspect_ratio", ASPECT_VIDEO, false)?;
-            c.range("cfg_scale", 0.0, 1.0)?;
-            c.int_range("seed", 0, 2_147_483_647)?;
-            c.callback_url()?;
-            c.exclusive("image_base64", "image_url")?;
-            c.image_field("image_base64", 10 * MIB)?;
-            c.image_url("image_url")?;
-        }
-        Family::KlingO1Video => {
-            c.prompt(true, 1, 2500)?;
-            c.one_of("aspect_ratio", ASPECT_VIDEO, true)?;
-            c.exclusive("images_base64", "images_urls")?;
-            let images = c.image_array("images_base64", 5, 10 * MIB, false)? + c.url_array("images_urls", 5)?;
-            let allowed: &[&str] = if images > 0 {
-                &["3", "4", "5", "6", "7", "8", "9", "10"]
-            } else {
-                &["5", "10"]
-            };
-            match f.scalar_text("duration")? {
-                None => return Err(err("duration", "is required")),
-                Some(d) if !allowed.contains(&d.as_str()) => {
-                    return Err(err("duration", format!("must be one of {}", quoted(allowed))))
-                }
-                Some(_) => {}
-            }
-            c.boolean("keep_original_sound")?;
-            c.callback_url()?;
-        }
-        Family::KlingO3Video => {
-            c.prompt(true, 1, 2500)?;
-            c.exclusive("images_base64", "images_url")?;
-            c.image_array("images_base64", 5, 10 * MIB, false)?;
-            c.url_array("images_url", 5)?;
-            if let Some(d) = f.scalar_text("duration")? {
-                if !["5", "10", "15"].contains(&d.as_str()) {
-                    return Err(err("duration", "must be 5, 10 or 15 seconds"));
-                }
-            }
-            c.one_of("aspect_ratio", ASPECT_VIDEO, false)?;
-            c.one_of("model", &["kling_o3", "kling_o3_pro"], false)?;
-            c.boolean("keep_original_sound")?;
-            c.callback_url()?;
-        }
-        Family::KlingO1Photo => {
-            c.prompt(true, 1, 2500)?;
-            let n = c.image_array("images_base64", 5, 10 * MIB, false)? + c.url_array("images_url", 5)?;
-            if n > 5 {
-                return Err(err("images_base64", format!("at most 5 images allowed in total, got {n}")));
-            }
-            c.one_of("img_resolution", &["1k", "2k"], false)?;
-            c.one_of("aspect_ratio", &["9:16", "2:3", "3:4", "1:1", "4:3", "3:2", "16:9", "21:9"], false)?;
-            c.callback_url()?;
-        }
-        Family::KlingO3Photo => {
-            c.prompt(true, 1, 2500)?;
-            c.exclusive("images_base64", "images_url")?;
-            c.image_array("images_base64", 10, 10 * MIB, false)?;
-            c.url_array("images_url", 10)?;
-            c.one_of("img_resolution", &["1k", "2k", "4k"], false)?;
-            c.one_of("aspect_ratio", &["1:1", "auto", "9:16", "2:3", "3:4", "4:3", "3:2", "16:9", "21:9"], false)?;
-            c.boolean("prefer_multi_shots")?;
-            c.callback_url()?;
-        }
-        Family::Gemini => {
-            c.prompt(true, 1, 4000)?;
-            let model = c.one_of("model", &["standard", "pro", "v2", "v2_lite", "pro_vip", "v2_vip"], false)?;
-            let quality = c.one_of("quality", &["standard", "2k", "4k"], false)?;
-            let standard = model.as_deref().is_none_or(|m| m == "standard");
-            if standard && quality.as_deref().is_some_and(|q| q != "standard") {
-                return Err(err("quality", "2k and 4k need the pro or v2 model"));
-            }
-            c.one_of(
-                "aspect_ratio",
-                &["auto", "21:9", "16:9", "4:3", "3:2", "1:1", "9:16", "3:4", "2:3", "5:4", "4:5"],
-                false,
-            )?;
-            c.range("temperature", 0.0, 1.0)?;
-            c.image_array("images", if standard { 4 } else { 8 }, 20 * MIB, true)?;
-            c.callback_url()?;
-        }
-        Family::ChatgptImages => {
-            c.prompt(true, 1, 4000)?;
-            c.one_of("aspect_ratio", &["1:1", "4:3", "3:4"], false)?;
-            c.image_array("images", 4, 20 * MIB, true)?;
-            c.callback_url()?;
-        }
-        Family::Seedance => {
-            c.prompt(false, 1, 4000)?;
-            c.callback_url()?;
-        }
+    let spec = family.spec();
+    let mut c = Checker { f, spec, out: Validated::default(), relayed_callbacks };
+    for r in &spec.rules {
+        c.rule(r)?;
     }
-    c.price_key(family)?;
+    c.price_key()?;
     Ok(c.out)
 }
 

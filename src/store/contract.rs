@@ -79,7 +79,7 @@ pub async fn a_late_hold_after_its_release_is_refused(s: &dyn Store) {
 pub async fn settle_records_and_budgets_apply(s: &dyn Store) {
     set_balance(s, "10.00").await;
     let h = held(s, &req("a", "0.20", Some("0.30"))).await;
-    let rec = record("gen-1", "a", Family::Sora, NOV);
+    let rec = record("gen-1", "a", Family::builtin("sora"), NOV);
     s.settle(&h, usd("0.12"), &rec).await.unwrap();
     s.settle(&h, usd("0.12"), &rec).await.unwrap();
     assert_eq!(s.generation("gen-1").await.unwrap(), Some(rec.clone()));
@@ -110,7 +110,7 @@ pub async fn balance_snapshots_only_move_forward(s: &dyn Store) {
 pub async fn failed_generations_are_refunded_once(s: &dyn Store) {
     set_balance(s, "10.00").await;
     let h = held(s, &req("a", "0.12", None)).await;
-    s.settle(&h, usd("0.12"), &record("gen-f", "a", Family::Sora, NOV)).await.unwrap();
+    s.settle(&h, usd("0.12"), &record("gen-f", "a", Family::builtin("sora"), NOV)).await.unwrap();
     assert_eq!(s.unfinished_generations(10).await.unwrap().len(), 1);
     s.update_status("gen-f", "processing").await.unwrap();
     assert_eq!(s.generation("gen-f").await.unwrap().unwrap().status, "processing");
@@ -142,7 +142,7 @@ pub async fn unknown_outcomes_count_until_resolved(s: &dyn Store) {
     assert_eq!((unknown[0].hold.as_str(), &*unknown[0].tenant, unknown[0].intent.idem_key.as_deref()), ("u2", "b", Some("key-2")));
     assert_eq!(unknown[0].intent.prompt_sha256, "digest");
     // Found on the platform: owned, charged, and the key replays a 201.
-    let rec = GenerationRecord { price: usd("0.50"), ..record("found-1", "b", Family::Sora, NOV) };
+    let rec = GenerationRecord { price: usd("0.50"), ..record("found-1", "b", Family::builtin("sora"), NOV) };
     let reply = Bytes::from_static(br#"{"generation_id":"found-1"}"#);
     assert!(s.resolve_unknown("u2", &Resolution::Created { record: rec.clone(), reply: reply.clone() }).await.unwrap());
     assert!(!s.resolve_unknown("u2", &Resolution::NotCharged).await.unwrap(), "resolved once");
@@ -177,14 +177,14 @@ pub async fn expired_leases_become_unknown(s: &dyn Store) {
     assert_eq!((totals.open, totals.unknown), (1, 1));
     assert_eq!(s.unknown_outcomes().await.unwrap()[0].hold, "short");
     // A 201 that arrives after the lease still settles it.
-    s.settle("short", usd("0.30"), &record("late", "a", Family::Sora, NOV)).await.unwrap();
+    s.settle("short", usd("0.30"), &record("late", "a", Family::builtin("sora"), NOV)).await.unwrap();
     assert_eq!(s.hold_totals().await.unwrap().unknown, 0);
 }
 
 /// Lists are per tenant and family, newest first, paginated.
 pub async fn lists_are_per_tenant(s: &dyn Store) {
     set_balance(s, "100").await;
-    for (i, (tenant, family)) in [("a", Family::Sora), ("b", Family::Sora), ("a", Family::Sora), ("a", Family::Veo), ("a", Family::Sora)]
+    for (i, (tenant, family)) in [("a", Family::builtin("sora")), ("b", Family::builtin("sora")), ("a", Family::builtin("sora")), ("a", Family::builtin("veo")), ("a", Family::builtin("sora"))]
         .into_iter()
         .enumerate()
     {
@@ -192,11 +192,11 @@ pub async fn lists_are_per_tenant(s: &dyn Store) {
         s.settle(&h, usd("0.12"), &record(&format!("g{i}"), tenant, family, NOV + i as i64)).await.unwrap();
     }
     let ids = |v: Vec<GenerationRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list_generations("a", Family::Sora, 10, 0).await.unwrap()), ["g4", "g2", "g0"]);
-    assert_eq!(ids(s.list_generations("a", Family::Sora, 1, 1).await.unwrap()), ["g2"]);
-    assert_eq!(ids(s.list_generations("b", Family::Sora, 10, 0).await.unwrap()), ["g1"]);
-    assert_eq!(ids(s.list_generations("a", Family::Veo, 10, 0).await.unwrap()), ["g3"]);
-    assert!(s.list_generations("c", Family::Sora, 10, 0).await.unwrap().is_empty());
+    assert_eq!(ids(s.list_generations("a", Family::builtin("sora"), 10, 0).await.unwrap()), ["g4", "g2", "g0"]);
+    assert_eq!(ids(s.list_generations("a", Family::builtin("sora"), 1, 1).await.unwrap()), ["g2"]);
+    assert_eq!(ids(s.list_generations("b", Family::builtin("sora"), 10, 0).await.unwrap()), ["g1"]);
+    assert_eq!(ids(s.list_generations("a", Family::builtin("veo"), 10, 0).await.unwrap()), ["g3"]);
+    assert!(s.list_generations("c", Family::builtin("sora"), 10, 0).await.unwrap().is_empty());
 }
 
 /// Idempotency keys replay, conflict, mismatch, abort, and free a dead claim.

@@ -116,7 +116,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<GenerationRecord> 
     Ok(GenerationRecord {
         id: row.get(0)?,
         tenant: Arc::from(row.get::<_, String>(1)?),
-        family: Family::from_path(&family).unwrap_or(Family::Sora),
+        family: Family::named(&family),
         price: Usd::from_micros(row.get(3)?),
         created_ms: row.get(4)?,
         status: row.get(5)?,

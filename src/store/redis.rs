@@ -495,7 +495,7 @@ impl RedisStore {
         Some(GenerationRecord {
             id: id.to_string(),
             tenant: Arc::from(fields.get("tenant")?.as_str()),
-            family: Family::from_path(fields.get("family")?)?,
+            family: Family::named(fields.get("family")?),
             price: Usd::from_micros(fields.get("price")?.parse().ok()?),
             created_ms: fields.get("created_ms")?.parse().ok()?,
             status: fields.get("status")?.clone(),

@@ -23,12 +23,12 @@ fn body_must_be_a_json_object() {
 
 #[test]
 fn sora_accepts_documented_bodies_and_fills_price_key() {
-    let v = check(Family::Sora, r#"{"prompt":"A sunset","orientation":"16:9","duration":15,"unknown":{"x":1}}"#).unwrap();
+    let v = check(Family::builtin("sora"), r#"{"prompt":"A sunset","orientation":"16:9","duration":15,"unknown":{"x":1}}"#).unwrap();
     assert_eq!(v.price_key, vec!["15"]);
-    let v = check(Family::Sora, r#"{"prompt":"A sunset"}"#).unwrap();
+    let v = check(Family::builtin("sora"), r#"{"prompt":"A sunset"}"#).unwrap();
     assert_eq!(v.price_key, vec!["10"]);
     let img = b64(&png(32, 32, 0));
-    let v = check(Family::Sora, &format!(r#"{{"prompt":"p","image_base64":"{img}","callback_url":"https://x.io/h"}}"#)).unwrap();
+    let v = check(Family::builtin("sora"), &format!(r#"{{"prompt":"p","image_base64":"{img}","callback_url":"https://x.io/h"}}"#)).unwrap();
     assert_eq!((v.images, v.image_bytes), (1, png(32, 32, 0).len()));
 }
 
@@ -51,25 +51,25 @@ fn sora_names_the_offending_field() {
         (format!(r#"{{"prompt":"p","image_url":"https://x.io/{}"}}"#, "a".repeat(MAX_URL_LEN)), "image_url"),
     ];
     for (body, field) in cases {
-        assert_eq!(field_of(Family::Sora, &body), field, "{body:.80}");
+        assert_eq!(field_of(Family::builtin("sora"), &body), field, "{body:.80}");
     }
 }
 
 #[test]
 fn prompt_length_counts_characters_not_bytes() {
     let body = format!(r#"{{"prompt":"{}"}}"#, "é".repeat(4000));
-    assert!(check(Family::Sora, &body).is_ok());
+    assert!(check(Family::builtin("sora"), &body).is_ok());
 }
 
 #[test]
 fn null_means_absent() {
-    assert!(check(Family::Sora, r#"{"prompt":"p","image_base64":null,"image_url":"https://x.io/a.png"}"#).is_ok());
+    assert!(check(Family::builtin("sora"), r#"{"prompt":"p","image_base64":null,"image_url":"https://x.io/a.png"}"#).is_ok());
 }
 
 #[test]
 fn detail_reads_field_then_reason() {
     assert_eq!(
-        check(Family::Sora, r#"{"prompt":"p","orientation":"1:1"}"#).unwrap_err(),
+        check(Family::builtin("sora"), r#"{"prompt":"p","orientation":"1:1"}"#).unwrap_err(),
         "orientation: must be one of '9:16', '16:9'"
     );
 }
@@ -77,60 +77,60 @@ fn detail_reads_field_then_reason() {
 #[test]
 fn veo_modes_and_models() {
     let img = b64(&jpeg(64, 64, 0));
-    assert_eq!(check(Family::Veo, r#"{"prompt":"A cat in the sun"}"#).unwrap().price_key, vec!["veo-3-fast"]);
+    assert_eq!(check(Family::builtin("veo"), r#"{"prompt":"A cat in the sun"}"#).unwrap().price_key, vec!["veo-3-fast"]);
     assert_eq!(
-        check(Family::Veo, r#"{"prompt":"A cat in the sun","model_type":"veo-3-quality"}"#).unwrap().price_key,
+        check(Family::builtin("veo"), r#"{"prompt":"A cat in the sun","model_type":"veo-3-quality"}"#).unwrap().price_key,
         vec!["veo-3-quality"]
     );
-    assert_eq!(field_of(Family::Veo, r#"{"prompt":"short"}"#), "prompt");
-    assert_eq!(field_of(Family::Veo, r#"{"prompt":"A cat in the sun","model":"veo-9"}"#), "model");
+    assert_eq!(field_of(Family::builtin("veo"), r#"{"prompt":"short"}"#), "prompt");
+    assert_eq!(field_of(Family::builtin("veo"), r#"{"prompt":"A cat in the sun","model":"veo-9"}"#), "model");
     assert_eq!(
-        field_of(Family::Veo, &format!(r#"{{"prompt":"A cat in the sun","bytes_image":"{img}","start_frame":"{img}","end_frame":"{img}"}}"#)),
+        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","bytes_image":"{img}","start_frame":"{img}","end_frame":"{img}"}}"#)),
         "bytes_image"
     );
-    assert_eq!(field_of(Family::Veo, &format!(r#"{{"prompt":"A cat in the sun","start_frame":"{img}"}}"#)), "end_frame");
-    assert!(check(Family::Veo, &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}"]}}"#)).is_ok());
+    assert_eq!(field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","start_frame":"{img}"}}"#)), "end_frame");
+    assert!(check(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}"]}}"#)).is_ok());
     assert_eq!(
-        field_of(Family::Veo, &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}","{img}","{img}"]}}"#)),
+        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}","{img}","{img}"]}}"#)),
         "reference_images"
     );
     assert_eq!(
-        field_of(Family::Veo, &format!(r#"{{"prompt":"A cat in the sun","model":"veo-3-quality","reference_images":["{img}"]}}"#)),
+        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","model":"veo-3-quality","reference_images":["{img}"]}}"#)),
         "reference_images"
     );
 }
 
 #[test]
 fn kling_duration_depends_on_model() {
-    assert!(check(Family::Kling, r#"{"prompt":"p","duration":"5"}"#).is_ok());
-    assert_eq!(field_of(Family::Kling, r#"{"prompt":"p","duration":"7"}"#), "duration");
-    let v = check(Family::Kling, r#"{"prompt":"p","model":"kling_3_pro","duration":7}"#).unwrap();
+    assert!(check(Family::builtin("kling"), r#"{"prompt":"p","duration":"5"}"#).is_ok());
+    assert_eq!(field_of(Family::builtin("kling"), r#"{"prompt":"p","duration":"7"}"#), "duration");
+    let v = check(Family::builtin("kling"), r#"{"prompt":"p","model":"kling_3_pro","duration":7}"#).unwrap();
     assert_eq!(v.price_key, vec!["kling_3_pro", "7"]);
-    assert_eq!(field_of(Family::Kling, r#"{"prompt":"p","model":"kling_3","duration":16}"#), "duration");
-    assert_eq!(field_of(Family::Kling, r#"{"prompt":"p","cfg_scale":1.5}"#), "cfg_scale");
-    assert_eq!(field_of(Family::Kling, r#"{"prompt":"p","model":"kling_9"}"#), "model");
+    assert_eq!(field_of(Family::builtin("kling"), r#"{"prompt":"p","model":"kling_3","duration":16}"#), "duration");
+    assert_eq!(field_of(Family::builtin("kling"), r#"{"prompt":"p","cfg_scale":1.5}"#), "cfg_scale");
+    assert_eq!(field_of(Family::builtin("kling"), r#"{"prompt":"p","model":"kling_9"}"#), "model");
 }
 
 #[test]
 fn kling_o1_video_requires_duration_and_aspect() {
-    assert!(check(Family::KlingO1Video, r#"{"prompt":"p","duration":"5","aspect_ratio":"16:9"}"#).is_ok());
-    assert_eq!(field_of(Family::KlingO1Video, r#"{"prompt":"p","aspect_ratio":"16:9"}"#), "duration");
-    assert_eq!(field_of(Family::KlingO1Video, r#"{"prompt":"p","duration":"5"}"#), "aspect_ratio");
+    assert!(check(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"5","aspect_ratio":"16:9"}"#).is_ok());
+    assert_eq!(field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","aspect_ratio":"16:9"}"#), "duration");
+    assert_eq!(field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"5"}"#), "aspect_ratio");
     // 3-second clips only for image-to-video.
-    assert_eq!(field_of(Family::KlingO1Video, r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1"}"#), "duration");
-    assert!(check(Family::KlingO1Video, r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1","images_urls":["https://x.io/a.png"]}"#).is_ok());
+    assert_eq!(field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1"}"#), "duration");
+    assert!(check(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1","images_urls":["https://x.io/a.png"]}"#).is_ok());
 }
 
 #[test]
 fn kling_image_arrays_are_counted_and_checked() {
     let img = b64(&png(8, 8, 0));
     let six: Vec<String> = (0..6).map(|_| format!("\"{img}\"")).collect();
-    assert_eq!(field_of(Family::KlingO3Video, &format!(r#"{{"prompt":"p","images_base64":[{}]}}"#, six.join(","))), "images_base64");
-    assert_eq!(field_of(Family::KlingO3Video, r#"{"prompt":"p","images_base64":["QUJD"]}"#), "images_base64[0]");
-    assert_eq!(field_of(Family::KlingO3Photo, r#"{"prompt":"p","images_url":["https://a","https://b"],"images_base64":[]}"#), "images_base64");
-    assert_eq!(field_of(Family::KlingO3Photo, r#"{"prompt":"p","img_resolution":"8k"}"#), "img_resolution");
+    assert_eq!(field_of(Family::builtin("kling/o3-video"), &format!(r#"{{"prompt":"p","images_base64":[{}]}}"#, six.join(","))), "images_base64");
+    assert_eq!(field_of(Family::builtin("kling/o3-video"), r#"{"prompt":"p","images_base64":["QUJD"]}"#), "images_base64[0]");
+    assert_eq!(field_of(Family::builtin("kling/o3-photo"), r#"{"prompt":"p","images_url":["https://a","https://b"],"images_base64":[]}"#), "images_base64");
+    assert_eq!(field_of(Family::builtin("kling/o3-photo"), r#"{"prompt":"p","img_resolution":"8k"}"#), "img_resolution");
     assert_eq!(
-        check(Family::KlingO1Photo, r#"{"prompt":"p","img_resolution":"1k"}"#).unwrap().price_key,
+        check(Family::builtin("kling/o1-photo"), r#"{"prompt":"p","img_resolution":"1k"}"#).unwrap().price_key,
         vec!["1k"]
     );
 }
@@ -138,17 +138,17 @@ fn kling_image_arrays_are_counted_and_checked() {
 #[test]
 fn gemini_mixed_images_and_quality_rules() {
     let img = format!("data:image/png;base64,{}", b64(&png(8, 8, 0)));
-    let v = check(Family::Gemini, &format!(r#"{{"prompt":"p","model":"pro","quality":"4k","images":["https://x.io/a.png","{img}"]}}"#)).unwrap();
+    let v = check(Family::builtin("gemini"), &format!(r#"{{"prompt":"p","model":"pro","quality":"4k","images":["https://x.io/a.png","{img}"]}}"#)).unwrap();
     assert_eq!((v.images, v.price_key.clone()), (1, vec!["pro".to_string(), "4k".to_string()]));
-    assert_eq!(field_of(Family::Gemini, r#"{"prompt":"p","quality":"4k"}"#), "quality");
-    assert_eq!(field_of(Family::Gemini, r#"{"prompt":"p","temperature":2}"#), "temperature");
-    assert_eq!(field_of(Family::Gemini, r#"{"prompt":"p","images":["https://x.io/a.png","QUJD"]}"#), "images[1]");
+    assert_eq!(field_of(Family::builtin("gemini"), r#"{"prompt":"p","quality":"4k"}"#), "quality");
+    assert_eq!(field_of(Family::builtin("gemini"), r#"{"prompt":"p","temperature":2}"#), "temperature");
+    assert_eq!(field_of(Family::builtin("gemini"), r#"{"prompt":"p","images":["https://x.io/a.png","QUJD"]}"#), "images[1]");
 }
 
 #[test]
 fn chatgpt_images_rules() {
-    assert!(check(Family::ChatgptImages, r#"{"prompt":"cat and dog"}"#).is_ok());
-    assert_eq!(field_of(Family::ChatgptImages, r#"{"prompt":"c","aspect_ratio":"16:9"}"#), "aspect_ratio");
+    assert!(check(Family::builtin("chatgpt-images"), r#"{"prompt":"cat and dog"}"#).is_ok());
+    assert_eq!(field_of(Family::builtin("chatgpt-images"), r#"{"prompt":"c","aspect_ratio":"16:9"}"#), "aspect_ratio");
 }
 
 #[test]
@@ -157,5 +157,5 @@ fn base64_with_escaped_slashes_is_still_checked() {
     let img = b64(&jpeg(16, 16, 0));
     let escaped = img.replace('/', "\\/");
     let body = format!(r#"{{"prompt":"p","image_base64":"{escaped}"}}"#);
-    assert!(check(Family::Sora, &body).is_ok(), "{}", check(Family::Sora, &body).unwrap_err());
+    assert!(check(Family::builtin("sora"), &body).is_ok(), "{}", check(Family::builtin("sora"), &body).unwrap_err());
 }

@@ -68,7 +68,7 @@ async fn sqlite_records_survive_reopen_with_their_spend() {
             let rec = GenerationRecord {
                 id: format!("g{i}"),
                 tenant: Arc::from("a"),
-                family: Family::Veo,
+                family: Family::builtin("veo"),
                 price: Usd::from_micros(120_000),
                 created_ms: 1_794_268_800_000,
                 status: "pending".into(),
@@ -81,7 +81,7 @@ async fn sqlite_records_survive_reopen_with_their_spend() {
     }
     let s = EmbeddedStore::sqlite(&path).await.unwrap();
     let g = s.generation("g0").await.unwrap().unwrap();
-    assert_eq!((&*g.tenant, g.family, g.status.as_str()), ("a", Family::Veo, "completed"));
+    assert_eq!((&*g.tenant, g.family, g.status.as_str()), ("a", Family::builtin("veo"), "completed"));
     // Only the completed one counts: the failed one was refunded.
     assert_eq!(s.spend_by_tenant("2026-11").await.unwrap(), vec![(Arc::from("a"), Usd::from_micros(120_000))]);
     assert!(matches!(s.idem_claim("a", "k", &[7; 32], "x", 60_000).await.unwrap(), IdemClaim::Replay(_)));
