@@ -48,7 +48,8 @@ pub struct Validated {
 
 /// The top-level fields of a JSON object body.
 pub struct Fields<'a> {
-    map: HashMap<Cow<'a, str>, Json<'a>>,
+    // foldhash: seeded per process like std's, several times cheaper for these short keys.
+    map: HashMap<Cow<'a, str>, Json<'a>, foldhash::fast::RandomState>,
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
@@ -166,20 +167,17 @@ impl<'f, 'a> Checker<'f, 'a> {
         (name, None)
     }
 
-    /// A string or number field as text, aliases applied (`None` when absent or another type).
-    fn text_of(&self, name: &str) -> Option<Cow<'f, str>> {
-        match self.field(name).1? {
-            Json::Str(s) => Some(Cow::Borrowed(s.as_ref())),
-            Json::Num(n) => Some(Cow::Owned(n.to_string())),
-            _ => None,
-        }
-    }
-
     fn holds(&self, c: &Cond) -> bool {
         match c {
             Cond::In { field, values, absent } => match self.field(field).1 {
                 None => *absent,
-                Some(_) => self.text_of(field).is_some_and(|v| values.iter().any(|x| *x == v)),
+                Some(Json::Str(s)) => values.iter().any(|x| x == s),
+                Some(Json::Num(n)) => {
+                    let mut buf = NumText::default();
+                    let t = buf.of(n);
+                    values.iter().any(|x| x == t)
+                }
+                Some(_) => false,
             },
             Cond::Present(fields) => fields.iter().any(|n| match self.field(n).1 {
                 None => false,
@@ -225,15 +223,16 @@ impl<'f, 'a> Checker<'f, 'a> {
             }
             Check::Enum { field, values, required, numbers } => {
                 let (name, v) = self.field(field);
+                let mut buf = NumText::default();
                 let text = match v {
                     None if *required => return Err(Own(name.into(), "is required".into())),
                     None => return Ok(()),
-                    Some(Json::Str(s)) => Cow::Borrowed(s.as_ref()),
-                    Some(Json::Num(n)) if *numbers => Cow::Owned(n.to_string()),
+                    Some(Json::Str(s)) => s.as_ref(),
+                    Some(Json::Num(n)) if *numbers => buf.of(n),
                     Some(_) if *numbers => return Err(Inner(name.into(), "must be a string or a number".into())),
                     Some(_) => return Err(Inner(name.into(), "must be a string".into())),
                 };
-                if values.iter().any(|x| *x == text) {
+                if values.iter().any(|x| x == text) {
                     Ok(())
                 } else {
                     Err(Own(name.into(), format!("must be one of {}", quoted(values))))
@@ -399,6 +398,29 @@ impl<'f, 'a> Checker<'f, 'a> {
             self.out.price_key.push(v);
         }
         Ok(())
+    }
+}
+
+/// A number's JSON text, written on the stack (enum values like `duration: 10` are compared as
+/// text on every request).
+struct NumText {
+    buf: [u8; 40],
+}
+
+impl Default for NumText {
+    fn default() -> Self {
+        NumText { buf: [0; 40] }
+    }
+}
+
+impl NumText {
+    fn of(&mut self, n: &serde_json::Number) -> &str {
+        use std::io::Write;
+        let mut w = &mut self.buf[..];
+        let room = w.len();
+        // Longer than 40 bytes (no enum value is): compared as empty, so it never matches.
+        let len = if write!(w, "{n}").is_ok() { room - w.len() } else { 0 };
+        std::str::from_utf8(&self.buf[..len]).unwrap_or("")
     }
 }
 
