@@ -137,10 +137,11 @@ impl AccessLog {
 
     /// Writes one record as one line.
     pub fn write(&self, record: &AccessRecord<'_>) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(l) => l,
-            Err(_) => return,
-        };
+        // Sized for a whole line up front: no regrowth (realloc and copy) while serialising.
+        let mut line = Vec::with_capacity(512);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
         line.push(b'\n');
         match &self.sink {
             Sink::Batched(b) => {

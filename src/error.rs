@@ -228,10 +228,17 @@ impl GatewayError {
 
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF draft names).
 pub fn set_rate_limit_headers(h: &mut http::HeaderMap, q: &Quotas) {
-    h.insert("ratelimit-limit", HeaderValue::from(q.limit));
-    h.insert("ratelimit-remaining", HeaderValue::from(q.remaining));
-    h.insert("ratelimit-reset", HeaderValue::from(q.reset_secs));
+    h.insert(RATELIMIT_LIMIT, HeaderValue::from(q.limit));
+    h.insert(RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
+    h.insert(RATELIMIT_RESET, HeaderValue::from(q.reset_secs));
 }
+
+/// `RateLimit-Limit` (names as constants: parsed once, not on every response).
+pub const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`.
+pub const RATELIMIT_REMAINING: http::HeaderName = http::HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`.
+pub const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
 #[cfg(test)]
 mod tests {

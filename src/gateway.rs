@@ -301,7 +301,7 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        let request_id = req.headers().get("x-request-id").and_then(sane_request_id).unwrap_or_else(new_request_id);
+        let request_id = req.headers().get(crate::service::X_REQUEST_ID).and_then(sane_request_id).unwrap_or_else(new_request_id);
         let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
         let mut trace = crate::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
@@ -336,11 +336,11 @@ impl Gateway {
                 e.into_response()
             }
         };
-        if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key("ratelimit-limit")) {
+        if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::error::RATELIMIT_LIMIT)) {
             set_rate_limit_headers(rsp.headers_mut(), q);
         }
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            rsp.headers_mut().insert("x-request-id", v);
+            rsp.headers_mut().insert(crate::service::X_REQUEST_ID, v);
         }
         self.finish(&ctx, rsp.status().as_u16());
         if let Some(span) = span {

@@ -53,13 +53,14 @@ fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
-/// `status` of a status body, if it is a JSON object with one.
-fn reported_status(body: &[u8]) -> Option<String> {
+/// `status` of a status body, if it is a JSON object with one (borrowed unless escaped).
+fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     #[derive(serde::Deserialize)]
-    struct S {
-        status: Option<String>,
+    struct S<'a> {
+        #[serde(borrow)]
+        status: Option<std::borrow::Cow<'a, str>>,
     }
-    serde_json::from_slice::<S>(body).ok()?.status
+    serde_json::from_slice::<S<'_>>(body).ok()?.status
 }
 
 fn idempotency_key(req_headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {

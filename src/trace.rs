@@ -9,6 +9,11 @@
 use http::{HeaderMap, HeaderValue};
 use rand::Rng;
 
+/// `traceparent`.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// `tracestate`.
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 /// The trace this request belongs to, and the gateway's span in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
@@ -64,29 +69,43 @@ fn parse(v: &str) -> Option<(&str, &str, u8)> {
 impl TraceContext {
     /// The context for a request with these headers.
     pub fn from_headers(headers: &HeaderMap) -> TraceContext {
-        let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(parse);
+        let parent = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse);
         match parent {
             Some((trace, parent, flags)) => TraceContext {
                 trace_id: trace.to_string(),
                 span_id: random_hex::<8>(),
                 flags,
                 parent_id: Some(parent.to_string()),
-                tracestate: headers.get("tracestate").filter(|v| v.len() <= MAX_TRACESTATE).cloned(),
+                tracestate: headers.get(TRACESTATE).filter(|v| v.len() <= MAX_TRACESTATE).cloned(),
             },
             None => TraceContext { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), flags: 0, parent_id: None, tracestate: None },
         }
     }
 
     /// The `traceparent` the platform gets: this trace, the gateway's span as parent.
+    /// Assembled in place (it is built for every forwarded request).
     pub fn traceparent(&self) -> HeaderValue {
-        HeaderValue::from_str(&format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)).unwrap_or(HeaderValue::from_static(""))
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; 55];
+        b[..3].copy_from_slice(b"00-");
+        let (trace, span) = (self.trace_id.as_bytes(), self.span_id.as_bytes());
+        if trace.len() != 32 || span.len() != 16 {
+            return HeaderValue::from_static("");
+        }
+        b[3..35].copy_from_slice(trace);
+        b[35] = b'-';
+        b[36..52].copy_from_slice(span);
+        b[52] = b'-';
+        b[53] = HEX[usize::from(self.flags >> 4)];
+        b[54] = HEX[usize::from(self.flags & 0xf)];
+        HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static(""))
     }
 
     /// Adds `traceparent` (and `tracestate`) to a request going upstream.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        headers.insert("traceparent", self.traceparent());
+        headers.insert(TRACEPARENT, self.traceparent());
         if let Some(s) = &self.tracestate {
-            headers.insert("tracestate", s.clone());
+            headers.insert(TRACESTATE, s.clone());
         }
     }
 }

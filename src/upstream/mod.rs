@@ -172,11 +172,9 @@ impl Upstream {
     }
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.path_prefix, path_and_query))
-            .build()
+        let b = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
+        let b = if self.path_prefix.is_empty() { b.path_and_query(path_and_query) } else { b.path_and_query(format!("{}{}", self.path_prefix, path_and_query)) };
+        b.build()
             .map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))
     }
 
@@ -193,7 +191,7 @@ impl Upstream {
             h.insert(CONTENT_TYPE, ct.clone());
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-request-id", v);
+            h.insert(crate::service::X_REQUEST_ID, v);
         }
         if let Some(t) = trace {
             t.inject(h);
