@@ -228,9 +228,20 @@ impl GatewayError {
 
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF draft names).
 pub fn set_rate_limit_headers(h: &mut http::HeaderMap, q: &Quotas) {
-    h.insert(RATELIMIT_LIMIT, HeaderValue::from(q.limit));
-    h.insert(RATELIMIT_REMAINING, HeaderValue::from(q.remaining));
-    h.insert(RATELIMIT_RESET, HeaderValue::from(q.reset_secs));
+    h.insert(RATELIMIT_LIMIT, number(q.limit.into()));
+    h.insert(RATELIMIT_REMAINING, number(q.remaining.into()));
+    h.insert(RATELIMIT_RESET, number(q.reset_secs));
+}
+
+/// A number as a header value, formatted on the stack: one allocation, where
+/// `HeaderValue::from(u64)` makes two (a `BytesMut`, then its conversion).
+fn number(n: u64) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 20];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{n}");
+    let len = 20 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// `RateLimit-Limit` (names as constants: parsed once, not on every response).

@@ -41,12 +41,15 @@ enum State {
 pub struct Framing {
     state: State,
     ambiguous: Arc<AtomicBool>,
+    /// The last head's buffer, cleared, for the next head: one allocation per connection
+    /// rather than a fresh, regrown one per request.
+    spare: Vec<u8>,
 }
 
 impl Framing {
     /// A follower raising `ambiguous`.
     pub fn new(ambiguous: Arc<AtomicBool>) -> Self {
-        Framing { state: State::Head(Vec::new()), ambiguous }
+        Framing { state: State::Head(Vec::new()), ambiguous, spare: Vec::new() }
     }
 
     /// Feeds bytes read from the client.
@@ -67,8 +70,13 @@ impl Framing {
                         Some(end) => {
                             let head_len = end + 4;
                             let consumed = head_len - before;
-                            let head = std::mem::take(buf);
+                            let mut head = std::mem::take(buf);
                             self.state = self.after_head(&head[..head_len]);
+                            head.clear();
+                            match &mut self.state {
+                                State::Head(next) => *next = head,
+                                _ => self.spare = head,
+                            }
                             &data[consumed..]
                         }
                     }
@@ -77,7 +85,7 @@ impl Framing {
                     let n = (*left).min(data.len() as u64) as usize;
                     *left -= n as u64;
                     if *left == 0 {
-                        self.state = State::Head(Vec::new());
+                        self.state = State::Head(std::mem::take(&mut self.spare));
                     }
                     &data[n..]
                 }
@@ -125,7 +133,7 @@ impl Framing {
                     Some(i) => {
                         line.extend_from_slice(&data[..=i]);
                         let empty = line.as_slice() == b"\r\n" || line.as_slice() == b"\n";
-                        self.state = if empty { State::Head(Vec::new()) } else { State::Trailers(Vec::new()) };
+                        self.state = if empty { State::Head(std::mem::take(&mut self.spare)) } else { State::Trailers(Vec::new()) };
                         &data[i + 1..]
                     }
                 },

@@ -155,9 +155,13 @@ impl Ctx {
 }
 
 pub(crate) fn sane_request_id(v: &HeaderValue) -> Option<String> {
-    let s = v.to_str().ok()?;
-    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ok.then(|| s.to_string())
+    is_sane_request_id(v).then(|| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// 1–128 characters of `[A-Za-z0-9-_.:]`.
+pub(crate) fn is_sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 /// Milliseconds with microsecond precision (no `0.13026300000000002` in logs).
@@ -301,7 +305,8 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        let request_id = req.headers().get(crate::service::X_REQUEST_ID).and_then(sane_request_id).unwrap_or_else(new_request_id);
+        let sent_id = req.headers().get(crate::service::X_REQUEST_ID).filter(|v| is_sane_request_id(v)).cloned();
+        let request_id = sent_id.as_ref().and_then(sane_request_id).unwrap_or_else(new_request_id);
         let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
         let mut trace = crate::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
@@ -339,7 +344,8 @@ impl Gateway {
         if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::error::RATELIMIT_LIMIT)) {
             set_rate_limit_headers(rsp.headers_mut(), q);
         }
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        // The caller's (or the request-id layer's) value itself: a reference count, not a copy.
+        if let Some(v) = sent_id.or_else(|| HeaderValue::from_str(&ctx.request_id).ok()) {
             rsp.headers_mut().insert(crate::service::X_REQUEST_ID, v);
         }
         self.finish(&ctx, rsp.status().as_u16());
@@ -417,7 +423,7 @@ impl Gateway {
         }
         check_query(&route, req.uri().query())?;
         if let Route::Webhook(token) = &route {
-            return self.webhook_received(ctx, token, req).await;
+            return Box::pin(self.webhook_received(ctx, token, req)).await;
         }
         // A family without a price is not offered here: 404 before anything else, never a 500.
         if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
@@ -430,11 +436,14 @@ impl Gateway {
         ctx.tenant = Some(tenant.id.clone());
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
         match route {
-            Route::Generate(family) => self.generate(ctx, &runtime, &tenant, family, req).await,
+            // The large, rarer stages are boxed (the paid path, lists, usage, webhooks above):
+            // otherwise every request's future is as large as the largest of them, allocated
+            // and moved whole. Status polls, the hot path, stay inline.
+            Route::Generate(family) => Box::pin(self.generate(ctx, &runtime, &tenant, family, req)).await,
             Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
-            Route::List(family) => self.list(ctx, &tenant, family, req.uri()).await,
+            Route::List(family) => Box::pin(self.list(ctx, &tenant, family, req.uri())).await,
             Route::Balance => self.tenant_balance(ctx, &runtime, &tenant).await,
-            Route::Usage => self.tenant_usage(ctx, &runtime, &tenant).await,
+            Route::Usage => Box::pin(self.tenant_usage(ctx, &runtime, &tenant)).await,
             Route::Webhook(_) => Err(GatewayError::NotFound),
         }
     }

@@ -47,7 +47,8 @@ impl RateLimits {
     /// Consumes one cell of `kind` for `tenant`.
     pub async fn check(&self, store: &dyn Store, tenant: &Tenant, kind: LimitKind) -> Result<Quotas, RateLimited> {
         let params = GcraParams::of(&quota_of(&tenant.limits, kind));
-        match store.shared_rate_limit(&tenant.id, kind_name(kind), params).await {
+        let shared = if store.shares_rate_limits() { store.shared_rate_limit(&tenant.id, kind_name(kind), params).await } else { None };
+        match shared {
             Some(Ok(SharedLimit::Allowed(q))) => return Ok(q),
             Some(Ok(SharedLimit::Refused { retry_after_secs, quotas })) => {
                 return Err(RateLimited { kind, retry_after_secs, quotas });
@@ -67,7 +68,8 @@ impl RateLimits {
     pub async fn give_back_generation(&self, store: &dyn Store, tenant: &str) {
         let Some(local) = self.local.get(tenant) else { return };
         let params = GcraParams::of(&quota_of(local.limits(), LimitKind::Generations));
-        match store.shared_rate_limit_give_back(tenant, kind_name(LimitKind::Generations), params).await {
+        let shared = if store.shares_rate_limits() { store.shared_rate_limit_give_back(tenant, kind_name(LimitKind::Generations), params).await } else { None };
+        match shared {
             Some(Ok(())) => return,
             Some(Err(e)) => tracing::warn!(error = %e, tenant, "shared rate limit unavailable; giving the cell back locally"),
             None => {}

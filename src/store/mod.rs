@@ -284,6 +284,12 @@ pub trait Store: Send + Sync + 'static {
     /// Spend of every tenant in a month, for metrics.
     async fn spend_by_tenant(&self, month: &str) -> Result<Vec<(Arc<str>, Usd)>, StoreError>;
 
+    /// Does this backend share rate limits between replicas? Asked first, so a backend without
+    /// them costs no call (and no boxed future) per request.
+    fn shares_rate_limits(&self) -> bool {
+        false
+    }
+
     /// A rate-limit check shared with other replicas; `None` when this backend has none (the
     /// caller uses its in-process limiter).
     async fn shared_rate_limit(&self, _tenant: &str, _kind: &'static str, _params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {

@@ -895,6 +895,10 @@ impl Store for RedisStore {
         Ok(all.into_iter().map(|(t, m)| (Arc::from(t.as_str()), Usd::from_micros(m))).collect())
     }
 
+    fn shares_rate_limits(&self) -> bool {
+        true
+    }
+
     async fn shared_rate_limit(&self, tenant: &str, kind: &'static str, params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {
         Some(self.rate_limit(tenant, kind, params).await)
     }
