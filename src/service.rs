@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -66,13 +66,13 @@ pub struct SaneOrNewRequestId;
 
 impl MakeRequestId for SaneOrNewRequestId {
     fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&crate::gateway::new_request_id()).ok().map(RequestId::new)
+        Some(RequestId::new(crate::gateway::new_request_id_header()))
     }
 }
 
 /// Drops an `x-request-id` the gateway will not repeat (so `SetRequestId` replaces it).
 fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
-    if req.headers().get(X_REQUEST_ID).is_some_and(|v| crate::gateway::sane_request_id(v).is_none()) {
+    if req.headers().get(X_REQUEST_ID).is_some_and(|v| !crate::gateway::is_sane_request_id(v)) {
         req.headers_mut().remove(X_REQUEST_ID);
     }
     req
