@@ -236,12 +236,7 @@ pub fn set_rate_limit_headers(h: &mut http::HeaderMap, q: &Quotas) {
 /// A number as a header value, formatted on the stack: one allocation, where
 /// `HeaderValue::from(u64)` makes two (a `BytesMut`, then its conversion).
 fn number(n: u64) -> HeaderValue {
-    use std::io::Write;
-    let mut buf = [0u8; 20];
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{n}");
-    let len = 20 - w.len();
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_str(itoa::Buffer::new().format(n)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// `RateLimit-Limit` (names as constants: parsed once, not on every response).

@@ -201,7 +201,7 @@ impl RuleEntry {
             "boolean" => Check::Boolean { field },
             "url" => Check::Url { field },
             "callback_url" => Check::CallbackUrl { field },
-            "image" => Check::Image { field, max_bytes: usize_of(need(self.max_mib, "max_mib", p) * MIB, &format!("{at}: max_mib"), p) },
+            "image" => Check::Image { field, max_bytes: usize_of((need(self.max_mib, "max_mib", p) * MIB).round(), &format!("{at}: max_mib"), p) },
             "images" => Check::Images {
                 field,
                 min: usize_of(self.min.unwrap_or(0.0), &format!("{at}: min"), p),

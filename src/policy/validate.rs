@@ -73,70 +73,12 @@ impl<'a> Fields<'a> {
         self.map.get(name).filter(|v| **v != Json::Null)
     }
 
-    /// True when the field is present and not null.
-    pub fn has(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-
     /// A string field, borrowed from the body when it has no escapes.
     pub fn str(&self, name: &str) -> Result<Option<&str>, ValidationError> {
         match self.get(name) {
             None => Ok(None),
             Some(Json::Str(s)) => Ok(Some(s)),
             Some(_) => Err(err(name, "must be a string")),
-        }
-    }
-
-    /// A string or a number, as text (`duration` comes as either).
-    pub fn scalar_text(&self, name: &str) -> Result<Option<String>, ValidationError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Json::Str(s)) => Ok(Some(s.to_string())),
-            Some(Json::Num(n)) => Ok(Some(n.to_string())),
-            Some(_) => Err(err(name, "must be a string or a number")),
-        }
-    }
-
-    /// A number field.
-    pub fn number(&self, name: &str) -> Result<Option<f64>, ValidationError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Json::Num(n)) => n.as_f64().map(Some).ok_or_else(|| err(name, "must be a number")),
-            Some(_) => Err(err(name, "must be a number")),
-        }
-    }
-
-    /// An integer field.
-    pub fn integer(&self, name: &str) -> Result<Option<i64>, ValidationError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Json::Num(n)) => n.as_i64().map(Some).ok_or_else(|| err(name, "must be an integer")),
-            Some(_) => Err(err(name, "must be an integer")),
-        }
-    }
-
-    /// A boolean field.
-    pub fn boolean(&self, name: &str) -> Result<Option<bool>, ValidationError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Json::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(err(name, "must be true or false")),
-        }
-    }
-
-    /// An array of strings.
-    pub fn str_array(&self, name: &str) -> Result<Option<Vec<&str>>, ValidationError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Json::Arr(items)) => items
-                .iter()
-                .map(|i| match i {
-                    Json::Str(s) => Ok(s.as_ref()),
-                    _ => Err(err(name, "must be an array of strings")),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(err(name, "must be an array of strings")),
         }
     }
 }
@@ -171,13 +113,7 @@ impl<'f, 'a> Checker<'f, 'a> {
         match c {
             Cond::In { field, values, absent } => match self.field(field).1 {
                 None => *absent,
-                Some(Json::Str(s)) => values.iter().any(|x| x == s),
-                Some(Json::Num(n)) => {
-                    let mut buf = NumText::default();
-                    let t = buf.of(n);
-                    values.iter().any(|x| x == t)
-                }
-                Some(_) => false,
+                Some(v) => scalar(v, &mut NumText::default()).is_some_and(|t| values.iter().any(|x| x == t)),
             },
             Cond::Present(fields) => fields.iter().any(|n| match self.field(n).1 {
                 None => false,
@@ -227,10 +163,12 @@ impl<'f, 'a> Checker<'f, 'a> {
                 let text = match v {
                     None if *required => return Err(Own(name.into(), "is required".into())),
                     None => return Ok(()),
-                    Some(Json::Str(s)) => s.as_ref(),
-                    Some(Json::Num(n)) if *numbers => buf.of(n),
-                    Some(_) if *numbers => return Err(Inner(name.into(), "must be a string or a number".into())),
-                    Some(_) => return Err(Inner(name.into(), "must be a string".into())),
+                    Some(Json::Num(_)) if !*numbers => return Err(Inner(name.into(), "must be a string".into())),
+                    Some(v) => match scalar(v, &mut buf) {
+                        Some(t) => t,
+                        None if *numbers => return Err(Inner(name.into(), "must be a string or a number".into())),
+                        None => return Err(Inner(name.into(), "must be a string".into())),
+                    },
                 };
                 if values.iter().any(|x| x == text) {
                     Ok(())
@@ -238,30 +176,8 @@ impl<'f, 'a> Checker<'f, 'a> {
                     Err(Own(name.into(), format!("must be one of {}", quoted(values))))
                 }
             }
-            Check::Number { field, min, max } => {
-                let (name, v) = self.field(field);
-                match v.map(|j| match j {
-                    Json::Num(n) => n.as_f64(),
-                    _ => None,
-                }) {
-                    None => Ok(()),
-                    Some(None) => Err(Inner(name.into(), "must be a number".into())),
-                    Some(Some(x)) if !(*min..=*max).contains(&x) => Err(Own(name.into(), format!("must be between {min} and {max}"))),
-                    Some(Some(_)) => Ok(()),
-                }
-            }
-            Check::Integer { field, min, max } => {
-                let (name, v) = self.field(field);
-                match v.map(|j| match j {
-                    Json::Num(n) => n.as_i64(),
-                    _ => None,
-                }) {
-                    None => Ok(()),
-                    Some(None) => Err(Inner(name.into(), "must be an integer".into())),
-                    Some(Some(x)) if !(*min..=*max).contains(&x) => Err(Own(name.into(), format!("must be between {min} and {max}"))),
-                    Some(Some(_)) => Ok(()),
-                }
-            }
+            Check::Number { field, min, max } => self.in_range(field, *min, *max, serde_json::Number::as_f64, "must be a number"),
+            Check::Integer { field, min, max } => self.in_range(field, *min, *max, serde_json::Number::as_i64, "must be an integer"),
             Check::Boolean { field } => match self.field(field) {
                 (_, None | Some(Json::Bool(_))) => Ok(()),
                 (name, Some(_)) => Err(Inner(name.into(), "must be true or false".into())),
@@ -353,6 +269,20 @@ impl<'f, 'a> Checker<'f, 'a> {
         }
     }
 
+    /// A number field within `min..=max`, read as `T` (`not_t`: the complaint when it is not one).
+    fn in_range<T: PartialOrd + Copy + std::fmt::Display>(&self, field: &str, min: T, max: T, read: fn(&serde_json::Number) -> Option<T>, not_t: &str) -> Result<(), Failure> {
+        let (name, v) = self.field(field);
+        match v.map(|j| match j {
+            Json::Num(n) => read(n),
+            _ => None,
+        }) {
+            None => Ok(()),
+            Some(None) => Err(Inner(name.into(), not_t.into())),
+            Some(Some(x)) if !(min..=max).contains(&x) => Err(Own(name.into(), format!("must be between {min} and {max}"))),
+            Some(Some(_)) => Ok(()),
+        }
+    }
+
     /// A string field (aliases applied), borrowed from the body.
     fn string<'n>(&self, name: &'n str) -> Result<Option<(&'n str, &'f str)>, Failure> {
         match self.field(name) {
@@ -391,13 +321,20 @@ impl<'f, 'a> Checker<'f, 'a> {
         for d in &self.spec.price_by {
             let v = match self.field(&d.field) {
                 (_, None) => d.default.clone(),
-                (_, Some(Json::Str(s))) => s.to_string(),
-                (_, Some(Json::Num(n))) => n.to_string(),
-                (name, Some(_)) => return Err(err(name, "must be a string or a number")),
+                (name, Some(v)) => scalar(v, &mut NumText::default()).ok_or_else(|| err(name, "must be a string or a number"))?.to_string(),
             };
             self.out.price_key.push(v);
         }
         Ok(())
+    }
+}
+
+/// A string, or a number's JSON text (`duration` comes as either); `None` for other types.
+fn scalar<'v>(v: &'v Json<'_>, buf: &'v mut NumText) -> Option<&'v str> {
+    match v {
+        Json::Str(s) => Some(s),
+        Json::Num(n) => Some(buf.of(n)),
+        _ => None,
     }
 }
 
