@@ -20,7 +20,7 @@ use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response};
 use rand::Rng;
 
-use crate::access_log::{now_rfc3339, AccessLog, AccessRecord};
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::balance::BalanceKeeper;
 use crate::body::Body;
 use crate::config::{Config, ConfigError};
@@ -158,11 +158,6 @@ impl Ctx {
 pub(crate) fn is_sane_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-}
-
-/// Milliseconds with microsecond precision (no `0.13026300000000002` in logs).
-fn round_ms(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
 }
 
 fn random_uuid() -> uuid::Uuid {
@@ -389,9 +384,6 @@ impl Gateway {
             upstream_latency: ctx.upstream_latency,
         });
         self.log.write(&AccessRecord {
-            time: now_rfc3339(),
-            level: "INFO",
-            target: "access_log",
             request_id: &ctx.request_id,
             trace_id: ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
             tenant: ctx.tenant.as_deref(),
@@ -399,10 +391,10 @@ impl Gateway {
             route: ctx.route,
             status,
             outcome: ctx.outcome,
-            latency_ms: round_ms(latency),
+            latency,
             upstream_status: ctx.upstream_status,
-            upstream_latency_ms: ctx.upstream_latency.map(round_ms),
-            price: ctx.price.map(|p| p.to_string()),
+            upstream_latency: ctx.upstream_latency,
+            price: ctx.price,
             request_bytes: ctx.request_bytes,
             image_bytes: ctx.image_bytes,
         });
@@ -433,7 +425,7 @@ impl Gateway {
         }
         // A family without a price is not offered here: 404 before anything else, never a 500.
         if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
-            if runtime.pricing.estimate(*f, &[]).is_none() {
+            if !runtime.pricing.offers(*f) {
                 return Err(runtime.family_not_enabled(*f));
             }
         }

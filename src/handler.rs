@@ -63,6 +63,59 @@ fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     serde_json::from_slice::<S<'_>>(body).ok()?.status
 }
 
+/// The top-level `"status"` string of a JSON object, found by a byte scan without parsing the
+/// rest; `None` when it is absent, escaped, or the scan meets anything unexpected. Only ever
+/// used to see that a status did *not* change (see `track_status`).
+fn scanned_status(body: &[u8]) -> Option<&[u8]> {
+    let ws = |b: &[u8], mut i: usize| {
+        while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut depth = 1usize;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while *body.get(i)? != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+                let key = &body[start..i];
+                i += 1;
+                if depth == 1 && key == b"status" {
+                    let colon = ws(body, i);
+                    if body.get(colon) == Some(&b':') {
+                        let v = ws(body, colon + 1);
+                        if body.get(v) != Some(&b'"') {
+                            return None;
+                        }
+                        let len = body[v + 1..].iter().position(|c| matches!(c, b'"' | b'\\'))?;
+                        return (body[v + 1 + len] == b'"').then(|| &body[v + 1..v + 1 + len]);
+                    }
+                }
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn idempotency_key(req_headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
     let Some(v) = req_headers.get("idempotency-key") else { return Ok(None) };
     match v.to_str() {
@@ -357,6 +410,12 @@ impl Gateway {
 
     /// Records a status change reported in a platform body; a first `failed` refunds.
     pub(crate) async fn track_status(&self, record: &GenerationRecord, body: &[u8]) {
+        // Most polls repeat the recorded status: a byte scan shows that without parsing the
+        // body. Anything else (a change, an odd body) is decided by the full parse, so a status
+        // is only ever recorded, and a failure refunded, from a body that is valid JSON.
+        if scanned_status(body) == Some(record.status.as_bytes()) {
+            return;
+        }
         if let Some(status) = reported_status(body) {
             self.record_status(record, &status).await;
         }
@@ -478,6 +537,27 @@ mod tests {
         assert!(!is_json(v("application/x-www-form-urlencoded").as_ref()));
         assert!(!is_json(v("text/plain").as_ref()));
         assert!(!is_json(None));
+    }
+
+    #[test]
+    fn the_status_scan_finds_only_the_top_level_unescaped_status() {
+        let scan = |b: &str| scanned_status(b.as_bytes()).map(|s| String::from_utf8(s.to_vec()).unwrap());
+        assert_eq!(scan(r#"{"id":"g1","status":"processing"}"#).as_deref(), Some("processing"));
+        assert_eq!(scan(r#" { "status" : "completed" , "x": 1}"#).as_deref(), Some("completed"));
+        assert_eq!(scan(r#"{"result":{"status":"failed"},"status":"completed"}"#).as_deref(), Some("completed"));
+        assert_eq!(scan(r#"{"items":[{"status":"failed"}],"note":"status","status":"queued"}"#).as_deref(), Some("queued"));
+        assert_eq!(scan(r#"{"a":"say \"status\":\"failed\"","status":"ok"}"#).as_deref(), Some("ok"));
+        assert_eq!(scan(r#"{"result":{"status":"failed"}}"#), None);
+        assert_eq!(scan(r#"{"status":"fa\u0069led"}"#), None);
+        assert_eq!(scan(r#"{"status":3}"#), None);
+        assert_eq!(scan(r#"["status"]"#), None);
+        assert_eq!(scan(r#"{"status":"unterminated"#), None);
+        assert_eq!(scan(r#"{"a":"\"#), None);
+        assert_eq!(scan(""), None);
+        // Wherever the scan answers, it agrees with the full parse.
+        for b in [r#"{"id":"g1","status":"processing"}"#, r#"{"result":{"status":"failed"},"status":"completed"}"#, r#"{"a":"say \"status\"","status":"ok"}"#] {
+            assert_eq!(scan(b).as_deref(), reported_status(b.as_bytes()).as_deref());
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::store::{SharedLimit, Store};
 
 /// Per-tenant limiters for one config generation.
 pub struct RateLimits {
-    local: HashMap<Arc<str>, Arc<TenantLimiter>>,
+    local: HashMap<Arc<str>, Arc<TenantLimiter>, foldhash::fast::RandomState>,
 }
 
 fn kind_name(kind: LimitKind) -> &'static str {

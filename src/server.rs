@@ -137,8 +137,6 @@ struct Activity {
     active: AtomicUsize,
     /// Milliseconds after `started` when the last request finished.
     last_ms: AtomicU64,
-    /// Wakes the connection's watchdog when its deadline changes (first request, last finished).
-    changed: Notify,
 }
 
 impl Activity {
@@ -148,14 +146,13 @@ impl Activity {
 }
 
 /// Counts a request in flight until dropped (also when the client leaves mid-request).
+/// Only atomics: the watchdog reads them when its timer fires, so a request does not wake it.
 struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.started.elapsed().as_millis() as u64, Ordering::Release);
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -270,7 +267,7 @@ where
         };
         let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0), changed: Notify::new() });
+        let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) });
         let evict = Arc::new(Notify::new());
         silent.push(activity.clone(), evict.clone());
         let h = service.clone();
@@ -282,9 +279,7 @@ where
                 req.extensions_mut().insert(AmbiguousFraming);
             }
             req.extensions_mut().insert(PeerAddr(peer));
-            if act.seen.fetch_add(1, Ordering::AcqRel) == 0 {
-                act.changed.notify_one();
-            }
+            act.seen.fetch_add(1, Ordering::AcqRel);
             act.active.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(act.clone());
             let fut = tower::ServiceExt::oneshot(h.clone(), req.map(|b| Lingering(Some(b))));
@@ -325,15 +320,12 @@ where
             let conn = builder.serve_connection(io, svc).into_owned();
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;
+            // The watchdog's timer is lazy: requests only update atomics, and each time the
+            // timer fires it works out the next deadline (the first head's, then the idle one)
+            // from them. One timer per idle period, not a wake-up and a new timer per request.
+            let head_deadline = activity.started + opts.header_read_timeout;
+            let mut wake = activity.started + opts.header_read_timeout.min(opts.idle_timeout);
             loop {
-                let seen = activity.seen.load(Ordering::Acquire);
-                let wake = if seen == 0 {
-                    activity.started + opts.header_read_timeout
-                } else if activity.active.load(Ordering::Acquire) == 0 {
-                    activity.idle_since() + opts.idle_timeout
-                } else {
-                    Instant::now() + opts.idle_timeout
-                };
                 tokio::select! {
                     r = &mut conn => {
                         if let Err(e) = r {
@@ -347,24 +339,39 @@ where
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    _ = activity.changed.notified() => {}
-                    _ = evict.notified(), if seen == 0 => {
-                        refuse(503, "evicted_at_capacity");
-                        break;
+                    _ = evict.notified() => {
+                        // Evicted while silent; a connection that spoke meanwhile stays.
+                        if activity.seen.load(Ordering::Acquire) == 0 {
+                            refuse(503, "evicted_at_capacity");
+                            break;
+                        }
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {
                         if activity.seen.load(Ordering::Acquire) == 0 {
+                            if Instant::now() < head_deadline {
+                                wake = head_deadline;
+                                continue;
+                            }
                             refuse(408, "header_timeout");
                             break;
                         }
-                        let idle = activity.active.load(Ordering::Acquire) == 0 && activity.idle_since().elapsed() >= opts.idle_timeout;
-                        if idle && closing {
+                        if activity.active.load(Ordering::Acquire) > 0 {
+                            wake = Instant::now() + opts.idle_timeout;
+                            continue;
+                        }
+                        let until = activity.idle_since() + opts.idle_timeout;
+                        if until > Instant::now() {
+                            wake = until;
+                            continue;
+                        }
+                        if closing {
                             break;
                         }
-                        if idle {
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        }
+                        // Idle: start a graceful close, and end it at the next turn if the
+                        // connection has not finished by itself.
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        wake = Instant::now();
                     }
                 }
             }

@@ -41,11 +41,18 @@ fn random_hex<const N: usize>() -> String
 where
     rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
 {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     loop {
         let bytes: [u8; N] = rand::thread_rng().gen();
         // All-zero ids are invalid.
         if bytes.iter().any(|b| *b != 0) {
-            return hex::encode(bytes);
+            // Hex digits written on the stack (hex::encode builds the String a char at a time).
+            let mut text = [0u8; 64];
+            for (i, b) in bytes.iter().enumerate() {
+                text[2 * i] = HEX[usize::from(b >> 4)];
+                text[2 * i + 1] = HEX[usize::from(b & 0xf)];
+            }
+            return std::str::from_utf8(&text[..2 * N]).unwrap_or_default().to_string();
         }
     }
 }

@@ -10,14 +10,14 @@ use super::money::Usd;
 /// Prices of one family: lookup key → USD.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FamilyPrices {
-    by_key: HashMap<String, Usd>,
+    by_key: HashMap<String, Usd, foldhash::fast::RandomState>,
     max: Usd,
 }
 
 /// `[pricing]` of the config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PriceTable {
-    families: HashMap<Family, FamilyPrices>,
+    families: HashMap<Family, FamilyPrices, foldhash::fast::RandomState>,
 }
 
 // === impl FamilyPrices ===
@@ -25,7 +25,7 @@ pub struct PriceTable {
 impl FamilyPrices {
     /// From `(key, price)` pairs; a flat family price uses the key `default`.
     pub fn new(entries: impl IntoIterator<Item = (String, Usd)>) -> Self {
-        let by_key: HashMap<String, Usd> = entries.into_iter().collect();
+        let by_key: HashMap<String, Usd, foldhash::fast::RandomState> = entries.into_iter().collect();
         let max = by_key.values().copied().max().unwrap_or_default();
         FamilyPrices { by_key, max }
     }
@@ -48,7 +48,7 @@ impl FamilyPrices {
 impl PriceTable {
     /// Builds the table.
     pub fn new(families: HashMap<Family, FamilyPrices>) -> Self {
-        PriceTable { families }
+        PriceTable { families: families.into_iter().collect() }
     }
 
     /// The hold for a request of `family` with price key `key`; `None` when the family has no
@@ -57,7 +57,12 @@ impl PriceTable {
         self.families.get(&family).map(|p| p.estimate(key))
     }
 
-    /// Families with prices.
+    /// Does this config price (and so offer) `family`?
+    pub fn offers(&self, family: Family) -> bool {
+        self.families.contains_key(&family)
+    }
+
+    /// The families priced.
     pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
         self.families.keys().copied()
     }

@@ -37,7 +37,7 @@ pub struct Limits {
 /// Key digest → tenant, built once per config load.
 #[derive(Debug, Default, Clone)]
 pub struct TenantDirectory {
-    by_digest: HashMap<[u8; 32], Arc<Tenant>>,
+    by_digest: HashMap<[u8; 32], Arc<Tenant>, foldhash::fast::RandomState>,
     tenants: Vec<Arc<Tenant>>,
 }
 

@@ -45,7 +45,7 @@ struct Inner {
     outbox: HashMap<String, Queued>,
     ledger: LedgerState,
     /// All generations (memory backend) or a cache of them (SQLite backend).
-    generations: HashMap<String, GenerationRecord>,
+    generations: HashMap<String, GenerationRecord, foldhash::fast::RandomState>,
     idem: HashMap<(String, String), Idem>,
 }
 
