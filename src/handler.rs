@@ -84,8 +84,13 @@ fn scanned_status(body: &[u8]) -> Option<&[u8]> {
             b'"' => {
                 let start = i + 1;
                 i = start;
-                while *body.get(i)? != b'"' {
-                    i += if body[i] == b'\\' { 2 } else { 1 };
+                // To the closing quote, a memchr jump at a time (the bodies are mostly strings).
+                loop {
+                    i += memchr::memchr2(b'"', b'\\', body.get(i..)?)?;
+                    if body[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
                 }
                 let key = &body[start..i];
                 i += 1;

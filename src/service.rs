@@ -1,17 +1,20 @@
 //! The gateway as a `tower::Service`, wrapped in tower-http's layers, so it composes with the
-//! ecosystem: the binary serves exactly this stack, and a Rust team can mount it inside its own
+//! ecosystem: the binary serves exactly [`stack`], and a Rust team can mount it inside its own
 //! hyper or axum server (see `examples/embed.rs`).
 //!
-//! Outside in:
+//! [`stack`], outside in:
 //! 1. `SetSensitiveRequestHeaders`: the tenant's key and cookies are marked sensitive, so no
-//!    `Debug` of the request (logs, traces) prints them, and HTTP/2 never indexes them.
-//! 2. an `x-request-id` that is not sane (empty, over 128 bytes, odd characters) is dropped;
-//!    `SetRequestId` then gives the request a fresh UUID, and `PropagateRequestId` copies the
-//!    id onto every response, panics' included;
-//! 3. `CatchPanic`: a panic anywhere below becomes `500 {"detail": "Internal server error"}`
-//!    with an access line (outcome `panic`) and an error log line, instead of a dropped
-//!    connection;
-//! 4. [`GatewayService`]: the request path itself (`Gateway::handle`).
+//!    `Debug` of the request (logs, traces) prints them, and HTTP/2 never indexes them;
+//! 2. `CatchPanic`: a panic anywhere below becomes `500 {"detail": "Internal server error"}`
+//!    with the request's id, an access line (outcome `panic`) and an error log line, instead
+//!    of a dropped connection;
+//! 3. [`GatewayService`]: the request path itself (`Gateway::handle`), which keeps a sane
+//!    client `x-request-id` (1–128 of `[A-Za-z0-9-_.:]`), gives every other request a fresh
+//!    UUID, and sends the id back on every response.
+//!
+//! tower-http's `SetRequestId` / `PropagateRequestId` are not in the stack: the gateway needs the
+//! id inside the request path anyway (logs, the platform call), and the layers only repeated
+//! that work on every request. [`layered`] puts the same layers around another inner service.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -25,7 +28,6 @@ use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{HeaderName, Request, Response, StatusCode};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::Body;
@@ -60,24 +62,6 @@ where
     }
 }
 
-/// Keeps a sane client id; otherwise a fresh UUID.
-#[derive(Clone, Copy, Default)]
-pub struct SaneOrNewRequestId;
-
-impl MakeRequestId for SaneOrNewRequestId {
-    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(crate::gateway::new_request_id_header()))
-    }
-}
-
-/// Drops an `x-request-id` the gateway will not repeat (so `SetRequestId` replaces it).
-fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
-    if req.headers().get(X_REQUEST_ID).is_some_and(|v| !crate::gateway::is_sane_request_id(v)) {
-        req.headers_mut().remove(X_REQUEST_ID);
-    }
-    req
-}
-
 /// Marks a response as the answer to a panic, for the access line written above `CatchPanic`.
 #[derive(Clone, Copy)]
 struct Panicked;
@@ -100,7 +84,9 @@ where
 }
 
 /// The layers around any inner service (`GatewayService`, or the gateway inside a service of
-/// the embedder's); `gw` writes the access line of a panic.
+/// the embedder's): sensitive headers, then the panic guard with its access line; `gw` writes
+/// that line. Request ids are the gateway's own work (`Gateway::handle`); on a panic the guard
+/// keeps the request's sane id, or makes one, for the 500 and its access line.
 pub fn layered<S, B>(gw: Arc<Gateway>, inner: S) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
 where
     S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
@@ -114,34 +100,22 @@ where
         let (inner, gw) = (inner.clone(), gw.clone());
         let (method, uri, id) = (req.method().clone(), req.uri().clone(), req.headers().get(X_REQUEST_ID).cloned());
         async move {
-            let rsp = inner.oneshot(req).await?;
+            let mut rsp = inner.oneshot(req).await?;
             if rsp.extensions().get::<Panicked>().is_some() {
                 let route = crate::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
-                let id = id.and_then(|v| v.to_str().ok().map(str::to_string)).unwrap_or_else(crate::gateway::new_request_id);
-                gw.finish(&Ctx::new(method, id, route, "panic"), 500);
+                let id = id.filter(crate::gateway::is_sane_request_id).unwrap_or_else(crate::gateway::new_request_id_header);
+                gw.finish(&Ctx::new(method, String::from_utf8_lossy(id.as_bytes()).into_owned(), route, "panic"), 500);
+                rsp.headers_mut().insert(X_REQUEST_ID, id);
             }
             Ok::<_, Infallible>(rsp)
         }
     });
-    ServiceBuilder::new()
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
-        .map_request(drop_insane_request_id)
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, SaneOrNewRequestId))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .service(logged)
+    ServiceBuilder::new().layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE])).service(logged)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn insane_request_ids_are_dropped_sane_ones_kept() {
-        let req = |id: &str| Request::builder().header("x-request-id", id).body(()).unwrap();
-        assert!(drop_insane_request_id(req("abc-123")).headers().contains_key("x-request-id"));
-        assert!(!drop_insane_request_id(req("a b")).headers().contains_key("x-request-id"));
-        assert!(!drop_insane_request_id(req(&"x".repeat(200))).headers().contains_key("x-request-id"));
-    }
 
     #[test]
     fn a_panic_becomes_a_detail_500() {

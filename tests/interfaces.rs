@@ -1,5 +1,5 @@
-//! The gateway as a tower service: tower-http's layers around it (panics, request ids), and
-//! mounted inside another server (`examples/embed.rs`), over real sockets.
+//! The gateway as a tower service: tower-http's layers around it (panics, sensitive headers), its
+//! request ids, and mounted inside another server (`examples/embed.rs`), over real sockets.
 
 mod support;
 
@@ -58,6 +58,15 @@ async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving(
     assert_eq!(r.headers["x-request-id"], "panic-probe-1");
     let line = lines.lock().unwrap().iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["request_id"] == "panic-probe-1").expect("an access line for the panic");
     assert_eq!((line["status"].as_u64(), line["outcome"].as_str(), line["route"].as_str()), (Some(500), Some("panic"), Some("/v1/sora/generations/{id}")));
+
+    // Without a usable id of its own, the panic's 500 and its access line share a fresh one.
+    let mut req = request(http::Method::GET, &format!("http://{addr}/v1/sora/generations/boom"), Some(KEY_A), "");
+    req.headers_mut().insert("x-request-id", "not sane!".parse().unwrap());
+    let r = send(&c, req).await;
+    assert_eq!(r.status, 500);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    assert!(lines.lock().unwrap().iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).any(|v| v["request_id"] == id.as_str() && v["outcome"] == "panic"));
 
     let r = get(&c, &format!("http://{addr}/v1/data/balance"), Some(KEY_A)).await;
     assert_eq!(r.status, 200, "still serving after the panic");
