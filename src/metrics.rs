@@ -93,6 +93,18 @@ pub struct Metrics {
     outbox_oldest: Gauge<f64, AtomicU64>,
     outbox_dead: Gauge,
     budget: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    /// Handles of the per-request series by their labels, hashed with foldhash: the families'
+    /// own maps hash every label string with SipHash, three times per request.
+    handles: std::sync::RwLock<std::collections::HashMap<RequestLabels, RequestHandles, foldhash::fast::RandomState>>,
+}
+
+/// The series one kind of finished request updates.
+#[derive(Clone)]
+struct RequestHandles {
+    count: Counter,
+    latency: Histogram,
+    /// Created once a request of this kind called the platform.
+    upstream_latency: Option<Histogram>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -184,6 +196,7 @@ impl Metrics {
         let budget = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("budget_usd", "Monthly budget by tenant (alert on spend_usd / budget_usd)", budget.clone());
         Metrics {
+            handles: Default::default(),
             budget,
             webhook_deliveries,
             webhook_rejected,
@@ -217,12 +230,34 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn observe(&self, s: &RequestSample<'_>) {
-        self.requests
-            .get_or_create(&RequestLabels { tenant: Label(s.tenant.clone()), route: s.route, status: s.status, outcome: s.outcome })
-            .inc();
-        self.latency.get_or_create(&RouteLabels { route: s.route }).observe(s.latency.as_secs_f64());
+        let labels = RequestLabels { tenant: Label(s.tenant.clone()), route: s.route, status: s.status, outcome: s.outcome };
+        let found = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(&labels).cloned();
+        let mut h = match found {
+            Some(h) => h,
+            None => {
+                // The families create the series (so they are exported); the handles share them.
+                let h = RequestHandles {
+                    count: self.requests.get_or_create(&labels).clone(),
+                    latency: self.latency.get_or_create(&RouteLabels { route: s.route }).clone(),
+                    upstream_latency: None,
+                };
+                self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(labels.clone(), h.clone());
+                h
+            }
+        };
+        h.count.inc();
+        h.latency.observe(s.latency.as_secs_f64());
         if let Some(u) = s.upstream_latency {
-            self.upstream_latency.get_or_create(&RouteLabels { route: s.route }).observe(u.as_secs_f64());
+            if h.upstream_latency.is_none() {
+                let series = self.upstream_latency.get_or_create(&RouteLabels { route: s.route }).clone();
+                if let Some(kept) = self.handles.write().unwrap_or_else(|p| p.into_inner()).get_mut(&labels) {
+                    kept.upstream_latency = Some(series.clone());
+                }
+                h.upstream_latency = Some(series);
+            }
+            if let Some(series) = &h.upstream_latency {
+                series.observe(u.as_secs_f64());
+            }
         }
     }
 
@@ -371,5 +406,25 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn cached_handles_count_into_the_exported_series() {
+        let m = Metrics::new();
+        let t: Arc<str> = Arc::from("ops");
+        let sample = |upstream: Option<Duration>| RequestSample { tenant: &t, route: "/v1/data/balance", status: 200, outcome: "served", latency: Duration::from_millis(1), upstream_latency: upstream };
+        let store = EmbeddedStore::memory();
+        m.observe(&sample(None));
+        m.observe(&sample(None));
+        let text = m.render(&store, State::Closed).await;
+        assert!(text.contains(r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 2"#), "{text}");
+        assert!(text.contains(r#"tollgate_request_duration_seconds_count{route="/v1/data/balance"} 2"#), "{text}");
+        // No platform series until a request of this kind called the platform.
+        assert!(!text.contains(r#"tollgate_upstream_duration_seconds_count{route="/v1/data/balance"}"#), "{text}");
+        m.observe(&sample(Some(Duration::from_millis(1))));
+        m.observe(&sample(Some(Duration::from_millis(1))));
+        let text = m.render(&store, State::Closed).await;
+        assert!(text.contains(r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 4"#), "{text}");
+        assert!(text.contains(r#"tollgate_upstream_duration_seconds_count{route="/v1/data/balance"} 2"#), "{text}");
     }
 }
