@@ -48,12 +48,11 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib.sh
 
 TOKEN=bench-platform-token
 KEY=tg_abuse_bench_key
 DIGEST=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-up() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 # Free ports are picked, then bound by the children: another process can take one in between,
 # so a start that does not come up is retried with other ports.
@@ -69,7 +68,7 @@ start_all() {
     "requests_per_second = 100000" "burst = 100000" "generations_per_minute = 100000" >"$WORK/tollgate.toml"
   RUNBLOB_TOKEN=$TOKEN "$BIN" run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
   GPID=$!
-  up "$P_PORT" && up "$T_PORT" && up "$A_PORT"
+  wait_port "$P_PORT" && wait_port "$T_PORT" && wait_port "$A_PORT"
 }
 started=0
 for attempt in 1 2 3; do

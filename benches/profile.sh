@@ -15,8 +15,7 @@ WORK=$(mktemp -d /tmp/tollgate-profile.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened"; exit 1; }
+. scripts/lib.sh
 P=$(free_port); T=$(free_port); A=$(free_port)
 KEY=bench-tenant-key
 RUNBLOB_TOKEN=t $BIN mock-platform --listen 127.0.0.1:$P --balance 1000000 --step-ms 100000000 >"$WORK/mock.log" 2>&1 &

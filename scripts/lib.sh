@@ -1,4 +1,5 @@
-# Helpers shared by scripts/test, scripts/api-check and scripts/check-deploy (sourced, not run).
+# Helpers shared by scripts/test, scripts/api-check, scripts/check-deploy and the scripts in
+# benches/ (sourced, not run).
 
 # apt_install WHO PKG...: installs Debian packages as root or with passwordless sudo; otherwise
 # prints the one line to run first and fails.
@@ -26,4 +27,14 @@ venv_tool() {
     python3 -m venv "$TOOLS_VENV"
     "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check "$3"
   fi
+}
+
+# free_port: prints a TCP port free on 127.0.0.1 right now (a child binds it soon after).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_port PORT: waits up to 15 s for a listener on 127.0.0.1:PORT.
+wait_port() {
+  for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on port $1" >&2
+  return 1
 }
