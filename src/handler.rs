@@ -374,7 +374,7 @@ impl Gateway {
             .await?
             .filter(|r| r.tenant == tenant.id && r.family == family)
             .ok_or(GatewayError::GenerationNotFound)?;
-        let polled = self.current_status(&ctx.request_id, ctx.trace.as_ref(), &record, path_and_query(uri)).await;
+        let polled = self.current_status(&ctx.request_id, ctx.trace.as_ref(), &record, uri).await;
         if let Some((status, latency)) = polled.upstream {
             ctx.upstream_status = Some(status.as_u16());
             ctx.upstream_latency = Some(latency);
@@ -388,7 +388,7 @@ impl Gateway {
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
-    async fn current_status(&self, request_id: &str, trace: Option<&crate::trace::TraceContext>, record: &GenerationRecord, path: &str) -> Polled {
+    async fn current_status(&self, request_id: &str, trace: Option<&crate::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
         let refresh = if self.status_cache.enabled() {
             match self.status_cache.lookup(&record.id).await {
                 Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
@@ -397,7 +397,12 @@ impl Gateway {
         } else {
             None
         };
-        let rsp = match self.upstream.send(Method::GET, path, None, request_id, trace, Bytes::new()).await {
+        // The tenant's own path (validated by the router, no query) goes to the platform as is.
+        let sent = match uri.path_and_query() {
+            Some(pq) => self.upstream.forward(Method::GET, pq, None, request_id, trace, Bytes::new()).await,
+            None => self.upstream.send(Method::GET, path_and_query(uri), None, request_id, trace, Bytes::new()).await,
+        };
+        let rsp = match sent {
             Ok(rsp) => rsp,
             Err(e) => return Polled { result: Err(e.into()), upstream: None },
         };

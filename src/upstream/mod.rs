@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 
 use crate::trace::TraceContext;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -269,6 +270,41 @@ impl Upstream {
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = self.uri(path_and_query)?;
+        self.send_to(method, uri, content_type, request_id, trace, body).await
+    }
+
+    /// [`send`](Self::send) to the path of a request the gateway received: its parsed path is
+    /// reused (a reference count) rather than printed and parsed again.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &PathAndQuery,
+        content_type: Option<&HeaderValue>,
+        request_id: &str,
+        trace: Option<&TraceContext>,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = if self.path_prefix.is_empty() {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(path_and_query.clone());
+            Uri::from_parts(parts).map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))?
+        } else {
+            self.uri(path_and_query.as_str())?
+        };
+        self.send_to(method, uri, content_type, request_id, trace, body).await
+    }
+
+    async fn send_to(
+        &self,
+        method: Method,
+        uri: Uri,
+        content_type: Option<&HeaderValue>,
+        request_id: &str,
+        trace: Option<&TraceContext>,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let retries = if method == Method::GET { self.get_retries } else { 0 };
         // Every attempt and backoff fits inside one `timeout`.
@@ -283,7 +319,7 @@ impl Upstream {
                 Err(_) => true,
             };
             permit.record(!failed);
-            self.log_failure(path_and_query, &result);
+            self.log_failure(uri.path_and_query().map_or("/", |p| p.as_str()), &result);
             let retryable = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 // A timed-out platform is overloaded or stuck: asking again only adds load.
@@ -291,12 +327,14 @@ impl Upstream {
                 // A GET is safe to repeat whatever else happened to the first one.
                 Err(_) => true,
             };
-            let pause = Self::backoff(attempt);
-            let time_left = deadline.saturating_duration_since(Instant::now()) > pause + MIN_ATTEMPT;
-            if retryable && time_left && attempt < retries && self.retry_allowed() {
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-                continue;
+            if retryable && attempt < retries {
+                let pause = Self::backoff(attempt);
+                let time_left = deadline.saturating_duration_since(Instant::now()) > pause + MIN_ATTEMPT;
+                if time_left && self.retry_allowed() {
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                    continue;
+                }
             }
             return result;
         }
