@@ -37,7 +37,7 @@ PIDS+=($!)
 wait_port $P
 
 # measure FILE LABEL PORT PID: polls through PORT, prints instructions per request; the profile
-# is left in $WORK/FILE.out.
+# of the measured requests is left in $WORK/FILE.callgrind.
 measure() {
   local file=$1 label=$2 port=$3 pid=$4 gen
   for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
@@ -52,8 +52,9 @@ measure() {
   sleep 1
   # The dump is written beside the --callgrind-out-file name, with a part number.
   local out; out=$(ls -t "$WORK/$file".out.* | head -1)
-  mv "$out" "$WORK/$file.out"
-  local total; total=$(callgrind_annotate "$WORK/$file.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+  # (Not FILE.out: callgrind writes its exit dump there when the process is stopped.)
+  mv "$out" "$WORK/$file.callgrind"
+  local total; total=$(callgrind_annotate "$WORK/$file.callgrind" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
   printf '%-30s %8d instructions per request\n' "$label" $((total / N))
   kill "$pid" 2>/dev/null || true
 }
@@ -92,7 +93,7 @@ measure tollgate "tollgate (status cache off)" $T $!
 echo "--- tollgate's own frames, inclusive, instructions per request ---"
 # callgrind splits an inlined function's cost by source file; each function's largest entry is
 # its inclusive cost.
-callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$WORK/tollgate.out" 2>/dev/null | python3 -c '
+callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$WORK/tollgate.callgrind" 2>/dev/null | python3 -c '
 import re, sys
 n, best = int(sys.argv[1]), {}
 for line in sys.stdin:
@@ -102,4 +103,4 @@ for line in sys.stdin:
 for f, c in sorted(best.items(), key=lambda kv: -kv[1])[:25]:
     print(f"{c // n:8d}  {f[:150]}")
 ' "$N"
-echo "profiles: $WORK/{bare,tollgate}.out (callgrind_annotate, kcachegrind)"
+echo "profiles: $WORK/{bare,tollgate}.callgrind (callgrind_annotate, kcachegrind)"
