@@ -8,15 +8,19 @@
 #       check, SQLite store, JSON access log on), status cache off: every poll is forwarded,
 #       as through nginx. This is the headline comparison;
 #   (e) the same tollgate with its status cache on (1 s): a feature, reported apart.
+# Every proxy gets the same number of worker threads, WORKERS (default 1, as nginx's usual
+# benchmark setting): nginx `worker_processes`, and TOKIO_WORKER_THREADS for the two tokio
+# proxies (which otherwise start one worker per core). The simulated platform keeps its default.
 # Workloads: status polling (GET /v1/sora/generations/{id}/, 64 connections) and paid generate
 # with a 1 MiB and a 10 MiB base64 image. Each row has the proxy's own CPU time per request
 # (utime+stime from /proc over the run, divided by the requests wrk completed). Prints a table,
 # the ratios against nginx, then tollgate's RSS idle and under 20 concurrent 10 MiB uploads.
 #
-# Needs: wrk and nginx (apt-get install wrk nginx). Usage: bash benches/load.sh [seconds]
+# Needs: wrk and nginx (apt-get install wrk nginx). Usage: [WORKERS=n] bash benches/load.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
+WORKERS=${WORKERS:-1}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)"; exit 1; }
 
@@ -38,10 +42,10 @@ P_PORT=$(free_port); N_PORT=$(free_port); T_PORT=$(free_port); A_PORT=$(free_por
 RUNBLOB_TOKEN=$TOKEN $BIN mock-platform --listen 127.0.0.1:$P_PORT --balance 1000000000 --step-ms 100000000 >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 
-# (b) nginx, one worker, upstream keepalive, access log on, bodies buffered in memory.
+# (b) nginx, WORKERS workers, upstream keepalive, access log on, bodies buffered in memory.
 mkdir -p "$WORK/nginx/logs"
 cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes $WORKERS;
 error_log $WORK/nginx/logs/error.log warn;
 pid $WORK/nginx/nginx.pid;
 events { worker_connections 4096; }
@@ -69,7 +73,7 @@ PIDS+=($NPID)
 MPID=${PIDS[0]}
 
 # (c) the zero-policy hyper proxy.
-$BARE 127.0.0.1:$B_PORT http://127.0.0.1:$P_PORT $TOKEN >"$WORK/bare.log" 2>&1 &
+TOKIO_WORKER_THREADS=$WORKERS $BARE 127.0.0.1:$B_PORT http://127.0.0.1:$P_PORT $TOKEN >"$WORK/bare.log" 2>&1 &
 BPID=$!
 PIDS+=($BPID)
 
@@ -99,13 +103,13 @@ requests_per_second = 1000000
 burst = 1000000
 generations_per_minute = 1000000
 EOF
-RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
+TOKIO_WORKER_THREADS=$WORKERS RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
 TPID=$!
 PIDS+=($TPID)
 # The same gateway with the status cache off: every poll goes to the platform, as through nginx.
 sed -e "s/127.0.0.1:$T_PORT/127.0.0.1:$U_PORT/" -e "s/127.0.0.1:$A_PORT/127.0.0.1:$UA_PORT/" -e "s#tollgate.db#nocache.db#" \
     -e 's/^token_env = "RUNBLOB_TOKEN"/token_env = "RUNBLOB_TOKEN"\nstatus_cache_ms = 0/' "$WORK/tollgate.toml" >"$WORK/nocache.toml"
-RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/nocache.toml" >"$WORK/nocache.log" 2>&1 &
+TOKIO_WORKER_THREADS=$WORKERS RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/nocache.toml" >"$WORK/nocache.log" 2>&1 &
 UPID=$!
 PIDS+=($UPID)
 wait_port $P_PORT; wait_port $N_PORT; wait_port $T_PORT; wait_port $U_PORT; wait_port $B_PORT
@@ -205,6 +209,7 @@ done
 HWM=$(awk '/VmHWM/ {print $2}' /proc/$TPID/status)
 BODY_BYTES=$(stat -c %s "$WORK/body_10m.json")
 
+echo "worker threads per proxy: $WORKERS"
 printf '\n%-24s %10s %9s %9s %7s %12s\n' workload req/s p50_ms p99_ms non2xx cpu_us/req
 for w in status gen1m gen10m; do
   names="direct nginx bare tollgate_nocache"; [ $w = status ] && names="direct nginx bare tollgate_nocache tollgate"
