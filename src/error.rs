@@ -233,10 +233,23 @@ pub fn set_rate_limit_headers(h: &mut http::HeaderMap, q: &Quotas) {
     h.insert(RATELIMIT_RESET, number(q.reset_secs));
 }
 
-/// A number as a header value, formatted on the stack: one allocation, where
-/// `HeaderValue::from(u64)` makes two (a `BytesMut`, then its conversion).
+/// Numbers below this come from a table made once: a reference count per header instead of
+/// a formatted, validated and allocated value (typical limits, what is left of them, and the
+/// seconds to reset are all small).
+const SMALL_NUMBERS: u64 = 1024;
+
+/// A number as a header value: from the table, or formatted on the stack (one allocation,
+/// where `HeaderValue::from(u64)` makes two).
 fn number(n: u64) -> HeaderValue {
-    HeaderValue::from_str(itoa::Buffer::new().format(n)).unwrap_or(HeaderValue::from_static("0"))
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let format = |n: u64| HeaderValue::from_str(itoa::Buffer::new().format(n)).unwrap_or(HeaderValue::from_static("0"));
+    if n < SMALL_NUMBERS {
+        let table = SMALL.get_or_init(|| (0..SMALL_NUMBERS).map(format).collect());
+        if let Some(v) = table.get(n as usize) {
+            return v.clone();
+        }
+    }
+    format(n)
 }
 
 /// `RateLimit-Limit` (names as constants: parsed once, not on every response).
@@ -249,6 +262,13 @@ pub const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("rat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_numbers_read_the_same_from_the_table_and_beyond_it() {
+        for n in [0, 1, 9, 10, 999, 1023, 1024, 1025, 1_000_000, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
     use crate::policy::rate_limit::LimitKind;
     use http_body_util::BodyExt;
 
