@@ -20,26 +20,7 @@ P=$(free_port); T=$(free_port); A=$(free_port)
 KEY=bench-tenant-key
 RUNBLOB_TOKEN=t $BIN mock-platform --listen 127.0.0.1:$P --balance 1000000 --step-ms 100000000 >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
-cat >"$WORK/t.toml" <<TOML
-[server]
-listen = "127.0.0.1:$T"
-admin_listen = "127.0.0.1:$A"
-[upstream]
-base_url = "http://127.0.0.1:$P"
-token_env = "RUNBLOB_TOKEN"
-status_cache_ms = 0
-[store]
-backend = "sqlite"
-path = "$WORK/t.db"
-[pricing]
-sora = "0.12"
-[[tenants]]
-id = "bench"
-keys_sha256 = ["$(printf %s $KEY | sha256sum | cut -d' ' -f1)"]
-requests_per_second = 1000000
-burst = 1000000
-generations_per_minute = 1000000
-TOML
+poll_bench_config "$WORK/t.toml" $T $A $P "$WORK/t.db" $KEY
 RUNBLOB_TOKEN=t $BIN run --config "$WORK/t.toml" >"$WORK/t.log" 2>&1 &
 TPID=$!
 PIDS+=($TPID)

@@ -38,3 +38,29 @@ wait_port() {
   echo "nothing listens on port $1" >&2
   return 1
 }
+
+# poll_bench_config FILE LISTEN_PORT ADMIN_PORT PLATFORM_PORT DB KEY: the gateway of the
+# forwarding benches (profile.sh, instructions.sh): status cache off, SQLite at DB, one tenant
+# holding KEY with limits high enough never to refuse.
+poll_bench_config() {
+  cat >"$1" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+[upstream]
+base_url = "http://127.0.0.1:$4"
+token_env = "RUNBLOB_TOKEN"
+status_cache_ms = 0
+[store]
+backend = "sqlite"
+path = "$5"
+[pricing]
+sora = "0.12"
+[[tenants]]
+id = "bench"
+keys_sha256 = ["$(printf %s "$6" | sha256sum | cut -d' ' -f1)"]
+requests_per_second = 1000000
+burst = 1000000
+generations_per_minute = 1000000
+TOML
+}

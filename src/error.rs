@@ -262,6 +262,8 @@ pub const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("rat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::rate_limit::LimitKind;
+    use http_body_util::BodyExt;
 
     #[test]
     fn rate_limit_numbers_read_the_same_from_the_table_and_beyond_it() {
@@ -269,8 +271,6 @@ mod tests {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
         }
     }
-    use crate::policy::rate_limit::LimitKind;
-    use http_body_util::BodyExt;
 
     async fn render(e: GatewayError) -> (u16, String, http::HeaderMap) {
         let rsp = e.into_response();

@@ -168,8 +168,12 @@ pub(crate) fn new_request_id() -> String {
     random_uuid().to_string()
 }
 
-/// [`new_request_id`] as a header value, formatted on the stack (one allocation, not two).
-pub(crate) fn new_request_id_header() -> HeaderValue {
+/// The request's id as sent back, from the client's `x-request-id` header: that value when
+/// sane, otherwise a new UUID (formatted on the stack).
+pub(crate) fn request_id_header(sent: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = sent.filter(|v| is_sane_request_id(v)) {
+        return v.clone();
+    }
     let mut buf = uuid::Uuid::encode_buffer();
     HeaderValue::from_str(random_uuid().hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
 }
@@ -306,9 +310,10 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        let sent_id = req.headers().get(crate::service::X_REQUEST_ID).filter(|v| is_sane_request_id(v)).cloned();
-        let request_id = sent_id.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_else(new_request_id);
-        let mut ctx = Ctx::new(req.method().clone(), request_id, routes::UNMATCHED, "forwarded");
+        // One value for the response header (a reference count of the client's, when sane) and
+        // the text the logs and the platform get.
+        let id_header = request_id_header(req.headers().get(crate::service::X_REQUEST_ID));
+        let mut ctx = Ctx::new(req.method().clone(), String::from_utf8_lossy(id_header.as_bytes()).into_owned(), routes::UNMATCHED, "forwarded");
         let mut trace = crate::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
         let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
@@ -345,10 +350,7 @@ impl Gateway {
         if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::error::RATELIMIT_LIMIT)) {
             set_rate_limit_headers(rsp.headers_mut(), q);
         }
-        // The caller's (or the request-id layer's) value itself: a reference count, not a copy.
-        if let Some(v) = sent_id.or_else(|| HeaderValue::from_str(&ctx.request_id).ok()) {
-            rsp.headers_mut().insert(crate::service::X_REQUEST_ID, v);
-        }
+        rsp.headers_mut().insert(crate::service::X_REQUEST_ID, id_header);
         self.finish(&ctx, rsp.status().as_u16());
         if let Some(span) = span {
             span.record("http.route", ctx.route);

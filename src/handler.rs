@@ -398,11 +398,8 @@ impl Gateway {
             None
         };
         // The tenant's own path (validated by the router, no query) goes to the platform as is.
-        let sent = match uri.path_and_query() {
-            Some(pq) => self.upstream.forward(Method::GET, pq, None, request_id, trace, Bytes::new()).await,
-            None => self.upstream.send(Method::GET, path_and_query(uri), None, request_id, trace, Bytes::new()).await,
-        };
-        let rsp = match sent {
+        let path = uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let rsp = match self.upstream.forward(Method::GET, path, None, request_id, trace, Bytes::new()).await {
             Ok(rsp) => rsp,
             Err(e) => return Polled { result: Err(e.into()), upstream: None },
         };

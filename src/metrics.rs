@@ -231,34 +231,34 @@ impl Metrics {
     /// Counts one finished request.
     pub fn observe(&self, s: &RequestSample<'_>) {
         let labels = RequestLabels { tenant: Label(s.tenant.clone()), route: s.route, status: s.status, outcome: s.outcome };
-        let found = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(&labels).cloned();
-        let mut h = match found {
-            Some(h) => h,
-            None => {
-                // The families create the series (so they are exported); the handles share them.
-                let h = RequestHandles {
-                    count: self.requests.get_or_create(&labels).clone(),
-                    latency: self.latency.get_or_create(&RouteLabels { route: s.route }).clone(),
-                    upstream_latency: None,
-                };
-                self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(labels.clone(), h.clone());
-                h
-            }
-        };
+        let h = self.handles(labels, s.upstream_latency.is_some());
         h.count.inc();
         h.latency.observe(s.latency.as_secs_f64());
-        if let Some(u) = s.upstream_latency {
-            if h.upstream_latency.is_none() {
-                let series = self.upstream_latency.get_or_create(&RouteLabels { route: s.route }).clone();
-                if let Some(kept) = self.handles.write().unwrap_or_else(|p| p.into_inner()).get_mut(&labels) {
-                    kept.upstream_latency = Some(series.clone());
-                }
-                h.upstream_latency = Some(series);
-            }
-            if let Some(series) = &h.upstream_latency {
-                series.observe(u.as_secs_f64());
-            }
+        if let (Some(u), Some(series)) = (s.upstream_latency, &h.upstream_latency) {
+            series.observe(u.as_secs_f64());
         }
+    }
+
+    /// The series of one kind of request; the platform-latency one only once such a request
+    /// called the platform (so routes that never do export none).
+    fn handles(&self, labels: RequestLabels, upstream: bool) -> RequestHandles {
+        let found = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(&labels).filter(|h| !upstream || h.upstream_latency.is_some()).cloned();
+        if let Some(h) = found {
+            return h;
+        }
+        // The families create the series (so they are exported); the handles share them.
+        let route = RouteLabels { route: labels.route };
+        let upstream_latency = upstream.then(|| self.upstream_latency.get_or_create(&route).clone());
+        let mut all = self.handles.write().unwrap_or_else(|p| p.into_inner());
+        let h = all.entry(labels).or_insert_with_key(|labels| RequestHandles {
+            count: self.requests.get_or_create(labels).clone(),
+            latency: self.latency.get_or_create(&route).clone(),
+            upstream_latency: None,
+        });
+        if h.upstream_latency.is_none() {
+            h.upstream_latency = upstream_latency;
+        }
+        h.clone()
     }
 
     /// Counts a rate-limit refusal.

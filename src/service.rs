@@ -103,7 +103,7 @@ where
             let mut rsp = inner.oneshot(req).await?;
             if rsp.extensions().get::<Panicked>().is_some() {
                 let route = crate::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
-                let id = id.filter(crate::gateway::is_sane_request_id).unwrap_or_else(crate::gateway::new_request_id_header);
+                let id = crate::gateway::request_id_header(id.as_ref());
                 gw.finish(&Ctx::new(method, String::from_utf8_lossy(id.as_bytes()).into_owned(), route, "panic"), 500);
                 rsp.headers_mut().insert(X_REQUEST_ID, id);
             }

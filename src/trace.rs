@@ -41,18 +41,15 @@ fn random_hex<const N: usize>() -> String
 where
     rand::distributions::Standard: rand::distributions::Distribution<[u8; N]>,
 {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     loop {
         let bytes: [u8; N] = rand::thread_rng().gen();
         // All-zero ids are invalid.
         if bytes.iter().any(|b| *b != 0) {
             // Hex digits written on the stack (hex::encode builds the String a char at a time).
             let mut text = [0u8; 64];
-            for (i, b) in bytes.iter().enumerate() {
-                text[2 * i] = HEX[usize::from(b >> 4)];
-                text[2 * i + 1] = HEX[usize::from(b & 0xf)];
-            }
-            return std::str::from_utf8(&text[..2 * N]).unwrap_or_default().to_string();
+            let text = &mut text[..2 * N];
+            let _ = hex::encode_to_slice(bytes, text);
+            return std::str::from_utf8(text).unwrap_or_default().to_string();
         }
     }
 }
@@ -92,7 +89,6 @@ impl TraceContext {
     /// The `traceparent` the platform gets: this trace, the gateway's span as parent.
     /// Assembled in place (it is built for every forwarded request).
     pub fn traceparent(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut b = [0u8; 55];
         b[..3].copy_from_slice(b"00-");
         let (trace, span) = (self.trace_id.as_bytes(), self.span_id.as_bytes());
@@ -103,8 +99,7 @@ impl TraceContext {
         b[35] = b'-';
         b[36..52].copy_from_slice(span);
         b[52] = b'-';
-        b[53] = HEX[usize::from(self.flags >> 4)];
-        b[54] = HEX[usize::from(self.flags & 0xf)];
+        let _ = hex::encode_to_slice([self.flags], &mut b[53..]);
         HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static(""))
     }
 

@@ -172,11 +172,13 @@ impl Upstream {
         self.circuit.state()
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+    /// The platform URI for a path: scheme and authority from `base_url`, and its path prefix
+    /// when it has one.
+    fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, UpstreamError> {
+        let bad = |e: http::Error| UpstreamError::Connect(format!("bad upstream uri: {e}"));
         let b = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
         let b = if self.path_prefix.is_empty() { b.path_and_query(path_and_query) } else { b.path_and_query(format!("{}{}", self.path_prefix, path_and_query)) };
-        b.build()
-            .map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))
+        b.build().map_err(bad)
     }
 
     fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &str, trace: Option<&TraceContext>, body: Bytes) -> Request<Full<Bytes>> {
@@ -269,30 +271,22 @@ impl Upstream {
         trace: Option<&TraceContext>,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let uri = self.uri(path_and_query)?;
-        self.send_to(method, uri, content_type, request_id, trace, body).await
+        let path = PathAndQuery::try_from(path_and_query).map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))?;
+        self.forward(method, path, content_type, request_id, trace, body).await
     }
 
-    /// [`send`](Self::send) to the path of a request the gateway received: its parsed path is
-    /// reused (a reference count) rather than printed and parsed again.
+    /// [`send`](Self::send) to a path already parsed (a request the gateway received: a
+    /// reference count, not a print and a re-parse).
     pub async fn forward(
         &self,
         method: Method,
-        path_and_query: &PathAndQuery,
+        path_and_query: PathAndQuery,
         content_type: Option<&HeaderValue>,
         request_id: &str,
         trace: Option<&TraceContext>,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let uri = if self.path_prefix.is_empty() {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(path_and_query.clone());
-            Uri::from_parts(parts).map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))?
-        } else {
-            self.uri(path_and_query.as_str())?
-        };
+        let uri = self.uri(path_and_query)?;
         self.send_to(method, uri, content_type, request_id, trace, body).await
     }
 
