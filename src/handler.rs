@@ -19,7 +19,7 @@ use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::policy::family::Family;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
-use crate::policy::validate::{parse_object, validate_with};
+use crate::policy::validate::{parse_object_marked, validate_with};
 use crate::status_cache::{CachedStatus, Lookup};
 use crate::paid::{passthrough, HoldGuard, IdemGuard, Paid};
 use std::collections::HashMap;
@@ -166,18 +166,19 @@ impl Gateway {
         let declared = content_length(&parts.headers);
         let idem_key = idempotency_key(&parts.headers)?;
         let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
-        let body = self.uploads.read(&mut reservation, incoming, declared, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
+        let (body, marks) = self.uploads.read_scanned(&mut reservation, incoming, declared, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
         ctx.request_bytes = body.len();
 
         // 4. JSON and family rules, on borrowed slices of the body.
         let relay = self.relay.clone();
         let (validated, prompt_sha256, callback) = {
-            let fields = parse_object(&body)?;
+            let fields = parse_object_marked(&body, marks.as_ref())?;
             let validated = validate_with(family, &fields, relay.is_some())?;
             let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
             let callback = fields.str("callback_url").ok().flatten().filter(|_| relay.is_some()).map(str::to_string);
             (validated, hex::encode(Sha256::digest(prompt.as_bytes())), callback)
         };
+        drop(marks);
         ctx.image_bytes = validated.image_bytes;
 
         // The hold's id exists before anything is stored, so every later step can clean up by it.

@@ -18,6 +18,8 @@ use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+use crate::policy::scan::{BodyScan, Marks};
+
 /// Accounting unit of the total budget: 1 KiB per semaphore permit.
 const UNIT: usize = 1024;
 /// Reservations for bodies of unknown length grow in steps of this.
@@ -146,12 +148,24 @@ impl Uploads {
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
-        let out = self.read_inner(r, body, declared, limit).await;
+        let out = self.read_inner(r, body, declared, limit, None).await;
         r.done_uploading();
         out
     }
 
-    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize) -> Result<Bytes, UploadError>
+    /// As `read`, handing each chunk to a `BodyScan` while it is in cache (see `policy::scan`).
+    pub async fn read_scanned<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize) -> Result<(Bytes, Option<Marks>), UploadError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let mut scan = BodyScan::new();
+        let out = self.read_inner(r, body, declared, limit, Some(&mut scan)).await;
+        r.done_uploading();
+        Ok((out?, scan.finish()))
+    }
+
+    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize, mut scan: Option<&mut BodyScan>) -> Result<Bytes, UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
@@ -189,6 +203,9 @@ impl Uploads {
                 }
                 r.cover(buf.len() + data.len())?;
                 buf.extend_from_slice(&data);
+                if let Some(scan) = scan.as_deref_mut() {
+                    scan.feed(&buf, data.len());
+                }
             }
         }
         Ok(buf.freeze())

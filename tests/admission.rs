@@ -134,6 +134,7 @@ async fn valid_images_are_forwarded_unchanged() {
     let c = client();
     let images = [
         b64(&png(1920, 1080, 2 * 1024 * 1024)),
+        format!("data:image/png;base64,{}", b64(&png(1920, 1080, 1024 * 1024))),
         format!("data:image/jpeg;base64,{}", b64(&jpeg(640, 480, 100_000))),
         format!("data:image/webp;base64,{}", b64(&webp(512, 512))),
     ];
@@ -156,8 +157,16 @@ async fn invalid_images_never_reach_the_platform() {
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
     let too_big = b64(&png(4000, 3000, 10 * 1024 * 1024 + 1));
+    // Large bodies are scanned as they arrive (policy::scan); a bad byte deep inside one is
+    // still found, whether it is outside the alphabet or misplaced padding.
+    let large = b64(&png(1920, 1080, 2 * 1024 * 1024));
+    let (mid, late) = (large.len() / 2, large.len() - 10);
+    let bad_byte = format!("{}*{}", &large[..mid], &large[mid + 1..]);
+    let bad_padding = format!("{}={}", &large[..late], &large[late + 1..]);
     let cases = [
         (too_big, "image_base64: decodes to 10485761 bytes, over the 10485760-byte limit"),
+        (bad_byte, "image_base64: is not valid base64"),
+        (bad_padding, "image_base64: is not valid base64"),
         ("not*base64==".to_string(), "image_base64: is not valid base64"),
         (b64(b"GIF89a\x01\x00\x01\x00\x00\x00\x00"), "image_base64: must be a JPEG, PNG or WEBP image"),
         (b64(&png(0, 10, 0)), "image_base64: has zero width or height"),

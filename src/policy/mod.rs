@@ -9,5 +9,6 @@ pub mod ledger;
 pub mod money;
 pub mod pricing;
 pub mod rate_limit;
+pub mod scan;
 pub mod tenants;
 pub mod validate;

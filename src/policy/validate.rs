@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use super::family::{Check, Cond, Family, FamilySpec, Rule};
 use super::json::{self, Json};
-use super::image::{check_base64_image, ImageError};
+use super::image::{check_base64_image_marked, ImageError};
+use super::scan::Marks;
 
 /// Longest URL accepted in `image_url`, `callback_url` and image arrays.
 pub const MAX_URL_LEN: usize = 2048;
@@ -50,6 +51,8 @@ pub struct Validated {
 pub struct Fields<'a> {
     // foldhash: seeded per process like std's, several times cheaper for these short keys.
     map: HashMap<Cow<'a, str>, Json<'a>, foldhash::fast::RandomState>,
+    body: &'a [u8],
+    marks: Option<&'a Marks>,
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
@@ -59,8 +62,14 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError 
 /// Parses the request body as a JSON object, borrowing its strings. A repeated key keeps its
 /// last value, as the platform's parser does.
 pub fn parse_object(body: &[u8]) -> Result<Fields<'_>, BodyError> {
-    match json::parse(body) {
-        Ok(Json::Obj(entries)) => Ok(Fields { map: entries.into_iter().collect() }),
+    parse_object_marked(body, None)
+}
+
+/// As `parse_object`, with the body's scan marks (`scan.rs`), which spare large strings the
+/// passes that would read them back from memory.
+pub fn parse_object_marked<'a>(body: &'a [u8], marks: Option<&'a Marks>) -> Result<Fields<'a>, BodyError> {
+    match json::parse_marked(body, marks) {
+        Ok(Json::Obj(entries)) => Ok(Fields { map: entries.into_iter().collect(), body, marks }),
         Ok(_) => Err(BodyError::NotAnObject),
         Err(e) => Err(BodyError::InvalidJson(e.to_string())),
     }
@@ -310,7 +319,9 @@ impl<'f, 'a> Checker<'f, 'a> {
     }
 
     fn image_b64(&mut self, name: &str, value: &str, max: usize) -> Result<(), Failure> {
-        let info = check_base64_image(value, max).map_err(|e: ImageError| Inner(name.into(), e.to_string()))?;
+        let f = self.f;
+        let alphabet_only = |payload: &[u8]| f.marks.is_some_and(|m| m.alphabet_only(f.body, payload));
+        let info = check_base64_image_marked(value, max, alphabet_only).map_err(|e: ImageError| Inner(name.into(), e.to_string()))?;
         self.out.images += 1;
         self.out.image_bytes += info.decoded_len;
         Ok(())
