@@ -5,7 +5,8 @@
 //! written to SQLite *before* the caller is told, so a 201 is only ever sent for a record that
 //! survives `kill -9`, and a hold whose request died with the process comes back at the next
 //! start as an unknown outcome for the reconciler (never silently dropped). Spend is derived
-//! from the generations table, so it always matches the records.
+//! from the generations table, so it always matches the records. The connection lives on its
+//! own thread, which commits the writes of requests that arrive together at once (`writer.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +23,9 @@ use super::{
 use crate::policy::family::Family;
 use crate::policy::ledger::{Entry, EntryState, HoldDecision, HoldTotals, LedgerState};
 use crate::policy::money::Usd;
+use writer::Writer;
+
+mod writer;
 
 /// Entries kept in memory before the cache of SQLite-backed records is emptied.
 const CACHE_LIMIT: usize = 200_000;
@@ -52,7 +56,7 @@ struct Inner {
 /// Memory or SQLite-backed store for a single gateway process.
 pub struct EmbeddedStore {
     inner: Mutex<Inner>,
-    db: Option<Arc<Mutex<Connection>>>,
+    db: Option<Writer>,
 }
 
 const SCHEMA: &str = "
@@ -200,7 +204,8 @@ impl EmbeddedStore {
         for (id, entry) in holds {
             inner.ledger.insert(id, entry);
         }
-        Ok(EmbeddedStore { inner: Mutex::new(inner), db: Some(Arc::new(Mutex::new(conn))) })
+        let writer = Writer::start(conn).map_err(|e| StoreError(format!("cannot start the database thread: {e}")))?;
+        Ok(EmbeddedStore { inner: Mutex::new(inner), db: Some(writer) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -209,20 +214,15 @@ impl EmbeddedStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on the SQLite connection off the async threads; `None` for the memory backend.
+    /// Runs `f` on the SQLite connection's thread, atomically, and returns once it is durable
+    /// (`writer.rs`: commits are shared by the requests waiting at the time); `None` for the
+    /// memory backend.
     async fn with_db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<Option<T>, StoreError> {
-        let Some(db) = self.db.clone() else { return Ok(None) };
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(db_err)?
-        .map(Some)
-        .map_err(db_err)
+        let Some(db) = &self.db else { return Ok(None) };
+        db.run(f).await.map(Some).map_err(db_err)
     }
 
     fn cache(&self, record: GenerationRecord) {
@@ -243,7 +243,7 @@ impl EmbeddedStore {
         let hold = hold.to_string();
         let month = month_of(r.created_ms.max(0) as u64);
         self.with_db(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let new = tx.execute(
                 "INSERT OR IGNORE INTO generations (id, tenant, family, price_micros, created_ms, month, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![r.id, &*r.tenant, r.family.path(), r.price.micros(), r.created_ms, month, r.status],
@@ -404,7 +404,7 @@ impl Store for EmbeddedStore {
             Resolution::NotCharged => {
                 let (id, tenant, key) = (hold.to_string(), entry.tenant.to_string(), idem_key.clone());
                 self.with_db(move |c| {
-                    let tx = c.transaction()?;
+                    let tx = c.savepoint()?;
                     tx.execute("DELETE FROM holds WHERE id = ?1", [&id])?;
                     if let Some(k) = key {
                         tx.execute("DELETE FROM idempotency_keys WHERE tenant = ?1 AND key = ?2 AND hold_id = ?3 AND state = 'running'", params![tenant, k, id])?;
@@ -708,7 +708,7 @@ impl Store for EmbeddedStore {
         }
         let rows = self
             .with_db(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 let rows = {
                     let mut stmt = tx.prepare_cached(
                         "SELECT id, tenant, url, body, attempts, created_ms FROM outbox WHERE dead = 0 AND next_ms <= ?1 ORDER BY next_ms LIMIT ?2",
