@@ -11,8 +11,9 @@
 # Every proxy gets the same number of worker threads, WORKERS (default 1, as nginx's usual
 # benchmark setting): nginx `worker_processes`, and TOKIO_WORKER_THREADS for the two tokio
 # proxies (which otherwise start one worker per core). The simulated platform keeps its default.
-# Workloads: status polling (GET /v1/sora/generations/{id}/, 64 connections) and paid generate
-# with a 1 MiB and a 10 MiB base64 image. Each row has the proxy's own CPU time per request
+# Workloads: status polling (GET /v1/sora/generations/{id}/, 64 connections), a small paid
+# generate (32 connections; tollgate holds and settles each in SQLite) and paid generates
+# with a 1 MiB and a 10 MiB base64 image (4 connections). Each row has the proxy's own CPU time per request
 # (utime+stime from /proc over the run, divided by the requests wrk completed). Prints a table,
 # the ratios against nginx, then tollgate's RSS idle and under 20 concurrent 10 MiB uploads.
 #
@@ -148,6 +149,8 @@ wrk.headers["Content-Type"] = "application/json"
 local f = io.open("$1", "rb"); wrk.body = f:read("*a"); f:close()
 EOF
 }
+echo '{"prompt":"benchmark"}' >"$WORK/body_small.json"
+post_lua "$WORK/body_small.json" >"$WORK/post_small.lua"
 post_lua "$WORK/body_1m.json" >"$WORK/post_1m.lua"
 post_lua "$WORK/body_10m.json" >"$WORK/post_10m.lua"
 
@@ -189,10 +192,12 @@ for target in direct:$P_PORT:$MPID nginx:$N_PORT:${NGINX_PIDS// /,} bare:$B_PORT
   R[status_$name]=$(run "status_$name" "$port" 64 "$script" "/v1/sora/generations/$gen/" $pids)
   # Generates once per proxy: the cache only concerns polls.
   [ "$name" = tollgate ] && continue
-  for size in 1m 10m; do
+  for size in small 1m 10m; do
+    # Small paid requests come many at a time; image uploads a few.
+    conns=4; [ $size = small ] && conns=32
     s=$WORK/post_$size.lua; [ "$name" = direct ] && { sed "s/$KEY/$TOKEN/" "$s" >"$WORK/post_${size}_direct.lua"; s=$WORK/post_${size}_direct.lua; }
     # shellcheck disable=SC2086
-    R[gen${size}_$name]=$(run "gen${size}_$name" "$port" 4 "$s" /v1/sora/generate $pids)
+    R[gen${size}_$name]=$(run "gen${size}_$name" "$port" $conns "$s" /v1/sora/generate $pids)
   done
 done
 
@@ -211,7 +216,7 @@ BODY_BYTES=$(stat -c %s "$WORK/body_10m.json")
 
 echo "worker threads per proxy: $WORKERS"
 printf '\n%-24s %10s %9s %9s %7s %12s\n' workload req/s p50_ms p99_ms non2xx cpu_us/req
-for w in status gen1m gen10m; do
+for w in status gensmall gen1m gen10m; do
   names="direct nginx bare tollgate_nocache"; [ $w = status ] && names="direct nginx bare tollgate_nocache tollgate"
   for name in $names; do
     read -r rps p50 p99 bad cpu <<<"${R[${w}_$name]}"
@@ -230,6 +235,7 @@ vs_nginx() {
 echo
 echo "Headline, forwarding every request (status cache off), against nginx in the same run:"
 vs_nginx "  tollgate, status polls" status_tollgate_nocache status_nginx
+vs_nginx "  tollgate, small paid generate" gensmall_tollgate_nocache gensmall_nginx
 vs_nginx "  tollgate, 1 MiB generate" gen1m_tollgate_nocache gen1m_nginx
 vs_nginx "  tollgate, 10 MiB generate" gen10m_tollgate_nocache gen10m_nginx
 echo "The floor for this stack (zero-policy hyper proxy):"
