@@ -67,19 +67,24 @@ impl Writer {
 
 /// One job's statements as a unit: kept whole or undone whole, whatever the others do.
 fn in_savepoint<T>(c: &mut Connection, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    c.execute_batch("SAVEPOINT job")?;
+    run_cached(c, "SAVEPOINT job")?;
     match f(c) {
         Ok(v) => {
-            c.execute_batch("RELEASE job")?;
+            run_cached(c, "RELEASE job")?;
             Ok(v)
         }
         Err(e) => {
             // Also fails when SQLite already rolled the whole transaction back (I/O errors,
             // a full disk); then the COMMIT fails too and every job in the batch hears of it.
-            let _ = c.execute_batch("ROLLBACK TO job; RELEASE job");
+            let _ = run_cached(c, "ROLLBACK TO job").and_then(|_| run_cached(c, "RELEASE job"));
             Err(e)
         }
     }
+}
+
+/// The batch's own statements, prepared once (parsing them per job showed in the profile).
+fn run_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
@@ -91,7 +96,7 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
             // Nothing runs; every job is answered with the error.
             let e = e.to_string();
             for job in batch {
@@ -100,14 +105,14 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
             continue;
         }
         let replies: Vec<Reply> = batch.into_iter().map(|job| job(Ok(&mut conn))).collect();
-        let failed = match conn.execute_batch("COMMIT") {
+        let failed = match run_cached(&conn, "COMMIT") {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
                 None
             }
             Err(e) => {
                 if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
+                    let _ = run_cached(&conn, "ROLLBACK");
                 }
                 Some(e.to_string())
             }
