@@ -121,6 +121,14 @@ impl BodyScan {
 }
 
 impl Marks {
+    /// The marks of a whole body fed as one chunk (tests elsewhere in the policy code).
+    #[cfg(test)]
+    pub fn of_whole(body: &[u8]) -> Option<Marks> {
+        let mut scan = BodyScan::new();
+        scan.feed(body, body.len());
+        scan.finish()
+    }
+
     /// Whether these marks are of `body`.
     pub fn of(&self, body: &[u8]) -> bool {
         self.len == body.len()

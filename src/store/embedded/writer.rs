@@ -68,7 +68,12 @@ impl Writer {
 /// One job's statements as a unit: kept whole or undone whole, whatever the others do.
 fn in_savepoint<T>(c: &mut Connection, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     run_cached(c, "SAVEPOINT job")?;
-    match f(c) {
+    // A panic here would end the thread, and with it the store: it fails this job alone.
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *c))).unwrap_or_else(|_| {
+        let abort = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT);
+        Err(rusqlite::Error::SqliteFailure(abort, Some("a database job panicked".into())))
+    });
+    match out {
         Ok(v) => {
             run_cached(c, "RELEASE job")?;
             Ok(v)
@@ -104,7 +109,18 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
             }
             continue;
         }
-        let replies: Vec<Reply> = batch.into_iter().map(|job| job(Ok(&mut conn))).collect();
+        let replies: Vec<Reply> = batch
+            .into_iter()
+            .map(|job| {
+                // After an error that made SQLite roll the whole transaction back, a job would
+                // run (and commit) on its own while its caller hears of the failed batch.
+                if conn.is_autocommit() {
+                    job(Err("the batch's transaction was rolled back"))
+                } else {
+                    job(Ok(&mut conn))
+                }
+            })
+            .collect();
         let failed = match run_cached(&conn, "COMMIT") {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
@@ -152,6 +168,19 @@ mod tests {
         let n: i64 = w.run(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))).await.unwrap();
         assert_eq!(n, 200);
         assert!(w.commits() < 201, "{} commits for 201 jobs", w.commits());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_thread_lives_on() {
+        let (w, _dir) = writer();
+        let r = w.run(|c| -> rusqlite::Result<()> {
+            c.execute("INSERT INTO t (k) VALUES (1)", [])?;
+            panic!("a bug in a job");
+        });
+        assert!(r.await.unwrap_err().contains("panicked"));
+        assert_eq!(w.run(|c| c.execute("INSERT INTO t (k) VALUES (2)", [])).await, Ok(1));
+        let n: i64 = w.run(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(n, 1, "the panicking job's write was undone");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
