@@ -142,30 +142,20 @@ impl Uploads {
         Ok(Reservation { uploads: self, tenant: usage, permit: None, bytes: 0, uploading: true })
     }
 
-    /// Reads a body of at most `limit` bytes into one buffer, reserving memory as it goes.
-    pub async fn read<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize) -> Result<Bytes, UploadError>
-    where
-        B: http_body::Body<Data = Bytes>,
-        B::Error: std::fmt::Display,
-    {
-        let out = self.read_inner(r, body, declared, limit, None).await;
-        r.done_uploading();
-        out
-    }
-
-    /// As `read`, handing each chunk to a `BodyScan` while it is in cache (see `policy::scan`).
-    pub async fn read_scanned<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize) -> Result<(Bytes, Option<Marks>), UploadError>
+    /// Reads a body of at most `limit` bytes into one buffer, reserving memory as it goes, and
+    /// hands each chunk to a `BodyScan` while it is in cache (see `policy::scan`).
+    pub async fn read<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize) -> Result<(Bytes, Option<Marks>), UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
         let mut scan = BodyScan::new();
-        let out = self.read_inner(r, body, declared, limit, Some(&mut scan)).await;
+        let out = self.read_inner(r, body, declared, limit, &mut scan).await;
         r.done_uploading();
         Ok((out?, scan.finish()))
     }
 
-    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize, mut scan: Option<&mut BodyScan>) -> Result<Bytes, UploadError>
+    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize, scan: &mut BodyScan) -> Result<Bytes, UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
@@ -203,9 +193,7 @@ impl Uploads {
                 }
                 r.cover(buf.len() + data.len())?;
                 buf.extend_from_slice(&data);
-                if let Some(scan) = scan.as_deref_mut() {
-                    scan.feed(&buf, data.len());
-                }
+                scan.feed(&buf, data.len());
             }
         }
         Ok(buf.freeze())
@@ -230,11 +218,11 @@ mod tests {
     async fn reads_whole_bodies_and_caps_them() {
         let u = Uploads::new(1 << 20, 1 << 20, 4, 0);
         let mut r = u.begin(&t("a")).unwrap();
-        assert_eq!(&u.read(&mut r, chunks(vec![b"ab", b"cd"]), None, 4).await.unwrap()[..], b"abcd");
+        assert_eq!(&u.read(&mut r, chunks(vec![b"ab", b"cd"]), None, 4).await.unwrap().0[..], b"abcd");
         let mut r = u.begin(&t("a")).unwrap();
-        assert_eq!(u.read(&mut r, chunks(vec![b"ab", b"cde"]), None, 4).await, Err(UploadError::TooLarge));
+        assert_eq!(u.read(&mut r, chunks(vec![b"ab", b"cde"]), None, 4).await.err(), Some(UploadError::TooLarge));
         let mut r = u.begin(&t("a")).unwrap();
-        assert_eq!(u.read(&mut r, chunks(vec![]), Some(5), 4).await, Err(UploadError::TooLarge));
+        assert_eq!(u.read(&mut r, chunks(vec![]), Some(5), 4).await.err(), Some(UploadError::TooLarge));
     }
 
     #[tokio::test]
@@ -270,7 +258,7 @@ mod tests {
         let mut r = u.begin(&t("a")).unwrap();
         let stalled = StreamBody::new(futures_util::stream::pending::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>());
         let started = Instant::now();
-        assert_eq!(u.read(&mut r, stalled, None, 1 << 20).await, Err(UploadError::TooSlow));
+        assert_eq!(u.read(&mut r, stalled, None, 1 << 20).await.err(), Some(UploadError::TooSlow));
         assert_eq!(started.elapsed(), SLOW_UPLOAD_GRACE);
     }
 }

@@ -117,6 +117,11 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     }
 }
 
+/// A path that makes no valid platform URI (never sent).
+fn bad_uri(e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Connect(format!("bad upstream uri: {e}"))
+}
+
 // === impl Upstream ===
 
 impl Upstream {
@@ -175,10 +180,9 @@ impl Upstream {
     /// The platform URI for a path: scheme and authority from `base_url`, and its path prefix
     /// when it has one.
     fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, UpstreamError> {
-        let bad = |e: http::Error| UpstreamError::Connect(format!("bad upstream uri: {e}"));
         let b = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
         let b = if self.path_prefix.is_empty() { b.path_and_query(path_and_query) } else { b.path_and_query(format!("{}{}", self.path_prefix, path_and_query)) };
-        b.build().map_err(bad)
+        b.build().map_err(bad_uri)
     }
 
     fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &str, trace: Option<&TraceContext>, body: Bytes) -> Request<Full<Bytes>> {
@@ -271,7 +275,7 @@ impl Upstream {
         trace: Option<&TraceContext>,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let path = PathAndQuery::try_from(path_and_query).map_err(|e| UpstreamError::Connect(format!("bad upstream uri: {e}")))?;
+        let path = PathAndQuery::try_from(path_and_query).map_err(bad_uri)?;
         self.forward(method, path, content_type, request_id, trace, body).await
     }
 
@@ -287,18 +291,6 @@ impl Upstream {
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri = self.uri(path_and_query)?;
-        self.send_to(method, uri, content_type, request_id, trace, body).await
-    }
-
-    async fn send_to(
-        &self,
-        method: Method,
-        uri: Uri,
-        content_type: Option<&HeaderValue>,
-        request_id: &str,
-        trace: Option<&TraceContext>,
-        body: Bytes,
-    ) -> Result<UpstreamResponse, UpstreamError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let retries = if method == Method::GET { self.get_retries } else { 0 };
         // Every attempt and backoff fits inside one `timeout`.
