@@ -28,7 +28,8 @@ pub trait BalanceSource: Send + Sync {
 #[async_trait]
 impl BalanceSource for Upstream {
     async fn fetch_balance(&self, request_id: &str) -> Result<Usd, GatewayError> {
-        let rsp = self.send(Method::GET, "/v1/data/balance", None, request_id, None, bytes::Bytes::new()).await?;
+        let id = http::HeaderValue::from_str(request_id).unwrap_or(http::HeaderValue::from_static("-"));
+        let rsp = self.send(Method::GET, "/v1/data/balance", None, &id, None, bytes::Bytes::new()).await?;
         if !rsp.status.is_success() {
             return Err(GatewayError::Upstream(self.error_of(&rsp)));
         }

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response};
-use rand::Rng;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::balance::BalanceKeeper;
@@ -107,8 +106,9 @@ pub struct Ctx {
     /// Set once a paid request is handed to the platform: from then on it runs to its outcome,
     /// past the request deadline and past a client that leaves.
     pub forwarded: Arc<AtomicBool>,
-    /// Sent back as `x-request-id` and logged.
-    pub request_id: String,
+    /// Sent back as `x-request-id`, sent to the platform and logged. Always visible ASCII (a
+    /// sane client id or a UUID), so its text costs nothing (`Ctx::request_id`).
+    pub request_id: HeaderValue,
     /// W3C trace context: the caller's trace (or a new one), sent to the platform and logged.
     pub trace: Option<crate::trace::TraceContext>,
     /// Set by auth.
@@ -134,7 +134,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// A request just arrived.
-    pub(crate) fn new(method: http::Method, request_id: String, route: &'static str, outcome: &'static str) -> Ctx {
+    pub(crate) fn new(method: http::Method, request_id: HeaderValue, route: &'static str, outcome: &'static str) -> Ctx {
         Ctx {
             started: Instant::now(),
             method,
@@ -152,6 +152,11 @@ impl Ctx {
             image_bytes: 0,
         }
     }
+
+    /// The request id as text.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 /// 1–128 characters of `[A-Za-z0-9-_.:]`.
@@ -161,11 +166,7 @@ pub(crate) fn is_sane_request_id(v: &HeaderValue) -> bool {
 }
 
 fn random_uuid() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(rand::thread_rng().gen()).into_uuid()
-}
-
-pub(crate) fn new_request_id() -> String {
-    random_uuid().to_string()
+    uuid::Builder::from_random_bytes(crate::trace::random_id_bits().to_be_bytes()).into_uuid()
 }
 
 /// The request's id as sent back, from the client's `x-request-id` header: that value when
@@ -313,7 +314,7 @@ impl Gateway {
         // One value for the response header (a reference count of the client's, when sane) and
         // the text the logs and the platform get.
         let id_header = request_id_header(req.headers().get(crate::service::X_REQUEST_ID));
-        let mut ctx = Ctx::new(req.method().clone(), String::from_utf8_lossy(id_header.as_bytes()).into_owned(), routes::UNMATCHED, "forwarded");
+        let mut ctx = Ctx::new(req.method().clone(), id_header.clone(), routes::UNMATCHED, "forwarded");
         let mut trace = crate::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
         let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
@@ -355,7 +356,7 @@ impl Gateway {
         if let Some(span) = span {
             span.record("http.route", ctx.route);
             span.record("http.response.status_code", rsp.status().as_u16());
-            span.record("tollgate.request_id", ctx.request_id.as_str());
+            span.record("tollgate.request_id", ctx.request_id());
             span.record("tollgate.outcome", ctx.outcome);
             if let Some(t) = &ctx.tenant {
                 span.record("tollgate.tenant", &**t);
@@ -367,7 +368,7 @@ impl Gateway {
     /// A connection refused before any request reached the gateway (no head in time, malformed
     /// head, headers too large, closed at the connection cap): logged and counted like a request.
     pub fn protocol_refusal(&self, r: crate::server::ProtocolRefusal) {
-        let ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), new_request_id(), "-", r.outcome);
+        let ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), request_id_header(None), "-", r.outcome);
         tracing::debug!(peer = %r.peer, status = r.status, outcome = r.outcome, "connection refused at the protocol level");
         self.finish(&ctx, r.status);
     }
@@ -386,7 +387,7 @@ impl Gateway {
             upstream_latency: ctx.upstream_latency,
         });
         self.log.write(&AccessRecord {
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id(),
             trace_id: ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
             tenant: ctx.tenant.as_deref(),
             method: ctx.method.as_str(),
@@ -474,7 +475,7 @@ mod tests {
         assert!(!is_sane_request_id(&HeaderValue::from_static("has space")));
         assert!(!is_sane_request_id(&HeaderValue::from_static("")));
         assert!(!is_sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
-        assert_eq!(new_request_id().len(), 36);
+        assert_eq!(request_id_header(None).len(), 36);
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl Gateway {
             .estimate(family, &validated.price_key)
             .ok_or_else(|| runtime.family_not_enabled(family))?;
         ctx.price = Some(price);
-        self.balance.ensure_fresh(&ctx.request_id).await?;
+        self.balance.ensure_fresh(ctx.request_id()).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
         let (body, webhook_token) = match (callback, &relay) {
             (Some(url), Some(relay)) => self.relay_callback(tenant, relay, &url, &body).await?,
@@ -389,7 +389,7 @@ impl Gateway {
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
-    async fn current_status(&self, request_id: &str, trace: Option<&crate::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
+    async fn current_status(&self, request_id: &HeaderValue, trace: Option<&crate::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
         let refresh = if self.status_cache.enabled() {
             match self.status_cache.lookup(&record.id).await {
                 Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
@@ -473,7 +473,7 @@ impl Gateway {
                 }
             }
             // The list still answers from the records; the reconciler catches up later.
-            Err(e) => tracing::debug!(request_id = %ctx.request_id, error = %e, "platform list unavailable; answering from records"),
+            Err(e) => tracing::debug!(request_id = ctx.request_id(), error = %e, "platform list unavailable; answering from records"),
         }
         let mut items = Vec::with_capacity(records.len());
         for r in &records {
@@ -496,7 +496,7 @@ impl Gateway {
         ctx.outcome = "served";
         let month = month_of(now_ms());
         let totals = self.store.month_totals(&month).await?.remove(&*tenant.id).unwrap_or_default();
-        let account = match self.balance.ensure_fresh(&ctx.request_id).await {
+        let account = match self.balance.ensure_fresh(ctx.request_id()).await {
             Ok(()) => self.store.spendable(&tenant.id, &month, None, runtime.reserve).await?.map(|u| u.to_string()),
             Err(_) => None,
         };
@@ -522,7 +522,7 @@ impl Gateway {
     /// `GET /v1/data/balance`: what this tenant can still spend.
     pub(crate) async fn tenant_balance(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
         ctx.outcome = "served";
-        self.balance.ensure_fresh(&ctx.request_id).await?;
+        self.balance.ensure_fresh(ctx.request_id()).await?;
         let month = month_of(now_ms());
         let left = self
             .store

@@ -172,7 +172,7 @@ impl Paid {
         let ctx = ctx.clone();
         let gw = self.gw.clone();
         tokio::spawn(async move {
-            let out = self.run(&ctx.request_id).await;
+            let out = self.run(&ctx).await;
             if let Err(out) = tx.send(out) {
                 let mut ctx = ctx;
                 let status = match &out.result {
@@ -183,16 +183,17 @@ impl Paid {
                 ctx.upstream_status = out.upstream.map(|u| u.0.as_u16());
                 ctx.upstream_latency = out.upstream.map(|u| u.1);
                 ctx.price = Some(out.price);
-                tracing::info!(request_id = %ctx.request_id, status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");
+                tracing::info!(request_id = ctx.request_id(), status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");
                 gw.finish(&ctx, status.as_u16());
             }
         });
         rx
     }
 
-    async fn run(self, request_id: &str) -> PaidOutcome {
+    async fn run(self, ctx: &Ctx) -> PaidOutcome {
         let Paid { gw, mut hold, idem, family, tenant, quoted, path, trace, content_type, body, webhook_token } = self;
-        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), request_id, trace.as_ref(), body).await;
+        let request_id = ctx.request_id();
+        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), &ctx.request_id, trace.as_ref(), body).await;
         let rsp = match sent {
             Ok(rsp) => rsp,
             Err(e) if e.maybe_delivered() => {

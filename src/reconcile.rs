@@ -63,6 +63,14 @@ pub struct Reconciler {
     refilled: Instant,
 }
 
+/// The `x-request-id` of the reconciler's own platform calls.
+fn reconcile_id() -> http::HeaderValue {
+    let mut buf = [0u8; 42];
+    buf[..10].copy_from_slice(b"reconcile-");
+    uuid::Uuid::new_v4().simple().encode_lower(&mut buf[10..]);
+    http::HeaderValue::from_bytes(&buf).unwrap_or(http::HeaderValue::from_static("reconcile"))
+}
+
 fn family_of(path: &str) -> Option<Family> {
     Some(Family::named(path))
 }
@@ -169,7 +177,7 @@ impl Reconciler {
 
     async fn follow(&self, record: &GenerationRecord) {
         let path = record.family.status_path(&record.id);
-        let request_id = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
+        let request_id = reconcile_id();
         match self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await {
             Ok(rsp) if rsp.status.is_success() => self.gw.track_status(record, &rsp.body).await,
             Ok(rsp) => tracing::debug!(generation = %record.id, status = rsp.status.as_u16(), "reconciler status check answered with an error"),
@@ -187,7 +195,7 @@ impl Reconciler {
             }
             *calls_left -= 1;
             let path = format!("/v1/{}/generations?limit={PAGE}&offset={offset}", family.path());
-            let request_id = format!("reconcile-{}", uuid::Uuid::new_v4().simple());
+            let request_id = reconcile_id();
             let rsp = self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await.ok()?;
             if !rsp.status.is_success() {
                 return None;

@@ -104,7 +104,7 @@ where
             if rsp.extensions().get::<Panicked>().is_some() {
                 let route = crate::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
                 let id = crate::gateway::request_id_header(id.as_ref());
-                gw.finish(&Ctx::new(method, String::from_utf8_lossy(id.as_bytes()).into_owned(), route, "panic"), 500);
+                gw.finish(&Ctx::new(method, id.clone(), route, "panic"), 500);
                 rsp.headers_mut().insert(X_REQUEST_ID, id);
             }
             Ok::<_, Infallible>(rsp)

@@ -13,7 +13,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TelemetryConfig;
-use crate::trace::TraceContext;
+use crate::trace::{HexId, TraceContext};
 
 /// The tracing target of request spans; the OpenTelemetry layer sees nothing else.
 pub const TARGET: &str = "tollgate::request";
@@ -80,8 +80,9 @@ pub fn request_span(method: &http::Method, route: impl FnOnce() -> &'static str,
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
-        trace.trace_id = sc.trace_id().to_string();
-        trace.span_id = sc.span_id().to_string();
+        if let (Some(t), Some(s)) = (HexId::parse(&sc.trace_id().to_string()), HexId::parse(&sc.span_id().to_string())) {
+            (trace.trace_id, trace.span_id) = (t, s);
+        }
         trace.flags = sc.trace_flags().to_u8();
     }
     Some(span)

@@ -185,7 +185,7 @@ impl Upstream {
         b.build().map_err(bad_uri)
     }
 
-    fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &str, trace: Option<&TraceContext>, body: Bytes) -> Request<Full<Bytes>> {
+    fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &HeaderValue, trace: Option<&TraceContext>, body: Bytes) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
@@ -197,9 +197,7 @@ impl Upstream {
         if let Some(ct) = content_type {
             h.insert(CONTENT_TYPE, ct.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(crate::service::X_REQUEST_ID, v);
-        }
+        h.insert(crate::service::X_REQUEST_ID, request_id.clone());
         if let Some(t) = trace {
             t.inject(h);
         }
@@ -271,7 +269,7 @@ impl Upstream {
         method: Method,
         path_and_query: &str,
         content_type: Option<&HeaderValue>,
-        request_id: &str,
+        request_id: &HeaderValue,
         trace: Option<&TraceContext>,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
@@ -286,7 +284,7 @@ impl Upstream {
         method: Method,
         path_and_query: PathAndQuery,
         content_type: Option<&HeaderValue>,
-        request_id: &str,
+        request_id: &HeaderValue,
         trace: Option<&TraceContext>,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
