@@ -165,10 +165,6 @@ pub(crate) fn is_sane_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
-fn random_uuid() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(crate::trace::random_id_bits().to_be_bytes()).into_uuid()
-}
-
 /// The request's id as sent back, from the client's `x-request-id` header: that value when
 /// sane, otherwise a new UUID (formatted on the stack).
 pub(crate) fn request_id_header(sent: Option<&HeaderValue>) -> HeaderValue {
@@ -176,7 +172,7 @@ pub(crate) fn request_id_header(sent: Option<&HeaderValue>) -> HeaderValue {
         return v.clone();
     }
     let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(random_uuid().hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_str(crate::ids::uuid().hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// 400 for query parameters the route does not document (lists take `limit` and `offset`).

@@ -22,6 +22,7 @@ pub mod diag_log;
 pub mod error;
 pub mod framing;
 pub mod gateway;
+pub mod ids;
 mod handler;
 mod paid;
 pub mod reconcile;

@@ -44,7 +44,7 @@ pub(crate) struct HoldGuard {
 
 impl HoldGuard {
     pub(crate) fn new(store: Arc<dyn Store>) -> HoldGuard {
-        HoldGuard { store, id: uuid::Uuid::new_v4().simple().to_string(), armed: false }
+        HoldGuard { store, id: crate::ids::uuid().simple().to_string(), armed: false }
     }
 
     /// The hold is about to be asked for: from now on, dropping the guard releases it.

@@ -6,11 +6,7 @@
 //! with a valid `traceparent`, and only when it is of sane size. The access line carries the
 //! trace id, so a tenant's trace finds the gateway's line and the platform's request.
 
-use std::cell::RefCell;
-
 use http::{HeaderMap, HeaderValue};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 /// `traceparent`.
 pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -90,28 +86,10 @@ fn is_hex(s: &str) -> bool {
     s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-thread_local! {
-    /// Request ids, trace ids and span ids are labels, not secrets: a per-thread xoshiro,
-    /// seeded from the OS-seeded `ThreadRng`, draws them. `ThreadRng` (ChaCha12) cost about
-    /// 650 instructions per request for these 40 bytes. Secrets (webhook tokens and keys) still
-    /// come from `ThreadRng`.
-    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(rand::thread_rng()).unwrap_or_else(|_| SmallRng::seed_from_u64(std::process::id().into())));
-}
-
-/// 128 random bits for an id (never all zero).
-pub(crate) fn random_id_bits() -> u128 {
-    loop {
-        let bits: u128 = IDS.with(|r| r.borrow_mut().gen());
-        if bits != 0 {
-            return bits;
-        }
-    }
-}
-
 /// A random id of `N` hex digits, never all zero (W3C: all-zero ids are invalid).
 fn random_hex<const N: usize>() -> HexId<N> {
     loop {
-        let id = HexId::of_bits(random_id_bits());
+        let id = HexId::of_bits(crate::ids::random_bits());
         if id.0.iter().any(|b| *b != b'0') {
             return id;
         }
