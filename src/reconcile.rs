@@ -67,7 +67,7 @@ pub struct Reconciler {
 fn reconcile_id() -> http::HeaderValue {
     let mut buf = [0u8; 42];
     buf[..10].copy_from_slice(b"reconcile-");
-    uuid::Uuid::new_v4().simple().encode_lower(&mut buf[10..]);
+    crate::ids::uuid().simple().encode_lower(&mut buf[10..]);
     http::HeaderValue::from_bytes(&buf).unwrap_or(http::HeaderValue::from_static("reconcile"))
 }
 

@@ -26,6 +26,7 @@ impl<const N: usize> HexId<N> {
 
     /// The digits of the low `N / 2` bytes of `bits` (big-endian).
     fn of_bits(bits: u128) -> HexId<N> {
+        const { assert!(N % 2 == 0 && N <= 32, "an id of up to 128 bits") };
         let mut out = [0u8; N];
         let bytes = bits.to_be_bytes();
         let _ = hex::encode_to_slice(&bytes[16 - N / 2..], &mut out);
