@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::Method;
+use http::{HeaderValue, Method};
 
 use crate::error::GatewayError;
 use crate::policy::money::Usd;
@@ -22,14 +22,13 @@ const FAILURE_HOLD_OFF: Duration = Duration::from_secs(1);
 #[async_trait]
 pub trait BalanceSource: Send + Sync {
     /// The account balance now.
-    async fn fetch_balance(&self, request_id: &str) -> Result<Usd, GatewayError>;
+    async fn fetch_balance(&self, request_id: &HeaderValue) -> Result<Usd, GatewayError>;
 }
 
 #[async_trait]
 impl BalanceSource for Upstream {
-    async fn fetch_balance(&self, request_id: &str) -> Result<Usd, GatewayError> {
-        let id = http::HeaderValue::from_str(request_id).unwrap_or(http::HeaderValue::from_static("-"));
-        let rsp = self.send(Method::GET, "/v1/data/balance", None, &id, None, bytes::Bytes::new()).await?;
+    async fn fetch_balance(&self, request_id: &HeaderValue) -> Result<Usd, GatewayError> {
+        let rsp = self.send(Method::GET, "/v1/data/balance", None, request_id, None, bytes::Bytes::new()).await?;
         if !rsp.status.is_success() {
             return Err(GatewayError::Upstream(self.error_of(&rsp)));
         }
@@ -66,7 +65,7 @@ impl BalanceKeeper {
     }
 
     /// Ensures a balance younger than the TTL is cached.
-    pub async fn ensure_fresh(&self, request_id: &str) -> Result<(), GatewayError> {
+    pub async fn ensure_fresh(&self, request_id: &HeaderValue) -> Result<(), GatewayError> {
         if self.is_fresh().await? {
             return Ok(());
         }
@@ -106,7 +105,7 @@ mod tests {
 
     #[async_trait]
     impl BalanceSource for Counting {
-        async fn fetch_balance(&self, _: &str) -> Result<Usd, GatewayError> {
+        async fn fetch_balance(&self, _: &HeaderValue) -> Result<Usd, GatewayError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             if self.fail {
@@ -124,7 +123,7 @@ mod tests {
         let keeper = Arc::new(BalanceKeeper::new(store.clone(), source.clone(), Duration::from_secs(60)));
         let tasks: Vec<_> = (0..200).map(|_| {
             let k = keeper.clone();
-            tokio::spawn(async move { k.ensure_fresh("r").await })
+            tokio::spawn(async move { k.ensure_fresh(&HeaderValue::from_static("r")).await })
         }).collect();
         for t in tasks {
             t.await.unwrap().unwrap();
@@ -138,10 +137,10 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::memory());
         let source = Arc::new(Counting { calls: AtomicUsize::new(0), fail: false });
         let keeper = BalanceKeeper::new(store, source.clone(), Duration::from_millis(30));
-        keeper.ensure_fresh("r").await.unwrap();
-        keeper.ensure_fresh("r").await.unwrap();
+        keeper.ensure_fresh(&HeaderValue::from_static("r")).await.unwrap();
+        keeper.ensure_fresh(&HeaderValue::from_static("r")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
-        keeper.ensure_fresh("r").await.unwrap();
+        keeper.ensure_fresh(&HeaderValue::from_static("r")).await.unwrap();
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
     }
 
@@ -152,7 +151,7 @@ mod tests {
         let keeper = Arc::new(BalanceKeeper::new(store, source.clone(), Duration::from_secs(60)));
         let tasks: Vec<_> = (0..50).map(|_| {
             let k = keeper.clone();
-            tokio::spawn(async move { k.ensure_fresh("r").await })
+            tokio::spawn(async move { k.ensure_fresh(&HeaderValue::from_static("r")).await })
         }).collect();
         for t in tasks {
             assert!(t.await.unwrap().is_err());

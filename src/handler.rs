@@ -214,7 +214,7 @@ impl Gateway {
             .estimate(family, &validated.price_key)
             .ok_or_else(|| runtime.family_not_enabled(family))?;
         ctx.price = Some(price);
-        self.balance.ensure_fresh(ctx.request_id()).await?;
+        self.balance.ensure_fresh(&ctx.request_id).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
         let (body, webhook_token) = match (callback, &relay) {
             (Some(url), Some(relay)) => self.relay_callback(tenant, relay, &url, &body).await?,
@@ -496,7 +496,7 @@ impl Gateway {
         ctx.outcome = "served";
         let month = month_of(now_ms());
         let totals = self.store.month_totals(&month).await?.remove(&*tenant.id).unwrap_or_default();
-        let account = match self.balance.ensure_fresh(ctx.request_id()).await {
+        let account = match self.balance.ensure_fresh(&ctx.request_id).await {
             Ok(()) => self.store.spendable(&tenant.id, &month, None, runtime.reserve).await?.map(|u| u.to_string()),
             Err(_) => None,
         };
@@ -522,7 +522,7 @@ impl Gateway {
     /// `GET /v1/data/balance`: what this tenant can still spend.
     pub(crate) async fn tenant_balance(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
         ctx.outcome = "served";
-        self.balance.ensure_fresh(ctx.request_id()).await?;
+        self.balance.ensure_fresh(&ctx.request_id).await?;
         let month = month_of(now_ms());
         let left = self
             .store

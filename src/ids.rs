@@ -15,14 +15,9 @@ thread_local! {
     static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(rand::thread_rng()).unwrap_or_else(|_| SmallRng::seed_from_u64(std::process::id().into())));
 }
 
-/// 128 random bits (never all zero).
+/// 128 random bits.
 pub fn random_bits() -> u128 {
-    loop {
-        let bits: u128 = IDS.with(|r| r.borrow_mut().gen());
-        if bits != 0 {
-            return bits;
-        }
-    }
+    IDS.with(|r| r.borrow_mut().gen())
 }
 
 /// A random (version 4) UUID.

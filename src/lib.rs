@@ -170,7 +170,7 @@ impl Background {
             let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 loop {
-                    if let Err(e) = gw.balance.ensure_fresh("background-balance").await {
+                    if let Err(e) = gw.balance.ensure_fresh(&http::HeaderValue::from_static("background-balance")).await {
                         tracing::debug!(error = %e, "background balance refresh failed");
                     }
                     tokio::select! {

@@ -80,9 +80,8 @@ pub fn request_span(method: &http::Method, route: impl FnOnce() -> &'static str,
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
-        if let (Some(t), Some(s)) = (HexId::parse(&sc.trace_id().to_string()), HexId::parse(&sc.span_id().to_string())) {
-            (trace.trace_id, trace.span_id) = (t, s);
-        }
+        trace.trace_id = HexId::of_bytes(&sc.trace_id().to_bytes());
+        trace.span_id = HexId::of_bytes(&sc.span_id().to_bytes());
         trace.flags = sc.trace_flags().to_u8();
     }
     Some(span)

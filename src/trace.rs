@@ -24,13 +24,17 @@ impl<const N: usize> HexId<N> {
         <[u8; N]>::try_from(s.as_bytes()).ok().filter(|_| is_hex(s)).map(HexId)
     }
 
-    /// The digits of the low `N / 2` bytes of `bits` (big-endian).
-    fn of_bits(bits: u128) -> HexId<N> {
+    /// The digits of the last `N / 2` of `bytes` (an id of up to 16 bytes).
+    pub fn of_bytes(bytes: &[u8]) -> HexId<N> {
         const { assert!(N % 2 == 0 && N <= 32, "an id of up to 128 bits") };
-        let mut out = [0u8; N];
-        let bytes = bits.to_be_bytes();
-        let _ = hex::encode_to_slice(&bytes[16 - N / 2..], &mut out);
+        let mut out = [b'0'; N];
+        let _ = hex::encode_to_slice(&bytes[bytes.len().saturating_sub(N / 2)..], &mut out[N.saturating_sub(2 * bytes.len())..]);
         HexId(out)
+    }
+
+    /// All zero digits: an invalid trace or span id.
+    fn is_zero(&self) -> bool {
+        self.0.iter().all(|&b| b == b'0')
     }
 
     /// The digits.
@@ -90,8 +94,8 @@ fn is_hex(s: &str) -> bool {
 /// A random id of `N` hex digits, never all zero (W3C: all-zero ids are invalid).
 fn random_hex<const N: usize>() -> HexId<N> {
     loop {
-        let id = HexId::of_bits(crate::ids::random_bits());
-        if id.0.iter().any(|b| *b != b'0') {
+        let id = HexId::of_bytes(&crate::ids::random_bits().to_be_bytes());
+        if !id.is_zero() {
             return id;
         }
     }
@@ -101,9 +105,9 @@ fn random_hex<const N: usize>() -> HexId<N> {
 fn parse(v: &str) -> Option<(HexId<32>, HexId<16>, u8)> {
     let mut parts = v.split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (trace, parent) = (HexId::<32>::parse(trace)?, HexId::<16>::parse(parent)?);
     let valid = version.len() == 2 && is_hex(version) && version != "ff"
-        && trace.len() == 32 && is_hex(trace) && trace.bytes().any(|b| b != b'0')
-        && parent.len() == 16 && is_hex(parent) && parent.bytes().any(|b| b != b'0')
+        && !trace.is_zero() && !parent.is_zero()
         && flags.len() == 2 && is_hex(flags);
     // Version 00 has exactly four fields; later versions may append more after a dash.
     let rest_ok = match parts.next() {
@@ -113,7 +117,7 @@ fn parse(v: &str) -> Option<(HexId<32>, HexId<16>, u8)> {
     if !(valid && rest_ok) {
         return None;
     }
-    Some((HexId::parse(trace)?, HexId::parse(parent)?, u8::from_str_radix(flags, 16).unwrap_or(0)))
+    Some((trace, parent, u8::from_str_radix(flags, 16).unwrap_or(0)))
 }
 
 impl TraceContext {
