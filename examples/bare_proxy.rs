@@ -10,8 +10,15 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+// The same runtime choice as tollgate's, so this stays a fair floor: one worker
+// (`TOKIO_WORKER_THREADS=1`) gets tokio's single-threaded scheduler.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    builder.enable_all().build()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (listen, upstream, token) = (args.next().ok_or("LISTEN")?, args.next().ok_or("UPSTREAM")?, args.next().ok_or("TOKEN")?);
     let upstream: http::Uri = upstream.parse()?;

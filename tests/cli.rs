@@ -248,6 +248,62 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert_eq!(status.1, 1, "the drained request was logged");
 }
 
+/// `TOKIO_WORKER_THREADS=1` runs tokio's single-threaded scheduler. Everything the paid path
+/// hands to other threads (SQLite's writer, the reconciler's timers) and everything that outlives
+/// a request (a client that leaves after the forward, the drain) must still work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_the_paid_path_and_drains() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let config = fast_reconcile(&sqlite_config(platform.addr, &dir.join("tollgate.db"), &default_tenants()), 2, 300);
+    let mut gw = Proc::spawn(&config, &dir, &[("TOKIO_WORKER_THREADS", "1")]);
+    let serving = gw.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["message"] == "tollgate serving").unwrap();
+    assert_eq!((serving["workers"].as_u64(), serving["scheduler"].as_str()), (Some(1), Some("single-threaded")), "{serving}");
+    let c = client();
+    // A client that leaves while the platform is still answering: the forward runs to its end.
+    platform.delay("/v1/sora/generate", 800, 1);
+    let url = gw.url("/v1/sora/generate");
+    let left = tokio::time::timeout(Duration::from_millis(200), post(&c, &url, Some(KEY_A), SORA)).await;
+    assert!(left.is_err(), "the client gave up before the answer");
+    // Eight clients at once, each generating and polling what it got.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, url, base) = (c.clone(), url.clone(), gw.url("/v1/sora/generations/"));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let r = post(&c, &url, Some(KEY_A), SORA).await;
+                assert_eq!(r.status, 201, "{:?}", r.body);
+                let id = r.json()["generation_id"].as_str().unwrap().to_string();
+                assert_eq!(get(&c, &format!("{base}{id}/"), Some(KEY_A)).await.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The one that was left behind settled too: spend equals what the platform charged.
+    converges(&gw, &platform, Duration::from_secs(20)).await;
+    assert_eq!(platform.mock.generations().len(), 81);
+    // An in-flight request at SIGTERM is drained on the same thread.
+    platform.delay("/v1/sora/generate", 500, 1);
+    let in_flight = tokio::spawn(async move { post(&c, &url, Some(KEY_A), SORA).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    assert_eq!(in_flight.await.unwrap().status, 201);
+    let status = tokio::task::spawn_blocking(move || gw.wait(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_bad_worker_count_exits_64_naming_the_variable() {
+    for bad in ["0", "two", "-1"] {
+        let out = Command::new(BIN).args(["check-config", "--skip-secrets", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml")]).env("TOKIO_WORKER_THREADS", bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("TOKIO_WORKER_THREADS must be a whole number of at least 1"), "{bad}: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     let platform = Platform::start().await;
