@@ -7,6 +7,8 @@
 # Runs, each under callgrind behind the simulated platform (which runs natively):
 #   - the zero-policy hyper proxy (examples/bare_proxy.rs): the floor for this stack;
 #   - tollgate, status cache off (every poll forwarded), SQLite store, access log on.
+# Both run with WORKERS worker threads (default 1, as in benches/load.sh: tokio's
+# single-threaded scheduler).
 # Warms each up with 500 polls, zeroes the counters, sends N more (h2load, 8 connections,
 # HTTP/1.1), and divides the instructions of all the process's threads by N. Then prints
 # tollgate's heaviest own frames, inclusive, per request.
@@ -19,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
+export TOKIO_WORKER_THREADS=${WORKERS:-1}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
 command -v h2load >/dev/null || { echo "needs h2load (apt-get install nghttp2-client)"; exit 1; }
 cargo build --release --quiet --bins --examples
