@@ -10,11 +10,17 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-// The same runtime choice as tollgate's, so this stays a fair floor: one worker
-// (`TOKIO_WORKER_THREADS=1`) gets tokio's single-threaded scheduler.
+// The same runtime choice as tollgate's, so this stays a fair floor: `TOKIO_WORKER_THREADS`
+// workers or one per usable core, and tokio's single-threaded scheduler for one.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let one = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
-    let mut builder = if one { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let n = match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => v.trim().parse()?,
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let mut builder = if n == 1 { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    if n > 1 {
+        builder.worker_threads(n);
+    }
     builder.enable_all().build()?.block_on(serve())
 }
 

@@ -347,24 +347,23 @@ fn main() -> ExitCode {
     rt.block_on(async_main())
 }
 
-/// The async runtime for `TOKIO_WORKER_THREADS`: one worker per core when unset. One worker
-/// gets tokio's single-threaded scheduler, an event loop like one nginx worker: on the same
-/// thread the multi-threaded scheduler spends about a fifth more CPU per forwarded request on
-/// its cross-thread queues and wake-up bookkeeping, which one thread never needs.
+/// The async runtime: `TOKIO_WORKER_THREADS` workers, or one per core this process may use
+/// (its CPU affinity and cgroup quota count). One worker gets tokio's single-threaded
+/// scheduler, an event loop like one nginx worker: on one thread the multi-threaded
+/// scheduler's cross-thread queues and wake-ups cost about a fifth more CPU per forwarded
+/// request and buy nothing.
 fn runtime(workers: Option<&str>) -> anyhow::Result<tokio::runtime::Runtime> {
     let n = match workers.map(|v| v.trim().parse::<usize>()) {
-        None => None,
-        Some(Ok(n)) if n > 0 => Some(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Some(Ok(n)) if n > 0 => n,
         Some(_) => anyhow::bail!("TOKIO_WORKER_THREADS must be a whole number of at least 1, got {:?}", workers.unwrap_or_default()),
     };
-    let mut builder = match n {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    let mut builder = if n == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(n);
+        b
     };
     Ok(builder.enable_all().build()?)
 }

@@ -33,10 +33,16 @@ impl Proc {
 
     fn spawn_path(path: &std::path::Path, extra_env: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"]).arg(path).env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(["run", "--config"]).arg(path);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
+        Proc::spawn_command(cmd)
+    }
+
+    /// Starts `cmd` (a `tollgate run`, perhaps behind a wrapper such as `taskset`).
+    fn spawn_command(mut cmd: Command) -> Proc {
+        cmd.env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
@@ -292,6 +298,29 @@ async fn one_worker_thread_serves_the_paid_path_and_drains() {
     assert_eq!(in_flight.await.unwrap().status, 201);
     let status = tokio::task::spawn_blocking(move || gw.wait(Duration::from_secs(10))).await.unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Without `TOKIO_WORKER_THREADS`, the worker count follows the cores the process may use: one
+/// pinned to one core (a sidecar with a one-CPU limit) gets the single-threaded scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_count_follows_the_cores_the_process_may_use() {
+    if Command::new("taskset").arg("-V").output().is_err() {
+        eprintln!("skipped: taskset (util-linux) is not installed");
+        return;
+    }
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(platform.addr, "", &default_tenants())).unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (cpus, workers, scheduler) in [("0".to_string(), 1, "single-threaded"), (format!("0-{}", cores - 1), cores, if cores == 1 { "single-threaded" } else { "multi-threaded" })] {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpus, BIN, "run", "--config"]).arg(&path).env_remove("TOKIO_WORKER_THREADS");
+        let gw = Proc::spawn_command(cmd);
+        let serving = gw.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["message"] == "tollgate serving").unwrap();
+        assert_eq!((serving["workers"].as_u64(), serving["scheduler"].as_str()), (Some(workers as u64), Some(scheduler)), "cpus {cpus}: {serving}");
+        assert_eq!(post(&client(), &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    }
 }
 
 #[test]
