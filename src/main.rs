@@ -350,8 +350,8 @@ fn main() -> ExitCode {
 /// The async runtime: `TOKIO_WORKER_THREADS` workers, or one per core this process may use
 /// (its CPU affinity and cgroup quota count). One worker gets tokio's single-threaded
 /// scheduler, an event loop like one nginx worker: on one thread the multi-threaded
-/// scheduler's cross-thread queues and wake-ups cost about a fifth more CPU per forwarded
-/// request and buy nothing.
+/// scheduler's machinery for sharing work between threads buys nothing and cost about a fifth
+/// more CPU per forwarded request.
 fn runtime(workers: Option<&str>) -> anyhow::Result<tokio::runtime::Runtime> {
     let n = match workers.map(|v| v.trim().parse::<usize>()) {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
