@@ -22,6 +22,8 @@ struct Proc {
     lines: Arc<Mutex<Vec<String>>>,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The `tollgate serving` start-up line.
+    serving: serde_json::Value,
 }
 
 impl Proc {
@@ -54,14 +56,10 @@ impl Proc {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let found = lines.lock().unwrap().iter().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["message"] == "tollgate serving").then(|| {
-                    (v["listen"].as_str().unwrap().parse().unwrap(), v["admin"].as_str().unwrap().parse().unwrap())
-                })
-            });
-            if let Some((addr, admin)) = found {
-                return Proc { child, lines, addr, admin };
+            let found = lines.lock().unwrap().iter().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v["message"] == "tollgate serving"));
+            if let Some(serving) = found {
+                let (addr, admin) = (serving["listen"].as_str().unwrap().parse().unwrap(), serving["admin"].as_str().unwrap().parse().unwrap());
+                return Proc { child, lines, addr, admin, serving };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("tollgate exited early with {status}: {:?}", lines.lock().unwrap());
@@ -263,7 +261,7 @@ async fn one_worker_thread_serves_the_paid_path_and_drains() {
     let dir = temp_dir();
     let config = fast_reconcile(&sqlite_config(platform.addr, &dir.join("tollgate.db"), &default_tenants()), 2, 300);
     let mut gw = Proc::spawn(&config, &dir, &[("TOKIO_WORKER_THREADS", "1")]);
-    let serving = gw.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["message"] == "tollgate serving").unwrap();
+    let serving = &gw.serving;
     assert_eq!((serving["workers"].as_u64(), serving["scheduler"].as_str()), (Some(1), Some("single-threaded")), "{serving}");
     let c = client();
     // A client that leaves while the platform is still answering: the forward runs to its end.
@@ -317,7 +315,7 @@ async fn the_worker_count_follows_the_cores_the_process_may_use() {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", &cpus, BIN, "run", "--config"]).arg(&path).env_remove("TOKIO_WORKER_THREADS");
         let gw = Proc::spawn_command(cmd);
-        let serving = gw.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|v| v["message"] == "tollgate serving").unwrap();
+        let serving = &gw.serving;
         assert_eq!((serving["workers"].as_u64(), serving["scheduler"].as_str()), (Some(workers as u64), Some(scheduler)), "cpus {cpus}: {serving}");
         assert_eq!(post(&client(), &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     }
