@@ -10,18 +10,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-// The same runtime choice as tollgate's, so this stays a fair floor: `TOKIO_WORKER_THREADS`
-// workers or one per usable core, and tokio's single-threaded scheduler for one.
+// The same runtime as tollgate's (`tollgate::workers`), so this stays a fair floor.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n = match std::env::var("TOKIO_WORKER_THREADS") {
-        Ok(v) => v.trim().parse()?,
-        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    let mut builder = if n == 1 { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
-    if n > 1 {
-        builder.worker_threads(n);
-    }
-    builder.enable_all().build()?.block_on(serve())
+    tollgate::workers::runtime_from_env()?.block_on(serve())
 }
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {

@@ -44,6 +44,7 @@ pub mod upload;
 pub mod usage;
 pub mod upstream;
 pub mod webhooks;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -176,13 +176,14 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             }
         }
     });
+    let runtime = tokio::runtime::Handle::current();
     tracing::info!(
         listen = %listeners.tenant.local_addr()?,
         tls = config.server.tls.is_some(),
         admin = %listeners.admin.local_addr()?,
         store = gateway.store().backend(),
-        workers = tokio::runtime::Handle::current().metrics().num_workers(),
-        scheduler = match tokio::runtime::Handle::current().runtime_flavor() {
+        workers = runtime.metrics().num_workers(),
+        scheduler = match runtime.runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
             _ => "multi-threaded",
         },
@@ -337,7 +338,7 @@ fn keygen(webhook_secret: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let rt = match runtime(std::env::var("TOKIO_WORKER_THREADS").ok().as_deref()) {
+    let rt = match tollgate::workers::runtime_from_env() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: {e}");
@@ -345,27 +346,6 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async_main())
-}
-
-/// The async runtime: `TOKIO_WORKER_THREADS` workers, or one per core this process may use
-/// (its CPU affinity and cgroup quota count). One worker gets tokio's single-threaded
-/// scheduler, an event loop like one nginx worker: on one thread the multi-threaded
-/// scheduler's machinery for sharing work between threads buys nothing and cost about a fifth
-/// more CPU per forwarded request.
-fn runtime(workers: Option<&str>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let n = match workers.map(|v| v.trim().parse::<usize>()) {
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => anyhow::bail!("TOKIO_WORKER_THREADS must be a whole number of at least 1, got {:?}", workers.unwrap_or_default()),
-    };
-    let mut builder = if n == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(n);
-        b
-    };
-    Ok(builder.enable_all().build()?)
 }
 
 async fn async_main() -> ExitCode {
