@@ -7,12 +7,21 @@
 //! read, follows body framing to find the next head, and raises a per-connection flag that the
 //! gateway turns into a 400. It never changes the bytes; on anything it does not understand
 //! (HTTP/2, upgrades, malformed framing — which hyper refuses anyway) it stops watching.
+//!
+//! Because it knows where each head begins, it also tells the connection's watchdog when a
+//! head after the first one has begun but not arrived whole ([`Signals::partial_head_since`]):
+//! the head deadline runs from that first byte (as nginx's `client_header_timeout` does for
+//! keep-alive requests), so a keep-alive connection that is merely idle gets the idle timeout,
+//! and a dribbled later head still gets the head deadline. hyper's own `header_read_timeout`
+//! would instead start a timer at the end of every response, closing idle keep-alive
+//! connections at the head deadline (and logging them as refused heads).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -24,6 +33,47 @@ const MAX_HEADERS: usize = 128;
 /// Marker put in request extensions when the connection carried an ambiguous request.
 #[derive(Debug, Clone, Copy)]
 pub struct AmbiguousFraming;
+
+/// What the follower tells the rest of the connection. Only atomics on the request path; the
+/// notification is sent only when a later head arrives in pieces.
+#[derive(Debug)]
+pub struct Signals {
+    /// An ambiguous request was seen on this connection.
+    pub ambiguous: AtomicBool,
+    /// Microseconds after `origin`, plus one, when the head now being read began; 0 when no
+    /// head after the first is partly read.
+    partial_since: AtomicU64,
+    origin: Instant,
+    /// Woken when a later head begins without completing, so a watchdog can bring its deadline
+    /// forward.
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Signals {
+    /// Signals for a connection accepted at `origin`, waking `wake` when a later head begins.
+    pub fn new(origin: Instant, wake: Arc<tokio::sync::Notify>) -> Self {
+        Signals { ambiguous: AtomicBool::new(false), partial_since: AtomicU64::new(0), origin, wake }
+    }
+
+    /// When the head being read began, if it is a later head (not the connection's first) that
+    /// has not arrived whole yet.
+    pub fn partial_head_since(&self) -> Option<Instant> {
+        match self.partial_since.load(Ordering::Acquire) {
+            0 => None,
+            us => Some(self.origin + Duration::from_micros(us - 1)),
+        }
+    }
+
+    fn head_begun(&self) {
+        let us = self.origin.elapsed().as_micros() as u64 + 1;
+        self.partial_since.store(us, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn head_complete(&self) {
+        self.partial_since.store(0, Ordering::Release);
+    }
+}
 
 #[derive(Debug)]
 enum State {
@@ -40,16 +90,21 @@ enum State {
 #[derive(Debug)]
 pub struct Framing {
     state: State,
-    ambiguous: Arc<AtomicBool>,
+    signals: Arc<Signals>,
+    /// A head has been read whole on this connection (its first one's deadline is the
+    /// watchdog's from accept).
+    spoke: bool,
+    /// `signals` holds this head's start.
+    partial: bool,
     /// The last head's buffer, cleared, for the next head: one allocation per connection
     /// rather than a fresh, regrown one per request.
     spare: Vec<u8>,
 }
 
 impl Framing {
-    /// A follower raising `ambiguous`.
-    pub fn new(ambiguous: Arc<AtomicBool>) -> Self {
-        Framing { state: State::Head(Vec::new()), ambiguous, spare: Vec::new() }
+    /// A follower reporting to `signals`.
+    pub fn new(signals: Arc<Signals>) -> Self {
+        Framing { state: State::Head(Vec::new()), signals, spoke: false, partial: false, spare: Vec::new() }
     }
 
     /// Feeds bytes read from the client.
@@ -72,6 +127,10 @@ impl Framing {
                     let Some(end) = end else {
                         if before == 0 {
                             buf.extend_from_slice(data);
+                            if self.spoke {
+                                self.signals.head_begun();
+                                self.partial = true;
+                            }
                         }
                         if buf.len() > MAX_HEAD {
                             self.state = State::Off;
@@ -79,6 +138,11 @@ impl Framing {
                         return;
                     };
                     let head_len = end + 4;
+                    self.spoke = true;
+                    if self.partial {
+                        self.partial = false;
+                        self.signals.head_complete();
+                    }
                     let mut spare = std::mem::take(buf);
                     self.state = if before == 0 { self.after_head(&data[..head_len]) } else { self.after_head(&spare[..head_len]) };
                     spare.clear();
@@ -173,7 +237,7 @@ impl Framing {
             }
         }
         if te && length.is_some() {
-            self.ambiguous.store(true, Ordering::Relaxed);
+            self.signals.ambiguous.store(true, Ordering::Relaxed);
         }
         match (te, chunked, length) {
             (true, true, _) => State::ChunkSize(Vec::new()),
@@ -192,8 +256,8 @@ pub struct Watched<IO> {
 
 impl<IO> Watched<IO> {
     /// Wraps a connection.
-    pub fn new(io: IO, ambiguous: Arc<AtomicBool>) -> Self {
-        Watched { io, framing: Framing::new(ambiguous) }
+    pub fn new(io: IO, signals: Arc<Signals>) -> Self {
+        Watched { io, framing: Framing::new(signals) }
     }
 }
 
@@ -231,13 +295,46 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 mod tests {
     use super::*;
 
+    fn signals() -> Arc<Signals> {
+        Arc::new(Signals::new(Instant::now(), Arc::new(tokio::sync::Notify::new())))
+    }
+
     fn run(parts: &[&[u8]]) -> (bool, bool) {
-        let flag = Arc::new(AtomicBool::new(false));
-        let mut f = Framing::new(flag.clone());
+        let signals = signals();
+        let mut f = Framing::new(signals.clone());
         for p in parts {
             f.feed(p);
         }
-        (flag.load(Ordering::Relaxed), matches!(f.state, State::Off))
+        (signals.ambiguous.load(Ordering::Relaxed), matches!(f.state, State::Off))
+    }
+
+    #[test]
+    fn a_later_head_in_pieces_is_reported_from_its_first_byte_until_whole() {
+        let s = signals();
+        let mut f = Framing::new(s.clone());
+        // The first head's deadline is the watchdog's own (from accept): not reported.
+        f.feed(b"GET /a HTTP/1.1\r\nHo");
+        assert_eq!(s.partial_head_since(), None);
+        f.feed(b"st: x\r\n\r\n");
+        // A later head arriving whole in one read costs nothing.
+        f.feed(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(s.partial_head_since(), None);
+        // One in pieces is reported from its first piece, and the watchdog is woken once.
+        let before = Instant::now();
+        f.feed(b"GET /c HTTP/1.1\r\n");
+        let since = s.partial_head_since().expect("reported");
+        assert!(since >= before.checked_sub(Duration::from_millis(1)).unwrap() && since <= Instant::now());
+        f.feed(b"X-A: b\r\n");
+        assert_eq!(s.partial_head_since(), Some(since), "the start stays the first byte's");
+        f.feed(b"\r\n");
+        assert_eq!(s.partial_head_since(), None);
+        // After a body, the next head is a later head too.
+        f.feed(b"POST /d HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /e HTTP/1.1\r\n");
+        assert!(s.partial_head_since().is_some());
+        let woken = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+            tokio::time::timeout(Duration::from_millis(100), s.wake.notified()).await.is_ok()
+        });
+        assert!(woken);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Stage 0: accepting connections. hyper-util's auto builder serves HTTP/1.1 and HTTP/2 (h2c
-//! prior knowledge) on one port. Around it, every connection gets:
-//! - a deadline from accept to its first complete request head. hyper's own
-//!   `header_read_timeout` only starts once HTTP/1 was detected, so a socket that never speaks,
-//!   or sends half an HTTP/2 preface, would otherwise hold its slot forever;
+//! prior knowledge) on one port. Around it, every connection gets a watchdog with:
+//! - a deadline from accept to its first complete request head (a socket that never speaks, or
+//!   sends half an HTTP/2 preface, included);
+//! - the same deadline for each later HTTP/1 head, counted from the head's first byte (the
+//!   framing follower reports it). hyper's `header_read_timeout` is off: it starts a timer at
+//!   the end of every response, so it closed merely idle keep-alive connections at the head
+//!   deadline, and cost a timer per request;
 //! - an idle timeout (`idle_timeout`) once no request is in flight, for HTTP/1 keep-alive and
 //!   HTTP/2 alike (HTTP/2 gets a GOAWAY);
 //! - a slot under `max_connections`. At the cap, the oldest connection that has not yet sent a
@@ -17,7 +20,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::framing::{AmbiguousFraming, Watched};
+use crate::framing::{AmbiguousFraming, Signals, Watched};
 
 /// Most request headers accepted (more: 431).
 pub const MAX_HEADERS: usize = 100;
@@ -47,7 +50,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 /// Listener settings.
 #[derive(Clone)]
 pub struct ServerOptions {
-    /// From accept to the first complete request head; also hyper's limit for later heads.
+    /// From accept to the first complete request head; for a later head, from its first byte.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
@@ -222,7 +225,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // The watchdog below keeps the head deadlines (see the module docs).
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES);
@@ -271,11 +275,11 @@ where
         let evict = Arc::new(Notify::new());
         silent.push(activity.clone(), evict.clone());
         let h = service.clone();
-        let ambiguous = Arc::new(AtomicBool::new(false));
-        let flag = ambiguous.clone();
+        let signals = Arc::new(Signals::new(activity.started, evict.clone()));
+        let flag = signals.clone();
         let act = activity.clone();
         let svc = service_fn(move |mut req: Request<Incoming>| {
-            if flag.load(Ordering::Relaxed) {
+            if flag.ambiguous.load(Ordering::Relaxed) {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
             req.extensions_mut().insert(PeerAddr(peer));
@@ -316,13 +320,14 @@ where
                     }
                 }
             };
-            let io = TokioIo::new(Watched::new(io, ambiguous));
+            let io = TokioIo::new(Watched::new(io, signals.clone()));
             let conn = builder.serve_connection(io, svc).into_owned();
             let mut conn = std::pin::pin!(conn);
             let mut closing = false;
             // The watchdog's timer is lazy: requests only update atomics, and each time the
-            // timer fires it works out the next deadline (the first head's, then the idle one)
-            // from them. One timer per idle period, not a wake-up and a new timer per request.
+            // timer fires it works out the next deadline (the first head's, then the idle one,
+            // or a later head's) from them. One timer per idle period, not a wake-up and a new
+            // timer per request. `evict` also wakes it when a later head begins in pieces.
             let head_deadline = activity.started + opts.header_read_timeout;
             let mut wake = activity.started + opts.header_read_timeout.min(opts.idle_timeout);
             loop {
@@ -340,6 +345,11 @@ where
                         closing = true;
                     }
                     _ = evict.notified() => {
+                        // A later head has begun: its deadline may come before the idle one.
+                        if let Some(since) = signals.partial_head_since() {
+                            wake = wake.min(since + opts.header_read_timeout);
+                            continue;
+                        }
                         // Evicted while silent; a connection that spoke meanwhile stays.
                         if activity.seen.load(Ordering::Acquire) == 0 {
                             refuse(503, "evicted_at_capacity");
@@ -359,8 +369,17 @@ where
                             wake = Instant::now() + opts.idle_timeout;
                             continue;
                         }
-                        let until = activity.idle_since() + opts.idle_timeout;
-                        if until > Instant::now() {
+                        let now = Instant::now();
+                        let mut until = activity.idle_since() + opts.idle_timeout;
+                        if let Some(since) = signals.partial_head_since() {
+                            let head_deadline = since + opts.header_read_timeout;
+                            if head_deadline <= now {
+                                refuse(408, "header_timeout");
+                                break;
+                            }
+                            until = until.min(head_deadline);
+                        }
+                        if until > now {
                             wake = until;
                             continue;
                         }

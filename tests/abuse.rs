@@ -331,6 +331,78 @@ async fn idle_http2_and_keep_alive_connections_are_closed() {
     gw.shutdown().await;
 }
 
+/// Reads from `s` until it closes; the time it took, or `None` if still open after `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_lives_until_the_idle_timeout_not_the_head_deadline() {
+    // The head deadline is for a head that has begun; a keep-alive connection with nothing in
+    // flight and nothing sent is idle, and idle connections get `idle_timeout_secs`.
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 3", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Past the head deadline, the connection still serves a second request…
+    assert_eq!(closed_within(&mut s, Duration::from_millis(1600)).await, None, "closed at the head deadline while idle");
+    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // …and closes once idle for the idle timeout, without a 408 in the access log.
+    let closed = closed_within(&mut s, Duration::from_secs(6)).await.expect("closed after the idle timeout");
+    assert!(closed >= Duration::from_millis(2500), "{closed:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = gw.log_lines();
+    assert_eq!(lines.iter().filter(|l| l["status"] == 200).count(), 2);
+    assert!(!lines.iter().any(|l| l["status"] == 408), "an idle close is not a refused head: {lines:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_later_head_that_dribbles_is_closed_at_the_head_deadline() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 30", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Idle for a while first: the deadline runs from the head's first byte, not the last answer.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET /v1/data/balance HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..20 {
+            if wr.write_all(b"x-a: b\r\n").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(4), rd.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a dribbled head kept its connection past the deadline");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{took:?}");
+    assert!(rest.is_empty(), "closed without an answer: {:?}", String::from_utf8_lossy(&rest));
+    dribble.abort();
+    eventually(Duration::from_secs(2), || gw.log_lines().iter().any(|l| l["outcome"] == "header_timeout" && l["status"] == 408)).await;
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_admin_probes_answer_while_silent_sockets_fill_its_cap() {
     let platform = Platform::start().await;
