@@ -428,7 +428,7 @@ impl Gateway {
                 return Err(runtime.family_not_enabled(*f));
             }
         }
-        let peer = req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip());
+        let peer = peer_ip(&req);
         let tenant = self.authenticate(&runtime, req.headers(), peer)?;
         ctx.tenant = Some(tenant.id.clone());
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
@@ -461,6 +461,13 @@ impl Gateway {
     }
 }
 
+/// The client's address: from the binary listener's body type, else from a `PeerAddr` extension
+/// an embedder put there.
+fn peer_ip<B: 'static>(req: &Request<B>) -> Option<std::net::IpAddr> {
+    let listener = (req.body() as &dyn std::any::Any).downcast_ref::<crate::server::Lingering>().map(|b| b.peer().ip());
+    listener.or_else(|| req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +479,17 @@ mod tests {
         assert!(!is_sane_request_id(&HeaderValue::from_static("")));
         assert!(!is_sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
         assert_eq!(request_id_header(None).len(), 36);
+    }
+
+    #[test]
+    fn the_peer_comes_from_the_listener_body_or_an_embedder_extension() {
+        let addr: std::net::SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let listener = Request::new(crate::server::Lingering::new(None, addr));
+        assert_eq!(peer_ip(&listener), Some(addr.ip()));
+        let mut embedded = Request::new(String::new());
+        assert_eq!(peer_ip(&embedded), None);
+        embedded.extensions_mut().insert(crate::server::PeerAddr(addr));
+        assert_eq!(peer_ip(&embedded), Some(addr.ip()));
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub struct ServerOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// The client's address, put in every request's extensions.
+/// A client's address as a request extension: how an embedder's own server tells the gateway
+/// who is calling (its listener's requests carry it in [`Lingering`] instead, which costs no
+/// extension map per request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -86,32 +88,46 @@ const LINGER_IDLE: Duration = Duration::from_secs(5);
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
 /// A request body that, when dropped unread (an early 401, 413, 429 …), keeps draining in the
-/// background within the linger limits.
-pub struct Lingering(Option<Incoming>);
+/// background within the linger limits. It also carries the client's address.
+pub struct Lingering {
+    body: Option<Incoming>,
+    peer: SocketAddr,
+}
+
+impl Lingering {
+    pub(crate) fn new(body: Option<Incoming>, peer: SocketAddr) -> Self {
+        Lingering { body, peer }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
 
 impl http_body::Body for Lingering {
     type Data = bytes::Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        match self.0.as_mut() {
+        match self.body.as_mut() {
             Some(b) => std::pin::Pin::new(b).poll_frame(cx),
             None => std::task::Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+        self.body.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.0.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+        self.body.as_ref().map(|b| b.size_hint()).unwrap_or_default()
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let Some(mut body) = self.0.take().filter(|b| !http_body::Body::is_end_stream(b)) else { return };
+        let Some(mut body) = self.body.take().filter(|b| !http_body::Body::is_end_stream(b)) else { return };
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         rt.spawn(async move {
             use http_body_util::BodyExt;
@@ -282,11 +298,10 @@ where
             if flag.ambiguous.load(Ordering::Relaxed) {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
-            req.extensions_mut().insert(PeerAddr(peer));
             act.seen.fetch_add(1, Ordering::AcqRel);
             act.active.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(act.clone());
-            let fut = tower::ServiceExt::oneshot(h.clone(), req.map(|b| Lingering(Some(b))));
+            let fut = tower::ServiceExt::oneshot(h.clone(), req.map(|b| Lingering::new(Some(b), peer)));
             async move {
                 let rsp = fut.await;
                 drop(in_flight);

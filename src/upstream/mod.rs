@@ -204,7 +204,7 @@ impl Upstream {
         req
     }
 
-    async fn attempt(&self, req: Request<Full<Bytes>>, budget: Duration) -> Result<UpstreamResponse, UpstreamError> {
+    async fn attempt(&self, req: Request<Full<Bytes>>, deadline: Instant) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
         let fut = async {
             let rsp = self.client.request(req).await.map_err(|e| classify(&e))?;
@@ -216,7 +216,7 @@ impl Upstream {
                 .to_bytes();
             Ok(UpstreamResponse { status: parts.status, headers: parts.headers, body, latency: started.elapsed() })
         };
-        match tokio::time::timeout(budget, fut).await {
+        match tokio::time::timeout_at(deadline.into(), fut).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout),
         }
@@ -296,8 +296,7 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             let permit = self.circuit.try_acquire().map_err(|retry_after_secs| UpstreamError::CircuitOpen { retry_after_secs })?;
-            let budget = deadline.saturating_duration_since(Instant::now());
-            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, trace, body.clone()), budget).await;
+            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, trace, body.clone()), deadline).await;
             let failed = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 Err(_) => true,
