@@ -17,7 +17,12 @@
 # (utime+stime from /proc over the run, divided by the requests wrk completed). Prints a table,
 # the ratios against nginx, then tollgate's RSS idle and under 20 concurrent 10 MiB uploads.
 #
-# Needs: wrk and nginx (apt-get install wrk nginx). Usage: [WORKERS=n] bash benches/load.sh [seconds]
+# TOLLGATE_BIN measures another build of the gateway in rows (d) and (e), e.g. the one
+# scripts/build-pgo makes (target/pgo/release/tollgate); everything else stays the plain
+# release build, the simulated platform included.
+#
+# Needs: wrk and nginx (apt-get install wrk nginx).
+# Usage: [WORKERS=n] [TOLLGATE_BIN=path] bash benches/load.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -27,6 +32,8 @@ command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)"; exi
 
 cargo build --release --quiet --bins --examples
 BIN=target/release/tollgate
+GATEWAY=${TOLLGATE_BIN:-$BIN}
+[ -x "$GATEWAY" ] || { echo "no gateway binary at $GATEWAY"; exit 1; }
 BARE=target/release/examples/bare_proxy
 WORK=$(mktemp -d /tmp/tollgate-load.XXXXXX)
 PIDS=()
@@ -104,13 +111,13 @@ requests_per_second = 1000000
 burst = 1000000
 generations_per_minute = 1000000
 EOF
-TOKIO_WORKER_THREADS=$WORKERS RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
+TOKIO_WORKER_THREADS=$WORKERS RUNBLOB_TOKEN=$TOKEN $GATEWAY run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
 TPID=$!
 PIDS+=($TPID)
 # The same gateway with the status cache off: every poll goes to the platform, as through nginx.
 sed -e "s/127.0.0.1:$T_PORT/127.0.0.1:$U_PORT/" -e "s/127.0.0.1:$A_PORT/127.0.0.1:$UA_PORT/" -e "s#tollgate.db#nocache.db#" \
     -e 's/^token_env = "RUNBLOB_TOKEN"/token_env = "RUNBLOB_TOKEN"\nstatus_cache_ms = 0/' "$WORK/tollgate.toml" >"$WORK/nocache.toml"
-TOKIO_WORKER_THREADS=$WORKERS RUNBLOB_TOKEN=$TOKEN $BIN run --config "$WORK/nocache.toml" >"$WORK/nocache.log" 2>&1 &
+TOKIO_WORKER_THREADS=$WORKERS RUNBLOB_TOKEN=$TOKEN $GATEWAY run --config "$WORK/nocache.toml" >"$WORK/nocache.log" 2>&1 &
 UPID=$!
 PIDS+=($UPID)
 wait_port $P_PORT; wait_port $N_PORT; wait_port $T_PORT; wait_port $U_PORT; wait_port $B_PORT
@@ -215,6 +222,7 @@ HWM=$(awk '/VmHWM/ {print $2}' /proc/$TPID/status)
 BODY_BYTES=$(stat -c %s "$WORK/body_10m.json")
 
 echo "worker threads per proxy: $WORKERS"
+echo "gateway binary: $GATEWAY"
 printf '\n%-24s %10s %9s %9s %7s %12s\n' workload req/s p50_ms p99_ms non2xx cpu_us/req
 for w in status gensmall gen1m gen10m; do
   names="direct nginx bare tollgate_nocache"; [ $w = status ] && names="direct nginx bare tollgate_nocache tollgate"
