@@ -127,10 +127,12 @@ impl Framing {
                     let Some(end) = end else {
                         if before == 0 {
                             buf.extend_from_slice(data);
-                            if self.spoke {
-                                self.signals.head_begun();
-                                self.partial = true;
-                            }
+                        }
+                        // A later head has begun with its first byte that is not one of the blank
+                        // lines a client may send between requests (which hyper skips).
+                        if self.spoke && !self.partial && buf.iter().any(|&b| b != b'\r' && b != b'\n') {
+                            self.signals.head_begun();
+                            self.partial = true;
                         }
                         if buf.len() > MAX_HEAD {
                             self.state = State::Off;
@@ -345,6 +347,13 @@ mod tests {
         assert!(since >= before.checked_sub(Duration::from_millis(1)).unwrap() && since <= Instant::now());
         f.feed(b"X-A: b\r\n");
         assert_eq!(s.partial_head_since(), Some(since), "the start stays the first byte's");
+        f.feed(b"\r\n");
+        assert_eq!(s.partial_head_since(), None);
+        // Blank lines between requests are not a head.
+        f.feed(b"\r\n");
+        assert_eq!(s.partial_head_since(), None);
+        f.feed(b"GET /c2 HTTP/1.1\r\n");
+        assert!(s.partial_head_since().is_some());
         f.feed(b"\r\n");
         assert_eq!(s.partial_head_since(), None);
         // After a body, the next head is a later head too.
