@@ -168,6 +168,9 @@ async fn lists_show_only_the_tenants_own_generations() {
         mine.push(create(&c, &gw, KEY_A).await);
         let theirs = create(&c, &gw, KEY_B).await;
         assert_ne!(mine[i], theirs);
+        // Lists are ordered by creation time in milliseconds, equal times by id (the store
+        // contract); an optimised build creates several generations within one millisecond.
+        tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let r = get(&c, &gw.url("/v1/sora/generations"), Some(KEY_A)).await;
     assert_eq!(r.status, 200);
