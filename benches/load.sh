@@ -133,18 +133,7 @@ sleep 1
 IDLE_RSS=$(awk '/VmRSS/ {print $2}' /proc/$TPID/status)
 
 # Bodies: a PNG padded to 1 MiB and to 10 MiB, base64 in a Sora image-to-video request.
-python3 - "$WORK" <<'EOF'
-import base64, struct, sys, zlib
-def png(w, h, size):
-    ihdr = struct.pack(">II5B", w, h, 8, 6, 0, 0, 0)
-    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    pad = size - len(head) - 12 - 12
-    text = b"tEXt" + b"a" * pad
-    return head + struct.pack(">I", pad) + text + struct.pack(">I", zlib.crc32(text)) + struct.pack(">I", 0) + b"IEND" + b"\xaeB`\x82"
-for name, size in (("1m", 1 << 20), ("10m", 10 << 20)):
-    img = base64.b64encode(png(1920, 1080, size)).decode()
-    open(f"{sys.argv[1]}/body_{name}.json", "w").write('{"prompt":"animate","image_base64":"%s"}' % img)
-EOF
+image_bodies "$WORK"
 
 cat >"$WORK/get.lua" <<EOF
 wrk.headers["Authorization"] = "Bearer $KEY"

@@ -64,3 +64,21 @@ burst = 1000000
 generations_per_minute = 1000000
 TOML
 }
+
+# image_bodies DIR: writes DIR/body_1m.json and DIR/body_10m.json, Sora image-to-video requests
+# whose image is a 1920x1080 PNG padded to 1 MiB and to 10 MiB, base64 (benches/load.sh and
+# scripts/build-pgo send them).
+image_bodies() {
+  python3 - "$1" <<'EOF'
+import base64, struct, sys, zlib
+def png(w, h, size):
+    ihdr = struct.pack(">II5B", w, h, 8, 6, 0, 0, 0)
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    pad = size - len(head) - 12 - 12
+    text = b"tEXt" + b"a" * pad
+    return head + struct.pack(">I", pad) + text + struct.pack(">I", zlib.crc32(text)) + struct.pack(">I", 0) + b"IEND" + b"\xaeB`\x82"
+for name, size in (("1m", 1 << 20), ("10m", 10 << 20)):
+    img = base64.b64encode(png(1920, 1080, size)).decode()
+    open(f"{sys.argv[1]}/body_{name}.json", "w").write('{"prompt":"animate","image_base64":"%s"}' % img)
+EOF
+}
