@@ -344,6 +344,8 @@ where
             // or a later head's) from them. One timer per idle period, not a wake-up and a new
             // timer per request. `evict` also wakes it when a later head begins in pieces.
             let head_deadline = activity.started + opts.header_read_timeout;
+            // A later head's deadline, once one has begun in pieces.
+            let later_head_deadline = || signals.partial_head_since().map(|since| since + opts.header_read_timeout);
             let mut wake = activity.started + opts.header_read_timeout.min(opts.idle_timeout);
             loop {
                 tokio::select! {
@@ -361,8 +363,8 @@ where
                     }
                     _ = evict.notified() => {
                         // A later head has begun: its deadline may come before the idle one.
-                        if let Some(since) = signals.partial_head_since() {
-                            wake = wake.min(since + opts.header_read_timeout);
+                        if let Some(deadline) = later_head_deadline() {
+                            wake = wake.min(deadline);
                             continue;
                         }
                         // Evicted while silent; a connection that spoke meanwhile stays.
@@ -386,13 +388,12 @@ where
                         }
                         let now = Instant::now();
                         let mut until = activity.idle_since() + opts.idle_timeout;
-                        if let Some(since) = signals.partial_head_since() {
-                            let head_deadline = since + opts.header_read_timeout;
-                            if head_deadline <= now {
+                        if let Some(deadline) = later_head_deadline() {
+                            if deadline <= now {
                                 refuse(408, "header_timeout");
                                 break;
                             }
-                            until = until.min(head_deadline);
+                            until = until.min(deadline);
                         }
                         if until > now {
                             wake = until;

@@ -344,23 +344,34 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
+/// A gateway with a 1 s head deadline and `idle` as its idle timeout.
+async fn one_second_head_deadline(platform: &Platform, idle: &str) -> TestGateway {
+    TestGateway::start(&config_text(platform.addr, idle, &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await
+}
+
+/// Sends a whole balance request on keep-alive connection `s` and checks its 200.
+async fn balance_is_served(s: &mut TcpStream) {
+    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_lives_until_the_idle_timeout_not_the_head_deadline() {
     // The head deadline is for a head that has begun; a keep-alive connection with nothing in
     // flight and nothing sent is idle, and idle connections get `idle_timeout_secs`.
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 3", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await;
+    let gw = one_second_head_deadline(&platform, "idle_timeout_secs = 3").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    balance_is_served(&mut s).await;
     // Past the head deadline, the connection still serves a second request, even one whose
     // head comes in two pieces (well within the deadline of its first byte)…
     assert_eq!(closed_within(&mut s, Duration::from_millis(1600)).await, None, "closed at the head deadline while idle");
     s.write_all(b"GET /v1/data/balance HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.write_all(format!("authorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // …and closes once idle for the idle timeout, without a 408 in the access log.
@@ -376,12 +387,9 @@ async fn an_idle_keep_alive_connection_lives_until_the_idle_timeout_not_the_head
 #[tokio::test]
 async fn a_later_head_that_dribbles_is_closed_at_the_head_deadline() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 30", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await;
+    let gw = one_second_head_deadline(&platform, "idle_timeout_secs = 30").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    balance_is_served(&mut s).await;
     // Idle for a while first: the deadline runs from the head's first byte, not the last answer.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"GET /v1/data/balance HTTP/1.1\r\nhost: x\r\n").await.unwrap();
