@@ -10,9 +10,14 @@ pub type Body = Full<Bytes>;
 
 /// A JSON response with the given bytes.
 pub fn json(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
+    typed(status, HeaderValue::from_static("application/json"), bytes)
+}
+
+/// A response with the given content type and bytes.
+pub fn typed(status: StatusCode, content_type: HeaderValue, bytes: impl Into<Bytes>) -> Response<Body> {
     let mut rsp = Response::new(Full::new(bytes.into()));
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rsp.headers_mut().insert(CONTENT_TYPE, content_type);
     rsp
 }
 

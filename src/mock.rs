@@ -113,6 +113,8 @@ pub struct Recorded {
     pub path: String,
     /// `Authorization` header as received.
     pub authorization: Option<String>,
+    /// `Host` header(s) as received (one, from a well-behaved client).
+    pub host: Vec<String>,
     /// All header names received.
     pub headers: Vec<String>,
     /// `traceparent` and `tracestate` as received.
@@ -362,6 +364,7 @@ impl MockPlatform {
                 method: parts.method.to_string(),
                 path: path.clone(),
                 authorization: parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string),
+                host: parts.headers.get_all(http::header::HOST).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect(),
                 headers: parts.headers.keys().map(|k| k.to_string()).collect(),
                 trace: (
                     parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),

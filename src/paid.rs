@@ -304,11 +304,10 @@ async fn retry_record(gw: Arc<Gateway>, hold: String, charged: Usd, record: Gene
 
 /// A 2xx from the platform, passed through byte for byte with its content type.
 pub(crate) fn passthrough(status: StatusCode, content_type: Option<&HeaderValue>, bytes: Bytes) -> Response<Body> {
-    let mut out = body::json(status, bytes);
-    if let Some(ct) = content_type {
-        out.headers_mut().insert(CONTENT_TYPE, ct.clone());
+    match content_type {
+        Some(ct) => body::typed(status, ct.clone(), bytes),
+        None => body::json(status, bytes),
     }
-    out
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ async fn injects_platform_token_and_strips_tenant_key() {
     let sent = platform.requests_to("/v1/sora/generate");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].authorization.as_deref(), Some(&*format!("Bearer {TOKEN}")));
+    // One Host header: the platform's address, not the gateway's.
+    assert_eq!(sent[0].host, vec![platform.addr.to_string()]);
     for r in platform.requests() {
         assert_ne!(r.authorization.as_deref(), Some(&*format!("Bearer {KEY_A}")));
         assert!(!r.headers.iter().any(|h| h == "cookie" || h == "idempotency-key"), "{:?}", r.headers);

@@ -6,13 +6,14 @@
 //! platform is down and lets one probe through after `circuit_open`.
 
 pub mod circuit;
+pub mod connector;
 pub mod normalize;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 
 use crate::trace::TraceContext;
 use http::uri::PathAndQuery;
@@ -26,6 +27,7 @@ use rand::Rng;
 
 use crate::config::UpstreamConfig;
 use circuit::CircuitBreaker;
+use connector::QuietConnector;
 
 /// Upstream answers are small JSON; anything bigger is not the platform talking.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -88,13 +90,16 @@ pub struct UpstreamResponse {
     pub latency: Duration,
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<QuietConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// The platform client.
 pub struct Upstream {
     client: HttpsClient,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// `Host` for every platform request, made once (hyper-util would format it from the URI
+    /// on every request).
+    host: HeaderValue,
     path_prefix: String,
     auth: HeaderValue,
     timeout: Duration,
@@ -115,6 +120,17 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     } else {
         UpstreamError::Broken(msg)
     }
+}
+
+/// The `Host` header hyper-util would send: the host, and the port unless it is the scheme's
+/// default (no user info).
+fn host_header(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> HeaderValue {
+    let default = if *scheme == http::uri::Scheme::HTTP { 80 } else { 443 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_string(),
+    };
+    HeaderValue::from_str(&host).unwrap_or_else(|_| HeaderValue::from_static("platform.runblob.io"))
 }
 
 /// A path that makes no valid platform URI (never sent).
@@ -140,16 +156,20 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
-            .build(https);
+            .build(QuietConnector(https));
         let parts = cfg.base_url.clone().into_parts();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose()))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token"));
         // Sensitive: hyper's HPACK never indexes it and Debug output hides it.
         auth.set_sensitive(true);
+        let scheme = parts.scheme.unwrap_or(http::uri::Scheme::HTTPS);
+        let authority = parts.authority.unwrap_or_else(|| http::uri::Authority::from_static("platform.runblob.io"));
+        let host = host_header(&scheme, &authority);
         Upstream {
             client,
-            scheme: parts.scheme.unwrap_or(http::uri::Scheme::HTTPS),
-            authority: parts.authority.unwrap_or_else(|| http::uri::Authority::from_static("platform.runblob.io")),
+            scheme,
+            authority,
+            host,
             path_prefix: parts.path_and_query.map(|p| p.path().trim_end_matches('/').to_string()).unwrap_or_default(),
             auth,
             timeout: cfg.timeout,
@@ -189,7 +209,10 @@ impl Upstream {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
+        // Room for every header below at once (an empty map grows, and rehashes, twice).
+        *req.headers_mut() = HeaderMap::with_capacity(8);
         let h = req.headers_mut();
+        h.insert(HOST, self.host.clone());
         // An allow-list: the tenant's Authorization, cookies and Idempotency-Key never go up.
         h.insert(AUTHORIZATION, self.auth.clone());
         h.insert(ACCEPT, HeaderValue::from_static("application/json"));
@@ -334,6 +357,21 @@ mod tests {
         assert!(!UpstreamError::CircuitOpen { retry_after_secs: 1 }.maybe_delivered());
         assert!(UpstreamError::Timeout.maybe_delivered());
         assert!(UpstreamError::Broken("reset".into()).maybe_delivered());
+    }
+
+    #[test]
+    fn the_host_header_is_what_hyper_util_would_send() {
+        let host = |url: &str| {
+            let parts = url.parse::<Uri>().unwrap().into_parts();
+            host_header(&parts.scheme.unwrap(), &parts.authority.unwrap())
+        };
+        assert_eq!(host("http://127.0.0.1:8080/v1"), "127.0.0.1:8080");
+        assert_eq!(host("https://api.runblob.io"), "api.runblob.io");
+        assert_eq!(host("https://api.runblob.io:443"), "api.runblob.io");
+        assert_eq!(host("http://platform:80"), "platform");
+        assert_eq!(host("http://platform:443"), "platform:443");
+        assert_eq!(host("https://user:secret@platform:8443"), "platform:8443");
+        assert_eq!(host("http://[::1]:9000"), "[::1]:9000");
     }
 
     #[test]
