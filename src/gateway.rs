@@ -344,9 +344,6 @@ impl Gateway {
                 e.into_response()
             }
         };
-        // Room for the four headers below at once (a forwarded answer's map is sized to the
-        // platform's headers, so it would grow and rehash on the way).
-        rsp.headers_mut().reserve(4);
         if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::error::RATELIMIT_LIMIT)) {
             set_rate_limit_headers(rsp.headers_mut(), q);
         }

@@ -40,6 +40,8 @@ where
 }
 
 impl<S: Connection> Connection for Quiet<S> {
+    // A fresh `Connected`: the pool's own poison flag starts clear, as the inner one would
+    // (the gateway never poisons a connection).
     fn connected(&self) -> Connected {
         let inner = self.0.connected();
         let quiet = Connected::new().proxy(inner.is_proxied());
