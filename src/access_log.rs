@@ -113,33 +113,26 @@ fn push_or_null<T>(out: &mut Vec<u8>, v: Option<T>, push: impl FnOnce(&mut Vec<u
     }
 }
 
-/// Bytes a JSON string must escape: control characters, quote and backslash.
-static ESCAPE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
+/// A byte a JSON string must escape: a control character, quote or backslash. Comparisons,
+/// not a table, so the clean-string pass below vectorises.
+fn must_escape(c: u8) -> bool {
+    (c < 0x20) | (c == b'"') | (c == b'\\')
+}
 
 /// A JSON string, escaped as serde_json escapes: quote, backslash and control characters;
 /// other UTF-8 passes through. Clean runs are copied whole.
 pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let b = s.as_bytes();
-    // Nearly every field is clean: one pass that the compiler vectorises (no early exit, no
-    // table), then one copy.
-    if !b.iter().fold(false, |dirty, &c| dirty | (c < 0x20) | (c == b'"') | (c == b'\\')) {
+    // Nearly every field is clean: one pass that the compiler vectorises (no early exit), then
+    // one copy.
+    if !b.iter().fold(false, |dirty, &c| dirty | must_escape(c)) {
         out.extend_from_slice(b);
         out.push(b'"');
         return;
     }
     let mut start = 0;
-    while let Some(i) = b[start..].iter().position(|&c| ESCAPE[usize::from(c)]).map(|i| start + i) {
+    while let Some(i) = b[start..].iter().position(|&c| must_escape(c)).map(|i| start + i) {
         out.extend_from_slice(&b[start..i]);
         let c = b[i];
         match c {

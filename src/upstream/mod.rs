@@ -29,6 +29,9 @@ use crate::config::UpstreamConfig;
 use circuit::CircuitBreaker;
 use connector::QuietConnector;
 
+/// The platform's address when `base_url` names none (config validation makes sure it does).
+const FALLBACK_AUTHORITY: &str = "platform.runblob.io";
+
 /// Upstream answers are small JSON; anything bigger is not the platform talking.
 const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// First retry delay; doubles per attempt, ±50 % jitter.
@@ -130,7 +133,7 @@ fn host_header(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> 
         Some(port) if port != default => format!("{}:{port}", authority.host()),
         _ => authority.host().to_string(),
     };
-    HeaderValue::from_str(&host).unwrap_or_else(|_| HeaderValue::from_static("platform.runblob.io"))
+    HeaderValue::from_str(&host).unwrap_or_else(|_| HeaderValue::from_static(FALLBACK_AUTHORITY))
 }
 
 /// A path that makes no valid platform URI (never sent).
@@ -163,7 +166,7 @@ impl Upstream {
         // Sensitive: hyper's HPACK never indexes it and Debug output hides it.
         auth.set_sensitive(true);
         let scheme = parts.scheme.unwrap_or(http::uri::Scheme::HTTPS);
-        let authority = parts.authority.unwrap_or_else(|| http::uri::Authority::from_static("platform.runblob.io"));
+        let authority = parts.authority.unwrap_or_else(|| http::uri::Authority::from_static(FALLBACK_AUTHORITY));
         let host = host_header(&scheme, &authority);
         Upstream {
             client,
