@@ -116,15 +116,16 @@ impl Framing {
                     let before = buf.len();
                     // The usual case, a whole head in one read, is examined where it lies;
                     // only a head split across reads is gathered into the buffer.
+                    // (end of the head, whether it names a framing header when known)
                     let end = if before == 0 {
-                        memchr::memmem::find(data, b"\r\n\r\n")
+                        scan_head(data).map(|(end, framing)| (end, Some(framing)))
                     } else {
                         buf.extend_from_slice(data);
                         // Earlier bytes held no terminator; it may straddle the boundary.
                         let from = before.saturating_sub(3);
-                        memchr::memmem::find(&buf[from..], b"\r\n\r\n").map(|i| from + i)
+                        memchr::memmem::find(&buf[from..], b"\r\n\r\n").map(|i| (from + i, None))
                     };
-                    let Some(end) = end else {
+                    let Some((end, framing)) = end else {
                         if before == 0 {
                             buf.extend_from_slice(data);
                         }
@@ -146,7 +147,7 @@ impl Framing {
                         self.signals.head_complete();
                     }
                     let mut spare = std::mem::take(buf);
-                    self.state = if before == 0 { self.after_head(&data[..head_len]) } else { self.after_head(&spare[..head_len]) };
+                    self.state = if before == 0 { self.after_head(&data[..head_len], framing) } else { self.after_head(&spare[..head_len], framing) };
                     spare.clear();
                     match &mut self.state {
                         State::Head(next) => *next = spare,
@@ -214,13 +215,14 @@ impl Framing {
         }
     }
 
-    fn after_head(&self, head: &[u8]) -> State {
+    /// What follows `head`; `framing` is whether it names a framing header, when already known.
+    fn after_head(&self, head: &[u8], framing: Option<bool>) -> State {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
         // Most heads (every poll) name none of the headers that decide framing: no body, nothing
         // to refuse, and no need to parse them a second time after hyper.
-        if !head.starts_with(b"CONNECT ") && !names_framing(head) {
+        if !head.starts_with(b"CONNECT ") && !framing.unwrap_or_else(|| names_framing(head)) {
             return State::Head(Vec::new());
         }
         self.parse_head(head)
@@ -259,14 +261,30 @@ impl Framing {
     }
 }
 
-/// Whether a header line of `head` begins with a name that bears on framing (case-insensitively,
-/// as a prefix: a false alarm only costs the full parse).
-fn names_framing(head: &[u8]) -> bool {
+/// Whether `line` begins with a header name that bears on framing (case-insensitively, as a
+/// prefix: a false alarm only costs the full parse).
+fn names_framing_at(line: &[u8]) -> bool {
     const NAMES: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"upgrade"];
-    memchr::memchr_iter(b'\n', head).any(|i| {
-        let line = &head[i + 1..];
-        NAMES.iter().any(|n| line.get(..n.len()).is_some_and(|l| l.eq_ignore_ascii_case(n)))
-    })
+    NAMES.iter().any(|n| line.get(..n.len()).is_some_and(|l| l.eq_ignore_ascii_case(n)))
+}
+
+/// Whether a header line of `head` names a framing header.
+fn names_framing(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| names_framing_at(&head[i + 1..]))
+}
+
+/// One pass over bytes that begin with a head: where its first `\r\n\r\n` starts, and whether
+/// a header line before it names a framing header. The same answers as `memmem::find` and
+/// [`names_framing`] over the head, from one walk over its line ends instead of two.
+fn scan_head(data: &[u8]) -> Option<(usize, bool)> {
+    let mut framing = false;
+    for i in memchr::memchr_iter(b'\n', data) {
+        if i > 0 && data[i - 1] == b'\r' && data.get(i + 1..i + 3) == Some(b"\r\n") {
+            return Some((i - 1, framing));
+        }
+        framing = framing || names_framing_at(&data[i + 1..]);
+    }
+    None
 }
 
 /// An IO wrapper feeding everything read into a [`Framing`] follower.
@@ -421,11 +439,31 @@ mod tests {
             b"GET / HTTP/1.1\nHost: x\nContent-Length: 4\n\r\n\r\n",
         ];
         for head in heads {
-            assert_eq!(format!("{:?}", f.after_head(head)), format!("{:?}", f.parse_head(head)), "{}", String::from_utf8_lossy(head));
+            assert_eq!(format!("{:?}", f.after_head(head, None)), format!("{:?}", f.parse_head(head)), "{}", String::from_utf8_lossy(head));
         }
         assert!(!names_framing(heads[0]) && !names_framing(heads[1]) && !names_framing(heads[10]));
         // The ambiguous head raised the flag on the way, as before.
         assert!(f.signals.ambiguous.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_one_pass_scan_agrees_with_memmem_and_the_line_check() {
+        // Every cut of heads and pipelined pairs, bare line feeds and near-terminators included.
+        let samples: &[&[u8]] = &[
+            b"GET /a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\r\nGET /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+            b"POST / HTTP/1.1\r\ntransfer-ENCODING: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: x\nContent-Length: 4\n\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \r\r\n\n\r\nUpgrade: h2c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgr\r\n\r\nade: x\r\n\r\n",
+        ];
+        for sample in samples {
+            for cut in 0..=sample.len() {
+                let data = &sample[..cut];
+                let expected = memchr::memmem::find(data, b"\r\n\r\n").map(|end| (end, names_framing(&data[..end + 4])));
+                assert_eq!(scan_head(data), expected, "{:?}", String::from_utf8_lossy(data));
+            }
+        }
     }
 
     #[test]
