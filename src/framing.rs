@@ -116,14 +116,14 @@ impl Framing {
                     let before = buf.len();
                     // The usual case, a whole head in one read, is examined where it lies;
                     // only a head split across reads is gathered into the buffer.
-                    // (end of the head, whether it names a framing header when known)
                     let end = if before == 0 {
-                        scan_head(data).map(|(end, framing)| (end, Some(framing)))
+                        scan_head(data)
                     } else {
                         buf.extend_from_slice(data);
-                        // Earlier bytes held no terminator; it may straddle the boundary.
+                        // Earlier bytes held no terminator; it may straddle the boundary. Only
+                        // the new bytes are searched, and the head is read once it is whole.
                         let from = before.saturating_sub(3);
-                        memchr::memmem::find(&buf[from..], b"\r\n\r\n").map(|i| (from + i, None))
+                        memchr::memmem::find(&buf[from..], b"\r\n\r\n").and_then(|i| scan_head(&buf[..from + i + 4]))
                     };
                     let Some((end, framing)) = end else {
                         if before == 0 {
@@ -215,14 +215,14 @@ impl Framing {
         }
     }
 
-    /// What follows `head`; `framing` is whether it names a framing header, when already known.
-    fn after_head(&self, head: &[u8], framing: Option<bool>) -> State {
+    /// What follows `head`; `framing` is whether a header line of it names a framing header.
+    fn after_head(&self, head: &[u8], framing: bool) -> State {
         if head.starts_with(b"PRI * HTTP/2.0") {
             return State::Off;
         }
         // Most heads (every poll) name none of the headers that decide framing: no body, nothing
         // to refuse, and no need to parse them a second time after hyper.
-        if !head.starts_with(b"CONNECT ") && !framing.unwrap_or_else(|| names_framing(head)) {
+        if !head.starts_with(b"CONNECT ") && !framing {
             return State::Head(Vec::new());
         }
         self.parse_head(head)
@@ -268,14 +268,9 @@ fn names_framing_at(line: &[u8]) -> bool {
     NAMES.iter().any(|n| line.get(..n.len()).is_some_and(|l| l.eq_ignore_ascii_case(n)))
 }
 
-/// Whether a header line of `head` names a framing header.
-fn names_framing(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|i| names_framing_at(&head[i + 1..]))
-}
-
 /// One pass over bytes that begin with a head: where its first `\r\n\r\n` starts, and whether
-/// a header line before it names a framing header. The same answers as `memmem::find` and
-/// [`names_framing`] over the head, from one walk over its line ends instead of two.
+/// a header line before it names a framing header (one walk over its line ends, rather than a
+/// search for the end and a second walk over the lines).
 fn scan_head(data: &[u8]) -> Option<(usize, bool)> {
     let mut framing = false;
     for i in memchr::memchr_iter(b'\n', data) {
@@ -438,12 +433,19 @@ mod tests {
             b"GET /content-length HTTP/1.1\r\nX-Note: transfer-encoding\r\n\r\n",
             b"GET / HTTP/1.1\nHost: x\nContent-Length: 4\n\r\n\r\n",
         ];
+        let framing = |head: &[u8]| scan_head(head).is_some_and(|(_, framing)| framing);
         for head in heads {
-            assert_eq!(format!("{:?}", f.after_head(head, None)), format!("{:?}", f.parse_head(head)), "{}", String::from_utf8_lossy(head));
+            assert_eq!(format!("{:?}", f.after_head(head, framing(head))), format!("{:?}", f.parse_head(head)), "{}", String::from_utf8_lossy(head));
         }
-        assert!(!names_framing(heads[0]) && !names_framing(heads[1]) && !names_framing(heads[10]));
+        assert!(!framing(heads[0]) && !framing(heads[1]) && !framing(heads[10]));
         // The ambiguous head raised the flag on the way, as before.
         assert!(f.signals.ambiguous.load(Ordering::Relaxed));
+    }
+
+    /// The two-pass answer the one-pass scan replaced: whether a header line of `head` names a
+    /// framing header.
+    fn names_framing(head: &[u8]) -> bool {
+        memchr::memchr_iter(b'\n', head).any(|i| names_framing_at(&head[i + 1..]))
     }
 
     #[test]
