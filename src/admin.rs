@@ -137,8 +137,68 @@ impl Admin {
                     }
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/webhooks/redeliver" | "/admin/usage") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            (&Method::GET, "/admin/unattributed") => {
+                if let Some(refused) = self.refusal(&req) {
+                    return refused;
+                }
+                let month = query_param(&req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
+                if !crate::usage::valid_month(&month) {
+                    return body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM");
+                }
+                match self.gateway.store().generations_in_month(&month, Some(crate::store::UNATTRIBUTED)).await {
+                    Ok(rows) => {
+                        let items: Vec<serde_json::Value> = rows
+                            .iter()
+                            .map(|r| serde_json::json!({ "generation_id": r.id, "family": r.family.path(), "price": r.price.to_string(), "status": r.status, "created_ms": r.created_ms }))
+                            .collect();
+                        body::json(StatusCode::OK, serde_json::json!({ "month": month, "unattributed": items }).to_string())
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unattributed list failed: store unreachable");
+                        body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
+                    }
+                }
+            }
+            (&Method::POST, path) if path.starts_with("/admin/unattributed/") => {
+                if let Some(refused) = self.refusal(&req) {
+                    return refused;
+                }
+                self.decide_unattributed(&req, &path["/admin/unattributed/".len()..]).await
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/webhooks/redeliver" | "/admin/usage" | "/admin/unattributed") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
+        }
+    }
+}
+
+impl Admin {
+    /// `POST /admin/unattributed/{id}/assign?tenant=ID` charges an unattributed generation to a
+    /// tenant (who can then read it); `.../dismiss` leaves it to the account. One audit line each.
+    async fn decide_unattributed<B>(&self, req: &Request<B>, rest: &str) -> Response<Body> {
+        let Some((id, action)) = rest.rsplit_once('/') else { return body::detail(StatusCode::NOT_FOUND, "Not found") };
+        let to: Arc<str> = match action {
+            "assign" => {
+                let Some(tenant) = query_param(req, "tenant") else {
+                    return body::detail(StatusCode::UNPROCESSABLE_ENTITY, "tenant: is required (?tenant=ID)");
+                };
+                match self.gateway.current().tenants.tenants().iter().find(|t| *t.id == *tenant) {
+                    Some(t) => t.id.clone(),
+                    None => return body::detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("tenant: no tenant {tenant:?} is configured")),
+                }
+            }
+            "dismiss" => Arc::from(crate::store::DISMISSED),
+            _ => return body::detail(StatusCode::NOT_FOUND, "Not found"),
+        };
+        match self.gateway.store().reassign(id, crate::store::UNATTRIBUTED, &to).await {
+            Ok(Some(r)) => {
+                tracing::info!(audit = true, action, generation = %r.id, family = r.family.path(), price = %r.price, tenant = %to, "unattributed generation decided by an operator");
+                body::json(StatusCode::OK, serde_json::json!({ "generation_id": r.id, "owner": &*to, "price": r.price.to_string() }).to_string())
+            }
+            Ok(None) => body::detail(StatusCode::NOT_FOUND, "Generation not found"),
+            Err(e) => {
+                tracing::warn!(error = %e, "unattributed decision failed: store unreachable");
+                body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
+            }
         }
     }
 }

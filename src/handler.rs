@@ -16,6 +16,7 @@ use crate::body::{self, content_length, Body};
 use crate::upload::UploadError;
 use crate::error::GatewayError;
 use crate::gateway::{Ctx, Gateway, Runtime};
+use crate::policy::attribution::{Fingerprint, NOT_SHAPE};
 use crate::policy::family::Family;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
@@ -171,15 +172,25 @@ impl Gateway {
 
         // 4. JSON and family rules, on borrowed slices of the body.
         let relay = self.relay.clone();
-        let (validated, prompt_sha256, callback) = {
+        let (validated, mut fingerprint, callback) = {
             let fields = parse_object_marked(&body, marks.as_ref())?;
             let validated = validate_with(family, &fields, relay.is_some())?;
             let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
             let callback = fields.str("callback_url").ok().flatten().filter(|_| relay.is_some()).map(str::to_string);
-            (validated, hex::encode(Sha256::digest(prompt.as_bytes())), callback)
+            let fingerprint = Fingerprint {
+                prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
+                body_sha256: String::new(),
+                shape: fields.scalars(NOT_SHAPE),
+            };
+            (validated, fingerprint, callback)
         };
         drop(marks);
         ctx.image_bytes = validated.image_bytes;
+        // The route is part of what the digest names: the same body sent to another family is
+        // another request. It keys Idempotency-Keys and tells identical requests apart when the
+        // reconciler attributes unknown outcomes.
+        let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
+        fingerprint.body_sha256 = hex::encode(digest);
 
         // The hold's id exists before anything is stored, so every later step can clean up by it.
         let mut hold = HoldGuard::new(self.store.clone());
@@ -188,9 +199,6 @@ impl Gateway {
         let idem = match &idem_key {
             None => None,
             Some(key) => {
-                // The route is part of what the key names: the same body sent to another family
-                // is another request, never a replay of the first one's answer.
-                let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
                 let stale_ms = (self.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
                 match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
                     IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key: key.clone(), digest, done: false }),
@@ -227,7 +235,7 @@ impl Gateway {
             budget: tenant.monthly_budget,
             reserve: runtime.reserve,
             lease_ms: self.hold_lease.as_millis() as u64,
-            intent: Intent { family: family.path().to_string(), prompt_sha256, created_ms: 0, idem_key, month: month_of(now_ms()) },
+            intent: Intent { family: family.path().to_string(), fingerprint: fingerprint.encode(), created_ms: 0, idem_key, month: month_of(now_ms()) },
         };
         // A store error leaves the guard armed: the hold may have landed, so it is released by id.
         hold.arm();

@@ -59,6 +59,11 @@ struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabels {
+    family: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -93,6 +98,8 @@ pub struct Metrics {
     outbox_oldest: Gauge<f64, AtomicU64>,
     outbox_dead: Gauge,
     budget: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    unattributed: Family<FamilyLabels, Counter>,
+    charged_above_hold: Family<FamilyLabels, Counter>,
     /// Handles of the per-request series by their labels, hashed with foldhash: the families'
     /// own maps hash every label string with SipHash, three times per request.
     handles: std::sync::RwLock<std::collections::HashMap<RequestLabels, RequestHandles, foldhash::fast::RandomState>>,
@@ -195,7 +202,21 @@ impl Metrics {
         registry.register("webhook_dead_letters", "Webhook deliveries given up on (re-drive with POST /admin/webhooks/redeliver)", outbox_dead.clone());
         let budget = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("budget_usd", "Monthly budget by tenant (alert on spend_usd / budget_usd)", budget.clone());
+        let unattributed = Family::<FamilyLabels, Counter>::default();
+        registry.register(
+            "unattributed_generations",
+            "Platform generations that could be more than one tenant's request, owned by nobody until an operator decides (GET /admin/unattributed)",
+            unattributed.clone(),
+        );
+        let charged_above_hold = Family::<FamilyLabels, Counter>::default();
+        registry.register(
+            "charged_above_hold",
+            "Generations the platform charged more than their hold (the price list is below a real price: budgets can be overrun)",
+            charged_above_hold.clone(),
+        );
         Metrics {
+            unattributed,
+            charged_above_hold,
             handles: Default::default(),
             budget,
             webhook_deliveries,
@@ -279,6 +300,17 @@ impl Metrics {
     /// Counts a reconciler resolution (`found` / `not_charged`).
     pub fn resolution(&self, result: &'static str) {
         self.resolutions.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a platform generation set aside as unattributed (it could be more than one
+    /// tenant's request).
+    pub fn unattributed(&self, family: &str) {
+        self.unattributed.get_or_create(&FamilyLabels { family: Label(Arc::from(family)) }).inc();
+    }
+
+    /// Counts a generation charged above its hold.
+    pub fn charged_above_hold(&self, family: &str) {
+        self.charged_above_hold.get_or_create(&FamilyLabels { family: Label(Arc::from(family)) }).inc();
     }
 
     /// Counts a refund credited to a tenant.

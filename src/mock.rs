@@ -133,6 +133,8 @@ struct Generation {
     price: Usd,
     fails: bool,
     refunded: bool,
+    /// Request settings echoed in status and list answers, as the platform's examples show.
+    echo: serde_json::Map<String, serde_json::Value>,
 }
 
 struct State {
@@ -511,7 +513,16 @@ impl MockPlatform {
             .to_string();
         st.generations.insert(
             id.clone(),
-            Generation { family, created: Instant::now(), created_at, prompt: prompt.to_string(), price, fails: prompt.contains("[fail]"), refunded: false },
+            Generation {
+                family,
+                created: Instant::now(),
+                created_at,
+                prompt: prompt.to_string(),
+                price,
+                fails: prompt.contains("[fail]"),
+                refunded: false,
+                echo: ["duration", "orientation", "model", "aspect_ratio"].iter().filter_map(|k| v.get(*k).map(|x| (k.to_string(), x.clone()))).collect(),
+            },
         );
         st.order.push(id.clone());
         if let Some(url) = v.get("callback_url").and_then(|u| u.as_str()) {
@@ -545,7 +556,7 @@ impl MockPlatform {
             _ => "video_url",
         };
         let error_field = if g.family.path() == "sora" { "error_message" } else { "message" };
-        let v = json!({
+        let mut v = json!({
             g.family.id_field(): id,
             "status": status,
             "prompt": g.prompt,
@@ -555,6 +566,9 @@ impl MockPlatform {
             "progress_pct": if status == "processing" { json!(50) } else if status == "completed" { json!(100) } else { json!(null) },
             error_field: if status == "failed" { json!("Image contains photorealistic people. Please try with a different image.") } else { json!(null) },
         });
+        if let Some(o) = v.as_object_mut() {
+            o.extend(g.echo.clone());
+        }
         st.balance += refund;
         Some(v)
     }

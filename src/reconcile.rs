@@ -4,10 +4,12 @@
 //! refund or double settle):
 //! 1. turns holds whose lease ran out (crash, grace expiry, slow store) into unknown outcomes;
 //! 2. resolves unknown outcomes against the platform's account-wide generation list: a
-//!    generation of the same family, with the same prompt digest, created within the hold's
-//!    window and not yet owned by anyone, is the tenant's, settled at its price; nothing found
-//!    after `unknown_after` means nothing was charged, and the hold is released. A list the
-//!    platform did not answer releases nothing;
+//!    generation nobody owns yet that can be this request and only it (same family, prompt
+//!    digest, creation window and every request field the list shows; `policy::attribution`)
+//!    is the tenant's, settled at its price. One that could be more than one tenant's request is
+//!    owned by nobody (`~unattributed`, for an operator to assign or dismiss). An unknown outcome
+//!    with nothing certainly its own after `unknown_after` is released. A list the platform did
+//!    not answer releases nothing;
 //! 3. follows generations that are not final yet (oldest-checked first), so a `failed` one is
 //!    refunded exactly once (the store's conditional update) even for tenants who never poll.
 //!
@@ -23,10 +25,11 @@ use http::Method;
 use sha2::{Digest, Sha256};
 
 use crate::gateway::Gateway;
+use crate::policy::attribution::{attribute, compatible, Claim, Fingerprint, Listing};
 use crate::policy::family::Family;
 use crate::policy::money::Usd;
 use crate::policy::pricing::settle_price;
-use crate::store::{now_ms, GenerationRecord, Resolution, StoreError, UnknownOutcome};
+use crate::store::{now_ms, GenerationRecord, Resolution, StoreError, UnknownOutcome, UNATTRIBUTED};
 
 /// The platform's list page size (its documented maximum).
 const PAGE: usize = 100;
@@ -50,6 +53,8 @@ pub struct PassReport {
     pub followed: u64,
     /// Platform calls spent.
     pub calls: u64,
+    /// Generations that could be more than one tenant's, set aside for an operator.
+    pub unattributed: u64,
 }
 
 /// The reconciler's state across passes.
@@ -89,12 +94,28 @@ struct Listed {
     created_ms: Option<i64>,
     status: String,
     price: Option<Usd>,
+    /// Its other scalar fields (duration, orientation, model …), to compare with the request.
+    fields: std::collections::BTreeMap<String, String>,
 }
 
 fn listed(family: Family, v: &serde_json::Value) -> Option<Listed> {
     let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"))?.as_str()?.to_string();
     let prompt = v.get("prompt").and_then(|p| p.as_str()).unwrap_or("");
+    let fields = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| k.as_str() != "prompt")
+                .filter_map(|(k, v)| match v {
+                    serde_json::Value::String(s) => Some((k.clone(), s.clone())),
+                    serde_json::Value::Number(_) | serde_json::Value::Bool(_) => Some((k.clone(), v.to_string())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Some(Listed {
+        fields,
         id,
         prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
         created_ms: v.get("created_at").and_then(|c| c.as_str()).and_then(parse_created),
@@ -215,59 +236,106 @@ impl Reconciler {
     async fn resolve(&self, unknown: &[UnknownOutcome], calls_left: &mut u64, report: &mut PassReport) -> Result<(), StoreError> {
         let gw = &self.gw;
         let now = now_ms();
-        let lease = gw.hold_lease.as_millis() as i64;
+        let window = (SKEW_MS, gw.hold_lease.as_millis() as i64 + SKEW_MS);
+        let open = gw.store.open_holds().await?;
         let mut by_family: HashMap<&str, Vec<&UnknownOutcome>> = HashMap::new();
         for u in unknown {
             by_family.entry(u.intent.family.as_str()).or_default().push(u);
         }
-        let mut taken: HashSet<String> = HashSet::new();
         for (fam, outcomes) in by_family {
             let Some(family) = family_of(fam) else { continue };
             let oldest = outcomes.iter().map(|u| u.intent.created_ms as i64).min().unwrap_or(0) - SKEW_MS;
             // Without an answer from the platform nothing is released: unknown stays unknown.
-            let Some(listed) = self.list(family, oldest, calls_left).await else {
+            let Some(mut listed) = self.list(family, oldest, calls_left).await else {
                 tracing::warn!(family = fam, "could not read the platform's generation list; unknown outcomes stay counted");
                 continue;
             };
-            for u in outcomes {
-                let created = u.intent.created_ms as i64;
-                let mut found = None;
-                for l in &listed {
-                    let in_window = l.created_ms.is_none_or(|c| c >= created - SKEW_MS && c <= created + lease + SKEW_MS);
-                    if l.prompt_sha256 != u.intent.prompt_sha256 || !in_window || taken.contains(&l.id) {
-                        continue;
-                    }
-                    if gw.store.generation(&l.id).await?.is_some() {
-                        continue;
-                    }
-                    found = Some(l);
-                    break;
+            // Only generations nobody owns yet (a tenant's own earlier records, or charges
+            // already set aside as unattributed) are candidates.
+            let mut free = Vec::with_capacity(listed.len());
+            for l in listed.drain(..) {
+                if gw.store.generation(&l.id).await?.is_none() {
+                    free.push(l);
                 }
-                if let Some(l) = found {
-                    taken.insert(l.id.clone());
-                    let price = settle_price(u.price, l.price).unwrap_or(u.price);
-                    let record = GenerationRecord {
-                        id: l.id.clone(),
-                        tenant: u.tenant.clone(),
-                        family,
-                        price,
-                        created_ms: l.created_ms.unwrap_or(created),
-                        // A failed one is recorded as not final, so following it refunds it through
-                        // the one conditional path every refund takes.
-                        status: if l.status == "failed" { "pending".to_string() } else { l.status.clone() },
-                    };
-                    let reply = serde_json::json!({ family.id_field(): l.id, "status": "pending", "price": price.to_string() }).to_string();
-                    if gw.store.resolve_unknown(&u.hold, &Resolution::Created { record, reply: Bytes::from(reply) }).await? {
-                        report.found += 1;
-                        gw.metrics.resolution("found");
-                        tracing::warn!(hold = %u.hold, tenant = %u.tenant, generation = %l.id, price = %price, cause = "found_on_platform", "unknown outcome resolved: the platform created it; charged to the tenant");
-                    }
-                } else if now.saturating_sub(u.intent.created_ms) >= gw.reconcile.unknown_after.as_millis() as u64
+            }
+            free.sort_by_key(|l| l.created_ms);
+            // Requests still in flight take part, so a generation they may yet be answered
+            // with is never handed to another request.
+            let in_flight: Vec<&UnknownOutcome> = open.iter().filter(|o| o.intent.family == fam).collect();
+            let claims: Vec<Claim> = outcomes
+                .iter()
+                .map(|u| (u, false))
+                .chain(in_flight.iter().map(|u| (u, true)))
+                .map(|(u, in_flight)| Claim {
+                    tenant: u.tenant.to_string(),
+                    created_ms: u.intent.created_ms as i64,
+                    fingerprint: Fingerprint::decode(&u.intent.fingerprint),
+                    in_flight,
+                })
+                .collect();
+            let listings: Vec<Listing> =
+                free.iter().map(|l| Listing { prompt_sha256: l.prompt_sha256.clone(), created_ms: l.created_ms, fields: l.fields.clone() }).collect();
+            let verdict = attribute(&claims, &listings, window);
+            let mut decided = vec![false; outcomes.len()];
+            for &(c, li) in &verdict.assigned {
+                let (u, l) = (outcomes[c], &free[li]);
+                decided[c] = true;
+                let price = settle_price(u.price, l.price).unwrap_or(u.price);
+                let record = GenerationRecord {
+                    id: l.id.clone(),
+                    tenant: u.tenant.clone(),
+                    family,
+                    price,
+                    created_ms: l.created_ms.unwrap_or(u.intent.created_ms as i64),
+                    // A failed one is recorded as not final, so following it refunds it through
+                    // the one conditional path every refund takes.
+                    status: if l.status == "failed" { "pending".to_string() } else { l.status.clone() },
+                };
+                let reply = serde_json::json!({ family.id_field(): l.id, "status": "pending", "price": price.to_string() }).to_string();
+                if gw.store.resolve_unknown(&u.hold, &Resolution::Created { record, reply: Bytes::from(reply) }).await? {
+                    report.found += 1;
+                    gw.metrics.resolution("found");
+                    tracing::warn!(hold = %u.hold, tenant = %u.tenant, generation = %l.id, price = %price, cause = "found_on_platform", "unknown outcome resolved: the platform created it; charged to the tenant");
+                }
+            }
+            for (li, tenants) in &verdict.ambiguous {
+                let l = &free[*li];
+                // The highest quote of the requests it could be: what the account was charged
+                // at most, unless the platform names a sane price.
+                let quote = claims
+                    .iter()
+                    .zip(outcomes.iter().map(|u| u.price))
+                    .filter(|(c, _)| compatible(c, &listings[*li], window))
+                    .map(|(_, p)| p)
+                    .max()
+                    .unwrap_or(Usd::ZERO);
+                let price = settle_price(quote, l.price).unwrap_or(quote);
+                let record = GenerationRecord {
+                    id: l.id.clone(),
+                    tenant: Arc::from(UNATTRIBUTED),
+                    family,
+                    price,
+                    created_ms: l.created_ms.unwrap_or(now as i64),
+                    status: if l.status == "failed" { "pending".to_string() } else { l.status.clone() },
+                };
+                gw.store.settle(&format!("unattributed-{}", l.id), price, &record).await?;
+                report.unattributed += 1;
+                gw.metrics.unattributed(fam);
+                tracing::warn!(generation = %l.id, family = fam, price = %price, candidates = ?tenants, cause = "ambiguous_owner",
+                    "a platform generation could be more than one tenant's request: owned by nobody until an operator assigns or dismisses it (GET /admin/unattributed)");
+            }
+            for (c, u) in outcomes.iter().enumerate() {
+                if decided[c] {
+                    continue;
+                }
+                // A cluster waiting for a request in flight is not released meanwhile.
+                if !verdict.waiting.contains(&c)
+                    && now.saturating_sub(u.intent.created_ms) >= gw.reconcile.unknown_after.as_millis() as u64
                     && gw.store.resolve_unknown(&u.hold, &Resolution::NotCharged).await?
                 {
                     report.released += 1;
                     gw.metrics.resolution("not_charged");
-                    tracing::warn!(hold = %u.hold, tenant = %u.tenant, cause = "not_on_platform", "unknown outcome resolved: not found on the platform; released");
+                    tracing::warn!(hold = %u.hold, tenant = %u.tenant, cause = "not_on_platform", "unknown outcome resolved: no generation on the platform is certainly this request's; released");
                 }
             }
         }

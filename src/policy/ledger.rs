@@ -94,8 +94,9 @@ pub enum EntryState {
 pub struct Intent {
     /// Family path (`sora`, `kling/o1-video` …).
     pub family: String,
-    /// Hex SHA-256 of the request's prompt (empty string when it had none).
-    pub prompt_sha256: String,
+    /// What was sent, to recognise it in the platform's list (`attribution::Fingerprint`,
+    /// encoded; stored in the `prompt_sha256` column it grew out of).
+    pub fingerprint: String,
     /// Unix ms the hold was taken.
     pub created_ms: u64,
     /// The request's Idempotency-Key, if any.
@@ -323,6 +324,25 @@ impl LedgerState {
         let mut v: Vec<(String, Entry)> = self.entries.iter().filter(|(_, e)| e.state == EntryState::Unknown).map(|(i, e)| (i.clone(), e.clone())).collect();
         v.sort_by_key(|(_, e)| e.intent.created_ms);
         v
+    }
+
+    /// Open holds (requests in flight), oldest first.
+    pub fn open(&self) -> Vec<(String, Entry)> {
+        let mut v: Vec<(String, Entry)> =
+            self.entries.iter().filter(|(_, e)| matches!(e.state, EntryState::Open { .. })).map(|(i, e)| (i.clone(), e.clone())).collect();
+        v.sort_by_key(|(_, e)| e.intent.created_ms);
+        v
+    }
+
+    /// Moves a generation's charge from one tenant's month to another's (an operator assigned
+    /// an unattributed charge): its spend, or its refund when it already failed.
+    pub fn transfer(&mut self, from: &Arc<str>, to: &Arc<str>, month: &str, amount: Usd, refunded: bool) {
+        let map = if refunded { &mut self.refunded } else { &mut self.spend };
+        let k = (from.clone(), month.to_string());
+        if let Some(v) = map.get_mut(&k) {
+            *v = (*v - amount).max_zero();
+        }
+        *map.entry((to.clone(), month.to_string())).or_default() += amount;
     }
 
     /// An entry by id.

@@ -1,6 +1,7 @@
 //! Policy: the gateway's rules as plain functions and data, free of hyper, http and tower so
 //! they unit-test fast. The layers and handler translate HTTP to these inputs and back.
 
+pub mod attribution;
 pub mod catalog;
 pub mod family;
 pub mod image;

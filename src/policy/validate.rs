@@ -82,6 +82,21 @@ impl<'a> Fields<'a> {
         self.map.get(name).filter(|v| **v != Json::Null)
     }
 
+    /// The top-level scalar fields not in `skip`: strings as they are, numbers and booleans as
+    /// their JSON text. Strings over 256 bytes are left out (free text, not a setting).
+    pub fn scalars(&self, skip: &[&str]) -> std::collections::BTreeMap<String, String> {
+        self.map
+            .iter()
+            .filter(|(k, _)| !skip.contains(&k.as_ref()))
+            .filter_map(|(k, v)| match v {
+                Json::Str(s) if s.len() <= 256 => Some((k.to_string(), s.to_string())),
+                Json::Num(n) => Some((k.to_string(), n.to_string())),
+                Json::Bool(b) => Some((k.to_string(), b.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A string field, borrowed from the body when it has no escapes.
     pub fn str(&self, name: &str) -> Result<Option<&str>, ValidationError> {
         match self.get(name) {

@@ -16,7 +16,7 @@ fn req_id(id: &str, tenant: &str, price: &str, budget: Option<&str>, lease_ms: u
         budget: budget.map(usd),
         reserve: Usd::ZERO,
         lease_ms,
-        intent: Intent { family: "sora".into(), prompt_sha256: "digest".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: month_of(NOV as u64) },
+        intent: Intent { family: "sora".into(), fingerprint: "digest".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: month_of(NOV as u64) },
     }
 }
 
@@ -140,7 +140,7 @@ pub async fn unknown_outcomes_count_until_resolved(s: &dyn Store) {
     let unknown = s.unknown_outcomes().await.unwrap();
     assert_eq!(unknown.len(), 1);
     assert_eq!((unknown[0].hold.as_str(), &*unknown[0].tenant, unknown[0].intent.idem_key.as_deref()), ("u2", "b", Some("key-2")));
-    assert_eq!(unknown[0].intent.prompt_sha256, "digest");
+    assert_eq!(unknown[0].intent.fingerprint, "digest");
     // Found on the platform: owned, charged, and the key replays a 201.
     let rec = GenerationRecord { price: usd("0.50"), ..record("found-1", "b", Family::builtin("sora"), NOV) };
     let reply = Bytes::from_static(br#"{"generation_id":"found-1"}"#);

@@ -186,7 +186,7 @@ impl EmbeddedStore {
                                 state: EntryState::Unknown,
                                 intent: Intent {
                                     family: r.get(3)?,
-                                    prompt_sha256: r.get(4)?,
+                                    fingerprint: r.get(4)?,
                                     created_ms: r.get::<_, i64>(5)?.max(0) as u64,
                                     idem_key: r.get(6)?,
                                     month: r.get(7)?,
@@ -317,7 +317,7 @@ impl Store for EmbeddedStore {
                 .with_db(move |c| {
                     exec(c, 
                         "INSERT OR IGNORE INTO holds (id, tenant, price_micros, family, prompt_sha256, created_ms, idem_key, month) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        params![id, tenant, price, intent.family, intent.prompt_sha256, intent.created_ms as i64, intent.idem_key, intent.month],
+                        params![id, tenant, price, intent.family, intent.fingerprint, intent.created_ms as i64, intent.idem_key, intent.month],
                     )
                 })
                 .await;
@@ -386,6 +386,29 @@ impl Store for EmbeddedStore {
             .into_iter()
             .map(|(hold, e)| UnknownOutcome { hold, tenant: e.tenant, price: e.amount, intent: e.intent })
             .collect())
+    }
+
+    async fn open_holds(&self) -> Result<Vec<UnknownOutcome>, StoreError> {
+        Ok(self.lock().ledger.open().into_iter().map(|(hold, e)| UnknownOutcome { hold, tenant: e.tenant, price: e.amount, intent: e.intent }).collect())
+    }
+
+    async fn reassign(&self, id: &str, from: &str, to: &str) -> Result<Option<GenerationRecord>, StoreError> {
+        let Some(record) = self.generation(id).await?.filter(|r| &*r.tenant == from) else { return Ok(None) };
+        let (i, f, t) = (id.to_string(), from.to_string(), to.to_string());
+        if self.with_db(move |c| exec(c, "UPDATE generations SET tenant = ?3 WHERE id = ?1 AND tenant = ?2", params![i, f, t])).await? == Some(0) {
+            return Ok(None);
+        }
+        let month = month_of(record.created_ms.max(0) as u64);
+        let to: Arc<str> = Arc::from(to);
+        let mut inner = self.lock();
+        if inner.generations.get(id).is_some_and(|r| *r.tenant != *from) {
+            return Ok(None);
+        }
+        inner.ledger.transfer(&record.tenant, &to, &month, record.price, record.status == "failed");
+        let mut moved = record.clone();
+        moved.tenant = to;
+        inner.generations.insert(id.to_string(), moved);
+        Ok(Some(record))
     }
 
     async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError> {

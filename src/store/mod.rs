@@ -224,6 +224,9 @@ pub trait Store: Send + Sync + 'static {
     async fn expire_holds(&self) -> Result<u64, StoreError>;
     /// Unknown outcomes, oldest first.
     async fn unknown_outcomes(&self) -> Result<Vec<UnknownOutcome>, StoreError>;
+    /// Open holds (requests in flight), oldest first: attribution must not give their
+    /// generations to anyone else while they may still be answered.
+    async fn open_holds(&self) -> Result<Vec<UnknownOutcome>, StoreError>;
     /// Settles an unknown outcome (and its Idempotency-Key); `false` if it was no longer unknown.
     async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError>;
     /// What a tenant can still spend; `None` without a cached balance.
@@ -237,6 +240,10 @@ pub trait Store: Send + Sync + 'static {
     async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError>;
     /// The platform reported a new status; a first `failed` refunds the tenant's spend.
     async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+
+    /// Moves generation `id` from tenant `from` to `to` with its charge (or refund), if `from`
+    /// still owns it; returns the record as it was.
+    async fn reassign(&self, id: &str, from: &str, to: &str) -> Result<Option<GenerationRecord>, StoreError>;
 
     /// Claims an Idempotency-Key for a request body digest, for the request that will take
     /// hold `hold`. A claim whose request died before taking its hold frees itself after
@@ -301,6 +308,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 }
+
+/// The owner of charges the reconciler could not attribute (not a valid tenant id, so no key
+/// ever reads them): an operator assigns or dismisses them.
+pub const UNATTRIBUTED: &str = "~unattributed";
+/// The owner of unattributed charges an operator dismissed (the account absorbs them).
+pub const DISMISSED: &str = "~dismissed";
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {

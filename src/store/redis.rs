@@ -251,6 +251,25 @@ end
 return 1
 "#;
 
+// ARGV: prefix, gid, from, to. Moves a generation and its charge (or refund) to another owner.
+const REASSIGN: &str = r#"
+local p, gid, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local k = p .. ':gen:' .. gid
+local owner, family, created, month, price, status = unpack(redis.call('HMGET', k, 'tenant', 'family', 'created_ms', 'month', 'price', 'status'))
+if owner ~= from then return 0 end
+redis.call('HSET', k, 'tenant', to)
+redis.call('ZREM', p .. ':gens:' .. from .. ':' .. family, gid)
+redis.call('ZADD', p .. ':gens:' .. to .. ':' .. family, created, gid)
+local which = 'spend'
+if status == 'failed' then which = 'refunded' end
+local mk = p .. ':' .. which .. ':' .. month
+local left = tonumber(redis.call('HGET', mk, from) or '0') - tonumber(price)
+if left < 0 then left = 0 end
+redis.call('HSET', mk, from, left)
+redis.call('HINCRBY', mk, to, tonumber(price))
+return 1
+"#;
+
 // KEYS: idem key. ARGV: prefix, digest, hold, stale_ms
 const IDEM_CLAIM: &str = r#"
 local k, p, digest, hold, stale = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -375,6 +394,7 @@ struct Scripts {
     outbox_redeliver: Script,
     spendable: Script,
     update_status: Script,
+    reassign: Script,
     idem_claim: Script,
     idem_abort: Script,
     gcra: Script,
@@ -430,12 +450,33 @@ impl RedisStore {
             outbox_redeliver: with_common(OUTBOX_REDELIVER),
             spendable: Script::new(SPENDABLE),
             update_status: Script::new(UPDATE_STATUS),
+            reassign: Script::new(REASSIGN),
             idem_claim: with_common(&IDEM_CLAIM.replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string())),
             idem_abort: Script::new(IDEM_ABORT),
             gcra: Script::new(GCRA),
             gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
         Ok(RedisStore { conn, prefix: prefix.to_string(), timeout, scripts: Arc::new(scripts) })
+    }
+
+    /// Hold entries in one state (`o` open, `u` unknown), oldest first.
+    async fn holds_in(&self, state: &str) -> Result<Vec<UnknownOutcome>, StoreError> {
+        let hk = self.key("holds");
+        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(hk).await }).await?;
+        let mut out: Vec<UnknownOutcome> = all
+            .into_iter()
+            .filter_map(|(id, json)| {
+                let e: RedisEntry = serde_json::from_str(&json).ok()?;
+                (e.st == state).then(|| UnknownOutcome {
+                    hold: id,
+                    tenant: Arc::from(e.t.as_str()),
+                    price: Usd::from_micros(e.a),
+                    intent: Intent { family: e.f, fingerprint: e.pd, created_ms: e.c, idem_key: Some(e.ik).filter(|k| !k.is_empty()), month: e.m },
+                })
+            })
+            .collect();
+        out.sort_by_key(|u| u.intent.created_ms);
+        Ok(out)
     }
 
     fn key(&self, rest: &str) -> String {
@@ -550,7 +591,7 @@ impl Store for RedisStore {
             req.reserve.micros().to_string(),
             req.lease_ms.to_string(),
             req.intent.family.clone(),
-            req.intent.prompt_sha256.clone(),
+            req.intent.fingerprint.clone(),
             req.intent.idem_key.clone().unwrap_or_default(),
             req.intent.month.clone(),
         ];
@@ -592,22 +633,17 @@ impl Store for RedisStore {
     }
 
     async fn unknown_outcomes(&self) -> Result<Vec<UnknownOutcome>, StoreError> {
-        let hk = self.key("holds");
-        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(hk).await }).await?;
-        let mut out: Vec<UnknownOutcome> = all
-            .into_iter()
-            .filter_map(|(id, json)| {
-                let e: RedisEntry = serde_json::from_str(&json).ok()?;
-                (e.st == "u").then(|| UnknownOutcome {
-                    hold: id,
-                    tenant: Arc::from(e.t.as_str()),
-                    price: Usd::from_micros(e.a),
-                    intent: Intent { family: e.f, prompt_sha256: e.pd, created_ms: e.c, idem_key: Some(e.ik).filter(|k| !k.is_empty()), month: e.m },
-                })
-            })
-            .collect();
-        out.sort_by_key(|u| u.intent.created_ms);
-        Ok(out)
+        self.holds_in("u").await
+    }
+
+    async fn open_holds(&self) -> Result<Vec<UnknownOutcome>, StoreError> {
+        self.holds_in("o").await
+    }
+
+    async fn reassign(&self, id: &str, from: &str, to: &str) -> Result<Option<GenerationRecord>, StoreError> {
+        let Some(record) = self.generation(id).await?.filter(|r| &*r.tenant == from) else { return Ok(None) };
+        let args = [self.prefix.clone(), id.to_string(), from.to_string(), to.to_string()];
+        Ok((self.script::<i64>(|s| &s.reassign, &[], &args).await? == 1).then_some(record))
     }
 
     async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError> {

@@ -11,7 +11,7 @@ fn t(id: &str) -> Arc<str> {
 const M: &str = "2026-11";
 
 fn intent(month: &str) -> Intent {
-    Intent { family: "sora".into(), prompt_sha256: "p".into(), created_ms: 1, idem_key: None, month: month.into() }
+    Intent { family: "sora".into(), fingerprint: "p".into(), created_ms: 1, idem_key: None, month: month.into() }
 }
 
 /// A hold with a far lease in `month`.

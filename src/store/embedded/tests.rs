@@ -51,7 +51,7 @@ fn hold_req(id: &str, idem: Option<&str>) -> HoldRequest {
         budget: None,
         reserve: Usd::ZERO,
         lease_ms: 60_000,
-        intent: Intent { family: "veo".into(), prompt_sha256: "d".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: "2026-11".into() },
+        intent: Intent { family: "veo".into(), fingerprint: "d".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: "2026-11".into() },
     }
 }
 

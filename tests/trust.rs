@@ -1,0 +1,136 @@
+//! Trust under ambiguity and forgery, over real sockets: the reconciler never guesses which
+//! tenant a platform generation belongs to, a forged webhook moves no money, lying image headers
+//! and garbage answers are refused.
+
+mod support;
+
+use std::time::Duration;
+
+use http::Method;
+use support::*;
+use tollgate::policy::image::fixtures::{b64, png};
+
+const ADMIN: &str = "admin_token_env = \"TEST_ADMIN_TOKEN\"";
+
+fn late_answer(platform: &Platform, ms: u64) {
+    let mut f = platform.fault(FaultKind::LateAnswer);
+    f.latency_ms = Some(ms);
+    f.path_prefix = Some("/v1/sora/generate".into());
+    platform.inject(f);
+}
+
+async fn admin(c: &HttpClient, gw: &TestGateway, method: Method, path: &str) -> Rsp {
+    let mut r = request(method, &gw.admin_url(path), None, "");
+    r.headers_mut().insert("authorization", "Bearer admin-secret".parse().unwrap());
+    send(c, r).await
+}
+
+async fn unattributed(c: &HttpClient, gw: &TestGateway) -> Vec<String> {
+    let r = admin(c, gw, Method::GET, "/admin/unattributed").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["unattributed"].as_array().unwrap().iter().map(|g| g["generation_id"].as_str().unwrap().to_string()).collect()
+}
+
+async fn start(backend: Backend) -> (Platform, TestGateway, Option<tollgate::testkit::RedisServer>) {
+    let platform = Platform::start().await;
+    let text = fast_reconcile(&config_text(platform.addr, ADMIN, &default_tenants()), 2, 300);
+    let (text, redis) = with_backend(&text, backend);
+    let gw = TestGateway::start(&text).await;
+    (platform, gw, redis)
+}
+
+/// Two tenants, one templated prompt, two private images; the platform charges both and
+/// answers after the gateway's timeout.
+async fn same_prompt_two_tenants(backend: Backend, second_created: bool) {
+    let (platform, gw, _redis) = start(backend.clone()).await;
+    let c = client();
+    late_answer(&platform, 2600);
+    if second_created {
+        late_answer(&platform, 2600);
+    } else {
+        let mut f = platform.fault(FaultKind::Reset);
+        f.path_prefix = Some("/v1/sora/generate".into());
+        platform.inject(f);
+    }
+    let body_a = format!(r#"{{"prompt":"Product shot, studio light","image_base64":"{}"}}"#, b64(&png(64, 64, 0)));
+    let body_b = format!(r#"{{"prompt":"Product shot, studio light","image_base64":"{}"}}"#, b64(&png(32, 48, 0)));
+    let url = gw.url("/v1/sora/generate");
+    let (ra, rb) = tokio::join!(post(&c, &url, Some(KEY_A), &body_a), post(&c, &url, Some(KEY_B), &body_b));
+    assert_eq!((ra.status.as_u16(), rb.status.as_u16()), (503, 503), "{:?} {:?}", ra.body, rb.body);
+    let made = if second_created { 2 } else { 1 };
+    // The reconciler sets the charges aside; the unknown outcomes are released after 2 s.
+    until(Duration::from_secs(20), "unattributed charges and no unknown outcomes", || async {
+        let totals = gw.gateway.store().hold_totals().await.unwrap();
+        unattributed(&c, &gw).await.len() == made && totals.unknown == 0 && totals.open == 0
+    })
+    .await;
+    let ids = unattributed(&c, &gw).await;
+    assert_eq!(platform.mock.generations().len(), made);
+    for id in &ids {
+        for key in [KEY_A, KEY_B] {
+            let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}")), Some(key)).await;
+            assert_eq!((r.status.as_u16(), r.detail().as_str()), (404, "Generation not found"), "{backend:?}: nobody owns {id}");
+        }
+    }
+    assert_eq!(spend_of(&gw, "a").await, usd("0"));
+    assert_eq!(spend_of(&gw, "b").await, usd("0"));
+    assert_eq!(spend_of(&gw, "~unattributed").await, platform.mock.charged_total(), "the account's charges are all accounted for");
+    // The usage report has a line for them.
+    let r = admin(&c, &gw, Method::GET, "/admin/usage").await;
+    let line = r.json()["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "~unattributed").cloned().expect("an unattributed line");
+    assert_eq!(line["spent"], platform.mock.charged_total().to_string());
+
+    // An operator who knows assigns the first to `a` and dismisses the rest.
+    let r = admin(&c, &gw, Method::POST, &format!("/admin/unattributed/{}/assign?tenant=a", ids[0])).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["owner"], "a");
+    assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{}", ids[0])), Some(KEY_A)).await.status, 200);
+    assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{}", ids[0])), Some(KEY_B)).await.status, 404);
+    assert_eq!(spend_of(&gw, "a").await, usd("0.12"));
+    for id in &ids[1..] {
+        assert_eq!(admin(&c, &gw, Method::POST, &format!("/admin/unattributed/{id}/dismiss")).await.status, 200);
+    }
+    assert!(unattributed(&c, &gw).await.is_empty());
+    // Decided once: a second decision finds nothing; an unknown tenant is refused.
+    assert_eq!(admin(&c, &gw, Method::POST, &format!("/admin/unattributed/{}/assign?tenant=b", ids[0])).await.status, 404);
+    assert_eq!(admin(&c, &gw, Method::POST, "/admin/unattributed/x/assign?tenant=nobody").await.status, 422);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_prompt_from_two_tenants_is_owned_by_nobody_memory() {
+    same_prompt_two_tenants(Backend::Memory, true).await;
+}
+
+#[tokio::test]
+async fn same_prompt_from_two_tenants_is_owned_by_nobody_sqlite() {
+    same_prompt_two_tenants(Backend::Sqlite, true).await;
+}
+
+#[tokio::test]
+async fn same_prompt_from_two_tenants_is_owned_by_nobody_redis() {
+    same_prompt_two_tenants(Backend::Redis, true).await;
+}
+
+#[tokio::test]
+async fn one_generation_that_could_be_either_tenants_is_charged_to_neither() {
+    same_prompt_two_tenants(Backend::Memory, false).await;
+}
+
+/// What the list shows of the request (here `duration`) tells two tenants' requests apart.
+#[tokio::test]
+async fn request_fields_in_the_list_attribute_same_prompt_requests() {
+    let (platform, gw, _redis) = start(Backend::Memory).await;
+    let c = client();
+    late_answer(&platform, 2600);
+    late_answer(&platform, 2600);
+    let url = gw.url("/v1/sora/generate");
+    let (ra, rb) = tokio::join!(
+        post(&c, &url, Some(KEY_A), r#"{"prompt":"same","duration":10}"#),
+        post(&c, &url, Some(KEY_B), r#"{"prompt":"same","duration":15}"#)
+    );
+    assert_eq!((ra.status.as_u16(), rb.status.as_u16()), (503, 503));
+    until(Duration::from_secs(20), "both found", || async { spend_of(&gw, "a").await == usd("0.12") && spend_of(&gw, "b").await == usd("0.18") }).await;
+    assert!(unattributed(&c, &gw).await.is_empty());
+    gw.shutdown().await;
+}
