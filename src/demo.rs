@@ -110,7 +110,7 @@ async fn start_receiver() -> std::io::Result<SocketAddr> {
 /// Runs the demo until `shutdown` resolves.
 pub async fn run(listen: SocketAddr, admin: SocketAddr, log: AccessLog, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Box<dyn std::error::Error>> {
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let platform = MockPlatform::new(MockOptions { token: Some(token.clone()), balance: Usd::parse("5.00")?, step: std::time::Duration::from_secs(3), random_fault: None, record: false });
+    let platform = MockPlatform::new(MockOptions { token: Some(token.clone()), balance: Usd::parse("5.00")?, step: std::time::Duration::from_secs(3), random_fault: None, record: false, echo_callback_url: false });
     let platform_listener = TcpListener::bind("127.0.0.1:0").await?;
     let platform_addr = platform_listener.local_addr()?;
     tokio::spawn(platform.serve(platform_listener, std::future::pending()));

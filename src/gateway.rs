@@ -94,6 +94,9 @@ pub struct Gateway {
     /// The restart-only settings this process started with.
     started_with: Vec<(&'static str, String)>,
     auth_failures: crate::limits::AuthFailures,
+    /// Statuses webhooks reported, by generation: hints the reconciler confirms with the
+    /// platform (first in its next pass) before anything is recorded or refunded.
+    pub(crate) hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// What one request did, filled in as it goes; becomes the access-log line.
@@ -226,6 +229,7 @@ impl Gateway {
             tls,
             started_with: config.restart_only(),
             auth_failures: crate::limits::AuthFailures::new(),
+            hints: Default::default(),
         })
     }
 

@@ -33,6 +33,8 @@ const LIST_MAX: usize = 100;
 /// A claim whose request died before taking its hold frees itself this long after the request
 /// deadline.
 const IDEM_CLAIM_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+/// Webhook hints kept for the reconciler at most.
+const MAX_HINTS: usize = 10_000;
 /// Longest Idempotency-Key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -55,7 +57,7 @@ fn path_and_query(uri: &Uri) -> &str {
 }
 
 /// `status` of a status body, if it is a JSON object with one (borrowed unless escaped).
-fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+pub(crate) fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct S<'a> {
         #[serde(borrow)]
@@ -345,13 +347,26 @@ impl Gateway {
             self.metrics.webhook_rejected("not_json");
             return Err(GatewayError::BadRequest("Webhook body must be a JSON object".into()));
         };
-        // Record the outcome; a first `failed` refunds, once, whoever sees it first.
+        // A webhook is a hint, never proof: anyone who learned the token could have sent it.
+        // The status it reports is recorded (and a failure refunded) only once the platform
+        // confirms it to the reconciler, which looks at hinted generations first.
         let named = ["generation_id", "task_uuid"].iter().find_map(|k| fields.get(*k).and_then(|v| v.as_str()).map(str::to_string));
-        if let Some(id) = target.generation.clone().or(named) {
+        let reported = fields.get("status").and_then(|v| v.as_str());
+        if let (Some(id), Some(status)) = (target.generation.clone().or(named), reported) {
             if let Some(record) = self.store.generation(&id).await?.filter(|r| r.tenant == target.tenant) {
-                self.track_status(&record, &body).await;
+                if crate::store::is_final_status(&record.status) && record.status != status {
+                    self.metrics.webhook_rejected("contradicts_platform");
+                    tracing::warn!(request_id = ctx.request_id(), generation = %record.id, recorded = %record.status, reported = status, "webhook contradicts a final status the platform reported; ignored");
+                } else if record.status != status {
+                    let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+                    // Bounded: past it, the reconciler still follows every unfinished generation.
+                    if hints.len() < MAX_HINTS {
+                        hints.insert(record.id.clone(), status.to_string());
+                    }
+                }
             }
         }
+        let body = crate::webhooks::scrub_relay_url(body, &relay.config, Some(&target.url));
         let m = OutboxMessage {
             id: crate::webhooks::message_id(token, &body),
             tenant: target.tenant.clone(),
@@ -392,7 +407,11 @@ impl Gateway {
         if polled.upstream.is_none() {
             ctx.outcome = "cached";
         }
-        Ok(passthrough(answer.status, answer.content_type.as_ref(), answer.body))
+        let body = match &self.relay {
+            Some(relay) => crate::webhooks::scrub_relay_url(answer.body, &relay.config, None),
+            None => answer.body,
+        };
+        Ok(passthrough(answer.status, answer.content_type.as_ref(), body))
     }
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
@@ -490,7 +509,12 @@ impl Gateway {
                     if let Some(status) = v.get("status").and_then(|s| s.as_str()) {
                         self.record_status(r, status).await;
                     }
-                    items.push(v.to_string());
+                    let item = Bytes::from(v.to_string());
+                    let item = match &self.relay {
+                        Some(relay) => crate::webhooks::scrub_relay_url(item, &relay.config, None),
+                        None => item,
+                    };
+                    items.push(String::from_utf8_lossy(&item).into_owned());
                 }
                 None => items.push(serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string()),
             }

@@ -232,6 +232,7 @@ async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u
         step: Duration::from_millis(step_ms),
         random_fault,
         record: false,
+        echo_callback_url: false,
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, token_required = opts.token.is_some(), "simulated platform serving");

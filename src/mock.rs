@@ -45,11 +45,14 @@ pub struct MockOptions {
     pub random_fault: Option<(Fault, f64)>,
     /// Keep a record of every request (tests); off for long runs, where it would only grow.
     pub record: bool,
+    /// Echo `callback_url` in status and list answers (a platform that does would show a
+    /// tenant the gateway's relay URL unless the gateway scrubs it).
+    pub echo_callback_url: bool,
 }
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions { token: None, balance: Usd::from_micros(100_000_000), step: Duration::from_millis(500), random_fault: None, record: true }
+        MockOptions { token: None, balance: Usd::from_micros(100_000_000), step: Duration::from_millis(500), random_fault: None, record: true, echo_callback_url: false }
     }
 }
 
@@ -521,7 +524,11 @@ impl MockPlatform {
                 price,
                 fails: prompt.contains("[fail]"),
                 refunded: false,
-                echo: ["duration", "orientation", "model", "aspect_ratio"].iter().filter_map(|k| v.get(*k).map(|x| (k.to_string(), x.clone()))).collect(),
+                echo: ["duration", "orientation", "model", "aspect_ratio", "callback_url"]
+                    .iter()
+                    .filter(|k| **k != "callback_url" || self.opts.echo_callback_url)
+                    .filter_map(|k| v.get(*k).map(|x| (k.to_string(), x.clone())))
+                    .collect(),
             },
         );
         st.order.push(id.clone());

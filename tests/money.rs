@@ -207,7 +207,7 @@ async fn lists_show_only_the_tenants_own_generations() {
 
 #[tokio::test]
 async fn failed_generations_are_credited_back_to_the_month() {
-    let platform = Platform::with(MockOptions { token: Some(TOKEN.into()), balance: usd("10"), step: Duration::from_millis(50), random_fault: None, record: true }).await;
+    let platform = Platform::with(MockOptions { token: Some(TOKEN.into()), balance: usd("10"), step: Duration::from_millis(50), random_fault: None, record: true, echo_callback_url: false }).await;
     let tenants = tenant("a", KEY_A, 1000, 1000, 1000, Some("0.20"));
     let gw = TestGateway::start(&config_text(platform.addr, "", &tenants)).await;
     let c = client();

@@ -134,3 +134,59 @@ async fn request_fields_in_the_list_attribute_same_prompt_requests() {
     assert!(unattributed(&c, &gw).await.is_empty());
     gw.shutdown().await;
 }
+
+/// A relay config: tenant `a` with a webhook secret, the reconciler on.
+fn relay_text(platform: std::net::SocketAddr) -> String {
+    let tenants = tenant("a", KEY_A, 1000, 1000, 1000, None).replacen("generations_per_minute = 1000\n", "generations_per_minute = 1000\nwebhook_secret_env = \"TEST_WEBHOOK_SECRET\"\n", 1);
+    fast_reconcile(&config_text(platform, ADMIN, &tenants), 900, 10_000).replace(
+        "[pricing]",
+        "[webhooks]\npublic_base_url = \"http://{addr}\"\nallow_http_loopback = true\nretry_base_ms = 300\n\n[pricing]",
+    )
+}
+
+/// A platform that echoes `callback_url` in its status answers would show the tenant its relay
+/// token; with it a forged `failed` webhook used to refund a completed generation.
+#[tokio::test]
+async fn a_forged_failed_webhook_moves_no_money_and_status_bodies_hide_the_relay_url() {
+    let platform = Platform::with(MockOptions {
+        token: Some(TOKEN.into()),
+        balance: usd("100"),
+        step: Duration::from_secs(3),
+        echo_callback_url: true,
+        ..Default::default()
+    })
+    .await;
+    let gw = TestGateway::start_templated(&relay_text(platform.addr)).await;
+    let rx = Receiver::start().await;
+    let c = client();
+    let body = format!(r#"{{"prompt":"a lighthouse","callback_url":"{}"}}"#, rx.url());
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.json()["generation_id"].as_str().unwrap().to_string();
+    // The platform's own answer carries the relay URL ...
+    let direct = {
+        let mut q = request(Method::GET, &format!("http://{}/v1/sora/generations/{id}", platform.addr), None, "");
+        q.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        send(&c, q).await
+    };
+    let relay_url = direct.json()["callback_url"].as_str().unwrap().to_string();
+    assert!(relay_url.contains("/webhooks/runblob/"), "{relay_url}");
+    // ... the tenant's never does, on a poll or in a list.
+    for path in [format!("/v1/sora/generations/{id}"), "/v1/sora/generations".to_string()] {
+        let r = get(&c, &gw.url(&path), Some(KEY_A)).await;
+        assert_eq!(r.status, 200);
+        assert!(!String::from_utf8_lossy(&r.body).contains("/webhooks/runblob/"), "{path}: {:?}", r.body);
+    }
+    // A forger who has the token anyway reports a failure while the platform is still working.
+    let forged = post(&c, &relay_url, None, &format!(r#"{{"generation_id":"{id}","status":"failed"}}"#)).await;
+    assert_eq!(forged.status, 200);
+    until(Duration::from_secs(10), "the forgery is counted", || async {
+        let m = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
+        m.contains(r#"tollgate_webhook_rejected_total{cause="unconfirmed_status"} 1"#)
+    })
+    .await;
+    assert_eq!(spend_of(&gw, "a").await, usd("0.12"), "no refund on a webhook's word");
+    let metrics = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
+    assert!(!metrics.contains(r#"tollgate_refunds_total{tenant="a"}"#), "{metrics}");
+    gw.shutdown().await;
+}

@@ -164,7 +164,7 @@ async fn forged_or_unknown_tokens_are_404_and_record_nothing() {
 #[tokio::test]
 async fn a_failed_webhook_refunds_once_even_when_a_poll_sees_the_failure_too() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start_templated(&relay_config(platform.addr, "", Some("0.12"))).await;
+    let gw = TestGateway::start_templated(&fast_reconcile(&relay_config(platform.addr, "", Some("0.12")), 900, 10_000)).await;
     let rx = Receiver::start().await;
     let c = client();
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "[fail] a face")).await;
@@ -172,7 +172,9 @@ async fn a_failed_webhook_refunds_once_even_when_a_poll_sees_the_failure_too() {
     let id = r.json()["generation_id"].as_str().unwrap().to_string();
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.detail(), "BUDGET_EXCEEDED");
     wait_accepted(&rx, 1, Duration::from_secs(10)).await;
-    // The webhook refunded it; a poll sees `failed` as well and must not refund again.
+    // The webhook is a hint: the reconciler confirms the failure with the platform and refunds;
+    // a poll sees `failed` as well and must not refund again.
+    until(Duration::from_secs(10), "refund confirmed", || async { spend_of(&gw, "a").await == usd("0") }).await;
     assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(KEY_A)).await.json()["status"], "failed");
     assert_eq!(spend_of(&gw, "a").await, usd("0"));
     let metrics = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();

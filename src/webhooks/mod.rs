@@ -56,6 +56,34 @@ pub fn relay_url(config: &WebhooksConfig, token: &str) -> String {
     format!("{}/webhooks/runblob/{token}", config.public_base_url)
 }
 
+/// `body` without this gateway's relay URL: a top-level string field that holds one (a platform
+/// echoing `callback_url`) gets `replacement` (the tenant's own URL) or is dropped, so a tenant
+/// never learns a relay token. Bodies without the URL (all of them, normally) are returned as
+/// they are after one substring search.
+pub fn scrub_relay_url(body: bytes::Bytes, config: &WebhooksConfig, replacement: Option<&str>) -> bytes::Bytes {
+    let prefix = format!("{}/webhooks/runblob/", config.public_base_url);
+    if memchr::memmem::find(&body, prefix.as_bytes()).is_none() {
+        return body;
+    }
+    let Ok(serde_json::Value::Object(mut o)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        // Not an object we can edit: never pass the token on.
+        return bytes::Bytes::from_static(b"{}");
+    };
+    let hits: Vec<String> = o.iter().filter(|(_, v)| v.as_str().is_some_and(|s| s.contains(&prefix))).map(|(k, _)| k.clone()).collect();
+    for k in hits {
+        match replacement {
+            Some(r) => o.insert(k, serde_json::Value::String(r.to_string())),
+            None => o.remove(&k),
+        };
+    }
+    let out = serde_json::Value::Object(o).to_string();
+    if out.contains(&prefix) {
+        // Nested somewhere else: drop what we cannot place rather than leak it.
+        return bytes::Bytes::from_static(b"{}");
+    }
+    bytes::Bytes::from(out)
+}
+
 /// A new unguessable token (256 bits, hex).
 pub fn new_token() -> String {
     use rand::RngCore;
