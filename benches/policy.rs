@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::StatusCode;
 use tollgate::policy::family::Family;
-use tollgate::policy::image::check_base64_image;
+use tollgate::policy::image::{check_base64_image, ImageLimits};
 use tollgate::policy::image::fixtures::{b64, jpeg, png};
 use tollgate::policy::rate_limit::{limits, LimitKind, TenantLimiter};
 use tollgate::policy::validate::{parse_object, validate};
@@ -30,14 +30,14 @@ fn validation(c: &mut Criterion) {
             validate(Family::builtin("sora"), &fields).unwrap()
         })
     });
-    g.bench_function("tollgate_check_image_only", |b| b.iter(|| check_base64_image(black_box(&image), 10 * MIB).unwrap()));
+    g.bench_function("tollgate_check_image_only", |b| b.iter(|| check_base64_image(black_box(&image), &ImageLimits::bytes(10 * MIB)).unwrap()));
     // Baselines: what a naive validator would pay.
     g.bench_function("baseline_serde_value_parse", |b| b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(body.as_bytes())).unwrap()));
     g.bench_function("baseline_base64_full_decode", |b| b.iter(|| base64_simd::STANDARD.decode_to_vec(black_box(image.as_bytes())).unwrap()));
     g.finish();
 
     let deep_jpeg = b64(&jpeg(1920, 1080, 300_000));
-    c.bench_function("check_jpeg_header_past_prefix", |b| b.iter(|| check_base64_image(black_box(&deep_jpeg), 10 * MIB).unwrap()));
+    c.bench_function("check_jpeg_header_past_prefix", |b| b.iter(|| check_base64_image(black_box(&deep_jpeg), &ImageLimits::bytes(10 * MIB)).unwrap()));
 }
 
 /// Bodies without images: here the per-family rules are most of the work (parsing aside).

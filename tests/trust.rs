@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::Method;
 use support::*;
-use tollgate::policy::image::fixtures::{b64, png};
+use tollgate::policy::image::fixtures::{b64, jpeg, png, webp};
 
 const ADMIN: &str = "admin_token_env = \"TEST_ADMIN_TOKEN\"";
 
@@ -188,5 +188,31 @@ async fn a_forged_failed_webhook_moves_no_money_and_status_bodies_hide_the_relay
     assert_eq!(spend_of(&gw, "a").await, usd("0.12"), "no refund on a webhook's word");
     let metrics = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
     assert!(!metrics.contains(r#"tollgate_refunds_total{tenant="a"}"#), "{metrics}");
+    gw.shutdown().await;
+}
+
+/// Decompression-bomb dimensions and a corrupt PNG header are refused before anything is
+/// charged, naming the field and the limit.
+#[tokio::test]
+async fn images_whose_header_lies_are_refused_with_the_limit() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let mut bad_crc = png(64, 64, 0);
+    bad_crc[29] ^= 0x5a;
+    let cases = [
+        (png(65535, 65535, 0), "image_base64: is 65535x65535 pixels, over the 8192x8192 limit"),
+        (png(i32::MAX as u32, i32::MAX as u32, 0), "image_base64: is 2147483647x2147483647 pixels, over the 8192x8192 limit"),
+        (jpeg(65500, 65500, 0), "image_base64: is 65500x65500 pixels, over the 8192x8192 limit"),
+        (webp(16383, 16383), "image_base64: is 16383x16383 pixels, over the 8192x8192 limit"),
+        (png(8000, 8000, 0), "image_base64: is 8000x8000 = 64000000 pixels, over the 40000000 pixel limit"),
+        (bad_crc, "image_base64: has a PNG header chunk (IHDR) whose CRC does not match"),
+    ];
+    for (img, want) in cases {
+        let body = format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&img));
+        let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &body).await;
+        assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, want));
+    }
+    assert_eq!(platform.generate_calls(), 0);
     gw.shutdown().await;
 }

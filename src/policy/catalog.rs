@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 
+use crate::policy::image::ImageLimits;
+
 use super::family::{Check, Cond, Family, FamilySpec, PriceDim, Rule};
 
 /// The catalog shipped with tollgate (`config/models.toml`), used when `[catalog]` names none.
@@ -57,6 +59,9 @@ struct RuleEntry {
     values: Option<Vec<String>>,
     numbers: Option<bool>,
     max_mib: Option<f64>,
+    max_width: Option<f64>,
+    max_height: Option<f64>,
+    max_megapixels: Option<f64>,
     urls: Option<bool>,
     message: Option<String>,
     when: Option<CondEntry>,
@@ -82,8 +87,8 @@ const CHECKS: &[(&str, &[&str])] = &[
     ("boolean", &[]),
     ("url", &[]),
     ("callback_url", &[]),
-    ("image", &["max_mib"]),
-    ("images", &["min", "max", "max_mib", "urls"]),
+    ("image", &["max_mib", "max_width", "max_height", "max_megapixels"]),
+    ("images", &["min", "max", "max_mib", "max_width", "max_height", "max_megapixels", "urls"]),
     ("urls", &["max"]),
     ("exclusive", &[]),
     ("together", &[]),
@@ -123,11 +128,35 @@ impl RuleEntry {
             ("values", self.values.is_some()),
             ("numbers", self.numbers.is_some()),
             ("max_mib", self.max_mib.is_some()),
+            ("max_width", self.max_width.is_some()),
+            ("max_height", self.max_height.is_some()),
+            ("max_megapixels", self.max_megapixels.is_some()),
             ("urls", self.urls.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
         .collect()
+    }
+
+    /// `max_mib` (required) and the optional dimension limits of an image rule.
+    fn image_limits(&self, at: &str, p: &mut Vec<String>) -> ImageLimits {
+        let Some(mib) = self.max_mib else {
+            p.push(format!("{at}: check {:?} needs `max_mib`", self.check));
+            return ImageLimits::bytes(0);
+        };
+        let positive = |v: Option<f64>, key: &str, default: usize, p: &mut Vec<String>| match v {
+            None => default,
+            Some(x) if x > 0.0 => usize_of(x.round(), &format!("{at}: {key}"), p),
+            Some(_) => {
+                p.push(format!("{at}: {key} must be above 0"));
+                default
+            }
+        };
+        let mut l = ImageLimits::bytes(usize_of((mib * MIB).round(), &format!("{at}: max_mib"), p));
+        l.max_width = positive(self.max_width, "max_width", l.max_width, p);
+        l.max_height = positive(self.max_height, "max_height", l.max_height, p);
+        l.max_pixels = positive(self.max_megapixels.map(|m| m * 1e6), "max_megapixels", l.max_pixels, p);
+        l
     }
 
     fn into_rule(self, at: &str, p: &mut Vec<String>) -> Option<Rule> {
@@ -201,12 +230,12 @@ impl RuleEntry {
             "boolean" => Check::Boolean { field },
             "url" => Check::Url { field },
             "callback_url" => Check::CallbackUrl { field },
-            "image" => Check::Image { field, max_bytes: usize_of((need(self.max_mib, "max_mib", p) * MIB).round(), &format!("{at}: max_mib"), p) },
+            "image" => Check::Image { field, limits: self.image_limits(at, p) },
             "images" => Check::Images {
                 field,
                 min: usize_of(self.min.unwrap_or(0.0), &format!("{at}: min"), p),
                 max: usize_of(need(self.max, "max", p), &format!("{at}: max"), p),
-                max_bytes: usize_of((need(self.max_mib, "max_mib", p) * MIB).round(), &format!("{at}: max_mib"), p),
+                limits: self.image_limits(at, p),
                 urls: self.urls.unwrap_or(false),
             },
             "urls" => Check::Urls { field, max: usize_of(need(self.max, "max", p), &format!("{at}: max"), p) },

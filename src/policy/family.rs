@@ -50,10 +50,10 @@ pub enum Check {
     Url { field: String },
     /// An https URL for the platform to call back (left to the webhook relay when it runs).
     CallbackUrl { field: String },
-    /// A base64 image of at most `max_bytes` decoded.
-    Image { field: String, max_bytes: usize },
+    /// A base64 image within `limits` (decoded size, declared dimensions).
+    Image { field: String, limits: crate::policy::image::ImageLimits },
     /// An array of `min..=max` base64 images (or http(s) URLs, when `urls`).
-    Images { field: String, min: usize, max: usize, max_bytes: usize, urls: bool },
+    Images { field: String, min: usize, max: usize, limits: crate::policy::image::ImageLimits, urls: bool },
     /// An array of at most `max` http(s) URLs.
     Urls { field: String, max: usize },
     /// At most one of the fields.

@@ -10,6 +10,32 @@ use imagesize::ImageError as SizeError;
 /// which are usually well under this.
 const HEADER_PREFIX_BYTES: usize = 64 * 1024;
 
+/// What an image may be: its decoded size, and the dimensions its header declares (a
+/// decompression bomb is a small file that declares a huge canvas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Decoded bytes.
+    pub max_bytes: usize,
+    /// Pixels across.
+    pub max_width: usize,
+    /// Pixels down.
+    pub max_height: usize,
+    /// Width × height.
+    pub max_pixels: usize,
+}
+
+impl ImageLimits {
+    /// Default largest side: well above any camera or generated image in use (8K is 7680).
+    pub const DEFAULT_SIDE: usize = 8192;
+    /// Default largest area: 40 megapixels.
+    pub const DEFAULT_PIXELS: usize = 40_000_000;
+
+    /// The default dimensions with a size cap.
+    pub fn bytes(max_bytes: usize) -> ImageLimits {
+        ImageLimits { max_bytes, max_width: Self::DEFAULT_SIDE, max_height: Self::DEFAULT_SIDE, max_pixels: Self::DEFAULT_PIXELS }
+    }
+}
+
 /// An accepted image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
@@ -71,6 +97,43 @@ pub enum ImageError {
     /// Header says 0×N or N×0.
     #[error("has zero width or height")]
     ZeroDimensions,
+    /// Header declares a side over the limit.
+    #[error("is {width}x{height} pixels, over the {max_width}x{max_height} limit")]
+    TooWide {
+        /// Declared.
+        width: usize,
+        /// Declared.
+        height: usize,
+        /// Limit.
+        max_width: usize,
+        /// Limit.
+        max_height: usize,
+    },
+    /// Header declares more pixels than allowed.
+    #[error("is {width}x{height} = {pixels} pixels, over the {max} pixel limit")]
+    TooManyPixels {
+        /// Declared.
+        width: usize,
+        /// Declared.
+        height: usize,
+        /// width × height.
+        pixels: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A PNG whose header chunk fails its CRC (corrupt, or edited to lie).
+    #[error("has a PNG header chunk (IHDR) whose CRC does not match")]
+    BadChecksum,
+}
+
+/// A PNG's first chunk must be IHDR with a CRC that matches its type and data.
+fn png_header_ok(decoded: &[u8]) -> bool {
+    // signature (8) | length (4) = 13 | "IHDR" | 13 bytes | CRC (4)
+    let Some(chunk) = decoded.get(8..33) else { return false };
+    if chunk[..4] != [0, 0, 0, 13] || &chunk[4..8] != b"IHDR" {
+        return false;
+    }
+    crc32fast::hash(&chunk[4..21]).to_be_bytes() == chunk[21..25]
 }
 
 fn declared_format(media_type: &str) -> Option<ImageFormat> {
@@ -117,14 +180,15 @@ fn decoded_len(b64: &[u8]) -> Result<usize, ImageError> {
 
 /// Validates a raw base64 string or a `data:` URL holding a JPEG, PNG or WEBP image of at most
 /// `max_decoded` bytes.
-pub fn check_base64_image(s: &str, max_decoded: usize) -> Result<ImageInfo, ImageError> {
-    check_base64_image_marked(s, max_decoded, |_| false)
+pub fn check_base64_image(s: &str, limits: &ImageLimits) -> Result<ImageInfo, ImageError> {
+    check_base64_image_marked(s, limits, |_| false)
 }
 
 /// As `check_base64_image`, told by `alphabet_only` whether the base64 payload is known to hold
 /// only alphabet bytes apart from up to two `=` at its end (from the body's scan marks). Such a
 /// payload can only be invalid in its last quantum, so only that is checked.
-pub fn check_base64_image_marked(s: &str, max_decoded: usize, alphabet_only: impl Fn(&[u8]) -> bool) -> Result<ImageInfo, ImageError> {
+pub fn check_base64_image_marked(s: &str, limits: &ImageLimits, alphabet_only: impl Fn(&[u8]) -> bool) -> Result<ImageInfo, ImageError> {
+    let max_decoded = limits.max_bytes;
     let (declared, payload) = split_data_url(s)?;
     let b64 = payload.as_bytes();
     if b64.is_empty() {
@@ -164,6 +228,17 @@ pub fn check_base64_image_marked(s: &str, max_decoded: usize, alphabet_only: imp
     if size.width == 0 || size.height == 0 {
         return Err(ImageError::ZeroDimensions);
     }
+    if format == ImageFormat::Png && !png_header_ok(&header) {
+        return Err(ImageError::BadChecksum);
+    }
+    let (width, height) = (size.width, size.height);
+    if width > limits.max_width || height > limits.max_height {
+        return Err(ImageError::TooWide { width, height, max_width: limits.max_width, max_height: limits.max_height });
+    }
+    let pixels = width.saturating_mul(height);
+    if pixels > limits.max_pixels {
+        return Err(ImageError::TooManyPixels { width, height, pixels, max: limits.max_pixels });
+    }
     Ok(ImageInfo { format, width: size.width, height: size.height, decoded_len: decoded })
 }
 
@@ -182,13 +257,16 @@ pub mod fixtures {
         v.extend_from_slice(&w.to_be_bytes());
         v.extend_from_slice(&h.to_be_bytes());
         v.extend_from_slice(&[8, 6, 0, 0, 0]);
-        v.extend_from_slice(&[0, 0, 0, 0]); // CRC (not checked by header readers)
+        let crc = crc32fast::hash(&v[12..29]);
+        v.extend_from_slice(&crc.to_be_bytes());
         let pad = min_len.saturating_sub(v.len() + 12 + 12);
         if pad > 0 {
             v.extend_from_slice(&(pad as u32).to_be_bytes());
             v.extend_from_slice(b"tEXt");
+            let start = v.len() - 4;
             v.extend(std::iter::repeat_n(b'a', pad));
-            v.extend_from_slice(&[0, 0, 0, 0]);
+            let crc = crc32fast::hash(&v[start..]);
+            v.extend_from_slice(&crc.to_be_bytes());
         }
         v.extend_from_slice(&[0, 0, 0, 0]);
         v.extend_from_slice(b"IEND");
@@ -251,20 +329,20 @@ mod tests {
     #[test]
     fn accepts_png_jpeg_webp_raw_and_data_url() {
         let png_s = b64(&png(640, 480, 0));
-        let info = check_base64_image(&png_s, 10 * MIB).unwrap();
+        let info = check_base64_image(&png_s, &ImageLimits::bytes(10 * MIB)).unwrap();
         assert_eq!((info.format, info.width, info.height), (ImageFormat::Png, 640, 480));
         let jpg = format!("data:image/jpeg;base64,{}", b64(&jpeg(300, 200, 10)));
-        let info = check_base64_image(&jpg, 10 * MIB).unwrap();
+        let info = check_base64_image(&jpg, &ImageLimits::bytes(10 * MIB)).unwrap();
         assert_eq!((info.format, info.width, info.height), (ImageFormat::Jpeg, 300, 200));
         let webp = format!("data:image/webp;base64,{}", b64(&webp(64, 32)));
-        let info = check_base64_image(&webp, 10 * MIB).unwrap();
+        let info = check_base64_image(&webp, &ImageLimits::bytes(10 * MIB)).unwrap();
         assert_eq!((info.format, info.width, info.height), (ImageFormat::Webp, 64, 32));
     }
 
     #[test]
     fn reads_jpeg_header_beyond_the_prefix() {
         let s = b64(&jpeg(1920, 1080, 200_000));
-        let info = check_base64_image(&s, 10 * MIB).unwrap();
+        let info = check_base64_image(&s, &ImageLimits::bytes(10 * MIB)).unwrap();
         assert_eq!((info.width, info.height), (1920, 1080));
     }
 
@@ -272,9 +350,9 @@ mod tests {
     fn size_is_exact_and_bounded() {
         let bytes = png(10, 10, 4096);
         let s = b64(&bytes);
-        assert_eq!(check_base64_image(&s, bytes.len()).unwrap().decoded_len, bytes.len());
+        assert_eq!(check_base64_image(&s, &ImageLimits::bytes(bytes.len())).unwrap().decoded_len, bytes.len());
         assert_eq!(
-            check_base64_image(&s, bytes.len() - 1),
+            check_base64_image(&s, &ImageLimits::bytes(bytes.len() - 1)),
             Err(ImageError::TooLarge { decoded: bytes.len(), max: bytes.len() - 1 })
         );
     }
@@ -302,7 +380,7 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(check_base64_image(&input, 10 * MIB), Err(want), "{input:.40}");
+            assert_eq!(check_base64_image(&input, &ImageLimits::bytes(10 * MIB)), Err(want), "{input:.40}");
         }
     }
 
@@ -311,9 +389,9 @@ mod tests {
         let bytes = png(4000, 3000, 10 * MIB);
         assert_eq!(bytes.len(), 10 * MIB);
         let s = b64(&bytes);
-        assert!(check_base64_image(&s, 10 * MIB).is_ok());
+        assert!(check_base64_image(&s, &ImageLimits::bytes(10 * MIB)).is_ok());
         let bigger = b64(&png(4000, 3000, 10 * MIB + 1));
-        assert!(matches!(check_base64_image(&bigger, 10 * MIB), Err(ImageError::TooLarge { .. })));
+        assert!(matches!(check_base64_image(&bigger, &ImageLimits::bytes(10 * MIB)), Err(ImageError::TooLarge { .. })));
     }
 
     proptest::proptest! {
@@ -337,8 +415,29 @@ mod tests {
             }
             let marks = crate::policy::scan::Marks::of_whole(&body).expect("an image body has few marks");
             let s = std::str::from_utf8(&body[10..body.len() - 2]).unwrap();
-            let marked = check_base64_image_marked(s, 10 * MIB, |p| marks.alphabet_only(&body, p));
-            proptest::prop_assert_eq!(marked, check_base64_image(s, 10 * MIB));
+            let marked = check_base64_image_marked(s, &ImageLimits::bytes(10 * MIB), |p| marks.alphabet_only(&body, p));
+            proptest::prop_assert_eq!(marked, check_base64_image(s, &ImageLimits::bytes(10 * MIB)));
         }
+    }
+
+    #[test]
+    fn headers_that_declare_a_bomb_or_fail_their_crc_are_refused() {
+        let l = ImageLimits::bytes(10 * MIB);
+        let wide = |w: usize, h: usize| ImageError::TooWide { width: w, height: h, max_width: 8192, max_height: 8192 };
+        assert_eq!(check_base64_image(&b64(&png(65535, 65535, 0)), &l), Err(wide(65535, 65535)));
+        assert_eq!(check_base64_image(&b64(&png(i32::MAX as u32, i32::MAX as u32, 0)), &l), Err(wide(2147483647, 2147483647)));
+        assert_eq!(check_base64_image(&b64(&jpeg(65500, 65500, 0)), &l), Err(wide(65500, 65500)));
+        assert_eq!(check_base64_image(&b64(&webp(16383, 16383)), &l), Err(wide(16383, 16383)));
+        assert_eq!(
+            check_base64_image(&b64(&png(8000, 8000, 0)), &l),
+            Err(ImageError::TooManyPixels { width: 8000, height: 8000, pixels: 64_000_000, max: 40_000_000 })
+        );
+        let mut bad = png(64, 64, 0);
+        bad[29] ^= 0xff;
+        assert_eq!(check_base64_image(&b64(&bad), &l), Err(ImageError::BadChecksum));
+        // Per family limits apply as set.
+        let small = ImageLimits { max_width: 100, ..l };
+        assert!(check_base64_image(&b64(&png(101, 10, 0)), &small).is_err());
+        assert!(check_base64_image(&b64(&png(100, 10, 0)), &small).is_ok());
     }
 }

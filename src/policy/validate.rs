@@ -214,11 +214,11 @@ impl<'f, 'a> Checker<'f, 'a> {
                 Some((name, u)) if !self.relayed_callbacks => check_url(name, u, true).map_err(Failure::own),
                 _ => Ok(()),
             },
-            Check::Image { field, max_bytes } => match self.string(field)? {
-                Some((name, s)) => self.image_b64(name, s, *max_bytes),
+            Check::Image { field, limits } => match self.string(field)? {
+                Some((name, s)) => self.image_b64(name, s, limits),
                 None => Ok(()),
             },
-            Check::Images { field, min, max, max_bytes, urls } => {
+            Check::Images { field, min, max, limits, urls } => {
                 let Some((name, items)) = self.strings(field)? else { return Ok(()) };
                 if items.len() > *max {
                     return Err(Own(name.into(), format!("at most {max} images allowed, got {}", items.len())));
@@ -231,7 +231,7 @@ impl<'f, 'a> Checker<'f, 'a> {
                     if *urls && (item.starts_with("http://") || item.starts_with("https://")) {
                         check_url(&at, item, false).map_err(Failure::inner)?;
                     } else {
-                        self.image_b64(&at, item, *max_bytes)?;
+                        self.image_b64(&at, item, limits)?;
                     }
                 }
                 Ok(())
@@ -333,7 +333,7 @@ impl<'f, 'a> Checker<'f, 'a> {
         }
     }
 
-    fn image_b64(&mut self, name: &str, value: &str, max: usize) -> Result<(), Failure> {
+    fn image_b64(&mut self, name: &str, value: &str, max: &crate::policy::image::ImageLimits) -> Result<(), Failure> {
         let f = self.f;
         let alphabet_only = |payload: &[u8]| f.marks.is_some_and(|m| m.alphabet_only(f.body, payload));
         let info = check_base64_image_marked(value, max, alphabet_only).map_err(|e: ImageError| Inner(name.into(), e.to_string()))?;
