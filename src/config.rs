@@ -800,11 +800,17 @@ impl Config {
                 PriceSpec::Flat(s) => vec![("default".to_string(), s.clone())],
                 PriceSpec::Table(t) => t.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             };
+            if entries.is_empty() {
+                p.push(format!("pricing.{name:?} has no prices: give it a price string or a table of them"));
+            }
             let mut parsed = Vec::new();
             for (key, value) in entries {
+                // A hold must be the highest price a request can cost: a zero hold admits
+                // requests a budget cannot pay for, which settlement then charges anyway.
                 match Usd::parse(&value) {
-                    Ok(u) if u >= Usd::ZERO => parsed.push((key, u)),
-                    _ => p.push(format!("pricing.{name:?}.{key:?} = {value:?} is not a non-negative decimal string")),
+                    Ok(u) if u > Usd::ZERO => parsed.push((key, u)),
+                    Ok(_) => p.push(format!("pricing.{name:?}.{key:?} = {value:?} must be above zero (the hold must be the highest price a request can cost)")),
+                    _ => p.push(format!("pricing.{name:?}.{key:?} = {value:?} is not a decimal string like \"0.12\"")),
                 }
             }
             families.insert(family, FamilyPrices::new(parsed));

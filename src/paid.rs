@@ -240,6 +240,11 @@ impl Paid {
                 q
             }
         };
+        if charged > quoted {
+            gw.metrics.charged_above_hold(family.path());
+            tracing::error!(request_id, tenant = %tenant, family = family.path(), charged = %charged, held = %quoted, cause = "charged_above_hold",
+                "the platform charged more than the hold: [pricing] is below a real price, so budgets can be overrun; raise it to the highest price a request can cost");
+        }
         let id = answer.id.unwrap_or_else(|| {
             tracing::warn!(request_id, "platform accepted a generation without an id; recording it under the request id");
             format!("unknown-{request_id}")

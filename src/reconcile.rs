@@ -294,6 +294,9 @@ impl Reconciler {
                 let (u, l) = (outcomes[c], &free[li]);
                 decided[c] = true;
                 let price = settle_price(u.price, l.price).unwrap_or(u.price);
+                if price > u.price {
+                    gw.metrics.charged_above_hold(fam);
+                }
                 let record = GenerationRecord {
                     id: l.id.clone(),
                     tenant: u.tenant.clone(),

@@ -216,3 +216,17 @@ async fn images_whose_header_lies_are_refused_with_the_limit() {
     assert_eq!(platform.generate_calls(), 0);
     gw.shutdown().await;
 }
+
+/// A price list below what the platform charges is counted per family, so it can be alerted on.
+#[tokio::test]
+async fn a_charge_above_its_hold_is_counted() {
+    let platform = Platform::start().await;
+    let text = config_text(platform.addr, "", &default_tenants()).replace(r#"sora = { "10" = "0.12", "15" = "0.18" }"#, r#"sora = "0.05""#);
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    assert_eq!(spend_of(&gw, "a").await, usd("0.12"), "settled at the charged price");
+    let m = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
+    assert!(m.contains(r#"tollgate_charged_above_hold_total{family="sora"} 1"#), "{m}");
+    gw.shutdown().await;
+}

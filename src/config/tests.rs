@@ -201,3 +201,13 @@ fn telemetry_needs_an_http_endpoint_and_defaults_the_traces_path() {
     let p = problems(&format!("{}\n[telemetry]\n", minimal()));
     assert!(p.iter().any(|l| l.contains("telemetry.otlp_endpoint is required")), "{p:?}");
 }
+
+#[test]
+fn zero_negative_and_empty_prices_are_refused() {
+    let p = problems(&format!("{}[pricing]\nsora = {{ \"10\" = \"0\", \"15\" = \"-0.18\" }}\nveo = {{}}\ngemini = \"abc\"\n", minimal()));
+    let all = p.join("\n");
+    assert!(all.contains(r#"pricing."sora"."10" = "0" must be above zero"#), "{all}");
+    assert!(all.contains(r#"pricing."sora"."15" = "-0.18" must be above zero"#), "{all}");
+    assert!(all.contains(r#"pricing."veo" has no prices"#), "{all}");
+    assert!(all.contains(r#"pricing."gemini"."default" = "abc" is not a decimal string"#), "{all}");
+}
