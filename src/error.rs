@@ -109,6 +109,10 @@ pub enum GatewayError {
     /// The platform answered with an error, already normalised.
     #[error("{}", .0.detail)]
     Upstream(Normalized),
+    /// A 2xx from the platform that is not the documented JSON (an HTML page, truncated JSON, a
+    /// created answer without an id). On a paid generate the outcome is unknown.
+    #[error("Upstream returned an invalid answer")]
+    InvalidAnswer,
     /// The platform could not be reached, or timed out, or fails fast behind an open circuit.
     #[error(transparent)]
     Unreachable(#[from] UpstreamError),
@@ -146,6 +150,7 @@ impl GatewayError {
             Refused(_) => StatusCode::PAYMENT_REQUIRED,
             IdempotencyInProgress | OutcomeUnresolved => StatusCode::CONFLICT,
             Upstream(n) => n.status,
+            InvalidAnswer => StatusCode::BAD_GATEWAY,
             Unreachable(_) | Overloaded | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,6 +176,7 @@ impl GatewayError {
             Refused(crate::policy::ledger::Refusal::BudgetExceeded) => "budget_exceeded",
             IdempotencyInProgress | OutcomeUnresolved => "conflict",
             Upstream(_) => "upstream_error",
+            InvalidAnswer => "upstream_invalid_answer",
             Unreachable(UpstreamError::Timeout) => "upstream_timeout",
             Unreachable(UpstreamError::CircuitOpen { .. }) => "circuit_open",
             Unreachable(_) => "upstream_unavailable",

@@ -66,6 +66,15 @@ pub(crate) fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> 
     serde_json::from_slice::<S<'_>>(body).ok()?.status
 }
 
+/// Does the body open and close as a JSON object? An O(1) look at its ends that refuses HTML
+/// pages, empty bodies and truncated JSON on every poll without parsing the body again (the
+/// status scan below reads the rest).
+fn framed_as_object(body: &[u8]) -> bool {
+    let first = body.iter().position(|c| !c.is_ascii_whitespace());
+    let last = body.iter().rposition(|c| !c.is_ascii_whitespace());
+    matches!((first, last), (Some(f), Some(l)) if f < l && body[f] == b'{' && body[l] == b'}')
+}
+
 /// The top-level `"status"` string of a JSON object, found by a byte scan without parsing the
 /// rest; `None` when it is absent, escaped, or the scan meets anything unexpected. Only ever
 /// used to see that a status did *not* change (see `track_status`).
@@ -434,6 +443,11 @@ impl Gateway {
         let upstream = Some((rsp.status, rsp.latency));
         if !rsp.status.is_success() {
             return Polled { result: Err(GatewayError::Upstream(self.upstream.error_of(&rsp))), upstream };
+        }
+        if !framed_as_object(&rsp.body) {
+            self.metrics.upstream_error("invalid_answer");
+            tracing::warn!(request_id = %String::from_utf8_lossy(request_id.as_bytes()), generation = %record.id, status = rsp.status.as_u16(), cause = "invalid_answer", "platform answered a status poll with a body that is not a JSON object");
+            return Polled { result: Err(GatewayError::InvalidAnswer), upstream };
         }
         self.track_status(record, &rsp.body).await;
         let answer = CachedStatus { at: Instant::now(), status: rsp.status, content_type: rsp.headers.get(CONTENT_TYPE).cloned(), body: rsp.body };

@@ -232,6 +232,21 @@ impl Paid {
             return PaidOutcome { result: Err(err), upstream, price: quoted };
         }
         let answer = created(family, &rsp.body);
+        if answer.id.is_none() {
+            // A 2xx that is not the documented JSON, or names no generation: the platform may
+            // have charged, and the tenant could never poll it. Unknown, for the reconciler.
+            hold.disarm();
+            gw.metrics.unknown_outcome("invalid_answer");
+            tracing::warn!(request_id, tenant = %tenant, hold = %hold.id, status = rsp.status.as_u16(), cause = "invalid_answer",
+                "platform answered a paid request with a 2xx that is not a created generation: outcome unknown, counted as spent until reconciled");
+            if let Err(se) = gw.store.mark_unknown(&hold.id).await {
+                tracing::warn!(error = %se, hold = %hold.id, "could not mark hold unknown; its lease will");
+            }
+            if let Some(i) = idem {
+                i.keep();
+            }
+            return PaidOutcome { result: Err(GatewayError::InvalidAnswer), upstream, price: quoted };
+        }
         let charged = match settle_price(quoted, answer.price) {
             Ok(p) => p,
             Err((q, why)) => {
@@ -245,10 +260,7 @@ impl Paid {
             tracing::error!(request_id, tenant = %tenant, family = family.path(), charged = %charged, held = %quoted, cause = "charged_above_hold",
                 "the platform charged more than the hold: [pricing] is below a real price, so budgets can be overrun; raise it to the highest price a request can cost");
         }
-        let id = answer.id.unwrap_or_else(|| {
-            tracing::warn!(request_id, "platform accepted a generation without an id; recording it under the request id");
-            format!("unknown-{request_id}")
-        });
+        let id = answer.id.unwrap_or_default();
         let record = GenerationRecord {
             id,
             tenant: tenant.clone(),

@@ -230,3 +230,41 @@ async fn a_charge_above_its_hold_is_counted() {
     assert!(m.contains(r#"tollgate_charged_above_hold_total{family="sora"} 1"#), "{m}");
     gw.shutdown().await;
 }
+
+fn answer(platform: &Platform, prefix: &str, status: u16, content_type: &str, body: &str) {
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(status);
+    f.content_type = Some(content_type.into());
+    f.body = Some(body.into());
+    f.path_prefix = Some(prefix.into());
+    f.times = Some(1);
+    platform.inject(f);
+}
+
+/// A 2xx that is not the documented JSON is not success: the tenant gets 502 and a paid
+/// request's outcome is unknown (the platform may have charged) until the reconciler decides.
+#[tokio::test]
+async fn garbage_2xx_answers_are_502_and_paid_ones_are_unknown_outcomes() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&fast_reconcile(&config_text(platform.addr, "", &default_tenants()), 2, 300)).await;
+    let c = client();
+    for (status, ct, body) in [(200, "text/html", "<html>ok</html>"), (201, "application/json", r#"{"status":"pending","price":"0.12"}"#)] {
+        answer(&platform, "/v1/sora/generate", status, ct, body);
+        let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
+        assert_eq!((r.status.as_u16(), r.detail().as_str()), (502, "Upstream returned an invalid answer"), "{body}");
+        assert_eq!(r.headers["content-type"], "application/json");
+        let totals = gw.gateway.store().hold_totals().await.unwrap();
+        assert_eq!(totals.unknown, 1, "counted as spent until reconciled");
+        // Nothing was created: the reconciler releases it.
+        until(Duration::from_secs(10), "released", || async { gw.gateway.store().hold_totals().await.unwrap().unknown == 0 }).await;
+    }
+    assert_eq!(spend_of(&gw, "a").await, usd("0"));
+    let id = create(&c, &gw, KEY_A).await;
+    for body in ["<html><body>Bad gateway</body></html>", r#"{"generation_id":"x","status":"compl"#, ""] {
+        answer(&platform, "/v1/sora/generations/", 200, "application/json", body);
+        let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}")), Some(KEY_A)).await;
+        assert_eq!((r.status.as_u16(), r.detail().as_str()), (502, "Upstream returned an invalid answer"), "{body:?}");
+    }
+    assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{id}")), Some(KEY_A)).await.status, 200);
+    gw.shutdown().await;
+}
