@@ -15,6 +15,8 @@ pub struct Admin {
     gateway: Arc<Gateway>,
     token: Option<Secret>,
     token_env: String,
+    /// Wrong admin tokens per client address: past ten, one guess a second.
+    failures: crate::limits::AuthFailures,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -31,7 +33,7 @@ fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
 impl Admin {
     /// `token` guards `/admin/*`; without one those endpoints refuse everything.
     pub fn new(gateway: Arc<Gateway>, token: Option<Secret>, token_env: String) -> Arc<Admin> {
-        Arc::new(Admin { gateway, token, token_env })
+        Arc::new(Admin { gateway, token, token_env, failures: crate::limits::AuthFailures::new() })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -46,7 +48,7 @@ impl Admin {
     }
 
     /// `/admin/*` needs the admin token: 403 when none is configured, 401 when it is wrong.
-    fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+    fn refusal<B: 'static>(&self, req: &Request<B>) -> Option<Response<Body>> {
         if self.token.is_none() {
             return Some(body::detail(
                 StatusCode::FORBIDDEN,
@@ -54,13 +56,21 @@ impl Admin {
             ));
         }
         if !self.authorized(req) {
+            // A valid token is never slowed down; an address that keeps guessing is.
+            if let Some(ip) = crate::gateway::peer_ip(req) {
+                if let Err(secs) = self.failures.failed(ip) {
+                    let mut rsp = body::detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts from this address; retry later");
+                    rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                    return Some(rsp);
+                }
+            }
             return Some(body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials"));
         }
         None
     }
 
     /// Serves one admin request.
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B: 'static>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => body::json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET, "/readyz") => match self.gateway.store().ping().await {
@@ -174,7 +184,7 @@ impl Admin {
 impl Admin {
     /// `POST /admin/unattributed/{id}/assign?tenant=ID` charges an unattributed generation to a
     /// tenant (who can then read it); `.../dismiss` leaves it to the account. One audit line each.
-    async fn decide_unattributed<B>(&self, req: &Request<B>, rest: &str) -> Response<Body> {
+    async fn decide_unattributed<B: 'static>(&self, req: &Request<B>, rest: &str) -> Response<Body> {
         let Some((id, action)) = rest.rsplit_once('/') else { return body::detail(StatusCode::NOT_FOUND, "Not found") };
         let to: Arc<str> = match action {
             "assign" => {

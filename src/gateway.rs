@@ -471,7 +471,7 @@ impl Gateway {
 
 /// The client's address: from the binary listener's body type, else from a `PeerAddr` extension
 /// an embedder put there.
-fn peer_ip<B: 'static>(req: &Request<B>) -> Option<std::net::IpAddr> {
+pub(crate) fn peer_ip<B: 'static>(req: &Request<B>) -> Option<std::net::IpAddr> {
     let listener = (req.body() as &dyn std::any::Any).downcast_ref::<crate::server::Lingering>().map(|b| b.peer().ip());
     listener.or_else(|| req.extensions().get::<crate::server::PeerAddr>().map(|p| p.0.ip()))
 }

@@ -268,3 +268,40 @@ async fn garbage_2xx_answers_are_502_and_paid_ones_are_unknown_outcomes() {
     assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{id}")), Some(KEY_A)).await.status, 200);
     gw.shutdown().await;
 }
+
+/// Numeric, hex and short spellings of private addresses are refused before anything is charged.
+#[tokio::test]
+async fn callback_urls_in_any_spelling_of_a_private_address_are_refused() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start_templated(&relay_text(platform.addr)).await;
+    let c = client();
+    for url in ["https://167772161/x", "https://0x0a000001/x", "https://10.1/x", "https://012.0.0.1/x", "https://169.254.169.254./x"] {
+        let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &format!(r#"{{"prompt":"p","callback_url":"{url}"}}"#)).await;
+        assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "callback_url: must not point to a private, loopback or link-local address"), "{url}");
+    }
+    assert_eq!(platform.generate_calls(), 0);
+    gw.shutdown().await;
+}
+
+/// The admin token cannot be guessed at wire speed: an address that keeps presenting wrong
+/// tokens waits; the right token still works from elsewhere.
+#[tokio::test]
+async fn failed_admin_authentication_is_throttled_per_address() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, ADMIN, &default_tenants())).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let mut r = request(Method::GET, &gw.admin_url("/admin/usage"), None, "");
+        r.headers_mut().insert("authorization", format!("Bearer guess-{i}").parse().unwrap());
+        statuses.push(send(&c, r).await);
+    }
+    assert_eq!(statuses[0].status, 401);
+    let throttled = statuses.iter().filter(|r| r.status == 429).count();
+    assert!(throttled >= 15, "{throttled} of 30 guesses throttled");
+    let last = statuses.last().unwrap();
+    assert_eq!(last.detail(), "Too many failed authentication attempts from this address; retry later");
+    assert!(last.headers.contains_key("retry-after"));
+    assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 200, "the real token is never slowed down");
+    gw.shutdown().await;
+}

@@ -52,14 +52,45 @@ pub struct Policy {
 }
 
 fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || literal_ip(host).is_some_and(|ip| ip.is_loopback())
+}
+
+/// The address a host names without DNS, in every spelling a resolver accepts: `[v6]`, dotted
+/// quads, and the inet_aton forms (`2130706433`, `0x7f000001`, `0177.0.0.1`, `127.1`).
+fn literal_ip(host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let num = |p: &str| -> Option<u64> {
+        if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            u64::from_str_radix(h, 16).ok()
+        } else if p.len() > 1 && p.starts_with('0') {
+            u64::from_str_radix(&p[1..], 8).ok()
+        } else if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+            p.parse().ok()
+        } else {
+            None
+        }
+    };
+    let values: Vec<u64> = parts.iter().map(|p| num(p)).collect::<Option<_>>()?;
+    let (head, last) = values.split_at(values.len() - 1);
+    if head.iter().any(|v| *v > 255) || last[0] >= 1u64 << (8 * (4 - head.len())) {
+        return None;
+    }
+    let n = head.iter().enumerate().fold(last[0], |acc, (i, v)| acc | (v << (8 * (3 - i))));
+    Some(IpAddr::V4(std::net::Ipv4Addr::from(n as u32)))
 }
 
 impl Policy {
     /// Checks a tenant's `callback_url` as given; `Err` says why, for a 422.
     pub fn check_url(&self, url: &str) -> Result<Uri, String> {
         let uri: Uri = url.parse().map_err(|_| "must be an absolute URL".to_string())?;
-        let host = uri.host().ok_or("must be an absolute URL")?.to_string();
+        // One canonical host: a trailing dot names the same host (`localhost.`).
+        let host = uri.host().ok_or("must be an absolute URL")?.trim_end_matches('.').to_string();
         let loopback = is_loopback_host(&host);
         match uri.scheme_str() {
             Some("https") => {}
@@ -69,7 +100,7 @@ impl Policy {
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err("must not carry credentials".into());
         }
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        if let Some(ip) = literal_ip(&host) {
             if !self.allows(ip) {
                 return Err("must not point to a private, loopback or link-local address".into());
             }
@@ -134,11 +165,22 @@ mod tests {
             "https://[fd00::1]/x",
             "https://[::ffff:10.0.0.1]/x",
             "https://user:pw@hooks.example.com/",
+            "https://2130706433/",
+            "https://0x7f000001/",
+            "https://127.1/",
+            "https://0177.0.0.1/",
+            "https://localhost./",
+            "https://10.1/",
+            "https://0xa9fea9fe/latest",
             "ftp://hooks.example.com/",
             "/relative",
         ] {
             assert!(strict.check_url(bad).is_err(), "{bad}");
         }
+        assert!(strict.check_url("https://1.2.3.4.example.com/").is_ok(), "names are resolved at delivery");
+        assert_eq!(literal_ip("2130706433"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(literal_ip("127.1"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(literal_ip("256.1.1.1"), None);
         let tests = Policy { allow_http_loopback: true };
         assert!(tests.check_url("http://127.0.0.1:9/x").is_ok());
         assert!(tests.check_url("http://localhost:9/x").is_ok());
