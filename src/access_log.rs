@@ -43,6 +43,9 @@ pub struct AccessRecord<'a> {
     pub request_bytes: usize,
     /// Decoded bytes of validated images.
     pub image_bytes: usize,
+    /// Why it failed, when the gateway or the platform failed it (`token_rejected`,
+    /// `connect_refused`, `timeout`, `circuit_open`, `store_timeout` …); absent otherwise.
+    pub cause: Option<&'static str>,
 }
 
 impl AccessRecord<'_> {
@@ -82,6 +85,10 @@ impl AccessRecord<'_> {
         push_int(out, self.request_bytes);
         out.extend_from_slice(br#","image_bytes":"#);
         push_int(out, self.image_bytes);
+        if let Some(cause) = self.cause {
+            out.extend_from_slice(br#","cause":"#);
+            push_str(out, cause);
+        }
         out.push(b'}');
     }
 }
@@ -301,6 +308,7 @@ mod tests {
             price: None,
             request_bytes: 0,
             image_bytes: 0,
+            cause: None,
         }
     }
 
@@ -334,6 +342,7 @@ mod tests {
             price: Some(crate::policy::money::Usd::from_micros(120_000)),
             request_bytes: 42,
             image_bytes: 0,
+            cause: None,
         });
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 1);

@@ -76,7 +76,7 @@ impl Admin {
             (&Method::GET, "/readyz") => match self.gateway.store().ping().await {
                 Ok(()) => body::json(StatusCode::OK, r#"{"status":"ready"}"#),
                 Err(e) => {
-                    tracing::warn!(error = %e, "not ready: store unreachable");
+                    tracing::warn!(error = %e, "not ready: the store cannot take a write");
                     body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
                 }
             },

@@ -187,6 +187,29 @@ impl GatewayError {
         }
     }
 
+    /// For the access line: why a request failed, when the gateway or the platform failed it
+    /// (not the tenant's request), in a word an operator can search for.
+    pub fn cause(&self) -> Option<&'static str> {
+        use GatewayError::*;
+        Some(match self {
+            Upstream(n) if n.detail == "Upstream authentication failed" => "token_rejected",
+            Upstream(n) if n.status == StatusCode::SERVICE_UNAVAILABLE => "platform_unavailable",
+            Upstream(n) if n.status == StatusCode::TOO_MANY_REQUESTS => "platform_rate_limited",
+            Upstream(n) if n.status.is_server_error() => "platform_error",
+            InvalidAnswer => "invalid_answer",
+            Unreachable(UpstreamError::Connect(_)) => "connect_refused",
+            Unreachable(UpstreamError::Timeout) => "timeout",
+            Unreachable(UpstreamError::Broken(_)) => "connection_broken",
+            Unreachable(UpstreamError::CircuitOpen { .. }) => "circuit_open",
+            Store(StoreError(m)) if m.contains("timed out") => "store_timeout",
+            Store(_) => "store_error",
+            RequestTimeout => "request_timeout",
+            Overloaded => "overloaded",
+            Internal(_) => "internal_error",
+            _ => return None,
+        })
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::RateLimited(r) => Some(r.retry_after_secs),
@@ -202,9 +225,6 @@ impl GatewayError {
 
     /// The `{"detail": ...}` response.
     pub fn into_response(self) -> Response<Body> {
-        if let GatewayError::Internal(msg) | GatewayError::Store(StoreError(msg)) = &self {
-            tracing::warn!(error = %msg, "request failed inside the gateway");
-        }
         let mut rsp = body::detail(self.status(), &self.to_string());
         let h = rsp.headers_mut();
         if let Some(secs) = self.retry_after() {

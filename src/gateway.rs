@@ -97,6 +97,8 @@ pub struct Gateway {
     /// Statuses webhooks reported, by generation: hints the reconciler confirms with the
     /// platform (first in its next pass) before anything is recorded or refunded.
     pub(crate) hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Samples the access lines of refused, unauthenticated requests per address.
+    pub(crate) refusals: crate::limits::RefusalSampler,
 }
 
 /// What one request did, filled in as it goes; becomes the access-log line.
@@ -132,6 +134,10 @@ pub struct Ctx {
     pub request_bytes: usize,
     /// Decoded image bytes validated.
     pub image_bytes: usize,
+    /// Why it failed, when the gateway or the platform failed it.
+    pub cause: Option<&'static str>,
+    /// The client's address, when known.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 
@@ -153,6 +159,8 @@ impl Ctx {
             quotas: None,
             request_bytes: 0,
             image_bytes: 0,
+            cause: None,
+            peer: None,
         }
     }
 
@@ -230,6 +238,7 @@ impl Gateway {
             started_with: config.restart_only(),
             auth_failures: crate::limits::AuthFailures::new(),
             hints: Default::default(),
+            refusals: crate::limits::RefusalSampler::new(),
         })
     }
 
@@ -342,6 +351,10 @@ impl Gateway {
             Ok(rsp) => rsp,
             Err(e) => {
                 ctx.outcome = e.outcome();
+                ctx.cause = e.cause();
+                if let GatewayError::Internal(msg) | GatewayError::Store(crate::store::StoreError(msg)) = &e {
+                    tracing::warn!(request_id = ctx.request_id(), error = %msg, "request failed inside the gateway");
+                }
                 if let GatewayError::RateLimited(r) = &e {
                     if let Some(t) = &ctx.tenant {
                         self.metrics.rate_limited(t, RateLimits::kind_name(r.kind));
@@ -372,7 +385,8 @@ impl Gateway {
     /// A connection refused before any request reached the gateway (no head in time, malformed
     /// head, headers too large, closed at the connection cap): logged and counted like a request.
     pub fn protocol_refusal(&self, r: crate::server::ProtocolRefusal) {
-        let ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), request_id_header(None), "-", r.outcome);
+        let mut ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), request_id_header(None), "-", r.outcome);
+        ctx.peer = Some(r.peer.ip());
         tracing::debug!(peer = %r.peer, status = r.status, outcome = r.outcome, "connection refused at the protocol level");
         self.finish(&ctx, r.status);
     }
@@ -390,6 +404,10 @@ impl Gateway {
             latency,
             upstream_latency: ctx.upstream_latency,
         });
+        // Refused before anyone was authenticated: past a rate per address, counted only.
+        if ctx.tenant.is_none() && status >= 400 && !self.refusals.admit(ctx.peer) {
+            return;
+        }
         self.log.write(&AccessRecord {
             request_id: ctx.request_id(),
             trace_id: ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
@@ -404,6 +422,7 @@ impl Gateway {
             price: ctx.price,
             request_bytes: ctx.request_bytes,
             image_bytes: ctx.image_bytes,
+            cause: ctx.cause,
         });
     }
 
@@ -415,8 +434,16 @@ impl Gateway {
     {
         // Ambiguous framing (seen on the wire by `framing.rs`; hyper drops the evidence from the
         // headers) is refused before anything else looks at the request.
+        ctx.peer = peer_ip(&req);
         if req.extensions().get::<crate::framing::AmbiguousFraming>().is_some() {
             return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with two, is a 400.
+        if req.version() == http::Version::HTTP_11 {
+            let mut hosts = req.headers().get_all(http::header::HOST).iter();
+            if hosts.next().is_none() || hosts.next().is_some() {
+                return Err(GatewayError::BadRequest("HTTP/1.1 requests need exactly one Host header".into()));
+            }
         }
         let runtime = self.current();
         let route = routes::resolve(&runtime.catalog, req.method(), req.uri().path())?;
@@ -430,14 +457,14 @@ impl Gateway {
         if let Route::Webhook(token) = &route {
             return Box::pin(self.webhook_received(ctx, token, req)).await;
         }
-        // A family without a price is not offered here: 404 before anything else, never a 500.
+        let tenant = self.authenticate(&runtime, req.headers(), ctx.peer)?;
+        // A family without a price is not offered here: 404, never a 500. After auth, so an
+        // unauthenticated client learns nothing of what this gateway offers.
         if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
             if !runtime.pricing.offers(*f) {
                 return Err(runtime.family_not_enabled(*f));
             }
         }
-        let peer = peer_ip(&req);
-        let tenant = self.authenticate(&runtime, req.headers(), peer)?;
         ctx.tenant = Some(tenant.id.clone());
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
         match route {

@@ -182,7 +182,19 @@ impl Background {
             })
         };
         let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
-        let mut tasks = vec![reconciler, refresher];
+        // Summaries of sampled access lines, once a second.
+        let sampler = {
+            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => gw.refusals.flush(),
+                        _ = stop.wait_for(|s| *s) => return gw.refusals.flush(),
+                    }
+                }
+            })
+        };
+        let mut tasks = vec![reconciler, refresher, sampler];
         tasks.extend(relay);
         Background { tasks }
     }

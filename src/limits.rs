@@ -114,6 +114,55 @@ impl AuthFailures {
     }
 }
 
+/// Access lines of refused, unauthenticated requests, per client address: past a rate they
+/// are counted instead of written (a flood of bad keys would otherwise fill the disk with
+/// lines that say the same thing), and `flush` writes one summary line per address.
+pub struct RefusalSampler {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    suppressed: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u64>>,
+    checks: std::sync::atomic::AtomicU64,
+}
+
+/// Refused requests logged in full per address: a burst of 50, then 20 a second.
+const REFUSALS_LOGGED_PER_SEC: u32 = 20;
+const REFUSALS_LOGGED_BURST: u32 = 50;
+
+impl RefusalSampler {
+    /// A sampler at the default rate.
+    pub fn new() -> Self {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(REFUSALS_LOGGED_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN))
+            .allow_burst(std::num::NonZeroU32::new(REFUSALS_LOGGED_BURST).unwrap_or(std::num::NonZeroU32::MIN));
+        RefusalSampler { limiter: governor::RateLimiter::keyed(quota), suppressed: Default::default(), checks: Default::default() }
+    }
+
+    /// Should this refused request's access line be written?
+    pub fn admit(&self, peer: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = peer else { return true };
+        if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+            self.limiter.retain_recent();
+        }
+        if self.limiter.check_key(&ip).is_ok() {
+            return true;
+        }
+        *self.suppressed.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_default() += 1;
+        false
+    }
+
+    /// One line per address whose lines were held back since the last flush.
+    pub fn flush(&self) {
+        let held: Vec<(std::net::IpAddr, u64)> = self.suppressed.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (peer, count) in held {
+            tracing::warn!(peer = %peer, suppressed = count, cause = "refusal_flood", "access lines of refused requests from this address were sampled: {count} not written (metrics count every one)");
+        }
+    }
+}
+
+impl Default for RefusalSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Default for AuthFailures {
     fn default() -> Self {
         Self::new()

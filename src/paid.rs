@@ -180,6 +180,7 @@ impl Paid {
                     Err(e) => e.status(),
                 };
                 ctx.outcome = "client_closed";
+                ctx.cause = out.result.as_ref().err().and_then(GatewayError::cause);
                 ctx.upstream_status = out.upstream.map(|u| u.0.as_u16());
                 ctx.upstream_latency = out.upstream.map(|u| u.1);
                 ctx.price = Some(out.price);

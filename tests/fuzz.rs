@@ -5,7 +5,7 @@
 use http::StatusCode;
 use proptest::prelude::*;
 use tollgate::policy::family::Family;
-use tollgate::policy::image::check_base64_image;
+use tollgate::policy::image::{check_base64_image, ImageLimits};
 use tollgate::policy::image::fixtures::{b64, png};
 use tollgate::policy::validate::{parse_object, validate};
 use tollgate::upstream::normalize::normalize;
@@ -62,7 +62,7 @@ proptest! {
 
     #[test]
     fn image_checker_never_panics_and_bounds_size(s in ".{0,300}", max in 0usize..2048) {
-        if let Ok(info) = check_base64_image(&s, max) {
+        if let Ok(info) = check_base64_image(&s, &ImageLimits::bytes(max)) {
             prop_assert!(info.decoded_len <= max);
             prop_assert!(info.width > 0 && info.height > 0);
         }
@@ -73,7 +73,7 @@ proptest! {
         let mut img = png(w, h, 100);
         let i = flip % img.len();
         img[i] = byte;
-        let _ = check_base64_image(&b64(&img), 10 * 1024 * 1024);
+        let _ = check_base64_image(&b64(&img), &ImageLimits::bytes(10 * 1024 * 1024));
     }
 
     #[test]

@@ -305,3 +305,78 @@ async fn failed_admin_authentication_is_throttled_per_address() {
     assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 200, "the real token is never slowed down");
     gw.shutdown().await;
 }
+
+/// `/readyz` asks the store for a write: a Redis that answers PING but refuses writes is not ready.
+#[tokio::test]
+async fn readyz_is_503_while_the_store_cannot_write() {
+    let platform = Platform::start().await;
+    let (text, redis) = with_backend(&config_text(platform.addr, "", &default_tenants()), Backend::Redis);
+    let redis = redis.unwrap();
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.admin_url("/readyz"), None).await.status, 200);
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let set = |v: &'static str| redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(v).to_owned();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
+    let _: () = set("1").query_async(&mut conn).await.unwrap();
+    let r = get(&c, &gw.admin_url("/readyz"), None).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Store unavailable"));
+    let _: () = set("0").query_async(&mut conn).await.unwrap();
+    assert_eq!(get(&c, &gw.admin_url("/readyz"), None).await.status, 200);
+    gw.shutdown().await;
+}
+
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// HTTP/1.1 without a Host, or with two, is a 400 (RFC 9112 §3.2); HTTP/1.0 needs none.
+#[tokio::test]
+async fn http11_needs_exactly_one_host() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let auth = format!("Authorization: Bearer {KEY_A}\r\n");
+    let none = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\n{auth}Connection: close\r\n\r\n")).await;
+    assert!(none.starts_with("HTTP/1.1 400"), "{none}");
+    assert!(none.contains(r#"{"detail":"HTTP/1.1 requests need exactly one Host header"}"#), "{none}");
+    let two = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\nHost: a\r\nHost: b\r\n{auth}Connection: close\r\n\r\n")).await;
+    assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    let one = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n")).await;
+    assert!(one.starts_with("HTTP/1.1 200"), "{one}");
+    let old = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.0\r\n{auth}\r\n")).await;
+    assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
+    gw.shutdown().await;
+}
+
+/// A flood of unauthenticated requests from one address writes a bounded number of access
+/// lines; metrics still count every request.
+#[tokio::test]
+async fn refused_requests_past_a_rate_are_sampled_in_the_access_log() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    for _ in 0..400 {
+        let _ = get(&c, &gw.url("/v1/data/balance"), Some("wrong-key")).await;
+    }
+    let lines = gw.log_lines().len();
+    assert!((50..150).contains(&lines), "{lines} access lines for 400 refused requests");
+    let m = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
+    let counted: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("tollgate_requests_total{") && l.contains(r#"tenant="-""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 400.0, "{m}");
+    // Another tenant's requests are logged in full.
+    for _ in 0..5 {
+        assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    }
+    assert_eq!(gw.log_lines().iter().filter(|l| l["tenant"] == "a").count(), 5);
+    gw.shutdown().await;
+}

@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, next_ms);
+CREATE TABLE IF NOT EXISTS ready_probe (k INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -291,7 +292,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_db(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.map(|_| ())
+        // A durable write, not a read: a full disk or a read-only file must make /readyz fail.
+        self.with_db(|c| exec(c, "INSERT OR REPLACE INTO ready_probe (k, at_ms) VALUES (1, ?1)", [super::now_ms() as i64])).await.map(|_| ())
     }
 
     async fn balance(&self) -> Result<Option<BalanceSnapshot>, StoreError> {

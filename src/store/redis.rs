@@ -555,7 +555,12 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|mut c| async move { ::redis::cmd("PING").query_async::<String>(&mut c).await }).await.map(|_| ())
+        // A write, not PING: a Redis that answers but refuses writes (maxmemory, a failed
+        // snapshot, a read-only replica) cannot take money either.
+        let key = self.key("ready_probe");
+        self.run(|mut c| async move { ::redis::cmd("SET").arg(key).arg(super::now_ms()).arg("PX").arg(60_000).query_async::<String>(&mut c).await })
+            .await
+            .map(|_| ())
     }
 
     async fn balance(&self) -> Result<Option<BalanceSnapshot>, StoreError> {

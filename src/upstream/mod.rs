@@ -249,7 +249,7 @@ impl Upstream {
     }
 
     /// Logs why the platform failed, at most once a second (with how many were not logged).
-    fn log_failure(&self, path: &str, result: &Result<UpstreamResponse, UpstreamError>) {
+    fn log_failure(&self, path: &str, request_id: &HeaderValue, result: &Result<UpstreamResponse, UpstreamError>) {
         let (cause, detail, status) = match result {
             Ok(r) if matches!(r.status.as_u16(), 401 | 403) => ("token_rejected", "the platform rejected the gateway's token".to_string(), Some(r.status.as_u16())),
             Ok(r) if matches!(r.status.as_u16(), 502..=504) => ("platform_unavailable", format!("the platform answered {}", r.status), Some(r.status.as_u16())),
@@ -266,10 +266,11 @@ impl Upstream {
             return;
         }
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        let request_id = request_id.to_str().unwrap_or("-");
         if cause == "token_rejected" {
-            tracing::error!(cause, status, path, suppressed, "{detail}: check the upstream token (upstream.token_env)");
+            tracing::error!(request_id, cause, status, path, suppressed, "{detail}: check the upstream token (upstream.token_env)");
         } else {
-            tracing::warn!(cause, status, path, error = %detail, suppressed, "platform call failed");
+            tracing::warn!(request_id, cause, status, path, error = %detail, suppressed, "platform call failed");
         }
     }
 
@@ -328,7 +329,7 @@ impl Upstream {
                 Err(_) => true,
             };
             permit.record(!failed);
-            self.log_failure(uri.path_and_query().map_or("/", |p| p.as_str()), &result);
+            self.log_failure(uri.path_and_query().map_or("/", |p| p.as_str()), request_id, &result);
             let retryable = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 // A timed-out platform is overloaded or stuck: asking again only adds load.
