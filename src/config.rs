@@ -449,6 +449,17 @@ fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &st
     }
 }
 
+/// Keys written in this project's docs and example configs. A tenant that accepts one can be
+/// spent by anyone who has read them.
+pub const PUBLIC_KEYS: &[&str] = &["tg_example_marketing", "tg_example_research", "tg_demo_marketing_key", "tg_demo_research_key"];
+
+/// The absolute directory of a config file: its relative paths are resolved against it, so the
+/// ledger and the catalog do not depend on where the process was started.
+fn config_dir(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    abs.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
 /// A TOML syntax error with its line and column.
 pub(crate) fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
     let at = e.span().map(|sp| {
@@ -504,22 +515,38 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        Config::from_toml(&text, env)
+        Config::from_toml_at(&text, env, &config_dir(path))
     }
 
-    /// Validates config text. Missing secrets are problems too.
+    /// Validates config text. Missing secrets are problems too. Relative paths in it are taken
+    /// from the current directory (a file's are from its own directory: [`Config::load`]).
     pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let (config, problems) = Config::parse(text, env);
+        Config::from_toml_at(text, env, &std::env::current_dir().unwrap_or_default())
+    }
+
+    /// [`Config::from_toml`] with relative paths resolved against `base`.
+    pub fn from_toml_at(text: &str, env: &dyn Env, base: &Path) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::parse(text, env, base);
         match config {
             Some(c) if problems.is_empty() => Ok(c),
             _ => Err(ConfigError::Invalid(problems)),
         }
     }
 
+    /// [`Config::check`] of a file, relative paths resolved against its directory.
+    pub fn check_file(path: &Path, env: &dyn Env) -> Result<(Config, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Config::check_at(&text, env, &config_dir(path))
+    }
+
     /// Like [`Config::from_toml`], but a missing upstream token is a warning, not a problem
     /// (`check-config` runs where secrets are absent). Returns the config and the warnings.
     pub fn check(text: &str, env: &dyn Env) -> Result<(Config, Vec<String>), ConfigError> {
-        let (config, problems) = Config::parse(text, env);
+        Config::check_at(text, env, &std::env::current_dir().unwrap_or_default())
+    }
+
+    fn check_at(text: &str, env: &dyn Env, base: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let (config, problems) = Config::parse(text, env, base);
         let (secret, other): (Vec<String>, Vec<String>) = problems.into_iter().partition(|p| p.starts_with("secret:"));
         match config {
             Some(c) if other.is_empty() => Ok((c, secret)),
@@ -527,7 +554,7 @@ impl Config {
         }
     }
 
-    fn parse(text: &str, env: &dyn Env) -> (Option<Config>, Vec<String>) {
+    fn parse(text: &str, env: &dyn Env, base: &Path) -> (Option<Config>, Vec<String>) {
         let mut p = Vec::new();
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
@@ -571,7 +598,14 @@ impl Config {
             Some(toml::Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| section(Some(v), &format!("tenants[{i}]"), &mut p))
+                // Named by id where it has one: `tenant "research".monthly_budgt`, not an index.
+                .map(|(i, v)| {
+                    let name = match v.get("id").and_then(|id| id.as_str()) {
+                        Some(id) => format!("tenant {id:?}"),
+                        None => format!("tenants[{i}]"),
+                    };
+                    section(Some(v), &name, &mut p)
+                })
                 .collect(),
             Some(_) => {
                 p.push("tenants must be an array of tables ([[tenants]])".into());
@@ -581,7 +615,7 @@ impl Config {
 
         let server = Config::server(server, env, &mut p);
         let upstream = Config::upstream(upstream, env, &mut p);
-        let store = Config::store(store, env, &mut p);
+        let store = Config::store(store, env, base, &mut p);
         let balance = BalanceConfig {
             cache_ttl: Duration::from_millis(positive(balance.cache_ttl_ms, DEFAULT_BALANCE_TTL_MS, "balance.cache_ttl_ms", &mut p)),
             reserve: match balance.reserve.as_deref().map(Usd::parse) {
@@ -593,7 +627,7 @@ impl Config {
                 }
             },
         };
-        let catalog_path = catalog.path.map(PathBuf::from);
+        let catalog_path = catalog.path.map(|p| base.join(p));
         let catalog = match &catalog_path {
             None => Catalog::builtin().clone(),
             Some(path) => Catalog::load(path).unwrap_or_else(|problems| {
@@ -747,9 +781,9 @@ impl Config {
         }
     }
 
-    fn store(s: StoreSection, env: &dyn Env, p: &mut Vec<String>) -> StoreConfig {
+    fn store(s: StoreSection, env: &dyn Env, base: &Path, p: &mut Vec<String>) -> StoreConfig {
         match s.backend.as_deref().unwrap_or("sqlite") {
-            "sqlite" => StoreConfig::Sqlite { path: PathBuf::from(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
+            "sqlite" => StoreConfig::Sqlite { path: base.join(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
             "memory" => StoreConfig::Memory,
             "redis" => match s.url {
                 Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") => StoreConfig::Redis {
@@ -850,16 +884,22 @@ impl Config {
                 let mut d = [0u8; 32];
                 match hex::decode_to_slice(k.trim().to_ascii_lowercase(), &mut d) {
                     Ok(()) => digests.push(d),
-                    Err(_) => p.push(format!("{at}: keys_sha256 entry {k:?} is not 64 hex characters")),
+                    // Never echo what may be a live key into a terminal or a CI log.
+                    Err(_) if k.starts_with("tg_") || k.len() != 64 => p.push(format!(
+                        "{at}: a keys_sha256 entry ({}…) looks like a key, not its digest: put its digest (tollgate keygen prints it) and give the key to the tenant",
+                        k.chars().take(6).collect::<String>()
+                    )),
+                    Err(_) => p.push(format!("{at}: a keys_sha256 entry is not 64 hex characters")),
                 }
             }
             let rps = t.requests_per_second.unwrap_or(DEFAULT_RPS);
             let burst = t.burst.unwrap_or(DEFAULT_BURST.max(rps));
             let gpm = t.generations_per_minute.unwrap_or(DEFAULT_GPM);
-            let Some(limits) = rate_limit::limits(rps, burst, gpm) else {
+            // Every problem in one pass: a bad limit does not hide a bad budget after it.
+            let limits = rate_limit::limits(rps, burst, gpm);
+            if limits.is_none() {
                 p.push(format!("{at}: requests_per_second, burst and generations_per_minute must be greater than 0"));
-                continue;
-            };
+            }
             let monthly_budget = match t.monthly_budget.as_ref().map(|a| Usd::parse(&a.text())) {
                 None => None,
                 Some(Ok(b)) if b >= Usd::ZERO => Some(b),
@@ -884,7 +924,9 @@ impl Config {
                     },
                 },
             };
-            entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget, webhook_secret }, digests));
+            if let Some(limits) = limits {
+                entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget, webhook_secret }, digests));
+            }
         }
         TenantDirectory::new(entries).unwrap_or_else(|e| {
             p.push(e.to_string());
@@ -927,6 +969,41 @@ impl Config {
             ("telemetry", format!("{:?}", self.telemetry)),
             ("reconcile", format!("{:?}", self.reconcile)),
         ]
+    }
+
+    /// Tenants that accept a key printed in this project's docs or examples (anyone who has read
+    /// them can spend as that tenant): `run` refuses them.
+    pub fn public_key_tenants(&self) -> Vec<(String, &'static str)> {
+        PUBLIC_KEYS.iter().filter_map(|k| self.tenants.lookup(k).map(|t| (t.id.to_string(), *k))).collect()
+    }
+
+    /// What a first real run should know, said once at start by `check-config` and `run`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (tenant, key) in self.public_key_tenants() {
+            w.push(format!(
+                "tenant {tenant:?} accepts the publicly known example key {key:?}: `run` refuses to start with it; put your own digest in keys_sha256 (tollgate keygen)"
+            ));
+        }
+        for t in self.tenants.tenants().iter().filter(|t| t.monthly_budget.is_none()) {
+            w.push(format!("tenant {:?} has no monthly_budget: it can spend the whole account", t.id));
+        }
+        if !self.server.listen.ip().is_loopback() && self.server.tls.is_none() {
+            w.push(format!(
+                "server.listen {} is reachable from other hosts without TLS: tenant keys cross the network in clear text (set tls_cert_path and tls_key_path, or bind to loopback behind a TLS proxy)",
+                self.server.listen
+            ));
+        }
+        if self.server.admin_token.is_none() {
+            w.push(format!(
+                "the admin API is disabled ({} is not set): no /admin/usage, reload over HTTP or decisions on unattributed charges",
+                self.server.admin_token_env
+            ));
+        }
+        if self.pricing.families().next().is_none() {
+            w.push("no [pricing]: no family is offered, every generate is answered 404".into());
+        }
+        w
     }
 
     /// A human summary for `check-config`.

@@ -27,6 +27,7 @@ pub fn demo_config_text(platform: SocketAddr, listen: SocketAddr, admin: SocketA
 [server]
 listen = "{listen}"
 admin_listen = "{admin}"
+admin_token_env = "DEMO_ADMIN_TOKEN"
 shutdown_grace_secs = 2
 
 [upstream]
@@ -118,7 +119,14 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, log: AccessLog, shutdown
     let tenant = bind_or_any(listen).await?;
     let admin_l = bind_or_any(admin).await?;
     let (gw_addr, admin_addr) = (tenant.local_addr()?, admin_l.local_addr()?);
-    let env = HashMap::from([("DEMO_PLATFORM_TOKEN".to_string(), token), ("DEMO_WEBHOOK_SECRET".to_string(), DEMO_WEBHOOK_SECRET.to_string())]);
+    // A fresh admin token each run, printed below, so usage reports, reload and the other admin
+    // endpoints can be tried offline too.
+    let admin_token = format!("demo-admin-{}", uuid::Uuid::new_v4().simple());
+    let env = HashMap::from([
+        ("DEMO_PLATFORM_TOKEN".to_string(), token),
+        ("DEMO_WEBHOOK_SECRET".to_string(), DEMO_WEBHOOK_SECRET.to_string()),
+        ("DEMO_ADMIN_TOKEN".to_string(), admin_token.clone()),
+    ]);
     let receiver = start_receiver().await?;
     let config = Config::from_toml(&demo_config_text(platform_addr, gw_addr, admin_addr), &env)?;
     let gateway = crate::build(&config, log, None).await?;
@@ -133,6 +141,7 @@ tollgate demo: gateway on {base}, admin on http://{admin_addr}, simulated platfo
 Tenant keys:
   marketing  {key}
   research   {other}
+Admin token (this run only): {admin_token}
 
 Try:
   curl -s {base}/v1/data/balance -H 'Authorization: Bearer {key}'
@@ -143,6 +152,7 @@ Try:
   curl -s {base}/v1/sora/generations/<generation_id>/ -H 'Authorization: Bearer {other}'   # another tenant: 404
   curl -s {base}/v1/sora/generate -H 'Authorization: Bearer nope' -d '{{}}'                  # 401
   curl -s http://{admin_addr}/metrics
+  curl -s http://{admin_addr}/admin/usage -H 'Authorization: Bearer {admin_token}'
 
 Webhooks: with a callback_url, the platform calls the gateway, which relays the outcome signed
 (Standard Webhooks) to the tenant. A receiver in this demo prints what it gets:

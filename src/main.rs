@@ -159,13 +159,34 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_BAD_CONFIG));
         }
     };
+    // A key printed in the docs is a key anyone can use: never live outside the demo.
+    let public = config.public_key_tenants();
+    if !public.is_empty() {
+        let named: Vec<String> = public.iter().map(|(t, k)| format!("tenant {t:?} accepts {k:?}")).collect();
+        eprintln!(
+            "tollgate: refusing to serve keys printed in tollgate's docs ({}): give each tenant its own key (tollgate keygen) and put its digest in keys_sha256",
+            named.join(", ")
+        );
+        return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+    }
     let (log, _guard, telemetry) = init_logging(config.telemetry.as_ref());
+    for w in config.warnings() {
+        tracing::warn!(config = %path.display(), "{w}");
+    }
     if let Some(t) = &config.telemetry {
         tracing::info!(endpoint = %t.otlp_endpoint, service = %t.service_name, "exporting request spans over OTLP");
     }
     let listeners = tollgate::Listeners::bind(&config).await?;
     let reload_path = path.clone();
-    let gateway = tollgate::build(&config, log, Some(Arc::new(move || load(&reload_path)))).await.context("starting the gateway")?;
+    let gateway = match tollgate::build(&config, log, Some(Arc::new(move || load(&reload_path)))).await {
+        Ok(g) => g,
+        // The store's path or its permissions are the config's to fix: one line, exit 64.
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("tollgate: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
     // SIGHUP: reload tenants, keys, limits and prices; a bad file is refused and logged.
     let gw = gateway.clone();
     tokio::spawn(async move {
@@ -182,6 +203,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         tls = config.server.tls.is_some(),
         admin = %listeners.admin.local_addr()?,
         store = gateway.store().backend(),
+        store_path = %match &config.store {
+            tollgate::config::StoreConfig::Sqlite { path } => path.display().to_string(),
+            _ => "-".to_string(),
+        },
         workers = runtime.metrics().num_workers(),
         scheduler = match runtime.runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
@@ -241,21 +266,14 @@ async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u
 }
 
 fn check_config(path: &Path, skip_secrets: bool) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("tollgate: cannot read config {}: {e}", path.display());
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
-    };
     // The same verdict as `run`, unless told to leave secrets out (validating files in CI).
-    let checked = if skip_secrets { Config::check(&text, &ProcessEnv) } else { Config::from_toml(&text, &ProcessEnv).map(|c| (c, Vec::new())) };
+    let checked = if skip_secrets { Config::check_file(path, &ProcessEnv) } else { Config::load(path, &ProcessEnv).map(|c| (c, Vec::new())) };
     match checked {
         Ok((config, warnings)) => {
             println!("config {} is valid", path.display());
             print!("{}", config.summary());
-            for w in warnings {
-                println!("warning: {}", w.trim_start_matches("secret: "));
+            for w in warnings.iter().map(|w| w.trim_start_matches("secret: ").to_string()).chain(config.warnings()) {
+                println!("warning: {w}");
             }
             ExitCode::SUCCESS
         }
@@ -267,9 +285,8 @@ fn check_config(path: &Path, skip_secrets: bool) -> ExitCode {
 }
 
 async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, format: &str) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
     // Secrets are not needed to read the store.
-    let (config, _) = match Config::check(&text, &ProcessEnv) {
+    let (config, _) = match Config::check_file(path, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tollgate: {e}");
@@ -283,8 +300,25 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
     if !tollgate::usage::valid_month(&month) {
         anyhow::bail!("--month must be YYYY-MM");
     }
+    // A report never creates a store: an empty new one would read as "nothing spent".
+    if let tollgate::config::StoreConfig::Sqlite { path: db } = &config.store {
+        if !db.exists() {
+            eprintln!(
+                "tollgate: the store {} does not exist: is {} the config the gateway runs with? (relative paths are resolved against the config file's directory)",
+                db.display(),
+                path.display()
+            );
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    }
     let store = tollgate::store::open(&config.store).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let report = tollgate::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(t) = &tenant {
+        if report.tenants.is_empty() {
+            eprintln!("tollgate: no tenant {t:?} in {} or in the store", path.display());
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    }
     match format {
         "table" => print!("{}", report.table()),
         "json" => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -351,6 +385,15 @@ fn main() -> ExitCode {
 
 async fn async_main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print for a person end quietly when their reader goes away (`| head`), as
+    // other command-line tools do. The servers keep Rust's default (a closed stdout must never
+    // stop a gateway).
+    if !matches!(cli.command, Command::Run { .. } | Command::MockPlatform { .. }) {
+        // SAFETY: only resets SIGPIPE's process-wide disposition to the default; no handler runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Run { config } => run(config).await,
         Command::Demo { listen, admin_listen } => {

@@ -206,7 +206,7 @@ fn check_config_and_keygen() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
-    assert!(text.contains("model catalog config/models.toml (10 families)"), "{text}");
+    assert!(text.contains(&format!("model catalog {}/config/models.toml (10 families)", env!("CARGO_MANIFEST_DIR"))), "{text}");
     assert!(text.contains("enabled families (priced): chatgpt-images, gemini, kling"), "{text}");
     assert!(text.contains("not offered (no price; their routes answer 404): seedance"), "{text}");
     // Without the secret: the same verdict as `run` (exit 64) …
@@ -700,4 +700,98 @@ async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
     assert_eq!(sent.trace.0.as_deref(), Some(format!("00-{trace}-{span_id}-01").as_str()));
     let line = gw.access_lines().into_iter().find(|l| l["request_id"] == "otlp-probe-1").unwrap();
     assert_eq!(line["trace_id"], trace);
+}
+
+/// The shipped example as a new operator would first use it: its public keys never go live,
+/// every concern is said once, and nothing depends on the directory tollgate is started from.
+#[tokio::test]
+async fn the_first_real_run_is_safe_by_default() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");
+    let out = Command::new(BIN).args(["check-config", "--config", example]).env("RUNBLOB_TOKEN", "t").env_remove("TOLLGATE_ADMIN_TOKEN").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        r#"warning: tenant "marketing" accepts the publicly known example key "tg_example_marketing""#,
+        r#"warning: tenant "research" accepts the publicly known example key "tg_example_research""#,
+        "warning: the admin API is disabled (TOLLGATE_ADMIN_TOKEN is not set)",
+        "store sqlite /var/lib/tollgate/tollgate.db",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    eprintln!("check-config on the shipped example:\n{text}");
+    // `run` refuses it, naming the tenants, before binding anything.
+    let out = Command::new(BIN).args(["run", "--config", example]).env("RUNBLOB_TOKEN", "t").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"tenant "marketing" accepts "tg_example_marketing""#) && err.contains("tollgate keygen"), "{err}");
+
+    // Relative paths are the config file's: the same ledger from any directory.
+    let dir = temp_dir();
+    let platform = Platform::start().await;
+    let text = config_text(platform.addr, "", &default_tenants()).replace("backend = \"memory\"", "backend = \"sqlite\"\npath = \"ledger/t.db\"");
+    std::fs::write(dir.join("t.toml"), &text).unwrap();
+    let elsewhere = temp_dir();
+    let out = Command::new(BIN).current_dir(&elsewhere).args(["usage", "--config"]).arg(dir.join("t.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "no store yet: refused, not an empty report");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("the store {} does not exist", dir.join("ledger/t.db").display())));
+    assert!(!dir.join("ledger").exists() && !elsewhere.join("ledger").exists(), "a report never creates a store");
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(&elsewhere).args(["run", "--config"]).arg(dir.join("t.toml"));
+    let mut gw = Proc::spawn_command(cmd);
+    assert_eq!(gw.serving["store_path"], dir.join("ledger/t.db").display().to_string());
+    let c = client();
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    gw.signal("TERM");
+    assert!(gw.wait(Duration::from_secs(10)).success());
+    let out = Command::new(BIN).current_dir("/").args(["usage", "--format", "json", "--config"]).arg(dir.join("t.toml")).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tenants"][0]["spent"], "0.1200", "{report}");
+    // An unknown tenant is an error, not an empty table.
+    let out = Command::new(BIN).args(["usage", "--tenant", "nobody", "--config"]).arg(dir.join("t.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"no tenant "nobody""#));
+
+    // A store that cannot be created: one line naming the absolute path, exit 64.
+    let bad = text.replace("path = \"ledger/t.db\"", "path = \"/proc/version/t.db\"");
+    std::fs::write(dir.join("bad.toml"), bad).unwrap();
+    let out = Command::new(BIN).args(["run", "--config"]).arg(dir.join("bad.toml")).env("TEST_PLATFORM_TOKEN", TOKEN).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("/proc/version").count(), 1, "{err}");
+}
+
+/// `tollgate demo | head -3` ends quietly: no panic when it prints after the reader has gone.
+#[tokio::test]
+async fn demo_into_a_closed_pipe_ends_quietly() {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{BIN} demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 | head -3"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Three lines only: the shell keeps this pipe open until the pipeline ends.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut head = String::new();
+    for _ in 0..3 {
+        out.read_line(&mut head).unwrap();
+    }
+    let gateway = head.split("gateway on ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_else(|| panic!("{head}")).to_string();
+    // The demo's next line (this request's access line) meets the closed pipe.
+    let c = client();
+    let _ = get(&c, &format!("{gateway}/v1/data/balance"), Some("tg_demo_marketing_key")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the demo kept running after its reader left");
+        let _ = get(&c, &format!("{gateway}/v1/data/balance"), Some("tg_demo_marketing_key")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(head.lines().count(), 3);
 }

@@ -23,10 +23,13 @@ fn problems(text: &str) -> Vec<String> {
 fn the_documented_example_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.toml");
     let c = Config::load(&path, &env()).unwrap();
-    assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
     assert_eq!(c.upstream.token.expose(), "rb-secret");
-    assert_eq!(c.store, StoreConfig::Sqlite { path: "data/tollgate.db".into() });
+    assert_eq!(c.store, StoreConfig::Sqlite { path: "/var/lib/tollgate/tollgate.db".into() });
+    assert_eq!(c.catalog_path, Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/models.toml")), "relative to the file");
+    let public: Vec<String> = c.public_key_tenants().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(public, ["marketing", "research"], "run refuses the example keys");
     assert_eq!(c.tenants.tenants().len(), 2);
     assert_eq!(&*c.tenants.lookup("tg_example_marketing").unwrap().id, "marketing");
     assert_eq!(&*c.tenants.lookup("tg_example_research").unwrap().id, "research");
@@ -56,7 +59,7 @@ fn unknown_keys_anywhere_are_errors_and_all_are_reported() {
     );
     let p = problems(&text);
     let joined = p.join("\n");
-    for want in ["unknown key `bogus`", "unknown key `server.lsiten`", "unknown key `upstream.timeout_sec`", "server.listen", "balance.reserve", "unknown key `tenants[0].extra`"] {
+    for want in ["unknown key `bogus`", "unknown key `server.lsiten`", "unknown key `upstream.timeout_sec`", "server.listen", "balance.reserve", "unknown key `tenant \"a\".extra`"] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
     assert_eq!(p.len(), 6, "{joined}");
@@ -97,7 +100,7 @@ monthly_budget = "lots"
 "#
     );
     let joined = problems(&text).join("\n");
-    for want in ["tenants[0].id", "tenant \"b\": keys_sha256 entry \"xyz\"", "tenant \"b\": requests_per_second", "tenant \"c\": keys_sha256 needs", "tenant \"c\": monthly_budget"] {
+    for want in ["tenants[0].id", "tenant \"b\": a keys_sha256 entry (xyz…) looks like a key", "tenant \"b\": requests_per_second", "tenant \"c\": keys_sha256 needs", "tenant \"c\": monthly_budget"] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
 }
