@@ -116,11 +116,23 @@ async fn malformed_json_is_400_and_rule_breaks_are_422_naming_the_field() {
 }
 
 #[tokio::test]
-async fn unknown_fields_pass_through_untouched() {
+async fn unknown_fields_are_refused_unless_the_catalog_allows_them() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
     let c = client();
     let body = r#"{"prompt":"p","future_field":{"nested":[1,2,3]},"orientation":"16:9"}"#;
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), body).await;
+    assert_eq!((r.status.as_u16(), r.detail().split(" (").next().unwrap()), (422, "future_field: is not a field of sora"));
+    assert_eq!(platform.generate_calls(), 0, "an unknown field may change the price: never forwarded");
+    gw.shutdown().await;
+    // A catalog that lists it passes it through byte for byte.
+    let dir = temp_dir();
+    let models = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
+        .unwrap()
+        .replacen("path = \"sora\"\n", "path = \"sora\"\nextra_fields = [\"future_field\"]\n", 1);
+    std::fs::write(dir.join("models.toml"), models).unwrap();
+    let text = config_text(platform.addr, "", &default_tenants()).replace("[pricing]", &format!("[catalog]\npath = \"{}\"\n\n[pricing]", dir.join("models.toml").display()));
+    let gw = TestGateway::start(&text).await;
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), body).await.status, 201);
     use sha2::Digest;
     assert_eq!(platform.requests_to("/v1/sora/generate")[0].body_sha256, hex::encode(sha2::Sha256::digest(body)));

@@ -37,6 +37,9 @@ struct FamilyEntry {
     rules: Vec<toml::Value>,
     #[serde(default)]
     status_trailing_slash: bool,
+    /// Body fields the platform accepts that no rule checks (passed through as they are).
+    #[serde(default)]
+    extra_fields: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -299,9 +302,11 @@ fn family(i: usize, value: &toml::Value, p: &mut Vec<String>) -> Option<FamilySp
     let price_by = entry.price_by.into_iter().map(|d| PriceDim { field: d.field, default: d.default }).collect();
     let aliases = entry.aliases.into_iter().collect();
     let slash = entry.status_trailing_slash;
+    let extra = entry.extra_fields.clone();
     (p.len() == before).then(|| {
         let mut spec = FamilySpec::new(entry.path, entry.id_field, price_by, aliases, rules);
         spec.status_trailing_slash = slash;
+        spec.known_fields.extend(extra);
         spec
     })
 }

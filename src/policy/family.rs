@@ -96,15 +96,46 @@ pub struct FamilySpec {
     pub rules: Vec<Rule>,
     /// The platform's status path ends in `/` (Sora's does).
     pub status_trailing_slash: bool,
+    /// Every body field a generate may carry: those the rules, prices and aliases name, plus the
+    /// catalog's `extra_fields`. Anything else is refused, because an unknown field may change
+    /// what the platform charges.
+    pub known_fields: std::collections::BTreeSet<String>,
     /// Route templates for logs and metrics: generate, status, list.
     templates: [String; 3],
+}
+
+impl Check {
+    /// The body fields this check reads.
+    pub fn fields(&self) -> Vec<&str> {
+        use Check::*;
+        match self {
+            Text { field, .. } | Enum { field, .. } | Number { field, .. } | Integer { field, .. } | Boolean { field } | Url { field } | CallbackUrl { field } => vec![field],
+            Image { field, .. } | Images { field, .. } | Urls { field, .. } | Forbidden { field } => vec![field],
+            Exclusive { fields } | Together { fields } | MaxTotal { fields, .. } => fields.iter().map(String::as_str).collect(),
+            Modes { groups } => groups.iter().flatten().map(String::as_str).collect(),
+        }
+    }
 }
 
 impl FamilySpec {
     /// A spec; the route templates are derived from the path.
     pub fn new(path: String, id_field: String, price_by: Vec<PriceDim>, aliases: Vec<(String, String)>, rules: Vec<Rule>) -> Self {
         let templates = [format!("/v1/{path}/generate"), format!("/v1/{path}/generations/{{id}}"), format!("/v1/{path}/generations")];
-        FamilySpec { path, id_field, price_by, aliases, rules, status_trailing_slash: false, templates }
+        let mut known: std::collections::BTreeSet<String> = ["prompt", "callback_url"].iter().map(|s| s.to_string()).collect();
+        known.extend(price_by.iter().map(|d| d.field.clone()));
+        known.extend(aliases.iter().flat_map(|(a, f)| [a.clone(), f.clone()]));
+        for r in &rules {
+            known.extend(r.check.fields().into_iter().map(str::to_string));
+            for c in [&r.when, &r.unless].into_iter().flatten() {
+                match c {
+                    Cond::In { field, .. } => {
+                        known.insert(field.clone());
+                    }
+                    Cond::Present(fields) => known.extend(fields.iter().cloned()),
+                }
+            }
+        }
+        FamilySpec { path, id_field, price_by, aliases, rules, status_trailing_slash: false, known_fields: known, templates }
     }
 }
 

@@ -443,6 +443,15 @@ pub fn validate_with(family: Family, f: &Fields<'_>, relayed_callbacks: bool) ->
         c.rule(r)?;
     }
     c.price_key()?;
+    // Only fields the catalog knows for this family: an unknown one may change what the
+    // platform charges, and was never priced or checked.
+    if !spec.rules.is_empty() {
+        let mut unknown: Vec<&str> = f.map.keys().map(|k| k.as_ref()).filter(|k| !spec.known_fields.contains(*k)).collect();
+        unknown.sort_unstable();
+        if let Some(k) = unknown.first() {
+            return Err(err(*k, format!("is not a field of {} (unknown fields may change the price; the model catalog lists what a family accepts)", spec.path)));
+        }
+    }
     Ok(c.out)
 }
 

@@ -23,8 +23,11 @@ fn body_must_be_a_json_object() {
 
 #[test]
 fn sora_accepts_documented_bodies_and_fills_price_key() {
-    let v = check(Family::builtin("sora"), r#"{"prompt":"A sunset","orientation":"16:9","duration":15,"unknown":{"x":1}}"#).unwrap();
+    let v = check(Family::builtin("sora"), r#"{"prompt":"A sunset","orientation":"16:9","duration":15}"#).unwrap();
     assert_eq!(v.price_key, vec!["15"]);
+    // A field the catalog does not know may change the price: refused, named.
+    let e = check(Family::builtin("sora"), r#"{"prompt":"A sunset","colour":"red","unknown":{"x":1}}"#).unwrap_err();
+    assert!(e.starts_with("colour: is not a field of sora"), "{e}");
     let v = check(Family::builtin("sora"), r#"{"prompt":"A sunset"}"#).unwrap();
     assert_eq!(v.price_key, vec!["10"]);
     let img = b64(&png(32, 32, 0));
