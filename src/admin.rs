@@ -83,6 +83,7 @@ impl Admin {
             (&Method::GET, "/metrics") => {
                 let runtime = self.gateway.current();
                 self.gateway.metrics().set_budgets(runtime.tenants.tenants().iter().filter_map(|t| t.monthly_budget.map(|b| (t.id.clone(), b))));
+                self.gateway.metrics().set_token_rejected(self.gateway.upstream().token_rejected());
                 let text = self.gateway.metrics().render(&**self.gateway.store(), self.gateway.upstream().circuit_state()).await;
                 let mut rsp = body::json(StatusCode::OK, text);
                 rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));

@@ -45,7 +45,9 @@ pub struct BalanceKeeper {
     store: Arc<dyn Store>,
     source: Arc<dyn BalanceSource>,
     ttl: Duration,
-    flight: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch failed, and the platform's answer if it gave one (a refused token
+    /// stays "Upstream authentication failed" during the hold-off, never "unavailable").
+    flight: tokio::sync::Mutex<Option<(Instant, Option<crate::upstream::normalize::Normalized>)>>,
 }
 
 // === impl BalanceKeeper ===
@@ -74,8 +76,11 @@ impl BalanceKeeper {
         if self.is_fresh().await? {
             return Ok(());
         }
-        if last_failure.is_some_and(|t| t.elapsed() < FAILURE_HOLD_OFF) {
-            return Err(GatewayError::Unreachable(UpstreamError::Connect("account balance unavailable".into())));
+        if let Some((_, answer)) = last_failure.as_ref().filter(|(t, _)| t.elapsed() < FAILURE_HOLD_OFF) {
+            return Err(match answer {
+                Some(n) => GatewayError::Upstream(n.clone()),
+                None => GatewayError::Unreachable(UpstreamError::Connect("account balance unavailable".into())),
+            });
         }
         let mark = self.store.begin_balance_fetch().await?;
         match self.source.fetch_balance(request_id).await {
@@ -85,7 +90,11 @@ impl BalanceKeeper {
                 Ok(())
             }
             Err(e) => {
-                *last_failure = Some(Instant::now());
+                let answer = match &e {
+                    GatewayError::Upstream(n) => Some(n.clone()),
+                    _ => None,
+                };
+                *last_failure = Some((Instant::now(), answer));
                 Err(e)
             }
         }

@@ -99,6 +99,7 @@ pub struct Metrics {
     outbox_dead: Gauge,
     budget: Family<TenantLabels, Gauge<f64, AtomicU64>>,
     unattributed: Family<FamilyLabels, Counter>,
+    token_rejected: Gauge,
     charged_above_hold: Family<FamilyLabels, Counter>,
     /// Handles of the per-request series by their labels, hashed with foldhash: the families'
     /// own maps hash every label string with SipHash, three times per request.
@@ -161,7 +162,15 @@ impl Metrics {
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("config_reloads", "Config reloads by result", reloads.clone());
         let balance = Gauge::<f64, AtomicU64>::default();
-        registry.register("account_balance_usd", "Account balance last fetched from the platform", balance.clone());
+        // NaN until a balance was read: 0 would say "empty account" when nothing is known.
+        balance.set(f64::NAN);
+        registry.register("account_balance_usd", "Account balance last fetched from the platform (NaN until one was read)", balance.clone());
+        let token_rejected = Gauge::default();
+        registry.register(
+            "upstream_token_rejected",
+            "1 while the platform refuses the gateway's token (401/403): fix upstream.token_env, not the balance",
+            token_rejected.clone(),
+        );
         let holds_open = Gauge::default();
         registry.register("holds_open", "Paid requests in flight holding balance", holds_open.clone());
         let holds_open_usd = Gauge::<f64, AtomicU64>::default();
@@ -215,6 +224,7 @@ impl Metrics {
             charged_above_hold.clone(),
         );
         Metrics {
+            token_rejected,
             unattributed,
             charged_above_hold,
             handles: Default::default(),
@@ -306,6 +316,11 @@ impl Metrics {
     /// tenant's request).
     pub fn unattributed(&self, family: &str) {
         self.unattributed.get_or_create(&FamilyLabels { family: Label(Arc::from(family)) }).inc();
+    }
+
+    /// Whether the platform refuses the gateway's token (read at each scrape).
+    pub fn set_token_rejected(&self, rejected: bool) {
+        self.token_rejected.set(i64::from(rejected));
     }
 
     /// Counts a generation charged above its hold.

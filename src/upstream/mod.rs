@@ -114,6 +114,8 @@ pub struct Upstream {
     /// request.
     last_failure_log: AtomicU64,
     suppressed: AtomicU64,
+    /// The platform's last answer to the gateway's token was 401/403 (cleared by a 2xx).
+    token_rejected: std::sync::atomic::AtomicBool,
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
@@ -182,6 +184,7 @@ impl Upstream {
             retries: AtomicU64::new(0),
             last_failure_log: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+            token_rejected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -198,6 +201,11 @@ impl Upstream {
     /// Is the circuit closed (for metrics)?
     pub fn circuit_state(&self) -> circuit::State {
         self.circuit.state()
+    }
+
+    /// Did the platform refuse the gateway's token on its last verdict about it?
+    pub fn token_rejected(&self) -> bool {
+        self.token_rejected.load(Ordering::Relaxed)
     }
 
     /// The platform URI for a path: scheme and authority from `base_url`, and its path prefix
@@ -329,6 +337,14 @@ impl Upstream {
                 Err(_) => true,
             };
             permit.record(!failed);
+            if let Ok(r) = &result {
+                // Stored only when it changes: a store per answer would share a cache line
+                // across every request.
+                let rejected = matches!(r.status.as_u16(), 401 | 403);
+                if (rejected || r.status.is_success()) && self.token_rejected.load(Ordering::Relaxed) != rejected {
+                    self.token_rejected.store(rejected, Ordering::Relaxed);
+                }
+            }
             self.log_failure(uri.path_and_query().map_or("/", |p| p.as_str()), request_id, &result);
             let retryable = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
