@@ -30,6 +30,18 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Headers parsed per head.
 const MAX_HEADERS: usize = 128;
 
+/// Put in the extensions of a request with a chunked body: the connection's signals, to read
+/// the chunk sizes declared so far ([`Signals::largest_chunk`]).
+#[derive(Debug, Clone)]
+pub struct ChunkWatch(pub Arc<Signals>);
+
+impl ChunkWatch {
+    /// The largest chunk size declared so far in this request's body.
+    pub fn largest(&self) -> u64 {
+        self.0.largest_chunk.load(Ordering::Relaxed)
+    }
+}
+
 /// Marker put in request extensions when the connection carried an ambiguous request.
 #[derive(Debug, Clone, Copy)]
 pub struct AmbiguousFraming;
@@ -40,6 +52,11 @@ pub struct AmbiguousFraming;
 pub struct Signals {
     /// An ambiguous request was seen on this connection.
     pub ambiguous: AtomicBool,
+    /// The largest chunk size declared so far in the current request's chunked body, so a
+    /// reader can refuse a body over its cap as soon as a chunk header says so (413) instead
+    /// of after that many bytes. Reset by each head. (A pipelined later request's head can
+    /// reset it early; that only loses the early answer, never refuses a good body.)
+    pub largest_chunk: AtomicU64,
     /// Microseconds after `origin`, plus one, when the head now being read began; 0 when no
     /// head after the first is partly read.
     partial_since: AtomicU64,
@@ -52,7 +69,7 @@ pub struct Signals {
 impl Signals {
     /// Signals for a connection accepted at `origin`, waking `wake` when a later head begins.
     pub fn new(origin: Instant, wake: Arc<tokio::sync::Notify>) -> Self {
-        Signals { ambiguous: AtomicBool::new(false), partial_since: AtomicU64::new(0), origin, wake }
+        Signals { ambiguous: AtomicBool::new(false), largest_chunk: AtomicU64::new(0), partial_since: AtomicU64::new(0), origin, wake }
     }
 
     /// When the head being read began, if it is a later head (not the connection's first) that
@@ -178,7 +195,10 @@ impl Framing {
                         self.state = match size {
                             None => State::Off,
                             Some(0) => State::Trailers(Vec::new()),
-                            Some(n) => State::ChunkData(n),
+                            Some(n) => {
+                                self.signals.largest_chunk.fetch_max(n, Ordering::Relaxed);
+                                State::ChunkData(n)
+                            }
                         };
                         &data[i + 1..]
                     }
@@ -251,6 +271,9 @@ impl Framing {
         }
         if te && length.is_some() {
             self.signals.ambiguous.store(true, Ordering::Relaxed);
+        }
+        if chunked {
+            self.signals.largest_chunk.store(0, Ordering::Relaxed);
         }
         match (te, chunked, length) {
             (true, true, _) => State::ChunkSize(Vec::new()),

@@ -178,7 +178,9 @@ impl Gateway {
         let declared = content_length(&parts.headers);
         let idem_key = idempotency_key(&parts.headers)?;
         let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
-        let (body, marks) = self.uploads.read(&mut reservation, incoming, declared, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
+        let chunks = parts.extensions.get::<crate::framing::ChunkWatch>();
+        let (body, marks) =
+            self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
         ctx.request_bytes = body.len();
 
         // 4. JSON and family rules, on borrowed slices of the body.

@@ -298,6 +298,10 @@ where
             if flag.ambiguous.load(Ordering::Relaxed) {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
+            // Only chunked bodies: other requests pay one header lookup, not an allocation.
+            if req.headers().contains_key(http::header::TRANSFER_ENCODING) {
+                req.extensions_mut().insert(crate::framing::ChunkWatch(flag.clone()));
+            }
             act.seen.fetch_add(1, Ordering::AcqRel);
             act.active.fetch_add(1, Ordering::AcqRel);
             let in_flight = InFlight(act.clone());

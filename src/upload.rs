@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
+use crate::framing::ChunkWatch;
 use crate::policy::scan::{BodyScan, Marks};
 
 /// Accounting unit of the total budget: 1 KiB per semaphore permit.
@@ -144,18 +145,18 @@ impl Uploads {
 
     /// Reads a body of at most `limit` bytes into one buffer, reserving memory as it goes, and
     /// hands each chunk to a `BodyScan` while it is in cache (see `policy::scan`).
-    pub async fn read<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize) -> Result<(Bytes, Option<Marks>), UploadError>
+    pub async fn read<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, chunks: Option<&ChunkWatch>, limit: usize) -> Result<(Bytes, Option<Marks>), UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
         let mut scan = BodyScan::new();
-        let out = self.read_inner(r, body, declared, limit, &mut scan).await;
+        let out = self.read_inner(r, body, declared, chunks, limit, &mut scan).await;
         r.done_uploading();
         Ok((out?, scan.finish()))
     }
 
-    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, limit: usize, scan: &mut BodyScan) -> Result<Bytes, UploadError>
+    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, chunks: Option<&ChunkWatch>, limit: usize, scan: &mut BodyScan) -> Result<Bytes, UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
@@ -187,6 +188,10 @@ impl Uploads {
             };
             let Some(frame) = next else { break };
             let frame = frame.map_err(|e| UploadError::Broken(e.to_string()))?;
+            // A chunk header that declares more than the cap: 413 now, not after the bytes.
+            if chunks.is_some_and(|c| c.largest() > limit as u64) {
+                return Err(UploadError::TooLarge);
+            }
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {
                     return Err(UploadError::TooLarge);
@@ -218,11 +223,11 @@ mod tests {
     async fn reads_whole_bodies_and_caps_them() {
         let u = Uploads::new(1 << 20, 1 << 20, 4, 0);
         let mut r = u.begin(&t("a")).unwrap();
-        assert_eq!(&u.read(&mut r, chunks(vec![b"ab", b"cd"]), None, 4).await.unwrap().0[..], b"abcd");
+        assert_eq!(&u.read(&mut r, chunks(vec![b"ab", b"cd"]), None, None, 4).await.unwrap().0[..], b"abcd");
         let mut r = u.begin(&t("a")).unwrap();
-        assert_eq!(u.read(&mut r, chunks(vec![b"ab", b"cde"]), None, 4).await.err(), Some(UploadError::TooLarge));
+        assert_eq!(u.read(&mut r, chunks(vec![b"ab", b"cde"]), None, None, 4).await.err(), Some(UploadError::TooLarge));
         let mut r = u.begin(&t("a")).unwrap();
-        assert_eq!(u.read(&mut r, chunks(vec![]), Some(5), 4).await.err(), Some(UploadError::TooLarge));
+        assert_eq!(u.read(&mut r, chunks(vec![]), Some(5), None, 4).await.err(), Some(UploadError::TooLarge));
     }
 
     #[tokio::test]
@@ -258,7 +263,7 @@ mod tests {
         let mut r = u.begin(&t("a")).unwrap();
         let stalled = StreamBody::new(futures_util::stream::pending::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>());
         let started = Instant::now();
-        assert_eq!(u.read(&mut r, stalled, None, 1 << 20).await.err(), Some(UploadError::TooSlow));
+        assert_eq!(u.read(&mut r, stalled, None, None, 1 << 20).await.err(), Some(UploadError::TooSlow));
         assert_eq!(started.elapsed(), SLOW_UPLOAD_GRACE);
     }
 }

@@ -26,11 +26,20 @@ fn deploy_configs_validate() {
     for f in ["k8s/config.yaml", "k8s/sidecar.yaml"] {
         let cm = deploy(f);
         let start = cm.find("tollgate.toml: |\n").unwrap() + "tollgate.toml: |\n".len();
-        let end = cm[start..].find("\n---").map(|e| start + e).unwrap();
+        let end = cm[start..].find("\n---").map(|e| start + e).unwrap_or(cm.len());
         let toml: String = cm[start..end].lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
         let c = Config::from_toml(&toml, &env()).unwrap_or_else(|e| panic!("{f} ConfigMap: {e}"));
         assert!(matches!(c.store, tollgate::config::StoreConfig::Redis { .. }), "{f}");
     }
+    // No placeholder secrets: applying a file must never overwrite a real token.
+    for f in ["k8s/config.yaml", "k8s/sidecar.yaml", "k8s/redis.yaml", "k8s/edge.yaml", "docker-compose.yml"] {
+        let text = deploy(f);
+        assert!(!text.contains("kind: Secret") && !text.contains("replace-me") && !text.contains("change-me"), "{f} holds a placeholder secret");
+    }
+    // Compose publishes on loopback only and needs an admin token.
+    let compose = deploy("docker-compose.yml");
+    assert!(compose.lines().filter(|l| l.trim_start().starts_with("ports:")).all(|l| !l.contains("\"80") && !l.contains("\"90")), "{compose}");
+    assert!(compose.contains("${TOLLGATE_ADMIN_TOKEN:?"));
     // The sidecar's ports stay inside the pod, and it runs as a native sidecar.
     let sidecar = deploy("k8s/sidecar.yaml");
     assert!(sidecar.contains("listen = \"127.0.0.1:8080\"") && sidecar.contains("restartPolicy: Always"));

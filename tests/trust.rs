@@ -380,3 +380,27 @@ async fn refused_requests_past_a_rate_are_sampled_in_the_access_log() {
     assert_eq!(gw.log_lines().iter().filter(|l| l["tenant"] == "a").count(), 5);
     gw.shutdown().await;
 }
+
+/// A chunk header that declares more than `max_body_bytes` is answered 413 at once, not after
+/// the client has sent that many bytes.
+#[tokio::test]
+async fn a_declared_chunk_over_the_cap_gets_an_early_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "max_body_bytes = 65536", &default_tenants())).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    // 1 GiB declared; 16 bytes sent.
+    s.write_all(format!("{head}40000000\r\n{{\"prompt\": \"aaaa").as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer before the body").unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("Request body exceeds the 65536-byte limit"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(platform.generate_calls(), 0);
+    gw.shutdown().await;
+}
