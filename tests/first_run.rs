@@ -51,3 +51,19 @@ async fn an_unreachable_platform_is_named_in_the_access_line() {
     gw.shutdown().await;
     gw2.shutdown().await;
 }
+
+/// Which families this gateway offers is told to tenants, never to anonymous clients.
+#[tokio::test]
+async fn unauthenticated_requests_learn_nothing_about_the_enabled_families() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
+    let c = client();
+    let anon = post(&c, &gw.url("/v1/kling/generate"), None, r#"{"prompt":"p"}"#).await;
+    assert_eq!((anon.status.as_u16(), anon.detail().as_str()), (401, "Missing credentials"));
+    let wrong = post(&c, &gw.url("/v1/kling/generate"), Some("nope"), r#"{"prompt":"p"}"#).await;
+    assert_eq!((wrong.status.as_u16(), wrong.detail().as_str()), (401, "Invalid credentials"));
+    let tenant = post(&c, &gw.url("/v1/kling/generate"), Some(KEY_A), r#"{"prompt":"p"}"#).await;
+    assert_eq!(tenant.status, 404);
+    assert!(tenant.detail().contains("is not enabled on this gateway (enabled: "), "{}", tenant.detail());
+    gw.shutdown().await;
+}
