@@ -57,6 +57,9 @@ pub struct Signals {
     /// of after that many bytes. Reset by each head. (A pipelined later request's head can
     /// reset it early; that only loses the early answer, never refuses a good body.)
     pub largest_chunk: AtomicU64,
+    /// The head just read has a chunked body (an atomic the service reads, instead of a header
+    /// lookup for every request).
+    pub chunked: AtomicBool,
     /// Microseconds after `origin`, plus one, when the head now being read began; 0 when no
     /// head after the first is partly read.
     partial_since: AtomicU64,
@@ -69,7 +72,7 @@ pub struct Signals {
 impl Signals {
     /// Signals for a connection accepted at `origin`, waking `wake` when a later head begins.
     pub fn new(origin: Instant, wake: Arc<tokio::sync::Notify>) -> Self {
-        Signals { ambiguous: AtomicBool::new(false), largest_chunk: AtomicU64::new(0), partial_since: AtomicU64::new(0), origin, wake }
+        Signals { ambiguous: AtomicBool::new(false), largest_chunk: AtomicU64::new(0), chunked: AtomicBool::new(false), partial_since: AtomicU64::new(0), origin, wake }
     }
 
     /// When the head being read began, if it is a later head (not the connection's first) that
@@ -242,10 +245,13 @@ impl Framing {
         }
         // Most heads (every poll) name none of the headers that decide framing: no body, nothing
         // to refuse, and no need to parse them a second time after hyper.
-        if !head.starts_with(b"CONNECT ") && !framing {
-            return State::Head(Vec::new());
+        let state = if !head.starts_with(b"CONNECT ") && !framing { State::Head(Vec::new()) } else { self.parse_head(head) };
+        // Stored only when it changes: most connections never carry a chunked body.
+        let chunked = matches!(state, State::ChunkSize(_));
+        if self.signals.chunked.load(Ordering::Relaxed) != chunked {
+            self.signals.chunked.store(chunked, Ordering::Relaxed);
         }
-        self.parse_head(head)
+        state
     }
 
     fn parse_head(&self, head: &[u8]) -> State {

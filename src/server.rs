@@ -298,8 +298,9 @@ where
             if flag.ambiguous.load(Ordering::Relaxed) {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
-            // Only chunked bodies: other requests pay one header lookup, not an allocation.
-            if req.headers().contains_key(http::header::TRANSFER_ENCODING) {
+            // Only chunked bodies, as the framing follower saw the head: other requests pay
+            // one atomic load, not a header lookup.
+            if flag.chunked.load(Ordering::Relaxed) {
                 req.extensions_mut().insert(crate::framing::ChunkWatch(flag.clone()));
             }
             act.seen.fetch_add(1, Ordering::AcqRel);
