@@ -23,6 +23,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// 503 `Store unavailable` for an admin request the store could not answer, logged once.
+fn store_unavailable(what: &str, e: &crate::store::StoreError) -> Response<Body> {
+    tracing::warn!(error = %e, "{what} failed: store unreachable");
+    body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
+}
+
 /// The value of query parameter `name`, if given.
 fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
@@ -123,10 +129,7 @@ impl Admin {
                         rsp
                     }
                     Ok(r) => body::json(StatusCode::OK, serde_json::to_string(&r).unwrap_or_default()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "usage report failed: store unreachable");
-                        body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
-                    }
+                    Err(e) => store_unavailable("usage report", &e),
                 }
             }
             (&Method::POST, "/admin/webhooks/redeliver") => {
@@ -142,10 +145,7 @@ impl Admin {
                         }
                         body::json(StatusCode::OK, serde_json::json!({ "redelivering": n }).to_string())
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "redeliver failed: store unreachable");
-                        body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
-                    }
+                    Err(e) => store_unavailable("redeliver", &e),
                 }
             }
             (&Method::GET, "/admin/unattributed") => {
@@ -164,10 +164,7 @@ impl Admin {
                             .collect();
                         body::json(StatusCode::OK, serde_json::json!({ "month": month, "unattributed": items }).to_string())
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "unattributed list failed: store unreachable");
-                        body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
-                    }
+                    Err(e) => store_unavailable("unattributed list", &e),
                 }
             }
             (&Method::POST, path) if path.starts_with("/admin/unattributed/") => {
@@ -206,10 +203,7 @@ impl Admin {
                 body::json(StatusCode::OK, serde_json::json!({ "generation_id": r.id, "owner": &*to, "price": r.price.to_string() }).to_string())
             }
             Ok(None) => body::detail(StatusCode::NOT_FOUND, "Generation not found"),
-            Err(e) => {
-                tracing::warn!(error = %e, "unattributed decision failed: store unreachable");
-                body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
-            }
+            Err(e) => store_unavailable("unattributed decision", &e),
         }
     }
 }

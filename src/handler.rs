@@ -418,11 +418,7 @@ impl Gateway {
         if polled.upstream.is_none() {
             ctx.outcome = "cached";
         }
-        let body = match &self.relay {
-            Some(relay) => crate::webhooks::scrub_relay_url(answer.body, &relay.config, None),
-            None => answer.body,
-        };
-        Ok(passthrough(answer.status, answer.content_type.as_ref(), body))
+        Ok(passthrough(answer.status, answer.content_type.as_ref(), self.without_relay_url(answer.body)))
     }
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
@@ -457,6 +453,14 @@ impl Gateway {
             r.store(answer.clone());
         }
         Polled { result: Ok(answer), upstream }
+    }
+
+    /// A platform body for a tenant, without this gateway's relay URL (see `scrub_relay_url`).
+    fn without_relay_url(&self, body: Bytes) -> Bytes {
+        match &self.relay {
+            Some(relay) => crate::webhooks::scrub_relay_url(body, &relay.config, None),
+            None => body,
+        }
     }
 
     /// Records a status change reported in a platform body; a first `failed` refunds.
@@ -525,11 +529,7 @@ impl Gateway {
                     if let Some(status) = v.get("status").and_then(|s| s.as_str()) {
                         self.record_status(r, status).await;
                     }
-                    let item = Bytes::from(v.to_string());
-                    let item = match &self.relay {
-                        Some(relay) => crate::webhooks::scrub_relay_url(item, &relay.config, None),
-                        None => item,
-                    };
+                    let item = self.without_relay_url(Bytes::from(v.to_string()));
                     items.push(String::from_utf8_lossy(&item).into_owned());
                 }
                 None => items.push(serde_json::json!({ family.id_field(): r.id, "status": r.status }).to_string()),

@@ -83,27 +83,23 @@ impl RateLimits {
     }
 }
 
-/// Failed authentications allowed per client address in a burst, then one per second.
-pub const AUTH_FAILURE_BURST: u32 = 10;
-
-/// A per-client-address limit on *failed* authentications (401s). Only failures are counted,
-/// so valid keys are never slowed, however many bad ones share their address.
-pub struct AuthFailures {
+/// A rate per client address (governor's keyed limiter), forgetting idle addresses now and
+/// then so the table stays small.
+struct PerAddress {
     limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     checks: std::sync::atomic::AtomicU64,
 }
 
-impl AuthFailures {
-    /// Ten failures at once, then one a second, per address.
-    pub fn new() -> Self {
-        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN).allow_burst(std::num::NonZeroU32::new(AUTH_FAILURE_BURST).unwrap_or(std::num::NonZeroU32::MIN));
-        AuthFailures { limiter: governor::RateLimiter::keyed(quota), checks: std::sync::atomic::AtomicU64::new(0) }
+impl PerAddress {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let nz = |n: u32| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_second(nz(per_second)).allow_burst(nz(burst));
+        PerAddress { limiter: governor::RateLimiter::keyed(quota), checks: std::sync::atomic::AtomicU64::new(0) }
     }
 
-    /// Records a failure from `ip`; `Err(seconds)` when the address is over its allowance.
-    pub fn failed(&self, ip: std::net::IpAddr) -> Result<(), u64> {
+    /// Takes one cell for `ip`; `Err(seconds)` until one is free again.
+    fn check(&self, ip: std::net::IpAddr) -> Result<(), u64> {
         use governor::clock::Clock;
-        // Forget idle addresses now and then, so the table stays small.
         if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
             self.limiter.retain_recent();
         }
@@ -114,13 +110,37 @@ impl AuthFailures {
     }
 }
 
+/// Failed authentications allowed per client address in a burst, then one per second.
+pub const AUTH_FAILURE_BURST: u32 = 10;
+
+/// A per-client-address limit on *failed* authentications (401s). Only failures are counted,
+/// so valid keys are never slowed, however many bad ones share their address.
+pub struct AuthFailures(PerAddress);
+
+impl AuthFailures {
+    /// Ten failures at once, then one a second, per address.
+    pub fn new() -> Self {
+        AuthFailures(PerAddress::new(1, AUTH_FAILURE_BURST))
+    }
+
+    /// Records a failure from `ip`; `Err(seconds)` when the address is over its allowance.
+    pub fn failed(&self, ip: std::net::IpAddr) -> Result<(), u64> {
+        self.0.check(ip)
+    }
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Access lines of refused, unauthenticated requests, per client address: past a rate they
 /// are counted instead of written (a flood of bad keys would otherwise fill the disk with
 /// lines that say the same thing), and `flush` writes one summary line per address.
 pub struct RefusalSampler {
-    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    logged: PerAddress,
     suppressed: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u64>>,
-    checks: std::sync::atomic::AtomicU64,
 }
 
 /// Refused requests logged in full per address: a burst of 50, then 20 a second.
@@ -130,18 +150,13 @@ const REFUSALS_LOGGED_BURST: u32 = 50;
 impl RefusalSampler {
     /// A sampler at the default rate.
     pub fn new() -> Self {
-        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(REFUSALS_LOGGED_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN))
-            .allow_burst(std::num::NonZeroU32::new(REFUSALS_LOGGED_BURST).unwrap_or(std::num::NonZeroU32::MIN));
-        RefusalSampler { limiter: governor::RateLimiter::keyed(quota), suppressed: Default::default(), checks: Default::default() }
+        RefusalSampler { logged: PerAddress::new(REFUSALS_LOGGED_PER_SEC, REFUSALS_LOGGED_BURST), suppressed: Default::default() }
     }
 
     /// Should this refused request's access line be written?
     pub fn admit(&self, peer: Option<std::net::IpAddr>) -> bool {
         let Some(ip) = peer else { return true };
-        if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
-            self.limiter.retain_recent();
-        }
-        if self.limiter.check_key(&ip).is_ok() {
+        if self.logged.check(ip).is_ok() {
             return true;
         }
         *self.suppressed.lock().unwrap_or_else(|p| p.into_inner()).entry(ip).or_default() += 1;
@@ -158,12 +173,6 @@ impl RefusalSampler {
 }
 
 impl Default for RefusalSampler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Default for AuthFailures {
     fn default() -> Self {
         Self::new()
     }

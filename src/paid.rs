@@ -198,15 +198,8 @@ impl Paid {
         let rsp = match sent {
             Ok(rsp) => rsp,
             Err(e) if e.maybe_delivered() => {
-                hold.disarm();
-                gw.metrics.unknown_outcome(e.kind());
                 tracing::warn!(request_id, tenant = %tenant, hold = %hold.id, cause = e.kind(), "paid request sent but no answer read: outcome unknown, counted as spent until reconciled");
-                if let Err(se) = gw.store.mark_unknown(&hold.id).await {
-                    tracing::warn!(error = %se, hold = %hold.id, "could not mark hold unknown; its lease will");
-                }
-                if let Some(i) = idem {
-                    i.keep();
-                }
+                outcome_unknown(&gw, hold, idem, e.kind()).await;
                 return PaidOutcome { result: Err(e.into()), upstream: None, price: quoted };
             }
             Err(e) => {
@@ -233,21 +226,14 @@ impl Paid {
             return PaidOutcome { result: Err(err), upstream, price: quoted };
         }
         let answer = created(family, &rsp.body);
-        if answer.id.is_none() {
+        let Some(id) = answer.id else {
             // A 2xx that is not the documented JSON, or names no generation: the platform may
             // have charged, and the tenant could never poll it. Unknown, for the reconciler.
-            hold.disarm();
-            gw.metrics.unknown_outcome("invalid_answer");
             tracing::warn!(request_id, tenant = %tenant, hold = %hold.id, status = rsp.status.as_u16(), cause = "invalid_answer",
                 "platform answered a paid request with a 2xx that is not a created generation: outcome unknown, counted as spent until reconciled");
-            if let Err(se) = gw.store.mark_unknown(&hold.id).await {
-                tracing::warn!(error = %se, hold = %hold.id, "could not mark hold unknown; its lease will");
-            }
-            if let Some(i) = idem {
-                i.keep();
-            }
+            outcome_unknown(&gw, hold, idem, "invalid_answer").await;
             return PaidOutcome { result: Err(GatewayError::InvalidAnswer), upstream, price: quoted };
-        }
+        };
         let charged = match settle_price(quoted, answer.price) {
             Ok(p) => p,
             Err((q, why)) => {
@@ -261,7 +247,6 @@ impl Paid {
             tracing::error!(request_id, tenant = %tenant, family = family.path(), charged = %charged, held = %quoted, cause = "charged_above_hold",
                 "the platform charged more than the hold: [pricing] is below a real price, so budgets can be overrun; raise it to the highest price a request can cost");
         }
-        let id = answer.id.unwrap_or_default();
         let record = GenerationRecord {
             id,
             tenant: tenant.clone(),
@@ -294,6 +279,19 @@ impl Paid {
         }
         let out = passthrough(rsp.status, rsp.headers.get(CONTENT_TYPE), rsp.body);
         PaidOutcome { result: Ok(out), upstream, price: charged }
+    }
+}
+
+/// The request may have been charged but no usable answer was read: the hold stays, counted as
+/// spent, and its Idempotency-Key answers 409 until the reconciler resolves it.
+async fn outcome_unknown(gw: &Gateway, mut hold: HoldGuard, idem: Option<IdemGuard>, cause: &'static str) {
+    hold.disarm();
+    gw.metrics.unknown_outcome(cause);
+    if let Err(se) = gw.store.mark_unknown(&hold.id).await {
+        tracing::warn!(error = %se, hold = %hold.id, "could not mark hold unknown; its lease will");
+    }
+    if let Some(i) = idem {
+        i.keep();
     }
 }
 

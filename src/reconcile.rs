@@ -87,15 +87,13 @@ fn parse_created(s: &str) -> Option<i64> {
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// One item of the platform's list, as far as matching needs it.
+/// One item of the platform's list: what attribution compares, and what settling records.
 struct Listed {
     id: String,
-    prompt_sha256: String,
-    created_ms: Option<i64>,
     status: String,
     price: Option<Usd>,
-    /// Its other scalar fields (duration, orientation, model …), to compare with the request.
-    fields: std::collections::BTreeMap<String, String>,
+    /// Prompt digest, creation time and the other scalar fields (duration, orientation …).
+    listing: Listing,
 }
 
 fn listed(family: Family, v: &serde_json::Value) -> Option<Listed> {
@@ -114,14 +112,23 @@ fn listed(family: Family, v: &serde_json::Value) -> Option<Listed> {
                 .collect()
         })
         .unwrap_or_default();
-    Some(Listed {
-        fields,
-        id,
+    let listing = Listing {
         prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
         created_ms: v.get("created_at").and_then(|c| c.as_str()).and_then(parse_created),
+        fields,
+    };
+    Some(Listed {
+        id,
+        listing,
         status: v.get("status").and_then(|s| s.as_str()).unwrap_or("pending").to_string(),
         price: v.get("price").and_then(Usd::from_json),
     })
+}
+
+/// The status a found generation is first recorded with: a failed one as not final, so
+/// following it refunds it through the one conditional path every refund takes.
+fn first_status(listed: &str) -> String {
+    if listed == "failed" { "pending" } else { listed }.to_string()
 }
 
 // === impl Reconciler ===
@@ -237,7 +244,7 @@ impl Reconciler {
             let items: Vec<serde_json::Value> = serde_json::from_slice(&rsp.body).ok()?;
             let n = items.len();
             let page: Vec<Listed> = items.iter().filter_map(|v| listed(family, v)).collect();
-            let reached_oldest = page.iter().filter_map(|l| l.created_ms).any(|c| c < oldest_ms);
+            let reached_oldest = page.iter().filter_map(|l| l.listing.created_ms).any(|c| c < oldest_ms);
             out.extend(page);
             if n < PAGE || reached_oldest {
                 return Some(out);
@@ -259,19 +266,21 @@ impl Reconciler {
             let Some(family) = family_of(fam) else { continue };
             let oldest = outcomes.iter().map(|u| u.intent.created_ms as i64).min().unwrap_or(0) - SKEW_MS;
             // Without an answer from the platform nothing is released: unknown stays unknown.
-            let Some(mut listed) = self.list(family, oldest, calls_left).await else {
+            let Some(listed) = self.list(family, oldest, calls_left).await else {
                 tracing::warn!(family = fam, "could not read the platform's generation list; unknown outcomes stay counted");
                 continue;
             };
             // Only generations nobody owns yet (a tenant's own earlier records, or charges
             // already set aside as unattributed) are candidates.
             let mut free = Vec::with_capacity(listed.len());
-            for l in listed.drain(..) {
+            for l in listed {
                 if gw.store.generation(&l.id).await?.is_none() {
                     free.push(l);
                 }
             }
-            free.sort_by_key(|l| l.created_ms);
+            free.sort_by_key(|l| l.listing.created_ms);
+            // What attribution compares, moved out; `free[i]` keeps the rest of `listings[i]`.
+            let listings: Vec<Listing> = free.iter_mut().map(|l| std::mem::take(&mut l.listing)).collect();
             // Requests still in flight take part, so a generation they may yet be answered
             // with is never handed to another request.
             let in_flight: Vec<&UnknownOutcome> = open.iter().filter(|o| o.intent.family == fam).collect();
@@ -286,8 +295,6 @@ impl Reconciler {
                     in_flight,
                 })
                 .collect();
-            let listings: Vec<Listing> =
-                free.iter().map(|l| Listing { prompt_sha256: l.prompt_sha256.clone(), created_ms: l.created_ms, fields: l.fields.clone() }).collect();
             let verdict = attribute(&claims, &listings, window);
             let mut decided = vec![false; outcomes.len()];
             for &(c, li) in &verdict.assigned {
@@ -302,10 +309,8 @@ impl Reconciler {
                     tenant: u.tenant.clone(),
                     family,
                     price,
-                    created_ms: l.created_ms.unwrap_or(u.intent.created_ms as i64),
-                    // A failed one is recorded as not final, so following it refunds it through
-                    // the one conditional path every refund takes.
-                    status: if l.status == "failed" { "pending".to_string() } else { l.status.clone() },
+                    created_ms: listings[li].created_ms.unwrap_or(u.intent.created_ms as i64),
+                    status: first_status(&l.status),
                 };
                 let reply = serde_json::json!({ family.id_field(): l.id, "status": "pending", "price": price.to_string() }).to_string();
                 if gw.store.resolve_unknown(&u.hold, &Resolution::Created { record, reply: Bytes::from(reply) }).await? {
@@ -331,8 +336,8 @@ impl Reconciler {
                     tenant: Arc::from(UNATTRIBUTED),
                     family,
                     price,
-                    created_ms: l.created_ms.unwrap_or(now as i64),
-                    status: if l.status == "failed" { "pending".to_string() } else { l.status.clone() },
+                    created_ms: listings[*li].created_ms.unwrap_or(now as i64),
+                    status: first_status(&l.status),
                 };
                 gw.store.settle(&format!("unattributed-{}", l.id), price, &record).await?;
                 report.unattributed += 1;
@@ -380,8 +385,8 @@ mod tests {
         let v = serde_json::json!({"task_uuid": "t1", "status": "completed", "prompt": "cat", "created_at": "1970-01-01T00:00:02"});
         let l = listed(Family::builtin("gemini"), &v).unwrap();
         assert_eq!(l.id, "t1");
-        assert_eq!(l.prompt_sha256, hex::encode(Sha256::digest(b"cat")));
-        assert_eq!(l.created_ms, Some(2000));
+        assert_eq!(l.listing.prompt_sha256, hex::encode(Sha256::digest(b"cat")));
+        assert_eq!(l.listing.created_ms, Some(2000));
         assert_eq!(l.price, None);
     }
 }

@@ -71,7 +71,7 @@ pub struct Claim {
 }
 
 /// A generation in the platform's list that nobody owns yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Listing {
     /// Hex SHA-256 of its prompt.
     pub prompt_sha256: String,
