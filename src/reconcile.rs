@@ -189,7 +189,13 @@ impl Reconciler {
         self.last_checked.retain(|id, _| live.contains(id.as_str()));
         // Webhook hints first (they wait for the platform's word), then never-checked, then the
         // least recently checked.
-        let hinted: HashSet<String> = gw.hints.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let hinted: HashSet<String> = {
+            let mut hints = gw.hints.lock().unwrap_or_else(|p| p.into_inner());
+            // A hint for a generation that is final (or followed from outside this window) has
+            // nothing left to confirm: dropped, so stale hints never fill the bounded map.
+            hints.retain(|id, _| live.contains(id.as_str()));
+            hints.keys().cloned().collect()
+        };
         unfinished.sort_by_key(|r| (!hinted.contains(&r.id), self.last_checked.get(&r.id).copied()));
         for record in unfinished {
             if calls_left == 0 {
