@@ -29,6 +29,16 @@ fn store_unavailable(what: &str, e: &crate::store::StoreError) -> Response<Body>
     body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
 }
 
+/// `?month=YYYY-MM` (default: this month, UTC); 400 for anything else.
+fn month_param<B>(req: &Request<B>) -> Result<String, Response<Body>> {
+    let month = query_param(req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
+    if crate::usage::valid_month(&month) {
+        Ok(month)
+    } else {
+        Err(body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM"))
+    }
+}
+
 /// The value of query parameter `name`, if given.
 fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
@@ -115,10 +125,10 @@ impl Admin {
                 if let Some(refused) = self.refusal(&req) {
                     return refused;
                 }
-                let month = query_param(&req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
-                if !crate::usage::valid_month(&month) {
-                    return body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM");
-                }
+                let month = match month_param(&req) {
+                    Ok(m) => m,
+                    Err(refused) => return refused,
+                };
                 let tenant = query_param(&req, "tenant");
                 let csv = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
                 let runtime = self.gateway.current();
@@ -152,10 +162,10 @@ impl Admin {
                 if let Some(refused) = self.refusal(&req) {
                     return refused;
                 }
-                let month = query_param(&req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
-                if !crate::usage::valid_month(&month) {
-                    return body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM");
-                }
+                let month = match month_param(&req) {
+                    Ok(m) => m,
+                    Err(refused) => return refused,
+                };
                 match self.gateway.store().generations_in_month(&month, Some(crate::store::UNATTRIBUTED)).await {
                     Ok(rows) => {
                         let items: Vec<serde_json::Value> = rows
