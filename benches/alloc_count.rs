@@ -168,7 +168,7 @@ fn main() {
     let platform = platform_rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let mock = tollgate::mock::MockPlatform::new(tollgate::mock::MockOptions {
+        let mock = tollgate::dev::mock::MockPlatform::new(tollgate::dev::mock::MockOptions {
             token: Some("t".into()),
             balance: tollgate::policy::money::Usd::parse("1000000").unwrap(),
             step: std::time::Duration::from_secs(1_000_000),
@@ -191,7 +191,7 @@ fn main() {
     let addr = gw_rt.block_on(async {
         let config = Config::from_toml(&text, &Vars).unwrap();
         // The production sink: lines batched in memory, written by a thread of its own.
-        let (log, flush) = tollgate::access_log::AccessLog::batched(std::io::sink());
+        let (log, flush) = tollgate::observe::access_log::AccessLog::batched(std::io::sink());
         std::mem::forget(flush);
         let gateway = tollgate::build(&config, log, None).await.unwrap();
         let listeners = tollgate::Listeners::bind(&config).await.unwrap();

@@ -10,9 +10,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-// The same runtime as tollgate's (`tollgate::workers`), so this stays a fair floor.
+// The same runtime as tollgate's (`tollgate::server::workers`), so this stays a fair floor.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tollgate::workers::runtime_from_env()?.block_on(serve())
+    tollgate::server::workers::runtime_from_env()?.block_on(serve())
 }
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,11 +14,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "config/tollgate.toml".into());
     let config = tollgate::config::Config::load(path.as_ref(), &tollgate::config::ProcessEnv)?;
-    let (log, _flush) = tollgate::access_log::AccessLog::batched(std::io::stdout());
+    let (log, _flush) = tollgate::observe::access_log::AccessLog::batched(std::io::stdout());
     let gateway = tollgate::build(&config, log, None).await?;
     let (_stop, stop) = tokio::sync::watch::channel(false);
     let _background = tollgate::Background::spawn(gateway.clone(), stop); // reconciler, balance, webhooks
-    let tollgate = tollgate::service::stack(gateway);
+    let tollgate = tollgate::gateway::service::stack(gateway);
     let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let tollgate = tollgate.clone();
         async move {

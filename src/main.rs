@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tollgate::access_log::AccessLog;
+use tollgate::observe::access_log::AccessLog;
 use tollgate::config::{Config, ConfigError, ProcessEnv};
-use tollgate::mock::{Fault, FaultKind, MockOptions, MockPlatform};
+use tollgate::dev::mock::{Fault, FaultKind, MockOptions, MockPlatform};
 use tollgate::policy::money::Usd;
 use tracing_subscriber::EnvFilter;
 
@@ -108,17 +108,17 @@ enum Command {
 }
 
 /// Keeps both log writers alive; dropping it writes out what is buffered.
-struct LogGuards(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard, #[allow(dead_code)] tollgate::access_log::FlushGuard);
+struct LogGuards(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard, #[allow(dead_code)] tollgate::observe::access_log::FlushGuard);
 
-fn init_logging(telemetry: Option<&tollgate::config::TelemetryConfig>) -> (AccessLog, LogGuards, Option<tollgate::telemetry::Provider>) {
+fn init_logging(telemetry: Option<&tollgate::config::TelemetryConfig>) -> (AccessLog, LogGuards, Option<tollgate::observe::telemetry::Provider>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // Diagnostics go through a non-blocking writer and the access log through a batch: a slow
     // terminal or pipe never stalls a request. Both end on stdout.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     // Flat fields and `time`, like the access lines: one shape for every line.
-    let lines = tracing_subscriber::fmt::layer().event_format(tollgate::diag_log::FlatJson).with_writer(writer);
-    let (otel, provider) = match telemetry.map(tollgate::telemetry::layer) {
+    let lines = tracing_subscriber::fmt::layer().event_format(tollgate::observe::diag_log::FlatJson).with_writer(writer);
+    let (otel, provider) = match telemetry.map(tollgate::observe::telemetry::layer) {
         Some(Ok((layer, provider))) => (Some(layer), Some(provider)),
         Some(Err(e)) => {
             eprintln!("tollgate: telemetry off: {e}");
@@ -297,7 +297,7 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
         anyhow::bail!("the memory store keeps nothing outside a running gateway: ask it with GET /admin/usage instead");
     }
     let month = month.unwrap_or_else(|| tollgate::store::month_of(tollgate::store::now_ms()));
-    if !tollgate::usage::valid_month(&month) {
+    if !tollgate::admin::usage::valid_month(&month) {
         anyhow::bail!("--month must be YYYY-MM");
     }
     // A report never creates a store: an empty new one would read as "nothing spent".
@@ -312,7 +312,7 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
         }
     }
     let store = tollgate::store::open(&config.store).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = tollgate::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = tollgate::admin::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(t) = &tenant {
         if report.tenants.is_empty() {
             eprintln!("tollgate: no tenant {t:?} in {} or in the store", path.display());
@@ -354,7 +354,7 @@ async fn healthcheck(url: &str) -> ExitCode {
 
 fn keygen(webhook_secret: bool) -> ExitCode {
     if webhook_secret {
-        let secret = tollgate::webhooks::sign::new_secret();
+        let secret = tollgate::background::webhooks::sign::new_secret();
         println!("secret: {secret}");
         println!("Put it in an environment variable (e.g. MARKETING_WEBHOOK_SECRET={secret}),");
         println!("name that variable in the tenant's config: webhook_secret_env = \"MARKETING_WEBHOOK_SECRET\",");
@@ -373,7 +373,7 @@ fn keygen(webhook_secret: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let rt = match tollgate::workers::runtime_from_env() {
+    let rt = match tollgate::server::workers::runtime_from_env() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: {e}");
@@ -398,7 +398,7 @@ async fn async_main() -> ExitCode {
         Command::Run { config } => run(config).await,
         Command::Demo { listen, admin_listen } => {
             let (log, _guard, _) = init_logging(None);
-            match tollgate::demo::run(listen, admin_listen, log, shutdown_signal()).await {
+            match tollgate::dev::demo::run(listen, admin_listen, log, shutdown_signal()).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             }

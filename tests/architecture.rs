@@ -25,3 +25,193 @@ fn policy_is_free_of_hyper_http_and_tower() {
         }
     }
 }
+
+/// Module path of a source file: `src/store/mod.rs` → `store`, `src/store/redis.rs` → `store::redis`.
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+    if parts.last().is_some_and(|l| l == "mod" || l == "lib") {
+        parts.pop();
+    }
+    parts.join("::")
+}
+
+/// Expands the path that follows a `crate::` at `text[at..]`, groups included:
+/// `a::{b, c::{d, e}}` → `a::b`, `a::c::d`, `a::c::e`.
+fn expand(text: &[u8], mut at: usize, prefix: String, out: &mut Vec<String>) -> usize {
+    let mut path = prefix;
+    loop {
+        while at < text.len() && text[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        if at < text.len() && text[at] == b'{' {
+            at += 1;
+            loop {
+                at = expand(text, at, path.clone(), out);
+                while at < text.len() && (text[at].is_ascii_whitespace() || text[at] == b',') {
+                    at += 1;
+                }
+                if at >= text.len() || text[at] == b'}' {
+                    return at + 1;
+                }
+            }
+        }
+        let start = at;
+        while at < text.len() && (text[at].is_ascii_alphanumeric() || text[at] == b'_') {
+            at += 1;
+        }
+        if start == at {
+            out.push(path);
+            return at;
+        }
+        if !path.is_empty() {
+            path.push_str("::");
+        }
+        path.push_str(std::str::from_utf8(&text[start..at]).unwrap());
+        if text[at..].starts_with(b"::") {
+            at += 2;
+        } else {
+            out.push(path);
+            return at;
+        }
+    }
+}
+
+/// Which modules each module names through `crate::` paths (comments and `main.rs` left out).
+fn import_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.retain(|f| !f.ends_with("main.rs"));
+    let modules: std::collections::BTreeMap<String, std::path::PathBuf> =
+        files.iter().map(|f| (module_of(&src, f), f.clone())).collect();
+    // A `tests.rs` beside a module belongs to it: it is that module's `mod tests`.
+    let owner = |m: &str| m.strip_suffix("::tests").unwrap_or(m).to_owned();
+    let mut graph = std::collections::BTreeMap::new();
+    for (module, file) in &modules {
+        let text: String = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let bytes = text.as_bytes();
+        let mut paths = Vec::new();
+        let mut from = 0;
+        while let Some(i) = text[from..].find("crate::") {
+            let at = from + i;
+            from = at + 7;
+            if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
+                continue; // `tollgate_crate::` and the like
+            }
+            expand(bytes, at + 7, String::new(), &mut paths);
+        }
+        let edges: &mut std::collections::BTreeSet<String> = graph.entry(owner(module)).or_default();
+        for p in paths {
+            let mut target = p.as_str();
+            while !target.is_empty() && !modules.contains_key(target) {
+                target = target.rsplit_once("::").map_or("", |(head, _)| head);
+            }
+            let target = owner(target);
+            if target != owner(module) {
+                edges.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+/// Every cycle's members, as strongly connected components of more than one module (Tarjan).
+fn cycles(graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct State<'a> {
+        graph: &'a std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        index: std::collections::HashMap<&'a str, usize>,
+        low: std::collections::HashMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: std::collections::HashSet<&'a str>,
+        found: Vec<Vec<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        let n = s.index.len();
+        s.index.insert(v, n);
+        s.low.insert(v, n);
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        for w in s.graph.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).unwrap();
+                *lv = (*lv).min(lw);
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).unwrap();
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut component = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                component.push(w.to_owned());
+                if w == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort();
+                s.found.push(component);
+            }
+        }
+    }
+    let mut s = State {
+        graph,
+        index: Default::default(),
+        low: Default::default(),
+        stack: Vec::new(),
+        on_stack: Default::default(),
+        found: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.found
+}
+
+#[test]
+fn no_import_cycles_between_modules() {
+    let graph = import_graph();
+    assert!(graph.len() > 30, "modules found: {}", graph.len());
+    let found = cycles(&graph);
+    assert!(found.is_empty(), "import cycles (each a set of modules reaching one another through crate:: paths): {found:#?}");
+}
+
+#[test]
+fn the_cycle_check_sees_a_cycle() {
+    let mut g = std::collections::BTreeMap::new();
+    let set = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<std::collections::BTreeSet<_>>();
+    g.insert("a".to_string(), set(&["b"]));
+    g.insert("b".to_string(), set(&["c"]));
+    g.insert("c".to_string(), set(&["a"]));
+    g.insert("d".to_string(), set(&["a"]));
+    assert_eq!(cycles(&g), vec![vec!["a".to_string(), "b".to_string(), "c".to_string()]]);
+    let mut paths = Vec::new();
+    let text = b"store::{Intent, redis::{A, B}, MonthTotals};";
+    expand(text, 0, String::new(), &mut paths);
+    assert_eq!(paths, ["store::Intent", "store::redis::A", "store::redis::B", "store::MonthTotals"]);
+}
+
+#[test]
+fn policy_never_imports_config_or_the_wings_above_it() {
+    let graph = import_graph();
+    for (module, edges) in &graph {
+        if module == "policy" || module.starts_with("policy::") {
+            for e in edges {
+                assert!(e.starts_with("policy") || e == "ids", "{module} imports crate::{e}");
+            }
+        }
+    }
+}

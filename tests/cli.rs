@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::*;
-use tollgate::testkit::RedisServer;
+use tollgate::dev::testkit::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -219,7 +219,7 @@ fn check_config_and_keygen() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning: environment variable RUNBLOB_TOKEN"));
     let out = Command::new(BIN).args(["keygen", "--webhook-secret"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(tollgate::webhooks::sign::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim()).is_ok(), "{text}");
+    assert!(tollgate::background::webhooks::sign::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim()).is_ok(), "{text}");
 
     let out = Command::new(BIN).arg("keygen").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use tollgate::config::Config;
-use tollgate::metrics::Metrics;
+use tollgate::observe::metrics::Metrics;
 use tollgate::store::embedded::EmbeddedStore;
 use tollgate::upstream::circuit::State;
 

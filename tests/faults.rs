@@ -24,7 +24,7 @@ fn late_answer(platform: &Platform, ms: u64) {
     platform.inject(f);
 }
 
-async fn start(platform: &Platform, backend: Backend) -> (TestGateway, Option<tollgate::testkit::RedisServer>) {
+async fn start(platform: &Platform, backend: Backend) -> (TestGateway, Option<tollgate::dev::testkit::RedisServer>) {
     let text = fast_reconcile(&config_text(platform.addr, "", &one_generation_budget()), 2, 300);
     let (text, redis) = with_backend(&text, backend);
     (TestGateway::start(&text).await, redis)
@@ -183,8 +183,8 @@ async fn a_negative_or_absurd_price_is_settled_at_the_quote() {
 }
 
 /// Redis behind a proxy the test can stall.
-async fn redis_behind_proxy(platform: &Platform, timeout_ms: u64) -> (TestGateway, tollgate::testkit::RedisServer, RedisProxy) {
-    let redis = tollgate::testkit::RedisServer::start();
+async fn redis_behind_proxy(platform: &Platform, timeout_ms: u64) -> (TestGateway, tollgate::dev::testkit::RedisServer, RedisProxy) {
+    let redis = tollgate::dev::testkit::RedisServer::start();
     let proxy = RedisProxy::start(&redis.url).await;
     let text = fast_reconcile(&config_text(platform.addr, "", &one_generation_budget()), 2, 300).replace(
         "backend = \"memory\"",
@@ -238,7 +238,7 @@ async fn a_hold_script_answered_after_the_store_timeout_leaves_no_hold() {
 
 #[tokio::test]
 async fn a_stale_balance_fetch_never_overwrites_a_newer_one_across_replicas() {
-    let redis = tollgate::testkit::RedisServer::start();
+    let redis = tollgate::dev::testkit::RedisServer::start();
     let platform = Platform::with_balance("0.84").await;
     let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None));
     let text = config_text(platform.addr, "", &tenants)

@@ -18,9 +18,9 @@ use tower::Service;
 async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving() {
     let platform = Platform::start().await;
     let config = tollgate::config::Config::from_toml(&config_text(platform.addr, "", &default_tenants()), &env()).unwrap();
-    let (log, lines) = tollgate::access_log::AccessLog::memory();
+    let (log, lines) = tollgate::observe::access_log::AccessLog::memory();
     let gw = tollgate::build(&config, log, None).await.unwrap();
-    let gateway = tollgate::service::GatewayService(gw.clone());
+    let gateway = tollgate::gateway::service::GatewayService(gw.clone());
     let panicky = tower::service_fn(move |req: http::Request<tollgate::server::Lingering>| {
         let mut gateway = gateway.clone();
         async move {
@@ -44,7 +44,7 @@ async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving(
     let gw2 = gw.clone();
     let on_refusal: tollgate::server::OnRefusal = Arc::new(move |r| gw2.protocol_refusal(r));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate::server::serve(listener, opts, tollgate::service::layered(gw.clone(), panicky), on_refusal, async move {
+    let server = tokio::spawn(tollgate::server::serve(listener, opts, tollgate::gateway::service::layered(gw.clone(), panicky), on_refusal, async move {
         let _ = stopped.await;
     }));
 

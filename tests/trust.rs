@@ -31,7 +31,7 @@ async fn unattributed(c: &HttpClient, gw: &TestGateway) -> Vec<String> {
     r.json()["unattributed"].as_array().unwrap().iter().map(|g| g["generation_id"].as_str().unwrap().to_string()).collect()
 }
 
-async fn start(backend: Backend) -> (Platform, TestGateway, Option<tollgate::testkit::RedisServer>) {
+async fn start(backend: Backend) -> (Platform, TestGateway, Option<tollgate::dev::testkit::RedisServer>) {
     let platform = Platform::start().await;
     let text = fast_reconcile(&config_text(platform.addr, ADMIN, &default_tenants()), 2, 300);
     let (text, redis) = with_backend(&text, backend);

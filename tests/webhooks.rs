@@ -117,7 +117,7 @@ async fn deliveries_pending_at_a_restart_are_delivered_once_after_it() {
 
 #[tokio::test]
 async fn two_replicas_on_redis_deliver_each_webhook_once() {
-    let redis = tollgate::testkit::RedisServer::start();
+    let redis = tollgate::dev::testkit::RedisServer::start();
     let platform = Platform::start().await;
     let text = relay_config(platform.addr, "", None).replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"wh\"", redis.url));
     let a = TestGateway::start_templated(&text).await;

@@ -277,7 +277,7 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
     /// Each tenant's money in `month` (spent, refunded, held, unknown), for usage reports.
-    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::usage::MonthTotals>, StoreError>;
+    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::admin::usage::MonthTotals>, StoreError>;
     /// The month's generations (of one tenant, or all), oldest first.
     async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError>;
     /// Dead-letter webhook deliveries per tenant.

@@ -147,6 +147,16 @@ pub fn normalize(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> 
     }
 }
 
+/// `status` of a status body, if it is a JSON object with one (borrowed unless escaped).
+pub(crate) fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    #[derive(serde::Deserialize)]
+    struct S<'a> {
+        #[serde(borrow)]
+        status: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<S<'_>>(body).ok()?.status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use tollgate::mock::{Fault, FaultKind, MockOptions, MockPlatform, Recorded};
-use tollgate::access_log::AccessLog;
+pub use tollgate::dev::mock::{Fault, FaultKind, MockOptions, MockPlatform, Recorded};
+use tollgate::observe::access_log::AccessLog;
 use tollgate::config::Config;
 use tollgate::policy::money::Usd;
 use tollgate::policy::tenants::key_digest;
@@ -355,7 +355,7 @@ pub enum Backend {
 }
 
 /// A store section for `backend`; Redis gets a private server (kept alive by the returned guard).
-pub fn with_backend(text: &str, backend: Backend) -> (String, Option<tollgate::testkit::RedisServer>) {
+pub fn with_backend(text: &str, backend: Backend) -> (String, Option<tollgate::dev::testkit::RedisServer>) {
     match backend {
         Backend::Memory => (text.to_string(), None),
         Backend::Sqlite => {
@@ -364,7 +364,7 @@ pub fn with_backend(text: &str, backend: Backend) -> (String, Option<tollgate::t
             (text.replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", dir.join("t.db").display())), None)
         }
         Backend::Redis => {
-            let server = tollgate::testkit::RedisServer::start();
+            let server = tollgate::dev::testkit::RedisServer::start();
             let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
             let t = text.replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"", server.url));
             (t, Some(server))

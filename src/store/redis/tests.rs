@@ -1,6 +1,6 @@
 use super::*;
 use crate::store::contract;
-use crate::testkit::RedisServer;
+use crate::dev::testkit::RedisServer;
 
 async fn store(server: &RedisServer) -> RedisStore {
     RedisStore::connect(&server.url, Duration::from_millis(500), &format!("t{}", uuid::Uuid::new_v4().simple())).await.unwrap()

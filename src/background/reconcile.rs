@@ -218,7 +218,7 @@ impl Reconciler {
             Ok(rsp) if rsp.status.is_success() => {
                 let hint = self.gw.hints.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
                 if let Some(hinted) = hint {
-                    let actual = crate::handler::reported_status(&rsp.body).map(|s| s.into_owned());
+                    let actual = crate::upstream::normalize::reported_status(&rsp.body).map(|s| s.into_owned());
                     if actual.as_deref() != Some(hinted.as_str()) {
                         self.gw.metrics.webhook_rejected("unconfirmed_status");
                         tracing::warn!(generation = %record.id, tenant = %record.tenant, reported = %hinted, platform = ?actual, cause = "unconfirmed_webhook",

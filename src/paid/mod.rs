@@ -12,6 +12,8 @@
 //!
 //! When the client is gone by then, the task writes the access line itself (`client_closed`).
 
+pub mod balance;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +22,8 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use crate::body::{self, Body};
-use crate::error::GatewayError;
+use crate::gateway::body::{self, Body};
+use crate::gateway::error::GatewayError;
 use crate::gateway::{Ctx, Gateway};
 use crate::policy::family::Family;
 use crate::policy::money::Usd;
@@ -137,7 +139,7 @@ pub(crate) struct Paid {
     pub(crate) quoted: Usd,
     pub(crate) path: String,
     /// The request's trace context, passed to the platform.
-    pub(crate) trace: Option<crate::trace::TraceContext>,
+    pub(crate) trace: Option<crate::observe::trace::TraceContext>,
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) body: Bytes,
     /// The relay token in the forwarded `callback_url`, if any.

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::framing::ChunkWatch;
+use crate::server::framing::ChunkWatch;
 use crate::policy::scan::{BodyScan, Marks};
 
 /// Accounting unit of the total budget: 1 KiB per semaphore permit.

@@ -11,6 +11,15 @@
 //! pass through request extensions, and one straight-line function with `?` between stages is
 //! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
+pub mod body;
+pub mod error;
+mod handler;
+pub mod limits;
+pub mod routes;
+pub mod service;
+pub mod status_cache;
+pub mod upload;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,19 +28,19 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response};
 
-use crate::access_log::{AccessLog, AccessRecord};
-use crate::balance::BalanceKeeper;
-use crate::body::Body;
+use crate::observe::access_log::{AccessLog, AccessRecord};
+use crate::paid::balance::BalanceKeeper;
+use crate::gateway::body::Body;
 use crate::config::{Config, ConfigError};
-use crate::error::{set_rate_limit_headers, GatewayError};
-use crate::limits::RateLimits;
-use crate::metrics::{Metrics, RequestSample};
+use crate::gateway::error::{set_rate_limit_headers, GatewayError};
+use crate::gateway::limits::RateLimits;
+use crate::observe::metrics::{Metrics, RequestSample};
 use crate::policy::money::Usd;
 use crate::policy::pricing::PriceTable;
 use crate::policy::rate_limit::{LimitKind, Quotas};
 use crate::policy::tenants::{Tenant, TenantDirectory};
-use crate::routes::{self, Route};
-use crate::status_cache::StatusCache;
+use routes::Route;
+use crate::gateway::status_cache::StatusCache;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -75,7 +84,7 @@ impl Runtime {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     /// The tenant listener's certificate, when it speaks TLS (swapped by a reload).
-    pub tls: Option<Arc<crate::tls::Certs>>,
+    pub tls: Option<Arc<crate::server::tls::Certs>>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) balance: BalanceKeeper,
@@ -88,17 +97,17 @@ pub struct Gateway {
     pub(crate) hold_lease: Duration,
     pub(crate) reconcile: crate::config::ReconcileConfig,
     /// `[webhooks]`, when configured.
-    pub(crate) relay: Option<Arc<crate::webhooks::Relay>>,
-    pub(crate) uploads: crate::upload::Uploads,
+    pub(crate) relay: Option<Arc<crate::background::webhooks::Relay>>,
+    pub(crate) uploads: crate::gateway::upload::Uploads,
     reload_source: Option<ReloadSource>,
     /// The restart-only settings this process started with.
     started_with: Vec<(&'static str, String)>,
-    auth_failures: crate::limits::AuthFailures,
+    auth_failures: crate::gateway::limits::AuthFailures,
     /// Statuses webhooks reported, by generation: hints the reconciler confirms with the
     /// platform (first in its next pass) before anything is recorded or refunded.
     pub(crate) hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Samples the access lines of refused, unauthenticated requests per address.
-    pub(crate) refusals: crate::limits::RefusalSampler,
+    pub(crate) refusals: crate::gateway::limits::RefusalSampler,
 }
 
 /// What one request did, filled in as it goes; becomes the access-log line.
@@ -115,7 +124,7 @@ pub struct Ctx {
     /// sane client id or a UUID), so its text costs nothing (`Ctx::request_id`).
     pub request_id: HeaderValue,
     /// W3C trace context: the caller's trace (or a new one), sent to the platform and logged.
-    pub trace: Option<crate::trace::TraceContext>,
+    pub trace: Option<crate::observe::trace::TraceContext>,
     /// Set by auth.
     pub tenant: Option<Arc<str>>,
     /// Route template.
@@ -211,7 +220,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 impl Gateway {
     /// Builds a gateway on an opened store.
-    pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>, tls: Option<Arc<crate::tls::Certs>>) -> Arc<Gateway> {
+    pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>, tls: Option<Arc<crate::server::tls::Certs>>) -> Arc<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
         Arc::new(Gateway {
@@ -226,8 +235,8 @@ impl Gateway {
             request_timeout: config.server.request_timeout,
             hold_lease: config.upstream.timeout + config.reconcile.lease_margin,
             reconcile: config.reconcile.clone(),
-            relay: config.webhooks.as_ref().map(|w| Arc::new(crate::webhooks::Relay::new(w))),
-            uploads: crate::upload::Uploads::new(
+            relay: config.webhooks.as_ref().map(|w| Arc::new(crate::background::webhooks::Relay::new(w))),
+            uploads: crate::gateway::upload::Uploads::new(
                 config.server.max_buffered_body_bytes,
                 config.server.max_buffered_body_bytes_per_tenant,
                 config.server.max_uploads_per_tenant,
@@ -236,9 +245,9 @@ impl Gateway {
             reload_source,
             tls,
             started_with: config.restart_only(),
-            auth_failures: crate::limits::AuthFailures::new(),
+            auth_failures: crate::gateway::limits::AuthFailures::new(),
             hints: Default::default(),
-            refusals: crate::limits::RefusalSampler::new(),
+            refusals: crate::gateway::limits::RefusalSampler::new(),
         })
     }
 
@@ -322,12 +331,12 @@ impl Gateway {
     {
         // One value for the response header (a reference count of the client's, when sane) and
         // the text the logs and the platform get.
-        let id_header = request_id_header(req.headers().get(crate::service::X_REQUEST_ID));
+        let id_header = request_id_header(req.headers().get(crate::gateway::service::X_REQUEST_ID));
         let mut ctx = Ctx::new(req.method().clone(), id_header.clone(), routes::UNMATCHED, "forwarded");
-        let mut trace = crate::trace::TraceContext::from_headers(req.headers());
+        let mut trace = crate::observe::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
         let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
-        let span = crate::telemetry::request_span(req.method(), route, &mut trace);
+        let span = crate::observe::telemetry::request_span(req.method(), route, &mut trace);
         ctx.trace = Some(trace);
         let forwarded = ctx.forwarded.clone();
         // The deadline drops the stage future (hold and idempotency guards clean up on drop),
@@ -365,10 +374,10 @@ impl Gateway {
                 e.into_response()
             }
         };
-        if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::error::RATELIMIT_LIMIT)) {
+        if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::gateway::error::RATELIMIT_LIMIT)) {
             set_rate_limit_headers(rsp.headers_mut(), q);
         }
-        rsp.headers_mut().insert(crate::service::X_REQUEST_ID, id_header);
+        rsp.headers_mut().insert(crate::gateway::service::X_REQUEST_ID, id_header);
         self.finish(&ctx, rsp.status().as_u16());
         if let Some(span) = span {
             span.record("http.route", ctx.route);
@@ -435,7 +444,7 @@ impl Gateway {
         // Ambiguous framing (seen on the wire by `framing.rs`; hyper drops the evidence from the
         // headers) is refused before anything else looks at the request.
         ctx.peer = peer_ip(&req);
-        if req.extensions().get::<crate::framing::AmbiguousFraming>().is_some() {
+        if req.extensions().get::<crate::server::framing::AmbiguousFraming>().is_some() {
             return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
         }
         // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with two, is a 400.

@@ -30,7 +30,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::body::Body;
+use crate::gateway::body::Body;
 use crate::gateway::{Ctx, Gateway};
 
 /// Response body of the layered stack (`CatchPanic` boxes it).
@@ -69,7 +69,7 @@ struct Panicked;
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
     let what = err.downcast_ref::<String>().map(String::as_str).or_else(|| err.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
     tracing::error!(panic = what, "a request handler panicked; answered 500");
-    let mut rsp = crate::body::json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "detail": "Internal server error" }).to_string());
+    let mut rsp = crate::gateway::body::json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "detail": "Internal server error" }).to_string());
     rsp.extensions_mut().insert(Panicked);
     rsp
 }
@@ -102,7 +102,7 @@ where
         async move {
             let mut rsp = inner.oneshot(req).await?;
             if rsp.extensions().get::<Panicked>().is_some() {
-                let route = crate::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::routes::UNMATCHED);
+                let route = crate::gateway::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::gateway::routes::UNMATCHED);
                 let id = crate::gateway::request_id_header(id.as_ref());
                 gw.finish(&Ctx::new(method, id.clone(), route, "panic"), 500);
                 rsp.headers_mut().insert(X_REQUEST_ID, id);

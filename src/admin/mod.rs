@@ -1,12 +1,14 @@
 //! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics` and
 //! `POST /admin/reload`. Kept off the tenant port so tenants never see metrics or admin routes.
 
+pub mod usage;
+
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::gateway::body::{self, Body};
 use crate::config::Secret;
 use crate::gateway::Gateway;
 
@@ -16,7 +18,7 @@ pub struct Admin {
     token: Option<Secret>,
     token_env: String,
     /// Wrong admin tokens per client address: past ten, one guess a second.
-    failures: crate::limits::AuthFailures,
+    failures: crate::gateway::limits::AuthFailures,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -32,7 +34,7 @@ fn store_unavailable(what: &str, e: &crate::store::StoreError) -> Response<Body>
 /// `?month=YYYY-MM` (default: this month, UTC); 400 for anything else.
 fn month_param<B>(req: &Request<B>) -> Result<String, Response<Body>> {
     let month = query_param(req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
-    if crate::usage::valid_month(&month) {
+    if crate::admin::usage::valid_month(&month) {
         Ok(month)
     } else {
         Err(body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM"))
@@ -49,7 +51,7 @@ fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
 impl Admin {
     /// `token` guards `/admin/*`; without one those endpoints refuse everything.
     pub fn new(gateway: Arc<Gateway>, token: Option<Secret>, token_env: String) -> Arc<Admin> {
-        Arc::new(Admin { gateway, token, token_env, failures: crate::limits::AuthFailures::new() })
+        Arc::new(Admin { gateway, token, token_env, failures: crate::gateway::limits::AuthFailures::new() })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -132,7 +134,7 @@ impl Admin {
                 let tenant = query_param(&req, "tenant");
                 let csv = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
                 let runtime = self.gateway.current();
-                match crate::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
+                match crate::admin::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
                     Ok(r) if csv => {
                         let mut rsp = body::json(StatusCode::OK, r.csv());
                         rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
@@ -222,7 +224,7 @@ impl Admin {
 pub fn openapi_json() -> Result<&'static str, &'static str> {
     static JSON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     JSON.get_or_init(|| {
-        let doc: serde_json::Value = serde_yaml_ng::from_str(include_str!("../docs/openapi.yaml")).map_err(|e| format!("docs/openapi.yaml: {e}"))?;
+        let doc: serde_json::Value = serde_yaml_ng::from_str(include_str!("../../docs/openapi.yaml")).map_err(|e| format!("docs/openapi.yaml: {e}"))?;
         serde_json::to_string(&doc).map_err(|e| e.to_string())
     })
     .as_deref()

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::access_log::AccessLog;
+use crate::observe::access_log::AccessLog;
 use crate::config::Config;
-use crate::mock::{MockOptions, MockPlatform};
+use crate::dev::mock::{MockOptions, MockPlatform};
 use crate::policy::money::Usd;
 use crate::policy::tenants::key_digest;
 use crate::Listeners;
@@ -84,7 +84,7 @@ async fn bind_or_any(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn start_receiver() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let key = crate::webhooks::sign::SigningKey::parse(DEMO_WEBHOOK_SECRET).map_err(std::io::Error::other)?;
+    let key = crate::background::webhooks::sign::SigningKey::parse(DEMO_WEBHOOK_SECRET).map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else { return };

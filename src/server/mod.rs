@@ -16,6 +16,10 @@
 //! Refusals at the protocol level (a head that never completed, a malformed head, headers too
 //! large) are reported to `on_refusal`, which logs and counts them like any request.
 
+pub mod framing;
+pub mod tls;
+pub mod workers;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,7 +36,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::framing::{AmbiguousFraming, Signals, Watched};
+use crate::server::framing::{AmbiguousFraming, Signals, Watched};
 
 /// Most request headers accepted (more: 431).
 pub const MAX_HEADERS: usize = 100;
@@ -301,7 +305,7 @@ where
             // Only chunked bodies, as the framing follower saw the head: other requests pay
             // one atomic load, not a header lookup.
             if flag.chunked.load(Ordering::Relaxed) {
-                req.extensions_mut().insert(crate::framing::ChunkWatch(flag.clone()));
+                req.extensions_mut().insert(crate::server::framing::ChunkWatch(flag.clone()));
             }
             act.seen.fetch_add(1, Ordering::AcqRel);
             act.active.fetch_add(1, Ordering::AcqRel);

@@ -12,16 +12,16 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 
-use crate::body::{self, content_length, Body};
-use crate::upload::UploadError;
-use crate::error::GatewayError;
+use crate::gateway::body::{self, content_length, Body};
+use crate::gateway::upload::UploadError;
+use crate::gateway::error::GatewayError;
 use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::policy::attribution::{Fingerprint, NOT_SHAPE};
 use crate::policy::family::Family;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
 use crate::policy::validate::{parse_object_marked, validate_with};
-use crate::status_cache::{CachedStatus, Lookup};
+use crate::gateway::status_cache::{CachedStatus, Lookup};
 use crate::paid::{passthrough, HoldGuard, IdemGuard, Paid};
 use std::collections::HashMap;
 
@@ -54,16 +54,6 @@ fn is_json(ct: Option<&HeaderValue>) -> bool {
 
 fn path_and_query(uri: &Uri) -> &str {
     uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-}
-
-/// `status` of a status body, if it is a JSON object with one (borrowed unless escaped).
-pub(crate) fn reported_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
-    #[derive(serde::Deserialize)]
-    struct S<'a> {
-        #[serde(borrow)]
-        status: Option<std::borrow::Cow<'a, str>>,
-    }
-    serde_json::from_slice::<S<'_>>(body).ok()?.status
 }
 
 /// Does the body open and close as a JSON object? An O(1) look at its ends that refuses HTML
@@ -178,7 +168,7 @@ impl Gateway {
         let declared = content_length(&parts.headers);
         let idem_key = idempotency_key(&parts.headers)?;
         let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
-        let chunks = parts.extensions.get::<crate::framing::ChunkWatch>();
+        let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
         let (body, marks) =
             self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
         ctx.request_bytes = body.len();
@@ -303,24 +293,24 @@ impl Gateway {
             }
             _ => String::new(),
         };
-        GatewayError::BudgetExceeded { remaining, resets_at: crate::usage::resets_at(&month).unwrap_or_default() }
+        GatewayError::BudgetExceeded { remaining, resets_at: crate::admin::usage::resets_at(&month).unwrap_or_default() }
     }
 
     /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
     /// this gateway, and the target's token.
-    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::webhooks::Relay, url: &str, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
+    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
         let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
         if tenant.webhook_secret.is_none() {
             return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
         }
         relay.policy.check_url(url).map_err(invalid)?;
-        let token = crate::webhooks::new_token();
+        let token = crate::background::webhooks::new_token();
         self.store
             .webhook_register(&WebhookTarget { token: token.clone(), tenant: tenant.id.clone(), url: url.to_string(), generation: None, created_ms: now_ms() })
             .await?;
         let mut v: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(body).map_err(|e| GatewayError::Internal(format!("validated body did not re-parse: {e}")))?;
-        v.insert("callback_url".into(), serde_json::Value::String(crate::webhooks::relay_url(&relay.config, &token)));
+        v.insert("callback_url".into(), serde_json::Value::String(crate::background::webhooks::relay_url(&relay.config, &token)));
         let out = serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(e.to_string()))?;
         Ok((Bytes::from(out), Some(token)))
     }
@@ -345,9 +335,9 @@ impl Gateway {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(|e| GatewayError::BadRequest(format!("Could not read request body: {e}")))?;
             if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > crate::webhooks::MAX_WEBHOOK_BODY {
+                if buf.len() + data.len() > crate::background::webhooks::MAX_WEBHOOK_BODY {
                     self.metrics.webhook_rejected("too_large");
-                    return Err(GatewayError::PayloadTooLarge { limit: crate::webhooks::MAX_WEBHOOK_BODY });
+                    return Err(GatewayError::PayloadTooLarge { limit: crate::background::webhooks::MAX_WEBHOOK_BODY });
                 }
                 buf.extend_from_slice(&data);
             }
@@ -377,9 +367,9 @@ impl Gateway {
                 }
             }
         }
-        let body = crate::webhooks::scrub_relay_url(body, &relay.config, Some(&target.url));
+        let body = crate::background::webhooks::scrub_relay_url(body, &relay.config, Some(&target.url));
         let m = OutboxMessage {
-            id: crate::webhooks::message_id(token, &body),
+            id: crate::background::webhooks::message_id(token, &body),
             tenant: target.tenant.clone(),
             url: target.url.clone(),
             body,
@@ -423,7 +413,7 @@ impl Gateway {
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
-    async fn current_status(&self, request_id: &HeaderValue, trace: Option<&crate::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
+    async fn current_status(&self, request_id: &HeaderValue, trace: Option<&crate::observe::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
         let refresh = if self.status_cache.enabled() {
             match self.status_cache.lookup(&record.id).await {
                 Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
@@ -458,7 +448,7 @@ impl Gateway {
     /// A platform body for a tenant, without this gateway's relay URL (see `scrub_relay_url`).
     fn without_relay_url(&self, body: Bytes) -> Bytes {
         match &self.relay {
-            Some(relay) => crate::webhooks::scrub_relay_url(body, &relay.config, None),
+            Some(relay) => crate::background::webhooks::scrub_relay_url(body, &relay.config, None),
             None => body,
         }
     }
@@ -471,7 +461,7 @@ impl Gateway {
         if scanned_status(body) == Some(record.status.as_bytes()) {
             return;
         }
-        if let Some(status) = reported_status(body) {
+        if let Some(status) = crate::upstream::normalize::reported_status(body) {
             self.record_status(record, &status).await;
         }
     }
@@ -551,7 +541,7 @@ impl Gateway {
         let v = serde_json::json!({
             "tenant": &*tenant.id,
             "month": month,
-            "resets_at": crate::usage::resets_at(&month),
+            "resets_at": crate::admin::usage::resets_at(&month),
             "budget": tenant.monthly_budget.map(|b| b.to_string()),
             "spent": totals.spent.to_string(),
             "held": (totals.held + totals.unknown).to_string(),
@@ -612,7 +602,7 @@ mod tests {
         assert_eq!(scan(""), None);
         // Wherever the scan answers, it agrees with the full parse.
         for b in [r#"{"id":"g1","status":"processing"}"#, r#"{"result":{"status":"failed"},"status":"completed"}"#, r#"{"a":"say \"status\"","status":"ok"}"#] {
-            assert_eq!(scan(b).as_deref(), reported_status(b.as_bytes()).as_deref());
+            assert_eq!(scan(b).as_deref(), crate::upstream::normalize::reported_status(b.as_bytes()).as_deref());
         }
     }
 

@@ -708,7 +708,7 @@ impl Config {
                     for (k, f) in missing {
                         p.push(format!("secret: server.{k} {} is not a readable file", f.display()));
                     }
-                } else if let Err(e) = crate::tls::read(&paths.cert, &paths.key) {
+                } else if let Err(e) = crate::server::tls::read(&paths.cert, &paths.key) {
                     p.push(e);
                 }
                 Some(paths)
@@ -765,7 +765,7 @@ impl Config {
     fn webhooks(w: WebhooksSection, p: &mut Vec<String>) -> WebhooksConfig {
         let allow_http_loopback = w.allow_http_loopback.unwrap_or(false);
         let base = w.public_base_url.unwrap_or_default().trim().trim_end_matches('/').to_string();
-        let policy = crate::webhooks::target::Policy { allow_http_loopback };
+        let policy = crate::background::webhooks::target::Policy { allow_http_loopback };
         if base.is_empty() {
             p.push("webhooks.public_base_url is required: where the platform can reach this gateway".into());
         } else if let Err(e) = policy.check_url(&base) {
@@ -915,7 +915,7 @@ impl Config {
                         p.push(format!("secret: environment variable {var} ({at}.webhook_secret_env) is not set"));
                         None
                     }
-                    Some(v) => match crate::webhooks::sign::SigningKey::parse(&v) {
+                    Some(v) => match crate::background::webhooks::sign::SigningKey::parse(&v) {
                         Ok(_) => Some(Secret::new(v.trim())),
                         Err(e) => {
                             p.push(format!("{at}: {var}: {e}"));

@@ -1,0 +1,65 @@
+//! The gateway's work outside requests: the reconciler that converges the ledger to the
+//! platform, the account balance refresh, the webhook relay's deliveries, and the refusal
+//! sampler's flush.
+
+pub mod reconcile;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use crate::gateway::Gateway;
+
+/// How often an idle gateway refreshes the account balance.
+const BACKGROUND_BALANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The gateway's work outside requests: the reconciler, the background balance refresh and the
+/// webhook relay's deliveries. [`run`] starts them; an embedder serving [`crate::gateway::service::stack`] in its
+/// own server starts them with [`Background::spawn`].
+pub struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts the tasks; they end when `stop` turns true.
+    pub fn spawn(gateway: Arc<Gateway>, stop_rx: tokio::sync::watch::Receiver<bool>) -> Background {
+        let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
+        // An idle replica still knows the account balance (for the gauge and its alert).
+        let refresher = {
+            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = gw.balance.ensure_fresh(&http::HeaderValue::from_static("background-balance")).await {
+                        tracing::debug!(error = %e, "background balance refresh failed");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(BACKGROUND_BALANCE_EVERY) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            })
+        };
+        let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
+        // Summaries of sampled access lines, once a second.
+        let sampler = {
+            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => gw.refusals.flush(),
+                        _ = stop.wait_for(|s| *s) => return gw.refusals.flush(),
+                    }
+                }
+            })
+        };
+        let mut tasks = vec![reconciler, refresher, sampler];
+        tasks.extend(relay);
+        Background { tasks }
+    }
+
+    /// Waits for every task to end.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! What operators read: the access log, Prometheus metrics, diagnostics and tracing.
+
+pub mod access_log;
+pub mod diag_log;
+pub mod metrics;
+#[doc(hidden)]
+pub mod telemetry;
+pub mod trace;
