@@ -297,7 +297,7 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
         anyhow::bail!("the memory store keeps nothing outside a running gateway: ask it with GET /admin/usage instead");
     }
     let month = month.unwrap_or_else(|| tollgate::store::month_of(tollgate::store::now_ms()));
-    if !tollgate::admin::usage::valid_month(&month) {
+    if !tollgate::store::usage::valid_month(&month) {
         anyhow::bail!("--month must be YYYY-MM");
     }
     // A report never creates a store: an empty new one would read as "nothing spent".
@@ -312,7 +312,7 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
         }
     }
     let store = tollgate::store::open(&config.store).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = tollgate::admin::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = tollgate::store::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(t) = &tenant {
         if report.tenants.is_empty() {
             eprintln!("tollgate: no tenant {t:?} in {} or in the store", path.display());
@@ -354,7 +354,7 @@ async fn healthcheck(url: &str) -> ExitCode {
 
 fn keygen(webhook_secret: bool) -> ExitCode {
     if webhook_secret {
-        let secret = tollgate::background::webhooks::sign::new_secret();
+        let secret = tollgate::policy::signing::new_secret();
         println!("secret: {secret}");
         println!("Put it in an environment variable (e.g. MARKETING_WEBHOOK_SECRET={secret}),");
         println!("name that variable in the tenant's config: webhook_secret_env = \"MARKETING_WEBHOOK_SECRET\",");

@@ -219,7 +219,7 @@ fn check_config_and_keygen() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning: environment variable RUNBLOB_TOKEN"));
     let out = Command::new(BIN).args(["keygen", "--webhook-secret"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(tollgate::background::webhooks::sign::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim()).is_ok(), "{text}");
+    assert!(tollgate::policy::signing::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim()).is_ok(), "{text}");
 
     let out = Command::new(BIN).arg("keygen").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();

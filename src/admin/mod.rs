@@ -1,14 +1,14 @@
 //! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics` and
 //! `POST /admin/reload`. Kept off the tenant port so tenants never see metrics or admin routes.
 
-pub mod usage;
+
 
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::gateway::body::{self, Body};
+use crate::server::body::{self, Body};
 use crate::config::Secret;
 use crate::gateway::Gateway;
 
@@ -34,7 +34,7 @@ fn store_unavailable(what: &str, e: &crate::store::StoreError) -> Response<Body>
 /// `?month=YYYY-MM` (default: this month, UTC); 400 for anything else.
 fn month_param<B>(req: &Request<B>) -> Result<String, Response<Body>> {
     let month = query_param(req, "month").unwrap_or_else(|| crate::store::month_of(crate::store::now_ms()));
-    if crate::admin::usage::valid_month(&month) {
+    if crate::store::usage::valid_month(&month) {
         Ok(month)
     } else {
         Err(body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM"))
@@ -134,7 +134,7 @@ impl Admin {
                 let tenant = query_param(&req, "tenant");
                 let csv = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
                 let runtime = self.gateway.current();
-                match crate::admin::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
+                match crate::store::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
                     Ok(r) if csv => {
                         let mut rsp = body::json(StatusCode::OK, r.csv());
                         rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));

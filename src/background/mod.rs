@@ -38,7 +38,15 @@ impl Background {
                 }
             })
         };
-        let relay = gateway.relay.clone().map(|r| tokio::spawn(webhooks::run(gateway.clone(), r, stop_rx.clone())));
+        let relay = gateway.relay.clone().map(|r| {
+            let gw = gateway.clone();
+            let deliveries = webhooks::Deliveries {
+                store: gateway.store.clone(),
+                metrics: gateway.metrics.clone(),
+                secret_of: Arc::new(move |tenant| gw.current().tenants.tenants().iter().find(|t| &*t.id == tenant).and_then(|t| t.webhook_secret.clone())),
+            };
+            tokio::spawn(webhooks::run(deliveries, r, stop_rx.clone()))
+        });
         // Summaries of sampled access lines, once a second.
         let sampler = {
             let (gw, mut stop) = (gateway.clone(), stop_rx.clone());

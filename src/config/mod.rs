@@ -5,7 +5,7 @@
 //! mutating the process environment.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +14,8 @@ use http::Uri;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::policy::catalog::Catalog;
+use crate::policy::catalog::{toml_syntax_error, Catalog};
+pub use crate::policy::secret::Secret;
 use crate::policy::money::Usd;
 use crate::policy::pricing::{FamilyPrices, PriceTable};
 use crate::policy::rate_limit;
@@ -92,27 +93,6 @@ impl Env for ProcessEnv {
 impl Env for HashMap<String, String> {
     fn var(&self, name: &str) -> Option<String> {
         self.get(name).cloned()
-    }
-}
-
-/// A secret string that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
     }
 }
 
@@ -458,17 +438,6 @@ pub const PUBLIC_KEYS: &[&str] = &["tg_example_marketing", "tg_example_research"
 fn config_dir(path: &Path) -> PathBuf {
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     abs.parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-/// A TOML syntax error with its line and column.
-pub(crate) fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
-    let at = e.span().map(|sp| {
-        let before = &text[..sp.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-        format!(" at line {line}, column {col}")
-    });
-    format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())
 }
 
 /// A serde/TOML message on one line.
@@ -915,7 +884,7 @@ impl Config {
                         p.push(format!("secret: environment variable {var} ({at}.webhook_secret_env) is not set"));
                         None
                     }
-                    Some(v) => match crate::background::webhooks::sign::SigningKey::parse(&v) {
+                    Some(v) => match crate::policy::signing::SigningKey::parse(&v) {
                         Ok(_) => Some(Secret::new(v.trim())),
                         Err(e) => {
                             p.push(format!("{at}: {var}: {e}"));

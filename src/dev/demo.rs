@@ -84,7 +84,7 @@ async fn bind_or_any(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn start_receiver() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let key = crate::background::webhooks::sign::SigningKey::parse(DEMO_WEBHOOK_SECRET).map_err(std::io::Error::other)?;
+    let key = crate::policy::signing::SigningKey::parse(DEMO_WEBHOOK_SECRET).map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = listener.accept().await else { return };

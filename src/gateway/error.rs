@@ -3,7 +3,7 @@
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
-use crate::gateway::body::{self, Body};
+use crate::server::body::{self, Body};
 use crate::policy::ledger::Refusal;
 use crate::policy::rate_limit::{Quotas, RateLimited};
 use crate::policy::validate::{BodyError, ValidationError};

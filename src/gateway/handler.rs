@@ -12,7 +12,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::body::{self, content_length, Body};
+use crate::server::body::{self, content_length, Body};
 use crate::gateway::upload::UploadError;
 use crate::gateway::error::GatewayError;
 use crate::gateway::{Ctx, Gateway, Runtime};
@@ -293,7 +293,7 @@ impl Gateway {
             }
             _ => String::new(),
         };
-        GatewayError::BudgetExceeded { remaining, resets_at: crate::admin::usage::resets_at(&month).unwrap_or_default() }
+        GatewayError::BudgetExceeded { remaining, resets_at: crate::store::usage::resets_at(&month).unwrap_or_default() }
     }
 
     /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
@@ -413,7 +413,7 @@ impl Gateway {
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
-    async fn current_status(&self, request_id: &HeaderValue, trace: Option<&crate::observe::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
+    async fn current_status(&self, request_id: &HeaderValue, trace: Option<&crate::ids::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
         let refresh = if self.status_cache.enabled() {
             match self.status_cache.lookup(&record.id).await {
                 Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
@@ -541,7 +541,7 @@ impl Gateway {
         let v = serde_json::json!({
             "tenant": &*tenant.id,
             "month": month,
-            "resets_at": crate::admin::usage::resets_at(&month),
+            "resets_at": crate::store::usage::resets_at(&month),
             "budget": tenant.monthly_budget.map(|b| b.to_string()),
             "spent": totals.spent.to_string(),
             "held": (totals.held + totals.unknown).to_string(),

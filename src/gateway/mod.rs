@@ -11,7 +11,7 @@
 //! pass through request extensions, and one straight-line function with `?` between stages is
 //! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
-pub mod body;
+
 pub mod error;
 mod handler;
 pub mod limits;
@@ -30,7 +30,7 @@ use http::{HeaderMap, Request, Response};
 
 use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::paid::balance::BalanceKeeper;
-use crate::gateway::body::Body;
+use crate::server::body::Body;
 use crate::config::{Config, ConfigError};
 use crate::gateway::error::{set_rate_limit_headers, GatewayError};
 use crate::gateway::limits::RateLimits;
@@ -124,7 +124,7 @@ pub struct Ctx {
     /// sane client id or a UUID), so its text costs nothing (`Ctx::request_id`).
     pub request_id: HeaderValue,
     /// W3C trace context: the caller's trace (or a new one), sent to the platform and logged.
-    pub trace: Option<crate::observe::trace::TraceContext>,
+    pub trace: Option<crate::ids::trace::TraceContext>,
     /// Set by auth.
     pub tenant: Option<Arc<str>>,
     /// Route template.
@@ -331,9 +331,9 @@ impl Gateway {
     {
         // One value for the response header (a reference count of the client's, when sane) and
         // the text the logs and the platform get.
-        let id_header = request_id_header(req.headers().get(crate::gateway::service::X_REQUEST_ID));
+        let id_header = request_id_header(req.headers().get(crate::ids::X_REQUEST_ID));
         let mut ctx = Ctx::new(req.method().clone(), id_header.clone(), routes::UNMATCHED, "forwarded");
-        let mut trace = crate::observe::trace::TraceContext::from_headers(req.headers());
+        let mut trace = crate::ids::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
         let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
         let span = crate::observe::telemetry::request_span(req.method(), route, &mut trace);
@@ -377,7 +377,7 @@ impl Gateway {
         if let (Some(q), false) = (&ctx.quotas, rsp.headers().contains_key(crate::gateway::error::RATELIMIT_LIMIT)) {
             set_rate_limit_headers(rsp.headers_mut(), q);
         }
-        rsp.headers_mut().insert(crate::gateway::service::X_REQUEST_ID, id_header);
+        rsp.headers_mut().insert(crate::ids::X_REQUEST_ID, id_header);
         self.finish(&ctx, rsp.status().as_u16());
         if let Some(span) = span {
             span.record("http.route", ctx.route);

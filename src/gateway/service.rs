@@ -25,19 +25,18 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::gateway::body::Body;
+use crate::server::body::Body;
 use crate::gateway::{Ctx, Gateway};
 
 /// Response body of the layered stack (`CatchPanic` boxes it).
 pub type StackBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
 
-/// The request header carrying the request id.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::ids::X_REQUEST_ID;
 
 /// The bare request path as a service: never fails, errors are `{"detail": ...}` responses.
 #[derive(Clone)]
@@ -69,7 +68,7 @@ struct Panicked;
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
     let what = err.downcast_ref::<String>().map(String::as_str).or_else(|| err.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
     tracing::error!(panic = what, "a request handler panicked; answered 500");
-    let mut rsp = crate::gateway::body::json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "detail": "Internal server error" }).to_string());
+    let mut rsp = crate::server::body::json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "detail": "Internal server error" }).to_string());
     rsp.extensions_mut().insert(Panicked);
     rsp
 }

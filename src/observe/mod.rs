@@ -5,4 +5,4 @@ pub mod diag_log;
 pub mod metrics;
 #[doc(hidden)]
 pub mod telemetry;
-pub mod trace;
+

@@ -13,7 +13,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TelemetryConfig;
-use crate::observe::trace::{HexId, TraceContext};
+use crate::ids::trace::{HexId, TraceContext};
 
 /// The tracing target of request spans; the OpenTelemetry layer sees nothing else.
 pub const TARGET: &str = "tollgate::request";

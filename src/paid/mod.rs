@@ -22,7 +22,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use crate::gateway::body::{self, Body};
+use crate::server::body::{self, Body};
 use crate::gateway::error::GatewayError;
 use crate::gateway::{Ctx, Gateway};
 use crate::policy::family::Family;
@@ -139,7 +139,7 @@ pub(crate) struct Paid {
     pub(crate) quoted: Usd,
     pub(crate) path: String,
     /// The request's trace context, passed to the platform.
-    pub(crate) trace: Option<crate::observe::trace::TraceContext>,
+    pub(crate) trace: Option<crate::ids::trace::TraceContext>,
     pub(crate) content_type: Option<HeaderValue>,
     pub(crate) body: Bytes,
     /// The relay token in the forwarded `callback_url`, if any.

@@ -316,7 +316,7 @@ fn family(i: usize, value: &toml::Value, p: &mut Vec<String>) -> Option<FamilySp
 impl Catalog {
     /// Reads a catalog file's text; `Err` lists every problem, one per line.
     pub fn parse(text: &str) -> Result<Catalog, Vec<String>> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![format!("catalog: {}", crate::config::toml_syntax_error(text, &e))])?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![format!("catalog: {}", toml_syntax_error(text, &e))])?;
         let mut p = Vec::new();
         for key in table.keys().filter(|k| *k != "family") {
             p.push(format!("catalog: unknown key `{key}` (families are [[family]] tables)"));
@@ -399,6 +399,18 @@ impl PartialEq for Catalog {
         self.families.len() == other.families.len() && self.families.iter().zip(other.families.iter()).all(|(a, b)| std::ptr::eq(a.spec(), b.spec()))
     }
 }
+
+/// A TOML syntax error with its line and column.
+pub fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map(|sp| {
+        let before = &text[..sp.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        format!(" at line {line}, column {col}")
+    });
+    format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -11,5 +11,7 @@ pub mod money;
 pub mod pricing;
 pub mod rate_limit;
 pub mod scan;
+pub mod secret;
+pub mod signing;
 pub mod tenants;
 pub mod validate;

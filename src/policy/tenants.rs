@@ -20,7 +20,7 @@ pub struct Tenant {
     /// Optional monthly spend cap.
     pub monthly_budget: Option<Usd>,
     /// Standard Webhooks signing secret (`whsec_…`, from the environment), for relayed webhooks.
-    pub webhook_secret: Option<crate::config::Secret>,
+    pub webhook_secret: Option<crate::policy::secret::Secret>,
 }
 
 /// A tenant's rate limits; non-zero by construction.

@@ -848,9 +848,9 @@ impl Store for EmbeddedStore {
         Ok(s.unwrap_or_default())
     }
 
-    async fn month_totals(&self, month: &str) -> Result<HashMap<String, crate::admin::usage::MonthTotals>, StoreError> {
+    async fn month_totals(&self, month: &str) -> Result<HashMap<String, crate::store::MonthTotals>, StoreError> {
         let inner = self.lock();
-        let mut out: HashMap<String, crate::admin::usage::MonthTotals> = HashMap::new();
+        let mut out: HashMap<String, crate::store::MonthTotals> = HashMap::new();
         for (t, s) in inner.ledger.spend_by_tenant(month) {
             out.entry(t.to_string()).or_default().spent = s;
         }

@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -194,6 +195,19 @@ pub struct BalanceSnapshot {
     pub fetched_ms: u64,
 }
 
+/// A tenant's money in one month, as the store has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MonthTotals {
+    /// Net of refunds.
+    pub spent: Usd,
+    /// Refunds.
+    pub refunded: Usd,
+    /// Open holds.
+    pub held: Usd,
+    /// Unknown outcomes.
+    pub unknown: Usd,
+}
+
 /// What the gateway remembers; see the module docs.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -277,7 +291,7 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
 
     /// Each tenant's money in `month` (spent, refunded, held, unknown), for usage reports.
-    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::admin::usage::MonthTotals>, StoreError>;
+    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, MonthTotals>, StoreError>;
     /// The month's generations (of one tenant, or all), oldest first.
     async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError>;
     /// Dead-letter webhook deliveries per tenant.

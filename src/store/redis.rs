@@ -856,11 +856,11 @@ impl Store for RedisStore {
         Ok(OutboxStats { pending: ids.len() as u64, oldest_pending_ms: oldest, dead: dead_n })
     }
 
-    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::admin::usage::MonthTotals>, StoreError> {
+    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::store::MonthTotals>, StoreError> {
         let (sk, rk, hk) = (self.key(&format!("spend:{month}")), self.key(&format!("refunded:{month}")), self.key("holds"));
         let (spend, refunded, holds): (std::collections::HashMap<String, i64>, std::collections::HashMap<String, i64>, Vec<String>) =
             self.run(|mut c| async move { ::redis::pipe().hgetall(sk).hgetall(rk).hvals(hk).query_async(&mut c).await }).await?;
-        let mut out: std::collections::HashMap<String, crate::admin::usage::MonthTotals> = std::collections::HashMap::new();
+        let mut out: std::collections::HashMap<String, crate::store::MonthTotals> = std::collections::HashMap::new();
         for (t, v) in spend {
             out.entry(t).or_default().spent = Usd::from_micros(v);
         }

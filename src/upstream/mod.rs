@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 
-use crate::observe::trace::TraceContext;
+use crate::ids::trace::TraceContext;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -231,7 +231,7 @@ impl Upstream {
         if let Some(ct) = content_type {
             h.insert(CONTENT_TYPE, ct.clone());
         }
-        h.insert(crate::gateway::service::X_REQUEST_ID, request_id.clone());
+        h.insert(crate::ids::X_REQUEST_ID, request_id.clone());
         if let Some(t) = trace {
             t.inject(h);
         }

@@ -10,7 +10,7 @@
 //! like the platform's own); after `max_attempts` a delivery is a dead letter, counted, shown in
 //! metrics and re-driven with `POST /admin/webhooks/redeliver`.
 
-pub mod sign;
+
 pub mod target;
 
 use std::sync::Arc;
@@ -27,9 +27,11 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::config::WebhooksConfig;
-use crate::gateway::Gateway;
+use crate::observe::metrics::Metrics;
+use crate::policy::secret::Secret;
+use crate::store::Store;
 use crate::store::{now_ms, OutboxMessage};
-use sign::SigningKey;
+use crate::policy::signing::SigningKey;
 use target::{CheckedResolver, Policy};
 
 /// Largest webhook body the platform may post.
@@ -154,11 +156,22 @@ impl Relay {
     }
 }
 
+/// What the delivery worker needs from the gateway, and nothing more.
+#[derive(Clone)]
+pub struct Deliveries {
+    /// The outbox.
+    pub store: Arc<dyn Store>,
+    /// Delivery counters.
+    pub metrics: Arc<Metrics>,
+    /// A tenant's current webhook signing secret (it follows config reloads).
+    pub secret_of: Arc<dyn Fn(&str) -> Option<Secret> + Send + Sync>,
+}
+
 /// Delivers one claimed message and records the result.
-async fn deliver(gw: Arc<Gateway>, relay: Arc<Relay>, m: OutboxMessage) {
+async fn deliver(gw: Deliveries, relay: Arc<Relay>, m: OutboxMessage) {
     let attempt = m.attempts + 1;
     let started = Instant::now();
-    let key = gw.current().tenants.tenants().iter().find(|t| t.id == m.tenant).and_then(|t| t.webhook_secret.clone());
+    let key = (gw.secret_of)(&m.tenant);
     let result = match key.as_ref().map(|k| SigningKey::parse(k.expose())) {
         Some(Ok(key)) => relay.attempt(&m, &key).await,
         _ => Err("the tenant has no webhook secret any more".to_string()),
@@ -200,7 +213,7 @@ async fn deliver(gw: Arc<Gateway>, relay: Arc<Relay>, m: OutboxMessage) {
 
 /// The delivery worker: claims due deliveries and sends them, `concurrency` at a time, until
 /// `stop` turns true.
-pub async fn run(gw: Arc<Gateway>, relay: Arc<Relay>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(gw: Deliveries, relay: Arc<Relay>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(relay.config.concurrency));
     loop {
         let free = slots.available_permits();

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::policy::money::Usd;
+
 use crate::policy::tenants::Tenant;
 use crate::store::{GenerationRecord, Store, StoreError};
 
@@ -137,19 +137,6 @@ impl Report {
         }
         out
     }
-}
-
-/// A tenant's money in one month, as the store has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MonthTotals {
-    /// Net of refunds.
-    pub spent: Usd,
-    /// Refunds.
-    pub refunded: Usd,
-    /// Open holds.
-    pub held: Usd,
-    /// Unknown outcomes.
-    pub unknown: Usd,
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! across threads, processes and replicas. Secrets (webhook tokens and signing keys) still come
 //! from `ThreadRng`.
 
+pub mod trace;
+
 use std::cell::RefCell;
 
 use rand::rngs::SmallRng;
@@ -24,6 +26,10 @@ pub fn random_bits() -> u128 {
 pub fn uuid() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(random_bits().to_be_bytes()).into_uuid()
 }
+
+
+/// The request header carrying the request id (set on every answer, sent to the platform).
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 #[cfg(test)]
 mod tests {
