@@ -1,4 +1,4 @@
-//! Stage 3 of the paid path: buffering a request body fairly.
+//! The paid path's body phase: buffering a request body fairly.
 //!
 //! Memory for bodies is reserved as bytes arrive (or all at once when Content-Length says how
 //! much is coming), against two budgets: the gateway's total (`max_buffered_body_bytes`, 503

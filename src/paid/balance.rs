@@ -1,4 +1,4 @@
-//! Stage 8 of the paid path (I/O half): keep the cached account balance fresh.
+//! The paid path's balance phase (I/O half): keep the cached account balance fresh.
 //!
 //! The balance is fetched from `GET /v1/data/balance` at most once per TTL: concurrent callers
 //! queue behind one fetch (single flight) and re-check freshness when it lands, so a burst of

@@ -1,4 +1,4 @@
-//! Stage 9 of the paid path: forward a held request and run it to its outcome.
+//! The paid path: admit a generate (`admit.rs`), then forward the held request and run it to its outcome.
 //!
 //! Once a hold is taken the request is forwarded from its own task ([`Paid::spawn`]), so a
 //! client that hangs up (HTTP/1 close, HTTP/2 RST_STREAM) never cancels a request the platform
@@ -11,7 +11,18 @@
 //!   Idempotency-Key answers 409 until the reconciler (`reconcile.rs`) resolves it.
 //!
 //! When the client is gone by then, the task writes the access line itself (`client_closed`).
+//!
+//! Invariants, kept by the guards being made, armed and released only in this module:
+//! - **No request reaches the platform without a hold.** The hold is taken in one atomic store
+//!   step against the tenant's budget and the account balance; a store error refuses.
+//! - **Every hold ends exactly once**: settled at the charged price (created), released
+//!   (refused, or dropped before forwarding: [`HoldGuard`]'s `Drop`), or left open as unknown for
+//!   the reconciler, never two of these.
+//! - **An Idempotency-Key buys at most one generation.** Its claim is taken before the hold,
+//!   answered from the stored record afterwards, and freed ([`IdemGuard`]'s `Drop`) only when
+//!   nothing was sent; an unknown outcome keeps it (409) until the reconciler decides.
 
+mod admit;
 pub mod balance;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Stage 4 of the paid path (policy half): is this base64 string a real JPEG/PNG/WEBP image?
+//! The paid path's validate phase (policy half): is this base64 string a real JPEG/PNG/WEBP image?
 //!
 //! Works on the string borrowed from the request body. The size bound comes from the length
 //! alone, validity from one SIMD scan (no output), and format and dimensions from decoding only a

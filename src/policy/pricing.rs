@@ -1,4 +1,4 @@
-//! Stage 6 of the paid path: what a generation will cost, before the platform says so.
+//! The paid path's price phase: what a generation will cost, before the platform says so.
 //!
 //! The estimate only sizes the hold; the hold is settled at the `price` the platform charges.
 

@@ -1,4 +1,4 @@
-//! Stage 1 of the request path (policy half): gateway key → tenant.
+//! Authentication (policy half): gateway key → tenant.
 //!
 //! Keys are stored only as SHA-256 digests, so a leaked config file leaks no usable key.
 

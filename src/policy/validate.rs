@@ -1,4 +1,4 @@
-//! Stage 4 of the paid path (policy half): parse the JSON body and check it per family.
+//! The paid path's validate phase (policy half): parse the JSON body and check it per family.
 //!
 //! The body is parsed once (`json.rs`) into values whose strings borrow from it, so large
 //! strings (base64 images) are validated in place without being copied.

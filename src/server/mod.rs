@@ -1,4 +1,4 @@
-//! Stage 0: accepting connections. hyper-util's auto builder serves HTTP/1.1 and HTTP/2 (h2c
+//! Accepting connections. hyper-util's auto builder serves HTTP/1.1 and HTTP/2 (h2c
 //! prior knowledge) on one port. Around it, every connection gets a watchdog with:
 //! - a deadline from accept to its first complete request head (a socket that never speaks, or
 //!   sends half an HTTP/2 preface, included);

@@ -1,4 +1,4 @@
-//! Stage 9: forwarding to the platform over a pooled hyper-util client (http or https via
+//! Forwarding to the platform over a pooled hyper-util client (http or https via
 //! rustls). The upstream token is added here and only here, so no outer stage ever sees it.
 //!
 //! Idempotent GETs are retried on connect errors and 502/503/504 within a retry budget, with

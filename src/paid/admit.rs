@@ -1,0 +1,263 @@
+//! Admission: the phases of a generate before its hold is taken, in order. Each can refuse the
+//! request, and none has charged anything yet.
+//!
+//! 1. **body**: JSON content type, memory reserved, body read under its cap (413).
+//! 2. **validate**: JSON and family rules on borrowed slices of the body (400/422).
+//! 3. **idempotency**: a repeat of a finished request is answered from its record, uncharged;
+//!    one in progress or unresolved gets 409.
+//! 4. **price and balance**: the catalog's price, a fresh account balance.
+//! 5. **hold**: one atomic step against the tenant's budget and the account balance (402).
+//! 6. **generation limit**: after the hold, so a 402 does not use a slot (429; the hold guard
+//!    releases the hold).
+//!
+//! Then [`Paid`] forwards and runs the request to its outcome (see `mod.rs`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode, Uri};
+use sha2::{Digest, Sha256};
+
+use crate::gateway::error::GatewayError;
+use crate::gateway::upload::UploadError;
+use crate::gateway::{Ctx, Gateway, Runtime};
+use crate::paid::{HoldGuard, IdemGuard, Paid};
+use crate::policy::attribution::{Fingerprint, NOT_SHAPE};
+use crate::policy::family::Family;
+use crate::policy::rate_limit::LimitKind;
+use crate::policy::tenants::Tenant;
+use crate::policy::validate::{parse_object_marked, validate_with};
+use crate::server::body::{self, content_length, Body};
+use crate::store::{month_of, now_ms, HoldOutcome, HoldRequest, IdemClaim, Intent, WebhookTarget};
+
+/// A claim whose request died before taking its hold frees itself this long after the request
+/// deadline.
+const IDEM_CLAIM_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest Idempotency-Key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `application/json`, parameters (charset) allowed.
+fn is_json(ct: Option<&HeaderValue>) -> bool {
+    ct.and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false)
+}
+
+fn path_and_query(uri: &Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+}
+
+fn idempotency_key(req_headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
+    let Some(v) = req_headers.get("idempotency-key") else { return Ok(None) };
+    match v.to_str() {
+        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY && s.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(s.to_string())),
+        _ => Err(GatewayError::BadRequest(format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"))),
+    }
+}
+
+impl Gateway {
+    /// A body that could not be read, as the answer it gets.
+    fn upload_error(&self, e: UploadError) -> GatewayError {
+        match e {
+            UploadError::TooLarge => GatewayError::PayloadTooLarge { limit: self.max_body_bytes },
+            UploadError::Broken(m) => GatewayError::BadRequest(format!("Could not read request body: {m}")),
+            UploadError::TooSlow => GatewayError::UploadTooSlow,
+            UploadError::TenantBusy => GatewayError::TenantUploadsBusy,
+            UploadError::Busy => GatewayError::Overloaded,
+        }
+    }
+
+    /// `POST /v1/{family}/generate`: the paid path.
+    pub(crate) async fn generate<B>(
+        self: &Arc<Self>,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        tenant: &Arc<Tenant>,
+        family: Family,
+        req: Request<B>,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, incoming) = req.into_parts();
+        if !is_json(parts.headers.get(CONTENT_TYPE)) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        // Phase body: capped; memory for it is reserved first.
+        let declared = content_length(&parts.headers);
+        let idem_key = idempotency_key(&parts.headers)?;
+        let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
+        let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
+        let (body, marks) =
+            self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
+        ctx.request_bytes = body.len();
+
+        // Phase validate: JSON and family rules, on borrowed slices of the body.
+        let relay = self.relay.clone();
+        let (validated, mut fingerprint, callback) = {
+            let fields = parse_object_marked(&body, marks.as_ref())?;
+            let validated = validate_with(family, &fields, relay.is_some())?;
+            let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
+            let callback = fields.str("callback_url").ok().flatten().filter(|_| relay.is_some()).map(str::to_string);
+            let fingerprint = Fingerprint {
+                prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
+                body_sha256: String::new(),
+                shape: fields.scalars(NOT_SHAPE),
+            };
+            (validated, fingerprint, callback)
+        };
+        drop(marks);
+        ctx.image_bytes = validated.image_bytes;
+        // The route is part of what the digest names: the same body sent to another family is
+        // another request. It keys Idempotency-Keys and tells identical requests apart when the
+        // reconciler attributes unknown outcomes.
+        let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
+        fingerprint.body_sha256 = hex::encode(digest);
+
+        // The hold's id exists before anything is stored, so every later step can clean up by it.
+        let mut hold = HoldGuard::new(self.store.clone());
+
+        // Phase idempotency: a repeat of a finished request is answered from the record, uncharged.
+        let idem = match &idem_key {
+            None => None,
+            Some(key) => {
+                let stale_ms = (self.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
+                match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
+                    IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key: key.clone(), digest, done: false }),
+                    IdemClaim::Replay(stored) => {
+                        ctx.outcome = "idempotent_replay";
+                        let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+                        let mut rsp = body::json(status, stored.body);
+                        rsp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                        return Ok(rsp);
+                    }
+                    IdemClaim::InProgress => return Err(GatewayError::IdempotencyInProgress),
+                    IdemClaim::Unresolved => return Err(GatewayError::OutcomeUnresolved),
+                    IdemClaim::Mismatch => return Err(GatewayError::IdempotencyMismatch),
+                }
+            }
+        };
+
+        // Phases price, balance and hold: the hold is atomic against budget and balance.
+        let price = runtime
+            .pricing
+            .estimate(family, &validated.price_key)
+            .ok_or_else(|| runtime.family_not_enabled(family))?;
+        ctx.price = Some(price);
+        self.balance.ensure_fresh(&ctx.request_id).await?;
+        // With the relay on, the platform calls the gateway back, never the tenant's URL.
+        let (body, webhook_token) = match (callback, &relay) {
+            (Some(url), Some(relay)) => self.relay_callback(tenant, relay, &url, &body).await?,
+            _ => (body, None),
+        };
+        let hold_req = HoldRequest {
+            id: hold.id.clone(),
+            tenant: tenant.id.clone(),
+            price,
+            budget: tenant.monthly_budget,
+            reserve: runtime.reserve,
+            lease_ms: self.hold_lease.as_millis() as u64,
+            intent: Intent { family: family.path().to_string(), fingerprint: fingerprint.encode(), created_ms: 0, idem_key, month: month_of(now_ms()) },
+        };
+        // A store error leaves the guard armed: the hold may have landed, so it is released by id.
+        hold.arm();
+        let outcome = self.store.hold(&hold_req).await?;
+        if outcome != HoldOutcome::Held {
+            hold.disarm();
+        }
+        match outcome {
+            HoldOutcome::Held => {}
+            HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => return Err(self.budget_exceeded(tenant).await),
+            HoldOutcome::Refused(r) => return Err(r.into()),
+            HoldOutcome::NoBalance => return Err(GatewayError::Internal("no balance cached after a successful refresh".into())),
+            HoldOutcome::Gone => return Err(GatewayError::Internal("hold id was released before it was taken".into())),
+        }
+
+        // Phase generation limit: once the request can be paid for: a 402 does not use a slot.
+        // A refusal drops the hold guard, which releases the hold.
+        ctx.quotas = Some(runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await?);
+
+        // Forward (never retried: a POST may have been charged) and settle, in a task of its
+        // own: from here on the request runs to its outcome whether or not the client stays.
+        ctx.forwarded.store(true, std::sync::atomic::Ordering::Release);
+        let paid = Paid {
+            gw: self.clone(),
+            hold,
+            idem,
+            family,
+            tenant: tenant.id.clone(),
+            quoted: price,
+            path: path_and_query(&parts.uri).to_string(),
+            trace: ctx.trace.clone(),
+            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+            body,
+            webhook_token,
+        };
+        let out = paid.spawn(ctx).await.map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
+        if let Some((status, latency)) = out.upstream {
+            ctx.upstream_status = Some(status.as_u16());
+            ctx.upstream_latency = Some(latency);
+        }
+        ctx.price = Some(out.price);
+        out.result
+    }
+
+    /// 402 BUDGET_EXCEEDED with what is left of the budget and when it resets.
+    async fn budget_exceeded(&self, tenant: &Tenant) -> GatewayError {
+        let month = month_of(now_ms());
+        let remaining = match (tenant.monthly_budget, self.store.month_totals(&month).await) {
+            (Some(b), Ok(mut t)) => {
+                let t = t.remove(&*tenant.id).unwrap_or_default();
+                (b - t.spent - t.held - t.unknown).max_zero().to_string()
+            }
+            _ => String::new(),
+        };
+        GatewayError::BudgetExceeded { remaining, resets_at: crate::store::usage::resets_at(&month).unwrap_or_default() }
+    }
+
+    /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
+    /// this gateway, and the target's token.
+    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
+        let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
+        if tenant.webhook_secret.is_none() {
+            return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
+        }
+        relay.policy.check_url(url).map_err(invalid)?;
+        let token = crate::background::webhooks::new_token();
+        self.store
+            .webhook_register(&WebhookTarget { token: token.clone(), tenant: tenant.id.clone(), url: url.to_string(), generation: None, created_ms: now_ms() })
+            .await?;
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| GatewayError::Internal(format!("validated body did not re-parse: {e}")))?;
+        v.insert("callback_url".into(), serde_json::Value::String(crate::background::webhooks::relay_url(&relay.config, &token)));
+        let out = serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok((Bytes::from(out), Some(token)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_json_bodies_are_accepted() {
+        let v = |s: &'static str| Some(HeaderValue::from_static(s));
+        assert!(is_json(v("application/json").as_ref()));
+        assert!(is_json(v("Application/JSON; charset=utf-8").as_ref()));
+        assert!(!is_json(v("application/x-www-form-urlencoded").as_ref()));
+        assert!(!is_json(v("text/plain").as_ref()));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(idempotency_key(&h).unwrap(), None);
+        h.insert("idempotency-key", HeaderValue::from_static("abc-1"));
+        assert_eq!(idempotency_key(&h).unwrap(), Some("abc-1".into()));
+        h.insert("idempotency-key", HeaderValue::from_static("has space"));
+        assert!(idempotency_key(&h).is_err());
+    }
+}
