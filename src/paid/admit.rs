@@ -100,7 +100,12 @@ impl Gateway {
             let fields = parse_object_marked(&body, marks.as_ref())?;
             let validated = validate_with(family, &fields, relay.is_some())?;
             let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
-            let callback = fields.str("callback_url").ok().flatten().filter(|_| relay.is_some()).map(str::to_string);
+            let callback = fields
+                .str("callback_url")
+                .ok()
+                .flatten()
+                .filter(|_| relay.is_some())
+                .map(|url| (url.to_string(), fields.str_span("callback_url")));
             let fingerprint = Fingerprint {
                 prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
                 body_sha256: String::new(),
@@ -149,7 +154,7 @@ impl Gateway {
         self.balance.ensure_fresh(&ctx.request_id).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
         let (body, webhook_token) = match (callback, &relay) {
-            (Some(url), Some(relay)) => self.relay_callback(tenant, relay, &url, &body).await?,
+            (Some((url, span)), Some(relay)) => self.relay_callback(tenant, relay, &url, span, &body).await?,
             _ => (body, None),
         };
         let hold_req = HoldRequest {
@@ -219,7 +224,7 @@ impl Gateway {
 
     /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
     /// this gateway, and the target's token.
-    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
+    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str, span: Option<std::ops::Range<usize>>, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
         let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
         if tenant.webhook_secret.is_none() {
             return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
@@ -229,10 +234,25 @@ impl Gateway {
         self.store
             .webhook_register(&WebhookTarget { token: token.clone(), tenant: tenant.id.clone(), url: url.to_string(), generation: None, created_ms: now_ms() })
             .await?;
-        let mut v: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body).map_err(|e| GatewayError::Internal(format!("validated body did not re-parse: {e}")))?;
-        v.insert("callback_url".into(), serde_json::Value::String(crate::background::webhooks::relay_url(&relay.config, &token)));
-        let out = serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let ours = serde_json::Value::String(crate::background::webhooks::relay_url(&relay.config, &token));
+        // Only the value's bytes are replaced when the parser could say where they are; a body
+        // with escapes in the URL or a repeated key is parsed and written again instead.
+        let out = match span {
+            Some(at) => {
+                let ours = ours.to_string();
+                let mut out = Vec::with_capacity(body.len() - at.len() + ours.len());
+                out.extend_from_slice(&body[..at.start]);
+                out.extend_from_slice(ours.as_bytes());
+                out.extend_from_slice(&body[at.end..]);
+                out
+            }
+            None => {
+                let mut v: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(body).map_err(|e| GatewayError::Internal(format!("validated body did not re-parse: {e}")))?;
+                v.insert("callback_url".into(), ours);
+                serde_json::to_vec(&v).map_err(|e| GatewayError::Internal(e.to_string()))?
+            }
+        };
         Ok((Bytes::from(out), Some(token)))
     }
 }

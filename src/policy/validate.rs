@@ -53,6 +53,8 @@ pub struct Fields<'a> {
     map: HashMap<Cow<'a, str>, Json<'a>, foldhash::fast::RandomState>,
     body: &'a [u8],
     marks: Option<&'a Marks>,
+    /// Some key appeared more than once.
+    repeated: bool,
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
@@ -69,7 +71,12 @@ pub fn parse_object(body: &[u8]) -> Result<Fields<'_>, BodyError> {
 /// passes that would read them back from memory.
 pub fn parse_object_marked<'a>(body: &'a [u8], marks: Option<&'a Marks>) -> Result<Fields<'a>, BodyError> {
     match json::parse_marked(body, marks) {
-        Ok(Json::Obj(entries)) => Ok(Fields { map: entries.into_iter().collect(), body, marks }),
+        Ok(Json::Obj(entries)) => {
+            let n = entries.len();
+            let map: HashMap<_, _, _> = entries.into_iter().collect();
+            let repeated = map.len() != n;
+            Ok(Fields { map, body, marks, repeated })
+        }
         Ok(_) => Err(BodyError::NotAnObject),
         Err(e) => Err(BodyError::InvalidJson(e.to_string())),
     }
@@ -95,6 +102,17 @@ impl<'a> Fields<'a> {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Where a string field's value sits in the body, quotes included, when it can be replaced
+    /// in place: written without escapes (so the parsed value borrows the body) in a body with no
+    /// repeated key.
+    pub fn str_span(&self, name: &str) -> Option<std::ops::Range<usize>> {
+        let Some(Json::Str(Cow::Borrowed(s))) = self.get(name) else { return None };
+        let start = (s.as_ptr() as usize).checked_sub(self.body.as_ptr() as usize)?;
+        let end = start + s.len();
+        let quoted = start >= 1 && self.body.get(start - 1) == Some(&b'"') && self.body.get(end) == Some(&b'"');
+        (!self.repeated && quoted).then(|| start - 1..end + 1)
     }
 
     /// A string field, borrowed from the body when it has no escapes.

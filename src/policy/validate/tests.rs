@@ -162,3 +162,16 @@ fn base64_with_escaped_slashes_is_still_checked() {
     let body = format!(r#"{{"prompt":"p","image_base64":"{escaped}"}}"#);
     assert!(check(Family::builtin("sora"), &body).is_ok(), "{}", check(Family::builtin("sora"), &body).unwrap_err());
 }
+
+#[test]
+fn a_string_span_covers_the_quoted_value_only_where_it_can_be_replaced() {
+    let body = br#"{"prompt":"a cat","callback_url":"https://t.example/hook","n":1}"#;
+    let f = parse_object(body).unwrap();
+    let at = f.str_span("callback_url").unwrap();
+    assert_eq!(&body[at], br#""https://t.example/hook""#);
+    let escaped = br#"{"callback_url":"https:\/\/t.example\/hook"}"#;
+    assert_eq!(parse_object(escaped).unwrap().str_span("callback_url"), None);
+    let repeated = br#"{"callback_url":"https://a.example","callback_url":"https://b.example"}"#;
+    assert_eq!(parse_object(repeated).unwrap().str_span("callback_url"), None);
+    assert_eq!(parse_object(br#"{"callback_url":3}"#).unwrap().str_span("callback_url"), None);
+}
