@@ -24,9 +24,9 @@ N=${1:-2000}
 export TOKIO_WORKER_THREADS=${WORKERS:-1}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
 command -v h2load >/dev/null || { echo "needs h2load (apt-get install nghttp2-client)"; exit 1; }
-cargo build --release --quiet --bins --examples
-BIN=target/release/tollgate
-BARE=target/release/examples/bare_proxy
+cargo build --profile production --quiet --bins --examples
+BIN=target/production/tollgate
+BARE=target/production/examples/bare_proxy
 WORK=$(mktemp -d /tmp/tollgate-instructions.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

@@ -18,7 +18,7 @@
 # the ratios against nginx, then tollgate's RSS idle and under 20 concurrent 10 MiB uploads.
 #
 # TOLLGATE_BIN measures another build of the gateway in rows (d) and (e), e.g. the one
-# scripts/build-pgo makes (target/pgo/release/tollgate); everything else stays the plain
+# scripts/build-pgo makes (target/pgo/production/tollgate); everything else stays the plain
 # release build, the simulated platform included.
 #
 # Needs: wrk and nginx (apt-get install wrk nginx).
@@ -30,11 +30,11 @@ WORKERS=${WORKERS:-1}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 command -v nginx >/dev/null || { echo "needs nginx (apt-get install nginx)"; exit 1; }
 
-cargo build --release --quiet --bins --examples
-BIN=target/release/tollgate
+cargo build --profile production --quiet --bins --examples
+BIN=target/production/tollgate
 GATEWAY=${TOLLGATE_BIN:-$BIN}
 [ -x "$GATEWAY" ] || { echo "no gateway binary at $GATEWAY"; exit 1; }
-BARE=target/release/examples/bare_proxy
+BARE=target/production/examples/bare_proxy
 WORK=$(mktemp -d /tmp/tollgate-load.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

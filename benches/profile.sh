@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 DUR=${1:-8}
 command -v perf >/dev/null || { echo "needs perf (apt-get install linux-perf)"; exit 1; }
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
-cargo build --release --quiet --bins
-BIN=target/release/tollgate
+cargo build --profile production --quiet --bins
+BIN=target/production/tollgate
 WORK=$(mktemp -d /tmp/tollgate-profile.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
