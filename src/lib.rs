@@ -84,7 +84,10 @@ pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>
         None => None,
     };
     let store = store::open(&config.store).await?;
-    Ok(Gateway::new(config, store, log, reload, tls))
+    let gateway = Gateway::new(config, store, log, reload, tls);
+    // The admin API's tenants are served from the first request on.
+    gateway.refresh_directory().await?;
+    Ok(gateway)
 }
 
 /// Serves `gateway` on the listeners until `shutdown` resolves, then drains in-flight requests

@@ -137,10 +137,14 @@ fn init_logging(telemetry: Option<&tollgate::config::TelemetryConfig>) -> (Acces
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
+    match signal(SignalKind::terminate()) {
+        Ok(term) => until_stopped(term).await,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Resolves on SIGTERM (through `term`, installed by the caller) or an interrupt.
+async fn until_stopped(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
@@ -152,6 +156,11 @@ fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
+    // Both handlers go in before the tenants load: a config reloader (or an orchestrator) that
+    // signals a process still loading a large config must not kill it by the default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let term = signal(SignalKind::terminate())?;
     let config = match load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -190,11 +199,8 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     // SIGHUP: reload tenants, keys, limits and prices; a bad file is refused and logged.
     let gw = gateway.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            while hup.recv().await.is_some() {
-                let _ = gw.reload();
-            }
+        while hup.recv().await.is_some() {
+            let _ = gw.reload();
         }
     });
     let runtime = tokio::runtime::Handle::current();
@@ -220,7 +226,7 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         },
         "tollgate serving"
     );
-    tollgate::run(&config, gateway, listeners, shutdown_signal()).await;
+    tollgate::run(&config, gateway, listeners, until_stopped(term)).await;
     if let Some(provider) = telemetry {
         // Flushes the spans still batched; off the async threads, the SDK blocks while it waits.
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;

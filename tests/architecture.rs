@@ -229,11 +229,14 @@ const UPWARD_ALLOWED: &[(&str, &str, &str)] = &[
     ("config", "background::webhooks::target", "check-config validates webhook URLs with the rules the relay applies"),
     ("config", "server::tls", "check-config loads the certificate the server will serve"),
     ("gateway", "background::webhooks", "the request path queues relayed webhooks for the delivery worker"),
-    ("gateway::handler", "background::webhooks", "a generate's callback_url is swapped for the relay's URL"),
-    ("paid", "gateway", "the paid task reads the gateway's store, upstream and limits through Gateway"),
-    ("paid", "gateway::error", "paid outcomes are the gateway's one error enum"),
-    ("paid::balance", "gateway::error", "a balance that cannot be read is a gateway error"),
+    ("paid", "gateway", "the paid path runs on the gateway's shared state (store, upstream, limits, uploads) and answers with its one error enum"),
+    ("paid::admit", "background::webhooks", "a generate's callback_url is swapped for the relay's URL"),
 ];
+
+/// Is `module` the allowed `from` (itself, or a file under it)?
+fn under(module: &str, wing: &str) -> bool {
+    module == wing || module.starts_with(&format!("{wing}::"))
+}
 
 fn wing_rank(module: &str) -> usize {
     let wing = module.split("::").next().unwrap_or("");
@@ -247,7 +250,7 @@ fn no_wing_imports_a_wing_above_it() {
     for (module, edges) in &graph {
         for e in edges {
             let test_fixture = module.ends_with("::tests") && e.starts_with("dev");
-            let allowed = UPWARD_ALLOWED.iter().any(|(from, to, _)| from == module && to == e);
+            let allowed = UPWARD_ALLOWED.iter().any(|(from, to, _)| under(module, from) && under(e, to));
             if wing_rank(e) > wing_rank(module) && !test_fixture && !allowed {
                 upward.push(format!("{module} -> {e}"));
             }

@@ -802,3 +802,30 @@ async fn demo_into_a_closed_pipe_ends_quietly() {
     assert!(status.success(), "{status:?}");
     assert_eq!(head.lines().count(), 3);
 }
+
+/// A config reloader that fires while a large config is still loading must not kill the
+/// process: the signal handlers go in before the tenants load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_a_large_config_loads_does_not_kill_the_gateway() {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let mut tenants = String::new();
+    for i in 0..50_000 {
+        let digest = hex::encode(sha2::Sha256::digest(format!("key-{i}").as_bytes()));
+        let _ = write!(tenants, "[[tenants]]\nid = \"t{i}\"\nkeys_sha256 = [\"{digest}\"]\nmonthly_budget = \"1\"\n\n");
+    }
+    let path = dir.join("big.toml");
+    std::fs::write(&path, config_text(platform.addr, "", &tenants)).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"]).arg(&path).env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(alive, None, "a SIGHUP 0.3 s after start ended the process");
+}

@@ -1,7 +1,8 @@
-//! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics` and
-//! `POST /admin/reload`. Kept off the tenant port so tenants never see metrics or admin routes.
+//! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics`,
+//! `POST /admin/reload`, usage, unattributed generations, and teams and keys at runtime
+//! (`tenants.rs`). Kept off the tenant port so tenants never see metrics or admin routes.
 
-
+pub mod tenants;
 
 use std::sync::Arc;
 
@@ -39,6 +40,26 @@ fn month_param<B>(req: &Request<B>) -> Result<String, Response<Body>> {
     } else {
         Err(body::detail(StatusCode::BAD_REQUEST, "month must be YYYY-MM"))
     }
+}
+
+/// The request body, up to `cap` bytes (413 past it).
+async fn read_capped<B>(mut incoming: B, cap: usize) -> Result<Vec<u8>, Response<Body>>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let mut out = Vec::new();
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|e| body::detail(StatusCode::BAD_REQUEST, &format!("Could not read request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > cap {
+                return Err(body::detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Request body exceeds the {cap}-byte limit")));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
 }
 
 /// The value of query parameter `name`, if given.
@@ -88,7 +109,26 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle<B: 'static>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let path = req.uri().path();
+        if path.starts_with("/admin/tenants") || path == "/admin/audit" {
+            if let Some(refused) = self.refusal(&req) {
+                return refused;
+            }
+            let (parts, incoming) = req.into_parts();
+            let bytes = match read_capped(Box::pin(incoming), tenants::MAX_BODY).await {
+                Ok(b) => b,
+                Err(refused) => return refused,
+            };
+            return match tenants::route(&self.gateway, &parts.method, parts.uri.path(), parts.uri.query(), &bytes).await {
+                Some(rsp) => rsp,
+                None => body::detail(StatusCode::NOT_FOUND, "Not found"),
+            };
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => body::json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET, "/readyz") => match self.gateway.store().ping().await {

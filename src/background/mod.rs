@@ -59,7 +59,30 @@ impl Background {
                 }
             })
         };
-        let mut tasks = vec![reconciler, refresher, sampler];
+        // The tenants the admin API keeps in the store: every replica follows their version.
+        let directory = {
+            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let mut last_flush = tokio::time::Instant::now();
+                loop {
+                    if let Err(e) = gw.refresh_directory().await {
+                        tracing::debug!(error = %e, "directory refresh failed; serving the tenants already loaded");
+                    }
+                    if last_flush.elapsed() >= crate::gateway::directory::LAST_USED_EVERY {
+                        last_flush = tokio::time::Instant::now();
+                        gw.flush_key_uses().await;
+                    }
+                    let stopping = tokio::select! {
+                        _ = tokio::time::sleep(crate::gateway::directory::REFRESH_EVERY) => false,
+                        _ = stop.wait_for(|s| *s) => true,
+                    };
+                    if stopping {
+                        return gw.flush_key_uses().await;
+                    }
+                }
+            })
+        };
+        let mut tasks = vec![reconciler, refresher, sampler, directory];
         tasks.extend(relay);
         Background { tasks }
     }

@@ -943,7 +943,7 @@ impl Config {
     /// Tenants that accept a key printed in this project's docs or examples (anyone who has read
     /// them can spend as that tenant): `run` refuses them.
     pub fn public_key_tenants(&self) -> Vec<(String, &'static str)> {
-        PUBLIC_KEYS.iter().filter_map(|k| self.tenants.lookup(k).map(|t| (t.id.to_string(), *k))).collect()
+        PUBLIC_KEYS.iter().filter_map(|k| self.tenants.lookup(k).map(|e| (e.tenant.id.to_string(), *k))).collect()
     }
 
     /// What a first real run should know, said once at start by `check-config` and `run`.

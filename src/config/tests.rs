@@ -31,8 +31,8 @@ fn the_documented_example_loads() {
     let public: Vec<String> = c.public_key_tenants().into_iter().map(|(t, _)| t).collect();
     assert_eq!(public, ["marketing", "research"], "run refuses the example keys");
     assert_eq!(c.tenants.tenants().len(), 2);
-    assert_eq!(&*c.tenants.lookup("tg_example_marketing").unwrap().id, "marketing");
-    assert_eq!(&*c.tenants.lookup("tg_example_research").unwrap().id, "research");
+    assert_eq!(&*c.tenants.lookup("tg_example_marketing").unwrap().tenant.id, "marketing");
+    assert_eq!(&*c.tenants.lookup("tg_example_research").unwrap().tenant.id, "research");
     assert_eq!(c.pricing.estimate(Family::builtin("sora"), &["15".to_string()]), Some(Usd::parse("0.18").unwrap()));
     assert_eq!(c.pricing.estimate(Family::builtin("kling/o1-photo"), &["2k".to_string()]), Some(Usd::parse("0.029").unwrap()));
 }

@@ -46,6 +46,9 @@ pub enum GatewayError {
     /// A key no tenant owns.
     #[error("Invalid credentials")]
     InvalidCredentials,
+    /// A viewer key on a route that does more than read usage.
+    #[error("This key is read-only")]
+    ReadOnlyKey,
     /// This client address sent too many unknown keys: it waits before trying more.
     #[error("Too many failed authentication attempts from this address; retry later")]
     AuthThrottled {
@@ -140,6 +143,7 @@ impl GatewayError {
             NotFound | GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ReadOnlyKey => StatusCode::FORBIDDEN,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy => StatusCode::TOO_MANY_REQUESTS,
             UploadTooSlow => StatusCode::REQUEST_TIMEOUT,
@@ -164,6 +168,7 @@ impl GatewayError {
             NotFound | MethodNotAllowed { .. } => "not_found",
             GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => "not_found",
             MissingCredentials | WrongScheme | InvalidCredentials => "unauthorized",
+            ReadOnlyKey => "forbidden",
             BudgetExceeded { .. } => "budget_exceeded",
             RateLimited(_) => "rate_limited",
             AuthThrottled { .. } => "auth_throttled",

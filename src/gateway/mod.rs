@@ -12,6 +12,7 @@
 //! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
 
+pub mod directory;
 pub mod error;
 mod handler;
 pub mod limits;
@@ -38,7 +39,8 @@ use crate::observe::metrics::{Metrics, RequestSample};
 use crate::policy::money::Usd;
 use crate::policy::pricing::PriceTable;
 use crate::policy::rate_limit::{LimitKind, Quotas};
-use crate::policy::tenants::{Tenant, TenantDirectory};
+use crate::policy::keys::Scope;
+use crate::policy::tenants::{KeyEntry, TenantDirectory};
 use routes::Route;
 use crate::gateway::status_cache::StatusCache;
 use crate::store::Store;
@@ -59,8 +61,16 @@ pub type ReloadSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Syn
 
 /// What a reload may change: tenants, keys, limits, prices and the reserve.
 pub struct Runtime {
-    /// Key → tenant.
+    /// Key → tenant: the config file's and the admin API's.
     pub tenants: TenantDirectory,
+    /// The config file's alone.
+    pub config_tenants: TenantDirectory,
+    /// The admin API's tenants as stored, at `dir_version`.
+    pub api: Arc<Vec<crate::store::TenantDoc>>,
+    /// The store's directory version this runtime holds.
+    pub dir_version: u64,
+    /// When an API key next stops working on its own (the directory is rebuilt then).
+    pub next_key_end: Option<u64>,
     /// Their limiters.
     pub limits: RateLimits,
     /// The model catalog (`[catalog]`).
@@ -108,6 +118,8 @@ pub struct Gateway {
     pub(crate) hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Samples the access lines of refused, unauthenticated requests per address.
     pub(crate) refusals: crate::gateway::limits::RefusalSampler,
+    /// Runtime swaps (config reloads, directory changes) one at a time, so none is lost.
+    runtime_swap: std::sync::Mutex<()>,
 }
 
 /// What one request did, filled in as it goes; becomes the access-log line.
@@ -248,13 +260,21 @@ impl Gateway {
             auth_failures: crate::gateway::limits::AuthFailures::new(),
             hints: Default::default(),
             refusals: crate::gateway::limits::RefusalSampler::new(),
+            runtime_swap: Default::default(),
         })
     }
 
     fn runtime(config: &Config, previous: Option<&Runtime>) -> Runtime {
+        let api = previous.map(|p| p.api.clone()).unwrap_or_default();
+        let now = crate::store::now_ms();
+        let (tenants, _) = directory::merged(&config.tenants, &api, previous.map(|p| &p.tenants), now);
         Runtime {
-            limits: RateLimits::new(&config.tenants, previous.map(|p| &p.limits)),
-            tenants: config.tenants.clone(),
+            limits: RateLimits::new(&tenants, previous.map(|p| &p.limits)),
+            tenants,
+            config_tenants: config.tenants.clone(),
+            next_key_end: directory::next_key_end(&api, now),
+            dir_version: previous.map_or(0, |p| p.dir_version),
+            api,
             catalog: config.catalog.clone(),
             pricing: config.pricing.clone(),
             reserve: config.balance.reserve,
@@ -284,6 +304,7 @@ impl Gateway {
     /// Swaps in tenants, keys, limits and prices from a freshly loaded config. In-flight requests
     /// finish on the runtime they started with; connections are untouched.
     pub fn apply(&self, config: &Config) {
+        let _one_at_a_time = self.runtime_swap.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.runtime.load();
         self.runtime.store(Arc::new(Gateway::runtime(config, Some(&previous))));
     }
@@ -466,7 +487,13 @@ impl Gateway {
         if let Route::Webhook(token) = &route {
             return Box::pin(self.webhook_received(ctx, token, req)).await;
         }
-        let tenant = self.authenticate(&runtime, req.headers(), ctx.peer)?;
+        let key = self.authenticate(&runtime, req.headers(), ctx.peer)?;
+        key.mark_used();
+        if key.scope == Scope::Viewer && !matches!(route, Route::Usage) {
+            ctx.tenant = Some(key.tenant.id.clone());
+            return Err(GatewayError::ReadOnlyKey);
+        }
+        let tenant = key.tenant.clone();
         // A family without a price is not offered here: 404, never a 500. After auth, so an
         // unauthenticated client learns nothing of what this gateway offers.
         if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
@@ -491,9 +518,9 @@ impl Gateway {
 
     /// A valid key is never slowed down; a client address that keeps presenting unknown keys
     /// is answered 429 for a while (`auth_failures`).
-    fn authenticate(&self, runtime: &Runtime, headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> Result<Arc<Tenant>, GatewayError> {
+    fn authenticate<'r>(&self, runtime: &'r Runtime, headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> Result<&'r KeyEntry, GatewayError> {
         let missing = if headers.contains_key(AUTHORIZATION) { GatewayError::WrongScheme } else { GatewayError::MissingCredentials };
-        let found = bearer(headers).ok_or(missing).and_then(|key| runtime.tenants.lookup(key).cloned().ok_or(GatewayError::InvalidCredentials));
+        let found = bearer(headers).ok_or(missing).and_then(|key| runtime.tenants.lookup(key).ok_or(GatewayError::InvalidCredentials));
         match (found, peer) {
             (Ok(t), _) => Ok(t),
             (Err(e), Some(ip)) => match self.auth_failures.failed(ip) {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod family;
 pub mod image;
 pub mod json;
+pub mod keys;
 pub mod ledger;
 pub mod money;
 pub mod pricing;

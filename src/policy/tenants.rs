@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::keys::Scope;
 use super::money::Usd;
 
 /// A tenant: one internal team with its own keys, limits and budget.
@@ -34,11 +36,60 @@ pub struct Limits {
     pub generations_per_minute: NonZeroU32,
 }
 
-/// Key digest → tenant, built once per config load.
+/// Where a tenant is managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `[[tenants]]` in the config file.
+    Config,
+    /// The admin API (kept in the store).
+    Api,
+}
+
+/// What a presented key grants.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// Whose key it is.
+    pub tenant: Arc<Tenant>,
+    /// What it may do.
+    pub scope: Scope,
+    /// Its id in listings.
+    pub key_id: Arc<str>,
+    /// Set by a request that used it; taken (and written to the store at most once a minute)
+    /// by the gateway. Shared across rebuilds of the directory.
+    used: Arc<AtomicBool>,
+}
+
+impl KeyEntry {
+    /// Notes a use. A load first, so the shared line is written once per flush, not per request.
+    pub fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A key of a tenant being added to the directory.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// SHA-256 of the key.
+    pub digest: [u8; 32],
+    /// What it may do.
+    pub scope: Scope,
+    /// Its id.
+    pub key_id: Arc<str>,
+}
+
+/// The id a config file's key is listed by: its digest's first 16 hex characters.
+pub fn config_key_id(digest: &[u8; 32]) -> Arc<str> {
+    Arc::from(format!("sha256:{}", &hex::encode(digest)[..16]))
+}
+
+/// Key digest → tenant, built once per config load and again whenever the API's tenants change.
 #[derive(Debug, Default, Clone)]
 pub struct TenantDirectory {
-    by_digest: HashMap<[u8; 32], Arc<Tenant>, foldhash::fast::RandomState>,
+    by_digest: HashMap<[u8; 32], KeyEntry, foldhash::fast::RandomState>,
     tenants: Vec<Arc<Tenant>>,
+    sources: HashMap<Arc<str>, Source>,
 }
 
 /// Two tenants listed the same key digest.
@@ -61,30 +112,83 @@ pub fn key_digest(key: &str) -> [u8; 32] {
 // === impl TenantDirectory ===
 
 impl TenantDirectory {
-    /// Builds the directory from `(tenant, key digests)` pairs.
+    /// Builds the directory from `(tenant, key digests)` pairs of the config file.
     pub fn new(entries: Vec<(Tenant, Vec<[u8; 32]>)>) -> Result<Self, DuplicateKey> {
         let mut dir = TenantDirectory::default();
         for (tenant, digests) in entries {
-            let tenant = Arc::new(tenant);
-            for d in digests {
-                if let Some(prev) = dir.by_digest.insert(d, tenant.clone()) {
-                    if prev.id != tenant.id {
-                        return Err(DuplicateKey {
-                            digest: hex::encode(d),
-                            first: prev.id.to_string(),
-                            second: tenant.id.to_string(),
-                        });
-                    }
-                }
-            }
-            dir.tenants.push(tenant);
+            let grants = digests.iter().map(|d| Grant { digest: *d, scope: Scope::Api, key_id: config_key_id(d) }).collect();
+            dir.add(tenant, grants, Source::Config, None)?;
         }
         Ok(dir)
     }
 
-    /// The tenant owning this presented key, if any.
-    pub fn lookup(&self, key: &str) -> Option<&Arc<Tenant>> {
+    fn add(&mut self, tenant: Tenant, grants: Vec<Grant>, source: Source, previous: Option<&TenantDirectory>) -> Result<(), DuplicateKey> {
+        let tenant = Arc::new(tenant);
+        for g in grants {
+            let used = previous.and_then(|p| p.by_digest.get(&g.digest)).map(|e| e.used.clone()).unwrap_or_default();
+            let entry = KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, used };
+            if let Some(prev) = self.by_digest.insert(g.digest, entry) {
+                if prev.tenant.id != tenant.id {
+                    return Err(DuplicateKey { digest: hex::encode(g.digest), first: prev.tenant.id.to_string(), second: tenant.id.to_string() });
+                }
+            }
+        }
+        self.sources.insert(tenant.id.clone(), source);
+        self.tenants.push(tenant);
+        Ok(())
+    }
+
+    /// This (config) directory with the API's tenants added. A tenant whose id the config file
+    /// also has is left out (the file manages it) and named in the second value. Use marks carry
+    /// over from `previous`.
+    pub fn with_api(&self, api: Vec<(Tenant, Vec<Grant>)>, previous: Option<&TenantDirectory>) -> (TenantDirectory, Vec<String>) {
+        let mut dir = self.clone();
+        if let Some(p) = previous {
+            for (d, e) in dir.by_digest.iter_mut() {
+                if let Some(old) = p.by_digest.get(d) {
+                    e.used = old.used.clone();
+                }
+            }
+        }
+        let mut shadowed = Vec::new();
+        for (tenant, grants) in api {
+            if dir.sources.contains_key(&tenant.id) {
+                shadowed.push(tenant.id.to_string());
+                continue;
+            }
+            let id = tenant.id.to_string();
+            if dir.add(tenant, grants, Source::Api, previous).is_err() {
+                shadowed.push(id);
+            }
+        }
+        (dir, shadowed)
+    }
+
+    /// What this presented key grants, if anything.
+    pub fn lookup(&self, key: &str) -> Option<&KeyEntry> {
         self.by_digest.get(&key_digest(key))
+    }
+
+    /// Where a tenant is managed, if it is known.
+    pub fn source(&self, id: &str) -> Option<Source> {
+        self.sources.get(id).copied()
+    }
+
+    /// The ids of keys used since the last call (each clears its mark).
+    pub fn take_used(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.by_digest
+            .values()
+            .filter(|e| e.used.swap(false, Ordering::Relaxed))
+            .map(|e| (e.tenant.id.clone(), e.key_id.clone()))
+            .collect()
+    }
+
+    /// The key ids a config tenant is listed with.
+    pub fn config_key_ids(&self, tenant: &str) -> Vec<Arc<str>> {
+        let mut ids: Vec<Arc<str>> =
+            self.by_digest.values().filter(|e| &*e.tenant.id == tenant && self.sources.get(&e.tenant.id) == Some(&Source::Config)).map(|e| e.key_id.clone()).collect();
+        ids.sort();
+        ids
     }
 
     /// All tenants, in config order.
@@ -114,12 +218,29 @@ mod tests {
             (tenant("b"), vec![key_digest("kb")]),
         ])
         .unwrap();
-        assert_eq!(&*dir.lookup("ka1").unwrap().id, "a");
-        assert_eq!(&*dir.lookup("ka2").unwrap().id, "a");
-        assert_eq!(&*dir.lookup("kb").unwrap().id, "b");
+        assert_eq!(&*dir.lookup("ka1").unwrap().tenant.id, "a");
+        assert_eq!(&*dir.lookup("ka2").unwrap().tenant.id, "a");
+        assert_eq!(&*dir.lookup("kb").unwrap().tenant.id, "b");
         assert!(dir.lookup("kc").is_none());
         assert!(dir.lookup("").is_none());
         assert_eq!(dir.tenants().len(), 2);
+    }
+
+    #[test]
+    fn api_tenants_join_the_config_ones_and_never_shadow_them() {
+        let config = TenantDirectory::new(vec![(tenant("a"), vec![key_digest("ka")])]).unwrap();
+        let grant = |k: &str, scope| Grant { digest: key_digest(k), scope, key_id: Arc::from(k) };
+        let (dir, shadowed) = config.with_api(vec![(tenant("a"), vec![grant("evil", Scope::Api)]), (tenant("b"), vec![grant("kb", Scope::Viewer)])], None);
+        assert_eq!(shadowed, vec!["a".to_string()]);
+        assert!(dir.lookup("evil").is_none());
+        let b = dir.lookup("kb").unwrap();
+        assert_eq!((&*b.tenant.id, b.scope), ("b", Scope::Viewer));
+        assert_eq!((dir.source("a"), dir.source("b"), dir.source("c")), (Some(Source::Config), Some(Source::Api), None));
+        // Use marks are taken once, and survive a rebuild.
+        dir.lookup("kb").unwrap().mark_used();
+        let (again, _) = config.with_api(vec![(tenant("b"), vec![grant("kb", Scope::Viewer)])], Some(&dir));
+        assert_eq!(again.take_used(), vec![(Arc::from("b"), Arc::from("kb"))]);
+        assert!(again.take_used().is_empty());
     }
 
     #[test]

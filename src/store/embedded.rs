@@ -51,12 +51,20 @@ struct Inner {
     /// All generations (memory backend) or a cache of them (SQLite backend).
     generations: HashMap<String, GenerationRecord, foldhash::fast::RandomState>,
     idem: HashMap<(String, String), Idem>,
+    /// The admin API's tenants (SQLite: loaded at open, written through).
+    directory: std::collections::BTreeMap<String, super::TenantDoc>,
+    dir_version: u64,
+    last_used: HashMap<String, u64>,
+    /// Audit lines of the memory backend (SQLite keeps them in a table).
+    audit: std::collections::VecDeque<String>,
 }
 
 /// Memory or SQLite-backed store for a single gateway process.
 pub struct EmbeddedStore {
     inner: Mutex<Inner>,
     db: Option<Writer>,
+    /// Directory writes one at a time: each checks a revision, then writes through.
+    dir_writes: tokio::sync::Mutex<()>,
 }
 
 const SCHEMA: &str = "
@@ -98,6 +106,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, next_ms);
+CREATE TABLE IF NOT EXISTS api_tenants (id TEXT PRIMARY KEY, rev INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS directory_version (k INTEGER PRIMARY KEY CHECK (k = 0), version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS key_last_used (key_id TEXT PRIMARY KEY, ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ready_probe (k INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant TEXT NOT NULL,
@@ -141,7 +153,7 @@ type Loaded = (Connection, Vec<(String, String, i64, i64)>, Vec<(String, Entry)>
 impl EmbeddedStore {
     /// State in memory only; lost at exit.
     pub fn memory() -> Self {
-        EmbeddedStore { inner: Mutex::new(Inner::default()), db: None }
+        EmbeddedStore { inner: Mutex::new(Inner::default()), db: None, dir_writes: Default::default() }
     }
 
     /// State in memory, records durable in the SQLite file at `path` (created with its parent
@@ -213,7 +225,34 @@ impl EmbeddedStore {
             inner.ledger.insert(id, entry);
         }
         let writer = Writer::start(conn).map_err(|e| StoreError(format!("cannot start the database thread: {e}")))?;
-        Ok(EmbeddedStore { inner: Mutex::new(inner), db: Some(writer) })
+        let store = EmbeddedStore { inner: Mutex::new(inner), db: Some(writer), dir_writes: Default::default() };
+        let (version, docs, used) = store
+            .with_db(|c| {
+                let version: u64 = c.query_row("SELECT version FROM directory_version WHERE k = 0", [], |r| r.get::<_, i64>(0)).optional()?.unwrap_or(0) as u64;
+                let docs = {
+                    let mut stmt = c.prepare("SELECT id, rev, doc FROM api_tenants")?;
+                    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?)))?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                };
+                let used = {
+                    let mut stmt = c.prepare("SELECT key_id, ms FROM key_last_used")?;
+                    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+                    rows.collect::<Result<HashMap<_, _>, _>>()?
+                };
+                Ok((version, docs, used))
+            })
+            .await?
+            .unwrap_or_default();
+        {
+            let mut inner = store.lock();
+            inner.dir_version = version;
+            inner.last_used = used;
+            for (id, rev, doc) in docs {
+                let tenant = serde_json::from_str(&doc).map_err(|e| StoreError(format!("api tenant {id:?} in the database is unreadable: {e}")))?;
+                inner.directory.insert(id, super::TenantDoc { rev, tenant });
+            }
+        }
+        Ok(store)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -920,6 +959,102 @@ impl Store for EmbeddedStore {
 
     async fn spend_by_tenant(&self, month: &str) -> Result<Vec<(Arc<str>, Usd)>, StoreError> {
         Ok(self.lock().ledger.spend_by_tenant(month))
+    }
+
+    async fn directory(&self) -> Result<(u64, Vec<super::TenantDoc>), StoreError> {
+        let inner = self.lock();
+        Ok((inner.dir_version, inner.directory.values().cloned().collect()))
+    }
+
+    async fn directory_version(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().dir_version)
+    }
+
+    async fn directory_put(&self, id: &str, expect: u64, doc: Option<&crate::policy::keys::ApiTenant>) -> Result<bool, StoreError> {
+        let _one_at_a_time = self.dir_writes.lock().await;
+        let (current, version) = {
+            let inner = self.lock();
+            (inner.directory.get(id).map_or(0, |d| d.rev), inner.dir_version)
+        };
+        if current != expect {
+            return Ok(false);
+        }
+        let next = doc.map(|t| super::TenantDoc { rev: current + 1, tenant: t.clone() });
+        if self.db.is_some() {
+            let json = doc.map(serde_json::to_string).transpose().map_err(|e| StoreError(e.to_string()))?;
+            let (id, rev) = (id.to_string(), current + 1);
+            self.with_db(move |c| {
+                match &json {
+                    Some(j) => exec(c, "INSERT INTO api_tenants (id, rev, doc) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO UPDATE SET rev = ?2, doc = ?3", params![id, rev as i64, j])?,
+                    None => exec(c, "DELETE FROM api_tenants WHERE id = ?1", [&id])?,
+                };
+                exec(c, "INSERT INTO directory_version (k, version) VALUES (0, ?1) ON CONFLICT (k) DO UPDATE SET version = ?1", [(version + 1) as i64])
+            })
+            .await?;
+        }
+        let mut inner = self.lock();
+        match next {
+            Some(d) => inner.directory.insert(id.to_string(), d),
+            None => inner.directory.remove(id),
+        };
+        inner.dir_version = version + 1;
+        Ok(true)
+    }
+
+    async fn audit_push(&self, line: &str) -> Result<(), StoreError> {
+        if self.db.is_none() {
+            let mut inner = self.lock();
+            inner.audit.push_front(line.to_string());
+            inner.audit.truncate(super::AUDIT_KEEP);
+            return Ok(());
+        }
+        let line = line.to_string();
+        self.with_db(move |c| {
+            exec(c, "INSERT INTO audit (line) VALUES (?1)", [&line])?;
+            exec(c, "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?1", [super::AUDIT_KEEP as i64])
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn audit_latest(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        if self.db.is_none() {
+            return Ok(self.lock().audit.iter().take(limit).cloned().collect());
+        }
+        let rows = self
+            .with_db(move |c| {
+                let mut stmt = c.prepare_cached("SELECT line FROM audit ORDER BY seq DESC LIMIT ?1")?;
+                let rows = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
+    }
+
+    async fn keys_touch(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
+        {
+            let mut inner = self.lock();
+            for (k, ms) in used {
+                let e = inner.last_used.entry(k.clone()).or_default();
+                *e = (*e).max(*ms);
+            }
+        }
+        if self.db.is_none() || used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        self.with_db(move |c| {
+            for (k, ms) in &used {
+                exec(c, "INSERT INTO key_last_used (key_id, ms) VALUES (?1, ?2) ON CONFLICT (key_id) DO UPDATE SET ms = MAX(ms, ?2)", params![k, *ms as i64])?;
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn keys_last_used(&self) -> Result<HashMap<String, u64>, StoreError> {
+        Ok(self.lock().last_used.clone())
     }
 }
 

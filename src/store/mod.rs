@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::config::StoreConfig;
 use crate::policy::family::Family;
+use crate::policy::keys::ApiTenant;
 pub use crate::policy::ledger::{FetchTicket, Intent};
 use crate::policy::ledger::{HoldTotals, Refusal};
 use crate::policy::money::Usd;
@@ -195,6 +196,18 @@ pub struct BalanceSnapshot {
     pub fetched_ms: u64,
 }
 
+/// Audit lines kept by every backend.
+pub const AUDIT_KEEP: usize = 10_000;
+
+/// An API tenant's document and its revision (1 for a new one, one more per change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantDoc {
+    /// Revision, for conditional writes.
+    pub rev: u64,
+    /// The document.
+    pub tenant: ApiTenant,
+}
+
 /// A tenant's money in one month, as the store has it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MonthTotals {
@@ -304,6 +317,23 @@ pub trait Store: Send + Sync + 'static {
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError>;
     /// Spend of every tenant in a month, for metrics.
     async fn spend_by_tenant(&self, month: &str) -> Result<Vec<(Arc<str>, Usd)>, StoreError>;
+
+    /// The tenants made through the admin API, and the directory's version (which moves on
+    /// every change). The version is read first, so a change racing the read is seen again.
+    async fn directory(&self) -> Result<(u64, Vec<TenantDoc>), StoreError>;
+    /// The directory's version alone: what replicas poll.
+    async fn directory_version(&self) -> Result<u64, StoreError>;
+    /// Writes tenant `id`'s document (`None` deletes it) if its revision is still `expect`
+    /// (0: it must not exist), and moves the version. `false`: someone changed it first.
+    async fn directory_put(&self, id: &str, expect: u64, doc: Option<&ApiTenant>) -> Result<bool, StoreError>;
+    /// Appends an audit line (kept: the latest 10,000).
+    async fn audit_push(&self, line: &str) -> Result<(), StoreError>;
+    /// The latest audit lines, newest first.
+    async fn audit_latest(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Records when keys were last used (`key id`, ms); written at most once a minute per key.
+    async fn keys_touch(&self, used: &[(String, u64)]) -> Result<(), StoreError>;
+    /// When each key was last used.
+    async fn keys_last_used(&self) -> Result<std::collections::HashMap<String, u64>, StoreError>;
 
     /// Does this backend share rate limits between replicas? Asked first, so a backend without
     /// them costs no call (and no boxed future) per request.

@@ -378,8 +378,25 @@ end
 return 1
 "#;
 
+/// A conditional write of one API tenant's document: `rev|json` in the `dir` hash, checked
+/// against the expected revision; moves the version every replica polls.
+const DIR_PUT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local rev = 0
+if cur then rev = tonumber(string.match(cur, '^(%d+)|')) end
+if rev ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], (rev + 1) .. '|' .. ARGV[3])
+end
+redis.call('INCR', KEYS[2])
+return 1
+"#;
+
 /// Scripts compiled once (their SHA1 is computed at construction).
 struct Scripts {
+    dir_put: Script,
     hold: Script,
     settle: Script,
     release: Script,
@@ -436,6 +453,7 @@ impl RedisStore {
         let common = COMMON.replace("ARGV_TOMB", &TOMBSTONE_MS.to_string()).replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string());
         let with_common = |body: &str| Script::new(&format!("{common}{body}"));
         let scripts = Scripts {
+            dir_put: Script::new(DIR_PUT),
             hold: with_common(HOLD),
             settle: with_common(SETTLE),
             release: with_common(RELEASE),
@@ -934,6 +952,62 @@ impl Store for RedisStore {
         let key = self.key(&format!("spend:{month}"));
         let all: std::collections::HashMap<String, i64> = self.run(|mut c| async move { c.hgetall(key).await }).await?;
         Ok(all.into_iter().map(|(t, m)| (Arc::from(t.as_str()), Usd::from_micros(m))).collect())
+    }
+
+    async fn directory(&self) -> Result<(u64, Vec<super::TenantDoc>), StoreError> {
+        let version = self.directory_version().await?;
+        let k = self.key("dir");
+        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        let mut docs = Vec::with_capacity(all.len());
+        for (id, v) in all {
+            let (rev, json) = v.split_once('|').ok_or_else(|| err(format!("api tenant {id:?} is unreadable")))?;
+            let tenant = serde_json::from_str(json).map_err(|e| err(format!("api tenant {id:?} is unreadable: {e}")))?;
+            docs.push(super::TenantDoc { rev: rev.parse().map_err(err)?, tenant });
+        }
+        docs.sort_by(|a, b| a.tenant.id.cmp(&b.tenant.id));
+        Ok((version, docs))
+    }
+
+    async fn directory_version(&self) -> Result<u64, StoreError> {
+        let k = self.key("dir:version");
+        let v: Option<u64> = self.run(|mut c| async move { c.get(k).await }).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn directory_put(&self, id: &str, expect: u64, doc: Option<&crate::policy::keys::ApiTenant>) -> Result<bool, StoreError> {
+        let json = doc.map(serde_json::to_string).transpose().map_err(err)?.unwrap_or_default();
+        let keys = [self.key("dir"), self.key("dir:version")];
+        let written: i64 = self.script(|s| &s.dir_put, &keys, &[id.to_string(), expect.to_string(), json]).await?;
+        Ok(written == 1)
+    }
+
+    async fn audit_push(&self, line: &str) -> Result<(), StoreError> {
+        let k = self.key("audit");
+        let line = line.to_string();
+        self.run(|mut c| async move {
+            ::redis::pipe().atomic().lpush(&k, line).ignore().ltrim(&k, 0, super::AUDIT_KEEP as isize - 1).ignore().query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn audit_latest(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let k = self.key("audit");
+        self.run(|mut c| async move { c.lrange(k, 0, limit as isize - 1).await }).await
+    }
+
+    async fn keys_touch(&self, used: &[(String, u64)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let k = self.key("keys:last_used");
+        let fields: Vec<(String, String)> = used.iter().map(|(id, ms)| (id.clone(), ms.to_string())).collect();
+        self.run(|mut c| async move { c.hset_multiple::<_, _, _, ()>(k, &fields).await }).await
+    }
+
+    async fn keys_last_used(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let k = self.key("keys:last_used");
+        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        Ok(all.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect())
     }
 
     fn shares_rate_limits(&self) -> bool {

@@ -1,0 +1,451 @@
+//! Teams and keys at runtime: `/admin/tenants…` and `/admin/audit`.
+//!
+//! Config-file tenants are listed and never changed here (409: the file manages them). API
+//! tenants live in the store as one document each, written with a revision check so two admins
+//! (or two replicas) never overwrite each other; every replica's directory follows the store
+//! within a second (`gateway/directory.rs`). A key is shown once, in the answer that made it;
+//! the store and the audit trail only ever see its digest, id and 8-character prefix.
+
+use http::{Method, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::config::{DEFAULT_BURST, DEFAULT_GPM, DEFAULT_RPS};
+use crate::gateway::Gateway;
+use crate::policy::keys::{valid_tenant_id, ApiKey, ApiTenant, KeyState, Scope};
+use crate::policy::money::Usd;
+use crate::server::body::{self, Body};
+use crate::store::{now_ms, StoreError};
+
+/// Largest admin request body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest limit, in-flight cap and grace accepted.
+const MAX_LIMIT: u64 = 1_000_000;
+const MAX_GRACE_SECS: u64 = 30 * 86_400;
+const DEFAULT_GRACE_SECS: u64 = 86_400;
+const MAX_LABEL: usize = 200;
+/// Conditional writes retried this often when another change lands between read and write.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// An admin API answer that is not a success.
+#[derive(Debug)]
+struct Refused(StatusCode, String);
+
+impl Refused {
+    fn field(field: &str, why: &str) -> Refused {
+        Refused(StatusCode::UNPROCESSABLE_ENTITY, format!("{field}: {why}"))
+    }
+    fn store(e: StoreError) -> Refused {
+        tracing::warn!(error = %e, "admin tenants: store unreachable");
+        Refused(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable".into())
+    }
+    fn not_found() -> Refused {
+        Refused(StatusCode::NOT_FOUND, "Tenant not found".into())
+    }
+    fn managed_by_file() -> Refused {
+        Refused(StatusCode::CONFLICT, "Tenant is managed by the config file".into())
+    }
+}
+
+type Answer = Result<(StatusCode, Option<Value>), Refused>;
+
+/// RFC 3339 UTC of a time in ms.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Refused> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Refused(StatusCode::BAD_REQUEST, "Request body must be a JSON object".into())),
+        Err(e) => Err(Refused(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}"))),
+    }
+}
+
+fn only(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), Refused> {
+    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(Refused::field(k, &format!("unknown field (accepted: {})", allowed.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+fn whole(body: &Map<String, Value>, field: &str, min: u64, max: u64) -> Result<Option<u64>, Refused> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(v) => v.as_u64().filter(|n| (min..=max).contains(n)).map(Some).ok_or_else(|| Refused::field(field, &format!("must be a whole number from {min} to {max}"))),
+    }
+}
+
+/// `null`, or a non-negative amount with at most 4 decimals (string or number).
+fn budget(v: &Value) -> Result<Option<Usd>, Refused> {
+    let bad = || Refused::field("monthly_budget", "must be null or a non-negative amount with at most 4 decimals, like \"50.00\"");
+    let text = match v {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err(bad()),
+    };
+    let decimal: rust_decimal::Decimal = text.parse().map_err(|_| bad())?;
+    if decimal.is_sign_negative() || decimal.normalize().scale() > 4 {
+        return Err(bad());
+    }
+    Usd::parse(&text).map(Some).map_err(|_| bad())
+}
+
+fn key_view(k: &ApiKey, last_used: Option<u64>, now: u64) -> Value {
+    json!({
+        "id": k.id,
+        "prefix": k.prefix,
+        "label": k.label,
+        "scope": k.scope.as_str(),
+        "created_at": rfc3339(k.created_ms),
+        "expires_at": k.ends_ms().map(rfc3339),
+        "last_used_at": last_used.map(rfc3339),
+        "state": k.state(now).as_str(),
+    })
+}
+
+fn api_view(t: &ApiTenant, used: &std::collections::HashMap<String, u64>, now: u64) -> Value {
+    json!({
+        "id": t.id,
+        "source": "api",
+        "disabled": t.disabled,
+        "requests_per_second": t.requests_per_second,
+        "burst": t.burst,
+        "generations_per_minute": t.generations_per_minute,
+        "monthly_budget": t.monthly_budget().map(|b| b.to_string()),
+        "max_in_flight": t.max_in_flight,
+        "keys": t.keys.iter().map(|k| key_view(k, used.get(&k.id).copied(), now)).collect::<Vec<_>>(),
+    })
+}
+
+fn config_view(gw: &Gateway, t: &crate::policy::tenants::Tenant, used: &std::collections::HashMap<String, u64>) -> Value {
+    let runtime = gw.current();
+    let keys: Vec<Value> = runtime
+        .config_tenants
+        .config_key_ids(&t.id)
+        .iter()
+        .map(|id| {
+            json!({ "id": &**id, "prefix": null, "label": null, "scope": "api", "created_at": null, "expires_at": null,
+                    "last_used_at": used.get(&**id).copied().map(rfc3339), "state": "active" })
+        })
+        .collect();
+    json!({
+        "id": &*t.id,
+        "source": "config",
+        "disabled": false,
+        "requests_per_second": t.limits.requests_per_second.get(),
+        "burst": t.limits.burst.get(),
+        "generations_per_minute": t.limits.generations_per_minute.get(),
+        "monthly_budget": t.monthly_budget.map(|b| b.to_string()),
+        "max_in_flight": null,
+        "keys": keys,
+    })
+}
+
+/// The audit line of one change: never a key or a token.
+async fn audit(gw: &Gateway, action: &str, tenant: &str, key: Option<&ApiKey>, result: &str) {
+    let (key_id, key_prefix) = (key.map(|k| k.id.as_str()), key.map(|k| k.prefix.as_str()));
+    tracing::info!(target: "audit", action, tenant, key_id, key_prefix, result, "admin change");
+    let line = json!({ "time": rfc3339(now_ms()), "action": action, "tenant": tenant, "key_id": key_id, "key_prefix": key_prefix, "result": result });
+    if let Err(e) = gw.store().audit_push(&line.to_string()).await {
+        tracing::warn!(error = %e, action, tenant, "could not keep the audit line in the store (it is in the log)");
+    }
+}
+
+/// Serves `/admin/tenants…` and `/admin/audit` (after the admin token was checked); `None` for
+/// any other path.
+pub(super) async fn route(gw: &Gateway, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Option<Response<Body>> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+    let answer = match (method, parts.as_slice()) {
+        (&Method::GET, ["audit"]) => audit_list(gw, query).await,
+        (_, ["audit"]) => Err(Refused(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed".into())),
+        (&Method::GET, ["tenants"]) => list(gw).await,
+        (&Method::POST, ["tenants"]) => create(gw, body).await,
+        (&Method::GET, ["tenants", id]) => show(gw, id).await,
+        (&Method::PATCH, ["tenants", id]) => update(gw, id, body).await,
+        (&Method::DELETE, ["tenants", id]) => delete(gw, id).await,
+        (&Method::POST, ["tenants", id, "keys"]) => issue(gw, id, body).await,
+        (&Method::POST, ["tenants", id, "keys", key, "rotate"]) => rotate(gw, id, key, body).await,
+        (&Method::DELETE, ["tenants", id, "keys", key]) => revoke(gw, id, key).await,
+        (_, ["tenants", ..]) => Err(Refused(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed".into())),
+        _ => return None,
+    };
+    Some(match answer {
+        Ok((status, Some(v))) => body::json(status, v.to_string()),
+        Ok((status, None)) => {
+            let mut rsp = body::json(status, "");
+            rsp.headers_mut().remove(http::header::CONTENT_TYPE);
+            rsp
+        }
+        Err(Refused(status, detail)) => body::detail(status, &detail),
+    })
+}
+
+async fn audit_list(gw: &Gateway, query: Option<&str>) -> Answer {
+    let limit = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit="))) {
+        None => 100,
+        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| Refused::field("limit", "must be a whole number from 1 to 1000"))?,
+    };
+    let lines = gw.store().audit_latest(limit).await.map_err(Refused::store)?;
+    let items: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Ok((StatusCode::OK, Some(Value::Array(items))))
+}
+
+async fn list(gw: &Gateway) -> Answer {
+    let (_, docs) = gw.store().directory().await.map_err(Refused::store)?;
+    let used = gw.store().keys_last_used().await.map_err(Refused::store)?;
+    let now = now_ms();
+    let runtime = gw.current();
+    let mut out: Vec<Value> = runtime.config_tenants.tenants().iter().map(|t| config_view(gw, t, &used)).collect();
+    out.extend(docs.iter().filter(|d| runtime.config_tenants.source(&d.tenant.id).is_none()).map(|d| api_view(&d.tenant, &used, now)));
+    Ok((StatusCode::OK, Some(Value::Array(out))))
+}
+
+async fn show(gw: &Gateway, id: &str) -> Answer {
+    let used = gw.store().keys_last_used().await.map_err(Refused::store)?;
+    let runtime = gw.current();
+    if let Some(t) = runtime.config_tenants.tenants().iter().find(|t| &*t.id == id) {
+        return Ok((StatusCode::OK, Some(config_view(gw, t, &used))));
+    }
+    let doc = gw.api_tenant(id).await.map_err(Refused::store)?.ok_or_else(Refused::not_found)?;
+    Ok((StatusCode::OK, Some(api_view(&doc.tenant, &used, now_ms()))))
+}
+
+/// Applies the tenant settings in `body` to `t` (create and update share the rules).
+fn apply_settings(t: &mut ApiTenant, body: &Map<String, Value>, rps_given: bool) -> Result<(), Refused> {
+    if let Some(n) = whole(body, "requests_per_second", 1, MAX_LIMIT)? {
+        t.requests_per_second = n as u32;
+        if !rps_given {
+            t.burst = t.burst.max(t.requests_per_second);
+        }
+    }
+    if let Some(n) = whole(body, "burst", 1, MAX_LIMIT)? {
+        t.burst = n as u32;
+    }
+    if let Some(n) = whole(body, "generations_per_minute", 1, MAX_LIMIT)? {
+        t.generations_per_minute = n as u32;
+    }
+    if let Some(v) = body.get("monthly_budget") {
+        t.monthly_budget_micros = budget(v)?.map(Usd::micros);
+    }
+    match body.get("max_in_flight") {
+        None => {}
+        Some(Value::Null) => t.max_in_flight = None,
+        Some(_) => t.max_in_flight = whole(body, "max_in_flight", 1, MAX_LIMIT)?.map(|n| n as u32),
+    }
+    if let Some(v) = body.get("disabled") {
+        t.disabled = v.as_bool().ok_or_else(|| Refused::field("disabled", "must be true or false"))?;
+    }
+    Ok(())
+}
+
+const SETTINGS: &[&str] = &["requests_per_second", "burst", "generations_per_minute", "monthly_budget", "max_in_flight"];
+
+async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
+    let body = parse_object(bytes)?;
+    let mut allowed = vec!["id"];
+    allowed.extend_from_slice(SETTINGS);
+    only(&body, &allowed)?;
+    let id = match body.get("id") {
+        Some(Value::String(s)) if valid_tenant_id(s) => s.clone(),
+        Some(_) => return Err(Refused::field("id", "must match [a-z0-9][a-z0-9_-]{0,63}")),
+        None => return Err(Refused::field("id", "is required")),
+    };
+    let mut t = ApiTenant {
+        id: id.clone(),
+        requests_per_second: DEFAULT_RPS,
+        burst: DEFAULT_BURST,
+        generations_per_minute: DEFAULT_GPM,
+        monthly_budget_micros: None,
+        max_in_flight: None,
+        disabled: false,
+        created_ms: now_ms(),
+        keys: Vec::new(),
+    };
+    t.burst = DEFAULT_BURST.max(t.requests_per_second);
+    apply_settings(&mut t, &body, body.contains_key("burst"))?;
+    if gw.current().config_tenants.source(&id).is_some() {
+        audit(gw, "tenant.create", &id, None, "conflict: managed by the config file").await;
+        return Err(Refused::managed_by_file());
+    }
+    if !gw.put_api_tenant(&id, 0, Some(&t)).await.map_err(Refused::store)? {
+        audit(gw, "tenant.create", &id, None, "conflict: exists").await;
+        return Err(Refused(StatusCode::CONFLICT, "Tenant already exists".into()));
+    }
+    audit(gw, "tenant.create", &id, None, "ok").await;
+    Ok((StatusCode::CREATED, Some(api_view(&t, &Default::default(), now_ms()))))
+}
+
+/// Reads API tenant `id`, changes it with `change`, writes it back if nobody changed it in
+/// between (retrying otherwise). `change` returns what to answer, and `None` to delete.
+async fn modify<T>(gw: &Gateway, id: &str, mut change: impl FnMut(&mut ApiTenant) -> Result<(bool, T), Refused>) -> Result<(Option<ApiTenant>, T), Refused> {
+    if gw.current().config_tenants.source(id).is_some() {
+        return Err(Refused::managed_by_file());
+    }
+    for _ in 0..WRITE_ATTEMPTS {
+        let doc = gw.api_tenant(id).await.map_err(Refused::store)?.ok_or_else(Refused::not_found)?;
+        let mut t = doc.tenant.clone();
+        let (keep, out) = change(&mut t)?;
+        let next = keep.then_some(t);
+        if gw.put_api_tenant(id, doc.rev, next.as_ref()).await.map_err(Refused::store)? {
+            return Ok((next, out));
+        }
+    }
+    Err(Refused(StatusCode::CONFLICT, "Tenant changed concurrently; retry".into()))
+}
+
+async fn update(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
+    let body = parse_object(bytes)?;
+    let mut allowed = SETTINGS.to_vec();
+    allowed.push("disabled");
+    only(&body, &allowed)?;
+    let result = modify(gw, id, |t| apply_settings(t, &body, body.contains_key("burst")).map(|()| (true, ()))).await;
+    let action = match body.get("disabled").and_then(Value::as_bool) {
+        Some(true) => "tenant.disable",
+        Some(false) => "tenant.enable",
+        None => "tenant.update",
+    };
+    finish(gw, action, id, None, result.map(|(t, ())| t)).await.map(|t| (StatusCode::OK, t.map(|t| api_view(&t, &Default::default(), now_ms()))))
+}
+
+async fn delete(gw: &Gateway, id: &str) -> Answer {
+    let result = modify(gw, id, |_| Ok((false, ()))).await;
+    finish(gw, "tenant.delete", id, None, result.map(|_| None::<ApiTenant>)).await.map(|_| (StatusCode::NO_CONTENT, None))
+}
+
+/// Writes the audit line of a change's result and passes it on.
+async fn finish<T>(gw: &Gateway, action: &str, id: &str, key: Option<&ApiKey>, result: Result<T, Refused>) -> Result<T, Refused> {
+    match &result {
+        Ok(_) => audit(gw, action, id, key, "ok").await,
+        Err(Refused(status, _)) if *status != StatusCode::SERVICE_UNAVAILABLE => audit(gw, action, id, key, &format!("refused: {}", status.as_u16())).await,
+        Err(_) => {}
+    }
+    result
+}
+
+fn new_key_view(k: &ApiKey, key: &str) -> Value {
+    json!({
+        "id": k.id,
+        "key": key,
+        "prefix": k.prefix,
+        "label": k.label,
+        "scope": k.scope.as_str(),
+        "created_at": rfc3339(k.created_ms),
+        "expires_at": k.ends_ms().map(rfc3339),
+    })
+}
+
+async fn issue(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
+    let body = parse_object(bytes)?;
+    only(&body, &["label", "expires_at", "scope"])?;
+    let now = now_ms();
+    let label = match body.get("label") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_LABEL => Some(s.clone()),
+        Some(_) => return Err(Refused::field("label", &format!("must be a string of at most {MAX_LABEL} characters"))),
+    };
+    let expires_ms = match body.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| Refused::field("expires_at", "must be an RFC 3339 time like 2027-01-31T00:00:00Z"))?;
+            let ms = (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            if ms <= now {
+                return Err(Refused::field("expires_at", "must be in the future"));
+            }
+            Some(ms)
+        }
+        Some(_) => return Err(Refused::field("expires_at", "must be an RFC 3339 time like 2027-01-31T00:00:00Z")),
+    };
+    let scope = match body.get("scope") {
+        None | Some(Value::Null) => Scope::Api,
+        Some(Value::String(s)) if s == "api" => Scope::Api,
+        Some(Value::String(s)) if s == "viewer" => Scope::Viewer,
+        Some(_) => return Err(Refused::field("scope", "must be \"api\" or \"viewer\"")),
+    };
+    let (record, key) = ApiKey::issue(label, scope, expires_ms, now);
+    let result = modify(gw, id, |t| {
+        t.keys.push(record.clone());
+        Ok((true, ()))
+    })
+    .await;
+    finish(gw, "key.issue", id, Some(&record), result).await?;
+    Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
+}
+
+async fn rotate(gw: &Gateway, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
+    let body = parse_object(bytes)?;
+    only(&body, &["grace_secs"])?;
+    let grace = whole(&body, "grace_secs", 0, MAX_GRACE_SECS)?.unwrap_or(DEFAULT_GRACE_SECS);
+    let now = now_ms();
+    let (mut made, mut old_prefix) = (None, String::new());
+    let result = modify(gw, id, |t| {
+        let old = t.keys.iter_mut().find(|k| k.id == key_id).ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        old_prefix = old.prefix.clone();
+        if !old.works(now) {
+            return Err(Refused(StatusCode::CONFLICT, format!("Key is {}; issue a new one instead", old.state(now).as_str())));
+        }
+        let end = now + grace * 1000;
+        old.grace_until_ms = Some(old.grace_until_ms.map_or(end, |g| g.min(end)));
+        let (record, key) = ApiKey::issue(old.label.clone(), old.scope, old.expires_ms, now);
+        t.keys.push(record.clone());
+        made = Some((record, key));
+        Ok((true, ()))
+    })
+    .await;
+    let old = ApiKey { id: key_id.to_string(), prefix: old_prefix, ..placeholder_key() };
+    finish(gw, "key.rotate", id, Some(&old), result).await?;
+    let (record, key) = made.ok_or_else(|| Refused(StatusCode::INTERNAL_SERVER_ERROR, "rotation made no key".into()))?;
+    audit(gw, "key.issue", id, Some(&record), "ok").await;
+    Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
+}
+
+async fn revoke(gw: &Gateway, id: &str, key_id: &str) -> Answer {
+    let now = now_ms();
+    let mut prefix = String::new();
+    let result = modify(gw, id, |t| {
+        let k = t.keys.iter_mut().find(|k| k.id == key_id).ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        prefix = k.prefix.clone();
+        if k.state(now) != KeyState::Revoked {
+            k.revoked_ms = Some(now);
+        }
+        Ok((true, ()))
+    })
+    .await;
+    let key = ApiKey { id: key_id.to_string(), prefix, ..placeholder_key() };
+    finish(gw, "key.revoke", id, Some(&key), result).await?;
+    Ok((StatusCode::NO_CONTENT, None))
+}
+
+/// A key record carrying only an id and prefix, for audit lines about a key by id.
+fn placeholder_key() -> ApiKey {
+    ApiKey { id: String::new(), digest: String::new(), prefix: String::new(), label: None, scope: Scope::Api, created_ms: 0, expires_ms: None, grace_until_ms: None, revoked_ms: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_are_non_negative_with_at_most_four_decimals() {
+        assert_eq!(budget(&json!("50.00")).ok().flatten(), Some(Usd::parse("50").unwrap()));
+        assert_eq!(budget(&json!(12.5)).ok().flatten(), Some(Usd::parse("12.5").unwrap()));
+        assert_eq!(budget(&json!("1.50000")).ok().flatten(), Some(Usd::parse("1.5").unwrap()));
+        assert!(budget(&Value::Null).unwrap().is_none());
+        for bad in [json!("-1"), json!("0.00001"), json!("ten"), json!(true), json!([])] {
+            assert!(budget(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_767_225_600_000), "2026-01-01T00:00:00Z");
+    }
+}
