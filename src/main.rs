@@ -99,12 +99,196 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
         url: String,
     },
+    /// Teams managed at runtime through the admin API (config-file tenants are listed too).
+    Tenants {
+        #[command(subcommand)]
+        action: TenantsAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Keys of API tenants: issue (shown once), rotate with a grace period, revoke.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print a new random tenant key and the config line for it.
     Keygen {
         /// Print a Standard Webhooks signing secret (`whsec_…`) for a tenant instead.
         #[arg(long)]
         webhook_secret: bool,
     },
+}
+
+/// Where the admin API is; the token comes from `TOLLGATE_ADMIN_TOKEN`.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The gateway's admin listener.
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN_URL", default_value = "http://127.0.0.1:9090")]
+    admin_url: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// Limits and budget of a tenant, as flags.
+#[derive(clap::Args)]
+struct TenantSettings {
+    /// Sustained requests per second.
+    #[arg(long)]
+    rps: Option<u64>,
+    /// Requests at once above the sustained rate.
+    #[arg(long)]
+    burst: Option<u64>,
+    /// Paid generates per minute.
+    #[arg(long)]
+    gpm: Option<u64>,
+    /// Monthly budget in USD (`none` for no budget).
+    #[arg(long)]
+    budget: Option<String>,
+    /// Generates in flight at once (`none` for no cap).
+    #[arg(long)]
+    max_in_flight: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TenantsAction {
+    /// Every tenant, config-file and API.
+    List,
+    /// One tenant and its keys.
+    Show { id: String },
+    /// A new API tenant.
+    Create {
+        id: String,
+        #[command(flatten)]
+        settings: TenantSettings,
+    },
+    /// Change an API tenant's limits or budget, or disable / enable it.
+    Update {
+        id: String,
+        #[command(flatten)]
+        settings: TenantSettings,
+        /// Its keys stop working (reversible).
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Its keys work again.
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Remove an API tenant: its keys stop working, its records and spend stay in reports.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// A new key for a tenant; printed once.
+    Issue {
+        tenant: String,
+        /// Free text shown in listings.
+        #[arg(long)]
+        label: Option<String>,
+        /// RFC 3339 time after which the key stops working.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// `api` (default) or `viewer` (usage and the dashboard only).
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// A new key replacing `key_id`, which keeps working for the grace period.
+    Rotate {
+        tenant: String,
+        key_id: String,
+        /// Seconds the old key keeps working (default 86400).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
+    /// Stop a key at once.
+    Revoke { tenant: String, key_id: String },
+}
+
+fn settings_json(s: &TenantSettings, out: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    for (k, v) in [("requests_per_second", s.rps), ("burst", s.burst), ("generations_per_minute", s.gpm)] {
+        if let Some(v) = v {
+            out.insert(k.into(), Value::from(v));
+        }
+    }
+    if let Some(b) = &s.budget {
+        out.insert("monthly_budget".into(), if b == "none" { Value::Null } else { Value::String(b.clone()) });
+    }
+    if let Some(m) = &s.max_in_flight {
+        out.insert("max_in_flight".into(), if m == "none" { Value::Null } else { m.parse::<u64>().map(Value::from).unwrap_or(Value::String(m.clone())) });
+    }
+}
+
+/// `tollgate tenants …` and `tollgate keys …`: one admin API call, its answer printed.
+async fn admin_command(api: ApiArgs, call: impl FnOnce() -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String)) -> ExitCode {
+    use tollgate::admin::client::AdminApi;
+    let (method, path, body, render) = call();
+    let result = match AdminApi::new(&api.admin_url, std::env::var("TOLLGATE_ADMIN_TOKEN").ok()) {
+        Ok(client) => client.call(method, &path, body).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) if api.json => {
+            if !v.is_null() {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            print!("{}", render(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tenants_call(action: TenantsAction) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
+    use http::Method;
+    use tollgate::admin::client::{tenant_detail, tenants_table};
+    match action {
+        TenantsAction::List => (Method::GET, "/admin/tenants".into(), None, tenants_table),
+        TenantsAction::Show { id } => (Method::GET, format!("/admin/tenants/{id}"), None, tenant_detail),
+        TenantsAction::Create { id, settings } => {
+            let mut body = serde_json::Map::new();
+            body.insert("id".into(), id.into());
+            settings_json(&settings, &mut body);
+            (Method::POST, "/admin/tenants".into(), Some(body.into()), tenant_detail)
+        }
+        TenantsAction::Update { id, settings, disable, enable } => {
+            let mut body = serde_json::Map::new();
+            settings_json(&settings, &mut body);
+            if disable || enable {
+                body.insert("disabled".into(), disable.into());
+            }
+            (Method::PATCH, format!("/admin/tenants/{id}"), Some(body.into()), tenant_detail)
+        }
+        TenantsAction::Delete { id } => (Method::DELETE, format!("/admin/tenants/{id}"), None, |_| "deleted\n".into()),
+    }
+}
+
+fn keys_call(action: KeysAction) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
+    use http::Method;
+    use tollgate::admin::client::new_key;
+    match action {
+        KeysAction::Issue { tenant, label, expires_at, scope } => {
+            let body = serde_json::json!({ "label": label, "expires_at": expires_at, "scope": scope });
+            (Method::POST, format!("/admin/tenants/{tenant}/keys"), Some(body), new_key)
+        }
+        KeysAction::Rotate { tenant, key_id, grace_secs } => {
+            let body = match grace_secs {
+                Some(g) => serde_json::json!({ "grace_secs": g }),
+                None => serde_json::json!({}),
+            };
+            (Method::POST, format!("/admin/tenants/{tenant}/keys/{key_id}/rotate"), Some(body), new_key)
+        }
+        KeysAction::Revoke { tenant, key_id } => (Method::DELETE, format!("/admin/tenants/{tenant}/keys/{key_id}"), None, |_| "revoked\n".into()),
+    }
 }
 
 /// Keeps both log writers alive; dropping it writes out what is buffered.
@@ -414,6 +598,8 @@ async fn async_main() -> ExitCode {
         }
         Command::CheckConfig { config, skip_secrets } => Ok(check_config(&config, skip_secrets)),
         Command::Keygen { webhook_secret } => Ok(keygen(webhook_secret)),
+        Command::Tenants { action, api } => Ok(admin_command(api, || tenants_call(action)).await),
+        Command::Keys { action, api } => Ok(admin_command(api, || keys_call(action)).await),
         Command::Healthcheck { url } => Ok(healthcheck(&url).await),
         Command::Usage { config, month, tenant, format } => usage(&config, month, tenant, &format).await,
     };

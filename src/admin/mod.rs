@@ -2,6 +2,7 @@
 //! `POST /admin/reload`, usage, unattributed generations, and teams and keys at runtime
 //! (`tenants.rs`). Kept off the tenant port so tenants never see metrics or admin routes.
 
+pub mod client;
 pub mod tenants;
 
 use std::sync::Arc;
