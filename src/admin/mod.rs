@@ -152,6 +152,10 @@ impl Admin {
                 Ok(json) => body::json(StatusCode::OK, json),
                 Err(e) => body::detail(StatusCode::INTERNAL_SERVER_ERROR, e),
             },
+            (&Method::GET, "/openapi-admin.json") => match admin_openapi_json() {
+                Ok(json) => body::json(StatusCode::OK, json),
+                Err(e) => body::detail(StatusCode::INTERNAL_SERVER_ERROR, e),
+            },
             (&Method::POST, "/admin/reload") => {
                 if let Some(refused) = self.refusal(&req) {
                     return refused;
@@ -226,7 +230,7 @@ impl Admin {
                 }
                 self.decide_unattributed(&req, &path["/admin/unattributed/".len()..]).await
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/webhooks/redeliver" | "/admin/usage" | "/admin/unattributed") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/openapi-admin.json" | "/admin/reload" | "/admin/webhooks/redeliver" | "/admin/usage" | "/admin/unattributed") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
         }
     }
@@ -264,13 +268,23 @@ impl Admin {
 /// The tenant API's OpenAPI document (`docs/openapi.yaml`, compiled in), as JSON, converted once.
 pub fn openapi_json() -> Result<&'static str, &'static str> {
     static JSON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    JSON.get_or_init(|| {
-        let doc: serde_json::Value = serde_yaml_ng::from_str(include_str!("../../docs/openapi.yaml")).map_err(|e| format!("docs/openapi.yaml: {e}"))?;
+    as_json(&JSON, "docs/openapi.yaml", include_str!("../../docs/openapi.yaml"))
+}
+
+/// The admin API's OpenAPI document (`docs/admin-openapi.yaml`), as JSON.
+pub fn admin_openapi_json() -> Result<&'static str, &'static str> {
+    static JSON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    as_json(&JSON, "docs/admin-openapi.yaml", include_str!("../../docs/admin-openapi.yaml"))
+}
+
+fn as_json(cell: &'static std::sync::OnceLock<Result<String, String>>, name: &str, yaml: &str) -> Result<&'static str, &'static str> {
+    cell.get_or_init(|| {
+        let doc: serde_json::Value = serde_yaml_ng::from_str(yaml).map_err(|e| format!("{name}: {e}"))?;
         serde_json::to_string(&doc).map_err(|e| e.to_string())
     })
     .as_deref()
     .map_err(|e| {
-        tracing::error!(error = e, "the compiled-in OpenAPI document does not parse");
+        tracing::error!(error = e, "a compiled-in OpenAPI document does not parse");
         "OpenAPI document unavailable"
     })
 }
