@@ -829,3 +829,60 @@ async fn a_sighup_while_a_large_config_loads_does_not_kill_the_gateway() {
     let _ = child.wait();
     assert_eq!(alive, None, "a SIGHUP 0.3 s after start ended the process");
 }
+
+fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--admin-url").arg(format!("http://{admin}")).env_remove("TOLLGATE_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("TOLLGATE_ADMIN_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+/// The onboarding of docs/operations.md, as an operator types it: three commands, then the
+/// team's first request; no key or token ever reaches the gateway's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_is_onboarded_with_three_commands_and_no_secret_is_logged() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let admin_token = "cli-admin-token-0123456789";
+    let gw = Proc::spawn(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &default_tenants()), &dir, &[("TEST_ADMIN_TOKEN", admin_token)]);
+    let run = |args: &[&str]| {
+        let out = cli(gw.admin, Some(admin_token), args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let created = run(&["tenants", "create", "team-cli", "--budget", "1", "--rps", "100", "--gpm", "100"]);
+    assert!(created.contains("team-cli") && created.contains("1.0000"), "{created}");
+    let issued = run(&["keys", "issue", "team-cli", "--label", "app"]);
+    let key = issued.lines().find_map(|l| l.strip_prefix("key:")).map(|k| k.trim().to_string()).expect("the key is printed");
+    assert!(key.starts_with("tg_"), "{issued}");
+    let c = client();
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), SORA).await.status, 201);
+    let shown = run(&["tenants", "show", "team-cli"]);
+    assert!(shown.contains(&key[..8]) && !shown.contains(&key) && shown.contains("active"), "{shown}");
+    let listed = run(&["tenants", "list"]);
+    assert!(listed.lines().any(|l| l.starts_with("team-cli") && l.contains("api")), "{listed}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["tenants", "show", "team-cli", "--json"])).unwrap();
+    let key_id = json["keys"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(run(&["keys", "revoke", "team-cli", &key_id]).trim(), "revoked");
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&key)).await.status, 401);
+    // Clear errors for what goes wrong on the operator's side.
+    let wrong = cli(gw.admin, Some("wrong-token"), &["tenants", "list"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("refused the token"), "{}", String::from_utf8_lossy(&wrong.stderr));
+    let none = cli(gw.admin, None, &["tenants", "list"]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("set TOLLGATE_ADMIN_TOKEN"));
+    let gone = cli(dead_addr().await, Some(admin_token), &["tenants", "list"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach the admin API"), "{}", String::from_utf8_lossy(&gone.stderr));
+    let missing = cli(gw.admin, Some(admin_token), &["tenants", "show", "nobody"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404: Tenant not found"));
+    // The log has the audit trail and no secret.
+    eventually(Duration::from_secs(2), || gw.lines.lock().unwrap().iter().filter(|l| l.contains("\"target\":\"audit\"")).count() >= 3).await;
+    let lines = gw.lines.lock().unwrap().clone();
+    for l in &lines {
+        assert!(!l.contains(&key) && !l.contains(admin_token), "a secret in the log: {l}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"target\":\"audit\"") && l.contains("key.revoke") && l.contains(&key[..8])));
+}
