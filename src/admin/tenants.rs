@@ -143,7 +143,7 @@ fn config_view(gw: &Gateway, t: &crate::policy::tenants::Tenant, used: &std::col
         "burst": t.limits.burst.get(),
         "generations_per_minute": t.limits.generations_per_minute.get(),
         "monthly_budget": t.monthly_budget.map(|b| b.to_string()),
-        "max_in_flight": null,
+        "max_in_flight": t.max_in_flight,
         "keys": keys,
     })
 }

@@ -224,6 +224,7 @@ struct TenantSection {
     burst: Option<u32>,
     generations_per_minute: Option<u32>,
     monthly_budget: Option<Amount>,
+    max_in_flight: Option<u32>,
     webhook_secret_env: Option<String>,
 }
 
@@ -869,6 +870,9 @@ impl Config {
             if limits.is_none() {
                 p.push(format!("{at}: requests_per_second, burst and generations_per_minute must be greater than 0"));
             }
+            if t.max_in_flight == Some(0) {
+                p.push(format!("{at}: max_in_flight must be at least 1 (leave it out for no cap)"));
+            }
             let monthly_budget = match t.monthly_budget.as_ref().map(|a| Usd::parse(&a.text())) {
                 None => None,
                 Some(Ok(b)) if b >= Usd::ZERO => Some(b),
@@ -894,7 +898,7 @@ impl Config {
                 },
             };
             if let Some(limits) = limits {
-                entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget, webhook_secret }, digests));
+                entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget, max_in_flight: t.max_in_flight, webhook_secret }, digests));
             }
         }
         TenantDirectory::new(entries).unwrap_or_else(|e| {

@@ -27,7 +27,7 @@ pub(crate) fn merged(config: &TenantDirectory, docs: &[TenantDoc], previous: Opt
         .filter_map(|d| {
             let t = &d.tenant;
             let limits = rate_limit::limits(t.requests_per_second, t.burst, t.generations_per_minute)?;
-            let tenant = Tenant { id: Arc::from(t.id.as_str()), limits, monthly_budget: t.monthly_budget(), webhook_secret: None };
+            let tenant = Tenant { id: Arc::from(t.id.as_str()), limits, monthly_budget: t.monthly_budget(), max_in_flight: t.max_in_flight, webhook_secret: None };
             let grants = if t.disabled {
                 Vec::new()
             } else {

@@ -46,6 +46,9 @@ pub enum GatewayError {
     /// A key no tenant owns.
     #[error("Invalid credentials")]
     InvalidCredentials,
+    /// The tenant's cap on generates in flight is reached.
+    #[error("Too many generations in progress for this tenant")]
+    TooManyInFlight,
     /// A viewer key on a route that does more than read usage.
     #[error("This key is read-only")]
     ReadOnlyKey,
@@ -84,7 +87,7 @@ pub enum GatewayError {
     Validation(#[from] ValidationError),
     /// Budget or balance cannot pay.
     #[error(transparent)]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
     /// `/v1/{family}/…` with a family the platform does not have.
     #[error("Unknown model family {0:?}; the families are: {1}")]
     UnknownFamily(String, String),
@@ -135,6 +138,15 @@ pub enum GatewayError {
 
 // === impl GatewayError ===
 
+impl From<Refusal> for GatewayError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::TooManyInFlight => GatewayError::TooManyInFlight,
+            money => GatewayError::Refused(money),
+        }
+    }
+}
+
 impl GatewayError {
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
@@ -145,7 +157,7 @@ impl GatewayError {
             MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
             ReadOnlyKey => StatusCode::FORBIDDEN,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
-            RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy | TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
             UploadTooSlow => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -171,6 +183,7 @@ impl GatewayError {
             ReadOnlyKey => "forbidden",
             BudgetExceeded { .. } => "budget_exceeded",
             RateLimited(_) => "rate_limited",
+            TooManyInFlight => "in_flight_limited",
             AuthThrottled { .. } => "auth_throttled",
             TenantUploadsBusy => "overloaded",
             UploadTooSlow => "timeout",
@@ -179,6 +192,7 @@ impl GatewayError {
             Body(_) | BadRequest(_) | Validation(_) | IdempotencyMismatch => "invalid_request",
             Refused(crate::policy::ledger::Refusal::InsufficientCredits) => "insufficient_credits",
             Refused(crate::policy::ledger::Refusal::BudgetExceeded) => "budget_exceeded",
+            Refused(crate::policy::ledger::Refusal::TooManyInFlight) => "in_flight_limited",
             IdempotencyInProgress | OutcomeUnresolved => "conflict",
             Upstream(_) => "upstream_error",
             InvalidAnswer => "upstream_invalid_answer",
@@ -223,6 +237,8 @@ impl GatewayError {
             GatewayError::Unreachable(UpstreamError::CircuitOpen { retry_after_secs }) => Some(*retry_after_secs),
             GatewayError::Unreachable(_) | GatewayError::Store(_) => Some(RETRY_AFTER_SECS),
             GatewayError::Overloaded | GatewayError::TenantUploadsBusy => Some(1),
+            // A slot frees when a generate in flight is answered: seconds, usually.
+            GatewayError::TooManyInFlight => Some(2),
             GatewayError::OutcomeUnresolved => Some(OUTCOME_RETRY_AFTER_SECS),
             _ => None,
         }

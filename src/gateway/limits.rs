@@ -186,7 +186,7 @@ mod tests {
     use crate::store::embedded::EmbeddedStore;
 
     fn dir(rps: u32) -> TenantDirectory {
-        let t = Tenant { id: "a".into(), limits: limits(rps, 1, 1).unwrap(), monthly_budget: None, webhook_secret: None };
+        let t = Tenant { id: "a".into(), limits: limits(rps, 1, 1).unwrap(), monthly_budget: None, max_in_flight: None, webhook_secret: None };
         TenantDirectory::new(vec![(t, vec![key_digest("k")])]).unwrap()
     }
 

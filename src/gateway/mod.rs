@@ -496,7 +496,7 @@ impl Gateway {
         let tenant = key.tenant.clone();
         // A family without a price is not offered here: 404, never a 500. After auth, so an
         // unauthenticated client learns nothing of what this gateway offers.
-        if let Route::Generate(f) | Route::Status(f, _) | Route::List(f) = &route {
+        if let Route::Generate(f) | Route::Quote(f) | Route::Status(f, _) | Route::List(f) = &route {
             if !runtime.pricing.offers(*f) {
                 return Err(runtime.family_not_enabled(*f));
             }
@@ -508,6 +508,7 @@ impl Gateway {
             // otherwise every request's future is as large as the largest of them, allocated
             // and moved whole. Status polls, the hot path, stay inline.
             Route::Generate(family) => Box::pin(self.generate(ctx, &runtime, &tenant, family, req)).await,
+            Route::Quote(family) => Box::pin(self.quote(ctx, &runtime, &tenant, family, req)).await,
             Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
             Route::List(family) => Box::pin(self.list(ctx, &tenant, family, req.uri())).await,
             Route::Balance => self.tenant_balance(ctx, &runtime, &tenant).await,

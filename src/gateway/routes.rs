@@ -16,6 +16,8 @@ const MAX_ID_LEN: usize = 128;
 pub enum Route {
     /// `POST /v1/{family}/generate` (paid).
     Generate(Family),
+    /// `POST /v1/{family}/quote`: what that generate would cost and whether it would pass now.
+    Quote(Family),
     /// `GET /v1/{family}/generations/{id}` (with or without a trailing slash).
     Status(Family, String),
     /// `GET /v1/{family}/generations` (list).
@@ -49,6 +51,7 @@ impl Route {
             Route::Generate(f) => &f.templates()[0],
             Route::Status(f, _) => &f.templates()[1],
             Route::List(f) => &f.templates()[2],
+            Route::Quote(f) => &f.templates()[3],
         }
     }
 
@@ -79,13 +82,14 @@ pub fn resolve(catalog: &Catalog, method: &Method, path: &str) -> Result<Route, 
             // `/v1/<name>/generate` or `/v1/<name>/generations…` with a name that is no family.
             let mut parts = rest.splitn(2, '/');
             let (name, tail) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            if !name.is_empty() && name.len() <= 40 && (tail == "generate" || tail.starts_with("generations")) {
+            if !name.is_empty() && name.len() <= 40 && (tail == "generate" || tail == "quote" || tail.starts_with("generations")) {
                 return Err(GatewayError::UnknownFamily(name.to_string(), catalog.paths()));
             }
             return Err(GatewayError::NotFound);
         };
         match tail {
             "generate" => (Route::Generate(family), "POST"),
+            "quote" => (Route::Quote(family), "POST"),
             "generations" | "generations/" => (Route::List(family), "GET"),
             _ => {
                 let id = tail.strip_prefix("generations/").ok_or(GatewayError::NotFound)?;
@@ -188,5 +192,8 @@ mod tests {
         assert_eq!(Route::List(Family::builtin("gemini")).template(), "/v1/gemini/generations");
         assert_eq!(Route::Balance.template(), "/v1/data/balance");
         assert!(Route::Generate(Family::builtin("sora")).is_paid());
+        assert!(!Route::Quote(Family::builtin("sora")).is_paid());
+        assert_eq!(ok(Method::POST, "/v1/kling/o1-video/quote"), Route::Quote(Family::builtin("kling/o1-video")));
+        assert_eq!(Route::Quote(Family::builtin("veo")).template(), "/v1/veo/quote");
     }
 }

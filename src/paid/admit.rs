@@ -25,6 +25,7 @@ use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::paid::{HoldGuard, IdemGuard, Paid};
 use crate::policy::attribution::{Fingerprint, NOT_SHAPE};
 use crate::policy::family::Family;
+use crate::policy::money::Usd;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
 use crate::policy::validate::{parse_object_marked, validate_with};
@@ -56,7 +57,117 @@ fn idempotency_key(req_headers: &http::HeaderMap) -> Result<Option<String>, Gate
     }
 }
 
+/// The relay's rules for a tenant's `callback_url` (a generate and its quote alike).
+fn check_callback(tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str) -> Result<(), GatewayError> {
+        let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
+        if tenant.webhook_secret.is_none() {
+            return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
+        }
+        relay.policy.check_url(url).map(|_| ()).map_err(invalid)
+}
+
+/// A body past the body and validate phases.
+struct Checked {
+    body: Bytes,
+    validated: crate::policy::validate::Validated,
+    fingerprint: Fingerprint,
+    /// The tenant's `callback_url` (with the relay on) and where its value sits in the body.
+    callback: Option<(String, Option<std::ops::Range<usize>>)>,
+    /// SHA-256 of the family and the body: keys Idempotency-Keys.
+    digest: [u8; 32],
+}
+
+/// Phase price: the catalog's price of these validated fields (404 for a family not priced).
+fn price_of(runtime: &Runtime, family: Family, validated: &crate::policy::validate::Validated) -> Result<Usd, GatewayError> {
+    runtime.pricing.estimate(family, &validated.price_key).ok_or_else(|| runtime.family_not_enabled(family))
+}
+
 impl Gateway {
+    /// Phases body and validate, shared by a generate and its quote so both refuse alike.
+    async fn check_body<B>(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, parts: &http::request::Parts, incoming: B) -> Result<Checked, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        if !is_json(parts.headers.get(CONTENT_TYPE)) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        // Phase body: capped; memory for it is reserved first.
+        let declared = content_length(&parts.headers);
+        let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
+        let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
+        let (body, marks) =
+            self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
+        ctx.request_bytes = body.len();
+
+        // Phase validate: JSON and family rules, on borrowed slices of the body.
+        let relay = self.relay.is_some();
+        let (validated, mut fingerprint, callback) = {
+            let fields = parse_object_marked(&body, marks.as_ref())?;
+            let validated = validate_with(family, &fields, relay)?;
+            let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
+            let callback = fields.str("callback_url").ok().flatten().filter(|_| relay).map(|url| (url.to_string(), fields.str_span("callback_url")));
+            let fingerprint = Fingerprint {
+                prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
+                body_sha256: String::new(),
+                shape: fields.scalars(NOT_SHAPE),
+            };
+            (validated, fingerprint, callback)
+        };
+        drop(marks);
+        ctx.image_bytes = validated.image_bytes;
+        // The route is part of what the digest names: the same body sent to another family is
+        // another request. It keys Idempotency-Keys and tells identical requests apart when the
+        // reconciler attributes unknown outcomes.
+        let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
+        fingerprint.body_sha256 = hex::encode(digest);
+        Ok(Checked { body, validated, fingerprint, callback, digest })
+    }
+
+    /// `POST /v1/{family}/quote`: the price the generate of this body would be held at and
+    /// whether it would be admitted now, from the same phases as the generate (body, validate,
+    /// price, balance, the hold's rule, the generation limit) with nothing held or forwarded.
+    pub(crate) async fn quote<B>(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Arc<Tenant>, family: Family, req: Request<B>) -> Result<Response<Body>, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, incoming) = req.into_parts();
+        let Checked { validated, callback, .. } = self.check_body(ctx, tenant, family, &parts, incoming).await?;
+        if let (Some((url, _)), Some(relay)) = (&callback, &self.relay) {
+            check_callback(tenant, relay, url)?;
+        }
+        let price = price_of(runtime, family, &validated)?;
+        ctx.price = Some(price);
+        ctx.outcome = "quoted";
+        self.balance.ensure_fresh(&ctx.request_id).await?;
+        let month = month_of(now_ms());
+        let admission = self
+            .store
+            .admission(&tenant.id, &month, tenant.monthly_budget, runtime.reserve, tenant.max_in_flight)
+            .await?
+            .ok_or_else(|| GatewayError::Internal("no balance cached after a successful refresh".into()))?;
+        let refusal: Option<GatewayError> = match admission.admit(price) {
+            Err(r) => Some(r.into()),
+            // The generation limit as a generate meets it: a cell taken, then given back.
+            Ok(()) => match runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await {
+                Ok(_) => {
+                    runtime.limits.give_back_generation(&*self.store, &tenant.id).await;
+                    None
+                }
+                Err(limited) => Some(GatewayError::RateLimited(limited)),
+            },
+        };
+        let answer = serde_json::json!({
+            "price": price.to_string(),
+            "admitted": refusal.is_none(),
+            "detail": refusal.as_ref().map(|e| e.to_string()),
+            "budget_remaining": admission.budget_remaining().map(|b| b.to_string()),
+            "account_available": admission.account_available().to_string(),
+        });
+        Ok(body::json(StatusCode::OK, answer.to_string()))
+    }
+
     /// A body that could not be read, as the answer it gets.
     fn upload_error(&self, e: UploadError) -> GatewayError {
         match e {
@@ -82,44 +193,9 @@ impl Gateway {
         B::Error: std::fmt::Display,
     {
         let (parts, incoming) = req.into_parts();
-        if !is_json(parts.headers.get(CONTENT_TYPE)) {
-            return Err(GatewayError::UnsupportedMediaType);
-        }
-        // Phase body: capped; memory for it is reserved first.
-        let declared = content_length(&parts.headers);
         let idem_key = idempotency_key(&parts.headers)?;
-        let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
-        let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
-        let (body, marks) =
-            self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
-        ctx.request_bytes = body.len();
-
-        // Phase validate: JSON and family rules, on borrowed slices of the body.
+        let Checked { body, validated, fingerprint, callback, digest } = self.check_body(ctx, tenant, family, &parts, incoming).await?;
         let relay = self.relay.clone();
-        let (validated, mut fingerprint, callback) = {
-            let fields = parse_object_marked(&body, marks.as_ref())?;
-            let validated = validate_with(family, &fields, relay.is_some())?;
-            let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
-            let callback = fields
-                .str("callback_url")
-                .ok()
-                .flatten()
-                .filter(|_| relay.is_some())
-                .map(|url| (url.to_string(), fields.str_span("callback_url")));
-            let fingerprint = Fingerprint {
-                prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
-                body_sha256: String::new(),
-                shape: fields.scalars(NOT_SHAPE),
-            };
-            (validated, fingerprint, callback)
-        };
-        drop(marks);
-        ctx.image_bytes = validated.image_bytes;
-        // The route is part of what the digest names: the same body sent to another family is
-        // another request. It keys Idempotency-Keys and tells identical requests apart when the
-        // reconciler attributes unknown outcomes.
-        let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
-        fingerprint.body_sha256 = hex::encode(digest);
 
         // The hold's id exists before anything is stored, so every later step can clean up by it.
         let mut hold = HoldGuard::new(self.store.clone());
@@ -146,10 +222,7 @@ impl Gateway {
         };
 
         // Phases price, balance and hold: the hold is atomic against budget and balance.
-        let price = runtime
-            .pricing
-            .estimate(family, &validated.price_key)
-            .ok_or_else(|| runtime.family_not_enabled(family))?;
+        let price = price_of(runtime, family, &validated)?;
         ctx.price = Some(price);
         self.balance.ensure_fresh(&ctx.request_id).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
@@ -163,6 +236,7 @@ impl Gateway {
             price,
             budget: tenant.monthly_budget,
             reserve: runtime.reserve,
+            max_in_flight: tenant.max_in_flight,
             lease_ms: self.hold_lease.as_millis() as u64,
             intent: Intent { family: family.path().to_string(), fingerprint: fingerprint.encode(), created_ms: 0, idem_key, month: month_of(now_ms()) },
         };
@@ -225,11 +299,7 @@ impl Gateway {
     /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
     /// this gateway, and the target's token.
     async fn relay_callback(&self, tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str, span: Option<std::ops::Range<usize>>, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
-        let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
-        if tenant.webhook_secret.is_none() {
-            return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
-        }
-        relay.policy.check_url(url).map_err(invalid)?;
+        check_callback(tenant, relay, url)?;
         let token = crate::background::webhooks::new_token();
         self.store
             .webhook_register(&WebhookTarget { token: token.clone(), tenant: tenant.id.clone(), url: url.to_string(), generation: None, created_ms: now_ms() })

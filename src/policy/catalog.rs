@@ -104,7 +104,7 @@ fn valid_path(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 64
         && p.split('/').all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)))
-        && !p.split('/').any(|seg| seg == "generate" || seg == "generations")
+        && !p.split('/').any(|seg| seg == "generate" || seg == "generations" || seg == "quote")
         && !matches!(p.split('/').next(), Some("data" | "gateway"))
 }
 
@@ -285,7 +285,7 @@ fn family(i: usize, value: &toml::Value, p: &mut Vec<String>) -> Option<FamilySp
     };
     let before = p.len();
     if !valid_path(&entry.path) {
-        p.push(format!("{at}: path must be lowercase segments of a-z, 0-9, '.', '_', '-' joined by '/' (not generate/generations, not under data/ or gateway/)"));
+        p.push(format!("{at}: path must be lowercase segments of a-z, 0-9, '.', '_', '-' joined by '/' (not generate/generations/quote, not under data/ or gateway/)"));
     }
     if entry.id_field.is_empty() {
         p.push(format!("{at}: id_field must not be empty"));

@@ -100,8 +100,8 @@ pub struct FamilySpec {
     /// catalog's `extra_fields`. Anything else is refused, because an unknown field may change
     /// what the platform charges.
     pub known_fields: std::collections::BTreeSet<String>,
-    /// Route templates for logs and metrics: generate, status, list.
-    templates: [String; 3],
+    /// Route templates for logs and metrics: generate, status, list, quote.
+    templates: [String; 4],
 }
 
 impl Check {
@@ -120,7 +120,7 @@ impl Check {
 impl FamilySpec {
     /// A spec; the route templates are derived from the path.
     pub fn new(path: String, id_field: String, price_by: Vec<PriceDim>, aliases: Vec<(String, String)>, rules: Vec<Rule>) -> Self {
-        let templates = [format!("/v1/{path}/generate"), format!("/v1/{path}/generations/{{id}}"), format!("/v1/{path}/generations")];
+        let templates = [format!("/v1/{path}/generate"), format!("/v1/{path}/generations/{{id}}"), format!("/v1/{path}/generations"), format!("/v1/{path}/quote")];
         let mut known: std::collections::BTreeSet<String> = ["prompt", "callback_url"].iter().map(|s| s.to_string()).collect();
         known.extend(price_by.iter().map(|d| d.field.clone()));
         known.extend(aliases.iter().flat_map(|(a, f)| [a.clone(), f.clone()]));
@@ -211,7 +211,7 @@ impl Family {
     }
 
     /// `/v1/{path}/generate`, `/v1/{path}/generations/{id}` and `/v1/{path}/generations`.
-    pub fn templates(self) -> &'static [String; 3] {
+    pub fn templates(self) -> &'static [String; 4] {
         &self.0.templates
     }
 }

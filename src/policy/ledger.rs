@@ -29,6 +29,9 @@ pub enum Refusal {
     /// balance − all holds − reserve < price.
     #[error("INSUFFICIENT_CREDITS")]
     InsufficientCredits,
+    /// The tenant already has `max_in_flight` generates the platform has not answered.
+    #[error("Too many generations in progress for this tenant")]
+    TooManyInFlight,
 }
 
 /// The numbers one admission decision needs.
@@ -46,6 +49,10 @@ pub struct Admission {
     pub tenant_held: Usd,
     /// The tenant's monthly budget, if any.
     pub budget: Option<Usd>,
+    /// The tenant's open holds: generates forwarded (or about to be) and not answered yet.
+    pub in_flight: u32,
+    /// The tenant's cap on them, if any.
+    pub max_in_flight: Option<u32>,
 }
 
 // === impl Admission ===
@@ -61,7 +68,20 @@ impl Admission {
         if self.balance - self.account_held - self.reserve < price {
             return Err(Refusal::InsufficientCredits);
         }
+        if self.max_in_flight.is_some_and(|cap| self.in_flight >= cap) {
+            return Err(Refusal::TooManyInFlight);
+        }
         Ok(())
+    }
+
+    /// What the budget still allows (`None` without a budget), never negative.
+    pub fn budget_remaining(&self) -> Option<Usd> {
+        self.budget.map(|b| (b - self.spend - self.tenant_held).max_zero())
+    }
+
+    /// What the account still allows, never negative.
+    pub fn account_available(&self) -> Usd {
+        (self.balance - self.account_held - self.reserve).max_zero()
     }
 
     /// What the tenant can still spend: min(account left, budget left), never negative.
@@ -206,7 +226,13 @@ impl LedgerState {
         true
     }
 
-    fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Option<Admission> {
+    /// The numbers a hold of `tenant` would be decided on now (`None`: no balance cached). The
+    /// open holds are counted only when there is a cap to compare them with.
+    pub fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Option<Admission> {
+        let in_flight = match max_in_flight {
+            Some(_) => self.entries.values().filter(|e| e.tenant == *tenant && matches!(e.state, EntryState::Open { .. })).count() as u32,
+            None => 0,
+        };
         Some(Admission {
             balance: self.balance?,
             account_held: self.account_held,
@@ -214,6 +240,8 @@ impl LedgerState {
             spend: self.spend(tenant, month),
             tenant_held: self.tenant_held.get(tenant).copied().unwrap_or_default(),
             budget,
+            in_flight,
+            max_in_flight,
         })
     }
 
@@ -227,6 +255,7 @@ impl LedgerState {
         price: Usd,
         budget: Option<Usd>,
         reserve: Usd,
+        max_in_flight: Option<u32>,
         lease_until_ms: u64,
         intent: Intent,
     ) -> HoldDecision {
@@ -236,7 +265,7 @@ impl LedgerState {
         if self.tombstones.contains_key(id) {
             return HoldDecision::Gone;
         }
-        let Some(admission) = self.admission(tenant, &intent.month, budget, reserve) else { return HoldDecision::NoBalance };
+        let Some(admission) = self.admission(tenant, &intent.month, budget, reserve, max_in_flight) else { return HoldDecision::NoBalance };
         if let Err(r) = admission.admit(price) {
             return HoldDecision::Refused(r);
         }
@@ -393,7 +422,7 @@ impl LedgerState {
 
     /// What the tenant can still spend; `None` when no balance is cached.
     pub fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Option<Usd> {
-        self.admission(tenant, month, budget, reserve).map(|a| a.spendable())
+        self.admission(tenant, month, budget, reserve, None).map(|a| a.spendable())
     }
 
     /// Totals for metrics.

@@ -21,6 +21,8 @@ pub struct Tenant {
     pub limits: Limits,
     /// Optional monthly spend cap.
     pub monthly_budget: Option<Usd>,
+    /// Optional cap on generates in flight (forwarded, not answered yet).
+    pub max_in_flight: Option<u32>,
     /// Standard Webhooks signing secret (`whsec_…`, from the environment), for relayed webhooks.
     pub webhook_secret: Option<crate::policy::secret::Secret>,
 }
@@ -207,6 +209,7 @@ mod tests {
             id: id.into(),
             limits: Limits { requests_per_second: n, burst: n, generations_per_minute: n },
             monthly_budget: None,
+            max_in_flight: None,
             webhook_secret: None,
         }
     }

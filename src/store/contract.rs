@@ -15,6 +15,7 @@ fn req_id(id: &str, tenant: &str, price: &str, budget: Option<&str>, lease_ms: u
         price: usd(price),
         budget: budget.map(usd),
         reserve: Usd::ZERO,
+        max_in_flight: None,
         lease_ms,
         intent: Intent { family: "sora".into(), fingerprint: "digest".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: month_of(NOV as u64) },
     }

@@ -351,7 +351,7 @@ impl Store for EmbeddedStore {
         let now = super::now_ms();
         let mut intent = req.intent.clone();
         intent.created_ms = now;
-        let decision = self.lock().ledger.hold(&req.id, &req.tenant, req.price, req.budget, req.reserve, now + req.lease_ms, intent.clone());
+        let decision = self.lock().ledger.hold(&req.id, &req.tenant, req.price, req.budget, req.reserve, req.max_in_flight, now + req.lease_ms, intent.clone());
         if decision == HoldDecision::Held && self.db.is_some() {
             let (id, tenant, price) = (req.id.clone(), req.tenant.to_string(), req.price.micros());
             let written = self
@@ -498,6 +498,10 @@ impl Store for EmbeddedStore {
 
     async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError> {
         Ok(self.lock().ledger.spendable(tenant, month, budget, reserve))
+    }
+
+    async fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Result<Option<crate::policy::ledger::Admission>, StoreError> {
+        Ok(self.lock().ledger.admission(tenant, month, budget, reserve, max_in_flight))
     }
 
     async fn generation(&self, id: &str) -> Result<Option<GenerationRecord>, StoreError> {

@@ -58,6 +58,8 @@ pub struct HoldRequest {
     pub budget: Option<Usd>,
     /// Account reserve.
     pub reserve: Usd,
+    /// The tenant's cap on generates in flight (its open holds), if any.
+    pub max_in_flight: Option<u32>,
     /// The hold's lease: after this long it becomes an unknown outcome (upstream timeout plus a
     /// margin), so no hold outlives a crash.
     pub lease_ms: u64,
@@ -317,6 +319,10 @@ pub trait Store: Send + Sync + 'static {
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError>;
     /// Spend of every tenant in a month, for metrics.
     async fn spend_by_tenant(&self, month: &str) -> Result<Vec<(Arc<str>, Usd)>, StoreError>;
+
+    /// The numbers a hold of `tenant` would be decided on now, without taking one (`None`: no
+    /// balance cached): what a quote answers from.
+    async fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Result<Option<crate::policy::ledger::Admission>, StoreError>;
 
     /// The tenants made through the admin API, and the directory's version (which moves on
     /// every change). The version is read first, so a change racing the read is seen again.

@@ -66,7 +66,12 @@ end
 local function put_entry(p, id, e)
   redis.call('HSET', p .. ':holds', id, cjson.encode(e))
 end
+-- A hold leaving the open state frees its tenant's in-flight slot.
+local function leave_open(p, e)
+  if e.st == 'o' then redis.call('HINCRBY', p .. ':inflight', e.t, -1) end
+end
 local function drop_entry(p, id, e)
+  leave_open(p, e)
   redis.call('HDEL', p .. ':holds', id)
   redis.call('INCRBY', p .. ':held', -e.a)
   if e.st ~= 'd' then redis.call('HINCRBY', p .. ':theld', e.t, -e.a) end
@@ -86,6 +91,7 @@ local function record_gen(p, gid, tenant, family, price, created, status, month)
 end
 -- Turns an open or unknown entry into a debit and spend.
 local function to_debit(p, id, e, charged, month)
+  leave_open(p, e)
   redis.call('HINCRBY', p .. ':theld', e.t, -e.a)
   redis.call('INCRBY', p .. ':held', charged - e.a)
   e.a = charged
@@ -109,7 +115,8 @@ local function idem_drop(p, tenant, key, hold)
 end
 "#;
 
-// ARGV: prefix, id, tenant, price, budget(-1 none), reserve, lease_ms, family, prompt digest, idem key, month
+// ARGV: prefix, id, tenant, price, budget(-1 none), reserve, lease_ms, family, prompt digest, idem key, month,
+// max in flight (-1 none). The same rule, in the same order, as `Admission::admit`.
 const HOLD: &str = r#"
 local p, id, tenant = ARGV[1], ARGV[2], ARGV[3]
 local price, budget, reserve, lease = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -122,10 +129,13 @@ local theld = tonumber(redis.call('HGET', p .. ':theld', tenant) or '0')
 local spend = tonumber(redis.call('HGET', p .. ':spend:' .. ARGV[11], tenant) or '0')
 if budget >= 0 and spend + theld + price > budget then return {2} end
 if tonumber(bal) - held - reserve < price then return {3} end
+local cap = tonumber(ARGV[12])
+if cap >= 0 and tonumber(redis.call('HGET', p .. ':inflight', tenant) or '0') >= cap then return {5} end
 local now = now_ms()
 put_entry(p, id, {t = tenant, a = price, st = 'o', sq = 0, exp = now + lease, f = ARGV[8], pd = ARGV[9], c = now, ik = ARGV[10], m = ARGV[11]})
 redis.call('INCRBY', p .. ':held', price)
 redis.call('HINCRBY', p .. ':theld', tenant, price)
+redis.call('HINCRBY', p .. ':inflight', tenant, 1)
 return {1}
 "#;
 
@@ -159,6 +169,7 @@ const UNKNOWN: &str = r#"
 local p, id = ARGV[1], ARGV[2]
 local e = get_entry(p, id)
 if not e or e.st ~= 'o' then return 0 end
+leave_open(p, e)
 e.st = 'u'
 put_entry(p, id, e)
 return 1
@@ -173,6 +184,7 @@ local all = redis.call('HGETALL', p .. ':holds')
 for i = 1, #all, 2 do
   local e = cjson.decode(all[i + 1])
   if e.st == 'o' and e.exp <= now then
+    leave_open(p, e)
     e.st = 'u'
     put_entry(p, all[i], e)
     n = n + 1
@@ -218,6 +230,15 @@ const BEGIN_FETCH: &str = r#"
 local p = ARGV[1]
 local ticket = redis.call('INCR', p .. ':fetch_ticket')
 return {tonumber(redis.call('GET', p .. ':seq') or '0'), ticket}
+"#;
+
+// ARGV: prefix, tenant, month. The numbers `HOLD` decides on, for a quote.
+const ADMISSION: &str = r#"
+local p, tenant = ARGV[1], ARGV[2]
+local bal = redis.call('HGET', p .. ':balance', 'amount')
+if not bal then return {} end
+return {bal, redis.call('GET', p .. ':held') or '0', redis.call('HGET', p .. ':theld', tenant) or '0',
+  redis.call('HGET', p .. ':spend:' .. ARGV[3], tenant) or '0', redis.call('HGET', p .. ':inflight', tenant) or '0'}
 "#;
 
 const SPENDABLE: &str = r#"
@@ -397,6 +418,7 @@ return 1
 /// Scripts compiled once (their SHA1 is computed at construction).
 struct Scripts {
     dir_put: Script,
+    admission: Script,
     hold: Script,
     settle: Script,
     release: Script,
@@ -454,6 +476,7 @@ impl RedisStore {
         let with_common = |body: &str| Script::new(&format!("{common}{body}"));
         let scripts = Scripts {
             dir_put: Script::new(DIR_PUT),
+            admission: Script::new(ADMISSION),
             hold: with_common(HOLD),
             settle: with_common(SETTLE),
             release: with_common(RELEASE),
@@ -617,12 +640,14 @@ impl Store for RedisStore {
             req.intent.fingerprint.clone(),
             req.intent.idem_key.clone().unwrap_or_default(),
             req.intent.month.clone(),
+            req.max_in_flight.map_or("-1".to_string(), |m| m.to_string()),
         ];
         let v: Vec<i64> = self.script(|s| &s.hold, &[], &args).await?;
         Ok(match v.as_slice() {
             [1] => HoldOutcome::Held,
             [2] => HoldOutcome::Refused(Refusal::BudgetExceeded),
             [3] => HoldOutcome::Refused(Refusal::InsufficientCredits),
+            [5] => HoldOutcome::Refused(Refusal::TooManyInFlight),
             [4] => HoldOutcome::Gone,
             _ => HoldOutcome::NoBalance,
         })
@@ -697,6 +722,24 @@ impl Store for RedisStore {
             }
             _ => Ok(None),
         }
+    }
+
+    async fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Result<Option<crate::policy::ledger::Admission>, StoreError> {
+        let v: Vec<String> = self.script(|s| &s.admission, &[], &[self.prefix.clone(), tenant.to_string(), month.to_string()]).await?;
+        let n = |i: usize| -> Result<i64, StoreError> { v[i].parse::<i64>().map_err(err) };
+        if v.len() != 5 {
+            return Ok(None);
+        }
+        Ok(Some(crate::policy::ledger::Admission {
+            balance: Usd::from_micros(n(0)?),
+            account_held: Usd::from_micros(n(1)?),
+            reserve,
+            spend: Usd::from_micros(n(3)?),
+            tenant_held: Usd::from_micros(n(2)?),
+            budget,
+            in_flight: n(4)?.max(0) as u32,
+            max_in_flight,
+        }))
     }
 
     async fn generation(&self, id: &str) -> Result<Option<GenerationRecord>, StoreError> {

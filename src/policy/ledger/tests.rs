@@ -16,7 +16,7 @@ fn intent(month: &str) -> Intent {
 
 /// A hold with a far lease in `month`.
 fn hold(l: &mut LedgerState, id: &str, tenant: &str, month: &str, price: &str, budget: Option<&str>, reserve: &str) -> HoldDecision {
-    l.hold(id, &t(tenant), usd(price), budget.map(usd), usd(reserve), u64::MAX, intent(month))
+    l.hold(id, &t(tenant), usd(price), budget.map(usd), usd(reserve), None, u64::MAX, intent(month))
 }
 
 fn fresh(l: &mut LedgerState, amount: &str, now: u64) {
@@ -33,11 +33,17 @@ fn admission_checks_budget_before_account() {
         spend: usd("4.00"),
         tenant_held: usd("0.50"),
         budget: Some(usd("5.00")),
+        in_flight: 2,
+        max_in_flight: None,
     };
     assert_eq!(a.admit(usd("0.40")), Ok(()));
+    assert_eq!(Admission { max_in_flight: Some(3), ..a }.admit(usd("0.40")), Ok(()));
+    assert_eq!(Admission { max_in_flight: Some(2), ..a }.admit(usd("0.40")), Err(Refusal::TooManyInFlight));
+    assert_eq!(Admission { max_in_flight: Some(2), ..a }.admit(usd("0.51")), Err(Refusal::BudgetExceeded), "money is decided first");
     assert_eq!(a.admit(usd("0.41")), Err(Refusal::InsufficientCredits));
     assert_eq!(a.admit(usd("0.51")), Err(Refusal::BudgetExceeded));
     assert_eq!(a.spendable(), usd("0.40"));
+    assert_eq!((a.budget_remaining(), a.account_available()), (Some(usd("0.50")), usd("0.40")));
     let no_budget = Admission { budget: None, ..a };
     assert_eq!(no_budget.admit(usd("0.40")), Ok(()));
     assert_eq!(Admission { balance: usd("0.1"), ..no_budget }.spendable(), Usd::ZERO);
@@ -136,8 +142,8 @@ fn unknown_outcomes_count_as_spent_until_resolved_not_until_a_refetch() {
 fn expired_leases_become_unknown_outcomes() {
     let mut l = LedgerState::default();
     fresh(&mut l, "1.00", 1);
-    l.hold("a1", &t("a"), usd("0.10"), None, Usd::ZERO, 100, intent(M));
-    l.hold("a2", &t("a"), usd("0.10"), None, Usd::ZERO, 200, intent(M));
+    l.hold("a1", &t("a"), usd("0.10"), None, Usd::ZERO, None, 100, intent(M));
+    l.hold("a2", &t("a"), usd("0.10"), None, Usd::ZERO, None, 200, intent(M));
     assert_eq!(l.expire(150), vec!["a1".to_string()]);
     assert_eq!(l.totals().unknown, 1);
     assert_eq!(l.totals().open, 1);

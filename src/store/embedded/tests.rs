@@ -50,6 +50,7 @@ fn hold_req(id: &str, idem: Option<&str>) -> HoldRequest {
         price: Usd::from_micros(120_000),
         budget: None,
         reserve: Usd::ZERO,
+        max_in_flight: None,
         lease_ms: 60_000,
         intent: Intent { family: "veo".into(), fingerprint: "d".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: "2026-11".into() },
     }

@@ -48,6 +48,7 @@ async fn two_connections_share_one_ledger() {
         price: Usd::parse("0.12").unwrap(),
         budget: None,
         reserve: Usd::ZERO,
+        max_in_flight: None,
         lease_ms: 60_000,
         intent: Intent { month: "2026-11".into(), ..Default::default() },
     };
