@@ -197,7 +197,7 @@ impl Admin {
                 match self.gateway.store().outbox_redeliver(tenant.as_deref()).await {
                     Ok(n) => {
                         tracing::info!(deliveries = n, tenant = tenant.as_deref(), "dead-letter webhooks queued again");
-                        if let Some(r) = &self.gateway.relay {
+                        if let Some(r) = &self.gateway.sender {
                             r.wake();
                         }
                         body::json(StatusCode::OK, serde_json::json!({ "redelivering": n }).to_string())

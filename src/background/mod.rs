@@ -2,6 +2,7 @@
 //! platform, the account balance refresh, the webhook relay's deliveries, and the refusal
 //! sampler's flush.
 
+pub mod alerts;
 pub mod reconcile;
 pub mod webhooks;
 
@@ -38,12 +39,16 @@ impl Background {
                 }
             })
         };
-        let relay = gateway.relay.clone().map(|r| {
+        let alerts = tokio::spawn(alerts::run(gateway.clone(), stop_rx.clone()));
+        let relay = gateway.sender.clone().map(|r| {
             let gw = gateway.clone();
             let deliveries = webhooks::Deliveries {
                 store: gateway.store.clone(),
                 metrics: gateway.metrics.clone(),
-                secret_of: Arc::new(move |tenant| gw.current().tenants.tenants().iter().find(|t| &*t.id == tenant).and_then(|t| t.webhook_secret.clone())),
+                secret_of: Arc::new(move |tenant| match tenant {
+                    crate::store::ALERTS => gw.alerts.as_ref().map(|a| a.secret.clone()),
+                    _ => gw.current().tenants.tenants().iter().find(|t| &*t.id == tenant).and_then(|t| t.webhook_secret.clone()),
+                }),
             };
             tokio::spawn(webhooks::run(deliveries, r, stop_rx.clone()))
         });
@@ -82,7 +87,7 @@ impl Background {
                 }
             })
         };
-        let mut tasks = vec![reconciler, refresher, sampler, directory];
+        let mut tasks = vec![reconciler, refresher, sampler, directory, alerts];
         tasks.extend(relay);
         Background { tasks }
     }

@@ -183,6 +183,17 @@ struct WebhooksSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsSection {
+    url: Option<String>,
+    secret_env: Option<String>,
+    thresholds: Option<Vec<f64>>,
+    balance_below: Option<String>,
+    allow_http_loopback: Option<bool>,
+    retry_base_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct ReconcileSection {
     interval_secs: Option<u64>,
     status_calls_per_minute: Option<u32>,
@@ -245,6 +256,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// `[webhooks]`: relay tenants' callbacks (off when absent).
     pub webhooks: Option<WebhooksConfig>,
+    /// `[alerts]`: budget and balance alerts (off when absent).
+    pub alerts: Option<AlertsConfig>,
     /// `[telemetry]`: OTLP span export (off when absent).
     pub telemetry: Option<TelemetryConfig>,
     /// `[catalog]`: the model families (the built-in catalog unless `path` names another).
@@ -374,8 +387,25 @@ pub struct ReconcileConfig {
     pub lease_margin: Duration,
 }
 
-/// `[webhooks]` (SPEC §8).
+/// `[alerts]` (SPEC §14).
 #[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed.
+    pub url: String,
+    /// The Standard Webhooks secret (`whsec_…`) they are signed with.
+    pub secret: Secret,
+    /// Shares of a tenant's budget (spend plus holds) that each send one alert a month.
+    pub thresholds: Vec<f64>,
+    /// One alert each time the account balance falls below this.
+    pub balance_below: Option<Usd>,
+    /// Plain http to loopback allowed (tests, the demo).
+    pub allow_http_loopback: bool,
+    /// First retry delay; doubles per attempt.
+    pub retry_base: Duration,
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
     /// Where the platform reaches this gateway, without a trailing slash.
     pub public_base_url: String,
@@ -531,7 +561,7 @@ impl Config {
             Err(e) => return (None, vec![toml_syntax_error(text, &e)]),
         };
         for key in table.keys() {
-            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "telemetry", "catalog", "pricing", "tenants"].contains(&key.as_str()) {
+            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "alerts", "telemetry", "catalog", "pricing", "tenants"].contains(&key.as_str()) {
                 p.push(format!("unknown key `{key}`"));
             }
         }
@@ -541,6 +571,7 @@ impl Config {
         let balance: BalanceSection = section(table.get("balance"), "balance", &mut p);
         let reconcile: ReconcileSection = section(table.get("reconcile"), "reconcile", &mut p);
         let webhooks: Option<WebhooksSection> = table.get("webhooks").map(|v| section(Some(v), "webhooks", &mut p));
+        let alerts: Option<AlertsSection> = table.get("alerts").map(|v| section(Some(v), "alerts", &mut p));
         let telemetry: Option<TelemetrySection> = table.get("telemetry").map(|v| section(Some(v), "telemetry", &mut p));
         let catalog: CatalogSection = section(table.get("catalog"), "catalog", &mut p);
         let pricing: HashMap<String, PriceSpec> = match table.get("pricing") {
@@ -619,8 +650,9 @@ impl Config {
             lease_margin: Duration::from_millis(reconcile.lease_margin_ms.unwrap_or(DEFAULT_LEASE_MARGIN_MS)),
         };
         let webhooks = webhooks.map(|w| Config::webhooks(w, &mut p));
+        let alerts = alerts.map(|a| Config::alerts(a, env, &mut p));
         let telemetry = telemetry.and_then(|t| Config::telemetry(t, &mut p));
-        let config = Config { server, upstream, store, balance, reconcile, webhooks, telemetry, catalog, catalog_path, pricing, tenants };
+        let config = Config { server, upstream, store, balance, reconcile, webhooks, alerts, telemetry, catalog, catalog_path, pricing, tenants };
         (Some(config), p)
     }
 
@@ -730,6 +762,58 @@ impl Config {
         }
         let otlp_endpoint = if matches!(uri.path(), "" | "/") { format!("{}/v1/traces", endpoint.trim_end_matches('/')) } else { endpoint };
         Some(TelemetryConfig { otlp_endpoint, service_name: t.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| "tollgate".into()) })
+    }
+
+    fn alerts(a: AlertsSection, env: &dyn Env, p: &mut Vec<String>) -> AlertsConfig {
+        let allow_http_loopback = a.allow_http_loopback.unwrap_or(false);
+        let url = a.url.unwrap_or_default().trim().to_string();
+        let policy = crate::background::webhooks::target::Policy { allow_http_loopback };
+        if url.is_empty() {
+            p.push("alerts.url is required: where budget and balance alerts are POSTed".into());
+        } else if let Err(e) = policy.check_url(&url) {
+            p.push(format!("alerts.url {url:?} {e}"));
+        }
+        let secret = match a.secret_env.as_deref() {
+            None => {
+                p.push("alerts.secret_env is required: the variable holding the whsec_ secret alerts are signed with".into());
+                Secret::new("")
+            }
+            Some(var) => match env.var(var).filter(|v| !v.trim().is_empty()) {
+                None => {
+                    p.push(format!("secret: environment variable {var} (alerts.secret_env) is not set"));
+                    Secret::new("")
+                }
+                Some(v) => match crate::policy::signing::SigningKey::parse(&v) {
+                    Ok(_) => Secret::new(v.trim()),
+                    Err(e) => {
+                        p.push(format!("alerts.secret_env: {var}: {e}"));
+                        Secret::new("")
+                    }
+                },
+            },
+        };
+        let mut thresholds = a.thresholds.unwrap_or_else(|| vec![0.8, 1.0]);
+        if thresholds.iter().any(|t| !(t.is_finite() && *t > 0.0 && *t <= 10.0)) {
+            p.push("alerts.thresholds must be shares of the budget above 0 and at most 10, like [0.8, 1.0]".into());
+        }
+        thresholds.sort_by(|a, b| a.total_cmp(b));
+        thresholds.dedup();
+        let balance_below = match a.balance_below.as_deref().map(Usd::parse) {
+            None => None,
+            Some(Ok(b)) if b > Usd::ZERO => Some(b),
+            Some(_) => {
+                p.push("alerts.balance_below must be a positive amount like \"20.00\"".into());
+                None
+            }
+        };
+        AlertsConfig {
+            url,
+            secret,
+            thresholds,
+            balance_below,
+            allow_http_loopback,
+            retry_base: Duration::from_millis(positive(a.retry_base_ms, 30_000, "alerts.retry_base_ms", p)),
+        }
     }
 
     fn webhooks(w: WebhooksSection, p: &mut Vec<String>) -> WebhooksConfig {
@@ -939,6 +1023,7 @@ impl Config {
                 format!("{} {:?} {:?} {} {:?} {} {:?} {}", u.base_url, u.connect_timeout, u.timeout, u.get_retries, u.status_cache, u.circuit_failure_threshold, u.circuit_open, u.token.expose().len()),
             ),
             ("webhooks", format!("{:?}", self.webhooks)),
+            ("alerts", format!("{:?}", self.alerts)),
             ("telemetry", format!("{:?}", self.telemetry)),
             ("reconcile", format!("{:?}", self.reconcile)),
         ]

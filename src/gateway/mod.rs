@@ -108,6 +108,10 @@ pub struct Gateway {
     pub(crate) reconcile: crate::config::ReconcileConfig,
     /// `[webhooks]`, when configured.
     pub(crate) relay: Option<Arc<crate::background::webhooks::Relay>>,
+    /// What delivers the outbox (webhooks and alerts): the relay, or one for alerts alone.
+    pub(crate) sender: Option<Arc<crate::background::webhooks::Relay>>,
+    /// `[alerts]`, when configured.
+    pub(crate) alerts: Option<crate::config::AlertsConfig>,
     pub(crate) uploads: crate::gateway::upload::Uploads,
     reload_source: Option<ReloadSource>,
     /// The restart-only settings this process started with.
@@ -235,6 +239,7 @@ impl Gateway {
     pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>, tls: Option<Arc<crate::server::tls::Certs>>) -> Arc<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
+        let (relay, sender) = crate::background::alerts::senders(config);
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(Gateway::runtime(config, None)),
             store,
@@ -247,7 +252,9 @@ impl Gateway {
             request_timeout: config.server.request_timeout,
             hold_lease: config.upstream.timeout + config.reconcile.lease_margin,
             reconcile: config.reconcile.clone(),
-            relay: config.webhooks.as_ref().map(|w| Arc::new(crate::background::webhooks::Relay::new(w))),
+            relay: relay.clone(),
+            sender,
+            alerts: config.alerts.clone(),
             uploads: crate::gateway::upload::Uploads::new(
                 config.server.max_buffered_body_bytes,
                 config.server.max_buffered_body_bytes_per_tenant,

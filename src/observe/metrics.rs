@@ -101,6 +101,8 @@ pub struct Metrics {
     unattributed: Family<FamilyLabels, Counter>,
     token_rejected: Gauge,
     charged_above_hold: Family<FamilyLabels, Counter>,
+    alerts: Family<KindLabels, Counter>,
+    budgets_over_balance: Gauge,
     /// Handles of the per-request series by their labels, hashed with foldhash: the families'
     /// own maps hash every label string with SipHash, three times per request.
     handles: std::sync::RwLock<std::collections::HashMap<RequestLabels, RequestHandles, foldhash::fast::RandomState>>,
@@ -223,7 +225,17 @@ impl Metrics {
             "Generations the platform charged more than their hold (the price list is below a real price: budgets can be overrun)",
             charged_above_hold.clone(),
         );
+        let alerts = Family::<KindLabels, Counter>::default();
+        registry.register("alerts", "Budget and balance alerts queued for delivery, by kind (budget.threshold / balance.low)", alerts.clone());
+        let budgets_over_balance = Gauge::default();
+        registry.register(
+            "budgets_over_balance",
+            "1 while the monthly budgets handed out add up to more than the account balance (the budgets cannot all be spent)",
+            budgets_over_balance.clone(),
+        );
         Metrics {
+            alerts,
+            budgets_over_balance,
             token_rejected,
             unattributed,
             charged_above_hold,
@@ -316,6 +328,16 @@ impl Metrics {
     /// tenant's request).
     pub fn unattributed(&self, family: &str) {
         self.unattributed.get_or_create(&FamilyLabels { family: Label(Arc::from(family)) }).inc();
+    }
+
+    /// Counts an alert queued.
+    pub fn alert(&self, kind: &'static str) {
+        self.alerts.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Whether the budgets add up to more than the balance.
+    pub fn set_budgets_over_balance(&self, over: bool) {
+        self.budgets_over_balance.set(i64::from(over));
     }
 
     /// Whether the platform refuses the gateway's token (read at each scrape).

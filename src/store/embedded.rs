@@ -55,6 +55,8 @@ struct Inner {
     directory: std::collections::BTreeMap<String, super::TenantDoc>,
     dir_version: u64,
     last_used: HashMap<String, u64>,
+    /// Alerts sent (SQLite: loaded at open, written through).
+    alerts_sent: std::collections::HashSet<String>,
     /// Audit lines of the memory backend (SQLite keeps them in a table).
     audit: std::collections::VecDeque<String>,
 }
@@ -109,6 +111,7 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, next_ms);
 CREATE TABLE IF NOT EXISTS api_tenants (id TEXT PRIMARY KEY, rev INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS directory_version (k INTEGER PRIMARY KEY CHECK (k = 0), version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts_sent (key TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS key_last_used (key_id TEXT PRIMARY KEY, ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ready_probe (k INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -226,7 +229,7 @@ impl EmbeddedStore {
         }
         let writer = Writer::start(conn).map_err(|e| StoreError(format!("cannot start the database thread: {e}")))?;
         let store = EmbeddedStore { inner: Mutex::new(inner), db: Some(writer), dir_writes: Default::default() };
-        let (version, docs, used) = store
+        let (version, docs, used, sent) = store
             .with_db(|c| {
                 let version: u64 = c.query_row("SELECT version FROM directory_version WHERE k = 0", [], |r| r.get::<_, i64>(0)).optional()?.unwrap_or(0) as u64;
                 let docs = {
@@ -234,12 +237,17 @@ impl EmbeddedStore {
                     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?)))?;
                     rows.collect::<Result<Vec<_>, _>>()?
                 };
+                let sent = {
+                    let mut stmt = c.prepare("SELECT key FROM alerts_sent")?;
+                    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                    rows.collect::<Result<std::collections::HashSet<_>, _>>()?
+                };
                 let used = {
                     let mut stmt = c.prepare("SELECT key_id, ms FROM key_last_used")?;
                     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
                     rows.collect::<Result<HashMap<_, _>, _>>()?
                 };
-                Ok((version, docs, used))
+                Ok((version, docs, used, sent))
             })
             .await?
             .unwrap_or_default();
@@ -247,6 +255,7 @@ impl EmbeddedStore {
             let mut inner = store.lock();
             inner.dir_version = version;
             inner.last_used = used;
+            inner.alerts_sent = sent;
             for (id, rev, doc) in docs {
                 let tenant = serde_json::from_str(&doc).map_err(|e| StoreError(format!("api tenant {id:?} in the database is unreadable: {e}")))?;
                 inner.directory.insert(id, super::TenantDoc { rev, tenant });
@@ -1003,6 +1012,26 @@ impl Store for EmbeddedStore {
         };
         inner.dir_version = version + 1;
         Ok(true)
+    }
+
+    async fn alert_once(&self, key: &str) -> Result<bool, StoreError> {
+        let _one_at_a_time = self.dir_writes.lock().await;
+        if self.lock().alerts_sent.contains(key) {
+            return Ok(false);
+        }
+        let k = key.to_string();
+        self.with_db(move |c| exec(c, "INSERT OR IGNORE INTO alerts_sent (key, at_ms) VALUES (?1, ?2)", params![k, super::now_ms() as i64])).await?;
+        Ok(self.lock().alerts_sent.insert(key.to_string()))
+    }
+
+    async fn alert_rearm(&self, key: &str) -> Result<(), StoreError> {
+        if !self.lock().alerts_sent.contains(key) {
+            return Ok(());
+        }
+        let k = key.to_string();
+        self.with_db(move |c| exec(c, "DELETE FROM alerts_sent WHERE key = ?1", [k])).await?;
+        self.lock().alerts_sent.remove(key);
+        Ok(())
     }
 
     async fn audit_push(&self, line: &str) -> Result<(), StoreError> {

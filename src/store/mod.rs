@@ -198,6 +198,9 @@ pub struct BalanceSnapshot {
     pub fetched_ms: u64,
 }
 
+/// The pseudo-tenant of alert deliveries in the outbox (not a valid tenant id).
+pub const ALERTS: &str = "~alerts";
+
 /// Audit lines kept by every backend.
 pub const AUDIT_KEEP: usize = 10_000;
 
@@ -332,6 +335,10 @@ pub trait Store: Send + Sync + 'static {
     /// Writes tenant `id`'s document (`None` deletes it) if its revision is still `expect`
     /// (0: it must not exist), and moves the version. `false`: someone changed it first.
     async fn directory_put(&self, id: &str, expect: u64, doc: Option<&ApiTenant>) -> Result<bool, StoreError>;
+    /// Marks alert `key` sent; `true` only for the first caller on any replica (once per key).
+    async fn alert_once(&self, key: &str) -> Result<bool, StoreError>;
+    /// Forgets alert `key`, so it can be sent again (the balance recovered).
+    async fn alert_rearm(&self, key: &str) -> Result<(), StoreError>;
     /// Appends an audit line (kept: the latest 10,000).
     async fn audit_push(&self, line: &str) -> Result<(), StoreError>;
     /// The latest audit lines, newest first.

@@ -1024,6 +1024,17 @@ impl Store for RedisStore {
         Ok(written == 1)
     }
 
+    async fn alert_once(&self, key: &str) -> Result<bool, StoreError> {
+        let k = self.key(&format!("alert:{key}"));
+        let set: Option<String> = self.run(|mut c| async move { ::redis::cmd("SET").arg(&k).arg(super::now_ms()).arg("NX").query_async(&mut c).await }).await?;
+        Ok(set.is_some())
+    }
+
+    async fn alert_rearm(&self, key: &str) -> Result<(), StoreError> {
+        let k = self.key(&format!("alert:{key}"));
+        self.run(|mut c| async move { c.del::<_, ()>(k).await }).await
+    }
+
     async fn audit_push(&self, line: &str) -> Result<(), StoreError> {
         let k = self.key("audit");
         let line = line.to_string();
