@@ -214,3 +214,18 @@ fn zero_negative_and_empty_prices_are_refused() {
     assert!(all.contains(r#"pricing."veo" has no prices"#), "{all}");
     assert!(all.contains(r#"pricing."gemini"."default" = "abc" is not a decimal string"#), "{all}");
 }
+
+#[test]
+fn alerts_and_in_flight_caps_are_checked() {
+    let ps = problems(&format!("{}max_in_flight = 0\n\n[alerts]\nurl = \"http://10.0.0.1/a\"\nthresholds = [0.8, -1]\nbalance_below = \"0\"\n", minimal()));
+    for expected in ["max_in_flight must be at least 1", "alerts.url", "alerts.secret_env is required", "alerts.thresholds", "alerts.balance_below"] {
+        assert!(ps.iter().any(|p| p.contains(expected)), "{expected}: {ps:?}");
+    }
+    let mut e = env();
+    e.insert("ALERTS_SECRET".into(), "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".into());
+    let text = format!("{}max_in_flight = 3\n\n[alerts]\nurl = \"https://alerts.example.com/x\"\nsecret_env = \"ALERTS_SECRET\"\nthresholds = [1.0, 0.5]\n", minimal());
+    let c = Config::from_toml(&text, &e).unwrap();
+    let a = c.alerts.unwrap();
+    assert_eq!((a.thresholds, a.balance_below), (vec![0.5, 1.0], None));
+    assert_eq!(c.tenants.tenants()[0].max_in_flight, Some(3));
+}
