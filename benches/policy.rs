@@ -86,5 +86,30 @@ fn normaliser(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validation, small_bodies, limiter, normaliser);
+/// Authentication with 10 to 100,000 API-managed keys: one digest and one hash lookup, whatever
+/// the count (the directory is built off the request path).
+fn key_lookup(c: &mut Criterion) {
+    use std::sync::Arc;
+    use tollgate::policy::keys::Scope;
+    use tollgate::policy::tenants::{key_digest, Grant, Limits, Tenant, TenantDirectory};
+    let one = std::num::NonZeroU32::new(1).unwrap();
+    let mut g = c.benchmark_group("key_lookup");
+    for n in [10usize, 1_000, 100_000] {
+        // Ten keys a tenant, as a directory rebuilt from the store holds them.
+        let api: Vec<(Tenant, Vec<Grant>)> = (0..n / 10)
+            .map(|t| {
+                let tenant = Tenant { id: Arc::from(format!("t{t}")), limits: Limits { requests_per_second: one, burst: one, generations_per_minute: one }, monthly_budget: None, max_in_flight: None, webhook_secret: None };
+                let grants = (0..10).map(|k| Grant { digest: key_digest(&format!("key-{t}-{k}")), scope: Scope::Api, key_id: Arc::from(format!("k{t}-{k}")) }).collect();
+                (tenant, grants)
+            })
+            .collect();
+        let (dir, _) = TenantDirectory::default().with_api(api, None);
+        let present = format!("key-{}-3", n / 20);
+        g.bench_with_input(BenchmarkId::new("hit", n), &present, |b, k| b.iter(|| dir.lookup(black_box(k)).is_some()));
+        g.bench_with_input(BenchmarkId::new("miss", n), &"tg_not_a_key", |b, k| b.iter(|| dir.lookup(black_box(k)).is_none()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, validation, small_bodies, limiter, normaliser, key_lookup);
 criterion_main!(benches);

@@ -265,3 +265,42 @@ async fn propagation_between_two_replicas_p50_p99() {
     println!("propagation over 100 changes: p50 {:?}, p99 {:?}, max {:?}", took[49], took[98], took[99]);
     assert!(took[98] < Duration::from_secs(1));
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status").unwrap().lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
+}
+
+/// Startup with 100,000 stored keys (10,000 API tenants of ten keys) on SQLite: the time until
+/// the gateway serves them, and the memory they take.
+/// `cargo test --release --test keys -- --ignored --nocapture startup`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn startup_with_100k_stored_keys() {
+    use tollgate::policy::keys::{ApiKey, ApiTenant, Scope};
+    let platform = Platform::start().await;
+    let (text, _) = with_backend(&admin_config(platform.addr), Backend::Sqlite);
+    let config = tollgate::Config::from_toml(&text, &env()).unwrap();
+    let mut some_key = String::new();
+    {
+        let store = tollgate::store::open(&config.store).await.unwrap();
+        for t in 0..10_000 {
+            let keys: Vec<ApiKey> = (0..10)
+                .map(|_| {
+                    let (k, key) = ApiKey::issue(None, Scope::Api, None, tollgate::store::now_ms());
+                    some_key = key;
+                    k
+                })
+                .collect();
+            let doc = ApiTenant { id: format!("t{t}"), requests_per_second: 100, burst: 100, generations_per_minute: 10, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys };
+            assert!(store.directory_put(&doc.id, 0, Some(&doc)).await.unwrap());
+        }
+    }
+    let before = rss_kib();
+    let start = Instant::now();
+    let gw = TestGateway::start(&text).await;
+    let took = start.elapsed();
+    let after = rss_kib();
+    assert_eq!(get(&client(), &gw.url("/v1/data/balance"), Some(&some_key)).await.status, 200);
+    println!("startup with 100,000 stored keys: {took:?}; RSS +{} MiB (+{} KiB per 10,000 keys)", (after.saturating_sub(before)) / 1024, after.saturating_sub(before) / 10);
+    gw.shutdown().await;
+}
