@@ -228,13 +228,19 @@ async fn buffered_body_budget_sheds_load_with_503() {
     // Room for one 1 MiB body at a time.
     let gw = TestGateway::start(&config_text(platform.addr, "max_buffered_body_bytes = 1572864\nmax_buffered_body_bytes_per_tenant = 1572864", &default_tenants())).await;
     let c = client();
-    platform.delay("/v1/sora/generate", 600, 1);
+    platform.delay("/v1/sora/generate", 1500, 1);
     let body = format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&png(100, 100, 1024 * 1024)));
     let first = tokio::spawn({
         let (c, url, body) = (c.clone(), gw.url("/v1/sora/generate"), body.clone());
         async move { post(&c, &url, Some(KEY_A), &body).await.status }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the first body is buffered and forwarded (the platform holds it for 1.5 s):
+    // a fixed sleep lost this race on a slow CI machine.
+    let t0 = std::time::Instant::now();
+    while platform.generate_calls() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the first generate never reached the platform");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Another tenant is within its own share, but the gateway's total is in use.
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), &body).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Gateway is busy, retry shortly"));

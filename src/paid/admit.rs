@@ -67,7 +67,9 @@ fn check_callback(tenant: &Tenant, relay: &crate::background::webhooks::Relay, u
 }
 
 /// A body past the body and validate phases.
-struct Checked {
+struct Checked<'u> {
+    /// The body's memory stays reserved until the request is done with it (dropped last).
+    reservation: crate::gateway::upload::Reservation<'u>,
     body: Bytes,
     validated: crate::policy::validate::Validated,
     fingerprint: Fingerprint,
@@ -84,7 +86,7 @@ fn price_of(runtime: &Runtime, family: Family, validated: &crate::policy::valida
 
 impl Gateway {
     /// Phases body and validate, shared by a generate and its quote so both refuse alike.
-    async fn check_body<B>(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, parts: &http::request::Parts, incoming: B) -> Result<Checked, GatewayError>
+    async fn check_body<B>(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, parts: &http::request::Parts, incoming: B) -> Result<Checked<'_>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -121,7 +123,7 @@ impl Gateway {
         // reconciler attributes unknown outcomes.
         let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
         fingerprint.body_sha256 = hex::encode(digest);
-        Ok(Checked { body, validated, fingerprint, callback, digest })
+        Ok(Checked { reservation, body, validated, fingerprint, callback, digest })
     }
 
     /// `POST /v1/{family}/quote`: the price the generate of this body would be held at and
@@ -194,7 +196,7 @@ impl Gateway {
     {
         let (parts, incoming) = req.into_parts();
         let idem_key = idempotency_key(&parts.headers)?;
-        let Checked { body, validated, fingerprint, callback, digest } = self.check_body(ctx, tenant, family, &parts, incoming).await?;
+        let Checked { reservation: _reservation, body, validated, fingerprint, callback, digest } = self.check_body(ctx, tenant, family, &parts, incoming).await?;
         let relay = self.relay.clone();
 
         // The hold's id exists before anything is stored, so every later step can clean up by it.
