@@ -10,42 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::background::webhooks::target::Policy;
-use crate::background::webhooks::Relay;
-use crate::config::{AlertsConfig, Config, WebhooksConfig};
+use crate::config::AlertsConfig;
 use crate::gateway::Gateway;
 use crate::store::{month_of, now_ms, OutboxMessage, ALERTS};
 
 /// How often the totals are compared with the thresholds.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// The webhook relay (with `[webhooks]`), and what delivers the outbox: the relay, extended to
-/// alerts when both are configured, or a sender for alerts alone.
-pub(crate) fn senders(config: &Config) -> (Option<Arc<Relay>>, Option<Arc<Relay>>) {
-    let alert_policy = config.alerts.as_ref().map(|a| Policy { allow_http_loopback: a.allow_http_loopback });
-    match (&config.webhooks, alert_policy, &config.alerts) {
-        (Some(w), policy, _) => {
-            let relay = Relay::new(w);
-            let relay = Arc::new(match policy {
-                Some(p) => relay.with_alerts(p),
-                None => relay,
-            });
-            (Some(relay.clone()), Some(relay))
-        }
-        (None, Some(policy), Some(a)) => {
-            let settings = WebhooksConfig {
-                public_base_url: String::new(),
-                allow_http_loopback: a.allow_http_loopback,
-                retry_base: a.retry_base,
-                attempt_timeout: Duration::from_secs(10),
-                max_attempts: 6,
-                concurrency: 4,
-            };
-            (None, Some(Arc::new(Relay::new(&settings).with_alerts(policy))))
-        }
-        _ => (None, None),
-    }
-}
 
 /// The alert key of a tenant's threshold in a month: at most one alert each, on any replica.
 fn budget_key(tenant: &str, month: &str, threshold: f64) -> String {

@@ -153,6 +153,10 @@ struct StoreSection {
     password_env: Option<String>,
     timeout_ms: Option<u64>,
     key_prefix: Option<String>,
+    sentinels: Option<Vec<String>>,
+    master_name: Option<String>,
+    db: Option<i64>,
+    min_replica_acks: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,12 +360,32 @@ pub enum StoreConfig {
     Memory,
     /// Shared by several replicas.
     Redis {
-        /// `redis://host:port/db`.
-        url: String,
+        /// Where the primary is.
+        target: RedisTarget,
         /// Command deadline.
         timeout: Duration,
         /// Prefix of every key.
         key_prefix: String,
+        /// Replicas that must acknowledge a money write (`WAIT`) before anyone is answered.
+        min_replica_acks: u32,
+    },
+}
+
+/// `[store] url`, or `sentinels` + `master_name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host:port/db` (the password from `password_env` already in it).
+    Url(String),
+    /// The primary is whoever these sentinels say it is.
+    Sentinel {
+        /// `host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// The name the sentinels monitor.
+        master_name: String,
+        /// Database number on the data nodes.
+        db: i64,
+        /// The data nodes' password (`password_env`).
+        password: Option<Secret>,
     },
 }
 
@@ -839,12 +863,25 @@ impl Config {
         match s.backend.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreConfig::Sqlite { path: base.join(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
             "memory" => StoreConfig::Memory,
-            "redis" => match s.url {
-                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") => StoreConfig::Redis {
-                    url: match &s.password_env {
-                        None => url,
-                        // The password comes from the environment, never the file.
-                        Some(var) => match env.var(var).filter(|v| !v.is_empty()) {
+            "redis" => {
+                let password = s.password_env.as_ref().and_then(|var| match env.var(var).filter(|v| !v.is_empty()) {
+                    // The password comes from the environment, never the file.
+                    Some(pw) => Some(pw),
+                    None => {
+                        p.push(format!("secret: environment variable {var} (store.password_env) is not set"));
+                        None
+                    }
+                });
+                let target = match (s.url, s.sentinels) {
+                    (Some(_), Some(_)) => {
+                        p.push("store.url and store.sentinels are alternatives: set one".into());
+                        RedisTarget::Url(String::new())
+                    }
+                    (Some(url), None) if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") => {
+                        if s.master_name.is_some() || s.db.is_some() {
+                            p.push("store.master_name and store.db go with store.sentinels (with store.url, the database is in the url)".into());
+                        }
+                        RedisTarget::Url(match password {
                             Some(pw) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                                 let (scheme, rest) = url.split_once("://").unwrap_or(("redis", &url));
                                 let enc: String = pw.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
@@ -854,20 +891,45 @@ impl Config {
                                 p.push("store.password_env needs a redis:// or rediss:// url".into());
                                 url
                             }
-                            None => {
-                                p.push(format!("secret: environment variable {var} (store.password_env) is not set"));
-                                url
+                            None => url,
+                        })
+                    }
+                    (None, Some(sentinels)) => {
+                        if sentinels.is_empty() {
+                            p.push("store.sentinels needs at least one \"host:port\"".into());
+                        }
+                        for a in &sentinels {
+                            let ok = a.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+                            if !ok {
+                                p.push(format!("store.sentinels: {a:?} is not \"host:port\""));
                             }
-                        },
-                    },
+                        }
+                        let master_name = s.master_name.unwrap_or_default();
+                        if master_name.is_empty() {
+                            p.push("store.master_name must be set to the name the sentinels monitor when store.sentinels is set".into());
+                        }
+                        let db = s.db.unwrap_or(0);
+                        if db < 0 {
+                            p.push("store.db must be 0 or more".into());
+                        }
+                        RedisTarget::Sentinel { sentinels, master_name, db, password: password.map(Secret::new) }
+                    }
+                    _ => {
+                        p.push("store.url must be set to redis://host:port (or store.sentinels and store.master_name) when store.backend = \"redis\"".into());
+                        RedisTarget::Url(String::new())
+                    }
+                };
+                let min_replica_acks = s.min_replica_acks.unwrap_or(0);
+                if min_replica_acks > 16 {
+                    p.push(format!("store.min_replica_acks = {min_replica_acks} is more replicas than a Redis primary is run with (at most 16)"));
+                }
+                StoreConfig::Redis {
+                    target,
                     timeout: Duration::from_millis(positive(s.timeout_ms, DEFAULT_REDIS_TIMEOUT_MS, "store.timeout_ms", p)),
                     key_prefix: s.key_prefix.unwrap_or_else(|| "tollgate".to_string()),
-                },
-                _ => {
-                    p.push("store.url must be set to redis://host:port when store.backend = \"redis\"".into());
-                    StoreConfig::Memory
+                    min_replica_acks,
                 }
-            },
+            }
             other => {
                 p.push(format!("store.backend = {other:?} must be \"sqlite\", \"memory\" or \"redis\""));
                 StoreConfig::Memory
@@ -1078,7 +1140,10 @@ impl Config {
         out += &match &self.store {
             StoreConfig::Sqlite { path } => format!("store sqlite {}\n", path.display()),
             StoreConfig::Memory => "store memory (not durable)\n".to_string(),
-            StoreConfig::Redis { url, .. } => format!("store redis {}\n", redact_url(url)),
+            StoreConfig::Redis { target: RedisTarget::Url(url), min_replica_acks, .. } => format!("store redis {}, min_replica_acks {min_replica_acks}\n", redact_url(url)),
+            StoreConfig::Redis { target: RedisTarget::Sentinel { sentinels, master_name, .. }, min_replica_acks, .. } => {
+                format!("store redis primary {master_name:?} via sentinels {}, min_replica_acks {min_replica_acks}\n", sentinels.join(", "))
+            }
         };
         out += &format!("balance ttl {}ms, reserve {}\n", self.balance.cache_ttl.as_millis(), self.balance.reserve);
         out += &format!(

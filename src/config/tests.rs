@@ -137,6 +137,32 @@ fn store_backends() {
 }
 
 #[test]
+fn redis_through_sentinels() {
+    let c = |s: &str| Config::from_toml(&format!("[store]\nbackend = \"redis\"\n{s}\n{}", minimal()), &env());
+    let ok = c("sentinels = [\"10.0.0.1:26379\", \"sentinel-2:26379\"]\nmaster_name = \"main\"\ndb = 2\nmin_replica_acks = 1").unwrap();
+    match ok.store {
+        StoreConfig::Redis { target: RedisTarget::Sentinel { sentinels, master_name, db, password }, min_replica_acks, .. } => {
+            assert_eq!((sentinels.len(), master_name.as_str(), db, password, min_replica_acks), (2, "main", 2, None, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Each mistake is named.
+    let cases = [
+        ("sentinels = [\"a:26379\"]", "store.master_name must be set"),
+        ("sentinels = []\nmaster_name = \"m\"", "store.sentinels needs at least one"),
+        ("sentinels = [\"a\"]\nmaster_name = \"m\"", "\"a\" is not \"host:port\""),
+        ("sentinels = [\"a:0\"]\nmaster_name = \"m\"", "\"a:0\" is not"),
+        ("sentinels = [\"a:1\"]\nmaster_name = \"m\"\nurl = \"redis://x:1\"", "alternatives: set one"),
+        ("url = \"redis://x:1\"\nmaster_name = \"m\"", "go with store.sentinels"),
+        ("url = \"redis://x:1\"\nmin_replica_acks = 99", "min_replica_acks = 99"),
+    ];
+    for (text, want) in cases {
+        let e = c(text).err().unwrap_or_else(|| panic!("{text} was accepted")).to_string();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
+
+#[test]
 fn pricing_problems() {
     let joined = problems(&format!("[pricing]\nmidjourney = \"1\"\nsora = {{ \"10\" = \"free\" }}\nveo = 3\n{}", minimal())).join("\n");
     assert!(joined.contains("midjourney"), "{joined}");
@@ -184,7 +210,7 @@ fn the_redis_password_comes_from_the_environment() {
     e.insert("REDIS_PW".into(), "p@ss word".into());
     let c = Config::from_toml(&text, &e).unwrap_or_else(|err| panic!("{err}"));
     match c.store {
-        StoreConfig::Redis { url, .. } => assert_eq!(url, "redis://:p%40ss%20word@redis:6379/0"),
+        StoreConfig::Redis { target: RedisTarget::Url(url), .. } => assert_eq!(url, "redis://:p%40ss%20word@redis:6379/0"),
         other => panic!("{other:?}"),
     }
     assert!(problems(&text).iter().any(|p| p.contains("REDIS_PW")));

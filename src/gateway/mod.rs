@@ -239,7 +239,7 @@ impl Gateway {
     pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>, tls: Option<Arc<crate::server::tls::Certs>>) -> Arc<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
-        let (relay, sender) = crate::background::alerts::senders(config);
+        let (relay, sender) = crate::background::webhooks::senders(config);
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(Gateway::runtime(config, None)),
             store,

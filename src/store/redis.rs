@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
+use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncCommands, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -314,8 +314,9 @@ redis.call('PEXPIRE', k, ARGV_IDEM_TTL)
 return {'fresh'}
 "#;
 
+// ARGV[1], when given: only the claim of this hold.
 const IDEM_ABORT: &str = r#"
-if redis.call('HGET', KEYS[1], 'state') == 'running' then redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[1], 'state') == 'running' and (not ARGV[1] or redis.call('HGET', KEYS[1], 'hold') == ARGV[1]) then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
 
@@ -442,10 +443,22 @@ struct Scripts {
 
 /// Redis-backed store shared by replicas.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    link: Arc<link::Link>,
     prefix: String,
     timeout: Duration,
+    /// `min_replica_acks`: replicas that must have a money write before it counts as done.
+    acks: u32,
     scripts: Arc<Scripts>,
+}
+
+/// Where the primary is: a URL, or the sentinels that know.
+#[derive(Clone, Debug)]
+pub enum Target<'a> {
+    /// `redis://`, `rediss://` or `unix://`.
+    Url(&'a str),
+    /// Asked of the sentinels (`host:port`) on every dial.
+    #[allow(missing_docs)]
+    Sentinel { sentinels: &'a [String], master_name: &'a str, db: i64, password: Option<&'a str> },
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -459,19 +472,31 @@ fn ceil_secs_from_us(us: i64) -> u64 {
 // === impl RedisStore ===
 
 impl RedisStore {
-    /// Connects (failing fast if Redis is unreachable at start-up); later outages are survived by
-    /// reconnecting.
+    /// Connects to one address (failing fast if Redis is unreachable at start-up); later
+    /// outages are survived by dialling again.
     pub async fn connect(url: &str, timeout: Duration, prefix: &str) -> Result<Self, StoreError> {
-        let client = ::redis::Client::open(url).map_err(err)?;
-        let config = ::redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(timeout.as_millis() as u64);
-        let conn = tokio::time::timeout(timeout * 4, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| err(format!("no answer from {} within {:?}", crate::config::redact_url(url), timeout * 4)))?
-            .map_err(err)?;
+        Self::open(Target::Url(url), timeout, prefix, 0).await
+    }
+
+    /// Connects to the primary at `target`, with money writes waiting for `acks` replicas.
+    pub async fn open(target: Target<'_>, timeout: Duration, prefix: &str, acks: u32) -> Result<Self, StoreError> {
+        let (source, shown) = match &target {
+            Target::Url(url) => (link::Source::Url(::redis::Client::open(*url).map_err(err)?), crate::config::redact_url(url)),
+            Target::Sentinel { sentinels, master_name, db, password } => (
+                link::Source::sentinel(sentinels, master_name, *db, password.map(str::to_string)).map_err(err)?,
+                format!("primary {master_name:?} of sentinels {}", sentinels.join(", ")),
+            ),
+        };
+        let link = Arc::new(link::Link::new(source, timeout));
+        // At start-up a few dials (a sentinel may still be electing), then give up clearly.
+        let deadline = tokio::time::Instant::now() + timeout * 4;
+        loop {
+            match link.get().await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(err(format!("no primary at {shown} within {:?}: {e}", timeout * 4))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(120)).await,
+            }
+        }
         let common = COMMON.replace("ARGV_TOMB", &TOMBSTONE_MS.to_string()).replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string());
         let with_common = |body: &str| Script::new(&format!("{common}{body}"));
         let scripts = Scripts {
@@ -497,7 +522,7 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
-        Ok(RedisStore { conn, prefix: prefix.to_string(), timeout, scripts: Arc::new(scripts) })
+        Ok(RedisStore { link, prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts) })
     }
 
     /// Hold entries in one state (`o` open, `u` unknown), oldest first.
@@ -524,31 +549,76 @@ impl RedisStore {
         format!("{}:{rest}", self.prefix)
     }
 
-    /// Runs one Redis operation with the store's deadline.
-    async fn run<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
+    /// Runs one Redis operation with the store's deadline; an error that says the primary is
+    /// gone makes the next operation dial again.
+    async fn run<T, F>(&self, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
-            Ok(r) => r.map_err(err),
-            Err(_) => Err(err(format!("timed out after {:?}", self.timeout))),
+        self.run_within(self.timeout, f).await
+    }
+
+    async fn run_within<T, F>(&self, within: Duration, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        let (n, conn) = match tokio::time::timeout_at(deadline, self.link.get()).await {
+            Ok(r) => r.map_err(err)?,
+            Err(_) => return Err(err(format!("timed out after {within:?} waiting for a connection"))),
+        };
+        match tokio::time::timeout_at(deadline, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if link::is_fatal(&e) {
+                    self.link.broken(n);
+                }
+                Err(err(e))
+            }
+            Err(_) => {
+                self.link.broken(n);
+                Err(err(format!("timed out after {within:?}")))
+            }
         }
     }
 
     async fn script<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String]) -> Result<T, StoreError> {
+        self.script_with(pick, keys, args, false).await
+    }
+
+    /// A money write: with `min_replica_acks`, done only once that many replicas have it
+    /// (`WAIT` on the same connection, bounded by the timeout). Falling short is an error, and
+    /// each caller's error path decides: a hold or claim fails closed, a record is retried.
+    async fn money_script<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String]) -> Result<T, StoreError> {
+        self.script_with(pick, keys, args, true).await
+    }
+
+    async fn script_with<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String], money: bool) -> Result<T, StoreError> {
         let scripts = self.scripts.clone();
-        self.run(|mut c| async move {
-            let s = pick(&scripts);
-            let mut inv = s.prepare_invoke();
-            for k in keys {
-                inv.key(k);
-            }
-            for a in args {
-                inv.arg(a);
-            }
-            inv.invoke_async(&mut c).await
-        })
-        .await
+        let acks = if money { self.acks } else { 0 };
+        let wait_ms = self.timeout.as_millis() as u64;
+        // The WAIT has its own bound inside the deadline.
+        let within = if acks > 0 { self.timeout * 2 } else { self.timeout };
+        let out: (T, i64) = self
+            .run_within(within, |mut c| async move {
+                let s = pick(&scripts);
+                let mut inv = s.prepare_invoke();
+                for k in keys {
+                    inv.key(k);
+                }
+                for a in args {
+                    inv.arg(a);
+                }
+                // Loads the script again on NOSCRIPT (a new primary starts with none).
+                let v: T = inv.invoke_async(&mut c).await?;
+                let got = if acks > 0 { ::redis::cmd("WAIT").arg(acks).arg(wait_ms).query_async::<i64>(&mut c).await? } else { 0 };
+                Ok((v, got))
+            })
+            .await?;
+        if acks > 0 && out.1 < acks as i64 {
+            return Err(err(format!("only {} of {acks} replicas acknowledged within {wait_ms} ms", out.1)));
+        }
+        Ok(out.0)
     }
 
     /// One GCRA check shared by all replicas.
@@ -642,7 +712,7 @@ impl Store for RedisStore {
             req.intent.month.clone(),
             req.max_in_flight.map_or("-1".to_string(), |m| m.to_string()),
         ];
-        let v: Vec<i64> = self.script(|s| &s.hold, &[], &args).await?;
+        let v: Vec<i64> = self.money_script(|s| &s.hold, &[], &args).await?;
         Ok(match v.as_slice() {
             [1] => HoldOutcome::Held,
             [2] => HoldOutcome::Refused(Refusal::BudgetExceeded),
@@ -665,7 +735,7 @@ impl Store for RedisStore {
             r.status.clone(),
             super::month_of(r.created_ms.max(0) as u64),
         ];
-        self.script::<i64>(|s| &s.settle, &[], &args).await.map(|_| ())
+        self.money_script::<i64>(|s| &s.settle, &[], &args).await.map(|_| ())
     }
 
     async fn release(&self, hold: &str) -> Result<(), StoreError> {
@@ -709,7 +779,7 @@ impl Store for RedisStore {
             ]),
             Resolution::NotCharged => args.push("none".into()),
         }
-        self.script::<i64>(|s| &s.resolve, &[], &args).await.map(|v| v == 1)
+        self.money_script::<i64>(|s| &s.resolve, &[], &args).await.map(|v| v == 1)
     }
 
     async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError> {
@@ -784,7 +854,15 @@ impl Store for RedisStore {
     async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
         let args = [self.prefix.clone(), hex::encode(digest), hold.to_string(), stale_ms.to_string()];
-        let v: Vec<Value> = self.script(|s| &s.idem_claim, &[k], &args).await?;
+        let v: Vec<Value> = match self.money_script(|s| &s.idem_claim, std::slice::from_ref(&k), &args).await {
+            Ok(v) => v,
+            Err(e) => {
+                // A claim the replicas may not have is withdrawn (best effort): the client's
+                // retry with the same key must be able to claim it, not find it running.
+                let _: Result<i64, _> = self.script(|s| &s.idem_abort, &[k], &[hold.to_string()]).await;
+                return Err(e);
+            }
+        };
         let tag: String = v.first().map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or_default();
         Ok(match tag.as_str() {
             "fresh" => IdemClaim::Fresh,
@@ -1077,5 +1155,6 @@ impl Store for RedisStore {
     }
 }
 
+mod link;
 #[cfg(test)]
 mod tests;

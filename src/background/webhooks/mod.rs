@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::WebhooksConfig;
+use crate::config::{Config, WebhooksConfig};
 use crate::observe::metrics::Metrics;
 use crate::policy::secret::Secret;
 use crate::store::Store;
@@ -275,5 +275,33 @@ mod tests {
         assert_ne!(new_token(), new_token());
         assert_eq!(message_id("t", b"{}"), message_id("t", b"{}"));
         assert_ne!(message_id("t", b"{}"), message_id("u", b"{}"));
+    }
+}
+
+/// The webhook relay (with `[webhooks]`), and what delivers the outbox: the relay, extended to
+/// alerts when both are configured, or a sender for alerts alone.
+pub(crate) fn senders(config: &Config) -> (Option<Arc<Relay>>, Option<Arc<Relay>>) {
+    let alert_policy = config.alerts.as_ref().map(|a| Policy { allow_http_loopback: a.allow_http_loopback });
+    match (&config.webhooks, alert_policy, &config.alerts) {
+        (Some(w), policy, _) => {
+            let relay = Relay::new(w);
+            let relay = Arc::new(match policy {
+                Some(p) => relay.with_alerts(p),
+                None => relay,
+            });
+            (Some(relay.clone()), Some(relay))
+        }
+        (None, Some(policy), Some(a)) => {
+            let settings = WebhooksConfig {
+                public_base_url: String::new(),
+                allow_http_loopback: a.allow_http_loopback,
+                retry_base: a.retry_base,
+                attempt_timeout: Duration::from_secs(10),
+                max_attempts: 6,
+                concurrency: 4,
+            };
+            (None, Some(Arc::new(Relay::new(&settings).with_alerts(policy))))
+        }
+        _ => (None, None),
     }
 }
