@@ -87,7 +87,7 @@ impl Drop for HoldGuard {
         let (store, id) = (self.store.clone(), std::mem::take(&mut self.id));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.release(&id).await {
+                if let Err(e) = until_stored(|| store.release(&id)).await {
                     tracing::warn!(error = %e, hold = %id, "could not release an abandoned hold; it will expire and be reconciled");
                 }
             });
@@ -127,11 +127,40 @@ impl Drop for IdemGuard {
         let (store, tenant, key) = (self.store.clone(), self.tenant.clone(), std::mem::take(&mut self.key));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = store.idem_abort(&tenant, &key).await;
+                // Until the store is back (a failover): otherwise the client's retry would find
+                // the key "in progress" until the claim goes stale.
+                if let Err(e) = until_stored(|| store.idem_abort(&tenant, &key)).await {
+                    tracing::warn!(error = %e, "could not give up an Idempotency-Key claim; it goes stale after the request timeout");
+                }
             });
         }
     }
 }
+
+/// A clean-up write, tried again for a while when the store is unavailable (up to 
+/// `CLEANUP_TRIES` attempts over about 12 s, longer than a Sentinel failover takes).
+async fn until_stored<F, Fut>(mut write: F) -> Result<(), crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::store::StoreError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= CLEANUP_TRIES => return Err(e),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(wait).await;
+                wait = (wait * 3 / 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// See [`until_stored`].
+const CLEANUP_TRIES: u32 = 12;
 
 /// What the paid task tells the request: the answer and what to log.
 pub(crate) struct PaidOutcome {

@@ -444,12 +444,30 @@ struct Scripts {
 /// Redis-backed store shared by replicas.
 pub struct RedisStore {
     link: Arc<link::Link>,
+    /// The money writes this replica acknowledged lately, written again to a new primary.
+    journal: Arc<std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Rewrite)>>>,
     prefix: String,
     timeout: Duration,
     /// `min_replica_acks`: replicas that must have a money write before it counts as done.
     acks: u32,
     scripts: Arc<Scripts>,
 }
+
+/// An acknowledged money write that is safe to apply twice (the settle script records a
+/// generation once; a finished Idempotency-Key is the same hash again).
+#[derive(Clone)]
+enum Rewrite {
+    Settle(Vec<String>),
+    IdemFinish { key: String, digest: String, status: u16, body: Vec<u8> },
+    /// A claim given up, by the hold that made it (never a later claim of the same key).
+    IdemAbort { key: String, hold: String },
+}
+
+/// Acknowledged writes are kept this long (a failover takes seconds) and at most this many.
+const JOURNAL_KEEP: Duration = Duration::from_secs(60);
+const JOURNAL_MAX: usize = 100_000;
+/// Passes over the writes that could not be written again yet (250 ms apart).
+const REWRITE_ROUNDS: usize = 40;
 
 /// Where the primary is: a URL, or the sentinels that know.
 #[derive(Clone, Debug)]
@@ -488,6 +506,7 @@ impl RedisStore {
             ),
         };
         let link = Arc::new(link::Link::new(source, timeout));
+        link.watch();
         // At start-up a few dials (a sentinel may still be electing), then give up clearly.
         let deadline = tokio::time::Instant::now() + timeout * 4;
         loop {
@@ -522,7 +541,62 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
-        Ok(RedisStore { link, prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts) })
+        let store = RedisStore { link, journal: Default::default(), prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts) };
+        store.rewrite_on_move();
+        Ok(store)
+    }
+
+    /// Replication is asynchronous: a primary that dies, or is demoted by a planned failover
+    /// while it still takes writes, can take writes already answered with them. So when the
+    /// link finds another primary, the settles and finished Idempotency-Keys acknowledged in
+    /// the last `JOURNAL_KEEP` are written to it again; both are idempotent, so those that did
+    /// arrive change nothing. (This covers this replica's own writes; `min_replica_acks` covers
+    /// a replica that dies with its primary.)
+    fn rewrite_on_move(&self) {
+        let mut moves = self.link.moves();
+        let (link, journal, scripts, timeout) = (Arc::downgrade(&self.link), self.journal.clone(), self.scripts.clone(), self.timeout);
+        tokio::spawn(async move {
+            while moves.changed().await.is_ok() {
+                let Some(link) = link.upgrade() else { return };
+                let pending: Vec<Rewrite> = {
+                    let mut j = journal.lock().unwrap();
+                    while j.front().is_some_and(|(at, _)| at.elapsed() > JOURNAL_KEEP) {
+                        j.pop_front();
+                    }
+                    j.iter().map(|(_, w)| w.clone()).collect()
+                };
+                // Each write is tried again for a while: the new primary may still be settling in.
+                let (mut done, mut left) = (0usize, pending);
+                for round in 0..REWRITE_ROUNDS {
+                    let mut failed = Vec::new();
+                    for w in left {
+                        if apply(&link, &scripts, timeout, &w).await {
+                            done += 1;
+                        } else {
+                            failed.push(w);
+                        }
+                    }
+                    left = failed;
+                    if left.is_empty() || round + 1 == REWRITE_ROUNDS {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                let failed = left.len();
+                if failed > 0 {
+                    tracing::error!(failed, "a new Redis primary: some money writes of the last minute could not be written to it again (the store is still unavailable)");
+                }
+                tracing::warn!(rewritten = done, "a new Redis primary: the money writes of the last minute were written to it again");
+            }
+        });
+    }
+
+    fn journal(&self, w: Rewrite) {
+        let mut j = self.journal.lock().unwrap();
+        while j.len() >= JOURNAL_MAX || j.front().is_some_and(|(at, _)| at.elapsed() > JOURNAL_KEEP) {
+            j.pop_front();
+        }
+        j.push_back((std::time::Instant::now(), w));
     }
 
     /// Hold entries in one state (`o` open, `u` unknown), oldest first.
@@ -562,13 +636,21 @@ impl RedisStore {
     where
         F: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
+        self.run_on(within, f).await.map(|(v, _)| v)
+    }
+
+    /// As `run_within`, also saying which connection answered.
+    async fn run_on<T, F>(&self, within: Duration, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<(T, u64), StoreError>
+    where
+        F: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
         let deadline = tokio::time::Instant::now() + within;
         let (n, conn) = match tokio::time::timeout_at(deadline, self.link.get()).await {
             Ok(r) => r.map_err(err)?,
             Err(_) => return Err(err(format!("timed out after {within:?} waiting for a connection"))),
         };
         match tokio::time::timeout_at(deadline, f(conn)).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => Ok((v, n)),
             Ok(Err(e)) => {
                 if link::is_fatal(&e) {
                     self.link.broken(n);
@@ -594,13 +676,17 @@ impl RedisStore {
     }
 
     async fn script_with<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String], money: bool) -> Result<T, StoreError> {
+        self.script_on(pick, keys, args, money).await.map(|(v, _)| v)
+    }
+
+    async fn script_on<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String], money: bool) -> Result<(T, u64), StoreError> {
         let scripts = self.scripts.clone();
         let acks = if money { self.acks } else { 0 };
         let wait_ms = self.timeout.as_millis() as u64;
         // The WAIT has its own bound inside the deadline.
         let within = if acks > 0 { self.timeout * 2 } else { self.timeout };
-        let out: (T, i64) = self
-            .run_within(within, |mut c| async move {
+        let (out, n): ((T, i64), u64) = self
+            .run_on(within, |mut c| async move {
                 let s = pick(&scripts);
                 let mut inv = s.prepare_invoke();
                 for k in keys {
@@ -618,7 +704,7 @@ impl RedisStore {
         if acks > 0 && out.1 < acks as i64 {
             return Err(err(format!("only {} of {acks} replicas acknowledged within {wait_ms} ms", out.1)));
         }
-        Ok(out.0)
+        Ok((out.0, n))
     }
 
     /// One GCRA check shared by all replicas.
@@ -653,6 +739,35 @@ impl RedisStore {
             status: fields.get("status")?.clone(),
         })
     }
+}
+
+/// Writes one journalled write again; did it land?
+async fn apply(link: &link::Link, scripts: &Scripts, timeout: Duration, w: &Rewrite) -> bool {
+    let wrote = tokio::time::timeout(timeout * 4, async {
+        let (_, mut c) = link.get().await?;
+        match w {
+            Rewrite::Settle(args) => {
+                let mut inv = scripts.settle.prepare_invoke();
+                for a in args {
+                    inv.arg(a);
+                }
+                inv.invoke_async::<i64>(&mut c).await.map(|_| ())
+            }
+            Rewrite::IdemFinish { key, digest, status, body } => idem_finish_cmd(key, digest, *status, body).query_async::<()>(&mut c).await,
+            Rewrite::IdemAbort { key, hold } => scripts.idem_abort.key(key).arg(hold).invoke_async::<i64>(&mut c).await.map(|_| ()),
+        }
+    })
+    .await;
+    matches!(wrote, Ok(Ok(())))
+}
+
+/// A finished Idempotency-Key: its stored answer, kept for the retention period.
+fn idem_finish_cmd(k: &str, digest: &str, status: u16, body: &[u8]) -> ::redis::Pipeline {
+    let mut p = ::redis::pipe();
+    p.atomic()
+        .hset_multiple(k, &[("digest", digest.as_bytes().to_vec()), ("state", b"done".to_vec()), ("status", status.to_string().into_bytes()), ("body", body.to_vec())])
+        .pexpire(k, super::IDEM_RETENTION_MS as i64);
+    p
 }
 
 fn budget_arg(b: Option<Usd>) -> String {
@@ -735,7 +850,15 @@ impl Store for RedisStore {
             r.status.clone(),
             super::month_of(r.created_ms.max(0) as u64),
         ];
-        self.money_script::<i64>(|s| &s.settle, &[], &args).await.map(|_| ())
+        let (_, n) = self.script_on::<i64>(|s| &s.settle, &[], &args, true).await?;
+        // Journalled before the check: either a later move's rewrite sees it, or the check does.
+        self.journal(Rewrite::Settle(args.to_vec()));
+        // Answered by a primary replaced meanwhile (an in-flight request on the old
+        // connection): written again to the new one, since the old one's writes may be lost.
+        if self.link.went_to_an_old_primary(n) {
+            self.money_script::<i64>(|s| &s.settle, &[], &args).await?;
+        }
+        Ok(())
     }
 
     async fn release(&self, hold: &str) -> Result<(), StoreError> {
@@ -857,9 +980,19 @@ impl Store for RedisStore {
         let v: Vec<Value> = match self.money_script(|s| &s.idem_claim, std::slice::from_ref(&k), &args).await {
             Ok(v) => v,
             Err(e) => {
-                // A claim the replicas may not have is withdrawn (best effort): the client's
-                // retry with the same key must be able to claim it, not find it running.
-                let _: Result<i64, _> = self.script(|s| &s.idem_abort, &[k], &[hold.to_string()]).await;
+                // The claim may have landed (a lost answer, or a WAIT that fell short): it is
+                // withdrawn, by this hold only, once the store answers again, so the client's
+                // retry with the same key can claim it instead of finding it running.
+                let (link, scripts, timeout) = (self.link.clone(), self.scripts.clone(), self.timeout);
+                let w = Rewrite::IdemAbort { key: k, hold: hold.to_string() };
+                tokio::spawn(async move {
+                    for _ in 0..REWRITE_ROUNDS {
+                        if apply(&link, &scripts, timeout, &w).await {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                });
                 return Err(e);
             }
         };
@@ -881,20 +1014,27 @@ impl Store for RedisStore {
     async fn idem_finish(&self, tenant: &str, key: &str, digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
         let (d, status, body) = (hex::encode(digest), rsp.status, rsp.body.to_vec());
-        self.run(|mut c| async move {
-            ::redis::pipe()
-                .atomic()
-                .hset_multiple(&k, &[("digest", d.into_bytes()), ("state", b"done".to_vec()), ("status", status.to_string().into_bytes()), ("body", body)])
-                .pexpire(&k, super::IDEM_RETENTION_MS as i64)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        let cmd = idem_finish_cmd(&k, &d, status, &body);
+        let again = cmd.clone();
+        let ((), n) = self.run_on(self.timeout, |mut c| async move { cmd.query_async::<()>(&mut c).await }).await?;
+        self.journal(Rewrite::IdemFinish { key: k, digest: d, status, body });
+        if self.link.went_to_an_old_primary(n) {
+            self.run(|mut c| async move { again.query_async::<()>(&mut c).await }).await?;
+        }
+        Ok(())
     }
 
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
-        self.script::<i64>(|s| &s.idem_abort, &[k], &[]).await.map(|_| ())
+        let hk = k.clone();
+        let hold: Option<String> = self.run(|mut c| async move { c.hget(hk, "hold").await }).await?;
+        let Some(hold) = hold else { return Ok(()) };
+        let (_, n) = self.script_on::<i64>(|s| &s.idem_abort, std::slice::from_ref(&k), std::slice::from_ref(&hold), false).await?;
+        self.journal(Rewrite::IdemAbort { key: k.clone(), hold: hold.clone() });
+        if self.link.went_to_an_old_primary(n) {
+            self.script::<i64>(|s| &s.idem_abort, &[k], &[hold]).await?;
+        }
+        Ok(())
     }
 
     async fn webhook_register(&self, t: &WebhookTarget) -> Result<(), StoreError> {
