@@ -19,7 +19,7 @@ fn env() -> std::collections::HashMap<String, String> {
 
 #[test]
 fn deploy_configs_validate() {
-    for f in ["tollgate.toml", "tollgate-redis.toml"] {
+    for f in ["tollgate.toml", "tollgate-redis.toml", "tollgate-sentinel.toml"] {
         Config::from_toml(&deploy(f), &env()).unwrap_or_else(|e| panic!("deploy/{f}: {e}"));
     }
     // The TOML embedded in the Kubernetes ConfigMaps.
@@ -32,14 +32,17 @@ fn deploy_configs_validate() {
         assert!(matches!(c.store, tollgate::config::StoreConfig::Redis { .. }), "{f}");
     }
     // No placeholder secrets: applying a file must never overwrite a real token.
-    for f in ["k8s/config.yaml", "k8s/sidecar.yaml", "k8s/redis.yaml", "k8s/edge.yaml", "docker-compose.yml"] {
+    for f in ["k8s/config.yaml", "k8s/sidecar.yaml", "k8s/redis.yaml", "k8s/edge.yaml", "docker-compose.yml", "docker-compose-sentinel.yml"] {
         let text = deploy(f);
         assert!(!text.contains("kind: Secret") && !text.contains("replace-me") && !text.contains("change-me"), "{f} holds a placeholder secret");
     }
     // Compose publishes on loopback only and needs an admin token.
-    let compose = deploy("docker-compose.yml");
-    assert!(compose.lines().filter(|l| l.trim_start().starts_with("ports:")).all(|l| !l.contains("\"80") && !l.contains("\"90")), "{compose}");
-    assert!(compose.contains("${TOLLGATE_ADMIN_TOKEN:?"));
+    for f in ["docker-compose.yml", "docker-compose-sentinel.yml"] {
+        let compose = deploy(f);
+        assert!(compose.lines().filter(|l| l.trim_start().starts_with("ports:")).all(|l| !l.contains("\"80") && !l.contains("\"90")), "{f}");
+        assert!(compose.contains("${TOLLGATE_ADMIN_TOKEN:?"), "{f}");
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&compose).unwrap_or_else(|e| panic!("{f} is not YAML: {e}"));
+    }
     // The sidecar's ports stay inside the pod, and it runs as a native sidecar.
     let sidecar = deploy("k8s/sidecar.yaml");
     assert!(sidecar.contains("listen = \"127.0.0.1:8080\"") && sidecar.contains("restartPolicy: Always"));
