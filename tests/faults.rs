@@ -33,11 +33,10 @@ async fn start(platform: &Platform, backend: Backend) -> (TestGateway, Option<to
 async fn wait_spend(gw: &TestGateway, tenant: &str, want: &str) {
     let want = usd(want);
     let until_t = tokio::time::Instant::now() + Duration::from_secs(15);
-    let month = tollgate::store::month_of(tollgate::store::now_ms());
     loop {
         // Just after an outage the store may still refuse for a moment (it redials): keep asking.
-        let got = match gw.gateway.store().spend_by_tenant(&month).await {
-            Ok(all) => all.into_iter().find(|(t, _)| &**t == tenant).map(|(_, s)| s).unwrap_or_default(),
+        let got = match try_spend_of(gw, tenant).await {
+            Ok(spend) => spend,
             Err(e) => {
                 assert!(tokio::time::Instant::now() < until_t, "spend of {tenant}: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;

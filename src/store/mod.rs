@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::config::{RedisTarget, StoreConfig};
+use crate::config::StoreConfig;
 use crate::policy::family::Family;
 use crate::policy::keys::ApiTenant;
 pub use crate::policy::ledger::{FetchTicket, Intent};
@@ -397,12 +397,6 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
         StoreConfig::Memory => Arc::new(embedded::EmbeddedStore::memory()),
         StoreConfig::Sqlite { path } => Arc::new(embedded::EmbeddedStore::sqlite(path).await?),
         StoreConfig::Redis { target, timeout, key_prefix, min_replica_acks } => {
-            let target = match target {
-                RedisTarget::Url(url) => redis::Target::Url(url),
-                RedisTarget::Sentinel { sentinels, master_name, db, password } => {
-                    redis::Target::Sentinel { sentinels, master_name, db: *db, password: password.as_ref().map(|p| p.expose()) }
-                }
-            };
             Arc::new(redis::RedisStore::open(target, *timeout, key_prefix, *min_replica_acks).await?)
         }
     })

@@ -42,6 +42,7 @@ struct RedisEntry {
     #[serde(default)]
     m: String,
 }
+use crate::config::RedisTarget;
 use crate::policy::family::Family;
 use crate::policy::ledger::{HoldTotals, Refusal};
 use crate::policy::money::Usd;
@@ -469,16 +470,6 @@ const JOURNAL_MAX: usize = 100_000;
 /// Passes over the writes that could not be written again yet (250 ms apart).
 const REWRITE_ROUNDS: usize = 40;
 
-/// Where the primary is: a URL, or the sentinels that know.
-#[derive(Clone, Debug)]
-pub enum Target<'a> {
-    /// `redis://`, `rediss://` or `unix://`.
-    Url(&'a str),
-    /// Asked of the sentinels (`host:port`) on every dial.
-    #[allow(missing_docs)]
-    Sentinel { sentinels: &'a [String], master_name: &'a str, db: i64, password: Option<&'a str> },
-}
-
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("redis: {e}"))
 }
@@ -493,15 +484,15 @@ impl RedisStore {
     /// Connects to one address (failing fast if Redis is unreachable at start-up); later
     /// outages are survived by dialling again.
     pub async fn connect(url: &str, timeout: Duration, prefix: &str) -> Result<Self, StoreError> {
-        Self::open(Target::Url(url), timeout, prefix, 0).await
+        Self::open(&RedisTarget::Url(url.to_string()), timeout, prefix, 0).await
     }
 
     /// Connects to the primary at `target`, with money writes waiting for `acks` replicas.
-    pub async fn open(target: Target<'_>, timeout: Duration, prefix: &str, acks: u32) -> Result<Self, StoreError> {
-        let (source, shown) = match &target {
-            Target::Url(url) => (link::Source::Url(::redis::Client::open(*url).map_err(err)?), crate::config::redact_url(url)),
-            Target::Sentinel { sentinels, master_name, db, password } => (
-                link::Source::sentinel(sentinels, master_name, *db, password.map(str::to_string)).map_err(err)?,
+    pub async fn open(target: &RedisTarget, timeout: Duration, prefix: &str, acks: u32) -> Result<Self, StoreError> {
+        let (source, shown) = match target {
+            RedisTarget::Url(url) => (link::Source::Url(::redis::Client::open(url.as_str()).map_err(err)?), crate::config::redact_url(url)),
+            RedisTarget::Sentinel { sentinels, master_name, db, password } => (
+                link::Source::sentinel(sentinels, master_name, *db, password.as_ref().map(|p| p.expose().to_string())).map_err(err)?,
                 format!("primary {master_name:?} of sentinels {}", sentinels.join(", ")),
             ),
         };
@@ -591,6 +582,25 @@ impl RedisStore {
         });
     }
 
+    /// Journals a write connection `n` acknowledged, and writes it again now if that
+    /// connection's primary has been replaced meanwhile (an in-flight request on the old
+    /// connection), since the old one's writes may be lost. Journalled before the check: either
+    /// a later move's rewrite sees it, or the check does.
+    async fn acknowledged(&self, w: Rewrite, n: u64) -> Result<(), StoreError> {
+        self.journal(w.clone());
+        if self.link.went_to_an_old_primary(n) {
+            match &w {
+                // Again as a money write, replicas and all.
+                Rewrite::Settle(args) => self.money_script::<i64>(|s| &s.settle, &[], args).await.map(|_| ())?,
+                _ => {
+                    let scripts = self.scripts.clone();
+                    self.run(|mut c| async move { invoke(&scripts, &w, &mut c).await }).await?
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn journal(&self, w: Rewrite) {
         let mut j = self.journal.lock().unwrap();
         while j.len() >= JOURNAL_MAX || j.front().is_some_and(|(at, _)| at.elapsed() > JOURNAL_KEEP) {
@@ -629,17 +639,10 @@ impl RedisStore {
     where
         F: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
-        self.run_within(self.timeout, f).await
+        self.run_on(self.timeout, f).await.map(|(v, _)| v)
     }
 
-    async fn run_within<T, F>(&self, within: Duration, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, StoreError>
-    where
-        F: std::future::Future<Output = ::redis::RedisResult<T>>,
-    {
-        self.run_on(within, f).await.map(|(v, _)| v)
-    }
-
-    /// As `run_within`, also saying which connection answered.
+    /// As `run`, within `within`, also saying which connection answered.
     async fn run_on<T, F>(&self, within: Duration, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<(T, u64), StoreError>
     where
         F: std::future::Future<Output = ::redis::RedisResult<T>>,
@@ -665,18 +668,14 @@ impl RedisStore {
     }
 
     async fn script<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String]) -> Result<T, StoreError> {
-        self.script_with(pick, keys, args, false).await
+        self.script_on(pick, keys, args, false).await.map(|(v, _)| v)
     }
 
     /// A money write: with `min_replica_acks`, done only once that many replicas have it
     /// (`WAIT` on the same connection, bounded by the timeout). Falling short is an error, and
     /// each caller's error path decides: a hold or claim fails closed, a record is retried.
     async fn money_script<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String]) -> Result<T, StoreError> {
-        self.script_with(pick, keys, args, true).await
-    }
-
-    async fn script_with<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String], money: bool) -> Result<T, StoreError> {
-        self.script_on(pick, keys, args, money).await.map(|(v, _)| v)
+        self.script_on(pick, keys, args, true).await.map(|(v, _)| v)
     }
 
     async fn script_on<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String], money: bool) -> Result<(T, u64), StoreError> {
@@ -741,21 +740,26 @@ impl RedisStore {
     }
 }
 
-/// Writes one journalled write again; did it land?
+/// Sends one journalled write on `c`.
+async fn invoke(scripts: &Scripts, w: &Rewrite, c: &mut MultiplexedConnection) -> ::redis::RedisResult<()> {
+    match w {
+        Rewrite::Settle(args) => {
+            let mut inv = scripts.settle.prepare_invoke();
+            for a in args {
+                inv.arg(a);
+            }
+            inv.invoke_async::<i64>(c).await.map(|_| ())
+        }
+        Rewrite::IdemFinish { key, digest, status, body } => idem_finish_cmd(key, digest, *status, body).query_async::<()>(c).await,
+        Rewrite::IdemAbort { key, hold } => scripts.idem_abort.key(key).arg(hold).invoke_async::<i64>(c).await.map(|_| ()),
+    }
+}
+
+/// Writes one journalled write again (from a background task); did it land?
 async fn apply(link: &link::Link, scripts: &Scripts, timeout: Duration, w: &Rewrite) -> bool {
     let wrote = tokio::time::timeout(timeout * 4, async {
         let (_, mut c) = link.get().await?;
-        match w {
-            Rewrite::Settle(args) => {
-                let mut inv = scripts.settle.prepare_invoke();
-                for a in args {
-                    inv.arg(a);
-                }
-                inv.invoke_async::<i64>(&mut c).await.map(|_| ())
-            }
-            Rewrite::IdemFinish { key, digest, status, body } => idem_finish_cmd(key, digest, *status, body).query_async::<()>(&mut c).await,
-            Rewrite::IdemAbort { key, hold } => scripts.idem_abort.key(key).arg(hold).invoke_async::<i64>(&mut c).await.map(|_| ()),
-        }
+        invoke(scripts, w, &mut c).await
     })
     .await;
     matches!(wrote, Ok(Ok(())))
@@ -851,14 +855,7 @@ impl Store for RedisStore {
             super::month_of(r.created_ms.max(0) as u64),
         ];
         let (_, n) = self.script_on::<i64>(|s| &s.settle, &[], &args, true).await?;
-        // Journalled before the check: either a later move's rewrite sees it, or the check does.
-        self.journal(Rewrite::Settle(args.to_vec()));
-        // Answered by a primary replaced meanwhile (an in-flight request on the old
-        // connection): written again to the new one, since the old one's writes may be lost.
-        if self.link.went_to_an_old_primary(n) {
-            self.money_script::<i64>(|s| &s.settle, &[], &args).await?;
-        }
-        Ok(())
+        self.acknowledged(Rewrite::Settle(args.to_vec()), n).await
     }
 
     async fn release(&self, hold: &str) -> Result<(), StoreError> {
@@ -1015,13 +1012,8 @@ impl Store for RedisStore {
         let k = self.key(&format!("idem:{tenant}:{key}"));
         let (d, status, body) = (hex::encode(digest), rsp.status, rsp.body.to_vec());
         let cmd = idem_finish_cmd(&k, &d, status, &body);
-        let again = cmd.clone();
         let ((), n) = self.run_on(self.timeout, |mut c| async move { cmd.query_async::<()>(&mut c).await }).await?;
-        self.journal(Rewrite::IdemFinish { key: k, digest: d, status, body });
-        if self.link.went_to_an_old_primary(n) {
-            self.run(|mut c| async move { again.query_async::<()>(&mut c).await }).await?;
-        }
-        Ok(())
+        self.acknowledged(Rewrite::IdemFinish { key: k, digest: d, status, body }, n).await
     }
 
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
@@ -1030,11 +1022,7 @@ impl Store for RedisStore {
         let hold: Option<String> = self.run(|mut c| async move { c.hget(hk, "hold").await }).await?;
         let Some(hold) = hold else { return Ok(()) };
         let (_, n) = self.script_on::<i64>(|s| &s.idem_abort, std::slice::from_ref(&k), std::slice::from_ref(&hold), false).await?;
-        self.journal(Rewrite::IdemAbort { key: k.clone(), hold: hold.clone() });
-        if self.link.went_to_an_old_primary(n) {
-            self.script::<i64>(|s| &s.idem_abort, &[k], &[hold]).await?;
-        }
-        Ok(())
+        self.acknowledged(Rewrite::IdemAbort { key: k, hold }, n).await
     }
 
     async fn webhook_register(&self, t: &WebhookTarget) -> Result<(), StoreError> {

@@ -468,8 +468,13 @@ pub fn prompt_digest(prompt: &str) -> String {
 
 /// The tenant's spend this month, as the store has it.
 pub async fn spend_of(gw: &TestGateway, tenant: &str) -> Usd {
+    try_spend_of(gw, tenant).await.unwrap()
+}
+
+/// As [`spend_of`], with the store's error when it cannot answer.
+pub async fn try_spend_of(gw: &TestGateway, tenant: &str) -> Result<Usd, tollgate::store::StoreError> {
     let month = tollgate::store::month_of(tollgate::store::now_ms());
-    gw.gateway.store().spend_by_tenant(&month).await.unwrap().into_iter().find(|(t, _)| &**t == tenant).map(|(_, s)| s).unwrap_or_default()
+    Ok(gw.gateway.store().spend_by_tenant(&month).await?.into_iter().find(|(t, _)| &**t == tenant).map(|(_, s)| s).unwrap_or_default())
 }
 
 /// One webhook as a tenant's receiver got it.

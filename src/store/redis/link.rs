@@ -83,8 +83,11 @@ async fn primary_from(sentinels: &[Client], master_name: &str, node: &RedisConne
 
 /// What one sentinel names as the primary now.
 async fn named_primary(sentinel: &Client, master_name: &str, config: &AsyncConnectionConfig) -> RedisResult<Option<(String, u16)>> {
-    let mut c = sentinel.get_multiplexed_async_connection_with_config(config).await?;
-    ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master_name).query_async(&mut c).await
+    ask_primary(&mut sentinel.get_multiplexed_async_connection_with_config(config).await?, master_name).await
+}
+
+async fn ask_primary(sentinel: &mut MultiplexedConnection, master_name: &str) -> RedisResult<Option<(String, u16)>> {
+    ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master_name).query_async(sentinel).await
 }
 
 struct State {
@@ -225,8 +228,7 @@ impl Link {
                     if cached.is_none() {
                         cached = Some(sentinels[at % sentinels.len()].get_multiplexed_async_connection_with_config(&config).await?);
                     }
-                    let c = cached.as_mut().expect("just set");
-                    ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(&master_name).query_async(c).await
+                    ask_primary(cached.as_mut().expect("just set"), &master_name).await
                 }
                 .await;
                 match named {
