@@ -257,19 +257,24 @@ impl Gateway {
             return;
         }
         if let Some(status) = crate::upstream::normalize::reported_status(body) {
-            self.record_status(record, &status).await;
+            let failed = || serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+            self.record_status(record, &status, failed).await;
         }
     }
 
-    /// Records `status` if it changed; a first `failed` refunds the tenant's spend.
-    async fn record_status(&self, record: &GenerationRecord, status: &str) {
+    /// Records `status` if it changed; a first `failed` refunds the tenant's spend and keeps the
+    /// platform's reason (read from `body`, only then) with the record.
+    async fn record_status(&self, record: &GenerationRecord, status: &str, body: impl FnOnce() -> serde_json::Value) {
         if status != record.status {
-            match self.store.update_status(&record.id, status).await {
-                Ok(()) if status == "failed" => {
+            let failure = (status == "failed").then(|| self.current().catalog.failure_rules().failure(&body()));
+            match self.store.update_status(&record.id, status, failure.as_ref()).await {
+                Ok(true) if status == "failed" => {
+                    let reason = failure.as_ref().map_or(crate::store::Reason::Other, |f| f.reason);
                     self.metrics.refund(&record.tenant);
+                    self.metrics.generation_failed(record.family.path(), reason.as_str());
                     tracing::warn!(generation = %record.id, tenant = %record.tenant, price = %record.price, cause = "generation_failed", "generation failed on the platform; refunded to the tenant's month");
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, generation = %record.id, "could not record status change"),
             }
         }
@@ -312,7 +317,7 @@ impl Gateway {
             match current.remove(&r.id) {
                 Some(v) => {
                     if let Some(status) = v.get("status").and_then(|s| s.as_str()) {
-                        self.record_status(r, status).await;
+                        self.record_status(r, status, || v.clone()).await;
                     }
                     let item = self.without_relay_url(Bytes::from(v.to_string()));
                     items.push(String::from_utf8_lossy(&item).into_owned());

@@ -64,6 +64,12 @@ struct FamilyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    family: Label,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -89,6 +95,7 @@ pub struct Metrics {
     unknown_outcomes: Family<CauseLabels, Counter>,
     resolutions: Family<ResultLabels, Counter>,
     refunds: Family<TenantLabels, Counter>,
+    generation_failures: Family<FailureLabels, Counter>,
     expired_leases: Counter,
     untrusted_prices: Counter,
     store_retries: Family<ResultLabels, Counter>,
@@ -195,6 +202,12 @@ impl Metrics {
         registry.register("reconcile_resolutions", "Unknown outcomes resolved by the reconciler (found / not_charged)", resolutions.clone());
         let refunds = Family::<TenantLabels, Counter>::default();
         registry.register("refunds", "Failed generations refunded to a tenant's month", refunds.clone());
+        let generation_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "generation_failures",
+            "Generations the platform reported failed, by family and reason (people, policy, other: the catalog's [failure_reasons] rules)",
+            generation_failures.clone(),
+        );
         let expired_leases = Counter::default();
         registry.register("expired_hold_leases", "Holds whose lease ran out (crash, grace expiry, slow store)", expired_leases.clone());
         let untrusted_prices = Counter::default();
@@ -250,6 +263,7 @@ impl Metrics {
             unknown_outcomes,
             resolutions,
             refunds,
+            generation_failures,
             expired_leases,
             untrusted_prices,
             store_retries,
@@ -348,6 +362,11 @@ impl Metrics {
     /// Counts a generation charged above its hold.
     pub fn charged_above_hold(&self, family: &str) {
         self.charged_above_hold.get_or_create(&FamilyLabels { family: Label(Arc::from(family)) }).inc();
+    }
+
+    /// Counts a generation the platform failed, by the class of its message.
+    pub fn generation_failed(&self, family: &str, reason: &'static str) {
+        self.generation_failures.get_or_create(&FailureLabels { family: Label(Arc::from(family)), reason }).inc();
     }
 
     /// Counts a refund credited to a tenant.

@@ -22,6 +22,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[derive(Clone)]
 pub struct Catalog {
     families: Arc<[Family]>,
+    failures: Arc<crate::policy::failure::Rules>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +312,31 @@ fn family(i: usize, value: &toml::Value, p: &mut Vec<String>) -> Option<FamilySp
     })
 }
 
+/// `[failure_reasons]`: `people` and `policy`, each a list of phrases (compared without case).
+fn failure_rules(v: Option<&toml::Value>, p: &mut Vec<String>) -> crate::policy::failure::Rules {
+    let mut rules = crate::policy::failure::Rules::default();
+    let Some(v) = v else { return rules };
+    let Some(t) = v.as_table() else {
+        p.push("catalog: failure_reasons must be a table of phrase lists (people = [..], policy = [..])".into());
+        return rules;
+    };
+    for (k, v) in t {
+        let slot = match k.as_str() {
+            "people" => &mut rules.people,
+            "policy" => &mut rules.policy,
+            _ => {
+                p.push(format!("catalog: failure_reasons.{k}: unknown class (people and policy are matched; everything else is other)"));
+                continue;
+            }
+        };
+        match v.as_array().map(|a| a.iter().map(|x| x.as_str().filter(|s| !s.trim().is_empty()).map(str::to_lowercase)).collect::<Option<Vec<_>>>()) {
+            Some(Some(phrases)) => *slot = phrases,
+            _ => p.push(format!("catalog: failure_reasons.{k}: must be a list of non-empty strings")),
+        }
+    }
+    rules
+}
+
 // === impl Catalog ===
 
 impl Catalog {
@@ -318,9 +344,10 @@ impl Catalog {
     pub fn parse(text: &str) -> Result<Catalog, Vec<String>> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![format!("catalog: {}", toml_syntax_error(text, &e))])?;
         let mut p = Vec::new();
-        for key in table.keys().filter(|k| *k != "family") {
-            p.push(format!("catalog: unknown key `{key}` (families are [[family]] tables)"));
+        for key in table.keys().filter(|k| *k != "family" && *k != "failure_reasons") {
+            p.push(format!("catalog: unknown key `{key}` (families are [[family]] tables, failure classes [failure_reasons])"));
         }
+        let failures = failure_rules(table.get("failure_reasons"), &mut p);
         let entries = match table.get("family") {
             Some(toml::Value::Array(a)) if !a.is_empty() => a.as_slice(),
             _ => {
@@ -340,7 +367,7 @@ impl Catalog {
         }
         let mut families: Vec<Family> = specs.into_iter().map(Family::intern).collect();
         families.sort_by_key(|f| std::cmp::Reverse(f.path().len()));
-        Ok(Catalog { families: families.into() })
+        Ok(Catalog { families: families.into(), failures: Arc::new(failures) })
     }
 
     /// Reads a catalog file.
@@ -366,6 +393,11 @@ impl Catalog {
     /// The family whose path starts `rest` (`/v1/` stripped), and what follows its `/`.
     pub fn split<'a>(&self, rest: &'a str) -> Option<(Family, &'a str)> {
         self.families.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
+    }
+
+    /// The rules that class a failed generation's message (`[failure_reasons]`).
+    pub fn failure_rules(&self) -> &crate::policy::failure::Rules {
+        &self.failures
     }
 
     /// Every family, longest path first.
@@ -394,9 +426,10 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl PartialEq for Catalog {
-    /// Same families with the same specs.
+    /// Same families with the same specs, and the same failure rules.
     fn eq(&self, other: &Catalog) -> bool {
         self.families.len() == other.families.len() && self.families.iter().zip(other.families.iter()).all(|(a, b)| std::ptr::eq(a.spec(), b.spec()))
+            && self.failures == other.failures
     }
 }
 
@@ -426,6 +459,19 @@ mod tests {
         assert_eq!(c.split("kling/generations/x").map(|(f, t)| (f.path(), t)), Some(("kling", "generations/x")));
         assert!(c.get("midjourney").is_none());
         assert_eq!(c.get("veo").unwrap().spec().aliases, vec![("model_type".to_string(), "model".to_string())]);
+    }
+
+    #[test]
+    fn failure_reasons_class_the_platforms_messages() {
+        use crate::policy::failure::Reason;
+        let r = Catalog::builtin().failure_rules();
+        assert_eq!(r.classify("Image contains photorealistic people. Please try with a different image."), Reason::People);
+        assert_eq!(r.classify("Your prompt violates our content policy"), Reason::Policy);
+        assert_eq!(r.classify("Task timed out"), Reason::Other);
+        let bad = "[failure_reasons]\npeople = [\"\"]\nweather = [\"rain\"]\n[[family]]\npath = \"x\"\nid_field = \"id\"\n";
+        let p = Catalog::parse(bad).unwrap_err();
+        assert!(p.iter().any(|l| l.contains("failure_reasons.people: must be a list of non-empty strings")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("failure_reasons.weather: unknown class")), "{p:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod attribution;
 pub mod catalog;
+pub mod failure;
 pub mod family;
 pub mod image;
 pub mod json;

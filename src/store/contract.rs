@@ -113,15 +113,76 @@ pub async fn failed_generations_are_refunded_once(s: &dyn Store) {
     let h = held(s, &req("a", "0.12", None)).await;
     s.settle(&h, usd("0.12"), &record("gen-f", "a", Family::builtin("sora"), NOV)).await.unwrap();
     assert_eq!(s.unfinished_generations(10).await.unwrap().len(), 1);
-    s.update_status("gen-f", "processing").await.unwrap();
+    assert!(s.update_status("gen-f", "processing", None).await.unwrap());
     assert_eq!(s.generation("gen-f").await.unwrap().unwrap().status, "processing");
-    s.update_status("gen-f", "failed").await.unwrap();
-    s.update_status("gen-f", "failed").await.unwrap();
-    s.update_status("gen-f", "completed").await.unwrap();
+    assert!(s.update_status("gen-f", "failed", None).await.unwrap());
+    assert!(!s.update_status("gen-f", "failed", None).await.unwrap(), "counted once");
+    assert!(!s.update_status("gen-f", "completed", None).await.unwrap());
     assert_eq!(s.spendable(&t("a"), M, Some(usd("1.00")), Usd::ZERO).await.unwrap(), Some(usd("1.00")));
     assert_eq!(s.generation("gen-f").await.unwrap().unwrap().status, "failed");
     assert!(s.unfinished_generations(10).await.unwrap().is_empty());
-    s.update_status("unknown-id", "failed").await.unwrap();
+    assert!(!s.update_status("unknown-id", "failed", None).await.unwrap());
+}
+
+/// The daily roll-ups follow every settle, refund and reassignment, and add up to the month's
+/// totals; the latest generations come newest first across families with their failures.
+pub async fn daily_rollups_add_up_to_the_month(s: &dyn Store) {
+    set_balance(s, "100.00").await;
+    let (sora, veo) = (Family::builtin("sora"), Family::builtin("veo"));
+    let day = NOV / DAY_MS;
+    let settle = |id: &'static str, tenant: &'static str, family: Family, at: i64| async move {
+        let h = held(s, &req(tenant, "0.12", None)).await;
+        s.settle(&h, usd("0.12"), &record(id, tenant, family, at)).await.unwrap();
+    };
+    settle("d1", "a", sora, NOV + 1_000).await;
+    settle("d2", "a", sora, NOV + 2_000).await;
+    settle("d3", "a", veo, NOV + DAY_MS + 5).await;
+    settle("d4", "b", sora, NOV + 3_000).await;
+    // A duplicate settle of a recorded generation counts nothing.
+    let h = held(s, &req("a", "0.12", None)).await;
+    s.settle(&h, usd("0.12"), &record("d1", "a", sora, NOV + 1_000)).await.unwrap();
+    let people = Failure { reason: Reason::People, message: "Image contains photorealistic people <script>".into() };
+    assert!(s.update_status("d2", "failed", Some(&people)).await.unwrap());
+    assert!(s.update_status("d3", "failed", None).await.unwrap());
+    assert!(!s.update_status("d3", "failed", Some(&people)).await.unwrap());
+    assert!(s.update_status("d4", "completed", None).await.unwrap());
+
+    let a = s.daily("a", day - 1, day + 1).await.unwrap();
+    let find = |v: &[DayTotals], d: i64, f: Family| v.iter().find(|x| x.day == d && x.family == f.path()).cloned().unwrap_or_default();
+    let a0 = find(&a, day, sora);
+    assert_eq!((a0.generations, a0.charged, a0.refunded, a0.failed), (2, usd("0.24"), usd("0.12"), [1, 0, 0]));
+    let a1 = find(&a, day + 1, veo);
+    assert_eq!((a1.generations, a1.spent(), a1.failed), (1, Usd::ZERO, [0, 0, 1]));
+    assert!(s.daily("a", day + 2, day + 90).await.unwrap().is_empty(), "days outside the range are left out");
+
+    let check = |tenant: &'static str| async move {
+        let totals = s.month_totals(M).await.unwrap().get(tenant).cloned().unwrap_or_default();
+        let days = s.daily(tenant, day - 40, day + 40).await.unwrap();
+        let spent = days.iter().fold(Usd::ZERO, |acc, d| acc + d.spent());
+        let refunded = days.iter().fold(Usd::ZERO, |acc, d| acc + d.refunded);
+        assert_eq!((spent, refunded), (totals.spent, totals.refunded), "{tenant}: roll-ups {days:?} vs month {totals:?}");
+    };
+    check("a").await;
+    check("b").await;
+
+    // An operator moves a failed generation: its day, charge, refund and reason move with it.
+    assert!(s.reassign("d2", "a", "b").await.unwrap().is_some());
+    check("a").await;
+    check("b").await;
+    let b0 = find(&s.daily("b", day, day).await.unwrap(), day, sora);
+    assert_eq!((b0.generations, b0.refunded, b0.failed), (2, usd("0.12"), [1, 0, 0]));
+
+    let latest = s.latest_generations("a", &[sora, veo], 10).await.unwrap();
+    let ids: Vec<&str> = latest.iter().map(|(r, _)| r.id.as_str()).collect();
+    assert_eq!(ids, ["d3", "d1"]);
+    assert_eq!(latest[0].1.as_ref().map(|f| f.reason), Some(Reason::Other));
+    assert!(latest[1].1.is_none());
+    let latest_b = s.latest_generations("b", &[sora, veo], 1).await.unwrap();
+    assert_eq!(latest_b.len(), 1);
+    assert_eq!(latest_b[0].0.id, "d4");
+    let moved = s.latest_generations("b", &[sora], 5).await.unwrap();
+    let d2 = moved.iter().find(|(r, _)| r.id == "d2").expect("the moved generation is b's");
+    assert_eq!(d2.1, Some(people));
 }
 
 /// Unknown outcomes count as spent (budget and account) through refetches until resolved.

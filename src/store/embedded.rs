@@ -59,6 +59,8 @@ struct Inner {
     alerts_sent: std::collections::HashSet<String>,
     /// Audit lines of the memory backend (SQLite keeps them in a table).
     audit: std::collections::VecDeque<String>,
+    /// Why generations failed (memory backend; SQLite keeps it in the record's row).
+    failures: HashMap<String, super::Failure>,
 }
 
 /// Memory or SQLite-backed store for a single gateway process.
@@ -127,6 +129,85 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 ";
 
+/// The daily roll-ups (`super::DayTotals`) and the triggers that keep them: they run inside the
+/// statement that inserts a generation, fails it (refund) or moves it to another owner, so a
+/// roll-up can never disagree with the records (nor with the spend derived from them at start).
+fn daily_schema() -> String {
+    // What one generation row adds to its day (`sign` 1) or takes away (-1).
+    let add = |row: &str| {
+        format!(
+            "INSERT INTO daily VALUES ({row}.tenant, {row}.created_ms / 86400000, {row}.family, 1, {row}.price_micros,
+                CASE WHEN {row}.status = 'failed' THEN {row}.price_micros ELSE 0 END,
+                CASE WHEN {row}.status = 'failed' AND {row}.reason = 'people' THEN 1 ELSE 0 END,
+                CASE WHEN {row}.status = 'failed' AND {row}.reason = 'policy' THEN 1 ELSE 0 END,
+                CASE WHEN {row}.status = 'failed' AND COALESCE({row}.reason, '') NOT IN ('people', 'policy') THEN 1 ELSE 0 END)
+             ON CONFLICT (tenant, day, family) DO UPDATE SET n = n + excluded.n, charged_micros = charged_micros + excluded.charged_micros,
+                refunded_micros = refunded_micros + excluded.refunded_micros, failed_people = failed_people + excluded.failed_people,
+                failed_policy = failed_policy + excluded.failed_policy, failed_other = failed_other + excluded.failed_other;"
+        )
+    };
+    let of_row = |row: &str| format!("tenant = {row}.tenant AND day = {row}.created_ms / 86400000 AND family = {row}.family");
+    format!(
+        "CREATE TABLE IF NOT EXISTS daily (
+            tenant TEXT NOT NULL, day INTEGER NOT NULL, family TEXT NOT NULL,
+            n INTEGER NOT NULL, charged_micros INTEGER NOT NULL, refunded_micros INTEGER NOT NULL,
+            failed_people INTEGER NOT NULL, failed_policy INTEGER NOT NULL, failed_other INTEGER NOT NULL,
+            PRIMARY KEY (tenant, day, family)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER IF NOT EXISTS daily_insert AFTER INSERT ON generations BEGIN {ins} END;
+        CREATE TRIGGER IF NOT EXISTS daily_fail AFTER UPDATE OF status ON generations
+            WHEN NEW.status = 'failed' AND OLD.status != 'failed' BEGIN
+            UPDATE daily SET refunded_micros = refunded_micros + NEW.price_micros,
+                failed_people = failed_people + (CASE WHEN NEW.reason = 'people' THEN 1 ELSE 0 END),
+                failed_policy = failed_policy + (CASE WHEN NEW.reason = 'policy' THEN 1 ELSE 0 END),
+                failed_other = failed_other + (CASE WHEN COALESCE(NEW.reason, '') NOT IN ('people', 'policy') THEN 1 ELSE 0 END)
+            WHERE {new_row};
+        END;
+        CREATE TRIGGER IF NOT EXISTS daily_move AFTER UPDATE OF tenant ON generations WHEN NEW.tenant != OLD.tenant BEGIN
+            UPDATE daily SET n = n - 1, charged_micros = charged_micros - OLD.price_micros,
+                refunded_micros = refunded_micros - (CASE WHEN OLD.status = 'failed' THEN OLD.price_micros ELSE 0 END),
+                failed_people = failed_people - (CASE WHEN OLD.status = 'failed' AND OLD.reason = 'people' THEN 1 ELSE 0 END),
+                failed_policy = failed_policy - (CASE WHEN OLD.status = 'failed' AND OLD.reason = 'policy' THEN 1 ELSE 0 END),
+                failed_other = failed_other - (CASE WHEN OLD.status = 'failed' AND COALESCE(OLD.reason, '') NOT IN ('people', 'policy') THEN 1 ELSE 0 END)
+            WHERE {old_row};
+            {ins_new}
+        END;",
+        ins = add("NEW"),
+        ins_new = add("NEW"),
+        new_row = of_row("NEW"),
+        old_row = of_row("OLD"),
+    )
+}
+
+/// Brings a ledger written by an older tollgate up to this schema: the failure columns, the
+/// newest-first index the dashboard reads, and the daily roll-ups (filled once from the records).
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let has = |c: &Connection, table: &str, column: Option<&str>| -> rusqlite::Result<bool> {
+        match column {
+            Some(col) => c.query_row("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2", params![table, col], |r| r.get::<_, i64>(0)).map(|n| n > 0),
+            None => c.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get::<_, i64>(0)).map(|n| n > 0),
+        }
+    };
+    if !has(&tx, "generations", Some("reason"))? {
+        tx.execute_batch("ALTER TABLE generations ADD COLUMN error TEXT; ALTER TABLE generations ADD COLUMN reason TEXT;")?;
+    }
+    tx.execute_batch("CREATE INDEX IF NOT EXISTS generations_latest ON generations (tenant, created_ms DESC, id DESC);")?;
+    let fill = !has(&tx, "daily", None)?;
+    tx.execute_batch(&daily_schema())?;
+    if fill {
+        tx.execute_batch(
+            "INSERT INTO daily SELECT tenant, created_ms / 86400000, family, COUNT(*), SUM(price_micros),
+                SUM(CASE WHEN status = 'failed' THEN price_micros ELSE 0 END),
+                SUM(CASE WHEN status = 'failed' AND reason = 'people' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN status = 'failed' AND reason = 'policy' THEN 1 ELSE 0 END),
+                SUM(CASE WHEN status = 'failed' AND COALESCE(reason, '') NOT IN ('people', 'policy') THEN 1 ELSE 0 END)
+             FROM generations GROUP BY tenant, created_ms / 86400000, family;",
+        )?;
+    }
+    tx.commit()
+}
+
 /// `execute` through the connection's statement cache: the paid path runs the same few
 /// statements over and over, and parsing each one every time showed in its profile.
 fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
@@ -168,13 +249,14 @@ impl EmbeddedStore {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
             }
-            let conn = Connection::open(&path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+            let mut conn = Connection::open(&path).map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
             // WAL: readers never block the writer. FULL: a commit is on disk before we answer.
             conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
             conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
             conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
             conn.set_prepared_statement_cache_capacity(64);
             conn.execute_batch(SCHEMA).map_err(db_err)?;
+            migrate(&mut conn).map_err(db_err)?;
             let spend = {
                 let mut stmt = conn
                     .prepare(
@@ -578,15 +660,24 @@ impl Store for EmbeddedStore {
         Ok(rows.unwrap_or_default())
     }
 
-    async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
-        let Some(record) = self.generation(id).await? else { return Ok(()) };
+    async fn update_status(&self, id: &str, status: &str, failure: Option<&super::Failure>) -> Result<bool, StoreError> {
+        let Some(record) = self.generation(id).await? else { return Ok(false) };
         if record.status == status || record.status == "failed" {
-            return Ok(());
+            return Ok(false);
         }
+        let failure = failure.filter(|_| status == "failed").cloned();
         let (id_owned, status_owned) = (id.to_string(), status.to_string());
-        // Conditional on the old status, so two concurrent observers refund once.
+        let (error, reason) = (failure.as_ref().map(|f| f.message.clone()), failure.as_ref().map(|f| f.reason.as_str()));
+        // Conditional on the old status, so two concurrent observers refund once. The daily
+        // roll-up's refund is the `daily_fail` trigger of this same statement.
         let changed = self
-            .with_db(move |c| exec(c, "UPDATE generations SET status = ?2 WHERE id = ?1 AND status != 'failed' AND status != ?2", params![id_owned, status_owned]))
+            .with_db(move |c| {
+                exec(
+                    c,
+                    "UPDATE generations SET status = ?2, error = ?3, reason = ?4 WHERE id = ?1 AND status != 'failed' AND status != ?2",
+                    params![id_owned, status_owned, error, reason],
+                )
+            })
             .await?;
         let mut inner = self.lock();
         let current = inner.generations.get(id).map(|r| r.status.clone()).unwrap_or_else(|| record.status.clone());
@@ -594,16 +685,92 @@ impl Store for EmbeddedStore {
             if let (Some(r), Some(0)) = (inner.generations.get_mut(id), changed) {
                 r.status = status.to_string();
             }
-            return Ok(());
+            return Ok(false);
         }
         if status == "failed" {
             let month = month_of(record.created_ms.max(0) as u64);
             inner.ledger.refund(&record.tenant, &month, record.price);
+            if self.db.is_none() {
+                inner.failures.insert(id.to_string(), failure.unwrap_or(super::Failure { reason: super::Reason::Other, message: String::new() }));
+            }
         }
         if let Some(r) = inner.generations.get_mut(id) {
             r.status = status.to_string();
         }
-        Ok(())
+        Ok(true)
+    }
+
+    async fn latest_generations(&self, tenant: &str, _families: &[Family], limit: usize) -> Result<Vec<(GenerationRecord, Option<super::Failure>)>, StoreError> {
+        if self.db.is_none() {
+            let inner = self.lock();
+            let mut mine: Vec<&GenerationRecord> = inner.generations.values().filter(|r| &*r.tenant == tenant).collect();
+            mine.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
+            return Ok(mine.into_iter().take(limit).map(|r| (r.clone(), inner.failures.get(&r.id).cloned())).collect());
+        }
+        let tenant = tenant.to_string();
+        let rows = self
+            .with_db(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, tenant, family, price_micros, created_ms, status, error, reason FROM generations
+                     WHERE tenant = ?1 ORDER BY created_ms DESC, id DESC LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![tenant, limit as i64], |row| {
+                    let record = row_to_record(row)?;
+                    let failure = (record.status == "failed").then(|| -> rusqlite::Result<super::Failure> {
+                        Ok(super::Failure {
+                            message: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                            reason: super::Reason::named(row.get::<_, Option<String>>(7)?.as_deref().unwrap_or("")),
+                        })
+                    });
+                    Ok((record, failure.transpose()?))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
+    }
+
+    async fn daily(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<super::DayTotals>, StoreError> {
+        if self.db.is_none() {
+            // The memory backend keeps every record in memory: its roll-up is a pass over them.
+            let inner = self.lock();
+            let mut days: std::collections::BTreeMap<(i64, String), super::DayTotals> = Default::default();
+            for r in inner.generations.values().filter(|r| &*r.tenant == tenant) {
+                let day = r.created_ms.div_euclid(super::DAY_MS);
+                if day < from || day > to {
+                    continue;
+                }
+                let d = days.entry((day, r.family.path().to_string())).or_insert_with(|| super::DayTotals { day, family: r.family.path().to_string(), ..Default::default() });
+                d.generations += 1;
+                d.charged += r.price;
+                if r.status == "failed" {
+                    d.refunded += r.price;
+                    d.failed[inner.failures.get(&r.id).map_or(super::Reason::Other, |f| f.reason).index()] += 1;
+                }
+            }
+            return Ok(days.into_values().collect());
+        }
+        let tenant = tenant.to_string();
+        let rows = self
+            .with_db(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT day, family, n, charged_micros, refunded_micros, failed_people, failed_policy, failed_other FROM daily
+                     WHERE tenant = ?1 AND day BETWEEN ?2 AND ?3 ORDER BY day, family",
+                )?;
+                let rows = stmt.query_map(params![tenant, from, to], |r| {
+                    Ok(super::DayTotals {
+                        day: r.get(0)?,
+                        family: r.get(1)?,
+                        generations: r.get::<_, i64>(2)?.max(0) as u64,
+                        charged: Usd::from_micros(r.get(3)?),
+                        refunded: Usd::from_micros(r.get(4)?),
+                        failed: [r.get::<_, i64>(5)?.max(0) as u64, r.get::<_, i64>(6)?.max(0) as u64, r.get::<_, i64>(7)?.max(0) as u64],
+                    })
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(rows.unwrap_or_default())
     }
 
     async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {

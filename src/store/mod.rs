@@ -45,6 +45,37 @@ pub struct GenerationRecord {
     pub status: String,
 }
 
+pub use crate::policy::failure::{Failure, Reason};
+
+/// Milliseconds in a UTC day: roll-ups are keyed by `created_ms / DAY_MS`.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// One tenant's generations of one family on one UTC day: the daily roll-up, written in the same
+/// transaction (SQLite) or script (Redis) as the settle, refund or reassignment it counts, so a
+/// chart of spend reads a few rows per day instead of the generation records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DayTotals {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    /// Family path.
+    pub family: String,
+    /// Generations recorded.
+    pub generations: u64,
+    /// What they were charged.
+    pub charged: Usd,
+    /// What was refunded (failed generations).
+    pub refunded: Usd,
+    /// Failed generations by reason (`Reason::ALL` order).
+    pub failed: [u64; 3],
+}
+
+impl DayTotals {
+    /// Spend net of refunds.
+    pub fn spent(&self) -> Usd {
+        self.charged - self.refunded
+    }
+}
+
 /// A hold request: one paid generation about to be forwarded.
 #[derive(Debug, Clone)]
 pub struct HoldRequest {
@@ -270,8 +301,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_generations(&self, tenant: &str, family: Family, limit: usize, offset: usize) -> Result<Vec<GenerationRecord>, StoreError>;
     /// Generations not yet `completed` or `failed`, oldest first (the reconciler follows them).
     async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError>;
-    /// The platform reported a new status; a first `failed` refunds the tenant's spend.
-    async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError>;
+    /// The platform reported a new status; a first `failed` refunds the tenant's spend and keeps
+    /// `failure` (its message and reason) with the record. `true` when this call changed the
+    /// status (so a refund is counted once however many observers saw it).
+    async fn update_status(&self, id: &str, status: &str, failure: Option<&Failure>) -> Result<bool, StoreError>;
+    /// A tenant's latest `limit` generations across `families`, newest first, with the failure
+    /// of those that failed.
+    async fn latest_generations(&self, tenant: &str, families: &[Family], limit: usize) -> Result<Vec<(GenerationRecord, Option<Failure>)>, StoreError>;
+    /// A tenant's daily roll-ups for days `from..=to` (days since 1970-01-01, UTC).
+    async fn daily(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<DayTotals>, StoreError>;
 
     /// Moves generation `id` from tenant `from` to `to` with its charge (or refund), if `from`
     /// still owns it; returns the record as it was.

@@ -80,11 +80,20 @@ end
 local function tombstone(p, id)
   redis.call('ZADD', p .. ':tombs', now_ms() + tonumber(ARGV_TOMB), id)
 end
+-- The daily roll-up of a tenant's month: fields `<day>|<family>|<n|c|r|f<reason>>` (day: days
+-- since 1970 UTC; n generations, c charged, r refunded µ$, f failures by reason), moved in the
+-- same script as the settle, refund or reassignment they count.
+local function daily_add(p, tenant, month, created, family, what, by)
+  local day = math.floor(tonumber(created) / 86400000)
+  redis.call('HINCRBY', p .. ':daily:' .. tenant .. ':' .. month, day .. '|' .. family .. '|' .. what, by)
+end
 -- Records a generation if new (returns true when it was new).
 local function record_gen(p, gid, tenant, family, price, created, status, month)
   local k = p .. ':gen:' .. gid
   if redis.call('EXISTS', k) == 1 then return false end
   redis.call('HSET', k, 'tenant', tenant, 'family', family, 'price', price, 'created_ms', created, 'status', status, 'month', month)
+  daily_add(p, tenant, month, created, family, 'n', 1)
+  daily_add(p, tenant, month, created, family, 'c', tonumber(price))
   redis.call('ZADD', p .. ':gens:' .. tenant .. ':' .. family, created, gid)
   redis.call('ZADD', p .. ':month:' .. month, created, gid)
   if status ~= 'completed' and status ~= 'failed' then redis.call('ZADD', p .. ':unfinished', created, gid) end
@@ -255,6 +264,7 @@ if left < 0 then left = 0 end
 return {1, string.format('%d', left)}
 "#;
 
+// ARGV: prefix, gid, status, failure reason, failure message (the last two for `failed`)
 const UPDATE_STATUS: &str = r#"
 local p, gid, status = ARGV[1], ARGV[2], ARGV[3]
 local k = p .. ':gen:' .. gid
@@ -263,7 +273,10 @@ if (not old) or old == status or old == 'failed' then return 0 end
 redis.call('HSET', k, 'status', status)
 if status == 'completed' or status == 'failed' then redis.call('ZREM', p .. ':unfinished', gid) end
 if status == 'failed' then
-  local tenant, month, price = unpack(redis.call('HMGET', k, 'tenant', 'month', 'price'))
+  local tenant, month, price, family, created = unpack(redis.call('HMGET', k, 'tenant', 'month', 'price', 'family', 'created_ms'))
+  redis.call('HSET', k, 'reason', ARGV[4], 'error', ARGV[5])
+  daily_add(p, tenant, month, created, family, 'r', tonumber(price))
+  daily_add(p, tenant, month, created, family, 'f' .. ARGV[4], 1)
   local sk = p .. ':spend:' .. month
   local s = tonumber(redis.call('HGET', sk, tenant) or '0') - tonumber(price)
   if s < 0 then s = 0 end
@@ -277,8 +290,17 @@ return 1
 const REASSIGN: &str = r#"
 local p, gid, from, to = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local k = p .. ':gen:' .. gid
-local owner, family, created, month, price, status = unpack(redis.call('HMGET', k, 'tenant', 'family', 'created_ms', 'month', 'price', 'status'))
+local owner, family, created, month, price, status, reason = unpack(redis.call('HMGET', k, 'tenant', 'family', 'created_ms', 'month', 'price', 'status', 'reason'))
 if owner ~= from then return 0 end
+local moved = {n = 1, c = tonumber(price)}
+if status == 'failed' then
+  moved.r = tonumber(price)
+  moved['f' .. (reason or 'other')] = 1
+end
+for what, by in pairs(moved) do
+  daily_add(p, from, month, created, family, what, -by)
+  daily_add(p, to, month, created, family, what, by)
+end
 redis.call('HSET', k, 'tenant', to)
 redis.call('ZREM', p .. ':gens:' .. from .. ':' .. family, gid)
 redis.call('ZADD', p .. ':gens:' .. to .. ':' .. family, created, gid)
@@ -525,8 +547,8 @@ impl RedisStore {
             outbox_push: with_common(OUTBOX_PUSH),
             outbox_redeliver: with_common(OUTBOX_REDELIVER),
             spendable: Script::new(SPENDABLE),
-            update_status: Script::new(UPDATE_STATUS),
-            reassign: Script::new(REASSIGN),
+            update_status: with_common(UPDATE_STATUS),
+            reassign: with_common(REASSIGN),
             idem_claim: with_common(&IDEM_CLAIM.replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string())),
             idem_abort: Script::new(IDEM_ABORT),
             gcra: Script::new(GCRA),
@@ -966,9 +988,87 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn update_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
-        let args = [self.prefix.clone(), id.to_string(), status.to_string()];
-        self.script::<i64>(|s| &s.update_status, &[], &args).await.map(|_| ())
+    async fn update_status(&self, id: &str, status: &str, failure: Option<&super::Failure>) -> Result<bool, StoreError> {
+        let (reason, message) = failure.map_or(("other", ""), |f| (f.reason.as_str(), f.message.as_str()));
+        let args = [self.prefix.clone(), id.to_string(), status.to_string(), reason.to_string(), message.to_string()];
+        self.script::<i64>(|s| &s.update_status, &[], &args).await.map(|n| n == 1)
+    }
+
+    async fn latest_generations(&self, tenant: &str, families: &[Family], limit: usize) -> Result<Vec<(GenerationRecord, Option<super::Failure>)>, StoreError> {
+        // The newest `limit` of each family's sorted set, merged: one round trip, however many
+        // records the tenant has.
+        let keys: Vec<String> = families.iter().map(|f| self.key(&format!("gens:{tenant}:{}", f.path()))).collect();
+        let stop = limit.max(1) as isize - 1;
+        let lists: Vec<Vec<(String, f64)>> = self
+            .run(|mut c| async move {
+                let mut pipe = ::redis::pipe();
+                for k in &keys {
+                    pipe.zrevrange_withscores(k, 0, stop);
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        let mut newest: Vec<(String, f64)> = lists.into_iter().flatten().collect();
+        newest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        newest.truncate(limit);
+        let gen_keys: Vec<String> = newest.iter().map(|(id, _)| self.key(&format!("gen:{id}"))).collect();
+        let hashes: Vec<std::collections::HashMap<String, String>> = self
+            .run(|mut c| async move {
+                let mut pipe = ::redis::pipe();
+                for k in &gen_keys {
+                    pipe.hgetall(k);
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        Ok(newest
+            .iter()
+            .zip(hashes)
+            .filter_map(|((id, _), fields)| {
+                let record = RedisStore::parse_record(id, &fields)?;
+                let failure = (record.status == "failed").then(|| super::Failure {
+                    reason: super::Reason::named(fields.get("reason").map_or("", String::as_str)),
+                    message: fields.get("error").cloned().unwrap_or_default(),
+                });
+                Some((record, failure))
+            })
+            .collect())
+    }
+
+    async fn daily(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<super::DayTotals>, StoreError> {
+        // One hash per tenant and month: a 90-day chart reads four.
+        let mut months: Vec<String> = (from..=to).step_by(28).chain(std::iter::once(to)).map(|d| super::month_of((d.max(0) * super::DAY_MS) as u64)).collect();
+        months.dedup();
+        let keys: Vec<String> = months.iter().map(|m| self.key(&format!("daily:{tenant}:{m}"))).collect();
+        let hashes: Vec<std::collections::HashMap<String, i64>> = self
+            .run(|mut c| async move {
+                let mut pipe = ::redis::pipe();
+                for k in &keys {
+                    pipe.hgetall(k);
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        let mut days: std::collections::BTreeMap<(i64, String), super::DayTotals> = Default::default();
+        for (field, v) in hashes.into_iter().flatten() {
+            let mut parts = field.splitn(3, '|');
+            let (Some(day), Some(family), Some(what)) = (parts.next().and_then(|d| d.parse::<i64>().ok()), parts.next(), parts.next()) else { continue };
+            if day < from || day > to {
+                continue;
+            }
+            let d = days.entry((day, family.to_string())).or_insert_with(|| super::DayTotals { day, family: family.to_string(), ..Default::default() });
+            match what {
+                "n" => d.generations = v.max(0) as u64,
+                "c" => d.charged = Usd::from_micros(v),
+                "r" => d.refunded = Usd::from_micros(v),
+                f => {
+                    if let Some(reason) = f.strip_prefix('f') {
+                        d.failed[super::Reason::named(reason).index()] += v.max(0) as u64;
+                    }
+                }
+            }
+        }
+        Ok(days.into_values().collect())
     }
 
     async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {

@@ -25,6 +25,7 @@ both_backends!(
     settle_records_and_budgets_apply,
     balance_snapshots_only_move_forward,
     failed_generations_are_refunded_once,
+    daily_rollups_add_up_to_the_month,
     unknown_outcomes_count_until_resolved,
     unknown_outcomes_not_found_are_released,
     expired_leases_become_unknown,
@@ -75,7 +76,7 @@ async fn sqlite_records_survive_reopen_with_their_spend() {
                 status: "pending".into(),
             };
             s.settle(&req.id, rec.price, &rec).await.unwrap();
-            s.update_status(&rec.id, status).await.unwrap();
+            s.update_status(&rec.id, status, None).await.unwrap();
         }
         s.idem_claim("a", "k", &[7; 32], "hk", 60_000).await.unwrap();
         s.idem_finish("a", "k", &[7; 32], &StoredResponse { status: 201, body: Bytes::from_static(b"{}") }).await.unwrap();
@@ -117,4 +118,31 @@ async fn sqlite_open_fails_clearly_on_a_bad_path() {
     std::fs::write(&file, b"x").unwrap();
     let err = EmbeddedStore::sqlite(&file.join("sub/t.db")).await.err().unwrap();
     assert!(err.0.contains("cannot create"), "{err}");
+}
+
+/// A ledger written before the daily roll-ups existed gets them, filled from its records, and
+/// keeps them from then on.
+#[tokio::test]
+async fn an_older_ledger_gets_its_daily_rollups() {
+    let path = tempdir().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE generations (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, family TEXT NOT NULL, price_micros INTEGER NOT NULL,
+                created_ms INTEGER NOT NULL, month TEXT NOT NULL, status TEXT NOT NULL);
+             INSERT INTO generations VALUES ('o1', 'a', 'sora', 120000, 1794268800000, '2026-11', 'completed');
+             INSERT INTO generations VALUES ('o2', 'a', 'sora', 120000, 1794268801000, '2026-11', 'failed');",
+        )
+        .unwrap();
+    }
+    let s = EmbeddedStore::sqlite(&path).await.unwrap();
+    let day = 1_794_268_800_000 / crate::store::DAY_MS;
+    let d = s.daily("a", day, day).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].generations, d[0].spent(), d[0].refunded, d[0].failed), (2, Usd::from_micros(120_000), Usd::from_micros(120_000), [0, 0, 1]));
+    assert_eq!(s.month_totals("2026-11").await.unwrap()["a"].spent, d[0].spent());
+    drop(s);
+    // Opened again: not filled twice.
+    let s = EmbeddedStore::sqlite(&path).await.unwrap();
+    assert_eq!(s.daily("a", day, day).await.unwrap()[0].generations, 2);
 }

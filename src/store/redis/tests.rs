@@ -22,6 +22,7 @@ contract_tests!(
     settle_records_and_budgets_apply,
     balance_snapshots_only_move_forward,
     failed_generations_are_refunded_once,
+    daily_rollups_add_up_to_the_month,
     unknown_outcomes_count_until_resolved,
     unknown_outcomes_not_found_are_released,
     expired_leases_become_unknown,
