@@ -3,6 +3,7 @@
 //! (`tenants.rs`). Kept off the tenant port so tenants never see metrics or admin routes.
 
 pub mod client;
+pub mod dashboard;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub struct Admin {
     token_env: String,
     /// Wrong admin tokens per client address: past ten, one guess a second.
     failures: crate::gateway::limits::AuthFailures,
+    dashboard: dashboard::Dashboard,
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -73,7 +75,8 @@ fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
 impl Admin {
     /// `token` guards `/admin/*`; without one those endpoints refuse everything.
     pub fn new(gateway: Arc<Gateway>, token: Option<Secret>, token_env: String) -> Arc<Admin> {
-        Arc::new(Admin { gateway, token, token_env, failures: crate::gateway::limits::AuthFailures::new() })
+        let dashboard = dashboard::Dashboard::new(gateway.clone(), token.clone());
+        Arc::new(Admin { gateway, token, token_env, failures: crate::gateway::limits::AuthFailures::new(), dashboard })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -116,6 +119,9 @@ impl Admin {
         B::Error: std::fmt::Display,
     {
         let path = req.uri().path();
+        if path == "/dashboard" || path.starts_with("/dashboard/") {
+            return self.dashboard.handle(&self.failures, req).await;
+        }
         if path.starts_with("/admin/tenants") || path == "/admin/audit" {
             if let Some(refused) = self.refusal(&req) {
                 return refused;

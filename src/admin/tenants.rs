@@ -161,6 +161,20 @@ async fn audit(gw: &Gateway, action: &str, tenant: &str, key: Option<&ApiKey>, r
 /// Serves `/admin/tenants…` and `/admin/audit` (after the admin token was checked); `None` for
 /// any other path.
 pub(super) async fn route(gw: &Gateway, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Option<Response<Body>> {
+    Some(match answer(gw, method, path, query, body).await? {
+        Ok((status, Some(v))) => body::json(status, v.to_string()),
+        Ok((status, None)) => {
+            let mut rsp = body::json(status, "");
+            rsp.headers_mut().remove(http::header::CONTENT_TYPE);
+            rsp
+        }
+        Err((status, detail)) => body::detail(status, &detail),
+    })
+}
+
+/// What `route` answers, before it becomes a response: the dashboard's forms make the same
+/// changes through here (same checks, same audit lines) and render the outcome as a page.
+pub(crate) async fn answer(gw: &Gateway, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Option<Result<(StatusCode, Option<Value>), (StatusCode, String)>> {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
     let answer = match (method, parts.as_slice()) {
         (&Method::GET, ["audit"]) => audit_list(gw, query).await,
@@ -176,15 +190,7 @@ pub(super) async fn route(gw: &Gateway, method: &Method, path: &str, query: Opti
         (_, ["tenants", ..]) => Err(Refused(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed".into())),
         _ => return None,
     };
-    Some(match answer {
-        Ok((status, Some(v))) => body::json(status, v.to_string()),
-        Ok((status, None)) => {
-            let mut rsp = body::json(status, "");
-            rsp.headers_mut().remove(http::header::CONTENT_TYPE);
-            rsp
-        }
-        Err(Refused(status, detail)) => body::detail(status, &detail),
-    })
+    Some(answer.map_err(|Refused(status, detail)| (status, detail)))
 }
 
 async fn audit_list(gw: &Gateway, query: Option<&str>) -> Answer {

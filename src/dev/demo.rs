@@ -72,6 +72,22 @@ generations_per_minute = 2
     )
 }
 
+/// The demo's team made at runtime: tenant `design` ($2.00 budget) with an API key and a viewer
+/// key, made through the admin API's code so it shows up in the dashboard like any other.
+async fn api_team(gateway: &crate::gateway::Gateway) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let call = |method: http::Method, path: &'static str, body: serde_json::Value| async move {
+        match crate::admin::tenants::answer(gateway, &method, path, None, body.to_string().as_bytes()).await {
+            Some(Ok((_, Some(v)))) => Ok(v),
+            other => Err(format!("demo: {path} answered {other:?}")),
+        }
+    };
+    call(http::Method::POST, "/admin/tenants", serde_json::json!({ "id": "design", "monthly_budget": "2.00" })).await?;
+    let key = |v: serde_json::Value| v.get("key").and_then(|k| k.as_str()).map(str::to_string).ok_or("demo: no key in the answer");
+    let api = key(call(http::Method::POST, "/admin/tenants/design/keys", serde_json::json!({ "label": "demo app" })).await?)?;
+    let viewer = key(call(http::Method::POST, "/admin/tenants/design/keys", serde_json::json!({ "label": "team lead", "scope": "viewer" })).await?)?;
+    Ok((api, viewer))
+}
+
 async fn bind_or_any(addr: SocketAddr) -> std::io::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
@@ -130,6 +146,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, log: AccessLog, shutdown
     let receiver = start_receiver().await?;
     let config = Config::from_toml(&demo_config_text(platform_addr, gw_addr, admin_addr), &env)?;
     let gateway = crate::build(&config, log, None).await?;
+    let (design_key, viewer_key) = api_team(&gateway).await?;
 
     let [(_, key), (_, other)] = DEMO_KEYS;
     let base = format!("http://{gw_addr}");
@@ -141,7 +158,12 @@ tollgate demo: gateway on {base}, admin on http://{admin_addr}, simulated platfo
 Tenant keys:
   marketing  {key}
   research   {other}
+  design     {design_key}   (made through the admin API, like tollgate tenants create)
 Admin token (this run only): {admin_token}
+
+Dashboard: http://{admin_addr}/dashboard
+  sign in with the admin token (every team), or with design's viewer key (its page only):
+  {viewer_key}
 
 Try:
   curl -s {base}/v1/data/balance -H 'Authorization: Bearer {key}'

@@ -3,7 +3,8 @@
 //!
 //! - A balance that decreases by each generation's price (and is refunded on failure).
 //! - Generations moving pending → processing → completed on a fast clock; a prompt containing
-//!   `[fail]` ends `failed` instead (and is refunded).
+//!   `[fail]` ends `failed` instead (and is refunded), with the platform's people message;
+//!   `[fail:TEXT]` fails with TEXT as the message.
 //! - The documented errors: 401 `Missing credentials`, 402 `INSUFFICIENT_CREDITS`, 404
 //!   `Generation not found`, 422 pydantic lists, 400 for both image fields.
 //! - Faults, scripted per request through `POST /_mock/faults` or at random from the command
@@ -134,7 +135,8 @@ struct Generation {
     created_at: String,
     prompt: String,
     price: Usd,
-    fails: bool,
+    /// The failure message, for a generation that fails.
+    fails: Option<String>,
     refunded: bool,
     /// Request settings echoed in status and list answers, as the platform's examples show.
     echo: serde_json::Map<String, serde_json::Value>,
@@ -522,7 +524,11 @@ impl MockPlatform {
                 created_at,
                 prompt: prompt.to_string(),
                 price,
-                fails: prompt.contains("[fail]"),
+                fails: if prompt.contains("[fail]") {
+                    Some("Image contains photorealistic people. Please try with a different image.".to_string())
+                } else {
+                    prompt.split_once("[fail:").and_then(|(_, rest)| rest.split_once(']')).map(|(m, _)| m.to_string())
+                },
                 refunded: false,
                 echo: ["duration", "orientation", "model", "aspect_ratio", "callback_url"]
                     .iter()
@@ -546,7 +552,7 @@ impl MockPlatform {
             "pending"
         } else if age < step * 2 {
             "processing"
-        } else if g.fails {
+        } else if g.fails.is_some() {
             "failed"
         } else {
             "completed"
@@ -571,7 +577,7 @@ impl MockPlatform {
             "created_at": g.created_at,
             "completed_at": if done { json!(g.created_at) } else { json!(null) },
             "progress_pct": if status == "processing" { json!(50) } else if status == "completed" { json!(100) } else { json!(null) },
-            error_field: if status == "failed" { json!("Image contains photorealistic people. Please try with a different image.") } else { json!(null) },
+            error_field: if status == "failed" { json!(g.fails) } else { json!(null) },
         });
         if let Some(o) = v.as_object_mut() {
             o.extend(g.echo.clone());

@@ -171,6 +171,13 @@ impl TenantDirectory {
         self.by_digest.get(&key_digest(key))
     }
 
+    /// The scope of key `key_id` of `tenant`, while the key works (a dashboard session of a
+    /// viewer key ends when the key does). A pass over the keys: for a sign-in check, never
+    /// the request path.
+    pub fn key_scope(&self, tenant: &str, key_id: &str) -> Option<Scope> {
+        self.by_digest.values().find(|e| &*e.tenant.id == tenant && &*e.key_id == key_id).map(|e| e.scope)
+    }
+
     /// Where a tenant is managed, if it is known.
     pub fn source(&self, id: &str) -> Option<Source> {
         self.sources.get(id).copied()

@@ -1,0 +1,246 @@
+//! The dashboard (SPEC §12) over real sockets, on SQLite and on Redis: sign-in with the admin
+//! token or a viewer key, the session cookie, the overview and tenant pages against
+//! `/admin/usage`, failures by reason, escaping of the platform's messages, CSRF on the key
+//! forms, a viewer confined to its tenant, and sessions that end with their key.
+//! `scripts/ui-check` drives the same pages in a real browser.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use support::*;
+
+const ADMIN: &str = "admin-secret";
+const XSS: &str = "<script>document.title='owned'</script><img src=x onerror=alert(1)>";
+
+async fn admin(c: &HttpClient, gw: &TestGateway, method: Method, path: &str, body: Value) -> Rsp {
+    let body = if body.is_null() { String::new() } else { body.to_string() };
+    send(c, request(method, &gw.admin_url(path), Some(ADMIN), body)).await
+}
+
+/// A form POST (or GET with an empty body) to the admin listener, with a session cookie.
+async fn page(c: &HttpClient, gw: &TestGateway, method: Method, path: &str, cookie: Option<&str>, form: &str) -> Rsp {
+    let mut b = Request::builder().method(method).uri(gw.admin_url(path)).header("content-type", "application/x-www-form-urlencoded");
+    if let Some(v) = cookie {
+        b = b.header("cookie", format!("other=1; tollgate_session={v}"));
+    }
+    send(c, b.body(Full::new(Bytes::from(form.to_string()))).unwrap()).await
+}
+
+fn text(r: &Rsp) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Signs in with `token`; returns the session cookie's value.
+async fn sign_in(c: &HttpClient, gw: &TestGateway, token: &str) -> String {
+    let form = format!("token={}", form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>());
+    let r = page(c, gw, Method::POST, "/dashboard/login", None, &form).await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert_eq!(r.headers["location"], "/dashboard");
+    let set = r.headers["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/dashboard", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Secure"), "plain HTTP: no Secure flag ({set})");
+    set.strip_prefix("tollgate_session=").unwrap().split(';').next().unwrap().to_string()
+}
+
+/// The value of `data-figure="name"` (or of the element after `marker`) in a page.
+fn figure(html: &str, marker: &str) -> String {
+    let at = html.find(marker).unwrap_or_else(|| panic!("{marker} not in page"));
+    let rest = &html[at..];
+    let start = rest.find('>').unwrap() + 1;
+    rest[start..start + rest[start..].find('<').unwrap()].to_string()
+}
+
+fn csrf(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string()
+}
+
+async fn the_dashboard_shows_what_usage_says(backend: Backend) {
+    let platform = Platform::with(tollgate::dev::mock::MockOptions { token: Some(TOKEN.into()), balance: usd("100"), step: Duration::from_millis(100), ..Default::default() }).await;
+    let tenants = tenant("a", KEY_A, 1000, 1000, 1000, Some("1.00"));
+    let (text_cfg, _redis) = with_backend(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), backend);
+    let gw = TestGateway::start(&text_cfg).await;
+    let c = client();
+
+    // An API team with a key for its app and a viewer key for its lead.
+    assert_eq!(admin(&c, &gw, Method::POST, "/admin/tenants", json!({ "id": "team-v", "monthly_budget": "0.50" })).await.status, 201);
+    let issue = |scope: &'static str| {
+        let (c, gw) = (&c, &gw);
+        async move {
+            let r = admin(c, gw, Method::POST, "/admin/tenants/team-v/keys", json!({ "label": format!("<b>{scope}</b>"), "scope": scope })).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            let v = r.json();
+            (v["key"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
+        }
+    };
+    let (app_key, _) = issue("api").await;
+    let (viewer_key, viewer_id) = issue("viewer").await;
+
+    // Three generations: one completes, one fails on people, one with a hostile message.
+    let mut ids = Vec::new();
+    for prompt in ["A lighthouse at night", "A portrait [fail]", &format!("A crowd [fail:{XSS}]")] {
+        let r = post(&c, &gw.url("/v1/sora/generate"), Some(&app_key), &json!({ "prompt": prompt }).to_string()).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        ids.push(r.json()["generation_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    // Polls record the final statuses (and refund the failures).
+    until(Duration::from_secs(10), "generations final", || async {
+        let mut done = 0;
+        for id in &ids {
+            let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(&app_key)).await;
+            if matches!(r.json()["status"].as_str(), Some("completed" | "failed")) {
+                done += 1;
+            }
+        }
+        done == ids.len()
+    })
+    .await;
+
+    // Signed out: the form, with the strict CSP on every answer.
+    let r = page(&c, &gw, Method::GET, "/dashboard", None, "").await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("action=\"/dashboard/login\""));
+    let csp = r.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline") && !csp.contains("script-src"), "{csp}");
+    assert_eq!(page(&c, &gw, Method::GET, "/dashboard/tenants/a", None, "").await.status, 303, "no session, no page");
+    let r = page(&c, &gw, Method::POST, "/dashboard/login", None, "token=wrong").await;
+    assert_eq!(r.status, 401);
+    assert!(text(&r).contains("Invalid credentials"));
+    let r = page(&c, &gw, Method::POST, "/dashboard/login", None, &format!("token={app_key}")).await;
+    assert_eq!(r.status, 401, "an API key is not a viewer key");
+
+    let session = sign_in(&c, &gw, ADMIN).await;
+    let usage = admin(&c, &gw, Method::GET, "/admin/usage", Value::Null).await.json();
+    let of = |t: &str, field: &str| usage["tenants"].as_array().unwrap().iter().find(|x| x["tenant"] == t).unwrap()[field].as_str().unwrap().to_string();
+
+    // The overview's figures are the usage report's.
+    let r = page(&c, &gw, Method::GET, "/dashboard", Some(&session), "").await;
+    assert_eq!(r.status, 200);
+    let html = text(&r);
+    for t in ["a", "team-v"] {
+        let row = &html[html.find(&format!("data-tenant=\"{t}\"")).unwrap()..];
+        assert_eq!(figure(row, "data-col=\"spent\""), of(t, "spent"), "{t}");
+        assert_eq!(figure(row, "data-col=\"remaining\""), of(t, "remaining"), "{t}");
+    }
+    assert_eq!(of("team-v", "spent"), "0.1200", "two of three failed and were refunded");
+
+    // The tenant page: figures, the chart's today, failures by reason, escaped messages.
+    let r = page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&session), "").await;
+    assert_eq!(r.status, 200);
+    let html = text(&r);
+    assert_eq!(figure(&html, "data-figure=\"spent\""), of("team-v", "spent"));
+    assert_eq!(figure(&html, "data-figure=\"refunded\""), of("team-v", "refunded"));
+    let today = html.rsplit("data-amount=\"").next().unwrap().split('"').next().unwrap().to_string();
+    assert_eq!(today, of("team-v", "spent"), "the chart's last bar is today's roll-up");
+    let failures = &html[html.find("id=\"failures\"").unwrap()..];
+    let sora_row = &failures[failures.find("<td>sora</td>").unwrap()..];
+    let cells: Vec<String> = sora_row.split("<td class=\"num\">").skip(1).take(6).map(|c| c.split('<').next().unwrap().to_string()).collect();
+    assert_eq!(cells, ["3", "2", "67 %", "1", "0", "1"], "generations, failed, rate, people, policy, other");
+    assert!(!html.contains("<script") && !html.contains("<img") && !html.contains("<b>"), "nothing from outside is markup");
+    assert!(html.contains("&lt;script&gt;document.title='owned'&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"), "the message is shown as text");
+    assert!(html.contains("&lt;b&gt;viewer&lt;/b&gt;"), "labels are text");
+    for id in &ids {
+        assert!(html.contains(&format!("data-generation=\"{id}\"")), "{id} listed");
+    }
+    let metrics = text(&get(&c, &gw.admin_url("/metrics"), None).await);
+    assert!(metrics.contains("tollgate_generation_failures_total{family=\"sora\",reason=\"people\"} 1"), "{metrics}");
+    assert!(metrics.contains("tollgate_generation_failures_total{family=\"sora\",reason=\"other\"} 1"));
+
+    // Key forms need the session's CSRF token; a new key is shown once and works.
+    let token = csrf(&html);
+    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&session), "label=ci&scope=api").await;
+    assert_eq!(r.status, 403, "no CSRF token");
+    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&session), &format!("label=ci&scope=api&csrf={token}x")).await;
+    assert_eq!(r.status, 403, "a wrong CSRF token");
+    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&session), &format!("label=ci&scope=api&csrf={token}")).await;
+    assert_eq!(r.status, 200);
+    let html = text(&r);
+    let new_key = figure(&html, "id=\"new-key\"");
+    assert!(new_key.starts_with("tg_"), "{new_key}");
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&new_key)).await.status, 200);
+    let again = text(&page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&session), "").await);
+    assert!(!again.contains(&new_key), "shown once");
+    let new_id = {
+        let v = admin(&c, &gw, Method::GET, "/admin/tenants/team-v", Value::Null).await.json();
+        v["keys"].as_array().unwrap().iter().find(|k| k["prefix"] == new_key[..8]).unwrap()["id"].as_str().unwrap().to_string()
+    };
+    let r = page(&c, &gw, Method::POST, &format!("/dashboard/tenants/team-v/keys/{new_id}/revoke"), Some(&session), &format!("csrf={token}")).await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("Revoked."));
+    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&new_key)).await.status, 401);
+    // A config tenant's keys are the file's.
+    let r = page(&c, &gw, Method::GET, "/dashboard/tenants/a", Some(&session), "").await;
+    assert!(text(&r).contains("managed by the config file") && !text(&r).contains("id=\"issue\""));
+
+    // A viewer sees its tenant and nothing else, and changes nothing.
+    let viewer = sign_in(&c, &gw, &viewer_key).await;
+    let r = page(&c, &gw, Method::GET, "/dashboard", Some(&viewer), "").await;
+    assert_eq!((r.status.as_u16(), r.headers["location"].to_str().unwrap()), (303, "/dashboard/tenants/team-v"));
+    let r = page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&viewer), "").await;
+    assert_eq!(r.status, 200);
+    let vhtml = text(&r);
+    assert_eq!(figure(&vhtml, "data-figure=\"spent\""), of("team-v", "spent"));
+    assert!(!vhtml.contains("id=\"issue\"") && !vhtml.contains("/revoke"), "no key forms for a viewer");
+    for other in ["/dashboard/tenants/a", "/dashboard/tenants/nobody"] {
+        assert_eq!(page(&c, &gw, Method::GET, other, Some(&viewer), "").await.status, 404, "{other}");
+    }
+    let vtoken = csrf(&vhtml);
+    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&viewer), &format!("scope=api&csrf={vtoken}")).await;
+    assert_eq!(r.status, 404);
+
+    // Forged cookies see no page; a viewer's session ends with its key.
+    let mut forged = viewer.clone();
+    forged.replace_range(3..4, "a");
+    for bad in [forged.as_str(), "v1.a...99999999999999.00.00", "garbage"] {
+        let r = page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(bad), "").await;
+        assert_eq!(r.status, 303, "{bad}");
+        let r = page(&c, &gw, Method::GET, "/dashboard", Some(bad), "").await;
+        assert!(text(&r).contains("action=\"/dashboard/login\""), "{bad}");
+    }
+    assert_eq!(admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/team-v/keys/{viewer_id}"), Value::Null).await.status, 204);
+    until(Duration::from_secs(2), "viewer session ends", || async { page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&viewer), "").await.status == 303 }).await;
+
+    // Sign-out needs the CSRF token and clears the cookie.
+    assert_eq!(page(&c, &gw, Method::POST, "/dashboard/logout", Some(&session), "csrf=nope").await.status, 403);
+    let r = page(&c, &gw, Method::POST, "/dashboard/logout", Some(&session), &format!("csrf={token}")).await;
+    assert_eq!(r.status, 303);
+    assert!(r.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+
+    // Behind a TLS proxy the cookie is Secure.
+    let r = send(
+        &c,
+        Request::builder()
+            .method(Method::POST)
+            .uri(gw.admin_url("/dashboard/login"))
+            .header("x-forwarded-proto", "https")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!("token={ADMIN}"))))
+            .unwrap(),
+    )
+    .await;
+    assert!(r.headers["set-cookie"].to_str().unwrap().contains("; Secure"));
+
+    // No key, token or cookie value in any log line.
+    let logs = gw.log_lines().iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
+    for secret in [ADMIN, &app_key, &viewer_key, &new_key, &session, &viewer] {
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_on_sqlite() {
+    the_dashboard_shows_what_usage_says(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_on_redis() {
+    the_dashboard_shows_what_usage_says(Backend::Redis).await;
+}
