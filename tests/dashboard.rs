@@ -244,3 +244,88 @@ async fn the_dashboard_on_sqlite() {
 async fn the_dashboard_on_redis() {
     the_dashboard_shows_what_usage_says(Backend::Redis).await;
 }
+
+/// What a page costs with 100 tenants and 1,000,000 generation records, on SQLite and on Redis
+/// (records seeded straight into the store, spread over 90 days and two families).
+/// `cargo test --release --test dashboard -- --ignored --nocapture figures`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn figures() {
+    const RECORDS: usize = 1_000_000;
+    const TENANTS: usize = 100;
+    let now = tollgate::store::now_ms() as i64;
+    let row = |i: usize| {
+        let tenant = format!("t{:03}", i % TENANTS);
+        let family = if i % 3 == 0 { "veo" } else { "sora" };
+        let created = now - (i as i64 * 7_776_000_000 / RECORDS as i64);
+        let status = if i % 10 == 0 { "failed" } else { "completed" };
+        (format!("g{i:07}"), tenant, family, 120_000i64, created, status)
+    };
+    let tenants: String = (0..TENANTS).map(|t| tenant(&format!("t{t:03}"), &format!("key-{t}"), 1000, 1000, 1000, Some("500.00"))).collect();
+    for backend in [Backend::Sqlite, Backend::Redis] {
+        let platform = Platform::start().await;
+        let (cfg, redis) = with_backend(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), backend);
+        let seeded = std::time::Instant::now();
+        match &redis {
+            None => {
+                let path = cfg.split("path = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+                drop(tollgate::store::embedded::EmbeddedStore::sqlite(std::path::Path::new(&path)).await.unwrap());
+                let mut c = rusqlite::Connection::open(&path).unwrap();
+                let tx = c.transaction().unwrap();
+                {
+                    let mut st = tx.prepare("INSERT INTO generations (id, tenant, family, price_micros, created_ms, month, status, reason, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)").unwrap();
+                    for i in 0..RECORDS {
+                        let (id, t, f, p, created, status) = row(i);
+                        let failed = status == "failed";
+                        st.execute(rusqlite::params![id, t, f, p, created, tollgate::store::month_of(created as u64), status, failed.then_some("people"), failed.then_some("Image contains photorealistic people.")]).unwrap();
+                    }
+                }
+                tx.commit().unwrap();
+            }
+            Some(server) => {
+                let prefix = cfg.split("key_prefix = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+                let client = redis::Client::open(server.url.as_str()).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(20_000) {
+                    let mut pipe = redis::pipe();
+                    for &i in chunk {
+                        let (id, t, f, p, created, status) = row(i);
+                        let month = tollgate::store::month_of(created as u64);
+                        let day = created / tollgate::store::DAY_MS;
+                        pipe.hset_multiple(format!("{prefix}:gen:{id}"), &[("tenant", t.as_str()), ("family", f), ("price", &p.to_string()), ("created_ms", &created.to_string()), ("status", status), ("month", &month)]).ignore();
+                        pipe.zadd(format!("{prefix}:gens:{t}:{f}"), &id, created).ignore();
+                        pipe.zadd(format!("{prefix}:month:{month}"), &id, created).ignore();
+                        pipe.hincr(format!("{prefix}:spend:{month}"), &t, if status == "failed" { 0 } else { p }).ignore();
+                        let daily = format!("{prefix}:daily:{t}:{month}");
+                        pipe.hincr(&daily, format!("{day}|{f}|n"), 1).ignore();
+                        pipe.hincr(&daily, format!("{day}|{f}|c"), p).ignore();
+                        if status == "failed" {
+                            pipe.hincr(format!("{prefix}:refunded:{month}"), &t, p).ignore();
+                            pipe.hincr(&daily, format!("{day}|{f}|r"), p).ignore();
+                            pipe.hincr(&daily, format!("{day}|{f}|fpeople"), 1).ignore();
+                        }
+                    }
+                    pipe.query_async::<()>(&mut c).await.unwrap();
+                }
+            }
+        }
+        eprintln!("{backend:?}: seeded {RECORDS} records in {:.1} s", seeded.elapsed().as_secs_f64());
+        let started = std::time::Instant::now();
+        let gw = TestGateway::start(&cfg).await;
+        eprintln!("{backend:?}: gateway up in {:.1} s", started.elapsed().as_secs_f64());
+        let c = client();
+        let session = sign_in(&c, &gw, ADMIN).await;
+        for (name, path) in [("overview", "/dashboard".to_string()), ("tenant page", "/dashboard/tenants/t042".to_string())] {
+            let mut times = Vec::new();
+            for _ in 0..200 {
+                let t = std::time::Instant::now();
+                let r = page(&c, &gw, Method::GET, &path, Some(&session), "").await;
+                times.push(t.elapsed());
+                assert_eq!(r.status, 200, "{}", text(&r));
+            }
+            times.sort();
+            eprintln!("{backend:?} {name}: p50 {:.1} ms, p99 {:.1} ms (200 loads, {} bytes)", times[100].as_secs_f64() * 1000.0, times[197].as_secs_f64() * 1000.0, page(&c, &gw, Method::GET, &path, Some(&session), "").await.body.len());
+        }
+        gw.shutdown().await;
+    }
+}
