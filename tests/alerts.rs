@@ -10,7 +10,7 @@ use support::*;
 
 fn alerts_config(platform: std::net::SocketAddr, receiver: std::net::SocketAddr, budget: &str, extra: &str) -> String {
     let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some(budget)), tenant("b", KEY_B, 1000, 1000, 1000, None));
-    config_text(platform, "", &tenants).replace(
+    config_text(platform, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants).replace(
         "[pricing]",
         &format!("[alerts]\nurl = \"http://{receiver}/alerts\"\nsecret_env = \"TEST_WEBHOOK_SECRET\"\nthresholds = [0.5, 1.0]\nallow_http_loopback = true\nretry_base_ms = 300\n{extra}\n\n[pricing]"),
     )
@@ -63,6 +63,12 @@ async fn two_replicas_on_redis_send_each_alert_once() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let thresholds: Vec<f64> = bodies(&rx).iter().map(|a| a["threshold"].as_f64().unwrap()).collect();
     assert_eq!(thresholds, [0.5, 1.0], "each threshold once, from whichever replica saw it first");
+    // Either replica's dashboard shows both as sent.
+    let overview = dashboard_page(&c, &two, "admin-secret", "/dashboard").await;
+    let row = &overview[overview.find("data-tenant=\"a\"").unwrap()..];
+    assert!(row[..row.find("</tr>").unwrap()].contains("<td data-col=\"alerts\">50 %, 100 %</td>"), "{row}");
+    let page = dashboard_page(&c, &one, "admin-secret", "/dashboard/tenants/a").await;
+    assert!(page.contains("data-figure=\"alerts\">50 %, 100 %<"), "{page}");
     one.shutdown().await;
     two.shutdown().await;
 }

@@ -9,10 +9,9 @@ import time
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 TENANT, ADMIN = os.environ["UI_TENANT"], os.environ["UI_ADMIN"]
@@ -82,9 +81,20 @@ def sign_in(token):
 
 
 def submit(button):
-    """Clicks a form's button and waits for the next page."""
+    """Clicks a form's button and waits for the next page: the old page's button is gone (any
+    error asking about it means that; chromium sometimes answers with an inspector error
+    instead of a stale-element one) and the new page has loaded."""
     button.click()
-    WebDriverWait(driver, 10).until(EC.staleness_of(button))
+
+    def gone(_):
+        try:
+            button.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+
+    WebDriverWait(driver, 10).until(gone)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def fig(name, root=None):

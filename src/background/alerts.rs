@@ -18,11 +18,11 @@ use crate::store::{month_of, now_ms, OutboxMessage, ALERTS};
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The alert key of a tenant's threshold in a month: at most one alert each, on any replica.
-fn budget_key(tenant: &str, month: &str, threshold: f64) -> String {
+pub(crate) fn budget_key(tenant: &str, month: &str, threshold: f64) -> String {
     format!("budget:{tenant}:{month}:{threshold}")
 }
 
-const BALANCE_KEY: &str = "balance_low";
+pub(crate) const BALANCE_KEY: &str = "balance_low";
 
 async fn queue(gw: &Gateway, alerts: &AlertsConfig, kind: &'static str, body: serde_json::Value) {
     let m = OutboxMessage {

@@ -1,8 +1,7 @@
-//! Configuration: TOML text → `FileConfig` sections (serde) → validated `Config`.
+//! Configuration: TOML text → the file's raw sections (`file.rs`, serde) → validated here →
+//! the typed `Config` (`types.rs`). Secrets come only from the environment (`env.rs`).
 //!
 //! Every problem is collected before giving up, so an operator fixes a config in one pass.
-//! Secrets come only from the environment, through [`Env`], so tests pass a map instead of
-//! mutating the process environment.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
-use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 use crate::policy::catalog::{toml_syntax_error, Catalog};
 pub use crate::policy::secret::Secret;
@@ -20,6 +17,10 @@ use crate::policy::money::Usd;
 use crate::policy::pricing::{FamilyPrices, PriceTable};
 use crate::policy::rate_limit;
 use crate::policy::tenants::{Tenant, TenantDirectory};
+
+mod env;
+mod file;
+mod types;
 
 /// Tenant-facing listener when none is configured.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -74,28 +75,6 @@ pub const DEFAULT_BURST: u32 = 40;
 /// Paid generations per minute.
 pub const DEFAULT_GPM: u32 = 10;
 
-/// Where secrets come from.
-pub trait Env {
-    /// The variable's value, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
 /// A config that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,377 +91,11 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-// ---------- raw sections (serde) ----------
+pub use env::{Env, ProcessEnv};
+pub use types::*;
+use file::*;
 
-#[derive(Debug, Default, Deserialize)]
-struct ServerSection {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    max_body_bytes: Option<u64>,
-    request_timeout_secs: Option<u64>,
-    shutdown_grace_secs: Option<u64>,
-    header_read_timeout_secs: Option<u64>,
-    max_connections: Option<u64>,
-    max_buffered_body_bytes: Option<u64>,
-    max_buffered_body_bytes_per_tenant: Option<u64>,
-    max_uploads_per_tenant: Option<u64>,
-    min_upload_bytes_per_sec: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    admin_token_env: Option<String>,
-    tls_cert_path: Option<String>,
-    tls_key_path: Option<String>,
-}
 
-#[derive(Debug, Default, Deserialize)]
-struct UpstreamSection {
-    base_url: Option<String>,
-    token_env: Option<String>,
-    connect_timeout_ms: Option<u64>,
-    timeout_secs: Option<u64>,
-    get_retries: Option<u32>,
-    status_cache_ms: Option<u64>,
-    circuit_failure_threshold: Option<u32>,
-    circuit_open_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct StoreSection {
-    backend: Option<String>,
-    path: Option<String>,
-    url: Option<String>,
-    password_env: Option<String>,
-    timeout_ms: Option<u64>,
-    key_prefix: Option<String>,
-    sentinels: Option<Vec<String>>,
-    master_name: Option<String>,
-    db: Option<i64>,
-    min_replica_acks: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct BalanceSection {
-    cache_ttl_ms: Option<u64>,
-    reserve: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct CatalogSection {
-    path: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct TelemetrySection {
-    otlp_endpoint: Option<String>,
-    service_name: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct WebhooksSection {
-    public_base_url: Option<String>,
-    allow_http_loopback: Option<bool>,
-    retry_base_ms: Option<u64>,
-    attempt_timeout_ms: Option<u64>,
-    max_attempts: Option<u32>,
-    concurrency: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AlertsSection {
-    url: Option<String>,
-    secret_env: Option<String>,
-    thresholds: Option<Vec<f64>>,
-    balance_below: Option<String>,
-    allow_http_loopback: Option<bool>,
-    retry_base_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ReconcileSection {
-    interval_secs: Option<u64>,
-    status_calls_per_minute: Option<u32>,
-    unknown_after_secs: Option<u64>,
-    lease_margin_ms: Option<u64>,
-}
-
-/// A USD amount as a string (`"50.00"`, preferred: exact) or a number (`50`, `12.5`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Amount {
-    Text(String),
-    Int(i64),
-    Float(f64),
-}
-
-impl Amount {
-    fn text(&self) -> String {
-        match self {
-            Amount::Text(s) => s.clone(),
-            Amount::Int(i) => i.to_string(),
-            Amount::Float(f) => f.to_string(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PriceSpec {
-    Flat(String),
-    Table(HashMap<String, String>),
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct TenantSection {
-    id: Option<String>,
-    keys_sha256: Option<Vec<String>>,
-    requests_per_second: Option<u32>,
-    burst: Option<u32>,
-    generations_per_minute: Option<u32>,
-    monthly_budget: Option<Amount>,
-    max_in_flight: Option<u32>,
-    webhook_secret_env: Option<String>,
-}
-
-// ---------- validated config ----------
-
-/// The validated configuration the library runs on.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `[server]`.
-    pub server: ServerConfig,
-    /// `[upstream]`.
-    pub upstream: UpstreamConfig,
-    /// `[store]`.
-    pub store: StoreConfig,
-    /// `[balance]`.
-    pub balance: BalanceConfig,
-    /// `[reconcile]`.
-    pub reconcile: ReconcileConfig,
-    /// `[webhooks]`: relay tenants' callbacks (off when absent).
-    pub webhooks: Option<WebhooksConfig>,
-    /// `[alerts]`: budget and balance alerts (off when absent).
-    pub alerts: Option<AlertsConfig>,
-    /// `[telemetry]`: OTLP span export (off when absent).
-    pub telemetry: Option<TelemetryConfig>,
-    /// `[catalog]`: the model families (the built-in catalog unless `path` names another).
-    pub catalog: Catalog,
-    /// `[catalog] path`, when set.
-    pub catalog_path: Option<PathBuf>,
-    /// `[pricing]`.
-    pub pricing: PriceTable,
-    /// `[[tenants]]`.
-    pub tenants: TenantDirectory,
-}
-
-/// `[telemetry]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TelemetryConfig {
-    /// Where spans go: an OTLP/HTTP (protobuf) traces URL, `…/v1/traces`.
-    pub otlp_endpoint: String,
-    /// `service.name` of the exported spans.
-    pub service_name: String,
-}
-
-/// `[server]`.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Tenant-facing address.
-    pub listen: SocketAddr,
-    /// Admin address.
-    pub admin_listen: SocketAddr,
-    /// Request bodies over this get 413.
-    pub max_body_bytes: usize,
-    /// Whole-request deadline.
-    pub request_timeout: Duration,
-    /// SIGTERM drain.
-    pub shutdown_grace: Duration,
-    /// Deadline for a client's request headers.
-    pub header_read_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
-    /// Body bytes buffered at once across requests.
-    pub max_buffered_body_bytes: usize,
-    /// One tenant's share of it.
-    pub max_buffered_body_bytes_per_tenant: usize,
-    /// Request bodies one tenant may be uploading at once.
-    pub max_uploads_per_tenant: usize,
-    /// Uploads slower than this after the first 5 s get 408 (0: no minimum).
-    pub min_upload_bytes_per_sec: u64,
-    /// Connections with no request in flight for this long are closed.
-    pub idle_timeout: Duration,
-    /// Token for `/admin/*`; admin endpoints refuse everything when unset.
-    pub admin_token: Option<Secret>,
-    /// The variable it comes from (named in the admin API's 403).
-    pub admin_token_env: String,
-    /// TLS on the tenant listener: PEM certificate chain and private key.
-    pub tls: Option<TlsPaths>,
-}
-
-/// `[server] tls_cert_path` and `tls_key_path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsPaths {
-    /// PEM certificate chain, leaf first.
-    pub cert: std::path::PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: std::path::PathBuf,
-}
-
-/// `[upstream]`.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Scheme and authority (and optional path prefix, no trailing slash).
-    pub base_url: Uri,
-    /// The platform token.
-    pub token: Secret,
-    /// Connect deadline.
-    pub connect_timeout: Duration,
-    /// Per-request deadline.
-    pub timeout: Duration,
-    /// Retries for idempotent GETs.
-    pub get_retries: u32,
-    /// How long a generation's status answer is shared between polls.
-    pub status_cache: Duration,
-    /// Consecutive failures that open the circuit.
-    pub circuit_failure_threshold: u32,
-    /// How long the circuit stays open.
-    pub circuit_open: Duration,
-}
-
-/// `[store]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// Embedded SQLite file (the default).
-    Sqlite {
-        /// Database file.
-        path: PathBuf,
-    },
-    /// In memory, lost at exit (tests and the demo).
-    Memory,
-    /// Shared by several replicas.
-    Redis {
-        /// Where the primary is.
-        target: RedisTarget,
-        /// Command deadline.
-        timeout: Duration,
-        /// Prefix of every key.
-        key_prefix: String,
-        /// Replicas that must acknowledge a money write (`WAIT`) before anyone is answered.
-        min_replica_acks: u32,
-    },
-}
-
-/// `[store] url`, or `sentinels` + `master_name`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// `redis://host:port/db` (the password from `password_env` already in it).
-    Url(String),
-    /// The primary is whoever these sentinels say it is.
-    Sentinel {
-        /// `host:port` of each sentinel.
-        sentinels: Vec<String>,
-        /// The name the sentinels monitor.
-        master_name: String,
-        /// Database number on the data nodes.
-        db: i64,
-        /// The data nodes' password (`password_env`).
-        password: Option<Secret>,
-    },
-}
-
-/// `[balance]`.
-#[derive(Debug, Clone)]
-pub struct BalanceConfig {
-    /// How long a fetched balance is trusted.
-    pub cache_ttl: Duration,
-    /// Never spent.
-    pub reserve: Usd,
-}
-
-/// `[reconcile]`: how the ledger converges to the platform (unknown outcomes, refunds).
-#[derive(Debug, Clone)]
-pub struct ReconcileConfig {
-    /// How often unresolved generations and outcomes are looked at.
-    pub interval: Duration,
-    /// Platform calls the reconciler may spend per minute (all tenants share one token).
-    pub status_calls_per_minute: u32,
-    /// An unknown outcome not found on the platform by then is released.
-    pub unknown_after: Duration,
-    /// A hold's lease is the upstream timeout plus this.
-    pub lease_margin: Duration,
-}
-
-/// `[alerts]` (SPEC §14).
-#[derive(Debug, Clone)]
-pub struct AlertsConfig {
-    /// Where alerts are POSTed.
-    pub url: String,
-    /// The Standard Webhooks secret (`whsec_…`) they are signed with.
-    pub secret: Secret,
-    /// Shares of a tenant's budget (spend plus holds) that each send one alert a month.
-    pub thresholds: Vec<f64>,
-    /// One alert each time the account balance falls below this.
-    pub balance_below: Option<Usd>,
-    /// Plain http to loopback allowed (tests, the demo).
-    pub allow_http_loopback: bool,
-    /// First retry delay; doubles per attempt.
-    pub retry_base: Duration,
-}
-
-/// `[webhooks]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhooksConfig {
-    /// Where the platform reaches this gateway, without a trailing slash.
-    pub public_base_url: String,
-    /// Plain http to loopback allowed (tests, the demo).
-    pub allow_http_loopback: bool,
-    /// First retry delay; doubles per attempt (30 s, 60 s, 120 s, 240 s, 480 s by default).
-    pub retry_base: Duration,
-    /// Deadline of one delivery attempt.
-    pub attempt_timeout: Duration,
-    /// Attempts before a delivery becomes a dead letter.
-    pub max_attempts: u32,
-    /// Deliveries in flight at once per gateway.
-    pub concurrency: usize,
-}
-
-/// Reconciler defaults.
-pub const DEFAULT_RECONCILE_INTERVAL_SECS: u64 = 30;
-/// Platform status calls per minute for the reconciler.
-pub const DEFAULT_RECONCILE_CALLS_PER_MINUTE: u32 = 30;
-/// Unknown outcomes not found by then are released.
-pub const DEFAULT_UNKNOWN_AFTER_SECS: u64 = 900;
-/// Lease margin over the upstream timeout.
-pub const DEFAULT_LEASE_MARGIN_MS: u64 = 10_000;
-
-fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &str, problems: &mut Vec<String>) -> T {
-    let Some(value) = value else { return T::default() };
-    let mut unknown = Vec::new();
-    let parsed = serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()));
-    for path in unknown {
-        problems.push(format!("unknown key `{name}.{path}`"));
-    }
-    match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            // Find every key that fails on its own, report each, and keep the rest.
-            let Some(table) = value.as_table() else {
-                problems.push(format!("[{name}]: {}", one_line(&e.to_string())));
-                return T::default();
-            };
-            let mut good = toml::Table::new();
-            for (k, v) in table {
-                let single = toml::Table::from_iter([(k.clone(), v.clone())]);
-                match T::deserialize(toml::Value::Table(single)) {
-                    Ok(_) => {
-                        good.insert(k.clone(), v.clone());
-                    }
-                    Err(e) => problems.push(format!("{name}.{k}: {}", one_line(&e.to_string()))),
-                }
-            }
-            T::deserialize(toml::Value::Table(good)).unwrap_or_default()
-        }
-    }
-}
 
 /// Keys written in this project's docs and example configs. A tenant that accepts one can be
 /// spent by anyone who has read them.

@@ -1181,6 +1181,11 @@ impl Store for EmbeddedStore {
         Ok(true)
     }
 
+    async fn alerts_marked(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        let inner = self.lock();
+        Ok(keys.iter().map(|k| inner.alerts_sent.contains(k)).collect())
+    }
+
     async fn alert_once(&self, key: &str) -> Result<bool, StoreError> {
         let _one_at_a_time = self.dir_writes.lock().await;
         if self.lock().alerts_sent.contains(key) {

@@ -375,6 +375,8 @@ pub trait Store: Send + Sync + 'static {
     async fn directory_put(&self, id: &str, expect: u64, doc: Option<&ApiTenant>) -> Result<bool, StoreError>;
     /// Marks alert `key` sent; `true` only for the first caller on any replica (once per key).
     async fn alert_once(&self, key: &str) -> Result<bool, StoreError>;
+    /// Which of `keys` are marked sent (for the dashboard), in order.
+    async fn alerts_marked(&self, keys: &[String]) -> Result<Vec<bool>, StoreError>;
     /// Forgets alert `key`, so it can be sent again (the balance recovered).
     async fn alert_rearm(&self, key: &str) -> Result<(), StoreError>;
     /// Appends an audit line (kept: the latest 10,000).

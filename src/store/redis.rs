@@ -1330,6 +1330,21 @@ impl Store for RedisStore {
         Ok(written == 1)
     }
 
+    async fn alerts_marked(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks: Vec<String> = keys.iter().map(|k| self.key(&format!("alert:{k}"))).collect();
+        self.run(|mut c| async move {
+            let mut pipe = ::redis::pipe();
+            for k in &ks {
+                pipe.exists(k);
+            }
+            pipe.query_async(&mut c).await
+        })
+        .await
+    }
+
     async fn alert_once(&self, key: &str) -> Result<bool, StoreError> {
         let k = self.key(&format!("alert:{key}"));
         let set: Option<String> = self.run(|mut c| async move { ::redis::cmd("SET").arg(&k).arg(super::now_ms()).arg("NX").query_async(&mut c).await }).await?;

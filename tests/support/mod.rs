@@ -551,3 +551,20 @@ pub fn verify_signature(secret: &str, r: &Received) -> bool {
     let expected = format!("v1,{}", base64_simd::STANDARD.encode_to_string(mac.finalize().into_bytes()));
     r.headers["webhook-signature"].to_str().unwrap().split(' ').any(|s| s == expected)
 }
+
+/// Signs in to the dashboard of `gw` with `token` and returns the page at `path` (HTML).
+pub async fn dashboard_page(c: &HttpClient, gw: &TestGateway, token: &str, path: &str) -> String {
+    let login = Request::builder()
+        .method(Method::POST)
+        .uri(gw.admin_url("/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(format!("token={token}"))))
+        .unwrap();
+    let r = send(c, login).await;
+    assert_eq!(r.status, 303, "{:?}", r.body);
+    let cookie = r.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let req = Request::builder().uri(gw.admin_url(path)).header("cookie", cookie).body(Full::new(Bytes::new())).unwrap();
+    let r = send(c, req).await;
+    assert_eq!(r.status, 200, "{path}");
+    String::from_utf8_lossy(&r.body).into_owned()
+}

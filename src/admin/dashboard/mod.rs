@@ -266,6 +266,7 @@ impl Dashboard {
             *in_flight.entry(h.tenant.to_string()).or_default() += 1;
         }
         let budgets: HashMap<&str, Option<Usd>> = runtime.tenants.tenants().iter().map(|t| (&*t.id, t.monthly_budget)).collect();
+        let (alerts, balance_alert) = self.alerts_sent(budgets.iter().filter(|(_, b)| b.is_some()).map(|(id, _)| *id), &month).await?;
         // Every tenant, and the owners of this month's money that are no longer configured
         // (as the usage report lists them).
         let mut ids: Vec<&str> = budgets.keys().copied().chain(totals.keys().map(String::as_str)).collect();
@@ -286,6 +287,7 @@ impl Dashboard {
                     remaining: budget.map(|b| (b - used).max_zero()),
                     share: budget.map(|b| if b.micros() > 0 { used.micros() as f64 / b.micros() as f64 } else { 1.0 }),
                     in_flight: in_flight.get(id).copied().unwrap_or(0),
+                    alerts: alerts.get(id).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -299,8 +301,29 @@ impl Dashboard {
             backlog: outbox.pending,
             oldest_pending_secs: outbox.oldest_pending_ms.map(|ms| now.saturating_sub(ms) / 1000),
             dead: outbox.dead,
+            alerts_on: self.gateway.alerts.is_some(),
+            balance_alert,
             csrf: self.sessions.csrf(s),
         }))
+    }
+
+    /// The budget thresholds each of `tenants` has had an alert for in `month`, and whether the
+    /// low-balance alert stands; nothing without `[alerts]`.
+    async fn alerts_sent<'a>(&self, tenants: impl Iterator<Item = &'a str>, month: &str) -> Result<(HashMap<String, Vec<f64>>, bool), StoreError> {
+        use crate::background::alerts::{budget_key, BALANCE_KEY};
+        let Some(cfg) = &self.gateway.alerts else { return Ok((HashMap::new(), false)) };
+        let asked: Vec<(String, f64)> = tenants.flat_map(|t| cfg.thresholds.iter().map(move |&th| (t.to_string(), th))).collect();
+        let mut keys: Vec<String> = asked.iter().map(|(t, th)| budget_key(t, month, *th)).collect();
+        keys.push(BALANCE_KEY.to_string());
+        let mut marked = self.gateway.store().alerts_marked(&keys).await?;
+        let balance = marked.pop().unwrap_or(false) && cfg.balance_below.is_some();
+        let mut out: HashMap<String, Vec<f64>> = HashMap::new();
+        for ((t, th), sent) in asked.into_iter().zip(marked) {
+            if sent {
+                out.entry(t).or_default().push(th);
+            }
+        }
+        Ok((out, balance))
     }
 
     async fn tenant_page(&self, s: &Session, id: &str, new_key: Option<String>, notice: Option<String>, now: u64) -> Response<Body> {
@@ -337,6 +360,7 @@ impl Dashboard {
         }
         let days = (today - (CHART_DAYS - 1)..=today).map(|d| (date(d), by_day.get(&d).copied().unwrap_or(Usd::ZERO))).collect();
         let in_flight = store.open_holds().await?.iter().filter(|h| &*h.tenant == id).count() as u64;
+        let alerts = self.alerts_sent(std::iter::once(id).filter(|_| tenant.monthly_budget.is_some()), &month).await?.0.remove(id);
         let latest = store
             .latest_generations(id, runtime.catalog.families(), LATEST)
             .await?
@@ -366,6 +390,7 @@ impl Dashboard {
             projection: projection(t.spent, &month, now),
             month,
             in_flight,
+            alerts: self.gateway.alerts.as_ref().map(|_| alerts.unwrap_or_default()),
             days,
             failures: failures.into_values().collect(),
             keys,

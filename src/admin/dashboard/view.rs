@@ -18,6 +18,13 @@ pub struct TenantRow {
     /// Share of the budget used (spent + held + unknown), if there is a budget.
     pub share: Option<f64>,
     pub in_flight: u64,
+    /// Budget thresholds alerted this month.
+    pub alerts: Vec<f64>,
+}
+
+/// Thresholds as "50 %, 100 %".
+fn shares(v: &[f64]) -> String {
+    v.iter().map(|t| format!("{:.0} %", t * 100.0)).collect::<Vec<_>>().join(", ")
 }
 
 /// The admin's overview.
@@ -30,6 +37,10 @@ pub struct Overview {
     pub backlog: u64,
     pub oldest_pending_secs: Option<u64>,
     pub dead: u64,
+    /// `[alerts]` is configured.
+    pub alerts_on: bool,
+    /// The low-balance alert was sent and the balance has not recovered.
+    pub balance_alert: bool,
     pub csrf: String,
 }
 
@@ -68,6 +79,8 @@ pub struct TenantPage {
     pub remaining: Option<Usd>,
     pub projection: Usd,
     pub in_flight: u64,
+    /// Budget thresholds alerted this month (`None` without `[alerts]`).
+    pub alerts: Option<Vec<f64>>,
     /// Net spend of each of the last 90 days, oldest first: (RFC 3339 date, amount).
     pub days: Vec<(String, Usd)>,
     pub failures: Vec<FamilyFailures>,
@@ -164,10 +177,17 @@ pub fn overview(o: &Overview) -> Markup {
                         @if let Some(s) = o.oldest_pending_secs { " (oldest " (s) " s)" } }
                     p { span data-figure="dead" { (o.dead) } " dead letters" }
                 }
+                @if o.alerts_on {
+                    div.card {
+                        h2 { "Alerts this month" }
+                        p.figure data-figure="alerts" { (o.rows.iter().map(|r| r.alerts.len()).sum::<usize>()) }
+                        @if o.balance_alert { p.flag { "low-balance alert sent" } }
+                    }
+                }
             }
             h2 { "Tenants" }
             table #tenants {
-                thead { tr { th { "Tenant" } th { "Budget" } th { "Spent" } th { "Held" } th { "Unknown" } th { "Remaining" } th { "In flight" } th { "Used" } } }
+                thead { tr { th { "Tenant" } th { "Budget" } th { "Spent" } th { "Held" } th { "Unknown" } th { "Remaining" } th { "In flight" } th { "Used" } @if o.alerts_on { th { "Alerts sent" } } } }
                 tbody {
                     @for r in &o.rows {
                         @let flag = match r.share { Some(s) if s >= 1.0 => "over", Some(s) if s >= 0.8 => "warn", _ => "" };
@@ -186,6 +206,7 @@ pub fn overview(o: &Overview) -> Markup {
                                 @if flag == "over" { " " span.flag { "over budget" } }
                                 @else if flag == "warn" { " " span.flag { "≥ 80 %" } }
                             }
+                            @if o.alerts_on { td data-col="alerts" { (shares(&r.alerts)) } }
                         }
                     }
                 }
@@ -238,6 +259,9 @@ pub fn tenant(t: &TenantPage) -> Markup {
                 div.card { h2 { "Held / unknown" } p { span data-figure="held" { (t.held) } " / " span data-figure="unknown" { (t.unknown) } } }
                 div.card { h2 { "Refunded" } p.figure data-figure="refunded" { (t.refunded) } }
                 div.card { h2 { "In flight" } p.figure data-figure="in-flight" { (t.in_flight) } }
+                @if let Some(a) = &t.alerts {
+                    div.card { h2 { "Alerts sent" } p data-figure="alerts" { @if a.is_empty() { "none" } @else { (shares(a)) } } }
+                }
             }
             h2 { "Daily spend, last 90 days" }
             (chart(&t.days))
