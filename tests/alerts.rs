@@ -92,3 +92,20 @@ async fn a_receiver_that_is_down_gets_the_alert_later_and_a_low_balance_alerts_o
     assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_budgets_over_balance 1"));
     gw.shutdown().await;
 }
+
+/// Without `[alerts]` an operator still learns that the budgets handed out exceed the balance:
+/// the gauge (and a warning line, which goes to the diagnostic log this harness does not keep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_over_the_balance_warn_without_alerts_configured() {
+    let platform = Platform::with_balance("0.50").await;
+    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.40")), tenant("b", KEY_B, 1000, 1000, 1000, Some("0.40")));
+    let gw = TestGateway::start(&config_text(platform.addr, "", &tenants)).await;
+    let c = client();
+    // The balance is read on the first paid request.
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    until(Duration::from_secs(5), "the gauge", || async {
+        String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).contains("tollgate_budgets_over_balance 1")
+    })
+    .await;
+    gw.shutdown().await;
+}

@@ -46,9 +46,10 @@ async fn queue(gw: &Gateway, alerts: &AlertsConfig, kind: &'static str, body: se
     }
 }
 
-/// One pass: every tenant with a budget, then the account balance. Answers whether the budgets
-/// add up to more than the balance (`None` while no balance is known).
-pub async fn check(gw: &Gateway, alerts: &AlertsConfig) -> Result<Option<bool>, crate::store::StoreError> {
+/// One pass: every tenant with a budget, then the account balance (the alerts only with
+/// `[alerts]`). Answers whether the budgets add up to more than the balance (`None` while no
+/// balance is known).
+pub async fn check(gw: &Gateway, alerts: Option<&AlertsConfig>) -> Result<Option<bool>, crate::store::StoreError> {
     let month = month_of(now_ms());
     let runtime = gw.current();
     let totals = gw.store.month_totals(&month).await?;
@@ -59,6 +60,7 @@ pub async fn check(gw: &Gateway, alerts: &AlertsConfig) -> Result<Option<bool>, 
         if budget <= crate::policy::money::Usd::ZERO {
             continue;
         }
+        let Some(alerts) = alerts else { continue };
         let used = totals.get(&*t.id).map(|m| m.spent + m.held + m.unknown).unwrap_or_default();
         for &threshold in &alerts.thresholds {
             if (used.micros() as f64) < threshold * budget.micros() as f64 {
@@ -77,7 +79,7 @@ pub async fn check(gw: &Gateway, alerts: &AlertsConfig) -> Result<Option<bool>, 
     let balance = snapshot.amount;
     let over = budgets > balance;
     gw.metrics.set_budgets_over_balance(over);
-    {
+    if let Some(alerts) = alerts {
         if let Some(floor) = alerts.balance_below {
             if balance < floor {
                 if gw.store.alert_once(BALANCE_KEY).await? {
@@ -93,10 +95,11 @@ pub async fn check(gw: &Gateway, alerts: &AlertsConfig) -> Result<Option<bool>, 
 
 /// Checks every [`CHECK_EVERY`] until `stop` turns true.
 pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(alerts) = gw.alerts.clone() else { return };
+    // Runs without [alerts] too: the budgets-over-balance warning and gauge are for everyone.
+    let alerts = gw.alerts.clone();
     let mut was_over = false;
     loop {
-        match check(&gw, &alerts).await {
+        match check(&gw, alerts.as_ref()).await {
             Ok(Some(over)) => {
                 if over && !was_over {
                     tracing::warn!("the monthly budgets handed out add up to more than the account balance: not every tenant can spend its budget");
