@@ -655,6 +655,21 @@ impl RedisStore {
         format!("{}:{rest}", self.prefix)
     }
 
+    /// One command per key, sent as one pipeline (one round trip), answers in key order.
+    async fn each<T: ::redis::FromRedisValue>(&self, keys: Vec<String>, cmd: impl Fn(&mut ::redis::Pipeline, &str)) -> Result<Vec<T>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(|mut c| async move {
+            let mut pipe = ::redis::pipe();
+            for k in &keys {
+                cmd(&mut pipe, k);
+            }
+            pipe.query_async(&mut c).await
+        })
+        .await
+    }
+
     /// Runs one Redis operation with the store's deadline; an error that says the primary is
     /// gone makes the next operation dial again.
     async fn run<T, F>(&self, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, StoreError>
@@ -999,28 +1014,12 @@ impl Store for RedisStore {
         // records the tenant has.
         let keys: Vec<String> = families.iter().map(|f| self.key(&format!("gens:{tenant}:{}", f.path()))).collect();
         let stop = limit.max(1) as isize - 1;
-        let lists: Vec<Vec<(String, f64)>> = self
-            .run(|mut c| async move {
-                let mut pipe = ::redis::pipe();
-                for k in &keys {
-                    pipe.zrevrange_withscores(k, 0, stop);
-                }
-                pipe.query_async(&mut c).await
-            })
-            .await?;
+        let lists: Vec<Vec<(String, f64)>> = self.each(keys, |p, k| { p.zrevrange_withscores(k, 0, stop); }).await?;
         let mut newest: Vec<(String, f64)> = lists.into_iter().flatten().collect();
         newest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         newest.truncate(limit);
         let gen_keys: Vec<String> = newest.iter().map(|(id, _)| self.key(&format!("gen:{id}"))).collect();
-        let hashes: Vec<std::collections::HashMap<String, String>> = self
-            .run(|mut c| async move {
-                let mut pipe = ::redis::pipe();
-                for k in &gen_keys {
-                    pipe.hgetall(k);
-                }
-                pipe.query_async(&mut c).await
-            })
-            .await?;
+        let hashes: Vec<std::collections::HashMap<String, String>> = self.each(gen_keys, |p, k| { p.hgetall(k); }).await?;
         Ok(newest
             .iter()
             .zip(hashes)
@@ -1040,15 +1039,7 @@ impl Store for RedisStore {
         let mut months: Vec<String> = (from..=to).step_by(28).chain(std::iter::once(to)).map(|d| super::month_of((d.max(0) * super::DAY_MS) as u64)).collect();
         months.dedup();
         let keys: Vec<String> = months.iter().map(|m| self.key(&format!("daily:{tenant}:{m}"))).collect();
-        let hashes: Vec<std::collections::HashMap<String, i64>> = self
-            .run(|mut c| async move {
-                let mut pipe = ::redis::pipe();
-                for k in &keys {
-                    pipe.hgetall(k);
-                }
-                pipe.query_async(&mut c).await
-            })
-            .await?;
+        let hashes: Vec<std::collections::HashMap<String, i64>> = self.each(keys, |p, k| { p.hgetall(k); }).await?;
         let mut days: std::collections::BTreeMap<(i64, String), super::DayTotals> = Default::default();
         for (field, v) in hashes.into_iter().flatten() {
             let mut parts = field.splitn(3, '|');
@@ -1331,18 +1322,7 @@ impl Store for RedisStore {
     }
 
     async fn alerts_marked(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ks: Vec<String> = keys.iter().map(|k| self.key(&format!("alert:{k}"))).collect();
-        self.run(|mut c| async move {
-            let mut pipe = ::redis::pipe();
-            for k in &ks {
-                pipe.exists(k);
-            }
-            pipe.query_async(&mut c).await
-        })
-        .await
+        self.each(keys.iter().map(|k| self.key(&format!("alert:{k}"))).collect(), |p, k| { p.exists(k); }).await
     }
 
     async fn alert_once(&self, key: &str) -> Result<bool, StoreError> {
