@@ -124,6 +124,16 @@ async fn chaos(backend: Backend, seed: u64) {
             assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{id}/")), Some(other)).await.status, 404);
         }
     }
+    // The daily roll-ups the dashboard charts add up to the usage report's month, per tenant.
+    let totals = store.month_totals(&month).await.unwrap();
+    let today = tollgate::store::now_ms() as i64 / tollgate::store::DAY_MS;
+    for (tenant, t) in &totals {
+        let days = store.daily(tenant, today - 40, today).await.unwrap();
+        let in_month = |d: &&tollgate::store::DayTotals| tollgate::store::month_of((d.day * tollgate::store::DAY_MS) as u64) == month;
+        let spent = days.iter().filter(in_month).fold(tollgate::policy::money::Usd::ZERO, |a, d| a + d.spent());
+        let refunded = days.iter().filter(in_month).fold(tollgate::policy::money::Usd::ZERO, |a, d| a + d.refunded);
+        assert_eq!((spent, refunded), (t.spent, t.refunded), "{backend:?}: {tenant}'s daily roll-ups disagree with its month");
+    }
     // Prompts are unique per Idempotency-Key: no key bought two generations.
     assert!(per_prompt.values().all(|n| *n == 1), "{backend:?}: a key bought two generations: {per_prompt:?}");
     let unknowns = gw.log_lines().iter().filter(|l| l["outcome"] == "upstream_timeout" || l["outcome"] == "upstream_unavailable").count();
