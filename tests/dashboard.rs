@@ -130,6 +130,7 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
         assert_eq!(figure(row, "data-col=\"remaining\""), of(t, "remaining"), "{t}");
     }
     assert_eq!(of("team-v", "spent"), "0.1200", "two of three failed and were refunded");
+    assert!(figure(&html, "data-figure=\"reconciled\"").starts_with("no pass on this replica yet"), "the reconciler runs hourly in this test");
 
     // The tenant page: figures, the chart's today, failures by reason, escaped messages.
     let r = page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&session), "").await;

@@ -148,7 +148,11 @@ impl Reconciler {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            match self.pass().await {
+            let pass = self.pass().await;
+            if pass.as_ref().is_ok_and(|r| r.leader) {
+                self.gw.reconciled_ms.store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+            }
+            match pass {
                 Ok(r) if r.expired + r.found + r.released > 0 => {
                     tracing::info!(expired = r.expired, found = r.found, released = r.released, followed = r.followed, "reconciler pass")
                 }

@@ -120,6 +120,9 @@ pub struct Gateway {
     /// Statuses webhooks reported, by generation: hints the reconciler confirms with the
     /// platform (first in its next pass) before anything is recorded or refunded.
     pub(crate) hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Unix ms of this replica's last reconciler pass as the lease holder (0: none yet), for
+    /// the dashboard.
+    pub(crate) reconciled_ms: std::sync::atomic::AtomicU64,
     /// Samples the access lines of refused, unauthenticated requests per address.
     pub(crate) refusals: crate::gateway::limits::RefusalSampler,
     /// Runtime swaps (config reloads, directory changes) one at a time, so none is lost.
@@ -266,6 +269,7 @@ impl Gateway {
             started_with: config.restart_only(),
             auth_failures: crate::gateway::limits::AuthFailures::new(),
             hints: Default::default(),
+            reconciled_ms: Default::default(),
             refusals: crate::gateway::limits::RefusalSampler::new(),
             runtime_swap: Default::default(),
         })

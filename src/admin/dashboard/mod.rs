@@ -302,6 +302,10 @@ impl Dashboard {
             oldest_pending_secs: outbox.oldest_pending_ms.map(|ms| now.saturating_sub(ms) / 1000),
             dead: outbox.dead,
             alerts_on: self.gateway.alerts.is_some(),
+            reconciled_secs_ago: match self.gateway.reconciled_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => None,
+                ms => Some(now.saturating_sub(ms) / 1000),
+            },
             balance_alert,
             csrf: self.sessions.csrf(s),
         }))

@@ -39,6 +39,9 @@ pub struct Overview {
     pub dead: u64,
     /// `[alerts]` is configured.
     pub alerts_on: bool,
+    /// Seconds since this replica's last reconciler pass (`None`: another replica holds the
+    /// lease, or none has run yet).
+    pub reconciled_secs_ago: Option<u64>,
     /// The low-balance alert was sent and the balance has not recovered.
     pub balance_alert: bool,
     pub csrf: String,
@@ -176,6 +179,12 @@ pub fn overview(o: &Overview) -> Markup {
                     p { span data-figure="backlog" { (o.backlog) } " waiting"
                         @if let Some(s) = o.oldest_pending_secs { " (oldest " (s) " s)" } }
                     p { span data-figure="dead" { (o.dead) } " dead letters" }
+                }
+                div.card {
+                    h2 { "Reconciler" }
+                    p data-figure="reconciled" {
+                        @match o.reconciled_secs_ago { Some(s) => { "last pass " (s) " s ago" }, None => { "no pass on this replica yet (another may hold the lease)" } }
+                    }
                 }
                 @if o.alerts_on {
                     div.card {
