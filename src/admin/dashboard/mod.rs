@@ -12,7 +12,7 @@ mod view;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use http::header::{HeaderValue, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
@@ -137,15 +137,11 @@ impl Dashboard {
         let parts: Vec<&str> = path.split('/').skip(2).collect();
         let method = req.method().clone();
         match (&method, parts.as_slice()) {
-            (&Method::GET, ["style.css"]) => {
-                let mut rsp = body::typed(StatusCode::OK, HeaderValue::from_static("text/css; charset=utf-8"), STYLE);
-                rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
-                rsp
-            }
-            (&Method::GET, []) => match session.map(|s| s.who) {
+            (&Method::GET, ["style.css"]) => body::typed(StatusCode::OK, HeaderValue::from_static("text/css; charset=utf-8"), STYLE),
+            (&Method::GET, []) => match &session {
                 None => html(StatusCode::OK, view::sign_in(None)),
-                Some(Who::Viewer { tenant, .. }) => see_other(&format!("/dashboard/tenants/{tenant}")),
-                Some(Who::Admin) => match self.overview(&self.session(&req, now).expect("checked above"), now).await {
+                Some(Session { who: Who::Viewer { tenant, .. }, .. }) => see_other(&format!("/dashboard/tenants/{tenant}")),
+                Some(s) => match self.overview(s, now).await {
                     Ok(page) => html(StatusCode::OK, page),
                     Err(e) => unavailable(&e),
                 },
