@@ -133,8 +133,8 @@ impl Gateway {
             self.metrics.webhook_rejected("unknown_token");
             return Err(GatewayError::NotFound);
         };
-        ctx.tenant = Some(target.tenant.clone());
-        ctx.outcome = "webhook_received";
+        ctx.record.tenant = Some(target.tenant.clone());
+        ctx.record.outcome = "webhook_received";
         let mut buf = bytes::BytesMut::new();
         let mut incoming = std::pin::pin!(req.into_body());
         while let Some(frame) = incoming.frame().await {
@@ -148,7 +148,7 @@ impl Gateway {
             }
         }
         let body = buf.freeze();
-        ctx.request_bytes = body.len();
+        ctx.record.request_bytes = body.len();
         let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<serde_json::Value>(&body) else {
             self.metrics.webhook_rejected("not_json");
             return Err(GatewayError::BadRequest("Webhook body must be a JSON object".into()));
@@ -162,7 +162,7 @@ impl Gateway {
             if let Some(record) = self.store.generation(&id).await?.filter(|r| r.tenant == target.tenant) {
                 if crate::store::is_final_status(&record.status) && record.status != status {
                     self.metrics.webhook_rejected("contradicts_platform");
-                    tracing::warn!(request_id = ctx.request_id(), generation = %record.id, recorded = %record.status, reported = status, "webhook contradicts a final status the platform reported; ignored");
+                    tracing::warn!(request_id = ctx.record.request_id(), generation = %record.id, recorded = %record.status, reported = status, "webhook contradicts a final status the platform reported; ignored");
                 } else if record.status != status {
                     let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
                     // Bounded: past it, the reconciler still follows every unfinished generation.
@@ -194,14 +194,13 @@ impl Gateway {
             .await?
             .filter(|r| r.tenant == tenant.id && r.family == family)
             .ok_or(GatewayError::GenerationNotFound)?;
-        let polled = self.current_status(&ctx.request_id, ctx.trace.as_ref(), &record, uri).await;
+        let polled = self.current_status(&ctx.record.request_id, ctx.record.trace.as_ref(), &record, uri).await;
         if let Some((status, latency)) = polled.upstream {
-            ctx.upstream_status = Some(status.as_u16());
-            ctx.upstream_latency = Some(latency);
+            ctx.record.upstream(status.as_u16(), latency);
         }
         let answer = polled.result?;
         if polled.upstream.is_none() {
-            ctx.outcome = "cached";
+            ctx.record.outcome = "cached";
         }
         Ok(passthrough(answer.status, answer.content_type.as_ref(), self.without_relay_url(answer.body)))
     }
@@ -290,15 +289,14 @@ impl Gateway {
         let offset = query_usize(uri, "offset", 0, 0, usize::MAX / 2)?;
         let records = self.store.list_generations(&tenant.id, family, limit, offset).await?;
         if records.is_empty() {
-            ctx.outcome = "served";
+            ctx.record.outcome = "served";
             return Ok(body::json(StatusCode::OK, "[]"));
         }
         let path = format!("/v1/{}/generations?limit={LIST_MAX}", family.path());
         let mut current: HashMap<String, serde_json::Value> = HashMap::new();
-        match self.upstream.send(Method::GET, &path, None, &ctx.request_id, ctx.trace.as_ref(), Bytes::new()).await {
+        match self.upstream.send(Method::GET, &path, None, &ctx.record.request_id, ctx.record.trace.as_ref(), Bytes::new()).await {
             Ok(rsp) => {
-                ctx.upstream_status = Some(rsp.status.as_u16());
-                ctx.upstream_latency = Some(rsp.latency);
+                ctx.record.upstream(rsp.status.as_u16(), rsp.latency);
                 if rsp.status.is_success() {
                     if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&rsp.body) {
                         for item in items {
@@ -310,7 +308,7 @@ impl Gateway {
                 }
             }
             // The list still answers from the records; the reconciler catches up later.
-            Err(e) => tracing::debug!(request_id = ctx.request_id(), error = %e, "platform list unavailable; answering from records"),
+            Err(e) => tracing::debug!(request_id = ctx.record.request_id(), error = %e, "platform list unavailable; answering from records"),
         }
         let mut items = Vec::with_capacity(records.len());
         for r in &records {
@@ -331,10 +329,10 @@ impl Gateway {
     /// `GET /v1/gateway/usage`: the tenant's own month: budget, spent, held, remaining, when it
     /// resets, what the account still allows, and its limits.
     pub(crate) async fn tenant_usage(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
-        ctx.outcome = "served";
+        ctx.record.outcome = "served";
         let month = month_of(now_ms());
         let totals = self.store.month_totals(&month).await?.remove(&*tenant.id).unwrap_or_default();
-        let account = match self.balance.ensure_fresh(&ctx.request_id).await {
+        let account = match self.balance.ensure_fresh(&ctx.record.request_id).await {
             Ok(()) => self.store.spendable(&tenant.id, &month, None, runtime.reserve).await?.map(|u| u.to_string()),
             Err(_) => None,
         };
@@ -359,8 +357,8 @@ impl Gateway {
 
     /// `GET /v1/data/balance`: what this tenant can still spend.
     pub(crate) async fn tenant_balance(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
-        ctx.outcome = "served";
-        self.balance.ensure_fresh(&ctx.request_id).await?;
+        ctx.record.outcome = "served";
+        self.balance.ensure_fresh(&ctx.record.request_id).await?;
         let month = month_of(now_ms());
         let left = self
             .store

@@ -23,7 +23,7 @@ pub mod upload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, AUTHORIZATION};
@@ -35,7 +35,7 @@ use crate::server::body::Body;
 use crate::config::{Config, ConfigError};
 use crate::gateway::error::{set_rate_limit_headers, GatewayError};
 use crate::gateway::limits::RateLimits;
-use crate::observe::metrics::{Metrics, RequestSample};
+use crate::observe::metrics::Metrics;
 use crate::policy::money::Usd;
 use crate::policy::pricing::PriceTable;
 use crate::policy::rate_limit::{LimitKind, Quotas};
@@ -129,72 +129,22 @@ pub struct Gateway {
     runtime_swap: std::sync::Mutex<()>,
 }
 
-/// What one request did, filled in as it goes; becomes the access-log line.
+/// One request in the gateway: its access record, and what the stages share beyond it.
 #[derive(Clone)]
 pub struct Ctx {
-    /// When the request arrived.
-    pub started: Instant,
-    /// Its method.
-    pub method: http::Method,
+    /// What the request did, filled in as it goes; counted and logged once by `finish`.
+    pub record: AccessRecord,
     /// Set once a paid request is handed to the platform: from then on it runs to its outcome,
     /// past the request deadline and past a client that leaves.
     pub forwarded: Arc<AtomicBool>,
-    /// Sent back as `x-request-id`, sent to the platform and logged. Always visible ASCII (a
-    /// sane client id or a UUID), so its text costs nothing (`Ctx::request_id`).
-    pub request_id: HeaderValue,
-    /// W3C trace context: the caller's trace (or a new one), sent to the platform and logged.
-    pub trace: Option<crate::ids::trace::TraceContext>,
-    /// Set by auth.
-    pub tenant: Option<Arc<str>>,
-    /// Route template.
-    pub route: &'static str,
-    /// Outcome label for a successful response.
-    pub outcome: &'static str,
-    /// Platform status, if called.
-    pub upstream_status: Option<u16>,
-    /// Platform time, if called.
-    pub upstream_latency: Option<Duration>,
-    /// Held or charged price.
-    pub price: Option<Usd>,
     /// Rate-limit state for the response headers.
     pub quotas: Option<Quotas>,
-    /// Body size.
-    pub request_bytes: usize,
-    /// Decoded image bytes validated.
-    pub image_bytes: usize,
-    /// Why it failed, when the gateway or the platform failed it.
-    pub cause: Option<&'static str>,
-    /// The client's address, when known.
-    pub peer: Option<std::net::IpAddr>,
 }
-
 
 impl Ctx {
     /// A request just arrived.
     pub(crate) fn new(method: http::Method, request_id: HeaderValue, route: &'static str, outcome: &'static str) -> Ctx {
-        Ctx {
-            started: Instant::now(),
-            method,
-            forwarded: Arc::new(AtomicBool::new(false)),
-            request_id,
-            trace: None,
-            tenant: None,
-            route,
-            outcome,
-            upstream_status: None,
-            upstream_latency: None,
-            price: None,
-            quotas: None,
-            request_bytes: 0,
-            image_bytes: 0,
-            cause: None,
-            peer: None,
-        }
-    }
-
-    /// The request id as text.
-    pub fn request_id(&self) -> &str {
-        self.request_id.to_str().unwrap_or("-")
+        Ctx { record: AccessRecord::new(method, request_id, route, outcome), forwarded: Arc::new(AtomicBool::new(false)), quotas: None }
     }
 }
 
@@ -369,7 +319,7 @@ impl Gateway {
         // `None` (and free) unless `[telemetry]` exports spans.
         let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
         let span = crate::observe::telemetry::request_span(req.method(), route, &mut trace);
-        ctx.trace = Some(trace);
+        ctx.record.trace = Some(trace);
         let forwarded = ctx.forwarded.clone();
         // The deadline drops the stage future (hold and idempotency guards clean up on drop),
         // except once a paid request was forwarded: then its answer is what the client gets, and
@@ -391,13 +341,13 @@ impl Gateway {
         let mut rsp = match result {
             Ok(rsp) => rsp,
             Err(e) => {
-                ctx.outcome = e.outcome();
-                ctx.cause = e.cause();
+                ctx.record.outcome = e.outcome();
+                ctx.record.cause = e.cause();
                 if let GatewayError::Internal(msg) | GatewayError::Store(crate::store::StoreError(msg)) = &e {
-                    tracing::warn!(request_id = ctx.request_id(), error = %msg, "request failed inside the gateway");
+                    tracing::warn!(request_id = ctx.record.request_id(), error = %msg, "request failed inside the gateway");
                 }
                 if let GatewayError::RateLimited(r) = &e {
-                    if let Some(t) = &ctx.tenant {
+                    if let Some(t) = &ctx.record.tenant {
                         self.metrics.rate_limited(t, RateLimits::kind_name(r.kind));
                     }
                 } else if let GatewayError::Unreachable(u) = &e {
@@ -412,11 +362,11 @@ impl Gateway {
         rsp.headers_mut().insert(crate::ids::X_REQUEST_ID, id_header);
         self.finish(&ctx, rsp.status().as_u16());
         if let Some(span) = span {
-            span.record("http.route", ctx.route);
+            span.record("http.route", ctx.record.route);
             span.record("http.response.status_code", rsp.status().as_u16());
-            span.record("tollgate.request_id", ctx.request_id());
-            span.record("tollgate.outcome", ctx.outcome);
-            if let Some(t) = &ctx.tenant {
+            span.record("tollgate.request_id", ctx.record.request_id());
+            span.record("tollgate.outcome", ctx.record.outcome);
+            if let Some(t) = &ctx.record.tenant {
                 span.record("tollgate.tenant", &**t);
             }
         }
@@ -427,44 +377,21 @@ impl Gateway {
     /// head, headers too large, closed at the connection cap): logged and counted like a request.
     pub fn protocol_refusal(&self, r: crate::server::ProtocolRefusal) {
         let mut ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), request_id_header(None), "-", r.outcome);
-        ctx.peer = Some(r.peer.ip());
+        ctx.record.peer = Some(r.peer.ip());
         tracing::debug!(peer = %r.peer, status = r.status, outcome = r.outcome, "connection refused at the protocol level");
         self.finish(&ctx, r.status);
     }
 
     /// Counts the request and writes its access line.
     pub(crate) fn finish(&self, ctx: &Ctx, status: u16) {
-        let latency = ctx.started.elapsed();
-        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        let anon = ANONYMOUS.get_or_init(|| Arc::from("-"));
-        self.metrics.observe(&RequestSample {
-            tenant: ctx.tenant.as_ref().unwrap_or(anon),
-            route: ctx.route,
-            status,
-            outcome: ctx.outcome,
-            latency,
-            upstream_latency: ctx.upstream_latency,
-        });
+        let record = &ctx.record;
+        let latency = record.started.elapsed();
+        self.metrics.observe(record, status, latency);
         // Refused before anyone was authenticated: past a rate per address, counted only.
-        if ctx.tenant.is_none() && status >= 400 && !self.refusals.admit(ctx.peer) {
+        if record.tenant.is_none() && status >= 400 && !self.refusals.admit(record.peer) {
             return;
         }
-        self.log.write(&AccessRecord {
-            request_id: ctx.request_id(),
-            trace_id: ctx.trace.as_ref().map(|t| t.trace_id.as_str()),
-            tenant: ctx.tenant.as_deref(),
-            method: ctx.method.as_str(),
-            route: ctx.route,
-            status,
-            outcome: ctx.outcome,
-            latency,
-            upstream_status: ctx.upstream_status,
-            upstream_latency: ctx.upstream_latency,
-            price: ctx.price,
-            request_bytes: ctx.request_bytes,
-            image_bytes: ctx.image_bytes,
-            cause: ctx.cause,
-        });
+        self.log.write(record, status, latency);
     }
 
     /// Route, authenticate, rate-limit, then hand over to the route's stage handler.
@@ -475,7 +402,7 @@ impl Gateway {
     {
         // Ambiguous framing (seen on the wire by `framing.rs`; hyper drops the evidence from the
         // headers) is refused before anything else looks at the request.
-        ctx.peer = peer_ip(&req);
+        ctx.record.peer = peer_ip(&req);
         if req.extensions().get::<crate::server::framing::AmbiguousFraming>().is_some() {
             return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
         }
@@ -488,7 +415,7 @@ impl Gateway {
         }
         let runtime = self.current();
         let route = routes::resolve(&runtime.catalog, req.method(), req.uri().path())?;
-        ctx.route = route.template();
+        ctx.record.route = route.template();
         // One credential, and only the query parameters this route documents: nothing the
         // gateway did not validate reaches the platform.
         if req.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
@@ -498,10 +425,10 @@ impl Gateway {
         if let Route::Webhook(token) = &route {
             return Box::pin(self.webhook_received(ctx, token, req)).await;
         }
-        let key = self.authenticate(&runtime, req.headers(), ctx.peer)?;
+        let key = self.authenticate(&runtime, req.headers(), ctx.record.peer)?;
         key.mark_used();
         if key.scope == Scope::Viewer && !matches!(route, Route::Usage) {
-            ctx.tenant = Some(key.tenant.id.clone());
+            ctx.record.tenant = Some(key.tenant.id.clone());
             return Err(GatewayError::ReadOnlyKey);
         }
         let tenant = key.tenant.clone();
@@ -512,7 +439,7 @@ impl Gateway {
                 return Err(runtime.family_not_enabled(*f));
             }
         }
-        ctx.tenant = Some(tenant.id.clone());
+        ctx.record.tenant = Some(tenant.id.clone());
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
         match route {
             // The large, rarer stages are boxed (the paid path, lists, usage, webhooks above):

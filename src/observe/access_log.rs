@@ -8,31 +8,35 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use time::format_description::well_known::Rfc3339;
 
+use crate::ids::trace::TraceContext;
 
-/// One request's log line: `time`, `level` (`INFO`) and `target` (`access_log`) come first,
-/// added by the writer, then these fields in this order.
-#[derive(Debug)]
-pub struct AccessRecord<'a> {
-    /// `x-request-id` sent back to the client.
-    pub request_id: &'a str,
-    /// W3C trace id (the caller's `traceparent`, or one the gateway started).
-    pub trace_id: Option<&'a str>,
-    /// Tenant id, when authenticated.
-    pub tenant: Option<&'a str>,
+
+/// What one request did: made when it arrives, filled in by the stages as it goes, then counted
+/// (`Metrics::observe`) and written (`AccessLog::write`) once, with its status, when it ends.
+/// The line's fields are this struct's (`time`, `level` and `target` first, added by the
+/// writer), so a new field is one field here and one line in `write_json`.
+#[derive(Clone, Debug)]
+pub struct AccessRecord {
+    /// When the request arrived; the line's `latency_ms` runs from here.
+    pub started: Instant,
     /// HTTP method.
-    pub method: &'a str,
+    pub method: http::Method,
+    /// `x-request-id` sent back, sent to the platform and logged. Always visible ASCII (a sane
+    /// client id or a UUID), so its text costs nothing (`request_id`).
+    pub request_id: HeaderValue,
+    /// W3C trace context: the caller's trace (or one the gateway started).
+    pub trace: Option<TraceContext>,
+    /// Tenant id, once authenticated.
+    pub tenant: Option<Arc<str>>,
     /// Route template (ids elided).
     pub route: &'static str,
-    /// Response status.
-    pub status: u16,
     /// What happened (forwarded, rate_limited, invalid_request, …).
     pub outcome: &'static str,
-    /// Total time in the gateway.
-    pub latency: Duration,
     /// Platform status, if it was called.
     pub upstream_status: Option<u16>,
     /// Platform time, if it was called.
@@ -46,31 +50,65 @@ pub struct AccessRecord<'a> {
     /// Why it failed, when the gateway or the platform failed it (`token_rejected`,
     /// `connect_refused`, `timeout`, `circuit_open`, `store_timeout` …); absent otherwise.
     pub cause: Option<&'static str>,
+    /// The client's address, when known (not logged: it picks the refusal sampler's bucket).
+    pub peer: Option<std::net::IpAddr>,
 }
 
-impl AccessRecord<'_> {
-    /// Appends the record as one JSON object (no newline). Written out by hand: a serde
-    /// serialiser walking 16 fields was 7 % of a forwarded request's instructions.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+impl AccessRecord {
+    /// A request just arrived.
+    pub fn new(method: http::Method, request_id: HeaderValue, route: &'static str, outcome: &'static str) -> AccessRecord {
+        AccessRecord {
+            started: Instant::now(),
+            method,
+            request_id,
+            trace: None,
+            tenant: None,
+            route,
+            outcome,
+            upstream_status: None,
+            upstream_latency: None,
+            price: None,
+            request_bytes: 0,
+            image_bytes: 0,
+            cause: None,
+            peer: None,
+        }
+    }
+
+    /// The request id as text.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// The platform answered `status` after `latency` (the two always come together).
+    pub fn upstream(&mut self, status: u16, latency: Duration) {
+        self.upstream_status = Some(status);
+        self.upstream_latency = Some(latency);
+    }
+
+    /// Appends the record, ended with `status` after `latency`, as one JSON object (no
+    /// newline). Written out by hand: a serde serialiser walking 16 fields was 7 % of a
+    /// forwarded request's instructions.
+    pub fn write_json(&self, status: u16, latency: Duration, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
         // `time` formats straight into the buffer (no String per line).
         let _ = time::OffsetDateTime::now_utc().format_into(out, &Rfc3339);
         out.extend_from_slice(br#"","level":"INFO","target":"access_log","request_id":"#);
-        push_str(out, self.request_id);
+        push_str(out, self.request_id());
         out.extend_from_slice(br#","trace_id":"#);
-        push_or_null(out, self.trace_id, push_str);
+        push_or_null(out, self.trace.as_ref().map(|t| t.trace_id.as_str()), push_str);
         out.extend_from_slice(br#","tenant":"#);
-        push_or_null(out, self.tenant, push_str);
+        push_or_null(out, self.tenant.as_deref(), push_str);
         out.extend_from_slice(br#","method":"#);
-        push_str(out, self.method);
+        push_str(out, self.method.as_str());
         out.extend_from_slice(br#","route":"#);
         push_str(out, self.route);
         out.extend_from_slice(br#","status":"#);
-        push_int(out, self.status);
+        push_int(out, status);
         out.extend_from_slice(br#","outcome":"#);
         push_str(out, self.outcome);
         out.extend_from_slice(br#","latency_ms":"#);
-        push_ms(out, self.latency);
+        push_ms(out, latency);
         out.extend_from_slice(br#","upstream_status":"#);
         push_or_null(out, self.upstream_status, push_int);
         out.extend_from_slice(br#","upstream_latency_ms":"#);
@@ -247,14 +285,14 @@ impl AccessLog {
         AccessLog { sink: Sink::Off }
     }
 
-    /// Writes one record as one line.
-    pub fn write(&self, record: &AccessRecord<'_>) {
+    /// Writes one record, ended with `status` after `latency`, as one line.
+    pub fn write(&self, record: &AccessRecord, status: u16, latency: Duration) {
         match &self.sink {
             // Written straight into the batch under its lock (no line buffer per request).
             Sink::Batched(b) => {
                 let mut buf = b.buf.lock().unwrap_or_else(|p| p.into_inner());
                 let start = buf.len();
-                record.write_json(&mut buf);
+                record.write_json(status, latency, &mut buf);
                 buf.push(b'\n');
                 if buf.len() > MAX_BATCH {
                     buf.truncate(start);
@@ -263,7 +301,7 @@ impl AccessLog {
             }
             Sink::Memory(lines) => {
                 let mut line = Vec::with_capacity(512);
-                record.write_json(&mut line);
+                record.write_json(status, latency, &mut line);
                 let text = String::from_utf8_lossy(&line).into_owned();
                 lines.lock().unwrap_or_else(|p| p.into_inner()).push(text);
             }
@@ -293,23 +331,8 @@ mod tests {
         }
     }
 
-    fn record(id: &str) -> AccessRecord<'_> {
-        AccessRecord {
-            request_id: id,
-            trace_id: None,
-            tenant: None,
-            method: "GET",
-            route: "/v1/data/balance",
-            status: 200,
-            outcome: "served",
-            latency: Duration::from_micros(100),
-            upstream_status: None,
-            upstream_latency: None,
-            price: None,
-            request_bytes: 0,
-            image_bytes: 0,
-            cause: None,
-        }
+    fn record(id: &str) -> AccessRecord {
+        AccessRecord::new(http::Method::GET, HeaderValue::from_str(id).unwrap(), "/v1/data/balance", "served")
     }
 
     #[test]
@@ -317,7 +340,7 @@ mod tests {
         let out = Shared::default();
         let (log, guard) = AccessLog::batched(out.clone());
         for i in 0..1000 {
-            log.write(&record(&i.to_string()));
+            log.write(&record(&i.to_string()), 200, Duration::from_micros(100));
         }
         drop(guard);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
@@ -328,22 +351,15 @@ mod tests {
     #[test]
     fn writes_one_json_line_with_the_spec_fields() {
         let (log, lines) = AccessLog::memory();
-        log.write(&AccessRecord {
-            request_id: "r1",
-            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
-            tenant: Some("marketing"),
-            method: "POST",
-            route: "/v1/sora/generate",
-            status: 201,
-            outcome: "forwarded",
-            latency: Duration::from_micros(12_500),
-            upstream_status: Some(201),
-            upstream_latency: Some(Duration::from_millis(10)),
-            price: Some(crate::policy::money::Usd::from_micros(120_000)),
-            request_bytes: 42,
-            image_bytes: 0,
-            cause: None,
-        });
+        let mut r = AccessRecord::new(http::Method::POST, HeaderValue::from_static("r1"), "/v1/sora/generate", "forwarded");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        r.trace = Some(TraceContext::from_headers(&headers));
+        r.tenant = Some(Arc::from("marketing"));
+        r.upstream(201, Duration::from_millis(10));
+        r.price = Some(crate::policy::money::Usd::from_micros(120_000));
+        r.request_bytes = 42;
+        log.write(&r, 201, Duration::from_micros(12_500));
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
@@ -356,7 +372,8 @@ mod tests {
         assert_eq!(v["latency_ms"], 12.5);
         assert_eq!(v["upstream_latency_ms"], 10.0);
         assert_eq!(v["request_bytes"], 42);
-        assert!(v["trace_id"].is_string() && v["tenant"] == "marketing");
+        assert!(v["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736" && v["tenant"] == "marketing");
+        assert!(v.get("cause").is_none() && v.get("peer").is_none(), "{v}");
         let t = v["time"].as_str().unwrap();
         assert!(time::OffsetDateTime::parse(t, &Rfc3339).is_ok(), "{t}");
     }

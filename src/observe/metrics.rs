@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::observe::access_log::AccessRecord;
 use crate::policy::money::Usd;
 use crate::store::{month_of, now_ms, Store};
 use crate::upstream::circuit::State;
@@ -133,22 +134,6 @@ struct DeliveryLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: &'static str,
-}
-
-/// The fields of one finished request that metrics count.
-pub struct RequestSample<'a> {
-    /// Tenant id, `-` when unauthenticated.
-    pub tenant: &'a Arc<str>,
-    /// Route template.
-    pub route: &'static str,
-    /// Response status.
-    pub status: u16,
-    /// Access-log outcome.
-    pub outcome: &'static str,
-    /// Total time.
-    pub latency: Duration,
-    /// Time spent waiting on the platform, if it was called.
-    pub upstream_latency: Option<Duration>,
 }
 
 // === impl Metrics ===
@@ -285,13 +270,15 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request.
-    pub fn observe(&self, s: &RequestSample<'_>) {
-        let labels = RequestLabels { tenant: Label(s.tenant.clone()), route: s.route, status: s.status, outcome: s.outcome };
-        let h = self.handles(labels, s.upstream_latency.is_some());
+    /// Counts one finished request, ended with `status` after `latency`.
+    pub fn observe(&self, r: &AccessRecord, status: u16, latency: Duration) {
+        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        let tenant = r.tenant.clone().unwrap_or_else(|| ANONYMOUS.get_or_init(|| Arc::from("-")).clone());
+        let labels = RequestLabels { tenant: Label(tenant), route: r.route, status, outcome: r.outcome };
+        let h = self.handles(labels, r.upstream_latency.is_some());
         h.count.inc();
-        h.latency.observe(s.latency.as_secs_f64());
-        if let (Some(u), Some(series)) = (s.upstream_latency, &h.upstream_latency) {
+        h.latency.observe(latency.as_secs_f64());
+        if let (Some(u), Some(series)) = (r.upstream_latency, &h.upstream_latency) {
             series.observe(u.as_secs_f64());
         }
     }
@@ -467,14 +454,10 @@ mod tests {
     async fn renders_request_and_state_series() {
         let m = Metrics::new();
         let t: Arc<str> = Arc::from("marketing");
-        m.observe(&RequestSample {
-            tenant: &t,
-            route: "/v1/sora/generate",
-            status: 201,
-            outcome: "forwarded",
-            latency: Duration::from_millis(12),
-            upstream_latency: Some(Duration::from_millis(10)),
-        });
+        let mut r = AccessRecord::new(http::Method::POST, http::HeaderValue::from_static("r1"), "/v1/sora/generate", "forwarded");
+        r.tenant = Some(t.clone());
+        r.upstream(201, Duration::from_millis(10));
+        m.observe(&r, 201, Duration::from_millis(12));
         m.rate_limited(&t, "requests");
         m.upstream_error("timeout");
         let store = EmbeddedStore::memory();
@@ -500,17 +483,22 @@ mod tests {
     async fn cached_handles_count_into_the_exported_series() {
         let m = Metrics::new();
         let t: Arc<str> = Arc::from("ops");
-        let sample = |upstream: Option<Duration>| RequestSample { tenant: &t, route: "/v1/data/balance", status: 200, outcome: "served", latency: Duration::from_millis(1), upstream_latency: upstream };
+        let sample = |upstream: Option<Duration>| {
+            let mut r = AccessRecord::new(http::Method::GET, http::HeaderValue::from_static("r1"), "/v1/data/balance", "served");
+            r.tenant = Some(t.clone());
+            r.upstream_latency = upstream;
+            r
+        };
         let store = EmbeddedStore::memory();
-        m.observe(&sample(None));
-        m.observe(&sample(None));
+        m.observe(&sample(None), 200, Duration::from_millis(1));
+        m.observe(&sample(None), 200, Duration::from_millis(1));
         let text = m.render(&store, State::Closed).await;
         assert!(text.contains(r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 2"#), "{text}");
         assert!(text.contains(r#"tollgate_request_duration_seconds_count{route="/v1/data/balance"} 2"#), "{text}");
         // No platform series until a request of this kind called the platform.
         assert!(!text.contains(r#"tollgate_upstream_duration_seconds_count{route="/v1/data/balance"}"#), "{text}");
-        m.observe(&sample(Some(Duration::from_millis(1))));
-        m.observe(&sample(Some(Duration::from_millis(1))));
+        m.observe(&sample(Some(Duration::from_millis(1))), 200, Duration::from_millis(1));
+        m.observe(&sample(Some(Duration::from_millis(1))), 200, Duration::from_millis(1));
         let text = m.render(&store, State::Closed).await;
         assert!(text.contains(r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 4"#), "{text}");
         assert!(text.contains(r#"tollgate_upstream_duration_seconds_count{route="/v1/data/balance"} 2"#), "{text}");

@@ -100,7 +100,7 @@ impl Gateway {
         let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
         let (body, marks) =
             self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
-        ctx.request_bytes = body.len();
+        ctx.record.request_bytes = body.len();
 
         // Phase validate: JSON and family rules, on borrowed slices of the body.
         let relay = self.relay.is_some();
@@ -117,7 +117,7 @@ impl Gateway {
             (validated, fingerprint, callback)
         };
         drop(marks);
-        ctx.image_bytes = validated.image_bytes;
+        ctx.record.image_bytes = validated.image_bytes;
         // The route is part of what the digest names: the same body sent to another family is
         // another request. It keys Idempotency-Keys and tells identical requests apart when the
         // reconciler attributes unknown outcomes.
@@ -140,9 +140,9 @@ impl Gateway {
             check_callback(tenant, relay, url)?;
         }
         let price = price_of(runtime, family, &validated)?;
-        ctx.price = Some(price);
-        ctx.outcome = "quoted";
-        self.balance.ensure_fresh(&ctx.request_id).await?;
+        ctx.record.price = Some(price);
+        ctx.record.outcome = "quoted";
+        self.balance.ensure_fresh(&ctx.record.request_id).await?;
         let month = month_of(now_ms());
         let admission = self
             .store
@@ -210,7 +210,7 @@ impl Gateway {
                 match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
                     IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key: key.clone(), digest, done: false }),
                     IdemClaim::Replay(stored) => {
-                        ctx.outcome = "idempotent_replay";
+                        ctx.record.outcome = "idempotent_replay";
                         let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
                         let mut rsp = body::json(status, stored.body);
                         rsp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -225,8 +225,8 @@ impl Gateway {
 
         // Phases price, balance and hold: the hold is atomic against budget and balance.
         let price = price_of(runtime, family, &validated)?;
-        ctx.price = Some(price);
-        self.balance.ensure_fresh(&ctx.request_id).await?;
+        ctx.record.price = Some(price);
+        self.balance.ensure_fresh(&ctx.record.request_id).await?;
         // With the relay on, the platform calls the gateway back, never the tenant's URL.
         let (body, webhook_token) = match (callback, &relay) {
             (Some((url, span)), Some(relay)) => self.relay_callback(tenant, relay, &url, span, &body).await?,
@@ -271,17 +271,16 @@ impl Gateway {
             tenant: tenant.id.clone(),
             quoted: price,
             path: path_and_query(&parts.uri).to_string(),
-            trace: ctx.trace.clone(),
+            trace: ctx.record.trace.clone(),
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
             body,
             webhook_token,
         };
         let out = paid.spawn(ctx).await.map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
         if let Some((status, latency)) = out.upstream {
-            ctx.upstream_status = Some(status.as_u16());
-            ctx.upstream_latency = Some(latency);
+            ctx.record.upstream(status.as_u16(), latency);
         }
-        ctx.price = Some(out.price);
+        ctx.record.price = Some(out.price);
         out.result
     }
 

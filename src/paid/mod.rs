@@ -221,12 +221,13 @@ impl Paid {
                     Ok(r) => r.status(),
                     Err(e) => e.status(),
                 };
-                ctx.outcome = "client_closed";
-                ctx.cause = out.result.as_ref().err().and_then(GatewayError::cause);
-                ctx.upstream_status = out.upstream.map(|u| u.0.as_u16());
-                ctx.upstream_latency = out.upstream.map(|u| u.1);
-                ctx.price = Some(out.price);
-                tracing::info!(request_id = ctx.request_id(), status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");
+                ctx.record.outcome = "client_closed";
+                ctx.record.cause = out.result.as_ref().err().and_then(GatewayError::cause);
+                if let Some((status, latency)) = out.upstream {
+                    ctx.record.upstream(status.as_u16(), latency);
+                }
+                ctx.record.price = Some(out.price);
+                tracing::info!(request_id = ctx.record.request_id(), status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");
                 gw.finish(&ctx, status.as_u16());
             }
         });
@@ -235,8 +236,8 @@ impl Paid {
 
     async fn run(self, ctx: &Ctx) -> PaidOutcome {
         let Paid { gw, mut hold, idem, family, tenant, quoted, path, trace, content_type, body, webhook_token } = self;
-        let request_id = ctx.request_id();
-        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), &ctx.request_id, trace.as_ref(), body).await;
+        let request_id = ctx.record.request_id();
+        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), &ctx.record.request_id, trace.as_ref(), body).await;
         let rsp = match sent {
             Ok(rsp) => rsp,
             Err(e) if e.maybe_delivered() => {
