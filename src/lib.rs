@@ -3,27 +3,31 @@
 //! The library takes a validated [`Config`] and bound listeners ([`run`]), so tests start the
 //! real gateway in-process on `127.0.0.1:0`. `main.rs` is a thin CLI over it.
 //!
-//! Request path (see `gateway.rs` for the top, `handler.rs` for the stages):
-//! accept (`server`) → request id → deadline → route (`routes`) → auth (`policy::tenants`) →
-//! rate limit (`limits`) → body cap → validation (`policy::validate`, `policy::image`) →
-//! idempotency → generation limit → price (`policy::pricing`) → balance and hold
-//! (`balance`, `store`) → forward (`upstream`) → settle → normalise errors
-//! (`upstream::normalize`, `error`) → access log + metrics.
+//! Request path (`gateway/mod.rs` for the top, `gateway/handler.rs` for the free routes,
+//! `paid/` for a generate): accept (`server`) → request id → deadline → route
+//! (`gateway::routes`) → auth (`policy::tenants`) → rate limit (`gateway::limits`) → body cap →
+//! validation (`policy::validate`, `policy::image`) → idempotency → price (`policy::pricing`) →
+//! balance, hold and generation limit (`paid::balance`, `store`) → forward (`upstream`) →
+//! settle → normalise errors (`upstream::normalize`, `gateway::error`) → access record
+//! (`observe::access_log`) and metrics.
+
+//! Modules are `pub` where an embedder, the binary or the integration tests use them and
+//! `pub(crate)` otherwise.
 
 #![warn(missing_docs)]
 
 // The wings, lowest first. An import never runs up this list (tests/architecture.rs checks
 // that no two files reach each other through `crate::` paths).
-pub mod ids;
+pub(crate) mod ids;
 pub mod policy;
 pub mod observe;
 pub mod config;
 pub mod store;
 pub mod upstream;
 pub mod server;
-pub mod paid;
+pub(crate) mod paid;
 pub mod gateway;
-pub mod background;
+pub(crate) mod background;
 pub mod admin;
 pub mod dev;
 

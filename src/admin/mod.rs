@@ -3,8 +3,8 @@
 //! (`tenants.rs`). Kept off the tenant port so tenants never see metrics or admin routes.
 
 pub mod client;
-pub mod dashboard;
-pub mod tenants;
+pub(crate) mod dashboard;
+pub(crate) mod tenants;
 
 use std::sync::Arc;
 

@@ -2,9 +2,9 @@
 //! platform, the account balance refresh, the webhook relay's deliveries, and the refusal
 //! sampler's flush.
 
-pub mod alerts;
-pub mod reconcile;
-pub mod webhooks;
+pub(crate) mod alerts;
+pub(crate) mod reconcile;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 

@@ -12,14 +12,14 @@
 //! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
 
-pub mod directory;
-pub mod error;
+pub(crate) mod directory;
+pub(crate) mod error;
 mod handler;
-pub mod limits;
-pub mod routes;
+pub(crate) mod limits;
+pub(crate) mod routes;
 pub mod service;
-pub mod status_cache;
-pub mod upload;
+pub(crate) mod status_cache;
+pub(crate) mod upload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -55,10 +55,6 @@ impl Route {
         }
     }
 
-    /// Is this the paid path?
-    pub fn is_paid(&self) -> bool {
-        matches!(self, Route::Generate(_))
-    }
 }
 
 /// Matches method and path. Unknown paths are 404 `Not found`; a known path with the wrong
@@ -191,8 +187,6 @@ mod tests {
         assert_eq!(Route::Generate(Family::builtin("kling/o1-video")).template(), "/v1/kling/o1-video/generate");
         assert_eq!(Route::List(Family::builtin("gemini")).template(), "/v1/gemini/generations");
         assert_eq!(Route::Balance.template(), "/v1/data/balance");
-        assert!(Route::Generate(Family::builtin("sora")).is_paid());
-        assert!(!Route::Quote(Family::builtin("sora")).is_paid());
         assert_eq!(ok(Method::POST, "/v1/kling/o1-video/quote"), Route::Quote(Family::builtin("kling/o1-video")));
         assert_eq!(Route::Quote(Family::builtin("veo")).template(), "/v1/veo/quote");
     }

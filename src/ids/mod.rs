@@ -6,7 +6,7 @@
 //! across threads, processes and replicas. Secrets (webhook tokens and signing keys) still come
 //! from `ThreadRng`.
 
-pub mod trace;
+pub(crate) mod trace;
 
 use std::cell::RefCell;
 

@@ -23,7 +23,7 @@
 //!   nothing was sent; an unknown outcome keeps it (409) until the reconciler decides.
 
 mod admit;
-pub mod balance;
+pub(crate) mod balance;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -415,7 +415,8 @@ impl LedgerState {
         *self.refunded.entry(k).or_default() += amount;
     }
 
-    /// Refunds the tenant received in `month`.
+    /// Refunds the tenant received in `month` (tests).
+    #[cfg(test)]
     pub fn refunded(&self, tenant: &Arc<str>, month: &str) -> Usd {
         self.refunded.get(&(tenant.clone(), month.to_string())).copied().unwrap_or_default()
     }

@@ -16,9 +16,9 @@
 //! Refusals at the protocol level (a head that never completed, a malformed head, headers too
 //! large) are reported to `on_refusal`, which logs and counts them like any request.
 
-pub mod body;
-pub mod framing;
-pub mod tls;
+pub(crate) mod body;
+pub(crate) mod framing;
+pub(crate) mod tls;
 pub mod workers;
 
 use std::collections::VecDeque;

@@ -6,7 +6,7 @@
 //! decision is atomic in each (one mutex, or one Lua script).
 
 pub mod embedded;
-pub mod redis;
+pub(crate) mod redis;
 pub mod usage;
 
 use std::sync::Arc;

@@ -504,7 +504,8 @@ fn ceil_secs_from_us(us: i64) -> u64 {
 
 impl RedisStore {
     /// Connects to one address (failing fast if Redis is unreachable at start-up); later
-    /// outages are survived by dialling again.
+    /// outages are survived by dialling again. The tests' shorthand for `open`.
+    #[cfg(test)]
     pub async fn connect(url: &str, timeout: Duration, prefix: &str) -> Result<Self, StoreError> {
         Self::open(&RedisTarget::Url(url.to_string()), timeout, prefix, 0).await
     }

@@ -6,7 +6,7 @@
 //! with a million records as with ten. Key changes go through the admin API's own code
 //! (`tenants::answer`), with its checks and audit lines.
 
-pub mod session;
+pub(crate) mod session;
 mod view;
 
 use std::collections::HashMap;

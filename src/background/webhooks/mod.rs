@@ -11,7 +11,7 @@
 //! metrics and re-driven with `POST /admin/webhooks/redeliver`.
 
 
-pub mod target;
+pub(crate) mod target;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
