@@ -64,9 +64,11 @@ impl Background {
                 }
             })
         };
-        // The tenants the admin API keeps in the store: every replica follows their version.
+        // The tenants the admin API keeps in the store: every replica follows their version,
+        // woken early where the store announces changes.
         let directory = {
             let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            let changed = gateway.store.directory_changes();
             tokio::spawn(async move {
                 let mut last_flush = tokio::time::Instant::now();
                 loop {
@@ -79,6 +81,13 @@ impl Background {
                     }
                     let stopping = tokio::select! {
                         _ = tokio::time::sleep(crate::gateway::directory::REFRESH_EVERY) => false,
+                        // Another replica changed it (Redis pub/sub): refresh now.
+                        _ = async {
+                            match &changed {
+                                Some(n) => n.notified().await,
+                                None => std::future::pending().await,
+                            }
+                        } => false,
                         _ = stop.wait_for(|s| *s) => true,
                     };
                     if stopping {

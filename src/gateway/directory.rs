@@ -1,8 +1,9 @@
 //! The tenants the request path authenticates: the config file's, plus the admin API's from the
 //! store, merged into the runtime's in-memory directory. Requests never ask the store who a key
-//! belongs to; the directory is rebuilt when the store's directory version moves (a poll every
-//! [`REFRESH_EVERY`], at once on the replica that made the change) or when a key's grace or
-//! expiry passes.
+//! belongs to; the directory is rebuilt when the store's directory version moves (at once on the
+//! replica that made the change, at once on the others where the store announces changes —
+//! Redis pub/sub —, and at the latest at the next poll, every [`REFRESH_EVERY`]) or when a
+//! key's grace or expiry passes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use crate::policy::tenants::{Grant, Tenant, TenantDirectory};
 use crate::store::{now_ms, StoreError, TenantDoc};
 
 /// How often every replica compares the store's directory version with its own. One small read
-/// per replica each time; it bounds how long a change made elsewhere takes to hold here.
+/// per replica each time; it bounds how long a change made elsewhere takes to hold here when
+/// no announcement arrives (a subscription being re-made, a store without one).
 pub const REFRESH_EVERY: Duration = Duration::from_millis(200);
 /// How often key uses are written to the store: each key at most once per period.
 pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);

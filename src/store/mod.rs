@@ -370,6 +370,11 @@ pub trait Store: Send + Sync + 'static {
     async fn directory(&self) -> Result<(u64, Vec<TenantDoc>), StoreError>;
     /// The directory's version alone: what replicas poll.
     async fn directory_version(&self) -> Result<u64, StoreError>;
+    /// Woken when another replica changed the directory, where the store can say so at once
+    /// (Redis pub/sub); `None` where only the version poll tells.
+    fn directory_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
     /// Writes tenant `id`'s document (`None` deletes it) if its revision is still `expect`
     /// (0: it must not exist), and moves the version. `false`: someone changed it first.
     async fn directory_put(&self, id: &str, expect: u64, doc: Option<&ApiTenant>) -> Result<bool, StoreError>;

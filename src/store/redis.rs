@@ -425,6 +425,11 @@ return 1
 
 /// A conditional write of one API tenant's document: `rev|json` in the `dir` hash, checked
 /// against the expected revision; moves the version every replica polls.
+/// The channel (under the prefix) a directory write publishes its new version on.
+const DIR_CHANNEL: &str = "dir:changed";
+/// Between a lost directory subscription and the next attempt.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
+
 const DIR_PUT: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local rev = 0
@@ -435,7 +440,7 @@ if ARGV[3] == '' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], (rev + 1) .. '|' .. ARGV[3])
 end
-redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], redis.call('INCR', KEYS[2]))
 return 1
 "#;
 
@@ -474,6 +479,8 @@ pub struct RedisStore {
     /// `min_replica_acks`: replicas that must have a money write before it counts as done.
     acks: u32,
     scripts: Arc<Scripts>,
+    /// Woken when a replica changes the directory (`follow_directory`).
+    dir_changed: Arc<tokio::sync::Notify>,
 }
 
 /// An acknowledged money write that is safe to apply twice (the settle script records a
@@ -555,9 +562,52 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
-        let store = RedisStore { link, journal: Default::default(), prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts) };
+        let store = RedisStore { link, journal: Default::default(), prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts), dir_changed: Default::default() };
         store.rewrite_on_move();
+        store.follow_directory();
         Ok(store)
+    }
+
+    /// Every directory write publishes the new version on `DIR_CHANNEL`; a subscription of its
+    /// own to the primary wakes this replica's directory follower at once, instead of at its
+    /// next version poll (which stays as the backstop while the subscription is down). Each
+    /// (re)subscription wakes it too, for anything published while it was not listening.
+    fn follow_directory(&self) {
+        let (link, changed, channel, timeout) = (Arc::downgrade(&self.link), self.dir_changed.clone(), self.key(DIR_CHANNEL), self.timeout);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                let Some(strong) = link.upgrade() else { return };
+                let mut moves = strong.moves();
+                let subscribed = tokio::time::timeout(timeout, async {
+                    let mut pubsub = strong.primary_client().await?.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, ::redis::RedisError>(pubsub)
+                })
+                .await;
+                drop(strong);
+                match subscribed {
+                    Ok(Ok(pubsub)) => {
+                        changed.notify_one();
+                        let mut messages = pubsub.into_on_message();
+                        loop {
+                            tokio::select! {
+                                m = messages.next() => match m {
+                                    Some(_) => changed.notify_one(),
+                                    None => break,
+                                },
+                                // A new primary: subscribe there.
+                                _ = moves.changed() => break,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => if link.strong_count() == 0 { return },
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "directory subscription failed; the version poll covers it"),
+                    Err(_) => tracing::debug!("directory subscription timed out; the version poll covers it"),
+                }
+                tokio::time::sleep(RESUBSCRIBE_EVERY).await;
+            }
+        });
     }
 
     /// Replication is asynchronous: a primary that dies, or is demoted by a planned failover
@@ -1318,8 +1368,12 @@ impl Store for RedisStore {
     async fn directory_put(&self, id: &str, expect: u64, doc: Option<&crate::policy::keys::ApiTenant>) -> Result<bool, StoreError> {
         let json = doc.map(serde_json::to_string).transpose().map_err(err)?.unwrap_or_default();
         let keys = [self.key("dir"), self.key("dir:version")];
-        let written: i64 = self.script(|s| &s.dir_put, &keys, &[id.to_string(), expect.to_string(), json]).await?;
+        let written: i64 = self.script(|s| &s.dir_put, &keys, &[id.to_string(), expect.to_string(), json, self.key(DIR_CHANNEL)]).await?;
         Ok(written == 1)
+    }
+
+    fn directory_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.dir_changed.clone())
     }
 
     async fn alerts_marked(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {

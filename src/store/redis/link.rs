@@ -177,6 +177,20 @@ impl Link {
         }
     }
 
+    /// A client for the primary in use (dialling it if need be), for a connection of its own:
+    /// a subscription cannot share the multiplexed one.
+    pub async fn primary_client(&self) -> RedisResult<Client> {
+        self.get().await?;
+        match &self.source {
+            Source::Url(client) => Ok(client.clone()),
+            Source::Sentinel { node, .. } => {
+                let primary = self.state.lock().unwrap().primary.clone();
+                let (host, port) = primary.ok_or_else(|| RedisError::from((ErrorKind::IoError, "no primary named yet")))?;
+                Client::open(ConnectionInfo { addr: ConnectionAddr::Tcp(host, port), redis: node.clone() })
+            }
+        }
+    }
+
     /// Did a write on connection `n` go to a primary that has since been replaced?
     pub fn went_to_an_old_primary(&self, n: u64) -> bool {
         n < self.state.lock().unwrap().moved_at

@@ -101,3 +101,24 @@ async fn connect_to_nothing_is_a_clear_error() {
     let e = RedisStore::connect("redis://127.0.0.1:1", Duration::from_millis(200), "x").await.err().unwrap();
     assert!(e.0.starts_with("redis:"), "{e}");
 }
+
+#[tokio::test]
+async fn a_directory_write_wakes_the_other_replicas_follower() {
+    use crate::policy::keys::ApiTenant;
+    let server = RedisServer::start();
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let a = RedisStore::connect(&server.url, Duration::from_millis(500), &prefix).await.unwrap();
+    let b = RedisStore::connect(&server.url, Duration::from_millis(500), &prefix).await.unwrap();
+    let other = RedisStore::connect(&server.url, Duration::from_millis(500), "elsewhere").await.unwrap();
+    let (heard, unrelated) = (b.directory_changes().unwrap(), other.directory_changes().unwrap());
+    // Subscribing wakes each once (for anything missed before); after that, only writes do.
+    tokio::time::timeout(Duration::from_secs(2), heard.notified()).await.expect("b subscribed");
+    tokio::time::timeout(Duration::from_secs(2), unrelated.notified()).await.expect("other subscribed");
+    let doc = ApiTenant { id: "x".into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![] };
+    assert!(a.directory_put("x", 0, Some(&doc)).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(1), heard.notified()).await.expect("b hears of a's write at once, not at its next poll");
+    assert!(tokio::time::timeout(Duration::from_millis(300), unrelated.notified()).await.is_err(), "another prefix's store hears nothing");
+    // A refused write (stale revision) announces nothing.
+    assert!(!a.directory_put("x", 0, Some(&doc)).await.unwrap());
+    assert!(tokio::time::timeout(Duration::from_millis(300), heard.notified()).await.is_err());
+}
