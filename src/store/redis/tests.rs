@@ -122,3 +122,43 @@ async fn a_directory_write_wakes_the_other_replicas_follower() {
     assert!(!a.directory_put("x", 0, Some(&doc)).await.unwrap());
     assert!(tokio::time::timeout(Duration::from_millis(300), heard.notified()).await.is_err());
 }
+
+/// After a `kill -9` of the primary, each store subscribes again on the new one: a write made
+/// there still wakes the other store's follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_subscription_follows_a_new_primary() {
+    use crate::dev::testkit::{Sentinels, MASTER_NAME};
+    use crate::policy::keys::ApiTenant;
+    let mut sentinels = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
+    let target = RedisTarget::Sentinel { sentinels: sentinels.addrs(), master_name: MASTER_NAME.to_string(), db: 0, password: None };
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let a = RedisStore::open(&target, Duration::from_millis(300), &prefix, 0).await.unwrap();
+    let b = RedisStore::open(&target, Duration::from_millis(300), &prefix, 0).await.unwrap();
+    let heard = b.directory_changes().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), heard.notified()).await.expect("b subscribed");
+    let doc = ApiTenant { id: "x".into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![] };
+    let old = tokio::task::spawn_blocking(move || {
+        let old = sentinels.kill_primary();
+        (sentinels, old)
+    });
+    let (sentinels, _old) = old.await.unwrap();
+    // Written as soon as a new primary takes it (the first write may come before or after b
+    // subscribes there; either wakes b).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut rev = 0;
+    loop {
+        match a.directory_put("x", rev, Some(&doc)).await {
+            Ok(true) => break,
+            Ok(false) => rev += 1,
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "no new primary within 30 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Drain the wake-ups of the failover itself, then one more write must be heard.
+    while tokio::time::timeout(Duration::from_millis(700), heard.notified()).await.is_ok() {}
+    assert!(a.directory_put("x", rev + 1, Some(&doc)).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(1), heard.notified()).await.expect("b hears writes on the new primary");
+    drop(sentinels);
+}
