@@ -150,7 +150,12 @@ impl Reconciler {
             }
             let pass = self.pass().await;
             if pass.as_ref().is_ok_and(|r| r.leader) {
-                self.gw.reconciled_ms.store(crate::store::now_ms(), std::sync::atomic::Ordering::Relaxed);
+                let now = crate::store::now_ms();
+                self.gw.reconciled_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+                // For the dashboards of the replicas that do not hold the lease.
+                if let Err(e) = self.gw.store.reconciler_passed(now).await {
+                    tracing::debug!(error = %e, "could not record the reconciler pass");
+                }
             }
             match pass {
                 Ok(r) if r.expired + r.found + r.released > 0 => {

@@ -355,6 +355,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes or renews the reconciler's lease for `owner`; `true` while `owner` holds it.
     async fn reconciler_lease(&self, owner: &str, ttl_ms: u64) -> Result<bool, StoreError>;
+    /// The lease holder finished a pass at `at_ms`: kept where replicas share the store, so any
+    /// replica's dashboard shows it. A store of one process keeps nothing (its own figure is it).
+    async fn reconciler_passed(&self, _at_ms: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// When the lease holder last finished a pass, where the store shares it.
+    async fn reconciler_last_pass(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Hold totals for metrics.
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError>;

@@ -1318,6 +1318,16 @@ impl Store for RedisStore {
         self.script::<i64>(|s| &s.lease, &[k], &[owner.to_string(), ttl_ms.to_string()]).await.map(|v| v == 1)
     }
 
+    async fn reconciler_passed(&self, at_ms: u64) -> Result<(), StoreError> {
+        let k = self.key("reconciler:last_pass");
+        self.run(|mut c| async move { c.set::<_, _, ()>(k, at_ms).await }).await
+    }
+
+    async fn reconciler_last_pass(&self) -> Result<Option<u64>, StoreError> {
+        let k = self.key("reconciler:last_pass");
+        self.run(|mut c| async move { c.get(k).await }).await
+    }
+
     async fn hold_totals(&self) -> Result<HoldTotals, StoreError> {
         let (hk, heldk) = (self.key("holds"), self.key("held"));
         let (entries, held): (Vec<String>, Option<i64>) =

@@ -257,6 +257,7 @@ impl Dashboard {
         let balance = store.balance().await?;
         let holds = store.hold_totals().await?;
         let outbox = store.outbox_stats().await?;
+        let shared_pass = store.reconciler_last_pass().await?;
         let mut in_flight: HashMap<String, u64> = HashMap::new();
         for h in store.open_holds().await? {
             *in_flight.entry(h.tenant.to_string()).or_default() += 1;
@@ -298,7 +299,7 @@ impl Dashboard {
             oldest_pending_secs: outbox.oldest_pending_ms.map(|ms| now.saturating_sub(ms) / 1000),
             dead: outbox.dead,
             alerts_on: self.gateway.alerts.is_some(),
-            reconciled_secs_ago: match self.gateway.reconciled_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            reconciled_secs_ago: match self.gateway.reconciled_ms.load(std::sync::atomic::Ordering::Relaxed).max(shared_pass.unwrap_or(0)) {
                 0 => None,
                 ms => Some(now.saturating_sub(ms) / 1000),
             },

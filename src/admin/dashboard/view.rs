@@ -39,8 +39,8 @@ pub struct Overview {
     pub dead: u64,
     /// `[alerts]` is configured.
     pub alerts_on: bool,
-    /// Seconds since this replica's last reconciler pass (`None`: another replica holds the
-    /// lease, or none has run yet).
+    /// Seconds since the reconciler's last pass: this replica's, or on a shared store the lease
+    /// holder's (`None`: none has run yet).
     pub reconciled_secs_ago: Option<u64>,
     /// The low-balance alert was sent and the balance has not recovered.
     pub balance_alert: bool,
@@ -183,7 +183,7 @@ pub fn overview(o: &Overview) -> Markup {
                 div.card {
                     h2 { "Reconciler" }
                     p data-figure="reconciled" {
-                        @match o.reconciled_secs_ago { Some(s) => { "last pass " (s) " s ago" }, None => { "no pass on this replica yet (another may hold the lease)" } }
+                        @match o.reconciled_secs_ago { Some(s) => { "last pass " (s) " s ago" }, None => { "no pass yet" } }
                     }
                 }
                 @if o.alerts_on {
