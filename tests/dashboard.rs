@@ -138,6 +138,10 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     let html = text(&r);
     assert_eq!(figure(&html, "data-figure=\"spent\""), of("team-v", "spent"));
     assert_eq!(figure(&html, "data-figure=\"refunded\""), of("team-v", "refunded"));
+    // Flagged exactly when the month-end projection passes the budget (early in a month 0.12
+    // spent projects past 0.50; on its last day it does not).
+    let projection: f64 = figure(&html, "data-figure=\"projection\"").parse().unwrap();
+    assert_eq!(html.contains("data-flag=\"projection\""), projection > 0.50, "projection {projection}");
     let today = html.rsplit("data-amount=\"").next().unwrap().split('"').next().unwrap().to_string();
     assert_eq!(today, of("team-v", "spent"), "the chart's last bar is today's roll-up");
     let failures = &html[html.find("id=\"failures\"").unwrap()..];

@@ -264,7 +264,12 @@ pub fn tenant(t: &TenantPage) -> Markup {
                 div.card { h2 { "Spent this month" } p.figure data-figure="spent" { (t.spent) } }
                 div.card { h2 { "Budget" } p.figure data-figure="budget" { (money(t.budget)) } @if t.budget.is_some() { (bar(share)) } }
                 div.card { h2 { "Remaining" } p.figure data-figure="remaining" { (money(t.remaining)) } }
-                div.card { h2 { "Month-end at this pace" } p.figure data-figure="projection" { (t.projection) } }
+                div.card {
+                    h2 { "Month-end at this pace" }
+                    p.figure data-figure="projection" { (t.projection) }
+                    // Ahead of the budget at this pace: the lead sees it before the 429s do.
+                    @if t.budget.is_some_and(|b| t.projection > b) { p.flag data-flag="projection" { "over the budget by month-end" } }
+                }
                 div.card { h2 { "Held / unknown" } p { span data-figure="held" { (t.held) } " / " span data-figure="unknown" { (t.unknown) } } }
                 div.card { h2 { "Refunded" } p.figure data-figure="refunded" { (t.refunded) } }
                 div.card { h2 { "In flight" } p.figure data-figure="in-flight" { (t.in_flight) } }
