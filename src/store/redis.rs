@@ -423,13 +423,14 @@ end
 return 1
 "#;
 
-/// A conditional write of one API tenant's document: `rev|json` in the `dir` hash, checked
-/// against the expected revision; moves the version every replica polls.
 /// The channel (under the prefix) a directory write publishes its new version on.
 const DIR_CHANNEL: &str = "dir:changed";
 /// Between a lost directory subscription and the next attempt.
 const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
 
+/// A conditional write of one API tenant's document: `rev|json` in the `dir` hash, checked
+/// against the expected revision; moves the version every replica polls and publishes it on
+/// `DIR_CHANNEL` (ARGV[4]).
 const DIR_PUT: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 local rev = 0
