@@ -6,6 +6,7 @@
 //! platform is down and lets one probe through after `circuit_open`.
 
 pub mod circuit;
+pub(crate) mod connector;
 pub mod normalize;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use rand::Rng;
 
 use crate::config::UpstreamConfig;
 use circuit::CircuitBreaker;
+use connector::QuietConnector;
 
 /// The platform's address when `base_url` names none (config validation makes sure it does).
 const FALLBACK_AUTHORITY: &str = "platform.runblob.io";
@@ -91,7 +93,7 @@ pub struct UpstreamResponse {
     pub latency: Duration,
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<QuietConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// The platform client.
 pub struct Upstream {
@@ -159,7 +161,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
-            .build(https);
+            .build(QuietConnector(https));
         let parts = cfg.base_url.clone().into_parts();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", cfg.token.expose()))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token"));
