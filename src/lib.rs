@@ -10,7 +10,7 @@
 //! balance, hold and generation limit (`paid::balance`, `store`) → forward (`upstream`) →
 //! settle → normalise errors (`upstream::normalize`, `gateway::error`) → access record
 //! (`observe::access_log`) and metrics.
-
+//!
 //! Modules are `pub` where an embedder, the binary or the integration tests use them and
 //! `pub(crate)` otherwise.
 

@@ -54,7 +54,6 @@ impl Route {
             Route::Quote(f) => &f.templates()[3],
         }
     }
-
 }
 
 /// Matches method and path. Unknown paths are 404 `Not found`; a known path with the wrong

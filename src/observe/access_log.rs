@@ -15,7 +15,6 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::ids::trace::TraceContext;
 
-
 /// What one request did: made when it arrives, filled in by the stages as it goes, then counted
 /// (`Metrics::observe`) and written (`AccessLog::write`) once, with its status, when it ends.
 /// The line's fields are this struct's (`time`, `level` and `target` first, added by the

@@ -223,8 +223,8 @@ impl Paid {
                 };
                 ctx.record.outcome = "client_closed";
                 ctx.record.cause = out.result.as_ref().err().and_then(GatewayError::cause);
-                if let Some((status, latency)) = out.upstream {
-                    ctx.record.upstream(status.as_u16(), latency);
+                if let Some((platform_status, latency)) = out.upstream {
+                    ctx.record.upstream(platform_status.as_u16(), latency);
                 }
                 ctx.record.price = Some(out.price);
                 tracing::info!(request_id = ctx.record.request_id(), status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");

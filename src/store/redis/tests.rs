@@ -102,9 +102,13 @@ async fn connect_to_nothing_is_a_clear_error() {
     assert!(e.0.starts_with("redis:"), "{e}");
 }
 
+/// An API tenant with no keys, for directory writes.
+fn api_tenant(id: &str) -> crate::policy::keys::ApiTenant {
+    crate::policy::keys::ApiTenant { id: id.into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![] }
+}
+
 #[tokio::test]
 async fn a_directory_write_wakes_the_other_replicas_follower() {
-    use crate::policy::keys::ApiTenant;
     let server = RedisServer::start();
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let a = RedisStore::connect(&server.url, Duration::from_millis(500), &prefix).await.unwrap();
@@ -114,7 +118,7 @@ async fn a_directory_write_wakes_the_other_replicas_follower() {
     // Subscribing wakes each once (for anything missed before); after that, only writes do.
     tokio::time::timeout(Duration::from_secs(2), heard.notified()).await.expect("b subscribed");
     tokio::time::timeout(Duration::from_secs(2), unrelated.notified()).await.expect("other subscribed");
-    let doc = ApiTenant { id: "x".into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![] };
+    let doc = api_tenant("x");
     assert!(a.directory_put("x", 0, Some(&doc)).await.unwrap());
     tokio::time::timeout(Duration::from_secs(1), heard.notified()).await.expect("b hears of a's write at once, not at its next poll");
     assert!(tokio::time::timeout(Duration::from_millis(300), unrelated.notified()).await.is_err(), "another prefix's store hears nothing");
@@ -128,7 +132,6 @@ async fn a_directory_write_wakes_the_other_replicas_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_subscription_follows_a_new_primary() {
     use crate::dev::testkit::{Sentinels, MASTER_NAME};
-    use crate::policy::keys::ApiTenant;
     let mut sentinels = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
     let target = RedisTarget::Sentinel { sentinels: sentinels.addrs(), master_name: MASTER_NAME.to_string(), db: 0, password: None };
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
@@ -136,12 +139,13 @@ async fn the_directory_subscription_follows_a_new_primary() {
     let b = RedisStore::open(&target, Duration::from_millis(300), &prefix, 0).await.unwrap();
     let heard = b.directory_changes().unwrap();
     tokio::time::timeout(Duration::from_secs(2), heard.notified()).await.expect("b subscribed");
-    let doc = ApiTenant { id: "x".into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![] };
-    let old = tokio::task::spawn_blocking(move || {
-        let old = sentinels.kill_primary();
-        (sentinels, old)
-    });
-    let (sentinels, _old) = old.await.unwrap();
+    let doc = api_tenant("x");
+    let sentinels = tokio::task::spawn_blocking(move || {
+        sentinels.kill_primary();
+        sentinels
+    })
+    .await
+    .unwrap();
     // Written as soon as a new primary takes it (the first write may come before or after b
     // subscribes there; either wakes b).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -149,6 +153,7 @@ async fn the_directory_subscription_follows_a_new_primary() {
     loop {
         match a.directory_put("x", rev, Some(&doc)).await {
             Ok(true) => break,
+            // An earlier try was written but its answer lost (a timeout): the revision moved.
             Ok(false) => rev += 1,
             Err(_) => {
                 assert!(tokio::time::Instant::now() < deadline, "no new primary within 30 s");
