@@ -79,6 +79,9 @@ pub enum BuildError {
     /// The TLS certificate or key did not load.
     #[error("loading the TLS certificate: {0}")]
     Tls(String),
+    /// A config-file tenant has the id of a tenant the store keeps.
+    #[error("tenants: {0}")]
+    Clash(String),
 }
 
 /// Opens the store, loads the TLS certificate if any, and builds the gateway (without serving).
@@ -91,6 +94,7 @@ pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>
     let gateway = Gateway::new(config, store, log, reload, tls);
     // The admin API's tenants are served from the first request on.
     gateway.refresh_directory().await?;
+    Gateway::clashes(&config.tenants, &gateway.current().api).map_err(BuildError::Clash)?;
     Ok(gateway)
 }
 

@@ -384,7 +384,11 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let gw = gateway.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let _ = gw.reload();
+            // A reload that panics must not end this loop, or every later SIGHUP is ignored.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gw.reload())).is_err() {
+                gw.metrics().task_panicked("reload");
+                tracing::error!(task = "reload", "a reload panicked; the running config stays, and the next SIGHUP is heard");
+            }
         }
     });
     let runtime = tokio::runtime::Handle::current();

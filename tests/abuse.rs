@@ -432,3 +432,28 @@ async fn the_admin_probes_answer_while_silent_sockets_fill_its_cap() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_probes_answer_while_idle_keep_alive_connections_fill_its_cap() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 300", &default_tenants())).await;
+    // 260 connections that each made one request and then stay open, idle (the cap is 256).
+    // Before: the 257th connection waited for ever, so /readyz went unanswered.
+    let mut parked = Vec::new();
+    for _ in 0..260 {
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(gw.admin)).await else { break };
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => parked.push(s),
+            _ => break,
+        }
+    }
+    assert!(parked.len() >= 256, "only {} connections were served", parked.len());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), get(&client(), &gw.admin_url("/readyz"), None)).await.expect("readyz answered");
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    gw.shutdown().await;
+}

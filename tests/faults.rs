@@ -175,18 +175,38 @@ async fn a_negative_or_absurd_price_is_settled_at_the_quote() {
     let platform = Platform::start().await;
     let (gw, _r) = start(&platform, Backend::Memory).await;
     let c = client();
-    for (id, price) in [("neg", "-5.0000"), ("huge", "120.00")] {
+    // 23 digits overflowed the money type and panicked: the tenant got 500, the charge was lost.
+    for (id, price) in [("neg", r#""-5.0000""#), ("huge", r#""120.00""#), ("digits", r#""99999999999999999999999""#), ("number", "99999999999999999999999")] {
         let mut f = platform.fault(FaultKind::Status);
         f.status = Some(201);
-        f.body = Some(format!(r#"{{"generation_id":"{id}","status":"pending","price":"{price}"}}"#));
+        f.body = Some(format!(r#"{{"generation_id":"{id}","status":"pending","price":{price}}}"#));
         f.path_prefix = Some("/v1/sora/generate".into());
         platform.inject(f);
         let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await;
         assert_eq!(r.status, 201);
     }
-    assert_eq!(spend_of(&gw, "b").await, usd("0.24"), "both settled at the 0.12 quote");
+    assert_eq!(spend_of(&gw, "b").await, usd("0.48"), "all four settled at the 0.12 quote");
     let metrics = get(&c, &gw.admin_url("/metrics"), None).await;
-    assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_untrusted_prices_total 2"));
+    assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_untrusted_prices_total 4"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_absurd_balance_is_a_broken_answer_not_a_crash() {
+    let platform = Platform::start().await;
+    let (gw, _r) = start(&platform, Backend::Memory).await;
+    let c = client();
+    let mut f = platform.fault(FaultKind::Status);
+    f.status = Some(200);
+    f.body = Some(r#"{"balance":"99999999999999999999999"}"#.into());
+    f.path_prefix = Some("/v1/data/balance".into());
+    f.times = Some(2);
+    platform.inject(f);
+    let paid = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), SORA).await;
+    assert!(paid.status.is_server_error() && paid.status != 500, "{} {:?}", paid.status, paid.body);
+    assert_eq!(platform.generate_calls(), 0, "nothing forwarded without a usable balance");
+    let read = get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await;
+    assert!(read.status.is_server_error() && read.status != 500, "{} {:?}", read.status, read.body);
     gw.shutdown().await;
 }
 

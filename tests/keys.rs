@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Method;
@@ -296,7 +297,7 @@ async fn startup_with_100k_stored_keys() {
                     k
                 })
                 .collect();
-            let doc = ApiTenant { id: format!("t{t}"), requests_per_second: 100, burst: 100, generations_per_minute: 10, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys };
+            let doc = ApiTenant { id: format!("t{t}"), requests_per_second: 100, burst: 100, generations_per_minute: 10, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys, deleted_ms: None };
             assert!(store.directory_put(&doc.id, 0, Some(&doc)).await.unwrap());
         }
     }
@@ -308,4 +309,53 @@ async fn startup_with_100k_stored_keys() {
     assert_eq!(get(&client(), &gw.url("/v1/data/balance"), Some(&some_key)).await.status, 200);
     println!("startup with 100,000 stored keys: {took:?}; RSS +{} MiB (+{} KiB per 10,000 keys)", (after.saturating_sub(before)) / 1024, after.saturating_sub(before) / 10);
     gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tenants_id_is_never_handed_to_a_new_team() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&admin_config(platform.addr)).await;
+    let c = client();
+    let (key, _) = onboard(&c, &gw, "zeta", json!({ "monthly_budget": "1.00", "generations_per_minute": 100 }), json!({})).await;
+    let id = create(&c, &gw, &key).await;
+    assert_eq!(admin(&c, &gw, Method::DELETE, "/admin/tenants/zeta", Value::Null).await.status, 204);
+    assert_eq!(balance_status(&c, &gw, &key).await, 401, "a deleted tenant's key stops working");
+    assert_eq!(admin(&c, &gw, Method::GET, "/admin/tenants/zeta", Value::Null).await.status, 404);
+    let listed = admin(&c, &gw, Method::GET, "/admin/tenants", Value::Null).await.json();
+    assert!(listed.as_array().unwrap().iter().all(|t| t["id"] != "zeta"), "{listed}");
+    // Before: the id was created again and the new team's key read the old team's generation.
+    let r = admin(&c, &gw, Method::POST, "/admin/tenants", json!({ "id": "zeta" })).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.detail().contains("`zeta`") && r.detail().contains("never reused"), "{}", r.detail());
+    assert_eq!(admin(&c, &gw, Method::POST, "/admin/tenants/zeta/keys", json!({})).await.status, 404);
+    // The old generation still belongs to nobody new.
+    let (other, _) = onboard(&c, &gw, "eta", json!({}), json!({})).await;
+    assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{id}")), Some(&other)).await.status, 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_tenant_with_an_api_tenants_id_is_refused_at_reload_and_start() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let db = dir.join("ledger.db");
+    let base = admin_config(platform.addr).replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", db.display()));
+    let text = Arc::new(std::sync::Mutex::new(base.clone()));
+    let source = text.clone();
+    let reload: tollgate::gateway::ReloadSource = Arc::new(move || tollgate::config::Config::from_toml(&source.lock().unwrap(), &env()));
+    let gw = TestGateway::start_config(tollgate::config::Config::from_toml(&base, &env()).unwrap(), Some(reload)).await;
+    let c = client();
+    let (key, _) = onboard(&c, &gw, "zeta", json!({}), json!({})).await;
+    let clash = format!("{base}\n{}", tenant("zeta", "file-zeta-key-0123456789abcdef", 5, 5, 5, None));
+    *text.lock().unwrap() = clash.clone();
+    // Before: the reload succeeded, the API tenant's key got 401 and the file tenant took its data.
+    let r = admin(&c, &gw, Method::POST, "/admin/reload", Value::Null).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.detail().contains("`zeta`"), "{}", r.detail());
+    assert_eq!(balance_status(&c, &gw, &key).await, 200, "the API tenant keeps working");
+    gw.shutdown().await;
+    // The same file at start is refused, naming the tenant.
+    let (log, _) = tollgate::observe::access_log::AccessLog::memory();
+    let err = tollgate::build(&tollgate::config::Config::from_toml(&clash, &env()).unwrap(), log, None).await.err().expect("refused");
+    assert!(err.to_string().contains("`zeta`"), "{err}");
 }

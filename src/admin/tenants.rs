@@ -209,7 +209,7 @@ async fn list(gw: &Gateway) -> Answer {
     let now = now_ms();
     let runtime = gw.current();
     let mut out: Vec<Value> = runtime.config_tenants.tenants().iter().map(|t| config_view(gw, t, &used)).collect();
-    out.extend(docs.iter().filter(|d| runtime.config_tenants.source(&d.tenant.id).is_none()).map(|d| api_view(&d.tenant, &used, now)));
+    out.extend(docs.iter().filter(|d| !d.tenant.is_deleted() && runtime.config_tenants.source(&d.tenant.id).is_none()).map(|d| api_view(&d.tenant, &used, now)));
     Ok((StatusCode::OK, Some(Value::Array(out))))
 }
 
@@ -219,7 +219,7 @@ async fn show(gw: &Gateway, id: &str) -> Answer {
     if let Some(t) = runtime.config_tenants.tenants().iter().find(|t| &*t.id == id) {
         return Ok((StatusCode::OK, Some(config_view(gw, t, &used))));
     }
-    let doc = gw.api_tenant(id).await.map_err(Refused::store)?.ok_or_else(Refused::not_found)?;
+    let doc = gw.api_tenant(id).await.map_err(Refused::store)?.filter(|d| !d.tenant.is_deleted()).ok_or_else(Refused::not_found)?;
     Ok((StatusCode::OK, Some(api_view(&doc.tenant, &used, now_ms()))))
 }
 
@@ -273,6 +273,7 @@ async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
         disabled: false,
         created_ms: now_ms(),
         keys: Vec::new(),
+        deleted_ms: None,
     };
     t.burst = DEFAULT_BURST.max(t.requests_per_second);
     apply_settings(&mut t, &body, body.contains_key("burst"))?;
@@ -281,6 +282,13 @@ async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
         return Err(Refused::managed_by_file());
     }
     if !gw.put_api_tenant(&id, 0, Some(&t)).await.map_err(Refused::store)? {
+        if gw.api_tenant(&id).await.map_err(Refused::store)?.is_some_and(|d| d.tenant.is_deleted()) {
+            audit(gw, "tenant.create", &id, None, "conflict: id retired").await;
+            return Err(Refused(
+                StatusCode::CONFLICT,
+                format!("Tenant id `{id}` belonged to a deleted tenant and is never reused (its generations and spend stay with it); choose another id"),
+            ));
+        }
         audit(gw, "tenant.create", &id, None, "conflict: exists").await;
         return Err(Refused(StatusCode::CONFLICT, "Tenant already exists".into()));
     }
@@ -295,7 +303,7 @@ async fn modify<T>(gw: &Gateway, id: &str, mut change: impl FnMut(&mut ApiTenant
         return Err(Refused::managed_by_file());
     }
     for _ in 0..WRITE_ATTEMPTS {
-        let doc = gw.api_tenant(id).await.map_err(Refused::store)?.ok_or_else(Refused::not_found)?;
+        let doc = gw.api_tenant(id).await.map_err(Refused::store)?.filter(|d| !d.tenant.is_deleted()).ok_or_else(Refused::not_found)?;
         let mut t = doc.tenant.clone();
         let (keep, out) = change(&mut t)?;
         let next = keep.then_some(t);
@@ -320,8 +328,18 @@ async fn update(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
     finish(gw, action, id, None, result.map(|(t, ())| t)).await.map(|t| (StatusCode::OK, t.map(|t| api_view(&t, &Default::default(), now_ms()))))
 }
 
+/// Deleting leaves a tombstone: keys revoked, the id retired for good.
 async fn delete(gw: &Gateway, id: &str) -> Answer {
-    let result = modify(gw, id, |_| Ok((false, ()))).await;
+    let now = now_ms();
+    let result = modify(gw, id, |t| {
+        t.deleted_ms = Some(now);
+        t.disabled = true;
+        for k in &mut t.keys {
+            k.revoked_ms.get_or_insert(now);
+        }
+        Ok((true, ()))
+    })
+    .await;
     finish(gw, "tenant.delete", id, None, result.map(|_| None::<ApiTenant>)).await.map(|_| (StatusCode::NO_CONTENT, None))
 }
 

@@ -9,6 +9,7 @@ pub(crate) mod webhooks;
 use std::sync::Arc;
 
 use crate::gateway::Gateway;
+use crate::observe::supervise::supervise;
 
 /// How often an idle gateway refreshes the account balance.
 const BACKGROUND_BALANCE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -23,23 +24,34 @@ pub struct Background {
 impl Background {
     /// Starts the tasks; they end when `stop` turns true.
     pub fn spawn(gateway: Arc<Gateway>, stop_rx: tokio::sync::watch::Receiver<bool>) -> Background {
-        let reconciler = reconcile::spawn(gateway.clone(), stop_rx.clone());
+        // Every task is supervised: a panic is logged, counted and the task started again.
+        let metrics = Some(gateway.metrics.clone());
+        let reconciler = {
+            let (gw, stop) = (gateway.clone(), stop_rx.clone());
+            supervise("reconciler", metrics.clone(), move || reconcile::Reconciler::new(gw.clone()).run(stop.clone()))
+        };
         // An idle replica still knows the account balance (for the gauge and its alert).
         let refresher = {
-            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = gw.balance.ensure_fresh(&http::HeaderValue::from_static("background-balance")).await {
-                        tracing::debug!(error = %e, "background balance refresh failed");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(BACKGROUND_BALANCE_EVERY) => {}
-                        _ = stop.wait_for(|s| *s) => return,
+            let (gw, stop) = (gateway.clone(), stop_rx.clone());
+            supervise("balance_refresh", metrics.clone(), move || {
+                let (gw, mut stop) = (gw.clone(), stop.clone());
+                async move {
+                    loop {
+                        if let Err(e) = gw.balance.ensure_fresh(&http::HeaderValue::from_static("background-balance")).await {
+                            tracing::debug!(error = %e, "background balance refresh failed");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(BACKGROUND_BALANCE_EVERY) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
                     }
                 }
             })
         };
-        let alerts = tokio::spawn(alerts::run(gateway.clone(), stop_rx.clone()));
+        let alerts = {
+            let (gw, stop) = (gateway.clone(), stop_rx.clone());
+            supervise("alerts", metrics.clone(), move || alerts::run(gw.clone(), stop.clone()))
+        };
         let relay = gateway.sender.clone().map(|r| {
             let gw = gateway.clone();
             let deliveries = webhooks::Deliveries {
@@ -50,16 +62,20 @@ impl Background {
                     _ => gw.current().tenants.tenants().iter().find(|t| &*t.id == tenant).and_then(|t| t.webhook_secret.clone()),
                 }),
             };
-            tokio::spawn(webhooks::run(deliveries, r, stop_rx.clone()))
+            let stop = stop_rx.clone();
+            supervise("webhook_relay", metrics.clone(), move || webhooks::run(deliveries.clone(), r.clone(), stop.clone()))
         });
         // Summaries of sampled access lines, once a second.
         let sampler = {
-            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => gw.refusals.flush(),
-                        _ = stop.wait_for(|s| *s) => return gw.refusals.flush(),
+            let (gw, stop) = (gateway.clone(), stop_rx.clone());
+            supervise("refusal_sampler", metrics.clone(), move || {
+                let (gw, mut stop) = (gw.clone(), stop.clone());
+                async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => gw.refusals.flush(),
+                            _ = stop.wait_for(|s| *s) => return gw.refusals.flush(),
+                        }
                     }
                 }
             })
@@ -67,9 +83,11 @@ impl Background {
         // The tenants the admin API keeps in the store: every replica follows their version,
         // woken early where the store announces changes.
         let directory = {
-            let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+            let (gw, stop) = (gateway.clone(), stop_rx.clone());
             let changed = gateway.store.directory_changes();
-            tokio::spawn(async move {
+            supervise("directory", metrics.clone(), move || {
+            let (gw, mut stop, changed) = (gw.clone(), stop.clone(), changed.clone());
+            async move {
                 let mut last_flush = tokio::time::Instant::now();
                 loop {
                     if let Err(e) = gw.refresh_directory().await {
@@ -94,6 +112,7 @@ impl Background {
                         return gw.flush_key_uses().await;
                     }
                 }
+            }
             })
         };
         let mut tasks = vec![reconciler, refresher, sampler, directory, alerts];

@@ -379,11 +379,6 @@ impl Reconciler {
     }
 }
 
-/// Starts the reconciler for `gw`; it stops when `stop` turns true.
-pub fn spawn(gw: Arc<Gateway>, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(Reconciler::new(gw).run(stop))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,7 @@ pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 pub(crate) fn merged(config: &TenantDirectory, docs: &[TenantDoc], previous: Option<&TenantDirectory>, now_ms: u64) -> (TenantDirectory, Vec<String>) {
     let api = docs
         .iter()
+        .filter(|d| !d.tenant.is_deleted())
         .filter_map(|d| {
             let t = &d.tenant;
             let limits = rate_limit::limits(t.requests_per_second, t.burst, t.generations_per_minute)?;
@@ -51,7 +52,7 @@ pub(crate) fn merged(config: &TenantDirectory, docs: &[TenantDoc], previous: Opt
 
 /// The earliest moment after `now_ms` at which an API key stops working on its own.
 pub(crate) fn next_key_end(docs: &[TenantDoc], now_ms: u64) -> Option<u64> {
-    docs.iter().filter(|d| !d.tenant.disabled).filter_map(|d| d.tenant.next_key_end(now_ms)).min()
+    docs.iter().filter(|d| !d.tenant.disabled && !d.tenant.is_deleted()).filter_map(|d| d.tenant.next_key_end(now_ms)).min()
 }
 
 impl Gateway {
@@ -104,6 +105,24 @@ impl Gateway {
         }
     }
 
+    /// The config file's tenants that clash with an API tenant (live or deleted), as one error
+    /// naming both: a file tenant must never take over an API tenant's id and its data.
+    pub(crate) fn clashes(config: &TenantDirectory, docs: &[TenantDoc]) -> Result<(), String> {
+        let clash: Vec<String> = docs
+            .iter()
+            .filter(|d| config.source(&d.tenant.id).is_some())
+            .map(|d| {
+                let what = if d.tenant.is_deleted() { "a deleted API tenant (its id is retired)" } else { "an API tenant (made with the admin API)" };
+                format!("config-file tenant `{}` has the id of {what}", d.tenant.id)
+            })
+            .collect();
+        if clash.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{}; rename the file's tenant, or delete the API tenant and use a new id", clash.join("; ")))
+        }
+    }
+
     /// An API tenant's document as stored now, and its revision.
     pub(crate) async fn api_tenant(&self, id: &str) -> Result<Option<TenantDoc>, StoreError> {
         let (_, docs) = self.store.directory().await?;
@@ -138,6 +157,7 @@ mod tests {
                 disabled,
                 created_ms: 0,
                 keys,
+                deleted_ms: None,
             },
         }
     }

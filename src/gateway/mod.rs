@@ -277,6 +277,7 @@ impl Gateway {
             return Err("this gateway has no config file to reload".into());
         };
         let loaded = source().map_err(|e| e.to_string()).and_then(|config| {
+            Gateway::clashes(&config.tenants, &self.current().api)?;
             // New certificate files (or paths) reach new connections; open ones keep theirs.
             if let (Some(certs), Some(paths)) = (&self.tls, &config.server.tls) {
                 certs.reload(&paths.cert, &paths.key)?;

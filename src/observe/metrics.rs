@@ -102,6 +102,7 @@ pub struct Metrics {
     store_retries: Family<ResultLabels, Counter>,
     webhook_deliveries: Family<DeliveryLabels, Counter>,
     webhook_rejected: Family<CauseLabels, Counter>,
+    task_panics: Family<TaskLabels, Counter>,
     outbox_pending: Gauge,
     outbox_oldest: Gauge<f64, AtomicU64>,
     outbox_dead: Gauge,
@@ -134,6 +135,11 @@ struct DeliveryLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
 }
 
 // === impl Metrics ===
@@ -203,6 +209,8 @@ impl Metrics {
         registry.register("webhook_deliveries", "Webhook delivery attempts by tenant and result (delivered / retry / dead_letter)", webhook_deliveries.clone());
         let webhook_rejected = Family::<CauseLabels, Counter>::default();
         registry.register("webhook_rejected", "Platform webhook calls refused (unknown or forged token, bad body)", webhook_rejected.clone());
+        let task_panics = Family::<TaskLabels, Counter>::default();
+        registry.register("task_panics", "Background tasks that panicked and were restarted, by task", task_panics.clone());
         let outbox_pending = Gauge::default();
         registry.register("webhook_outbox_pending", "Webhook deliveries waiting", outbox_pending.clone());
         let outbox_oldest = Gauge::<f64, AtomicU64>::default();
@@ -241,6 +249,7 @@ impl Metrics {
             budget,
             webhook_deliveries,
             webhook_rejected,
+            task_panics,
             outbox_pending,
             outbox_oldest,
             outbox_dead,
@@ -388,7 +397,12 @@ impl Metrics {
         self.webhook_deliveries.get_or_create(&DeliveryLabels { tenant: Label(tenant.clone()), result }).inc();
     }
 
-    /// Counts a refused platform webhook call.
+    /// Counts a background task that panicked (and is restarted).
+    pub fn task_panicked(&self, task: &'static str) {
+        self.task_panics.get_or_create(&TaskLabels { task }).inc();
+    }
+
+    /// Counts a platform webhook call refused.
     pub fn webhook_rejected(&self, cause: &'static str) {
         self.webhook_rejected.get_or_create(&CauseLabels { cause }).inc();
     }

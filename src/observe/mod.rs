@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod diag_log;
 pub mod metrics;
+pub mod supervise;
 #[doc(hidden)]
 pub mod telemetry;
 

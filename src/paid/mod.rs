@@ -191,16 +191,28 @@ pub(crate) struct Paid {
 pub(crate) struct Created {
     pub(crate) id: Option<String>,
     pub(crate) price: Option<Usd>,
+    /// A `price` that reads as a number but is no usable amount (23 digits, say): not trusted.
+    pub(crate) absurd_price: Option<String>,
     pub(crate) status: Option<String>,
 }
 
 pub(crate) fn created(family: Family, body: &[u8]) -> Created {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return Created { id: None, price: None, status: None } };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return Created { id: None, price: None, absurd_price: None, status: None } };
     let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"));
     Created {
         id: id.and_then(|i| i.as_str()).map(str::to_string),
         price: v.get("price").and_then(Usd::from_json),
+        absurd_price: v.get("price").filter(|p| Usd::from_json(p).is_none() && looks_numeric(p)).map(|p| p.to_string()),
         status: v.get("status").and_then(|s| s.as_str()).map(str::to_string),
+    }
+}
+
+/// A number, or a string holding digits (not `"calculating"`).
+fn looks_numeric(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(_) => true,
+        serde_json::Value::String(s) => s.bytes().any(|b| b.is_ascii_digit()),
+        _ => false,
     }
 }
 
@@ -277,6 +289,11 @@ impl Paid {
             outcome_unknown(&gw, hold, idem, "invalid_answer").await;
             return PaidOutcome { result: Err(GatewayError::InvalidAnswer), upstream, price: quoted };
         };
+        if let Some(raw) = &answer.absurd_price {
+            gw.metrics.untrusted_price();
+            tracing::error!(request_id, tenant = %tenant, reported = %raw, quoted = %quoted, why = "not a usable amount",
+                "platform reported a price that is not trusted; settled at the quote");
+        }
         let charged = match settle_price(quoted, answer.price) {
             Ok(p) => p,
             Err((q, why)) => {
@@ -378,6 +395,7 @@ mod tests {
         let c = |id: Option<&str>, price: Option<i64>, status: Option<&str>| Created {
             id: id.map(str::to_string),
             price: price.map(Usd::from_micros),
+            absurd_price: None,
             status: status.map(str::to_string),
         };
         assert_eq!(
@@ -387,5 +405,7 @@ mod tests {
         assert_eq!(created(Family::builtin("gemini"), br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
         assert_eq!(created(Family::builtin("kling"), br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
         assert_eq!(created(Family::builtin("veo"), b"not json"), c(None, None, None));
+        let absurd = created(Family::builtin("sora"), br#"{"generation_id":"g","price":"99999999999999999999999"}"#);
+        assert_eq!((absurd.price, absurd.absurd_price.as_deref()), (None, Some("\"99999999999999999999999\"")));
     }
 }

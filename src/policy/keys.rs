@@ -186,9 +186,18 @@ pub struct ApiTenant {
     pub created_ms: u64,
     /// Its keys, revoked ones included (they show in listings).
     pub keys: Vec<ApiKey>,
+    /// Set when the tenant was deleted: the document stays as a tombstone so the id, whose
+    /// generations and spend are still in the store, is never handed to a new team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_ms: Option<u64>,
 }
 
 impl ApiTenant {
+    /// Deleted (a tombstone)?
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_ms.is_some()
+    }
+
     /// Its budget.
     pub fn monthly_budget(&self) -> Option<Usd> {
         self.monthly_budget_micros.map(Usd::from_micros)

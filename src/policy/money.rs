@@ -10,6 +10,12 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 const MICROS_PER_USD: i64 = 1_000_000;
 
+/// The largest amount any input may name: one billion dollars. Far above any real price, budget
+/// or balance, and far enough below `i64::MAX` micro-dollars (9.2 trillion dollars) that sums of
+/// millions of amounts stay exact. Anything larger is refused as not an amount, so a platform or
+/// an operator writing 23 digits gets an error, never a panic.
+pub const MAX: Usd = Usd(1_000_000_000 * MICROS_PER_USD);
+
 /// An amount of US dollars, stored as micro-dollars (1e-6 USD).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Usd(i64);
@@ -57,10 +63,12 @@ impl Usd {
     }
 
     fn from_decimal(d: Decimal) -> Option<Usd> {
-        let micros = (d * Decimal::from(MICROS_PER_USD))
+        // Checked: `Decimal`'s `*` panics past 28 digits.
+        let micros = d
+            .checked_mul(Decimal::from(MICROS_PER_USD))?
             .round_dp_with_strategy(0, RoundingStrategy::AwayFromZero)
             .to_i64()?;
-        Some(Usd(micros))
+        (micros.unsigned_abs() <= MAX.0.unsigned_abs()).then_some(Usd(micros))
     }
 
     /// Never below zero.
@@ -141,6 +149,17 @@ mod tests {
         for bad in ["", "calculating", "1,20", "0x10", "NaN"] {
             assert!(Usd::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn absurd_amounts_are_errors_not_panics() {
+        for bad in ["99999999999999999999999", "-99999999999999999999999", "79228162514264337593543950335", "1e30", "1000000000.000001"] {
+            assert!(Usd::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Usd::parse("1000000000").unwrap(), MAX);
+        let v: serde_json::Value = serde_json::from_str(r#"{"p":99999999999999999999999,"q":"99999999999999999999999"}"#).unwrap();
+        assert_eq!(Usd::from_json(&v["p"]), None);
+        assert_eq!(Usd::from_json(&v["q"]), None);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! - an idle timeout (`idle_timeout`) once no request is in flight, for HTTP/1 keep-alive and
 //!   HTTP/2 alike (HTTP/2 gets a GOAWAY);
 //! - a slot under `max_connections`. At the cap, the oldest connection that has not yet sent a
-//!   request is closed to make room, so silent sockets cannot lock out real clients (or the
-//!   Kubernetes probes on the admin port);
+//!   request is closed to make room, or else the keep-alive connection idle the longest (no
+//!   request in flight), so neither silent sockets nor parked keep-alives can lock out real
+//!   clients (or the Kubernetes probes on the admin port);
 //! - graceful drain on shutdown, for up to the grace period.
 //!
 //! Refusals at the protocol level (a head that never completed, a malformed head, headers too
@@ -161,6 +162,8 @@ struct Activity {
     active: AtomicUsize,
     /// Milliseconds after `started` when the last request finished.
     last_ms: AtomicU64,
+    /// Chosen to make room at the cap (tells the watchdog's wake-up from a head beginning).
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -180,7 +183,7 @@ impl Drop for InFlight {
     }
 }
 
-/// Connections that have not sent a request yet, oldest first: the ones closed at the cap.
+/// Open connections, oldest first: the ones closed at the cap are picked here.
 #[derive(Default)]
 struct Silent {
     queue: Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
@@ -189,27 +192,34 @@ struct Silent {
 impl Silent {
     fn push(&self, a: Arc<Activity>, n: Arc<Notify>) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.retain(|(a, _)| a.seen.load(Ordering::Acquire) == 0 && Arc::strong_count(a) > 1);
+        // The connection task holds the other reference while it lives.
+        q.retain(|(a, _)| Arc::strong_count(a) > 1 && !a.evicted.load(Ordering::Acquire));
         q.push_back((a, n));
     }
 
-    /// Closes the oldest connection that has been silent for at least `min_age` (a client that
-    /// just connected is about to speak); false when there is none.
+    /// Makes room at the cap: closes the oldest connection silent for at least `min_age` (a
+    /// client that just connected is about to speak), else the keep-alive connection idle the
+    /// longest, at least `min_age`, with no request in flight. False when every connection is
+    /// busy or young. A scan of the open connections, only at the cap.
     fn evict_oldest(&self, min_age: Duration) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((a, n)) = q.front().cloned() {
-            if a.seen.load(Ordering::Acquire) != 0 || Arc::strong_count(&a) <= 2 {
-                q.pop_front();
-                continue;
-            }
-            if a.started.elapsed() < min_age {
-                return false;
-            }
-            q.pop_front();
-            n.notify_one();
-            return true;
-        }
-        false
+        q.retain(|(a, _)| Arc::strong_count(a) > 1 && !a.evicted.load(Ordering::Acquire));
+        let now = Instant::now();
+        let silent = q.iter().position(|(a, _)| a.seen.load(Ordering::Acquire) == 0 && now.duration_since(a.started) >= min_age);
+        let idle = || {
+            q.iter()
+                .enumerate()
+                .filter(|(_, (a, _))| a.seen.load(Ordering::Acquire) != 0 && a.active.load(Ordering::Acquire) == 0)
+                .map(|(i, (a, _))| (i, a.idle_since()))
+                .filter(|(_, since)| now.duration_since(*since) >= min_age)
+                .min_by_key(|(_, since)| *since)
+                .map(|(i, _)| i)
+        };
+        let Some(i) = silent.or_else(idle) else { return false };
+        let (a, n) = q.remove(i).expect("index from this queue");
+        a.evicted.store(true, Ordering::Release);
+        n.notify_one();
+        true
     }
 }
 
@@ -292,7 +302,13 @@ where
         };
         let Some(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity { started: Instant::now(), seen: AtomicU64::new(0), active: AtomicUsize::new(0), last_ms: AtomicU64::new(0) });
+        let activity = Arc::new(Activity {
+            started: Instant::now(),
+            seen: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            evicted: Default::default(),
+        });
         let evict = Arc::new(Notify::new());
         silent.push(activity.clone(), evict.clone());
         let h = service.clone();
@@ -377,10 +393,18 @@ where
                             wake = wake.min(deadline);
                             continue;
                         }
-                        // Evicted while silent; a connection that spoke meanwhile stays.
-                        if activity.seen.load(Ordering::Acquire) == 0 {
-                            refuse(503, "evicted_at_capacity");
-                            break;
+                        if activity.evicted.load(Ordering::Acquire) {
+                            // Evicted while silent: refused like a head that never came.
+                            if activity.seen.load(Ordering::Acquire) == 0 {
+                                refuse(503, "evicted_at_capacity");
+                                break;
+                            }
+                            // Evicted while idle between requests: closed as at its idle
+                            // timeout (a request that began meanwhile finishes first).
+                            if !closing {
+                                conn.as_mut().graceful_shutdown();
+                                closing = true;
+                            }
                         }
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {

@@ -104,7 +104,7 @@ async fn connect_to_nothing_is_a_clear_error() {
 
 /// An API tenant with no keys, for directory writes.
 fn api_tenant(id: &str) -> crate::policy::keys::ApiTenant {
-    crate::policy::keys::ApiTenant { id: id.into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![] }
+    crate::policy::keys::ApiTenant { id: id.into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![], deleted_ms: None }
 }
 
 #[tokio::test]
