@@ -93,6 +93,12 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// The store itself. `store recover`: after Redis forgot tollgate's data (a FLUSHALL, a
+    /// restart without persistence), say what was lost and let the replicas take money again.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Exit 0 when the admin /readyz answers 200 (container health checks without a shell).
     Healthcheck {
         /// The readiness URL.
@@ -118,6 +124,17 @@ enum Command {
         /// Print a Standard Webhooks signing secret (`whsec_…`) for a tenant instead.
         #[arg(long)]
         webhook_secret: bool,
+    },
+}
+
+/// `tollgate store …`.
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Accept that the Redis store lost its data: prints what was lost and writes a new epoch.
+    Recover {
+        /// TOML config file (its [store] is read).
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -606,6 +623,16 @@ async fn async_main() -> ExitCode {
         Command::Keys { action, api } => Ok(admin_command(api, || keys_call(action)).await),
         Command::Healthcheck { url } => Ok(healthcheck(&url).await),
         Command::Usage { config, month, tenant, format } => usage(&config, month, tenant, &format).await,
+        Command::Store { action: StoreAction::Recover { config } } => match load(&config) {
+            Ok(c) => tollgate::store::recover(&c.store).await.map(|report| {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }).map_err(anyhow::Error::from),
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                Ok(ExitCode::from(EXIT_BAD_CONFIG))
+            }
+        },
     };
     match result {
         Ok(code) => code,

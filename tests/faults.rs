@@ -314,3 +314,52 @@ async fn a_failed_generation_is_refunded_without_anyone_polling() {
     assert!(metrics.contains(r#"tollgate_refunds_total{tenant="a"} 1"#), "{metrics}");
     gw.shutdown().await;
 }
+
+async fn redis_conn(url: &str) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Before: after FLUSHALL `/readyz` stayed 200, a tenant at its budget got more 201s and an
+/// acknowledged Idempotency-Key bought a second generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_forgets_its_data_fails_money_closed_until_recovered() {
+    let platform = Platform::start().await;
+    let text = fast_reconcile(&config_text(platform.addr, "", &one_generation_budget()), 2, 300);
+    let (text, redis) = with_backend(&text, Backend::Redis);
+    let redis = redis.unwrap();
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 402, "a's budget is spent");
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut redis_conn(&redis.url).await).await.unwrap();
+    until(Duration::from_secs(5), "readyz 503 after FLUSHALL", || async { get(&client(), &gw.admin_url("/readyz"), None).await.status == 503 }).await;
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Store unavailable"));
+    assert_eq!(platform.generate_calls(), 1, "nothing forwarded after the loss");
+    // A replica started now refuses to start, naming the way out: the first one left the lost
+    // marker, so the empty Redis is not taken for a new store.
+    let config = tollgate::config::Config::from_toml(&text, &env()).unwrap();
+    let (log, _) = tollgate::observe::access_log::AccessLog::memory();
+    let err = tollgate::build(&config, log, None).await.err().expect("refused while lost");
+    assert!(err.to_string().contains("tollgate store recover"), "{err}");
+    // The operator's recovery says what was lost; replicas take money again.
+    let report = tollgate::store::recover(&config.store).await.unwrap();
+    assert!(report.contains("Lost for good") && report.contains("this month's spend"), "{report}");
+    assert!(tollgate::store::recover(&config.store).await.unwrap_err().to_string().contains("nothing to recover"));
+    until(Duration::from_secs(5), "readyz 200 after recovery", || async { get(&client(), &gw.admin_url("/readyz"), None).await.status == 200 }).await;
+    let late = TestGateway::start(&text).await;
+    assert_eq!(get(&c, &late.admin_url("/readyz"), None).await.status, 200);
+    late.shutdown().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_is_refused_at_start() {
+    let platform = Platform::start().await;
+    let (text, redis) = with_backend(&config_text(platform.addr, "", &default_tenants()), Backend::Redis);
+    let redis = redis.unwrap();
+    let _: () = ::redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru").query_async(&mut redis_conn(&redis.url).await).await.unwrap();
+    let (log, _) = tollgate::observe::access_log::AccessLog::memory();
+    let err = tollgate::build(&tollgate::config::Config::from_toml(&text, &env()).unwrap(), log, None).await.err().expect("refused");
+    assert!(err.to_string().contains("maxmemory-policy is allkeys-lru"), "{err}");
+}

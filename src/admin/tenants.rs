@@ -48,13 +48,7 @@ impl Refused {
 
 type Answer = Result<(StatusCode, Option<Value>), Refused>;
 
-/// RFC 3339 UTC of a time in ms.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
-}
+pub(crate) use crate::store::rfc3339;
 
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, Refused> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -460,6 +454,10 @@ mod tests {
     fn budgets_are_non_negative_with_at_most_four_decimals() {
         assert_eq!(budget(&json!("50.00")).ok().flatten(), Some(Usd::parse("50").unwrap()));
         assert_eq!(budget(&json!(12.5)).ok().flatten(), Some(Usd::parse("12.5").unwrap()));
+        // 23 digits dropped the connection (a panic); now a 422 naming the field.
+        for absurd in [json!("99999999999999999999999"), json!(99999999999999999999999u128 as f64), json!("1e40")] {
+            assert!(budget(&absurd).is_err(), "{absurd}");
+        }
         assert_eq!(budget(&json!("1.50000")).ok().flatten(), Some(Usd::parse("1.5").unwrap()));
         assert!(budget(&Value::Null).unwrap().is_none());
         for bad in [json!("-1"), json!("0.00001"), json!("ten"), json!(true), json!([])] {

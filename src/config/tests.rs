@@ -255,3 +255,12 @@ fn alerts_and_in_flight_caps_are_checked() {
     assert_eq!((a.thresholds, a.balance_below), (vec![0.5, 1.0], None));
     assert_eq!(c.tenants.tenants()[0].max_in_flight, Some(3));
 }
+
+#[test]
+fn absurd_amounts_are_problems_naming_the_field_not_panics() {
+    let digits = "99999999999999999999999";
+    let p = problems(&minimal().replace("[[tenants]]", &format!("[[tenants]]\nmonthly_budget = \"{digits}\"")));
+    assert!(p.iter().any(|l| l.contains("monthly_budget")), "{p:?}");
+    let p = problems(&minimal().replace("[[tenants]]", &format!("[balance]\nreserve = \"{digits}\"\n\n[[tenants]]")));
+    assert!(p.iter().any(|l| l.contains("reserve")), "{p:?}");
+}

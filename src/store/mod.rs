@@ -431,6 +431,14 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// RFC 3339 UTC of a time in ms.
+pub fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// `YYYY-MM` (UTC) of a unix-ms time: the budget month.
 pub fn month_of(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
@@ -443,6 +451,15 @@ pub const IDEM_RETENTION_MS: u64 = 24 * 3600 * 1000;
 /// Is this platform status final?
 pub fn is_final_status(status: &str) -> bool {
     matches!(status, "completed" | "failed")
+}
+
+/// `tollgate store recover`: after a Redis store forgot its data, says what was lost and lets
+/// replicas accept money again. Only Redis can forget on its own.
+pub async fn recover(config: &StoreConfig) -> Result<String, StoreError> {
+    match config {
+        StoreConfig::Redis { target, timeout, key_prefix, .. } => redis::recover(target, *timeout, key_prefix).await,
+        _ => Err(StoreError("only a Redis store can forget its data on its own; this config's store is not Redis".into())),
+    }
 }
 
 /// Opens the configured backend.

@@ -470,6 +470,11 @@ struct Scripts {
     gcra_give_back: Script,
 }
 
+/// `tollgate store recover` against the configured Redis.
+pub(crate) async fn recover(target: &RedisTarget, timeout: Duration, prefix: &str) -> Result<String, StoreError> {
+    RedisStore::open(target, timeout, prefix, 0).await?.recover_epoch().await
+}
+
 /// Redis-backed store shared by replicas.
 pub struct RedisStore {
     link: Arc<link::Link>,
@@ -482,6 +487,8 @@ pub struct RedisStore {
     scripts: Arc<Scripts>,
     /// Woken when a replica changes the directory (`follow_directory`).
     dir_changed: Arc<tokio::sync::Notify>,
+    /// Has Redis forgotten our data? Every call is refused while it has.
+    epoch: Arc<epoch::Epoch>,
 }
 
 /// An acknowledged money write that is safe to apply twice (the settle script records a
@@ -538,6 +545,16 @@ impl RedisStore {
                 Err(_) => tokio::time::sleep(Duration::from_millis(120)).await,
             }
         }
+        {
+            let (_, mut c) = link.get().await.map_err(err)?;
+            epoch::check_server(&mut c).await?;
+        }
+        let store_epoch = Arc::new(epoch::Epoch::default());
+        {
+            let (_, mut c) = link.get().await.map_err(err)?;
+            store_epoch.start(&mut c, prefix).await?;
+        }
+        store_epoch.watch(&link, prefix.to_string());
         let common = COMMON.replace("ARGV_TOMB", &TOMBSTONE_MS.to_string()).replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string());
         let with_common = |body: &str| Script::new(&format!("{common}{body}"));
         let scripts = Scripts {
@@ -563,10 +580,16 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
-        let store = RedisStore { link, journal: Default::default(), prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts), dir_changed: Default::default() };
+        let store = RedisStore { link, journal: Default::default(), prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts), dir_changed: Default::default(), epoch: store_epoch };
         store.rewrite_on_move();
         store.follow_directory();
         Ok(store)
+    }
+
+    /// After the store forgot its data: says what was lost, writes a new epoch.
+    async fn recover_epoch(&self) -> Result<String, StoreError> {
+        let (_, mut c) = self.link.get().await.map_err(err)?;
+        epoch::recover(&mut c, &self.prefix).await
     }
 
     /// Every directory write publishes the new version on `DIR_CHANNEL`; a subscription of its
@@ -736,6 +759,9 @@ impl RedisStore {
     where
         F: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
+        if let Some(why) = self.epoch.lost() {
+            return Err(StoreError(why));
+        }
         let deadline = tokio::time::Instant::now() + within;
         let (n, conn) = match tokio::time::timeout_at(deadline, self.link.get()).await {
             Ok(r) => r.map_err(err)?,
@@ -876,10 +902,24 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         // A write, not PING: a Redis that answers but refuses writes (maxmemory, a failed
         // snapshot, a read-only replica) cannot take money either.
+        // With `min_replica_acks`, ready only while that many replicas take it too: otherwise
+        // every paid request is refused (after a failover left too few replicas).
         let key = self.key("ready_probe");
-        self.run(|mut c| async move { ::redis::cmd("SET").arg(key).arg(super::now_ms()).arg("PX").arg(60_000).query_async::<String>(&mut c).await })
-            .await
-            .map(|_| ())
+        let (acks, wait_ms) = (self.acks, self.timeout.as_millis() as u64);
+        let got = self
+            .run_on(self.timeout * 2, |mut c| async move {
+                ::redis::cmd("SET").arg(key).arg(super::now_ms()).arg("PX").arg(60_000).query_async::<String>(&mut c).await?;
+                if acks == 0 {
+                    return Ok(0);
+                }
+                ::redis::cmd("WAIT").arg(acks).arg(wait_ms).query_async::<i64>(&mut c).await
+            })
+            .await?
+            .0;
+        if acks > 0 && got < acks as i64 {
+            return Err(err(format!("only {got} of {acks} replicas acknowledged a write within {wait_ms} ms")));
+        }
+        Ok(())
     }
 
     async fn balance(&self) -> Result<Option<BalanceSnapshot>, StoreError> {
@@ -1444,6 +1484,7 @@ impl Store for RedisStore {
     }
 }
 
+mod epoch;
 mod link;
 #[cfg(test)]
 mod tests;
