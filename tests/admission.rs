@@ -184,6 +184,9 @@ async fn invalid_images_never_reach_the_platform() {
         (b64(&png(0, 10, 0)), "image_base64: has zero width or height"),
         (format!("data:image/png;base64,{}", b64(&jpeg(10, 10, 0))), "image_base64: declared Png but the data is Jpeg"),
         ("data:text/html;base64,PGh0bWw+".to_string(), "image_base64: data URL must look like"),
+        // A second header declaring a huge canvas was forwarded: only the first was checked.
+        (b64(&two_headers_png()), "image_base64: has more than one Png header"),
+        (b64(&two_frames_jpeg()), "image_base64: has more than one Jpeg header"),
     ];
     for (img, detail) in cases {
         let body = format!(r#"{{"prompt":"p","image_base64":"{img}"}}"#);
@@ -249,4 +252,21 @@ async fn buffered_body_budget_sheds_load_with_503() {
     // Memory is returned: the next one passes.
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &body).await.status, 201);
     gw.shutdown().await;
+}
+
+/// 64×64, then a second IHDR of 60000×60000 before IEND.
+fn two_headers_png() -> Vec<u8> {
+    let mut v = png(64, 64, 0);
+    let iend = v.len() - 12;
+    v.splice(iend..iend, png(60_000, 60_000, 0)[8..33].to_vec());
+    v
+}
+
+/// 100×100, then a second frame header (SOF0) of 60000×60000 before the end.
+fn two_frames_jpeg() -> Vec<u8> {
+    let mut v = jpeg(100, 100, 10);
+    let second = jpeg(60_000, 60_000, 0);
+    let eoi = v.len() - 2;
+    v.splice(eoi..eoi, second[second.len() - 21..second.len() - 2].to_vec());
+    v
 }

@@ -359,3 +359,18 @@ async fn a_file_tenant_with_an_api_tenants_id_is_refused_at_reload_and_start() {
     let err = tollgate::build(&tollgate::config::Config::from_toml(&clash, &env()).unwrap(), log, None).await.err().expect("refused");
     assert!(err.to_string().contains("`zeta`"), "{err}");
 }
+
+#[tokio::test]
+async fn key_labels_with_control_characters_are_refused() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&admin_config(platform.addr)).await;
+    let c = client();
+    assert_eq!(admin(&c, &gw, Method::POST, "/admin/tenants", json!({ "id": "lab" })).await.status, 201);
+    for bad in ["\u{1b}[31mred", "bell\u{7}", "nul\u{0}", "two\r\nlines"] {
+        let r = admin(&c, &gw, Method::POST, "/admin/tenants/lab/keys", json!({ "label": bad })).await;
+        assert_eq!(r.status, 422, "{bad:?} {:?}", r.body);
+        assert!(r.detail().contains("label"), "{}", r.detail());
+    }
+    assert_eq!(admin(&c, &gw, Method::POST, "/admin/tenants/lab/keys", json!({ "label": "ci – ünïcode ok" })).await.status, 201);
+    gw.shutdown().await;
+}

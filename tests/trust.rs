@@ -284,7 +284,8 @@ async fn callback_urls_in_any_spelling_of_a_private_address_are_refused() {
 }
 
 /// The admin token cannot be guessed at wire speed: an address that keeps presenting wrong
-/// tokens waits; the right token still works from elsewhere.
+/// tokens waits, and while it waits even the right token gets 429 (before, it got 200, so
+/// every throttled guess still told right from wrong).
 #[tokio::test]
 async fn failed_admin_authentication_is_throttled_per_address() {
     let platform = Platform::start().await;
@@ -300,9 +301,43 @@ async fn failed_admin_authentication_is_throttled_per_address() {
     let throttled = statuses.iter().filter(|r| r.status == 429).count();
     assert!(throttled >= 15, "{throttled} of 30 guesses throttled");
     let last = statuses.last().unwrap();
-    assert_eq!(last.detail(), "Too many failed authentication attempts from this address; retry later");
+    assert_eq!(last.detail(), "Too many failed authentication attempts; retry later");
     assert!(last.headers.contains_key("retry-after"));
-    assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 200, "the real token is never slowed down");
+    assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 429, "a throttled address learns nothing, right token or not");
+    let wait: u64 = last.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 200, "the real token works once the wait is over");
+    gw.shutdown().await;
+}
+
+/// GET over a raw socket bound to `from` (any 127.0.0.0/8 address is this machine).
+async fn admin_get_from(from: std::net::IpAddr, to: std::net::SocketAddr, path: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let mut s = sock.connect(to).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Before: 50 addresses × 10 guesses were never throttled. Past the budget shared by all
+/// addresses, every attempt waits, from a fresh address and with the right token too.
+#[tokio::test]
+async fn many_addresses_guessing_the_admin_token_are_throttled_together() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&config_text(platform.addr, ADMIN, &default_tenants())).await;
+    let mut statuses = Vec::new();
+    for n in 2..9u8 {
+        for i in 0..10 {
+            statuses.push(admin_get_from([127, 0, 0, n].into(), gw.admin, "/admin/usage", &format!("guess-{n}-{i}")).await);
+        }
+    }
+    assert!(statuses[..60].iter().all(|s| *s == 401), "each address stayed within its own ten");
+    assert!(statuses[60..].iter().all(|s| *s == 429), "{statuses:?}");
+    let right = env()["TEST_ADMIN_TOKEN"].clone();
+    assert_eq!(admin_get_from([127, 0, 0, 20].into(), gw.admin, "/admin/usage", &right).await, 429);
     gw.shutdown().await;
 }
 

@@ -21,7 +21,7 @@ pub struct Admin {
     token: Option<Secret>,
     token_env: String,
     /// Wrong admin tokens per client address: past ten, one guess a second.
-    failures: crate::gateway::limits::AuthFailures,
+    failures: crate::gateway::limits::AdminFailures,
     dashboard: dashboard::Dashboard,
 }
 
@@ -76,7 +76,7 @@ impl Admin {
     /// `token` guards `/admin/*`; without one those endpoints refuse everything.
     pub fn new(gateway: Arc<Gateway>, token: Option<Secret>, token_env: String) -> Arc<Admin> {
         let dashboard = dashboard::Dashboard::new(gateway.clone(), token.clone());
-        Arc::new(Admin { gateway, token, token_env, failures: crate::gateway::limits::AuthFailures::new(), dashboard })
+        Arc::new(Admin { gateway, token, token_env, failures: crate::gateway::limits::AdminFailures::new(), dashboard })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -98,14 +98,20 @@ impl Admin {
                 &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env),
             ));
         }
+        // A throttled address gets 429 before its token is looked at, so a guess made while
+        // throttled tells nothing.
+        let ip = crate::gateway::peer_ip(req);
+        let throttled = |secs: u64| {
+            let mut rsp = body::detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts; retry later");
+            rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            Some(rsp)
+        };
+        if let Some(secs) = self.failures.throttled(ip) {
+            return throttled(secs);
+        }
         if !self.authorized(req) {
-            // A valid token is never slowed down; an address that keeps guessing is.
-            if let Some(ip) = crate::gateway::peer_ip(req) {
-                if let Err(secs) = self.failures.failed(ip) {
-                    let mut rsp = body::detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts from this address; retry later");
-                    rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-                    return Some(rsp);
-                }
+            if let Err(secs) = self.failures.failed(ip) {
+                return throttled(secs);
             }
             return Some(body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials"));
         }

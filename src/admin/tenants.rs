@@ -365,8 +365,9 @@ async fn issue(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
     let now = now_ms();
     let label = match body.get("label") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() <= MAX_LABEL => Some(s.clone()),
-        Some(_) => return Err(Refused::field("label", &format!("must be a string of at most {MAX_LABEL} characters"))),
+        // Control characters would reach operators' terminals raw (`tollgate tenants show`).
+        Some(Value::String(s)) if s.chars().count() <= MAX_LABEL && !s.chars().any(char::is_control) => Some(s.clone()),
+        Some(_) => return Err(Refused::field("label", &format!("must be a string of at most {MAX_LABEL} characters, without control characters"))),
     };
     let expires_ms = match body.get("expires_at") {
         None | Some(Value::Null) => None,

@@ -135,6 +135,68 @@ impl Default for AuthFailures {
     }
 }
 
+/// Failed admin-token attempts (admin API and dashboard sign-in) allowed across all addresses
+/// in a burst, then one a second: many addresses guessing together are slowed too.
+const ADMIN_FAILURE_GLOBAL_BURST: u32 = 60;
+
+/// Guessing the admin token. Unlike tenant keys (128 random bits, never slowed when valid), an
+/// operator-chosen token can be guessed, so a throttled address (or every address, once the
+/// global budget is spent) gets 429 for *every* attempt, right or wrong: a throttled guess
+/// learns nothing.
+pub struct AdminFailures {
+    per_address: AuthFailures,
+    global: governor::DefaultDirectRateLimiter,
+    until: std::sync::Mutex<(std::collections::HashMap<std::net::IpAddr, std::time::Instant>, Option<std::time::Instant>)>,
+}
+
+impl AdminFailures {
+    /// Ten failures per address, sixty in all, then one a second each.
+    pub fn new() -> Self {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN)
+            .allow_burst(std::num::NonZeroU32::new(ADMIN_FAILURE_GLOBAL_BURST).unwrap_or(std::num::NonZeroU32::MIN));
+        AdminFailures { per_address: AuthFailures::new(), global: governor::RateLimiter::direct(quota), until: Default::default() }
+    }
+
+    /// Seconds left while `ip` (or everyone) is throttled: answer 429 without looking at the token.
+    pub fn throttled(&self, ip: Option<std::net::IpAddr>) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        until.0.retain(|_, t| *t > now);
+        let mine = ip.and_then(|ip| until.0.get(&ip).copied());
+        let end = match (mine, until.1.filter(|t| *t > now)) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b)?,
+        };
+        let left = end - now;
+        Some(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+
+    /// Records a wrong token from `ip`; `Err(seconds)` once it (or everyone) is over the allowance.
+    pub fn failed(&self, ip: Option<std::net::IpAddr>) -> Result<(), u64> {
+        use governor::clock::Clock;
+        let now = std::time::Instant::now();
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(not_until) = self.global.check() {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now()).max(std::time::Duration::from_secs(1));
+            until.1 = Some(now + wait);
+            return Err(wait.as_secs().max(1));
+        }
+        if let Some(ip) = ip {
+            if let Err(secs) = self.per_address.failed(ip) {
+                until.0.insert(ip, now + std::time::Duration::from_secs(secs.max(1)));
+                return Err(secs.max(1));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for AdminFailures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Access lines of refused, unauthenticated requests, per client address: past a rate they
 /// are counted instead of written (a flood of bad keys would otherwise fill the disk with
 /// lines that say the same thing), and `flush` writes one summary line per address.

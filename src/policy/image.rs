@@ -124,6 +124,80 @@ pub enum ImageError {
     /// A PNG whose header chunk fails its CRC (corrupt, or edited to lie).
     #[error("has a PNG header chunk (IHDR) whose CRC does not match")]
     BadChecksum,
+    /// A second IHDR (PNG) or frame header (JPEG): the size checked would not be the one a
+    /// decoder that reads the other uses.
+    #[error("has more than one {0:?} header")]
+    RepeatedHeader(ImageFormat),
+}
+
+/// Decoded bytes `at..at + n` of strict base64 `b64` (shorter at the end), decoding only the
+/// quanta that hold them, or taken from `prefix` (already decoded) when it has them.
+fn bytes_at(b64: &[u8], prefix: &[u8], at: usize, n: usize) -> Option<Vec<u8>> {
+    if at + n <= prefix.len() {
+        return Some(prefix[at..at + n].to_vec());
+    }
+    let (first, last) = (at / 3 * 4, ((at + n).div_ceil(3) * 4).min(b64.len()));
+    if first >= last {
+        return None;
+    }
+    let decoded = decode(&b64[first..last]).ok()?;
+    let skip = at - at / 3 * 3;
+    decoded.get(skip..).map(|d| d[..n.min(d.len())].to_vec())
+}
+
+/// Most chunks or segments walked: far more than any real image has.
+const MAX_WALK: usize = 1 << 20;
+
+/// Walks a PNG's chunk list to IEND (a few bytes decoded per chunk): one IHDR only.
+fn png_single_header(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageError> {
+    // signature (8) and the first chunk, IHDR (4 + 4 + 13 + 4).
+    let mut at = 33usize;
+    for _ in 0..MAX_WALK {
+        let Some(head) = bytes_at(b64, prefix, at, 8).filter(|h| h.len() == 8) else { return Ok(()) };
+        match &head[4..8] {
+            b"IHDR" => return Err(ImageError::RepeatedHeader(ImageFormat::Png)),
+            b"IEND" => return Ok(()),
+            _ => {}
+        }
+        let chunk = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        at = match at.checked_add(12 + chunk) {
+            Some(next) if next < len => next,
+            _ => return Ok(()),
+        };
+    }
+    Ok(())
+}
+
+/// Walks a JPEG's marker segments up to its first scan: one frame header (SOFn) only. The frame
+/// header must come before the scan, which is where decoders take the canvas size from.
+fn jpeg_single_frame(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageError> {
+    let mut at = 2usize;
+    let mut frames = 0;
+    for _ in 0..MAX_WALK {
+        let Some(m) = bytes_at(b64, prefix, at, 4).filter(|m| m.len() >= 2 && m[0] == 0xFF) else { return Ok(()) };
+        let marker = m[1];
+        match marker {
+            // Fill byte, then standalone markers (no length).
+            0xFF => at += 1,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            // End of image, start of scan: the frame header is behind us.
+            0xD9 | 0xDA => return Ok(()),
+            _ => {
+                let Some(&[hi, lo]) = m.get(2..4).map(|l| <&[u8; 2]>::try_from(l).ok()).flatten() else { return Ok(()) };
+                if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+                    frames += 1;
+                    if frames > 1 {
+                        return Err(ImageError::RepeatedHeader(ImageFormat::Jpeg));
+                    }
+                }
+                at += 2 + u16::from_be_bytes([hi, lo]) as usize;
+            }
+        }
+        if at >= len {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// A PNG's first chunk must be IHDR with a CRC that matches its type and data.
@@ -231,6 +305,11 @@ pub fn check_base64_image_marked(s: &str, limits: &ImageLimits, alphabet_only: i
     if format == ImageFormat::Png && !png_header_ok(&header) {
         return Err(ImageError::BadChecksum);
     }
+    match format {
+        ImageFormat::Png => png_single_header(b64, &header, decoded)?,
+        ImageFormat::Jpeg => jpeg_single_frame(b64, &header, decoded)?,
+        ImageFormat::Webp => {}
+    }
     let (width, height) = (size.width, size.height);
     if width > limits.max_width || height > limits.max_height {
         return Err(ImageError::TooWide { width, height, max_width: limits.max_width, max_height: limits.max_height });
@@ -337,6 +416,30 @@ mod tests {
         let webp = format!("data:image/webp;base64,{}", b64(&webp(64, 32)));
         let info = check_base64_image(&webp, &ImageLimits::bytes(10 * MIB)).unwrap();
         assert_eq!((info.format, info.width, info.height), (ImageFormat::Webp, 64, 32));
+    }
+
+    #[test]
+    fn a_second_header_is_refused_wherever_it_is() {
+        // PNG: 64x64, then a second IHDR declaring 60000x60000 (near, and past the prefix).
+        for pad in [0, 200_000] {
+            let mut v = png(64, 64, pad);
+            let iend = v.len() - 12;
+            let second = png(60_000, 60_000, 0)[8..33].to_vec();
+            v.splice(iend..iend, second);
+            assert_eq!(check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)), Err(ImageError::RepeatedHeader(ImageFormat::Png)), "pad {pad}");
+        }
+        // JPEG: 100x100, then a second SOF of 60000x60000 before the scan.
+        for app in [10, 200_000] {
+            let mut v = jpeg(100, 100, app);
+            let eoi = v.len() - 2;
+            let second = jpeg(60_000, 60_000, 0);
+            let sof = second.len() - 2 - 19;
+            v.splice(eoi..eoi, second[sof..second.len() - 2].to_vec());
+            assert_eq!(check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)), Err(ImageError::RepeatedHeader(ImageFormat::Jpeg)), "app {app}");
+        }
+        // One header each, however large the file: accepted.
+        assert!(check_base64_image(&b64(&png(64, 64, 300_000)), &ImageLimits::bytes(10 * MIB)).is_ok());
+        assert!(check_base64_image(&b64(&jpeg(64, 64, 300_000)), &ImageLimits::bytes(10 * MIB)).is_ok());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::gateway::limits::AuthFailures;
+use crate::gateway::limits::AdminFailures;
 use crate::gateway::Gateway;
 use crate::policy::keys::Scope;
 use crate::policy::money::Usd;
@@ -112,7 +112,7 @@ impl Dashboard {
     }
 
     /// Serves one `/dashboard…` request; every answer carries the CSP and is never cached.
-    pub async fn handle<B>(&self, failures: &AuthFailures, req: Request<B>) -> Response<Body>
+    pub async fn handle<B>(&self, failures: &AdminFailures, req: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -126,7 +126,7 @@ impl Dashboard {
         rsp
     }
 
-    async fn route<B>(&self, failures: &AuthFailures, req: Request<B>) -> Response<Body>
+    async fn route<B>(&self, failures: &AdminFailures, req: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -204,7 +204,7 @@ impl Dashboard {
 
     /// `POST /dashboard/login`: the admin token or a viewer key starts a session; anything else
     /// gets the form again (and an address that keeps guessing is slowed down like the API's).
-    async fn sign_in<B>(&self, failures: &AuthFailures, req: Request<B>, now: u64) -> Response<Body>
+    async fn sign_in<B>(&self, failures: &AdminFailures, req: Request<B>, now: u64) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -214,6 +214,11 @@ impl Dashboard {
             Ok(b) => form(&b),
             Err(refused) => return refused,
         };
+        if let Some(secs) = failures.throttled(ip) {
+            let mut rsp = html(StatusCode::TOO_MANY_REQUESTS, view::sign_in(Some("Too many failed attempts; retry later")));
+            rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+            return rsp;
+        }
         let presented = fields.get("token").map_or("", |t| t.trim());
         let who = if self.token.as_ref().is_some_and(|t| super::constant_time_eq(presented.as_bytes(), t.expose().as_bytes())) {
             Some(Who::Admin)
@@ -222,8 +227,8 @@ impl Dashboard {
             runtime.tenants.lookup(presented).filter(|e| e.scope == Scope::Viewer).map(|e| Who::Viewer { tenant: e.tenant.id.to_string(), key_id: e.key_id.to_string() })
         };
         let Some(who) = who else {
-            if let Some(Err(secs)) = ip.map(|ip| failures.failed(ip)) {
-                let mut rsp = html(StatusCode::TOO_MANY_REQUESTS, view::sign_in(Some("Too many failed attempts from this address; retry later")));
+            if let Err(secs) = failures.failed(ip) {
+                let mut rsp = html(StatusCode::TOO_MANY_REQUESTS, view::sign_in(Some("Too many failed attempts; retry later")));
                 rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
                 return rsp;
             }
