@@ -118,7 +118,7 @@ pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, s
     let gw = gateway.clone();
     let on_refusal: server::OnRefusal = Arc::new(move |r| gw.protocol_refusal(r));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin = admin::Admin::new(gateway.clone(), config.server.admin_token.clone(), config.server.admin_token_env.clone());
+    let admin = admin::Admin::new(gateway.clone(), &config.server);
     // The admin port stays plain HTTP: it is meant for loopback and the cluster network.
     let admin_opts = ServerOptions { max_connections: 256, tls: None, ..opts.clone() };
     let mut admin_stop = stop_rx.clone();

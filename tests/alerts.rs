@@ -66,10 +66,10 @@ async fn two_replicas_on_redis_send_each_alert_once() {
     thresholds.sort_by(f64::total_cmp);
     assert_eq!(thresholds, [0.5, 1.0], "each threshold once, from whichever replica saw it first");
     // Either replica's dashboard shows both as sent.
-    let overview = dashboard_page(&c, &two, "admin-secret", "/dashboard").await;
+    let overview = dashboard_page(&c, &two, "admin-secret-for-tests-0123456789abcdef", "/dashboard").await;
     let row = &overview[overview.find("data-tenant=\"a\"").unwrap()..];
     assert!(row[..row.find("</tr>").unwrap()].contains("<td data-col=\"alerts\">50 %, 100 %</td>"), "{row}");
-    let page = dashboard_page(&c, &one, "admin-secret", "/dashboard/tenants/a").await;
+    let page = dashboard_page(&c, &one, "admin-secret-for-tests-0123456789abcdef", "/dashboard/tenants/a").await;
     assert!(page.contains("data-figure=\"alerts\">50 %, 100 %<"), "{page}");
     one.shutdown().await;
     two.shutdown().await;

@@ -338,7 +338,7 @@ async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     let path = dir.join("live.toml");
     let server = "admin_token_env = \"TEST_ADMIN_TOKEN\"";
     std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None))).unwrap();
-    let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret")]);
+    let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret-for-tests-0123456789abcdef")]);
     let c = client();
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 401);
     // Add tenant b and send SIGHUP, on a live keep-alive connection.
@@ -352,7 +352,7 @@ async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     // A broken file is refused; the old config keeps serving.
     std::fs::write(&path, "this is not toml [").unwrap();
     let admin = format!("http://{}/admin/reload", gw.admin);
-    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.status, 422, "{:?}", r.body);
     assert!(r.detail().starts_with("Config refused"));
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 200);
@@ -360,14 +360,14 @@ async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     assert_eq!(send(&c, request(http::Method::POST, &admin, Some("wrong"), "")).await.status, 401);
     // Removing tenant b through the admin endpoint takes effect at once.
     std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None))).unwrap();
-    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["tenants"], 1);
     assert_eq!(r.json()["restart_required"], serde_json::json!([]));
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 401);
     // A change a reload cannot apply is named in the answer and the log.
     std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None)).replace("timeout_secs = 2", "timeout_secs = 3")).unwrap();
-    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.json()["restart_required"], serde_json::json!(["upstream"]));
     eventually(Duration::from_secs(2), || gw.lines.lock().unwrap().iter().any(|l| l.contains("take effect only after a restart") && l.contains("upstream"))).await;
     let metrics = get(&c, &format!("http://{}/metrics", gw.admin), None).await;
@@ -390,7 +390,7 @@ async fn a_family_added_to_the_catalog_is_served_after_a_reload() {
             .replace("[pricing]\n", &format!("[catalog]\npath = {:?}\n\n[pricing]\n{extra_price}", catalog.display().to_string()))
     };
     std::fs::write(&path, with("")).unwrap();
-    let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret")]);
+    let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret-for-tests-0123456789abcdef")]);
     let c = client();
     let url = gw.url("/v1/wan/generate");
     let r = post(&c, &url, Some(KEY_A), r#"{"prompt":"a fox"}"#).await;
@@ -413,7 +413,7 @@ rules = [
     std::fs::write(&catalog, format!("{}{wan}", tollgate::policy::catalog::BUILTIN)).unwrap();
     std::fs::write(&path, with("wan = { \"720p\" = \"0.10\", \"480p\" = \"0.05\" }\n")).unwrap();
     let admin = format!("http://{}/admin/reload", gw.admin);
-    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["restart_required"], serde_json::json!([]));
 
@@ -435,7 +435,7 @@ rules = [
 
     // A broken catalog is refused with every problem named; the loaded one keeps serving.
     std::fs::write(&catalog, format!("{}{}", tollgate::policy::catalog::BUILTIN, wan.replace("\"enum\"", "\"enumm\"").replace("max_mib = 5", "max_mib = 5, urls = true"))).unwrap();
-    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret"), "")).await;
+    let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.status, 422, "{:?}", r.body);
     assert!(r.detail().contains("family \"wan\" rules[1] (resolution): unknown check \"enumm\""), "{}", r.detail());
     assert!(r.detail().contains("rules[3] (image_base64): `urls` does not apply to check \"image\""), "{}", r.detail());
@@ -845,7 +845,7 @@ fn cli(admin: SocketAddr, token: Option<&str>, args: &[&str]) -> std::process::O
 async fn a_team_is_onboarded_with_three_commands_and_no_secret_is_logged() {
     let platform = Platform::start().await;
     let dir = temp_dir();
-    let admin_token = "cli-admin-token-0123456789";
+    let admin_token = "cli-admin-token-0123456789abcdef0123";
     let gw = Proc::spawn(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &default_tenants()), &dir, &[("TEST_ADMIN_TOKEN", admin_token)]);
     let run = |args: &[&str]| {
         let out = cli(gw.admin, Some(admin_token), args);

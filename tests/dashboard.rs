@@ -14,7 +14,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 use support::*;
 
-const ADMIN: &str = "admin-secret";
+const ADMIN: &str = "admin-secret-for-tests-0123456789abcdef";
 const XSS: &str = "<script>document.title='owned'</script><img src=x onerror=alert(1)>";
 
 async fn admin(c: &HttpClient, gw: &TestGateway, method: Method, path: &str, body: Value) -> Rsp {

@@ -10,7 +10,7 @@ use http::Method;
 use serde_json::{json, Value};
 use support::*;
 
-const ADMIN: &str = "admin-secret";
+const ADMIN: &str = "admin-secret-for-tests-0123456789abcdef";
 
 fn admin_config(platform: std::net::SocketAddr) -> String {
     config_text(platform, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &default_tenants())

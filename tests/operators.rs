@@ -31,7 +31,7 @@ async fn usage_reports_match_a_known_ledger() {
     let month = tollgate::store::month_of(tollgate::store::now_ms());
     let admin = |path: &str, accept: &str| {
         let mut r = request(Method::GET, &gw.admin_url(path), None, "");
-        r.headers_mut().insert("authorization", "Bearer admin-secret".parse().unwrap());
+        r.headers_mut().insert("authorization", "Bearer admin-secret-for-tests-0123456789abcdef".parse().unwrap());
         r.headers_mut().insert("accept", accept.parse().unwrap());
         r
     };

@@ -21,7 +21,7 @@ fn late_answer(platform: &Platform, ms: u64) {
 
 async fn admin(c: &HttpClient, gw: &TestGateway, method: Method, path: &str) -> Rsp {
     let mut r = request(method, &gw.admin_url(path), None, "");
-    r.headers_mut().insert("authorization", "Bearer admin-secret".parse().unwrap());
+    r.headers_mut().insert("authorization", "Bearer admin-secret-for-tests-0123456789abcdef".parse().unwrap());
     send(c, r).await
 }
 
@@ -437,5 +437,39 @@ async fn a_declared_chunk_over_the_cap_gets_an_early_413() {
     assert!(text.contains("Request body exceeds the 65536-byte limit"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(platform.generate_calls(), 0);
+    gw.shutdown().await;
+}
+
+/// Before: any `Host` was answered (a DNS-rebinding page could read spend and balance from
+/// `/metrics`), and admin JSON carried no `Cache-Control`.
+#[tokio::test]
+async fn the_admin_listener_answers_only_its_own_names_and_is_never_cached() {
+    let platform = Platform::start().await;
+    let server = format!("{ADMIN}\nadmin_hosts = [\"tollgate-admin.internal\"]\nmetrics_require_token = true");
+    let gw = TestGateway::start(&config_text(platform.addr, &server, &default_tenants())).await;
+    let c = client();
+    let with_host = |path: &str, host: &str, token: bool| {
+        let mut r = request(Method::GET, &gw.admin_url(path), None, "");
+        r.headers_mut().insert("host", host.parse().unwrap());
+        if token {
+            r.headers_mut().insert("authorization", format!("Bearer {}", env()["TEST_ADMIN_TOKEN"]).parse().unwrap());
+        }
+        r
+    };
+    for host in ["rebound.attacker.example", "rebound.attacker.example:9090"] {
+        let r = send(&c, with_host("/metrics", host, true)).await;
+        assert_eq!(r.status, 403, "{host}");
+        assert!(r.detail().contains("admin_hosts"), "{}", r.detail());
+    }
+    assert_eq!(send(&c, with_host("/healthz", "tollgate-admin.internal:9090", false)).await.status, 200);
+    // /metrics behind the token when asked for.
+    assert_eq!(send(&c, with_host("/metrics", "127.0.0.1", false)).await.status, 401);
+    let m = send(&c, with_host("/metrics", "127.0.0.1", true)).await;
+    assert_eq!(m.status, 200);
+    let usage = admin(&c, &gw, Method::GET, "/admin/usage").await;
+    assert_eq!(usage.status, 200);
+    for r in [&m, &usage] {
+        assert_eq!(r.headers.get("cache-control").and_then(|v| v.to_str().ok()), Some("no-store"));
+    }
     gw.shutdown().await;
 }

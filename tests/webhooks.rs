@@ -204,7 +204,7 @@ async fn undeliverable_webhooks_become_dead_letters_and_can_be_redriven() {
     assert!(metrics.contains("tollgate_webhook_dead_letters 1"), "{metrics}");
     rx.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let mut req = request(http::Method::POST, &gw.admin_url("/admin/webhooks/redeliver"), None, "");
-    req.headers_mut().insert("authorization", "Bearer admin-secret".parse().unwrap());
+    req.headers_mut().insert("authorization", "Bearer admin-secret-for-tests-0123456789abcdef".parse().unwrap());
     let r = send(&c, req).await;
     assert_eq!((r.status.as_u16(), r.json()["redelivering"].as_u64()), (200, Some(1)));
     wait_accepted(&rx, 1, Duration::from_secs(5)).await;

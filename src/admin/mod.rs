@@ -23,6 +23,21 @@ pub struct Admin {
     /// Wrong admin tokens per client address: past ten, one guess a second.
     failures: crate::gateway::limits::AdminFailures,
     dashboard: dashboard::Dashboard,
+    /// Host names answered besides IP literals and `localhost`.
+    hosts: Vec<String>,
+    /// `/metrics` needs the admin token.
+    metrics_require_token: bool,
+}
+
+/// Is `host` (a `Host` header's value) one the admin listener answers? An IP literal or
+/// `localhost` always (probes and scrapers dial addresses); any other name only when configured,
+/// so a page whose name was rebound to this address (DNS rebinding) is refused.
+fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    // HTTP/1.0 and HTTP/2 without :authority: nothing names a host to rebind.
+    let Some(host) = host else { return true };
+    let Ok(authority) = host.parse::<http::uri::Authority>() else { return false };
+    let name = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || allowed.iter().any(|a| *a == name)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -73,10 +88,19 @@ fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
 // === impl Admin ===
 
 impl Admin {
-    /// `token` guards `/admin/*`; without one those endpoints refuse everything.
-    pub fn new(gateway: Arc<Gateway>, token: Option<Secret>, token_env: String) -> Arc<Admin> {
+    /// The admin token guards `/admin/*`; without one those endpoints refuse everything.
+    pub fn new(gateway: Arc<Gateway>, server: &crate::config::ServerConfig) -> Arc<Admin> {
+        let token = server.admin_token.clone();
         let dashboard = dashboard::Dashboard::new(gateway.clone(), token.clone());
-        Arc::new(Admin { gateway, token, token_env, failures: crate::gateway::limits::AdminFailures::new(), dashboard })
+        Arc::new(Admin {
+            gateway,
+            token,
+            token_env: server.admin_token_env.clone(),
+            failures: crate::gateway::limits::AdminFailures::new(),
+            dashboard,
+            hosts: server.admin_hosts.clone(),
+            metrics_require_token: server.metrics_require_token,
+        })
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
@@ -118,8 +142,24 @@ impl Admin {
         None
     }
 
-    /// Serves one admin request.
+    /// Serves one admin request: only for an allowed `Host`, and never cached (spend, keys and
+    /// tenants must not linger in a browser or proxy cache).
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let mut rsp = if host_allowed(host, &self.hosts) {
+            self.route(req).await
+        } else {
+            body::detail(StatusCode::FORBIDDEN, "Host not allowed on the admin listener; add it to server.admin_hosts")
+        };
+        rsp.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        rsp
+    }
+
+    async fn route<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -151,6 +191,7 @@ impl Admin {
                     body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
                 }
             },
+            (&Method::GET, "/metrics") if self.metrics_require_token && self.refusal(&req).is_some() => self.refusal(&req).unwrap_or_else(|| body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials")),
             (&Method::GET, "/metrics") => {
                 let runtime = self.gateway.current();
                 self.gateway.metrics().set_budgets(runtime.tenants.tenants().iter().filter_map(|t| t.monthly_budget.map(|b| (t.id.clone(), b))));
@@ -299,4 +340,20 @@ fn as_json(cell: &'static std::sync::OnceLock<Result<String, String>>, name: &st
         tracing::error!(error = e, "a compiled-in OpenAPI document does not parse");
         "OpenAPI document unavailable"
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn ip_literals_localhost_and_configured_names_only() {
+        let allowed = vec!["tollgate-admin.internal".to_string()];
+        for ok in [None, Some("127.0.0.1:9090"), Some("10.1.2.3"), Some("[::1]:9090"), Some("localhost:9090"), Some("LOCALHOST"), Some("tollgate-admin.internal:9090")] {
+            assert!(host_allowed(ok, &allowed), "{ok:?}");
+        }
+        for bad in [Some("evil.example"), Some("rebind.attacker.test:9090"), Some("localhost.evil.example"), Some(""), Some("a b")] {
+            assert!(!host_allowed(bad, &allowed), "{bad:?}");
+        }
+    }
 }

@@ -24,6 +24,8 @@ pub(super) struct ServerSection {
     pub(super) min_upload_bytes_per_sec: Option<u64>,
     pub(super) idle_timeout_secs: Option<u64>,
     pub(super) admin_token_env: Option<String>,
+    pub(super) admin_hosts: Option<Vec<String>>,
+    pub(super) metrics_require_token: Option<bool>,
     pub(super) tls_cert_path: Option<String>,
     pub(super) tls_key_path: Option<String>,
 }

@@ -46,6 +46,8 @@ pub const DEFAULT_MIN_UPLOAD_BYTES_PER_SEC: u64 = 16_384;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Env var holding the admin token for `POST /admin/reload`.
 pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 /// The platform.
 pub const DEFAULT_BASE_URL: &str = "https://platform.runblob.io";
 /// Env var holding the platform token.
@@ -320,8 +322,25 @@ impl Config {
             idle_timeout: Duration::from_secs(positive(s.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "server.idle_timeout_secs", p)),
             admin_token: env.var(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
             admin_token_env: token_env.clone(),
+            admin_hosts: s.admin_hosts.unwrap_or_default().into_iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+            metrics_require_token: s.metrics_require_token.unwrap_or(false),
             tls: Self::tls(s.tls_cert_path, s.tls_key_path, p),
         };
+        for h in &cfg.admin_hosts {
+            if h.is_empty() || h.contains(['/', ':', ' ']) {
+                p.push(format!("server.admin_hosts: {h:?} is not a host name (no port, no scheme)"));
+            }
+        }
+        // An operator-chosen token can be guessed offline from any page it signs; 32 characters
+        // (`openssl rand -hex 16`) put that out of reach.
+        if let Some(t) = &cfg.admin_token {
+            if t.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS {
+                p.push(format!(
+                    "{token_env}: the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters (it has {}); make one with `openssl rand -hex 32`",
+                    t.expose().chars().count()
+                ));
+            }
+        }
         // A quarter of the total by default: one tenant's stalled uploads never fill it.
         let per_tenant = s.max_buffered_body_bytes_per_tenant.unwrap_or(cfg.max_buffered_body_bytes as u64 / 4);
         if per_tenant == 0 {

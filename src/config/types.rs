@@ -81,6 +81,11 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// The variable it comes from (named in the admin API's 403).
     pub admin_token_env: String,
+    /// Host names the admin listener answers besides IP literals and `localhost` (a page on
+    /// another name, DNS rebinding included, gets 403).
+    pub admin_hosts: Vec<String>,
+    /// `/metrics` needs the admin token too.
+    pub metrics_require_token: bool,
     /// TLS on the tenant listener: PEM certificate chain and private key.
     pub tls: Option<TlsPaths>,
 }

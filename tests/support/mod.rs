@@ -180,7 +180,7 @@ pub const WEBHOOK_SECRET: &str = "whsec_KioqKioqKioqKioqKioqKioqKioqKioqKioqKioq
 pub fn env() -> HashMap<String, String> {
     HashMap::from([
         ("TEST_PLATFORM_TOKEN".to_string(), TOKEN.to_string()),
-        ("TEST_ADMIN_TOKEN".to_string(), "admin-secret".to_string()),
+        ("TEST_ADMIN_TOKEN".to_string(), "admin-secret-for-tests-0123456789abcdef".to_string()),
         ("TEST_WEBHOOK_SECRET".to_string(), WEBHOOK_SECRET.to_string()),
     ])
 }
