@@ -572,10 +572,8 @@ fn keygen(webhook_secret: bool) -> ExitCode {
         println!("and give the secret to the tenant to verify webhook-signature.");
         return ExitCode::SUCCESS;
     }
-    use rand::RngCore;
-    let mut bytes = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let key = format!("tg_{}", hex::encode(bytes));
+    // The same format as keys the admin API issues (§11): base62 with a checksum.
+    let key = tollgate::policy::keys::new_key();
     let digest = hex::encode(tollgate::policy::tenants::key_digest(&key));
     println!("key:    {key}");
     println!("config: keys_sha256 = [\"{digest}\"]");

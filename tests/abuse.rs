@@ -54,6 +54,10 @@ async fn ambiguous_framing_is_refused_with_4xx() {
         "HELLO\r\n\r\n".to_string(),
         // Invalid Content-Length.
         format!("POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: abc\r\n\r\n"),
+        // Accepted before: lines ended by a bare LF, Transfer-Encoding twice, two Content-Types.
+        format!("POST /v1/sora/generate HTTP/1.1\nHost: x\n{}Content-Length: {}\n\n{body}", auth.replace("\r\n", "\n"), body.len()),
+        format!("POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()),
+        format!("POST /v1/sora/generate HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
     ];
     for case in cases {
         let rsp = raw(gw.addr, case.as_bytes(), Duration::from_secs(3)).await;

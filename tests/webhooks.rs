@@ -154,6 +154,9 @@ async fn forged_or_unknown_tokens_are_404_and_record_nothing() {
     // A tenant URL the relay would not call is refused up front.
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback("https://10.0.0.7/hook", "x")).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "callback_url: must not point to a private, loopback or link-local address"));
+    // Port 0 reaches nothing: refused before anything is charged (it was accepted and charged).
+    let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback("https://example.com:0/h", "x")).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "callback_url: must name a port from 1 to 65535"));
     // A tenant without a webhook secret cannot ask for callbacks.
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_B), &with_callback("http://127.0.0.1:9/hook", "x")).await;
     assert_eq!(r.status, 422);

@@ -405,7 +405,13 @@ impl Gateway {
         // headers) is refused before anything else looks at the request.
         ctx.record.peer = peer_ip(&req);
         if req.extensions().get::<crate::server::framing::AmbiguousFraming>().is_some() {
-            return Err(GatewayError::BadRequest("Request has both Content-Length and Transfer-Encoding".into()));
+            return Err(GatewayError::BadRequest(
+                "Request framing is ambiguous (Content-Length with Transfer-Encoding, Transfer-Encoding twice, or a line ending in a bare LF)".into(),
+            ));
+        }
+        // Two Content-Types: which one the body is in is a guess.
+        if req.headers().get_all(http::header::CONTENT_TYPE).iter().nth(1).is_some() {
+            return Err(GatewayError::BadRequest("Request has more than one Content-Type header".into()));
         }
         // RFC 9112 §3.2: an HTTP/1.1 request without a Host, or with two, is a 400.
         if req.version() == http::Version::HTTP_11 {

@@ -444,6 +444,11 @@ fn check_url(field: &str, u: &str, https_only: bool) -> Result<(), ValidationErr
     if host.is_empty() || u.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(err(field, "must be a valid URL with a host"));
     }
+    // A port, when given, is 1-65535 (`:0` reaches nothing, and was charged for).
+    let port = if host.ends_with(']') { None } else { host.rsplit_once(':').map(|(_, p)| p) };
+    if port.is_some_and(|p| !p.is_empty() && p.parse::<u16>().map_or(true, |n| n == 0)) {
+        return Err(err(field, "must name a port from 1 to 65535"));
+    }
     Ok(())
 }
 

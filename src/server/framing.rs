@@ -136,15 +136,25 @@ impl Framing {
                     let before = buf.len();
                     // The usual case, a whole head in one read, is examined where it lies;
                     // only a head split across reads is gathered into the buffer.
-                    let end = if before == 0 {
+                    let (end, bare_lf) = if before == 0 {
                         scan_head(data)
                     } else {
                         buf.extend_from_slice(data);
                         // Earlier bytes held no terminator; it may straddle the boundary. Only
                         // the new bytes are searched, and the head is read once it is whole.
                         let from = before.saturating_sub(3);
-                        memchr::memmem::find(&buf[from..], b"\r\n\r\n").and_then(|i| scan_head(&buf[..from + i + 4]))
+                        match memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
+                            Some(i) => scan_head(&buf[..from + i + 4]),
+                            None => (None, memchr::memchr_iter(b'\n', &buf[from..]).any(|i| from + i > 0 && buf[from + i - 1] != b'\r')),
+                        }
                     };
+                    // A line ended by a bare LF: hyper accepts it, a proxy behind or before us
+                    // may not split lines the same way. Refused like ambiguous framing.
+                    if bare_lf {
+                        self.signals.ambiguous.store(true, Ordering::Relaxed);
+                        self.state = State::Off;
+                        return;
+                    }
                     let Some((end, framing)) = end else {
                         if before == 0 {
                             buf.extend_from_slice(data);
@@ -269,6 +279,12 @@ impl Framing {
             if h.name.eq_ignore_ascii_case("content-length") {
                 length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).or(Some(0));
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // Twice (as two headers or a list naming chunked twice): which one frames the
+                // body is a guess another hop may make differently.
+                let codings = h.value.split(|&b| b == b',').filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")).count();
+                if te || codings > 1 {
+                    self.signals.ambiguous.store(true, Ordering::Relaxed);
+                }
                 te = true;
                 chunked = h.value.to_ascii_lowercase().ends_with(b"chunked");
             } else if h.name.eq_ignore_ascii_case("upgrade") {
@@ -300,15 +316,21 @@ fn names_framing_at(line: &[u8]) -> bool {
 /// One pass over bytes that begin with a head: where its first `\r\n\r\n` starts, and whether
 /// a header line before it names a framing header (one walk over its line ends, rather than a
 /// search for the end and a second walk over the lines).
-fn scan_head(data: &[u8]) -> Option<(usize, bool)> {
+///
+/// Also says whether a line before that end (or before the data's end) ends in a bare LF: one
+/// more byte compare per line, in the walk that is made anyway.
+fn scan_head(data: &[u8]) -> (Option<(usize, bool)>, bool) {
     let mut framing = false;
     for i in memchr::memchr_iter(b'\n', data) {
-        if i > 0 && data[i - 1] == b'\r' && data.get(i + 1..i + 3) == Some(b"\r\n") {
-            return Some((i - 1, framing));
+        if i > 0 && data[i - 1] != b'\r' {
+            return (None, true);
+        }
+        if i > 0 && data.get(i + 1..i + 3) == Some(b"\r\n") {
+            return (Some((i - 1, framing)), false);
         }
         framing = framing || names_framing_at(&data[i + 1..]);
     }
-    None
+    (None, false)
 }
 
 /// An IO wrapper feeding everything read into a [`Framing`] follower.
@@ -460,15 +482,35 @@ mod tests {
             b"GET / HTTP/1.1\r\nContent-Lengthy: 5\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /content-length HTTP/1.1\r\nX-Note: transfer-encoding\r\n\r\n",
-            b"GET / HTTP/1.1\nHost: x\nContent-Length: 4\n\r\n\r\n",
         ];
-        let framing = |head: &[u8]| scan_head(head).is_some_and(|(_, framing)| framing);
+        let framing = |head: &[u8]| scan_head(head).0.is_some_and(|(_, framing)| framing);
         for head in heads {
             assert_eq!(format!("{:?}", f.after_head(head, framing(head))), format!("{:?}", f.parse_head(head)), "{}", String::from_utf8_lossy(head));
         }
         assert!(!framing(heads[0]) && !framing(heads[1]) && !framing(heads[10]));
         // The ambiguous head raised the flag on the way, as before.
         assert!(f.signals.ambiguous.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn bare_line_feeds_and_a_repeated_transfer_encoding_are_ambiguous() {
+        for head in [
+            &b"GET / HTTP/1.1\nHost: x\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            for step in [head.len(), 1] {
+                let mut f = Framing::new(signals());
+                for piece in head.chunks(step) {
+                    f.feed(piece);
+                }
+                assert!(f.signals.ambiguous.load(Ordering::Relaxed), "{:?} in pieces of {step}", String::from_utf8_lossy(head));
+            }
+        }
+        let mut f = Framing::new(signals());
+        f.feed(b"\r\nGET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n");
+        assert!(!f.signals.ambiguous.load(Ordering::Relaxed));
     }
 
     /// The two-pass answer the one-pass scan replaced: whether a header line of `head` names a
@@ -491,7 +533,10 @@ mod tests {
         for sample in samples {
             for cut in 0..=sample.len() {
                 let data = &sample[..cut];
-                let expected = memchr::memmem::find(data, b"\r\n\r\n").map(|end| (end, names_framing(&data[..end + 4])));
+                let end = memchr::memmem::find(data, b"\r\n\r\n");
+                let limit = end.map_or(data.len(), |e| e + 1);
+                let bare = memchr::memchr_iter(b'\n', &data[..limit]).any(|j| j > 0 && data[j - 1] != b'\r');
+                let expected = if bare { (None, true) } else { (end.map(|end| (end, names_framing(&data[..end + 4]))), false) };
                 assert_eq!(scan_head(data), expected, "{:?}", String::from_utf8_lossy(data));
             }
         }

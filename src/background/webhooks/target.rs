@@ -100,6 +100,9 @@ impl Policy {
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err("must not carry credentials".into());
         }
+        if uri.port_u16() == Some(0) {
+            return Err("must name a port from 1 to 65535".into());
+        }
         if let Some(ip) = literal_ip(&host) {
             if !self.allows(ip) {
                 return Err("must not point to a private, loopback or link-local address".into());

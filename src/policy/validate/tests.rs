@@ -48,6 +48,8 @@ fn sora_names_the_offending_field() {
         (r#"{"prompt":"p","duration":[10]}"#.to_string(), "duration"),
         (r#"{"prompt":"p","callback_url":"http://x.io/h"}"#.to_string(), "callback_url"),
         (r#"{"prompt":"p","callback_url":"https://"}"#.to_string(), "callback_url"),
+        (r#"{"prompt":"p","callback_url":"https://example.com:0/h"}"#.to_string(), "callback_url"),
+        (r#"{"prompt":"p","image_url":"https://example.com:0/a.png"}"#.to_string(), "image_url"),
         (format!(r#"{{"prompt":"p","image_base64":"{img}","image_url":"https://x.io/a.png"}}"#), "image_base64"),
         (r#"{"prompt":"p","image_base64":"not base64!"}"#.to_string(), "image_base64"),
         (r#"{"prompt":"p","image_url":"ftp://x.io/a.png"}"#.to_string(), "image_url"),
