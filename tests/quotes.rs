@@ -65,7 +65,9 @@ async fn a_quote_says_what_the_generate_that_follows_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quote_holds_and_forwards_nothing_and_reports_what_is_left() {
     let platform = Platform::with_balance("1.00").await;
-    let gw = TestGateway::start(&quote_config(platform.addr, "0.30")).await;
+    let opted_in = quote_config(platform.addr, "0.30").replace("[server]\n", "[server]\nexpose_account_balance = true\n");
+    assert!(opted_in.contains("expose_account_balance"));
+    let gw = TestGateway::start(&opted_in).await;
     let c = client();
     let q = post(&c, &gw.url("/v1/sora/quote"), Some(KEY_A), SORA).await;
     assert_eq!(q.status, 200, "{:?}", q.body);
@@ -170,4 +172,17 @@ async fn the_cap_holds_across_two_replicas_on_one_redis() {
     assert_eq!(post(&c, &two.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     one.shutdown().await;
     two.shutdown().await;
+}
+
+/// Before: every tenant, viewers included, read the account's balance (the other teams' spend,
+/// live) in quotes and usage. Now only where the operator opts in.
+#[tokio::test]
+async fn the_account_balance_is_hidden_from_tenants_by_default() {
+    let platform = Platform::with_balance("1.00").await;
+    let gw = TestGateway::start(&quote_config(platform.addr, "0.30")).await;
+    let c = client();
+    let q = post(&c, &gw.url("/v1/sora/quote"), Some(KEY_A), SORA).await.json();
+    assert_eq!((q["admitted"].clone(), q["account_available"].clone()), (json!(true), Value::Null));
+    assert_eq!(get(&c, &gw.url("/v1/gateway/usage"), Some(KEY_A)).await.json()["account_available"], Value::Null);
+    gw.shutdown().await;
 }

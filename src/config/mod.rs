@@ -324,6 +324,7 @@ impl Config {
             admin_token_env: token_env.clone(),
             admin_hosts: s.admin_hosts.unwrap_or_default().into_iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
             metrics_require_token: s.metrics_require_token.unwrap_or(false),
+            expose_account_balance: s.expose_account_balance.unwrap_or(false),
             tls: Self::tls(s.tls_cert_path, s.tls_key_path, p),
         };
         for h in &cfg.admin_hosts {

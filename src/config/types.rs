@@ -86,6 +86,9 @@ pub struct ServerConfig {
     pub admin_hosts: Vec<String>,
     /// `/metrics` needs the admin token too.
     pub metrics_require_token: bool,
+    /// Tenants' quotes and usage show what the account can still pay (it moves with every
+    /// team's spend, so it is off unless the operator opts in).
+    pub expose_account_balance: bool,
     /// TLS on the tenant listener: PEM certificate chain and private key.
     pub tls: Option<TlsPaths>,
 }

@@ -332,9 +332,13 @@ impl Gateway {
         ctx.record.outcome = "served";
         let month = month_of(now_ms());
         let totals = self.store.month_totals(&month).await?.remove(&*tenant.id).unwrap_or_default();
-        let account = match self.balance.ensure_fresh(&ctx.record.request_id).await {
-            Ok(()) => self.store.spendable(&tenant.id, &month, None, runtime.reserve).await?.map(|u| u.to_string()),
-            Err(_) => None,
+        // The account moves with every team's spend: shown only where the operator opted in.
+        let account = match self.expose_account_balance {
+            false => None,
+            true => match self.balance.ensure_fresh(&ctx.record.request_id).await {
+                Ok(()) => self.store.spendable(&tenant.id, &month, None, runtime.reserve).await?.map(|u| u.to_string()),
+                Err(_) => None,
+            },
         };
         let v = serde_json::json!({
             "tenant": &*tenant.id,

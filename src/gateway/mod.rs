@@ -103,6 +103,8 @@ pub struct Gateway {
     log: AccessLog,
     pub(crate) max_body_bytes: usize,
     pub(crate) request_timeout: Duration,
+    /// `[server] expose_account_balance`.
+    pub(crate) expose_account_balance: bool,
     /// A hold's lease: the upstream timeout plus a margin.
     pub(crate) hold_lease: Duration,
     pub(crate) reconcile: crate::config::ReconcileConfig,
@@ -203,6 +205,7 @@ impl Gateway {
             log,
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout,
+            expose_account_balance: config.server.expose_account_balance,
             hold_lease: config.upstream.timeout + config.reconcile.lease_margin,
             reconcile: config.reconcile.clone(),
             relay: relay.clone(),

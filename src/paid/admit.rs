@@ -165,7 +165,8 @@ impl Gateway {
             "admitted": refusal.is_none(),
             "detail": refusal.as_ref().map(|e| e.to_string()),
             "budget_remaining": admission.budget_remaining().map(|b| b.to_string()),
-            "account_available": admission.account_available().to_string(),
+            // The account moves with every team's spend: shown only where the operator opted in.
+            "account_available": self.expose_account_balance.then(|| admission.account_available().to_string()),
         });
         Ok(body::json(StatusCode::OK, answer.to_string()))
     }
