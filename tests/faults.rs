@@ -363,3 +363,17 @@ async fn a_redis_that_may_evict_keys_is_refused_at_start() {
     let err = tollgate::build(&tollgate::config::Config::from_toml(&text, &env()).unwrap(), log, None).await.err().expect("refused");
     assert!(err.to_string().contains("maxmemory-policy is allkeys-lru"), "{err}");
 }
+
+/// Before: with `min_replica_acks = 1` and no replica left (after a failover in a set of two),
+/// every paid request was 503 while `/readyz` said 200. Readiness now waits for the acks too.
+#[tokio::test]
+async fn readyz_is_503_while_money_writes_cannot_be_acknowledged() {
+    let platform = Platform::start().await;
+    let (text, _redis) = with_backend(&config_text(platform.addr, "", &default_tenants()), Backend::Redis);
+    let text = text.replace("backend = \"redis\"", "backend = \"redis\"\nmin_replica_acks = 1\ntimeout_ms = 300");
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 503, "no replica acknowledges the hold");
+    assert_eq!(get(&c, &gw.admin_url("/readyz"), None).await.status, 503);
+    gw.shutdown().await;
+}

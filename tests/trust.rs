@@ -177,14 +177,25 @@ async fn a_forged_failed_webhook_moves_no_money_and_status_bodies_hide_the_relay
         assert_eq!(r.status, 200);
         assert!(!String::from_utf8_lossy(&r.body).contains("/webhooks/runblob/"), "{path}: {:?}", r.body);
     }
-    // A forger who has the token anyway reports a failure while the platform is still working.
+    // A forger who has the token anyway reports a failure while the platform is still working,
+    // then a completion with a malicious output URL.
     let forged = post(&c, &relay_url, None, &format!(r#"{{"generation_id":"{id}","status":"failed"}}"#)).await;
     assert_eq!(forged.status, 200);
-    until(Duration::from_secs(10), "the forgery is counted", || async {
+    let forged = post(&c, &relay_url, None, &format!(r#"{{"generation_id":"{id}","status":"completed","video_url":"https://evil.example/malware.mp4"}}"#)).await;
+    assert_eq!(forged.status, 200);
+    until(Duration::from_secs(10), "the forgeries are counted", || async {
         let m = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
-        m.contains(r#"tollgate_webhook_rejected_total{cause="unconfirmed_status"} 1"#)
+        m.contains(r#"tollgate_webhook_rejected_total{cause="contradicts_platform"} 2"#)
     })
     .await;
+    // Before: the forged body reached the tenant, signed with its secret. Now the tenant gets
+    // only what the platform confirmed (its own answer: still in progress).
+    until(Duration::from_secs(10), "two deliveries", || async { rx.accepted().len() >= 2 }).await;
+    for r in rx.accepted() {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(!String::from_utf8_lossy(&r.body).contains("evil.example"), "{v}");
+        assert!(v["status"] != "failed" && v["status"] != "completed", "{v}");
+    }
     assert_eq!(spend_of(&gw, "a").await, usd("0.12"), "no refund on a webhook's word");
     let metrics = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
     assert!(!metrics.contains(r#"tollgate_refunds_total{tenant="a"}"#), "{metrics}");

@@ -196,16 +196,9 @@ impl Reconciler {
         let mut unfinished = gw.store.unfinished_generations(FOLLOW_WINDOW).await?;
         let live: HashSet<&str> = unfinished.iter().map(|r| r.id.as_str()).collect();
         self.last_checked.retain(|id, _| live.contains(id.as_str()));
-        // Webhook hints first (they wait for the platform's word), then never-checked, then the
-        // least recently checked.
-        let hinted: HashSet<String> = {
-            let mut hints = gw.hints.lock().unwrap_or_else(|p| p.into_inner());
-            // A hint for a generation that is final (or followed from outside this window) has
-            // nothing left to confirm: dropped, so stale hints never fill the bounded map.
-            hints.retain(|id, _| live.contains(id.as_str()));
-            hints.keys().cloned().collect()
-        };
-        unfinished.sort_by_key(|r| (!hinted.contains(&r.id), self.last_checked.get(&r.id).copied()));
+        // Never-checked first, then the least recently checked (a webhook's status is confirmed
+        // when it arrives, so none waits here).
+        unfinished.sort_by_key(|r| self.last_checked.get(&r.id).copied());
         for record in unfinished {
             if calls_left == 0 {
                 break;
@@ -225,15 +218,6 @@ impl Reconciler {
         let request_id = reconcile_id();
         match self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await {
             Ok(rsp) if rsp.status.is_success() => {
-                let hint = self.gw.hints.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
-                if let Some(hinted) = hint {
-                    let actual = crate::upstream::normalize::reported_status(&rsp.body).map(|s| s.into_owned());
-                    if actual.as_deref() != Some(hinted.as_str()) {
-                        self.gw.metrics.webhook_rejected("unconfirmed_status");
-                        tracing::warn!(generation = %record.id, tenant = %record.tenant, reported = %hinted, platform = ?actual, cause = "unconfirmed_webhook",
-                            "a webhook reported a status the platform does not confirm; not applied (a forged or stale webhook)");
-                    }
-                }
                 self.gw.track_status(record, &rsp.body).await
             }
             Ok(rsp) => tracing::debug!(generation = %record.id, status = rsp.status.as_u16(), "reconciler status check answered with an error"),

@@ -24,8 +24,6 @@ use crate::store::{month_of, now_ms, GenerationRecord, OutboxMessage};
 /// Default and maximum page size of list endpoints (the platform's documented 1–100, 50).
 const LIST_DEFAULT: usize = 50;
 const LIST_MAX: usize = 100;
-/// Webhook hints kept for the reconciler at most.
-const MAX_HINTS: usize = 10_000;
 
 /// A status answer and, when the platform answered, its status and latency (`None` with an
 /// `Ok` answer: served from the status cache).
@@ -153,25 +151,40 @@ impl Gateway {
             self.metrics.webhook_rejected("not_json");
             return Err(GatewayError::BadRequest("Webhook body must be a JSON object".into()));
         };
-        // A webhook is a hint, never proof: anyone who learned the token could have sent it.
-        // The status it reports is recorded (and a failure refunded) only once the platform
-        // confirms it to the reconciler, which looks at hinted generations first.
+        // A webhook is a claim, never proof: anyone who learned the token could have sent it.
+        // Its status is confirmed with one status call now (which records it, and refunds a
+        // confirmed failure); the tenant gets the webhook's body only when the platform says
+        // the same, else the platform's own answer. Nothing unconfirmed is ever relayed.
         let named = ["generation_id", "task_uuid"].iter().find_map(|k| fields.get(*k).and_then(|v| v.as_str()).map(str::to_string));
-        let reported = fields.get("status").and_then(|v| v.as_str());
-        if let (Some(id), Some(status)) = (target.generation.clone().or(named), reported) {
-            if let Some(record) = self.store.generation(&id).await?.filter(|r| r.tenant == target.tenant) {
-                if crate::store::is_final_status(&record.status) && record.status != status {
-                    self.metrics.webhook_rejected("contradicts_platform");
-                    tracing::warn!(request_id = ctx.record.request_id(), generation = %record.id, recorded = %record.status, reported = status, "webhook contradicts a final status the platform reported; ignored");
-                } else if record.status != status {
-                    let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
-                    // Bounded: past it, the reconciler still follows every unfinished generation.
-                    if hints.len() < MAX_HINTS {
-                        hints.insert(record.id.clone(), status.to_string());
-                    }
-                }
+        let reported = fields.get("status").and_then(|v| v.as_str()).map(str::to_string);
+        let record = match target.generation.clone().or(named) {
+            Some(id) => self.store.generation(&id).await?.filter(|r| r.tenant == target.tenant),
+            None => None,
+        };
+        let Some(record) = record else {
+            self.metrics.webhook_rejected("unconfirmed");
+            tracing::warn!(request_id = ctx.record.request_id(), tenant = %target.tenant, "webhook names no generation of this token's tenant; nothing relayed");
+            return Ok(body::json(StatusCode::OK, r#"{"received":true}"#));
+        };
+        let uri: Uri = record.family.status_path(&record.id).parse().map_err(|_| GatewayError::Internal("status path".into()))?;
+        let confirmed = self.current_status(&ctx.record.request_id, ctx.record.trace.as_ref(), &record, &uri).await;
+        let answer = match confirmed.result {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Not relayed unconfirmed: the platform's retry (or the tenant's poll) brings it.
+                tracing::warn!(request_id = ctx.record.request_id(), generation = %record.id, error = %e, "could not confirm a webhook's status with the platform; not relayed now");
+                return Err(GatewayError::Unreachable(crate::upstream::UpstreamError::Broken("could not confirm the webhook with the platform".into())));
             }
-        }
+        };
+        let platform_says = crate::upstream::normalize::reported_status(&answer.body);
+        let body = if platform_says.is_some() && platform_says.as_deref() == reported.as_deref() {
+            body
+        } else {
+            self.metrics.webhook_rejected("contradicts_platform");
+            tracing::warn!(request_id = ctx.record.request_id(), generation = %record.id, reported = ?reported, platform = ?platform_says,
+                "webhook's status is not what the platform says; the platform's answer is relayed instead");
+            answer.body
+        };
         let body = crate::background::webhooks::scrub_relay_url(body, &relay.config, Some(&target.url));
         let m = OutboxMessage {
             id: crate::background::webhooks::message_id(token, &body),

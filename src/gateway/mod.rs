@@ -119,9 +119,6 @@ pub struct Gateway {
     /// The restart-only settings this process started with.
     started_with: Vec<(&'static str, String)>,
     auth_failures: crate::gateway::limits::AuthFailures,
-    /// Statuses webhooks reported, by generation: hints the reconciler confirms with the
-    /// platform (first in its next pass) before anything is recorded or refunded.
-    pub(crate) hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Unix ms of this replica's last reconciler pass as the lease holder (0: none yet), for
     /// the dashboard.
     pub(crate) reconciled_ms: std::sync::atomic::AtomicU64,
@@ -221,7 +218,6 @@ impl Gateway {
             tls,
             started_with: config.restart_only(),
             auth_failures: crate::gateway::limits::AuthFailures::new(),
-            hints: Default::default(),
             reconciled_ms: Default::default(),
             refusals: crate::gateway::limits::RefusalSampler::new(),
             runtime_swap: Default::default(),
