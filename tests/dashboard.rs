@@ -37,8 +37,7 @@ fn text(r: &Rsp) -> String {
 
 /// Signs in with `token`; returns the session cookie's value.
 async fn sign_in(c: &HttpClient, gw: &TestGateway, token: &str) -> String {
-    let form = format!("token={}", form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>());
-    let r = page(c, gw, Method::POST, "/dashboard/login", None, &form).await;
+    let r = login_post(c, gw, &form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>(), &[]).await;
     assert_eq!(r.status, 303, "{}", text(&r));
     assert_eq!(r.headers["location"], "/dashboard");
     let set = r.headers["set-cookie"].to_str().unwrap().to_string();
@@ -110,11 +109,16 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     let csp = r.headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline") && !csp.contains("script-src"), "{csp}");
     assert_eq!(page(&c, &gw, Method::GET, "/dashboard/tenants/a", None, "").await.status, 303, "no session, no page");
-    let r = page(&c, &gw, Method::POST, "/dashboard/login", None, "token=wrong").await;
+    let r = login_post(&c, &gw, "wrong", &[]).await;
     assert_eq!(r.status, 401);
     assert!(text(&r).contains("Invalid credentials"));
-    let r = page(&c, &gw, Method::POST, "/dashboard/login", None, &format!("token={app_key}")).await;
+    let r = login_post(&c, &gw, &app_key, &[]).await;
     assert_eq!(r.status, 401, "an API key is not a viewer key");
+    // Login CSRF: a sign-in without this listener's form (another site's auto-submitted one,
+    // which has no form cookie) starts no session, even with the right token.
+    let r = page(&c, &gw, Method::POST, "/dashboard/login", None, &format!("token={ADMIN}")).await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert!(!r.headers.get_all("set-cookie").iter().any(|v| v.to_str().unwrap().starts_with("tollgate_session=")));
 
     let session = sign_in(&c, &gw, ADMIN).await;
     let usage = admin(&c, &gw, Method::GET, "/admin/usage", Value::Null).await.json();
@@ -217,19 +221,12 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     let r = page(&c, &gw, Method::POST, "/dashboard/logout", Some(&session), &format!("csrf={token}")).await;
     assert_eq!(r.status, 303);
     assert!(r.headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    // Before: the same cookie replayed after sign-out still worked for up to 12 h.
+    let r = page(&c, &gw, Method::GET, "/dashboard", Some(&session), "").await;
+    assert!(text(&r).contains("action=\"/dashboard/login\""), "a signed-out session is over");
 
     // Behind a TLS proxy the cookie is Secure.
-    let r = send(
-        &c,
-        Request::builder()
-            .method(Method::POST)
-            .uri(gw.admin_url("/dashboard/login"))
-            .header("x-forwarded-proto", "https")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(format!("token={ADMIN}"))))
-            .unwrap(),
-    )
-    .await;
+    let r = login_post(&c, &gw, ADMIN, &[("x-forwarded-proto", "https")]).await;
     assert!(r.headers["set-cookie"].to_str().unwrap().contains("; Secure"));
 
     // No key, token or cookie value in any log line.

@@ -4,8 +4,10 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 from selenium import webdriver
@@ -167,16 +169,34 @@ try:
         driver.get(f"{ADMIN}/dashboard/tenants/team-v")
         return bool(driver.find_elements(By.ID, "token")) and not driver.find_elements(By.CSS_SELECTOR, "[data-figure='spent']")
 
-    check(with_cookie(viewer_cookie.replace("v1.v.", "v1.a.", 1)), "a viewer's cookie rewritten to admin sees no page")
+    check(with_cookie(viewer_cookie.replace("v2.v.", "v2.a.", 1)), "a viewer's cookie rewritten to admin sees no page")
     check(with_cookie(viewer_cookie[:-4] + ("0000" if not viewer_cookie.endswith("0000") else "1111")), "a cookie with a forged signature sees no page")
-    # Signed with the right key (derived from the admin token as the gateway does) but expired.
-    key = hmac.new(TOKEN.encode(), b"tollgate dashboard sessions v1\n", hashlib.sha256).digest()
-    body = f"v1.a...{int(time.time() * 1000) - 1000}.{'0' * 32}"
-    sig = hmac.new(key, b"session\n" + body.encode() + b"\n", hashlib.sha256).hexdigest()
-    check(with_cookie(f"{body}.{sig}"), "an expired cookie sees no page")
-    fresh = f"v1.a...{int(time.time() * 1000) + 60000}.{'0' * 32}"
-    fresh_sig = hmac.new(key, b"session\n" + fresh.encode() + b"\n", hashlib.sha256).hexdigest()
-    check(not with_cookie(f"{fresh}.{fresh_sig}"), "the same cookie, unexpired, does see the page (the check above is not vacuous)")
+    # Signed with the right key (the store's random secret, read from the ledger file as only
+    # its owner can) but expired. Nothing in the cookie is derived from the admin token.
+    check(TOKEN not in viewer_cookie, "the admin token is in no cookie")
+    with sqlite3.connect(os.environ["UI_DB"]) as db:
+        key = bytes.fromhex(db.execute("SELECT value FROM secrets WHERE name = 'dashboard-sessions'").fetchone()[0])
+
+    def mac(*parts):
+        m = hmac.new(key, digestmod=hashlib.sha256)
+        for p in parts:
+            m.update(p + b"\n")
+        return m.hexdigest()
+
+    tag = mac(b"admin token", TOKEN.encode())[:32]
+    body = f"v2.a...{int(time.time() * 1000) - 1000}.{'0' * 32}.{tag}"
+    check(with_cookie(f"{body}.{mac(b'session', body.encode())}"), "an expired cookie sees no page")
+    fresh = f"v2.a...{int(time.time() * 1000) + 60000}.{'0' * 32}.{tag}"
+    check(not with_cookie(f"{fresh}.{mac(b'session', fresh.encode())}"), "the same cookie, unexpired, does see the page (the check above is not vacuous)")
+    # Login CSRF: another site's page that auto-submits a sign-in form (with a key of the
+    # attacker's) does not replace the admin's session.
+    driver.get(f"{ADMIN}/dashboard")
+    attack = f"<form method=post action='{ADMIN}/dashboard/login'><input name=token value='{keys['viewer']}'></form><script>document.forms[0].submit()</script>"
+    driver.get("data:text/html," + urllib.parse.quote(attack))
+    WebDriverWait(driver, 10).until(lambda d: d.current_url.startswith(ADMIN))
+    check("not made here" in driver.page_source and not driver.find_elements(By.CSS_SELECTOR, "[data-figure='spent']"), "a cross-site sign-in form is refused")
+    driver.get(f"{ADMIN}/dashboard")
+    check(driver.find_element(By.TAG_NAME, "h1").text.startswith("Overview"), "the admin's session is still the admin's")
 finally:
     driver.quit()
     with open(f"{SHOTS}/secrets.txt", "w") as f:

@@ -61,6 +61,10 @@ struct Inner {
     audit: std::collections::VecDeque<String>,
     /// Why generations failed (memory backend; SQLite keeps it in the record's row).
     failures: HashMap<String, super::Failure>,
+    /// Shared secrets and ended sessions as this process knows them (SQLite: written through
+    /// and read on a miss).
+    secrets: HashMap<String, [u8; 32]>,
+    ended_sessions: HashMap<String, u64>,
 }
 
 /// Memory or SQLite-backed store for a single gateway process.
@@ -114,6 +118,8 @@ CREATE TABLE IF NOT EXISTS api_tenants (id TEXT PRIMARY KEY, rev INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS directory_version (k INTEGER PRIMARY KEY CHECK (k = 0), version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts_sent (key TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ended_sessions (id TEXT PRIMARY KEY, until_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS key_last_used (key_id TEXT PRIMARY KEY, ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ready_probe (k INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -1260,6 +1266,49 @@ impl Store for EmbeddedStore {
 
     async fn keys_last_used(&self) -> Result<HashMap<String, u64>, StoreError> {
         Ok(self.lock().last_used.clone())
+    }
+
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        if let Some(s) = self.lock().secrets.get(name) {
+            return Ok(*s);
+        }
+        let (n, fresh) = (name.to_string(), super::random_secret_hex());
+        let stored = self
+            .with_db(move |c| {
+                exec(c, "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)", params![n, fresh])?;
+                c.query_row("SELECT value FROM secrets WHERE name = ?1", [&n], |r| r.get::<_, String>(0))
+            })
+            .await?;
+        let secret = match stored {
+            Some(text) => super::secret_from_hex(&text)?,
+            None => rand::random::<[u8; 32]>(),
+        };
+        Ok(*self.lock().secrets.entry(name.to_string()).or_insert(secret))
+    }
+
+    async fn session_end(&self, id: &str, until_ms: u64) -> Result<(), StoreError> {
+        let (i, now) = (id.to_string(), super::now_ms() as i64);
+        self.with_db(move |c| {
+            exec(c, "DELETE FROM ended_sessions WHERE until_ms < ?1", [now])?;
+            exec(c, "INSERT OR REPLACE INTO ended_sessions (id, until_ms) VALUES (?1, ?2)", params![i, until_ms as i64])
+        })
+        .await?;
+        let mut inner = self.lock();
+        let now = super::now_ms();
+        inner.ended_sessions.retain(|_, until| *until > now);
+        inner.ended_sessions.insert(id.to_string(), until_ms);
+        Ok(())
+    }
+
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError> {
+        if self.lock().ended_sessions.contains_key(id) {
+            return Ok(true);
+        }
+        let i = id.to_string();
+        Ok(self
+            .with_db(move |c| c.query_row("SELECT COUNT(*) FROM ended_sessions WHERE id = ?1", [&i], |r| r.get::<_, i64>(0)))
+            .await?
+            .is_some_and(|n| n > 0))
     }
 }
 

@@ -397,6 +397,13 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_push(&self, line: &str) -> Result<(), StoreError>;
     /// The latest audit lines, newest first.
     async fn audit_latest(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// A random 32-byte secret named `name`, made by the first replica that asks and the same
+    /// for every replica after (dashboard sessions are signed with it).
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+    /// Ends session `id` (signed out) on every replica, remembered until it would have expired.
+    async fn session_end(&self, id: &str, until_ms: u64) -> Result<(), StoreError>;
+    /// Was session `id` ended?
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError>;
     /// Records when keys were last used (`key id`, ms); written at most once a minute per key.
     async fn keys_touch(&self, used: &[(String, u64)]) -> Result<(), StoreError>;
     /// When each key was last used.
@@ -460,6 +467,19 @@ pub async fn recover(config: &StoreConfig) -> Result<String, StoreError> {
         StoreConfig::Redis { target, timeout, key_prefix, .. } => redis::recover(target, *timeout, key_prefix).await,
         _ => Err(StoreError("only a Redis store can forget its data on its own; this config's store is not Redis".into())),
     }
+}
+
+/// A fresh random secret, hex (the form `shared_secret` stores).
+pub(crate) fn random_secret_hex() -> String {
+    // ThreadRng is a CSPRNG seeded from the OS.
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// A stored secret back to bytes.
+pub(crate) fn secret_from_hex(text: &str) -> Result<[u8; 32], StoreError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| StoreError("a stored secret is not 64 hex digits".into()))?;
+    Ok(out)
 }
 
 /// Opens the configured backend.

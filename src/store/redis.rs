@@ -1437,6 +1437,28 @@ impl Store for RedisStore {
         Ok(set.is_some())
     }
 
+    async fn shared_secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let (k, fresh) = (self.key(&format!("secret:{name}")), super::random_secret_hex());
+        let text: String = self
+            .run(|mut c| async move {
+                let _: Option<String> = ::redis::cmd("SET").arg(&k).arg(&fresh).arg("NX").query_async(&mut c).await?;
+                c.get(&k).await
+            })
+            .await?;
+        super::secret_from_hex(&text)
+    }
+
+    async fn session_end(&self, id: &str, until_ms: u64) -> Result<(), StoreError> {
+        let k = self.key(&format!("session_ended:{id}"));
+        let ttl = until_ms.saturating_sub(super::now_ms()).max(1);
+        self.run(|mut c| async move { ::redis::cmd("SET").arg(k).arg(1).arg("PX").arg(ttl).query_async::<()>(&mut c).await }).await
+    }
+
+    async fn session_ended(&self, id: &str) -> Result<bool, StoreError> {
+        let k = self.key(&format!("session_ended:{id}"));
+        self.run(|mut c| async move { c.exists(k).await }).await
+    }
+
     async fn alert_rearm(&self, key: &str) -> Result<(), StoreError> {
         let k = self.key(&format!("alert:{key}"));
         self.run(|mut c| async move { c.del::<_, ()>(k).await }).await

@@ -552,15 +552,33 @@ pub fn verify_signature(secret: &str, r: &Received) -> bool {
     r.headers["webhook-signature"].to_str().unwrap().split(' ').any(|s| s == expected)
 }
 
-/// Signs in to the dashboard of `gw` with `token` and returns the page at `path` (HTML).
-pub async fn dashboard_page(c: &HttpClient, gw: &TestGateway, token: &str, path: &str) -> String {
-    let login = Request::builder()
+/// The sign-in form as a browser gets it: its cookie (`tollgate_login=…`) and its CSRF token.
+pub async fn login_form(c: &HttpClient, gw: &TestGateway) -> (String, String) {
+    let r = get(c, &gw.admin_url("/dashboard"), None).await;
+    let cookie = r.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert!(cookie.starts_with("tollgate_login="), "{cookie}");
+    let html = String::from_utf8_lossy(&r.body).into_owned();
+    let at = html.find("name=\"login_csrf\" value=\"").expect("the form carries a CSRF token") + "name=\"login_csrf\" value=\"".len();
+    (cookie, html[at..at + html[at..].find('"').unwrap()].to_string())
+}
+
+/// A sign-in POST from the form (`token` form-encoded by the caller when needed).
+pub async fn login_post(c: &HttpClient, gw: &TestGateway, token: &str, extra: &[(&str, &str)]) -> Rsp {
+    let (cookie, csrf) = login_form(c, gw).await;
+    let mut b = Request::builder()
         .method(Method::POST)
         .uri(gw.admin_url("/dashboard/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(format!("token={token}"))))
-        .unwrap();
-    let r = send(c, login).await;
+        .header("cookie", cookie);
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::new(Bytes::from(format!("login_csrf={csrf}&token={token}")))).unwrap()).await
+}
+
+/// Signs in to the dashboard of `gw` with `token` and returns the page at `path` (HTML).
+pub async fn dashboard_page(c: &HttpClient, gw: &TestGateway, token: &str, path: &str) -> String {
+    let r = login_post(c, gw, token, &[]).await;
     assert_eq!(r.status, 303, "{:?}", r.body);
     let cookie = r.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let req = Request::builder().uri(gw.admin_url(path)).header("cookie", cookie).body(Full::new(Bytes::new())).unwrap();

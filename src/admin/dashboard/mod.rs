@@ -40,7 +40,8 @@ pub const LATEST: usize = 50;
 pub struct Dashboard {
     gateway: Arc<Gateway>,
     token: Option<Secret>,
-    sessions: Sessions,
+    /// Made on first use, keyed by the store's shared secret.
+    sessions: tokio::sync::OnceCell<Sessions>,
 }
 
 fn html(status: StatusCode, markup: maud::Markup) -> Response<Body> {
@@ -94,21 +95,44 @@ fn projection(spent: Usd, month: &str, now: u64) -> Usd {
 }
 
 impl Dashboard {
-    /// `token` is the admin token (also what sessions are signed with).
+    /// `token` is the admin token.
     pub fn new(gateway: Arc<Gateway>, token: Option<Secret>) -> Dashboard {
-        let sessions = Sessions::new(token.as_ref().map(|t| t.expose()));
-        Dashboard { gateway, token, sessions }
+        Dashboard { gateway, token, sessions: tokio::sync::OnceCell::new() }
     }
 
-    /// The session a request carries, if its cookie is good and, for a viewer, its key still
-    /// works.
-    fn session<B>(&self, req: &Request<B>, now: u64) -> Option<Session> {
-        let value = req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(session::cookie_value)?;
-        let s = self.sessions.check(value, now)?;
-        match &s.who {
+    /// The session signer, keyed by the secret every replica shares through the store.
+    async fn sessions(&self) -> Result<&Sessions, StoreError> {
+        self.sessions
+            .get_or_try_init(|| async {
+                let key = self.gateway.store().shared_secret("dashboard-sessions").await?;
+                Ok(Sessions::new(key, self.token.as_ref().map(|t| t.expose())))
+            })
+            .await
+    }
+
+    /// The session a request carries, if its cookie is good, it was not signed out and, for a
+    /// viewer, its key still works.
+    async fn session<B>(&self, sessions: &Sessions, req: &Request<B>, now: u64) -> Result<Option<Session>, StoreError> {
+        let Some(value) = req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(session::cookie_value) else { return Ok(None) };
+        let Some(s) = sessions.check(value, now) else { return Ok(None) };
+        if self.gateway.store().session_ended(&s.id).await? {
+            return Ok(None);
+        }
+        Ok(match &s.who {
             Who::Admin => self.token.is_some().then_some(s),
             Who::Viewer { tenant, key_id } => (self.gateway.current().tenants.key_scope(tenant, key_id) == Some(Scope::Viewer)).then_some(s),
+        })
+    }
+
+    /// The sign-in form, with a fresh form cookie and the CSRF token bound to it.
+    fn sign_in_form(&self, sessions: &Sessions, status: StatusCode, error: Option<&str>, secure: bool) -> Response<Body> {
+        let nonce = Sessions::login_nonce();
+        let mut rsp = html(status, view::sign_in(error, &sessions.login_csrf(&nonce)));
+        let cookie = format!("{}={nonce}; Path=/dashboard; Max-Age=3600; HttpOnly; SameSite=Strict{}", session::LOGIN_COOKIE, if secure { "; Secure" } else { "" });
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            rsp.headers_mut().insert(SET_COOKIE, v);
         }
+        rsp
     }
 
     /// Serves one `/dashboard…` request; every answer carries the CSP and is never cached.
@@ -132,21 +156,28 @@ impl Dashboard {
         B::Error: std::fmt::Display,
     {
         let now = now_ms();
-        let session = self.session(&req, now);
+        let sessions = match self.sessions().await {
+            Ok(s) => s,
+            Err(e) => return unavailable(&e),
+        };
+        let session = match self.session(sessions, &req, now).await {
+            Ok(s) => s,
+            Err(e) => return unavailable(&e),
+        };
         let path = req.uri().path().trim_end_matches('/').to_string();
         let parts: Vec<&str> = path.split('/').skip(2).collect();
         let method = req.method().clone();
         match (&method, parts.as_slice()) {
             (&Method::GET, ["style.css"]) => body::typed(StatusCode::OK, HeaderValue::from_static("text/css; charset=utf-8"), STYLE),
             (&Method::GET, []) => match &session {
-                None => html(StatusCode::OK, view::sign_in(None)),
+                None => self.sign_in_form(sessions, StatusCode::OK, None, forwarded_https(&req)),
                 Some(Session { who: Who::Viewer { tenant, .. }, .. }) => see_other(&format!("/dashboard/tenants/{tenant}")),
                 Some(s) => match self.overview(s, now).await {
                     Ok(page) => html(StatusCode::OK, page),
                     Err(e) => unavailable(&e),
                 },
             },
-            (&Method::POST, ["login"]) => self.sign_in(failures, req, now).await,
+            (&Method::POST, ["login"]) => self.sign_in(sessions, failures, req, now).await,
             (&Method::POST, ["logout"]) => {
                 let secure = forwarded_https(&req);
                 let fields = match super::read_capped(Box::pin(req.into_body()), MAX_FORM).await {
@@ -154,8 +185,12 @@ impl Dashboard {
                     Err(refused) => return refused,
                 };
                 if let Some(s) = &session {
-                    if !self.sessions.csrf_ok(s, fields.get("csrf").map_or("", String::as_str)) {
+                    if !sessions.csrf_ok(s, fields.get("csrf").map_or("", String::as_str)) {
                         return html(StatusCode::FORBIDDEN, view::message("Refused", "The form was stale or not made here; sign out from the page again."));
+                    }
+                    // Ended on every replica, not only forgotten by this browser.
+                    if let Err(e) = self.gateway.store().session_end(&s.id, s.expires_ms).await {
+                        return unavailable(&e);
                     }
                 }
                 let mut rsp = see_other("/dashboard");
@@ -182,7 +217,7 @@ impl Dashboard {
                     Ok(b) => form(&b),
                     Err(refused) => return refused,
                 };
-                if !self.sessions.csrf_ok(&s, fields.get("csrf").map_or("", String::as_str)) {
+                if !sessions.csrf_ok(&s, fields.get("csrf").map_or("", String::as_str)) {
                     return html(StatusCode::FORBIDDEN, view::message("Refused", "The form was stale or not made here; open the page again and retry."));
                 }
                 self.change_keys(&s, &id, &rest, &fields, now).await
@@ -204,20 +239,25 @@ impl Dashboard {
 
     /// `POST /dashboard/login`: the admin token or a viewer key starts a session; anything else
     /// gets the form again (and an address that keeps guessing is slowed down like the API's).
-    async fn sign_in<B>(&self, failures: &AdminFailures, req: Request<B>, now: u64) -> Response<Body>
+    async fn sign_in<B>(&self, sessions: &Sessions, failures: &AdminFailures, req: Request<B>, now: u64) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
         let (secure, ip) = (forwarded_https(&req), crate::gateway::peer_ip(&req));
+        let nonce = req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|h| session::named_cookie(h, session::LOGIN_COOKIE)).unwrap_or("").to_string();
         let fields = match super::read_capped(Box::pin(req.into_body()), MAX_FORM).await {
             Ok(b) => form(&b),
             Err(refused) => return refused,
         };
         if let Some(secs) = failures.throttled(ip) {
-            let mut rsp = html(StatusCode::TOO_MANY_REQUESTS, view::sign_in(Some("Too many failed attempts; retry later")));
+            let mut rsp = self.sign_in_form(sessions, StatusCode::TOO_MANY_REQUESTS, Some("Too many failed attempts; retry later"), secure);
             rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             return rsp;
+        }
+        // Login CSRF: only a form this listener served, in this browser, signs it in.
+        if !sessions.login_csrf_ok(&nonce, fields.get("login_csrf").map_or("", String::as_str)) {
+            return self.sign_in_form(sessions, StatusCode::FORBIDDEN, Some("The sign-in form was stale or not made here; sign in again"), secure);
         }
         let presented = fields.get("token").map_or("", |t| t.trim());
         let who = if self.token.as_ref().is_some_and(|t| super::constant_time_eq(presented.as_bytes(), t.expose().as_bytes())) {
@@ -228,19 +268,19 @@ impl Dashboard {
         };
         let Some(who) = who else {
             if let Err(secs) = failures.failed(ip) {
-                let mut rsp = html(StatusCode::TOO_MANY_REQUESTS, view::sign_in(Some("Too many failed attempts; retry later")));
+                let mut rsp = self.sign_in_form(sessions, StatusCode::TOO_MANY_REQUESTS, Some("Too many failed attempts; retry later"), secure);
                 rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
                 return rsp;
             }
             tracing::info!(target: "audit", action = "dashboard.sign_in", result = "refused", "dashboard sign-in refused");
-            return html(StatusCode::UNAUTHORIZED, view::sign_in(Some("Invalid credentials")));
+            return self.sign_in_form(sessions, StatusCode::UNAUTHORIZED, Some("Invalid credentials"), secure);
         };
         let (role, tenant) = match &who {
             Who::Admin => ("admin", None),
             Who::Viewer { tenant, .. } => ("viewer", Some(tenant.as_str())),
         };
         tracing::info!(target: "audit", action = "dashboard.sign_in", role, tenant, result = "ok", "dashboard sign-in");
-        let value = self.sessions.issue(&who, now);
+        let value = sessions.issue(&who, now);
         let cookie = format!(
             "{}={value}; Path=/dashboard; Max-Age={}; HttpOnly; SameSite=Strict{}",
             session::COOKIE,
@@ -309,7 +349,8 @@ impl Dashboard {
                 ms => Some(now.saturating_sub(ms) / 1000),
             },
             balance_alert,
-            csrf: self.sessions.csrf(s),
+            // Made before any page is: `route` asks for it first.
+            csrf: self.sessions.get().map(|k| k.csrf(s)).unwrap_or_default(),
         }))
     }
 
@@ -386,7 +427,8 @@ impl Dashboard {
             id: id.to_string(),
             admin,
             manage_keys: admin && runtime.tenants.source(id) == Some(crate::policy::tenants::Source::Api),
-            csrf: self.sessions.csrf(s),
+            // Made before any page is: `route` asks for it first.
+            csrf: self.sessions.get().map(|k| k.csrf(s)).unwrap_or_default(),
             budget: tenant.monthly_budget,
             spent: t.spent,
             held: t.held,

@@ -122,7 +122,7 @@ fn page(title: &str, signed_in: Option<&str>, content: Markup) -> Markup {
 }
 
 /// The sign-in form, with an error when the last try failed.
-pub fn sign_in(error: Option<&str>) -> Markup {
+pub fn sign_in(error: Option<&str>, csrf: &str) -> Markup {
     page(
         "Sign in",
         None,
@@ -131,6 +131,7 @@ pub fn sign_in(error: Option<&str>) -> Markup {
             p { "Paste the admin token, or a viewer key of your team." }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             form method="post" action="/dashboard/login" {
+                input type="hidden" name="login_csrf" value=(csrf);
                 label for="token" { "Token or viewer key" }
                 input id="token" name="token" type="password" autocomplete="off" required;
                 button type="submit" { "Sign in" }
