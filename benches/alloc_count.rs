@@ -121,7 +121,11 @@ fn exchange(s: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> (u16, String) {
         buf.extend_from_slice(&chunk[..n]);
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
         let head = std::str::from_utf8(&buf[..end]).unwrap().to_ascii_lowercase();
-        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
         if buf.len() >= end + 4 + len {
             let status = head[9..12].parse().unwrap();
             return (status, String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());

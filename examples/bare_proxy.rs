@@ -17,7 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (listen, upstream, token) = (args.next().ok_or("LISTEN")?, args.next().ok_or("UPSTREAM")?, args.next().ok_or("TOKEN")?);
+    let (listen, upstream, token) =
+        (args.next().ok_or("LISTEN")?, args.next().ok_or("UPSTREAM")?, args.next().ok_or("TOKEN")?);
     let upstream: http::Uri = upstream.parse()?;
     let auth = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
     let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
@@ -42,7 +43,9 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
                 })
             }
         });
-        tokio::spawn(async move { auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await });
+        tokio::spawn(async move {
+            auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await
+        });
     }
 }
 

@@ -23,7 +23,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tollgate = tollgate.clone();
         async move {
             if req.uri().path() == "/hello" {
-                return Ok::<_, Infallible>(http::Response::new(Full::from("hello from the host app\n").map_err(|e| match e {}).boxed_unsync()));
+                return Ok::<_, Infallible>(http::Response::new(
+                    Full::from("hello from the host app\n").map_err(|e| match e {}).boxed_unsync(),
+                ));
             }
             Ok(tollgate.oneshot(req).await?.map(|b| b.boxed_unsync()))
         }
@@ -33,6 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let (stream, _) = listener.accept().await?;
         let app = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move { auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), app).await });
+        tokio::spawn(async move {
+            auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), app).await
+        });
     }
 }

@@ -18,18 +18,18 @@
 
 // The wings, lowest first. An import never runs up this list (tests/architecture.rs checks
 // that no two files reach each other through `crate::` paths).
-pub(crate) mod ids;
-pub mod policy;
-pub mod observe;
+pub mod admin;
+pub(crate) mod background;
 pub mod config;
+pub mod dev;
+pub mod gateway;
+pub(crate) mod ids;
+pub mod observe;
+pub(crate) mod paid;
+pub mod policy;
+pub mod server;
 pub mod store;
 pub mod upstream;
-pub mod server;
-pub(crate) mod paid;
-pub mod gateway;
-pub(crate) mod background;
-pub mod admin;
-pub mod dev;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,10 +41,9 @@ pub use config::{Config, ConfigError};
 pub use gateway::error::GatewayError;
 pub use gateway::Gateway;
 
-use observe::access_log::AccessLog;
 use gateway::ReloadSource;
+use observe::access_log::AccessLog;
 use server::ServerOptions;
-
 
 /// The two bound listeners a gateway serves.
 pub struct Listeners {
@@ -57,17 +56,12 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        Ok(Listeners {
-            tenant: bind(config.server.listen).await?,
-            admin: bind(config.server.admin_listen).await?,
-        })
+        Ok(Listeners { tenant: bind(config.server.listen).await?, admin: bind(config.server.admin_listen).await? })
     }
 }
 
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// Why a gateway could not be built.
@@ -100,7 +94,12 @@ pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>
 
 /// Serves `gateway` on the listeners until `shutdown` resolves, then drains in-flight requests
 /// for up to `shutdown_grace_secs`.
-pub async fn run(config: &Config, gateway: Arc<Gateway>, listeners: Listeners, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    config: &Config,
+    gateway: Arc<Gateway>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let tls = match gateway.tls.as_ref().map(|c| c.acceptor()).transpose() {
         Ok(tls) => tls,
         Err(e) => {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tollgate::observe::access_log::AccessLog;
 use tollgate::config::{Config, ConfigError, ProcessEnv};
 use tollgate::dev::mock::{Fault, FaultKind, MockOptions, MockPlatform};
+use tollgate::observe::access_log::AccessLog;
 use tollgate::policy::money::Usd;
 use tracing_subscriber::EnvFilter;
 
@@ -235,12 +235,22 @@ fn settings_json(s: &TenantSettings, out: &mut serde_json::Map<String, serde_jso
         out.insert("monthly_budget".into(), if b == "none" { Value::Null } else { Value::String(b.clone()) });
     }
     if let Some(m) = &s.max_in_flight {
-        out.insert("max_in_flight".into(), if m == "none" { Value::Null } else { m.parse::<u64>().map(Value::from).unwrap_or(Value::String(m.clone())) });
+        out.insert(
+            "max_in_flight".into(),
+            if m == "none" {
+                Value::Null
+            } else {
+                m.parse::<u64>().map(Value::from).unwrap_or(Value::String(m.clone()))
+            },
+        );
     }
 }
 
 /// `tollgate tenants …` and `tollgate keys …`: one admin API call, its answer printed.
-async fn admin_command(api: ApiArgs, call: impl FnOnce() -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String)) -> ExitCode {
+async fn admin_command(
+    api: ApiArgs,
+    call: impl FnOnce() -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String),
+) -> ExitCode {
     use tollgate::admin::client::AdminApi;
     let (method, path, body, render) = call();
     let result = match AdminApi::new(&api.admin_url, std::env::var("TOLLGATE_ADMIN_TOKEN").ok()) {
@@ -265,7 +275,9 @@ async fn admin_command(api: ApiArgs, call: impl FnOnce() -> (http::Method, Strin
     }
 }
 
-fn tenants_call(action: TenantsAction) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
+fn tenants_call(
+    action: TenantsAction,
+) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
     use http::Method;
     use tollgate::admin::client::{tenant_detail, tenants_table};
     match action {
@@ -289,7 +301,9 @@ fn tenants_call(action: TenantsAction) -> (http::Method, String, Option<serde_js
     }
 }
 
-fn keys_call(action: KeysAction) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
+fn keys_call(
+    action: KeysAction,
+) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
     use http::Method;
     use tollgate::admin::client::new_key;
     match action {
@@ -304,21 +318,29 @@ fn keys_call(action: KeysAction) -> (http::Method, String, Option<serde_json::Va
             };
             (Method::POST, format!("/admin/tenants/{tenant}/keys/{key_id}/rotate"), Some(body), new_key)
         }
-        KeysAction::Revoke { tenant, key_id } => (Method::DELETE, format!("/admin/tenants/{tenant}/keys/{key_id}"), None, |_| "revoked\n".into()),
+        KeysAction::Revoke { tenant, key_id } => {
+            (Method::DELETE, format!("/admin/tenants/{tenant}/keys/{key_id}"), None, |_| "revoked\n".into())
+        }
     }
 }
 
 /// Keeps both log writers alive; dropping it writes out what is buffered.
-struct LogGuards(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard, #[allow(dead_code)] tollgate::observe::access_log::FlushGuard);
+struct LogGuards(
+    #[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard,
+    #[allow(dead_code)] tollgate::observe::access_log::FlushGuard,
+);
 
-fn init_logging(telemetry: Option<&tollgate::config::TelemetryConfig>) -> (AccessLog, LogGuards, Option<tollgate::observe::telemetry::Provider>) {
+fn init_logging(
+    telemetry: Option<&tollgate::config::TelemetryConfig>,
+) -> (AccessLog, LogGuards, Option<tollgate::observe::telemetry::Provider>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     // Diagnostics go through a non-blocking writer and the access log through a batch: a slow
     // terminal or pipe never stalls a request. Both end on stdout.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     // Flat fields and `time`, like the access lines: one shape for every line.
-    let lines = tracing_subscriber::fmt::layer().event_format(tollgate::observe::diag_log::FlatJson).with_writer(writer);
+    let lines =
+        tracing_subscriber::fmt::layer().event_format(tollgate::observe::diag_log::FlatJson).with_writer(writer);
     let (otel, provider) = match telemetry.map(tollgate::observe::telemetry::layer) {
         Some(Ok((layer, provider))) => (Some(layer), Some(provider)),
         Some(Err(e)) => {
@@ -404,7 +426,10 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
             // A reload that panics must not end this loop, or every later SIGHUP is ignored.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gw.reload())).is_err() {
                 gw.metrics().task_panicked("reload");
-                tracing::error!(task = "reload", "a reload panicked; the running config stays, and the next SIGHUP is heard");
+                tracing::error!(
+                    task = "reload",
+                    "a reload panicked; the running config stays, and the next SIGHUP is heard"
+                );
             }
         }
     });
@@ -441,10 +466,17 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn fault_kind(s: &str) -> anyhow::Result<FaultKind> {
-    serde_json::from_value(serde_json::Value::String(s.replace("html_502", "html502"))).map_err(|_| anyhow::anyhow!("unknown fault {s:?}"))
+    serde_json::from_value(serde_json::Value::String(s.replace("html_502", "html502")))
+        .map_err(|_| anyhow::anyhow!("unknown fault {s:?}"))
 }
 
-async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u64, fault: Option<(String, f64, Option<u16>, u64)>) -> anyhow::Result<ExitCode> {
+async fn mock(
+    listen: SocketAddr,
+    token_env: String,
+    balance: String,
+    step_ms: u64,
+    fault: Option<(String, f64, Option<u16>, u64)>,
+) -> anyhow::Result<ExitCode> {
     let (_, _guard, _) = init_logging(None);
     let random_fault = match fault {
         None => None,
@@ -478,7 +510,11 @@ async fn mock(listen: SocketAddr, token_env: String, balance: String, step_ms: u
 
 fn check_config(path: &Path, skip_secrets: bool) -> ExitCode {
     // The same verdict as `run`, unless told to leave secrets out (validating files in CI).
-    let checked = if skip_secrets { Config::check_file(path, &ProcessEnv) } else { Config::load(path, &ProcessEnv).map(|c| (c, Vec::new())) };
+    let checked = if skip_secrets {
+        Config::check_file(path, &ProcessEnv)
+    } else {
+        Config::load(path, &ProcessEnv).map(|c| (c, Vec::new()))
+    };
     match checked {
         Ok((config, warnings)) => {
             println!("config {} is valid", path.display());
@@ -523,7 +559,9 @@ async fn usage(path: &Path, month: Option<String>, tenant: Option<String>, forma
         }
     }
     let store = tollgate::store::open(&config.store).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = tollgate::store::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = tollgate::store::usage::report(&*store, config.tenants.tenants(), &month, tenant.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(t) = &tenant {
         if report.tenants.is_empty() {
             eprintln!("tollgate: no tenant {t:?} in {} or in the store", path.display());
@@ -622,10 +660,13 @@ async fn async_main() -> ExitCode {
         Command::Healthcheck { url } => Ok(healthcheck(&url).await),
         Command::Usage { config, month, tenant, format } => usage(&config, month, tenant, &format).await,
         Command::Store { action: StoreAction::Recover { config } } => match load(&config) {
-            Ok(c) => tollgate::store::recover(&c.store).await.map(|report| {
-                println!("{report}");
-                ExitCode::SUCCESS
-            }).map_err(anyhow::Error::from),
+            Ok(c) => tollgate::store::recover(&c.store)
+                .await
+                .map(|report| {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                })
+                .map_err(anyhow::Error::from),
             Err(e) => {
                 eprintln!("tollgate: {e}");
                 Ok(ExitCode::from(EXIT_BAD_CONFIG))

@@ -22,7 +22,8 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> String
                 Ok(n) => {
                     out.extend_from_slice(&buf[..n]);
                     // One response is enough.
-                    if out.windows(4).any(|w| w == b"\r\n\r\n") && String::from_utf8_lossy(&out).contains("\"detail\"") {
+                    if out.windows(4).any(|w| w == b"\r\n\r\n") && String::from_utf8_lossy(&out).contains("\"detail\"")
+                    {
                         break;
                     }
                 }
@@ -72,7 +73,12 @@ async fn ambiguous_framing_is_refused_with_4xx() {
 async fn unknown_methods_on_known_paths_are_405() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants())).await;
-    let rsp = raw(gw.addr, format!("BREW /v1/sora/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(), Duration::from_secs(3)).await;
+    let rsp = raw(
+        gw.addr,
+        format!("BREW /v1/sora/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(status_of(&rsp), 405, "{rsp}");
     assert!(rsp.contains("{\"detail\":\"Method not allowed\"}"));
     gw.shutdown().await;
@@ -86,10 +92,17 @@ async fn oversized_and_too_many_headers_are_431() {
     let rsp = raw(gw.addr, huge.as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(status_of(&rsp), 431, "{rsp:.200}");
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let rsp = raw(gw.addr, format!("GET /v1/data/balance HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(), Duration::from_secs(3)).await;
+    let rsp = raw(
+        gw.addr,
+        format!("GET /v1/data/balance HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(status_of(&rsp), 431, "{rsp:.200}");
     // A malformed head is 400. Both refusals are logged and counted like requests.
-    let rsp = raw(gw.addr, b"GET /v1/data/balance HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", Duration::from_secs(3)).await;
+    let rsp =
+        raw(gw.addr, b"GET /v1/data/balance HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", Duration::from_secs(3))
+            .await;
     assert_eq!(status_of(&rsp), 400, "{rsp:.200}");
     eventually(Duration::from_secs(2), || {
         let lines = gw.log_lines();
@@ -105,7 +118,11 @@ async fn oversized_and_too_many_headers_are_431() {
 #[tokio::test]
 async fn slowloris_does_not_starve_normal_clients() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 2")).await;
+    let gw = TestGateway::start(
+        &config_text(platform.addr, "", &default_tenants())
+            .replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 2"),
+    )
+    .await;
     // 200 connections that dribble header bytes and never finish.
     let mut lorises = Vec::new();
     for _ in 0..200 {
@@ -158,7 +175,11 @@ async fn at_the_connection_cap_silent_sockets_make_room_and_busy_ones_queue() {
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
     assert!(started.elapsed() < Duration::from_millis(1000), "{:?}", started.elapsed());
     let mut buf = [0u8; 16];
-    assert_eq!(tokio::time::timeout(Duration::from_secs(1), silent[0].read(&mut buf)).await.unwrap().unwrap_or(0), 0, "the oldest silent socket was closed");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(1), silent[0].read(&mut buf)).await.unwrap().unwrap_or(0),
+        0,
+        "the oldest silent socket was closed"
+    );
     assert!(gw.log_lines().iter().any(|l| l["outcome"] == "evicted_at_capacity" && l["status"] == 503));
     drop(silent);
     // Four connections busy with real requests are never evicted: a fifth waits for a slot.
@@ -211,8 +232,10 @@ async fn idempotent_gets_are_retried_but_paid_posts_never() {
 #[tokio::test]
 async fn circuit_opens_when_the_platform_is_down_and_recovers_by_itself() {
     let platform = Platform::start().await;
-    let text = config_text(platform.addr, "", &default_tenants())
-        .replace("circuit_failure_threshold = 1000", "circuit_failure_threshold = 3\ncircuit_open_secs = 1\nget_retries = 0");
+    let text = config_text(platform.addr, "", &default_tenants()).replace(
+        "circuit_failure_threshold = 1000",
+        "circuit_failure_threshold = 3\ncircuit_open_secs = 1\nget_retries = 0",
+    );
     let gw = TestGateway::start(&text).await;
     let c = client();
     let id = create(&c, &gw, KEY_A).await;
@@ -288,7 +311,11 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 #[tokio::test]
 async fn silent_sockets_and_half_h2_prefaces_are_closed_at_the_head_deadline() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await;
+    let gw = TestGateway::start(
+        &config_text(platform.addr, "", &default_tenants())
+            .replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1"),
+    )
+    .await;
     let mut socks = Vec::new();
     for i in 0..20 {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
@@ -301,11 +328,17 @@ async fn silent_sockets_and_half_h2_prefaces_are_closed_at_the_head_deadline() {
     let started = Instant::now();
     for s in &mut socks {
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await.expect("closed by the deadline").unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf))
+            .await
+            .expect("closed by the deadline")
+            .unwrap_or(0);
         assert_eq!(n, 0, "closed without an answer");
     }
     assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
-    eventually(Duration::from_secs(2), || gw.log_lines().iter().filter(|l| l["outcome"] == "header_timeout" && l["status"] == 408).count() == 20).await;
+    eventually(Duration::from_secs(2), || {
+        gw.log_lines().iter().filter(|l| l["outcome"] == "header_timeout" && l["status"] == 408).count() == 20
+    })
+    .await;
     gw.shutdown().await;
 }
 
@@ -315,18 +348,29 @@ async fn idle_http2_and_keep_alive_connections_are_closed() {
     let gw = TestGateway::start(&config_text(platform.addr, "idle_timeout_secs = 1", &default_tenants())).await;
     // HTTP/1.1 keep-alive: one request, then silence.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let started = Instant::now();
     loop {
-        match tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await.expect("closed after the idle timeout") {
+        match tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf))
+            .await
+            .expect("closed after the idle timeout")
+        {
             Ok(0) | Err(_) => break,
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
-    assert!(started.elapsed() >= Duration::from_millis(900) && started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900) && started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // HTTP/2: the connection is closed (GOAWAY) once idle; the client reconnects transparently.
     let c = h2_client();
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
@@ -350,12 +394,20 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 /// A gateway with a 1 s head deadline and `idle` as its idle timeout.
 async fn one_second_head_deadline(platform: &Platform, idle: &str) -> TestGateway {
-    TestGateway::start(&config_text(platform.addr, idle, &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1")).await
+    TestGateway::start(
+        &config_text(platform.addr, idle, &default_tenants())
+            .replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 1"),
+    )
+    .await
 }
 
 /// Sends a whole balance request on keep-alive connection `s` and checks its 200.
 async fn balance_is_served(s: &mut TcpStream) {
-    s.write_all(format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET /v1/data/balance HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -371,7 +423,11 @@ async fn an_idle_keep_alive_connection_lives_until_the_idle_timeout_not_the_head
     balance_is_served(&mut s).await;
     // Past the head deadline, the connection still serves a second request, even one whose
     // head comes in two pieces (well within the deadline of its first byte)…
-    assert_eq!(closed_within(&mut s, Duration::from_millis(1600)).await, None, "closed at the head deadline while idle");
+    assert_eq!(
+        closed_within(&mut s, Duration::from_millis(1600)).await,
+        None,
+        "closed at the head deadline while idle"
+    );
     s.write_all(b"GET /v1/data/balance HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.write_all(format!("authorization: Bearer {KEY_A}\r\n\r\n").as_bytes()).await.unwrap();
@@ -414,14 +470,21 @@ async fn a_later_head_that_dribbles_is_closed_at_the_head_deadline() {
     assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{took:?}");
     assert!(rest.is_empty(), "closed without an answer: {:?}", String::from_utf8_lossy(&rest));
     dribble.abort();
-    eventually(Duration::from_secs(2), || gw.log_lines().iter().any(|l| l["outcome"] == "header_timeout" && l["status"] == 408)).await;
+    eventually(Duration::from_secs(2), || {
+        gw.log_lines().iter().any(|l| l["outcome"] == "header_timeout" && l["status"] == 408)
+    })
+    .await;
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_admin_probes_answer_while_silent_sockets_fill_its_cap() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "", &default_tenants()).replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 30")).await;
+    let gw = TestGateway::start(
+        &config_text(platform.addr, "", &default_tenants())
+            .replace("header_read_timeout_secs = 10", "header_read_timeout_secs = 30"),
+    )
+    .await;
     let mut socks = Vec::new();
     for _ in 0..300 {
         if let Ok(s) = TcpStream::connect(gw.admin).await {
@@ -445,7 +508,9 @@ async fn the_admin_probes_answer_while_idle_keep_alive_connections_fill_its_cap(
     // Before: the 257th connection waited for ever, so /readyz went unanswered.
     let mut parked = Vec::new();
     for _ in 0..260 {
-        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(gw.admin)).await else { break };
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(gw.admin)).await else {
+            break;
+        };
         s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 512];
         match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
@@ -456,7 +521,9 @@ async fn the_admin_probes_answer_while_idle_keep_alive_connections_fill_its_cap(
     assert!(parked.len() >= 256, "only {} connections were served", parked.len());
     tokio::time::sleep(Duration::from_millis(700)).await;
     let started = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(5), get(&client(), &gw.admin_url("/readyz"), None)).await.expect("readyz answered");
+    let r = tokio::time::timeout(Duration::from_secs(5), get(&client(), &gw.admin_url("/readyz"), None))
+        .await
+        .expect("readyz answered");
     assert_eq!(r.status, 200);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     gw.shutdown().await;

@@ -25,7 +25,10 @@ async fn request_rate_limit_is_per_tenant_with_headers() {
         assert!(r.headers.contains_key("ratelimit-reset"));
     }
     let r = get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await;
-    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Rate limit exceeded: requests per second for this key"));
+    assert_eq!(
+        (r.status.as_u16(), r.detail().as_str()),
+        (429, "Rate limit exceeded: requests per second for this key")
+    );
     assert_eq!(r.headers["retry-after"], "1");
     assert_eq!(r.headers["ratelimit-limit"], "3");
     assert_eq!(r.headers["ratelimit-remaining"], "0");
@@ -46,7 +49,10 @@ async fn generation_rate_limit_applies_to_paid_requests_only() {
     create(&c, &gw, KEY_A).await;
     create(&c, &gw, KEY_A).await;
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
-    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Rate limit exceeded: paid generations per minute for this key"));
+    assert_eq!(
+        (r.status.as_u16(), r.detail().as_str()),
+        (429, "Rate limit exceeded: paid generations per minute for this key")
+    );
     assert_eq!(r.headers["retry-after"], "30");
     assert_eq!(r.headers["ratelimit-limit"], "2");
     assert_eq!(platform.generate_calls(), 2);
@@ -93,13 +99,43 @@ async fn malformed_json_is_400_and_rule_breaks_are_422_naming_the_field() {
         ("/v1/sora/generate", "[1,2,3]", 400, "Request body must be a JSON object"),
         ("/v1/sora/generate", r#"{"duration": 10}"#, 422, "prompt: is required"),
         ("/v1/sora/generate", r#"{"prompt": ""}"#, 422, "prompt: must be between 1 and 4000 characters (got 0)"),
-        ("/v1/sora/generate", r#"{"prompt": "p", "orientation": "4:3"}"#, 422, "orientation: must be one of '9:16', '16:9'"),
+        (
+            "/v1/sora/generate",
+            r#"{"prompt": "p", "orientation": "4:3"}"#,
+            422,
+            "orientation: must be one of '9:16', '16:9'",
+        ),
         ("/v1/sora/generate", r#"{"prompt": "p", "duration": 5}"#, 422, "duration: must be 10 or 15"),
-        ("/v1/sora/generate", r#"{"prompt": "p", "callback_url": "http://hook.example/x"}"#, 422, "callback_url: must be a valid HTTPS URL"),
-        ("/v1/sora/generate", r#"{"prompt": "p", "image_url": "file:///etc/passwd"}"#, 422, "image_url: must be an http(s) URL"),
-        ("/v1/sora/generate", r#"{"prompt": "p", "image_base64": "QUJD", "image_url": "https://x.io/a.png"}"#, 422, "image_base64: cannot be combined with image_url; provide one of them"),
-        ("/v1/veo/generate", r#"{"prompt": "too short"}"#, 422, "prompt: must be between 10 and 4000 characters (got 9)"),
-        ("/v1/gemini/generate", r#"{"prompt": "p", "quality": "4k"}"#, 422, "quality: 2k and 4k need the pro or v2 model"),
+        (
+            "/v1/sora/generate",
+            r#"{"prompt": "p", "callback_url": "http://hook.example/x"}"#,
+            422,
+            "callback_url: must be a valid HTTPS URL",
+        ),
+        (
+            "/v1/sora/generate",
+            r#"{"prompt": "p", "image_url": "file:///etc/passwd"}"#,
+            422,
+            "image_url: must be an http(s) URL",
+        ),
+        (
+            "/v1/sora/generate",
+            r#"{"prompt": "p", "image_base64": "QUJD", "image_url": "https://x.io/a.png"}"#,
+            422,
+            "image_base64: cannot be combined with image_url; provide one of them",
+        ),
+        (
+            "/v1/veo/generate",
+            r#"{"prompt": "too short"}"#,
+            422,
+            "prompt: must be between 10 and 4000 characters (got 9)",
+        ),
+        (
+            "/v1/gemini/generate",
+            r#"{"prompt": "p", "quality": "4k"}"#,
+            422,
+            "quality: 2k and 4k need the pro or v2 model",
+        ),
     ];
     for (path, body, status, detail) in cases {
         let r = post(&c, &gw.url(path), Some(KEY_A), body).await;
@@ -122,16 +158,22 @@ async fn unknown_fields_are_refused_unless_the_catalog_allows_them() {
     let c = client();
     let body = r#"{"prompt":"p","future_field":{"nested":[1,2,3]},"orientation":"16:9"}"#;
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), body).await;
-    assert_eq!((r.status.as_u16(), r.detail().split(" (").next().unwrap()), (422, "future_field: is not a field of sora"));
+    assert_eq!(
+        (r.status.as_u16(), r.detail().split(" (").next().unwrap()),
+        (422, "future_field: is not a field of sora")
+    );
     assert_eq!(platform.generate_calls(), 0, "an unknown field may change the price: never forwarded");
     gw.shutdown().await;
     // A catalog that lists it passes it through byte for byte.
     let dir = temp_dir();
-    let models = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml"))
-        .unwrap()
-        .replacen("path = \"sora\"\n", "path = \"sora\"\nextra_fields = [\"future_field\"]\n", 1);
+    let models = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/models.toml")).unwrap().replacen(
+        "path = \"sora\"\n",
+        "path = \"sora\"\nextra_fields = [\"future_field\"]\n",
+        1,
+    );
     std::fs::write(dir.join("models.toml"), models).unwrap();
-    let text = config_text(platform.addr, "", &default_tenants()).replace("[pricing]", &format!("[catalog]\npath = \"{}\"\n\n[pricing]", dir.join("models.toml").display()));
+    let text = config_text(platform.addr, "", &default_tenants())
+        .replace("[pricing]", &format!("[catalog]\npath = \"{}\"\n\n[pricing]", dir.join("models.toml").display()));
     let gw = TestGateway::start(&text).await;
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), body).await.status, 201);
     use sha2::Digest;
@@ -196,7 +238,13 @@ async fn invalid_images_never_reach_the_platform() {
         assert!(d.starts_with(detail), "{d}");
     }
     // Image arrays name the element.
-    let r = post(&c, &gw.url("/v1/gemini/generate"), Some(KEY_A), r#"{"prompt":"p","images":["https://x.io/a.png","AAAA"]}"#).await;
+    let r = post(
+        &c,
+        &gw.url("/v1/gemini/generate"),
+        Some(KEY_A),
+        r#"{"prompt":"p","images":["https://x.io/a.png","AAAA"]}"#,
+    )
+    .await;
     assert_eq!(r.status, 422);
     assert!(r.detail().starts_with("images[1]:"));
     assert_eq!(platform.generate_calls(), 0);
@@ -207,14 +255,25 @@ async fn invalid_images_never_reach_the_platform() {
 async fn twenty_concurrent_large_images_are_validated() {
     let platform = Platform::start().await;
     // 280 MB through a debug build on two cores: give the platform leg time.
-    let text = config_text(platform.addr, "max_buffered_body_bytes_per_tenant = 536870912\nmax_uploads_per_tenant = 32", &default_tenants()).replace("\ntimeout_secs = 2", "\ntimeout_secs = 60").replace("request_timeout_secs = 10", "request_timeout_secs = 90");
+    let text = config_text(
+        platform.addr,
+        "max_buffered_body_bytes_per_tenant = 536870912\nmax_uploads_per_tenant = 32",
+        &default_tenants(),
+    )
+    .replace("\ntimeout_secs = 2", "\ntimeout_secs = 60")
+    .replace("request_timeout_secs = 10", "request_timeout_secs = 90");
     let gw = TestGateway::start(&text).await;
     let c = client();
-    let body = std::sync::Arc::new(format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&png(4000, 3000, 10 * 1024 * 1024))));
+    let body = std::sync::Arc::new(format!(
+        r#"{{"prompt":"p","image_base64":"{}"}}"#,
+        b64(&png(4000, 3000, 10 * 1024 * 1024))
+    ));
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let (c, url, body) = (c.clone(), gw.url("/v1/sora/generate"), body.clone());
-            tokio::spawn(async move { send(&c, request(Method::POST, &url, Some(KEY_A), body.as_bytes().to_vec())).await })
+            tokio::spawn(
+                async move { send(&c, request(Method::POST, &url, Some(KEY_A), body.as_bytes().to_vec())).await },
+            )
         })
         .collect();
     for t in tasks {
@@ -229,7 +288,12 @@ async fn twenty_concurrent_large_images_are_validated() {
 async fn buffered_body_budget_sheds_load_with_503() {
     let platform = Platform::start().await;
     // Room for one 1 MiB body at a time.
-    let gw = TestGateway::start(&config_text(platform.addr, "max_buffered_body_bytes = 1572864\nmax_buffered_body_bytes_per_tenant = 1572864", &default_tenants())).await;
+    let gw = TestGateway::start(&config_text(
+        platform.addr,
+        "max_buffered_body_bytes = 1572864\nmax_buffered_body_bytes_per_tenant = 1572864",
+        &default_tenants(),
+    ))
+    .await;
     let c = client();
     platform.delay("/v1/sora/generate", 1500, 1);
     let body = format!(r#"{{"prompt":"p","image_base64":"{}"}}"#, b64(&png(100, 100, 1024 * 1024)));

@@ -9,7 +9,8 @@ use serde_json::Value;
 use support::*;
 
 fn alerts_config(platform: std::net::SocketAddr, receiver: std::net::SocketAddr, budget: &str, extra: &str) -> String {
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some(budget)), tenant("b", KEY_B, 1000, 1000, 1000, None));
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some(budget)), tenant("b", KEY_B, 1000, 1000, 1000, None));
     config_text(platform, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants).replace(
         "[pricing]",
         &format!("[alerts]\nurl = \"http://{receiver}/alerts\"\nsecret_env = \"TEST_WEBHOOK_SECRET\"\nthresholds = [0.5, 1.0]\nallow_http_loopback = true\nretry_base_ms = 300\n{extra}\n\n[pricing]"),
@@ -39,7 +40,10 @@ async fn a_budget_of_0_24_with_two_thresholds_gets_exactly_two_signed_alerts() {
     for (alert, threshold, spent) in [(&got[0], 0.5, "0.1200"), (&got[1], 1.0, "0.2400")] {
         assert_eq!(alert["type"], "budget.threshold");
         assert_eq!((alert["tenant"].as_str(), alert["month"].as_str()), (Some("a"), Some(month.as_str())));
-        assert_eq!((alert["threshold"].as_f64(), alert["spent"].as_str(), alert["budget"].as_str()), (Some(threshold), Some(spent), Some("0.2400")));
+        assert_eq!(
+            (alert["threshold"].as_f64(), alert["spent"].as_str(), alert["budget"].as_str()),
+            (Some(threshold), Some(spent), Some("0.2400"))
+        );
     }
     for r in rx.accepted() {
         assert!(verify_signature(WEBHOOK_SECRET, &r), "an alert must verify with the alert secret");
@@ -88,7 +92,10 @@ async fn a_receiver_that_is_down_gets_the_alert_later_and_a_low_balance_alerts_o
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let got = bodies(&rx);
     assert_eq!(got.len(), 1, "one alert per fall below the floor: {got:?}");
-    assert_eq!((got[0]["type"].as_str(), got[0]["balance"].as_str(), got[0]["balance_below"].as_str()), (Some("balance.low"), Some("0.5000"), Some("1.0000")));
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["balance"].as_str(), got[0]["balance_below"].as_str()),
+        (Some("balance.low"), Some("0.5000"), Some("1.0000"))
+    );
     // Budgets (100) above the balance (0.50): the gauge says so.
     let metrics = get(&client(), &gw.admin_url("/metrics"), None).await;
     assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_budgets_over_balance 1"));
@@ -100,13 +107,18 @@ async fn a_receiver_that_is_down_gets_the_alert_later_and_a_low_balance_alerts_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_over_the_balance_warn_without_alerts_configured() {
     let platform = Platform::with_balance("0.50").await;
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.40")), tenant("b", KEY_B, 1000, 1000, 1000, Some("0.40")));
+    let tenants = format!(
+        "{}{}",
+        tenant("a", KEY_A, 1000, 1000, 1000, Some("0.40")),
+        tenant("b", KEY_B, 1000, 1000, 1000, Some("0.40"))
+    );
     let gw = TestGateway::start(&config_text(platform.addr, "", &tenants)).await;
     let c = client();
     // The balance is read on the first paid request.
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     until(Duration::from_secs(5), "the gauge", || async {
-        String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).contains("tollgate_budgets_over_balance 1")
+        String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body)
+            .contains("tollgate_budgets_over_balance 1")
     })
     .await;
     gw.shutdown().await;

@@ -187,9 +187,14 @@ fn no_import_cycles_between_modules() {
     let found = cycles(&graph);
     let edges: Vec<String> = found
         .iter()
-        .flat_map(|c| c.iter().flat_map(|m| graph[m].iter().filter(|t| c.contains(t)).map(move |t| format!("{m} -> {t}"))))
+        .flat_map(|c| {
+            c.iter().flat_map(|m| graph[m].iter().filter(|t| c.contains(t)).map(move |t| format!("{m} -> {t}")))
+        })
         .collect();
-    assert!(found.is_empty(), "import cycles (modules reaching one another through crate:: paths): {found:#?}\nedges inside them: {edges:#?}");
+    assert!(
+        found.is_empty(),
+        "import cycles (modules reaching one another through crate:: paths): {found:#?}\nedges inside them: {edges:#?}"
+    );
 }
 
 #[test]
@@ -222,7 +227,21 @@ fn policy_never_imports_config_or_the_wings_above_it() {
 /// The wings, lowest first: a module may import its own wing and the ones before it.
 /// `""` is `lib.rs`, which wires the wings together; `dev` (the mock platform, the demo, test
 /// fixtures) sits on top, and unit tests may use its fixtures.
-const WINGS: &[&str] = &["ids", "policy", "config", "store", "upstream", "observe", "server", "paid", "gateway", "background", "admin", "", "dev"];
+const WINGS: &[&str] = &[
+    "ids",
+    "policy",
+    "config",
+    "store",
+    "upstream",
+    "observe",
+    "server",
+    "paid",
+    "gateway",
+    "background",
+    "admin",
+    "",
+    "dev",
+];
 
 /// Imports that still run up, each with the reason it is there. The list may only shrink.
 const UPWARD_ALLOWED: &[(&str, &str, &str)] = &[
@@ -240,7 +259,10 @@ fn under(module: &str, wing: &str) -> bool {
 
 fn wing_rank(module: &str) -> usize {
     let wing = module.split("::").next().unwrap_or("");
-    WINGS.iter().position(|w| *w == wing).unwrap_or_else(|| panic!("module {module} is in no wing; add its wing to WINGS"))
+    WINGS
+        .iter()
+        .position(|w| *w == wing)
+        .unwrap_or_else(|| panic!("module {module} is in no wing; add its wing to WINGS"))
 }
 
 #[test]

@@ -35,7 +35,8 @@ async fn chaos(backend: Backend, seed: u64) {
         tenant("b", KEY_B, 1000, 1000, 1000, None),
         tenant("c", "tenant-c-key", 1000, 1000, 1000, None)
     );
-    let text = fast_reconcile(&config_text(platform.addr, "", &tenants), 2, 300).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 500");
+    let text = fast_reconcile(&config_text(platform.addr, "", &tenants), 2, 300)
+        .replace("cache_ttl_ms = 60000", "cache_ttl_ms = 500");
     let (text, _redis) = with_backend(&text, backend);
     let gw = Arc::new(TestGateway::start(&text).await);
     let keys = [("a", KEY_A), ("b", KEY_B), ("c", "tenant-c-key")];
@@ -72,7 +73,15 @@ async fn chaos(backend: Backend, seed: u64) {
                     40..=49 => {
                         // The client hangs up while the platform charges.
                         fault(FaultKind::LateAnswer, Some(300), None);
-                        hang_up_after(gw.addr, "/v1/sora/generate", key, &body, &format!("idempotency-key: {idem}\r\n"), Duration::from_millis(80)).await;
+                        hang_up_after(
+                            gw.addr,
+                            "/v1/sora/generate",
+                            key,
+                            &body,
+                            &format!("idempotency-key: {idem}\r\n"),
+                            Duration::from_millis(80),
+                        )
+                        .await;
                         continue;
                     }
                     _ => {}
@@ -95,12 +104,16 @@ async fn chaos(backend: Backend, seed: u64) {
     let month = tollgate::store::month_of(tollgate::store::now_ms());
     let (spend, charged) = loop {
         let totals = store.hold_totals().await.unwrap();
-        let spend: tollgate::policy::money::Usd = store.spend_by_tenant(&month).await.unwrap().into_iter().map(|(_, s)| s).sum();
+        let spend: tollgate::policy::money::Usd =
+            store.spend_by_tenant(&month).await.unwrap().into_iter().map(|(_, s)| s).sum();
         let charged = platform.mock.charged_total();
         if totals.open == 0 && totals.unknown == 0 && spend == charged {
             break (spend, charged);
         }
-        assert!(quiet.elapsed() < Duration::from_secs(45), "{backend:?}: no convergence: {totals:?}, spend {spend}, platform charged {charged}");
+        assert!(
+            quiet.elapsed() < Duration::from_secs(45),
+            "{backend:?}: no convergence: {totals:?}, spend {spend}, platform charged {charged}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let converged = quiet.elapsed();
@@ -112,7 +125,11 @@ async fn chaos(backend: Backend, seed: u64) {
     for (n, (id, _, prompt)) in generations.iter().enumerate() {
         *per_prompt.entry(prompt.clone()).or_default() += 1;
         let owner = prompt.split(' ').nth(1).unwrap();
-        let rec = store.generation(id).await.unwrap().unwrap_or_else(|| panic!("{backend:?}: generation {id} ({prompt}) is not in the ledger"));
+        let rec = store
+            .generation(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{backend:?}: generation {id} ({prompt}) is not in the ledger"));
         assert_eq!(&*rec.tenant, owner, "{backend:?}: {id} owned by the wrong tenant");
         if n % 10 == 0 {
             let (own, other) = match owner {
@@ -129,14 +146,24 @@ async fn chaos(backend: Backend, seed: u64) {
     let today = tollgate::store::now_ms() as i64 / tollgate::store::DAY_MS;
     for (tenant, t) in &totals {
         let days = store.daily(tenant, today - 40, today).await.unwrap();
-        let in_month = |d: &&tollgate::store::DayTotals| tollgate::store::month_of((d.day * tollgate::store::DAY_MS) as u64) == month;
+        let in_month = |d: &&tollgate::store::DayTotals| {
+            tollgate::store::month_of((d.day * tollgate::store::DAY_MS) as u64) == month
+        };
         let spent = days.iter().filter(in_month).fold(tollgate::policy::money::Usd::ZERO, |a, d| a + d.spent());
         let refunded = days.iter().filter(in_month).fold(tollgate::policy::money::Usd::ZERO, |a, d| a + d.refunded);
-        assert_eq!((spent, refunded), (t.spent, t.refunded), "{backend:?}: {tenant}'s daily roll-ups disagree with its month");
+        assert_eq!(
+            (spent, refunded),
+            (t.spent, t.refunded),
+            "{backend:?}: {tenant}'s daily roll-ups disagree with its month"
+        );
     }
     // Prompts are unique per Idempotency-Key: no key bought two generations.
     assert!(per_prompt.values().all(|n| *n == 1), "{backend:?}: a key bought two generations: {per_prompt:?}");
-    let unknowns = gw.log_lines().iter().filter(|l| l["outcome"] == "upstream_timeout" || l["outcome"] == "upstream_unavailable").count();
+    let unknowns = gw
+        .log_lines()
+        .iter()
+        .filter(|l| l["outcome"] == "upstream_timeout" || l["outcome"] == "upstream_unavailable")
+        .count();
     let closed = gw.log_lines().iter().filter(|l| l["outcome"] == "client_closed").count();
     eprintln!(
         "chaos {backend:?}: {REQUESTS} paid requests, {} generations created, platform charged {charged}, Σ spend {spend}, \

@@ -15,7 +15,6 @@ use tollgate::dev::testkit::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-
 /// A running `tollgate run`, its stdout collected line by line.
 struct Proc {
     child: Child,
@@ -56,9 +55,14 @@ impl Proc {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let found = lines.lock().unwrap().iter().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v["message"] == "tollgate serving"));
+            let found = lines.lock().unwrap().iter().find_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).ok().filter(|v| v["message"] == "tollgate serving")
+            });
             if let Some(serving) = found {
-                let (addr, admin) = (serving["listen"].as_str().unwrap().parse().unwrap(), serving["admin"].as_str().unwrap().parse().unwrap());
+                let (addr, admin) = (
+                    serving["listen"].as_str().unwrap().parse().unwrap(),
+                    serving["admin"].as_str().unwrap().parse().unwrap(),
+                );
                 return Proc { child, lines, addr, admin, serving };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -74,7 +78,11 @@ impl Proc {
     }
 
     fn signal(&self, sig: &str) {
-        assert!(Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
     }
 
     fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
@@ -107,7 +115,8 @@ impl Drop for Proc {
 }
 
 fn sqlite_config(platform: SocketAddr, db: &std::path::Path, tenants: &str) -> String {
-    config_text(platform, "", tenants).replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", db.display()))
+    config_text(platform, "", tenants)
+        .replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", db.display()))
 }
 
 #[test]
@@ -146,7 +155,15 @@ async fn usage_reads_the_store_offline() {
     }
     let path = dir.join("usage.toml");
     std::fs::write(&path, &config).unwrap();
-    let run = |format: &str| Command::new(BIN).args(["usage", "--config"]).arg(&path).args(["--format", format]).env_remove("TEST_PLATFORM_TOKEN").output().unwrap();
+    let run = |format: &str| {
+        Command::new(BIN)
+            .args(["usage", "--config"])
+            .arg(&path)
+            .args(["--format", format])
+            .env_remove("TEST_PLATFORM_TOKEN")
+            .output()
+            .unwrap()
+    };
     let out = run("table");
     assert!(out.status.success(), "{out:?}");
     let table = String::from_utf8(out.stdout).unwrap();
@@ -169,7 +186,10 @@ async fn the_compose_healthcheck_command_passes_against_a_live_gateway() {
     let cmd = format!("{BIN} healthcheck --url http://{}/readyz", gw.admin);
     let ok = Command::new("/bin/sh").args(["-c", &cmd]).status().unwrap();
     assert!(ok.success());
-    let down = Command::new("/bin/sh").args(["-c", &format!("{BIN} healthcheck --url http://{}/readyz", dead_addr().await)]).status().unwrap();
+    let down = Command::new("/bin/sh")
+        .args(["-c", &format!("{BIN} healthcheck --url http://{}/readyz", dead_addr().await)])
+        .status()
+        .unwrap();
     assert!(!down.success());
     drop(gw);
 }
@@ -178,14 +198,16 @@ async fn the_compose_healthcheck_command_passes_against_a_live_gateway() {
 async fn platform_failures_are_logged_with_their_cause() {
     let dead = dead_addr().await;
     let dir = temp_dir();
-    let config = config_text(dead, "", &default_tenants()).replace("circuit_failure_threshold = 1000", "circuit_failure_threshold = 2");
+    let config = config_text(dead, "", &default_tenants())
+        .replace("circuit_failure_threshold = 1000", "circuit_failure_threshold = 2");
     let gw = Proc::spawn(&config, &dir, &[]);
     let c = client();
     for _ in 0..3 {
         assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 503);
     }
     let logged = |needle: &str| gw.lines.lock().unwrap().iter().any(|l| l.contains(needle));
-    eventually(Duration::from_secs(3), || logged(r#""cause":"unreachable""#) && logged("upstream circuit opened")).await;
+    eventually(Duration::from_secs(3), || logged(r#""cause":"unreachable""#) && logged("upstream circuit opened"))
+        .await;
     // Rate-limited: an outage does not write a line per request.
     let failures = gw.lines.lock().unwrap().iter().filter(|l| l.contains("platform call failed")).count();
     assert!(failures <= 2, "{failures} failure lines");
@@ -195,7 +217,13 @@ async fn platform_failures_are_logged_with_their_cause() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         let t = v["time"].as_str().unwrap_or_else(|| panic!("no time: {line}"));
         assert!(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok(), "{line}");
-        assert!(v["level"].is_string() && v["target"].is_string() && v.get("timestamp").is_none() && v.get("fields").is_none(), "{line}");
+        assert!(
+            v["level"].is_string()
+                && v["target"].is_string()
+                && v.get("timestamp").is_none()
+                && v.get("fields").is_none(),
+            "{line}"
+        );
     }
 }
 
@@ -206,20 +234,32 @@ fn check_config_and_keygen() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
-    assert!(text.contains(&format!("model catalog {}/config/models.toml (10 families)", env!("CARGO_MANIFEST_DIR"))), "{text}");
+    assert!(
+        text.contains(&format!("model catalog {}/config/models.toml (10 families)", env!("CARGO_MANIFEST_DIR"))),
+        "{text}"
+    );
     assert!(text.contains("enabled families (priced): chatgpt-images, gemini, kling"), "{text}");
     assert!(text.contains("not offered (no price; their routes answer 404): seedance"), "{text}");
     // Without the secret: the same verdict as `run` (exit 64) …
-    let out = Command::new(BIN).args(["check-config", "--config", example]).env_remove("RUNBLOB_TOKEN").output().unwrap();
+    let out =
+        Command::new(BIN).args(["check-config", "--config", example]).env_remove("RUNBLOB_TOKEN").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("RUNBLOB_TOKEN"));
     // … unless asked to leave secrets out (validating a file where they do not live).
-    let out = Command::new(BIN).args(["check-config", "--skip-secrets", "--config", example]).env_remove("RUNBLOB_TOKEN").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--skip-secrets", "--config", example])
+        .env_remove("RUNBLOB_TOKEN")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning: environment variable RUNBLOB_TOKEN"));
     let out = Command::new(BIN).args(["keygen", "--webhook-secret"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(tollgate::policy::signing::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim()).is_ok(), "{text}");
+    assert!(
+        tollgate::policy::signing::SigningKey::parse(text.lines().next().unwrap().trim_start_matches("secret:").trim())
+            .is_ok(),
+        "{text}"
+    );
 
     let out = Command::new(BIN).arg("keygen").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -263,7 +303,11 @@ async fn one_worker_thread_serves_the_paid_path_and_drains() {
     let config = fast_reconcile(&sqlite_config(platform.addr, &dir.join("tollgate.db"), &default_tenants()), 2, 300);
     let mut gw = Proc::spawn(&config, &dir, &[("TOKIO_WORKER_THREADS", "1")]);
     let serving = &gw.serving;
-    assert_eq!((serving["workers"].as_u64(), serving["scheduler"].as_str()), (Some(1), Some("single-threaded")), "{serving}");
+    assert_eq!(
+        (serving["workers"].as_u64(), serving["scheduler"].as_str()),
+        (Some(1), Some("single-threaded")),
+        "{serving}"
+    );
     let c = client();
     // A client that leaves while the platform is still answering: the forward runs to its end.
     platform.delay("/v1/sora/generate", 800, 1);
@@ -312,12 +356,19 @@ async fn the_worker_count_follows_the_cores_the_process_may_use() {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config_text(platform.addr, "", &default_tenants())).unwrap();
     let cores = std::thread::available_parallelism().unwrap().get();
-    for (cpus, workers, scheduler) in [("0".to_string(), 1, "single-threaded"), (format!("0-{}", cores - 1), cores, if cores == 1 { "single-threaded" } else { "multi-threaded" })] {
+    for (cpus, workers, scheduler) in [
+        ("0".to_string(), 1, "single-threaded"),
+        (format!("0-{}", cores - 1), cores, if cores == 1 { "single-threaded" } else { "multi-threaded" }),
+    ] {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", &cpus, BIN, "run", "--config"]).arg(&path).env_remove("TOKIO_WORKER_THREADS");
         let gw = Proc::spawn_command(cmd);
         let serving = &gw.serving;
-        assert_eq!((serving["workers"].as_u64(), serving["scheduler"].as_str()), (Some(workers as u64), Some(scheduler)), "cpus {cpus}: {serving}");
+        assert_eq!(
+            (serving["workers"].as_u64(), serving["scheduler"].as_str()),
+            (Some(workers as u64), Some(scheduler)),
+            "cpus {cpus}: {serving}"
+        );
         assert_eq!(post(&client(), &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     }
 }
@@ -325,7 +376,16 @@ async fn the_worker_count_follows_the_cores_the_process_may_use() {
 #[test]
 fn a_bad_worker_count_exits_64_naming_the_variable() {
     for bad in ["0", "two", "-1"] {
-        let out = Command::new(BIN).args(["check-config", "--skip-secrets", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml")]).env("TOKIO_WORKER_THREADS", bad).output().unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "check-config",
+                "--skip-secrets",
+                "--config",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml"),
+            ])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(64), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("TOKIO_WORKER_THREADS must be a whole number of at least 1"), "{bad}: {err}");
@@ -367,10 +427,22 @@ async fn sighup_and_admin_reload_swap_tenants_and_refuse_bad_configs() {
     assert_eq!(r.json()["restart_required"], serde_json::json!([]));
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(KEY_B)).await.status, 401);
     // A change a reload cannot apply is named in the answer and the log.
-    std::fs::write(&path, config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None)).replace("timeout_secs = 2", "timeout_secs = 3")).unwrap();
+    std::fs::write(
+        &path,
+        config_text(platform.addr, server, &tenant("a", KEY_A, 100, 100, 100, None))
+            .replace("timeout_secs = 2", "timeout_secs = 3"),
+    )
+    .unwrap();
     let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.json()["restart_required"], serde_json::json!(["upstream"]));
-    eventually(Duration::from_secs(2), || gw.lines.lock().unwrap().iter().any(|l| l.contains("take effect only after a restart") && l.contains("upstream"))).await;
+    eventually(Duration::from_secs(2), || {
+        gw.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("take effect only after a restart") && l.contains("upstream"))
+    })
+    .await;
     let metrics = get(&c, &format!("http://{}/metrics", gw.admin), None).await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("tollgate_config_reloads_total{result=\"ok\"} 3"), "{text}");
@@ -387,8 +459,10 @@ async fn a_family_added_to_the_catalog_is_served_after_a_reload() {
     std::fs::write(&catalog, tollgate::policy::catalog::BUILTIN).unwrap();
     let server = "admin_token_env = \"TEST_ADMIN_TOKEN\"";
     let with = |extra_price: &str| {
-        config_text(platform.addr, server, &default_tenants())
-            .replace("[pricing]\n", &format!("[catalog]\npath = {:?}\n\n[pricing]\n{extra_price}", catalog.display().to_string()))
+        config_text(platform.addr, server, &default_tenants()).replace(
+            "[pricing]\n",
+            &format!("[catalog]\npath = {:?}\n\n[pricing]\n{extra_price}", catalog.display().to_string()),
+        )
     };
     std::fs::write(&path, with("")).unwrap();
     let gw = Proc::spawn_path(&path, &[("TEST_ADMIN_TOKEN", "admin-secret-for-tests-0123456789abcdef")]);
@@ -428,14 +502,35 @@ rules = [
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.json()["generation_id"].as_str().unwrap().to_string();
     let r = get(&c, &gw.url(&format!("/v1/wan/generations/{id}")), Some(KEY_A)).await;
-    assert_eq!(r.status, 200, "{:?} {:?}", r.body, platform.requests_to("/v1/wan").iter().map(|r| r.path.clone()).collect::<Vec<_>>());
-    assert_eq!(get(&c, &gw.url(&format!("/v1/wan/generations/{id}")), Some(KEY_B)).await.status, 404, "only its owner sees it");
+    assert_eq!(
+        r.status,
+        200,
+        "{:?} {:?}",
+        r.body,
+        platform.requests_to("/v1/wan").iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        get(&c, &gw.url(&format!("/v1/wan/generations/{id}")), Some(KEY_B)).await.status,
+        404,
+        "only its owner sees it"
+    );
     let usage = get(&c, &gw.url("/v1/gateway/usage"), Some(KEY_A)).await;
     assert_eq!(usage.json()["spent"], "0.1000", "{:?}", usage.json());
-    eventually(Duration::from_secs(2), || gw.access_lines().iter().any(|l| l["route"] == "/v1/wan/generate" && l["status"] == 201)).await;
+    eventually(Duration::from_secs(2), || {
+        gw.access_lines().iter().any(|l| l["route"] == "/v1/wan/generate" && l["status"] == 201)
+    })
+    .await;
 
     // A broken catalog is refused with every problem named; the loaded one keeps serving.
-    std::fs::write(&catalog, format!("{}{}", tollgate::policy::catalog::BUILTIN, wan.replace("\"enum\"", "\"enumm\"").replace("max_mib = 5", "max_mib = 5, urls = true"))).unwrap();
+    std::fs::write(
+        &catalog,
+        format!(
+            "{}{}",
+            tollgate::policy::catalog::BUILTIN,
+            wan.replace("\"enum\"", "\"enumm\"").replace("max_mib = 5", "max_mib = 5, urls = true")
+        ),
+    )
+    .unwrap();
     let r = send(&c, request(http::Method::POST, &admin, Some("admin-secret-for-tests-0123456789abcdef"), "")).await;
     assert_eq!(r.status, 422, "{:?}", r.body);
     assert!(r.detail().contains("family \"wan\" rules[1] (resolution): unknown check \"enumm\""), "{}", r.detail());
@@ -454,14 +549,21 @@ async fn converges(gw: &Proc, platform: &Platform, within: Duration) -> Duration
     let started = Instant::now();
     let c = client();
     loop {
-        let text = String::from_utf8_lossy(&get(&c, &format!("http://{}/metrics", gw.admin), None).await.body).into_owned();
+        let text =
+            String::from_utf8_lossy(&get(&c, &format!("http://{}/metrics", gw.admin), None).await.body).into_owned();
         let spend = metric(&text, r#"tollgate_spend_usd{tenant="a"}"#).unwrap_or(0.0);
         let charged = platform.mock.charged_total().as_f64();
-        let (open, unknown) = (metric(&text, "tollgate_holds_open").unwrap_or(-1.0), metric(&text, "tollgate_holds_unknown").unwrap_or(-1.0));
+        let (open, unknown) = (
+            metric(&text, "tollgate_holds_open").unwrap_or(-1.0),
+            metric(&text, "tollgate_holds_unknown").unwrap_or(-1.0),
+        );
         if (spend - charged).abs() < 1e-9 && open == 0.0 && unknown == 0.0 {
             return started.elapsed();
         }
-        assert!(started.elapsed() < within, "no convergence: spend {spend}, platform charged {charged}, open {open}, unknown {unknown}");
+        assert!(
+            started.elapsed() < within,
+            "no convergence: spend {spend}, platform charged {charged}, open {open}, unknown {unknown}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -525,7 +627,11 @@ async fn kill_9_mid_burst_then_restart(config: String, dir: PathBuf, platform: P
     }
     // … and the requests that were in flight converge: spend equals what the platform charged.
     let took = converges(&gw, &platform, Duration::from_secs(30)).await;
-    eprintln!("kill -9: {} acked, {} charged by the platform, ledger matched {took:?} after restart", acked.len(), platform.mock.generations().len());
+    eprintln!(
+        "kill -9: {} acked, {} charged by the platform, ledger matched {took:?} after restart",
+        acked.len(),
+        platform.mock.generations().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,8 +684,10 @@ async fn two_replicas_on_one_redis_share_limits_and_never_overspend() {
     let platform = Platform::with_balance("0.84").await;
     let dir = temp_dir();
     let tenants = format!("{}{}", tenant("a", KEY_A, 1, 5, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None));
-    let config = config_text(platform.addr, "", &tenants)
-        .replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"", redis.url, uuid::Uuid::new_v4().simple()));
+    let config = config_text(platform.addr, "", &tenants).replace(
+        "backend = \"memory\"",
+        &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"t{}\"", redis.url, uuid::Uuid::new_v4().simple()),
+    );
     let one = Proc::spawn(&config, &dir, &[]);
     let two = Proc::spawn(&config, &dir, &[]);
     let c = client();
@@ -652,7 +760,9 @@ async fn fake_collector() -> (SocketAddr, Arc<Mutex<Vec<(String, bytes::Bytes)>>
                         Ok::<_, std::convert::Infallible>(rsp)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -668,7 +778,10 @@ async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
     let platform = Platform::start().await;
     let (collector, got) = fake_collector().await;
     let dir = temp_dir();
-    let config = format!("{}\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"tollgate-test\"\n", config_text(platform.addr, "", &default_tenants()));
+    let config = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"http://{collector}\"\nservice_name = \"tollgate-test\"\n",
+        config_text(platform.addr, "", &default_tenants())
+    );
     let mut gw = Proc::spawn(&config, &dir, &[]);
     let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let c = client();
@@ -687,7 +800,12 @@ async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
     for (_, body) in &got {
         let export = ExportTraceServiceRequest::decode(body.clone()).expect("OTLP protobuf");
         for rs in export.resource_spans {
-            let service = rs.resource.iter().flat_map(|r| r.attributes.iter()).find(|a| a.key == "service.name").and_then(|a| a.value.clone());
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.clone());
             assert!(format!("{service:?}").contains("tollgate-test"), "{service:?}");
             spans.extend(rs.scope_spans.into_iter().flat_map(|s| s.spans));
         }
@@ -708,7 +826,12 @@ async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
 #[tokio::test]
 async fn the_first_real_run_is_safe_by_default() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");
-    let out = Command::new(BIN).args(["check-config", "--config", example]).env("RUNBLOB_TOKEN", "t").env_remove("TOLLGATE_ADMIN_TOKEN").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .env("RUNBLOB_TOKEN", "t")
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for want in [
         r#"warning: tenant "marketing" accepts the publicly known example key "tg_example_marketing""#,
@@ -723,17 +846,23 @@ async fn the_first_real_run_is_safe_by_default() {
     let out = Command::new(BIN).args(["run", "--config", example]).env("RUNBLOB_TOKEN", "t").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(r#"tenant "marketing" accepts "tg_example_marketing""#) && err.contains("tollgate keygen"), "{err}");
+    assert!(
+        err.contains(r#"tenant "marketing" accepts "tg_example_marketing""#) && err.contains("tollgate keygen"),
+        "{err}"
+    );
 
     // Relative paths are the config file's: the same ledger from any directory.
     let dir = temp_dir();
     let platform = Platform::start().await;
-    let text = config_text(platform.addr, "", &default_tenants()).replace("backend = \"memory\"", "backend = \"sqlite\"\npath = \"ledger/t.db\"");
+    let text = config_text(platform.addr, "", &default_tenants())
+        .replace("backend = \"memory\"", "backend = \"sqlite\"\npath = \"ledger/t.db\"");
     std::fs::write(dir.join("t.toml"), &text).unwrap();
     let elsewhere = temp_dir();
-    let out = Command::new(BIN).current_dir(&elsewhere).args(["usage", "--config"]).arg(dir.join("t.toml")).output().unwrap();
+    let out =
+        Command::new(BIN).current_dir(&elsewhere).args(["usage", "--config"]).arg(dir.join("t.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(64), "no store yet: refused, not an empty report");
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("the store {} does not exist", dir.join("ledger/t.db").display())));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("the store {} does not exist", dir.join("ledger/t.db").display())));
     assert!(!dir.join("ledger").exists() && !elsewhere.join("ledger").exists(), "a report never creates a store");
     let mut cmd = Command::new(BIN);
     cmd.current_dir(&elsewhere).args(["run", "--config"]).arg(dir.join("t.toml"));
@@ -743,19 +872,30 @@ async fn the_first_real_run_is_safe_by_default() {
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     gw.signal("TERM");
     assert!(gw.wait(Duration::from_secs(10)).success());
-    let out = Command::new(BIN).current_dir("/").args(["usage", "--format", "json", "--config"]).arg(dir.join("t.toml")).output().unwrap();
+    let out = Command::new(BIN)
+        .current_dir("/")
+        .args(["usage", "--format", "json", "--config"])
+        .arg(dir.join("t.toml"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["tenants"][0]["spent"], "0.1200", "{report}");
     // An unknown tenant is an error, not an empty table.
-    let out = Command::new(BIN).args(["usage", "--tenant", "nobody", "--config"]).arg(dir.join("t.toml")).output().unwrap();
+    let out =
+        Command::new(BIN).args(["usage", "--tenant", "nobody", "--config"]).arg(dir.join("t.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains(r#"no tenant "nobody""#));
 
     // A store that cannot be created: one line naming the absolute path, exit 64.
     let bad = text.replace("path = \"ledger/t.db\"", "path = \"/proc/version/t.db\"");
     std::fs::write(dir.join("bad.toml"), bad).unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(dir.join("bad.toml")).env("TEST_PLATFORM_TOKEN", TOKEN).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.join("bad.toml"))
+        .env("TEST_PLATFORM_TOKEN", TOKEN)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.matches("/proc/version").count(), 1, "{err}");
@@ -777,7 +917,12 @@ async fn demo_into_a_closed_pipe_ends_quietly() {
     for _ in 0..3 {
         out.read_line(&mut head).unwrap();
     }
-    let gateway = head.split("gateway on ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_else(|| panic!("{head}")).to_string();
+    let gateway = head
+        .split("gateway on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("{head}"))
+        .to_string();
     // The demo's next line (a request's access line) meets the closed pipe; the demo may end
     // before it answers, so the answer is not awaited.
     let addr = gateway.trim_start_matches("http://").to_string();
@@ -820,7 +965,11 @@ async fn a_sighup_while_a_large_config_loads_does_not_kill_the_gateway() {
     let path = dir.join("big.toml");
     std::fs::write(&path, config_text(platform.addr, "", &tenants)).unwrap();
     let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--config"]).arg(&path).env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .env("TEST_PLATFORM_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
@@ -847,7 +996,11 @@ async fn a_team_is_onboarded_with_three_commands_and_no_secret_is_logged() {
     let platform = Platform::start().await;
     let dir = temp_dir();
     let admin_token = "cli-admin-token-0123456789abcdef0123";
-    let gw = Proc::spawn(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &default_tenants()), &dir, &[("TEST_ADMIN_TOKEN", admin_token)]);
+    let gw = Proc::spawn(
+        &config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &default_tenants()),
+        &dir,
+        &[("TEST_ADMIN_TOKEN", admin_token)],
+    );
     let run = |args: &[&str]| {
         let out = cli(gw.admin, Some(admin_token), args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -856,7 +1009,8 @@ async fn a_team_is_onboarded_with_three_commands_and_no_secret_is_logged() {
     let created = run(&["tenants", "create", "team-cli", "--budget", "1", "--rps", "100", "--gpm", "100"]);
     assert!(created.contains("team-cli") && created.contains("1.0000"), "{created}");
     let issued = run(&["keys", "issue", "team-cli", "--label", "app"]);
-    let key = issued.lines().find_map(|l| l.strip_prefix("key:")).map(|k| k.trim().to_string()).expect("the key is printed");
+    let key =
+        issued.lines().find_map(|l| l.strip_prefix("key:")).map(|k| k.trim().to_string()).expect("the key is printed");
     assert!(key.starts_with("tg_"), "{issued}");
     let c = client();
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), SORA).await.status, 201);
@@ -871,19 +1025,32 @@ async fn a_team_is_onboarded_with_three_commands_and_no_secret_is_logged() {
     // Clear errors for what goes wrong on the operator's side.
     let wrong = cli(gw.admin, Some("wrong-token"), &["tenants", "list"]);
     assert_eq!(wrong.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&wrong.stderr).contains("refused the token"), "{}", String::from_utf8_lossy(&wrong.stderr));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("refused the token"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
     let none = cli(gw.admin, None, &["tenants", "list"]);
     assert!(String::from_utf8_lossy(&none.stderr).contains("set TOLLGATE_ADMIN_TOKEN"));
     let gone = cli(dead_addr().await, Some(admin_token), &["tenants", "list"]);
     assert_eq!(gone.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach the admin API"), "{}", String::from_utf8_lossy(&gone.stderr));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("cannot reach the admin API"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
     let missing = cli(gw.admin, Some(admin_token), &["tenants", "show", "nobody"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404: Tenant not found"));
     // The log has the audit trail and no secret.
-    eventually(Duration::from_secs(2), || gw.lines.lock().unwrap().iter().filter(|l| l.contains("\"target\":\"audit\"")).count() >= 3).await;
+    eventually(Duration::from_secs(2), || {
+        gw.lines.lock().unwrap().iter().filter(|l| l.contains("\"target\":\"audit\"")).count() >= 3
+    })
+    .await;
     let lines = gw.lines.lock().unwrap().clone();
     for l in &lines {
         assert!(!l.contains(&key) && !l.contains(admin_token), "a secret in the log: {l}");
     }
-    assert!(lines.iter().any(|l| l.contains("\"target\":\"audit\"") && l.contains("key.revoke") && l.contains(&key[..8])));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("\"target\":\"audit\"") && l.contains("key.revoke") && l.contains(&key[..8])));
 }

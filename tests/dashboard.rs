@@ -24,7 +24,10 @@ async fn admin(c: &HttpClient, gw: &TestGateway, method: Method, path: &str, bod
 
 /// A form POST (or GET with an empty body) to the admin listener, with a session cookie.
 async fn page(c: &HttpClient, gw: &TestGateway, method: Method, path: &str, cookie: Option<&str>, form: &str) -> Rsp {
-    let mut b = Request::builder().method(method).uri(gw.admin_url(path)).header("content-type", "application/x-www-form-urlencoded");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(gw.admin_url(path))
+        .header("content-type", "application/x-www-form-urlencoded");
     if let Some(v) = cookie {
         b = b.header("cookie", format!("other=1; tollgate_session={v}"));
     }
@@ -61,18 +64,37 @@ fn csrf(html: &str) -> String {
 }
 
 async fn the_dashboard_shows_what_usage_says(backend: Backend) {
-    let platform = Platform::with(tollgate::dev::mock::MockOptions { token: Some(TOKEN.into()), balance: usd("100"), step: Duration::from_millis(100), ..Default::default() }).await;
+    let platform = Platform::with(tollgate::dev::mock::MockOptions {
+        token: Some(TOKEN.into()),
+        balance: usd("100"),
+        step: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await;
     let tenants = tenant("a", KEY_A, 1000, 1000, 1000, Some("1.00"));
-    let (text_cfg, _redis) = with_backend(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), backend);
+    let (text_cfg, _redis) =
+        with_backend(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), backend);
     let gw = TestGateway::start(&text_cfg).await;
     let c = client();
 
     // An API team with a key for its app and a viewer key for its lead.
-    assert_eq!(admin(&c, &gw, Method::POST, "/admin/tenants", json!({ "id": "team-v", "monthly_budget": "0.50" })).await.status, 201);
+    assert_eq!(
+        admin(&c, &gw, Method::POST, "/admin/tenants", json!({ "id": "team-v", "monthly_budget": "0.50" }))
+            .await
+            .status,
+        201
+    );
     let issue = |scope: &'static str| {
         let (c, gw) = (&c, &gw);
         async move {
-            let r = admin(c, gw, Method::POST, "/admin/tenants/team-v/keys", json!({ "label": format!("<b>{scope}</b>"), "scope": scope })).await;
+            let r = admin(
+                c,
+                gw,
+                Method::POST,
+                "/admin/tenants/team-v/keys",
+                json!({ "label": format!("<b>{scope}</b>"), "scope": scope }),
+            )
+            .await;
             assert_eq!(r.status, 201, "{:?}", r.body);
             let v = r.json();
             (v["key"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
@@ -107,7 +129,10 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("action=\"/dashboard/login\""));
     let csp = r.headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline") && !csp.contains("script-src"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+        "{csp}"
+    );
     assert_eq!(page(&c, &gw, Method::GET, "/dashboard/tenants/a", None, "").await.status, 303, "no session, no page");
     let r = login_post(&c, &gw, "wrong", &[]).await;
     assert_eq!(r.status, 401);
@@ -122,7 +147,12 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
 
     let session = sign_in(&c, &gw, ADMIN).await;
     let usage = admin(&c, &gw, Method::GET, "/admin/usage", Value::Null).await.json();
-    let of = |t: &str, field: &str| usage["tenants"].as_array().unwrap().iter().find(|x| x["tenant"] == t).unwrap()[field].as_str().unwrap().to_string();
+    let of = |t: &str, field: &str| {
+        usage["tenants"].as_array().unwrap().iter().find(|x| x["tenant"] == t).unwrap()[field]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
 
     // The overview's figures are the usage report's.
     let r = page(&c, &gw, Method::GET, "/dashboard", Some(&session), "").await;
@@ -134,7 +164,10 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
         assert_eq!(figure(row, "data-col=\"remaining\""), of(t, "remaining"), "{t}");
     }
     assert_eq!(of("team-v", "spent"), "0.1200", "two of three failed and were refunded");
-    assert!(figure(&html, "data-figure=\"reconciled\"").starts_with("no pass yet"), "the reconciler runs hourly in this test");
+    assert!(
+        figure(&html, "data-figure=\"reconciled\"").starts_with("no pass yet"),
+        "the reconciler runs hourly in this test"
+    );
 
     // The tenant page: figures, the chart's today, failures by reason, escaped messages.
     let r = page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&session), "").await;
@@ -150,10 +183,21 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     assert_eq!(today, of("team-v", "spent"), "the chart's last bar is today's roll-up");
     let failures = &html[html.find("id=\"failures\"").unwrap()..];
     let sora_row = &failures[failures.find("<td>sora</td>").unwrap()..];
-    let cells: Vec<String> = sora_row.split("<td class=\"num\">").skip(1).take(6).map(|c| c.split('<').next().unwrap().to_string()).collect();
+    let cells: Vec<String> = sora_row
+        .split("<td class=\"num\">")
+        .skip(1)
+        .take(6)
+        .map(|c| c.split('<').next().unwrap().to_string())
+        .collect();
     assert_eq!(cells, ["3", "2", "67 %", "1", "0", "1"], "generations, failed, rate, people, policy, other");
-    assert!(!html.contains("<script") && !html.contains("<img") && !html.contains("<b>"), "nothing from outside is markup");
-    assert!(html.contains("&lt;script&gt;document.title='owned'&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"), "the message is shown as text");
+    assert!(
+        !html.contains("<script") && !html.contains("<img") && !html.contains("<b>"),
+        "nothing from outside is markup"
+    );
+    assert!(
+        html.contains("&lt;script&gt;document.title='owned'&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"),
+        "the message is shown as text"
+    );
     assert!(html.contains("&lt;b&gt;viewer&lt;/b&gt;"), "labels are text");
     for id in &ids {
         assert!(html.contains(&format!("data-generation=\"{id}\"")), "{id} listed");
@@ -166,9 +210,25 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     let token = csrf(&html);
     let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&session), "label=ci&scope=api").await;
     assert_eq!(r.status, 403, "no CSRF token");
-    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&session), &format!("label=ci&scope=api&csrf={token}x")).await;
+    let r = page(
+        &c,
+        &gw,
+        Method::POST,
+        "/dashboard/tenants/team-v/keys",
+        Some(&session),
+        &format!("label=ci&scope=api&csrf={token}x"),
+    )
+    .await;
     assert_eq!(r.status, 403, "a wrong CSRF token");
-    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&session), &format!("label=ci&scope=api&csrf={token}")).await;
+    let r = page(
+        &c,
+        &gw,
+        Method::POST,
+        "/dashboard/tenants/team-v/keys",
+        Some(&session),
+        &format!("label=ci&scope=api&csrf={token}"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let html = text(&r);
     let new_key = figure(&html, "id=\"new-key\"");
@@ -178,9 +238,20 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     assert!(!again.contains(&new_key), "shown once");
     let new_id = {
         let v = admin(&c, &gw, Method::GET, "/admin/tenants/team-v", Value::Null).await.json();
-        v["keys"].as_array().unwrap().iter().find(|k| k["prefix"] == new_key[..8]).unwrap()["id"].as_str().unwrap().to_string()
+        v["keys"].as_array().unwrap().iter().find(|k| k["prefix"] == new_key[..8]).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
-    let r = page(&c, &gw, Method::POST, &format!("/dashboard/tenants/team-v/keys/{new_id}/revoke"), Some(&session), &format!("csrf={token}")).await;
+    let r = page(
+        &c,
+        &gw,
+        Method::POST,
+        &format!("/dashboard/tenants/team-v/keys/{new_id}/revoke"),
+        Some(&session),
+        &format!("csrf={token}"),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("Revoked."));
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&new_key)).await.status, 401);
@@ -201,7 +272,15 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
         assert_eq!(page(&c, &gw, Method::GET, other, Some(&viewer), "").await.status, 404, "{other}");
     }
     let vtoken = csrf(&vhtml);
-    let r = page(&c, &gw, Method::POST, "/dashboard/tenants/team-v/keys", Some(&viewer), &format!("scope=api&csrf={vtoken}")).await;
+    let r = page(
+        &c,
+        &gw,
+        Method::POST,
+        "/dashboard/tenants/team-v/keys",
+        Some(&viewer),
+        &format!("scope=api&csrf={vtoken}"),
+    )
+    .await;
     assert_eq!(r.status, 404);
 
     // Forged cookies see no page; a viewer's session ends with its key.
@@ -213,8 +292,14 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
         let r = page(&c, &gw, Method::GET, "/dashboard", Some(bad), "").await;
         assert!(text(&r).contains("action=\"/dashboard/login\""), "{bad}");
     }
-    assert_eq!(admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/team-v/keys/{viewer_id}"), Value::Null).await.status, 204);
-    until(Duration::from_secs(2), "viewer session ends", || async { page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&viewer), "").await.status == 303 }).await;
+    assert_eq!(
+        admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/team-v/keys/{viewer_id}"), Value::Null).await.status,
+        204
+    );
+    until(Duration::from_secs(2), "viewer session ends", || async {
+        page(&c, &gw, Method::GET, "/dashboard/tenants/team-v", Some(&viewer), "").await.status == 303
+    })
+    .await;
 
     // Sign-out needs the CSRF token and clears the cookie.
     assert_eq!(page(&c, &gw, Method::POST, "/dashboard/logout", Some(&session), "csrf=nope").await.status, 403);
@@ -253,7 +338,10 @@ async fn the_dashboard_on_redis() {
 async fn every_replica_shows_the_lease_holders_last_reconciler_pass() {
     let platform = Platform::start().await;
     let tenants = tenant("a", KEY_A, 1000, 1000, 1000, Some("1.00"));
-    let (text_cfg, _redis) = with_backend(&fast_reconcile(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), 2, 300), Backend::Redis);
+    let (text_cfg, _redis) = with_backend(
+        &fast_reconcile(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), 2, 300),
+        Backend::Redis,
+    );
     let (one, two) = (TestGateway::start(&text_cfg).await, TestGateway::start(&text_cfg).await);
     let c = client();
     let (s1, s2) = (sign_in(&c, &one, ADMIN).await, sign_in(&c, &two, ADMIN).await);
@@ -288,10 +376,13 @@ async fn figures() {
         let status = if i % 10 == 0 { "failed" } else { "completed" };
         (format!("g{i:07}"), tenant, family, 120_000i64, created, status)
     };
-    let tenants: String = (0..TENANTS).map(|t| tenant(&format!("t{t:03}"), &format!("key-{t}"), 1000, 1000, 1000, Some("500.00"))).collect();
+    let tenants: String = (0..TENANTS)
+        .map(|t| tenant(&format!("t{t:03}"), &format!("key-{t}"), 1000, 1000, 1000, Some("500.00")))
+        .collect();
     for backend in [Backend::Sqlite, Backend::Redis] {
         let platform = Platform::start().await;
-        let (cfg, redis) = with_backend(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), backend);
+        let (cfg, redis) =
+            with_backend(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants), backend);
         let seeded = std::time::Instant::now();
         match &redis {
             None => {
@@ -304,7 +395,18 @@ async fn figures() {
                     for i in 0..RECORDS {
                         let (id, t, f, p, created, status) = row(i);
                         let failed = status == "failed";
-                        st.execute(rusqlite::params![id, t, f, p, created, tollgate::store::month_of(created as u64), status, failed.then_some("people"), failed.then_some("Image contains photorealistic people.")]).unwrap();
+                        st.execute(rusqlite::params![
+                            id,
+                            t,
+                            f,
+                            p,
+                            created,
+                            tollgate::store::month_of(created as u64),
+                            status,
+                            failed.then_some("people"),
+                            failed.then_some("Image contains photorealistic people.")
+                        ])
+                        .unwrap();
                     }
                 }
                 tx.commit().unwrap();
@@ -319,10 +421,22 @@ async fn figures() {
                         let (id, t, f, p, created, status) = row(i);
                         let month = tollgate::store::month_of(created as u64);
                         let day = created / tollgate::store::DAY_MS;
-                        pipe.hset_multiple(format!("{prefix}:gen:{id}"), &[("tenant", t.as_str()), ("family", f), ("price", &p.to_string()), ("created_ms", &created.to_string()), ("status", status), ("month", &month)]).ignore();
+                        pipe.hset_multiple(
+                            format!("{prefix}:gen:{id}"),
+                            &[
+                                ("tenant", t.as_str()),
+                                ("family", f),
+                                ("price", &p.to_string()),
+                                ("created_ms", &created.to_string()),
+                                ("status", status),
+                                ("month", &month),
+                            ],
+                        )
+                        .ignore();
                         pipe.zadd(format!("{prefix}:gens:{t}:{f}"), &id, created).ignore();
                         pipe.zadd(format!("{prefix}:month:{month}"), &id, created).ignore();
-                        pipe.hincr(format!("{prefix}:spend:{month}"), &t, if status == "failed" { 0 } else { p }).ignore();
+                        pipe.hincr(format!("{prefix}:spend:{month}"), &t, if status == "failed" { 0 } else { p })
+                            .ignore();
                         let daily = format!("{prefix}:daily:{t}:{month}");
                         pipe.hincr(&daily, format!("{day}|{f}|n"), 1).ignore();
                         pipe.hincr(&daily, format!("{day}|{f}|c"), p).ignore();
@@ -342,7 +456,9 @@ async fn figures() {
         eprintln!("{backend:?}: gateway up in {:.1} s", started.elapsed().as_secs_f64());
         let c = client();
         let session = sign_in(&c, &gw, ADMIN).await;
-        for (name, path) in [("overview", "/dashboard".to_string()), ("tenant page", "/dashboard/tenants/t042".to_string())] {
+        for (name, path) in
+            [("overview", "/dashboard".to_string()), ("tenant page", "/dashboard/tenants/t042".to_string())]
+        {
             let mut times = Vec::new();
             for _ in 0..200 {
                 let t = std::time::Instant::now();
@@ -351,7 +467,12 @@ async fn figures() {
                 assert_eq!(r.status, 200, "{}", text(&r));
             }
             times.sort();
-            eprintln!("{backend:?} {name}: p50 {:.1} ms, p99 {:.1} ms (200 loads, {} bytes)", times[100].as_secs_f64() * 1000.0, times[197].as_secs_f64() * 1000.0, page(&c, &gw, Method::GET, &path, Some(&session), "").await.body.len());
+            eprintln!(
+                "{backend:?} {name}: p50 {:.1} ms, p99 {:.1} ms (200 loads, {} bytes)",
+                times[100].as_secs_f64() * 1000.0,
+                times[197].as_secs_f64() * 1000.0,
+                page(&c, &gw, Method::GET, &path, Some(&session), "").await.body.len()
+            );
         }
         gw.shutdown().await;
     }

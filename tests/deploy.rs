@@ -14,7 +14,10 @@ fn deploy(path: &str) -> String {
 }
 
 fn env() -> std::collections::HashMap<String, String> {
-    std::collections::HashMap::from([("RUNBLOB_TOKEN".to_string(), "t".to_string()), ("REDIS_PASSWORD".to_string(), "pw".to_string())])
+    std::collections::HashMap::from([
+        ("RUNBLOB_TOKEN".to_string(), "t".to_string()),
+        ("REDIS_PASSWORD".to_string(), "pw".to_string()),
+    ])
 }
 
 #[test]
@@ -27,19 +30,36 @@ fn deploy_configs_validate() {
         let cm = deploy(f);
         let start = cm.find("tollgate.toml: |\n").unwrap() + "tollgate.toml: |\n".len();
         let end = cm[start..].find("\n---").map(|e| start + e).unwrap_or(cm.len());
-        let toml: String = cm[start..end].lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+        let toml: String =
+            cm[start..end].lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
         let c = Config::from_toml(&toml, &env()).unwrap_or_else(|e| panic!("{f} ConfigMap: {e}"));
         assert!(matches!(c.store, tollgate::config::StoreConfig::Redis { .. }), "{f}");
     }
     // No placeholder secrets: applying a file must never overwrite a real token.
-    for f in ["k8s/config.yaml", "k8s/sidecar.yaml", "k8s/redis.yaml", "k8s/edge.yaml", "docker-compose.yml", "docker-compose-sentinel.yml"] {
+    for f in [
+        "k8s/config.yaml",
+        "k8s/sidecar.yaml",
+        "k8s/redis.yaml",
+        "k8s/edge.yaml",
+        "docker-compose.yml",
+        "docker-compose-sentinel.yml",
+    ] {
         let text = deploy(f);
-        assert!(!text.contains("kind: Secret") && !text.contains("replace-me") && !text.contains("change-me"), "{f} holds a placeholder secret");
+        assert!(
+            !text.contains("kind: Secret") && !text.contains("replace-me") && !text.contains("change-me"),
+            "{f} holds a placeholder secret"
+        );
     }
     // Compose publishes on loopback only and needs an admin token.
     for f in ["docker-compose.yml", "docker-compose-sentinel.yml"] {
         let compose = deploy(f);
-        assert!(compose.lines().filter(|l| l.trim_start().starts_with("ports:")).all(|l| !l.contains("\"80") && !l.contains("\"90")), "{f}");
+        assert!(
+            compose
+                .lines()
+                .filter(|l| l.trim_start().starts_with("ports:"))
+                .all(|l| !l.contains("\"80") && !l.contains("\"90")),
+            "{f}"
+        );
         assert!(compose.contains("${TOLLGATE_ADMIN_TOKEN:?"), "{f}");
         serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&compose).unwrap_or_else(|e| panic!("{f} is not YAML: {e}"));
     }

@@ -37,7 +37,8 @@ fn keyed(url: &str, idem: &str, tenant_key: &str, body: &str) -> http::Request<h
 }
 
 fn gateway_config(platform: &Platform, sentinels: &[String], prefix: &str, acks: u32) -> String {
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 100_000, None), tenant("b", KEY_B, 1000, 1000, 100_000, None));
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 100_000, None), tenant("b", KEY_B, 1000, 1000, 100_000, None));
     let list = sentinels.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
     fast_reconcile(&config_text(platform.addr, "", &tenants), 2, 300).replace(
         "backend = \"memory\"",
@@ -72,7 +73,12 @@ struct Run {
 
 /// Paid traffic through both gateways; `fault` strikes once 20 requests have succeeded, and the
 /// traffic runs on until requests have succeeded for a second after the new primary is named.
-async fn traffic_through(fault: Fault, gws: &[Arc<TestGateway>; 2], sentinels: Arc<Mutex<Sentinels>>, round: usize) -> Run {
+async fn traffic_through(
+    fault: Fault,
+    gws: &[Arc<TestGateway>; 2],
+    sentinels: Arc<Mutex<Sentinels>>,
+    round: usize,
+) -> Run {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent = Arc::new(Mutex::new(Vec::<Sent>::new()));
@@ -96,7 +102,18 @@ async fn traffic_through(fault: Fault, gws: &[Arc<TestGateway>; 2], sentinels: A
                     (String::from_utf8_lossy(&r.body).into_owned(), None)
                 };
                 let retry_after = r.headers.contains_key("retry-after");
-                sent.lock().unwrap().push(Sent { idem, tenant, gateway, body, status, detail, retry_after, generation, started, done: Instant::now() });
+                sent.lock().unwrap().push(Sent {
+                    idem,
+                    tenant,
+                    gateway,
+                    body,
+                    status,
+                    detail,
+                    retry_after,
+                    generation,
+                    started,
+                    done: Instant::now(),
+                });
                 if status != 201 {
                     // A client backs off a little on 503 (Retry-After asks for a second).
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -134,7 +151,12 @@ async fn traffic_through(fault: Fault, gws: &[Arc<TestGateway>; 2], sentinels: A
     .await
     .unwrap();
     until(Duration::from_secs(30), "paid requests succeeding again after the failover", || {
-        let back = sent.lock().unwrap().iter().filter(|s| s.status == 201 && s.done > switched_at + Duration::from_secs(1)).count();
+        let back = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.status == 201 && s.done > switched_at + Duration::from_secs(1))
+            .count();
         async move { back >= 10 }
     })
     .await;
@@ -149,7 +171,12 @@ async fn traffic_through(fault: Fault, gws: &[Arc<TestGateway>; 2], sentinels: A
         // those sent after the first 503.
         sent.iter().filter(|s| s.status == 201 && s.started > t).map(|s| s.done).min().map_or(Duration::MAX, |b| b - t)
     });
-    let back = sent.iter().filter(|s| s.status == 201 && s.done > switched_at).map(|s| s.done).min().expect("a 201 after the switch");
+    let back = sent
+        .iter()
+        .filter(|s| s.status == 201 && s.done > switched_at)
+        .map(|s| s.done)
+        .min()
+        .expect("a 201 after the switch");
     Run { sent, failover: switched_at - kill_at, outage, back_after_switch: back - switched_at }
 }
 
@@ -170,7 +197,8 @@ async fn check(run: &Run, gws: &[Arc<TestGateway>; 2], platform: &Platform, faul
     );
     // Every 503 retried with its own key and body: now 201 (or the stored 201 replayed).
     let failed: Vec<&Sent> = run.sent.iter().filter(|s| s.status == 503).collect();
-    let mut acknowledged: Vec<(String, &'static str)> = run.sent.iter().filter_map(|s| s.generation.clone().map(|g| (g, s.tenant))).collect();
+    let mut acknowledged: Vec<(String, &'static str)> =
+        run.sent.iter().filter_map(|s| s.generation.clone().map(|g| (g, s.tenant))).collect();
     for s in &failed {
         let key = if s.tenant == "a" { KEY_A } else { KEY_B };
         // A claim the failed request made is given up once the store is back; until then the
@@ -191,8 +219,16 @@ async fn check(run: &Run, gws: &[Arc<TestGateway>; 2], platform: &Platform, faul
         let (own, other) = if *tenant == "a" { (KEY_A, KEY_B) } else { (KEY_B, KEY_A) };
         for gw in gws {
             let path = format!("/v1/sora/generations/{id}/");
-            assert_eq!(get(&c, &gw.url(&path), Some(own)).await.status, 200, "{fault:?}: {id} of {tenant} lost its owner");
-            assert_eq!(get(&c, &gw.url(&path), Some(other)).await.status, 404, "{fault:?}: {id} visible to another tenant");
+            assert_eq!(
+                get(&c, &gw.url(&path), Some(own)).await.status,
+                200,
+                "{fault:?}: {id} of {tenant} lost its owner"
+            );
+            assert_eq!(
+                get(&c, &gw.url(&path), Some(other)).await.status,
+                404,
+                "{fault:?}: {id} visible to another tenant"
+            );
         }
     }
     // No Idempotency-Key bought two generations (prompts are unique per key).
@@ -223,7 +259,10 @@ async fn check_spend(gws: &[Arc<TestGateway>; 2], platform: &Platform) {
             if totals.open == 0 && totals.unknown == 0 && total == unit && fair("a") && fair("b") {
                 return;
             }
-            assert!(quiet.elapsed() < Duration::from_secs(45), "no convergence: {totals:?}, spend {spend:?}, platform charged {unit} for {n}");
+            assert!(
+                quiet.elapsed() < Duration::from_secs(45),
+                "no convergence: {totals:?}, spend {spend:?}, platform charged {unit} for {n}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -262,14 +301,27 @@ async fn failover_case(fault: Fault, acks: u32) {
     let key = format!("{prefix}:reconciler");
     let lease = tokio::task::spawn_blocking(move || {
         let s = sentinels.lock().unwrap();
-        let views: Vec<Option<Vec<String>>> =
-            s.addrs().iter().map(|a| redis_cmd(a.rsplit_once(':').unwrap().1.parse().unwrap(), &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]).ok()).collect();
+        let views: Vec<Option<Vec<String>>> = s
+            .addrs()
+            .iter()
+            .map(|a| {
+                redis_cmd(
+                    a.rsplit_once(':').unwrap().1.parse().unwrap(),
+                    &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
+                )
+                .ok()
+            })
+            .collect();
         let primary = s.primary().unwrap();
-        redis_cmd::<Option<String>>(primary, &["GET", &key]).map_err(|e| format!("{e} on {primary}; the sentinels say {views:?}"))
+        redis_cmd::<Option<String>>(primary, &["GET", &key])
+            .map_err(|e| format!("{e} on {primary}; the sentinels say {views:?}"))
     })
     .await
     .unwrap();
-    assert!(lease.as_ref().is_ok_and(|l| l.is_some()), "{fault:?}: no reconciler holds the lease on the new primary: {lease:?}");
+    assert!(
+        lease.as_ref().is_ok_and(|l| l.is_some()),
+        "{fault:?}: no reconciler holds the lease on the new primary: {lease:?}"
+    );
     let t_checks = t_checks.elapsed();
     eprintln!(
         "{fault:?}: {} paid requests, {failed} answered 503, failover {:?}, outage {:?}, back {:?} after the switch, reconciled in {reconciled:?}, checks {t_checks:?}",
@@ -325,8 +377,10 @@ async fn readyz_says_503_while_there_is_no_primary_and_200_after() {
 async fn a_redis_with_an_empty_script_cache_takes_the_next_paid_request() {
     let platform = Platform::start().await;
     let server = RedisServer::start();
-    let text = config_text(platform.addr, "", &default_tenants())
-        .replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"noscript\"", server.url));
+    let text = config_text(platform.addr, "", &default_tenants()).replace(
+        "backend = \"memory\"",
+        &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"noscript\"", server.url),
+    );
     let gw = TestGateway::start(&text).await;
     let c = client();
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
@@ -353,7 +407,10 @@ async fn failover_figures() {
         for i in 0..200 {
             let t0 = Instant::now();
             let body = format!(r#"{{"prompt": "cost {acks} {i}"}}"#);
-            assert_eq!(send(&c, keyed(&gws[0].url("/v1/sora/generate"), &format!("cost-{i}"), KEY_A, &body)).await.status, 201);
+            assert_eq!(
+                send(&c, keyed(&gws[0].url("/v1/sora/generate"), &format!("cost-{i}"), KEY_A, &body)).await.status,
+                201
+            );
             took.push(t0.elapsed());
         }
         took.sort();

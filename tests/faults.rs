@@ -63,7 +63,10 @@ async fn client_hang_up_after_forward(backend: Backend) {
     let id = platform.mock.generations()[0].0.clone();
     assert_eq!(gw.gateway.store().generation(&id).await.unwrap().map(|r| r.tenant.to_string()), Some("a".to_string()));
     // Logged and counted as client_closed.
-    eventually(Duration::from_secs(2), || gw.log_lines().iter().any(|l| l["outcome"] == "client_closed" && l["status"] == 201)).await;
+    eventually(Duration::from_secs(2), || {
+        gw.log_lines().iter().any(|l| l["outcome"] == "client_closed" && l["status"] == 201)
+    })
+    .await;
     // The budget is spent: no escape by hanging up.
     let c = client();
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.detail(), "BUDGET_EXCEEDED");
@@ -176,7 +179,12 @@ async fn a_negative_or_absurd_price_is_settled_at_the_quote() {
     let (gw, _r) = start(&platform, Backend::Memory).await;
     let c = client();
     // 23 digits overflowed the money type and panicked: the tenant got 500, the charge was lost.
-    for (id, price) in [("neg", r#""-5.0000""#), ("huge", r#""120.00""#), ("digits", r#""99999999999999999999999""#), ("number", "99999999999999999999999")] {
+    for (id, price) in [
+        ("neg", r#""-5.0000""#),
+        ("huge", r#""120.00""#),
+        ("digits", r#""99999999999999999999999""#),
+        ("number", "99999999999999999999999"),
+    ] {
         let mut f = platform.fault(FaultKind::Status);
         f.status = Some(201);
         f.body = Some(format!(r#"{{"generation_id":"{id}","status":"pending","price":{price}}}"#));
@@ -211,12 +219,19 @@ async fn an_absurd_balance_is_a_broken_answer_not_a_crash() {
 }
 
 /// Redis behind a proxy the test can stall.
-async fn redis_behind_proxy(platform: &Platform, timeout_ms: u64) -> (TestGateway, tollgate::dev::testkit::RedisServer, RedisProxy) {
+async fn redis_behind_proxy(
+    platform: &Platform,
+    timeout_ms: u64,
+) -> (TestGateway, tollgate::dev::testkit::RedisServer, RedisProxy) {
     let redis = tollgate::dev::testkit::RedisServer::start();
     let proxy = RedisProxy::start(&redis.url).await;
     let text = fast_reconcile(&config_text(platform.addr, "", &one_generation_budget()), 2, 300).replace(
         "backend = \"memory\"",
-        &format!("backend = \"redis\"\nurl = \"{}\"\ntimeout_ms = {timeout_ms}\nkey_prefix = \"p{}\"", proxy.url, uuid::Uuid::new_v4().simple()),
+        &format!(
+            "backend = \"redis\"\nurl = \"{}\"\ntimeout_ms = {timeout_ms}\nkey_prefix = \"p{}\"",
+            proxy.url,
+            uuid::Uuid::new_v4().simple()
+        ),
     );
     (TestGateway::start(&text).await, redis, proxy)
 }
@@ -268,10 +283,12 @@ async fn a_hold_script_answered_after_the_store_timeout_leaves_no_hold() {
 async fn a_stale_balance_fetch_never_overwrites_a_newer_one_across_replicas() {
     let redis = tollgate::dev::testkit::RedisServer::start();
     let platform = Platform::with_balance("0.84").await;
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None));
-    let text = config_text(platform.addr, "", &tenants)
-        .replace("cache_ttl_ms = 60000", "cache_ttl_ms = 300")
-        .replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"shared\"", redis.url));
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, None), tenant("b", KEY_B, 1000, 1000, 1000, None));
+    let text = config_text(platform.addr, "", &tenants).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 300").replace(
+        "backend = \"memory\"",
+        &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"shared\"", redis.url),
+    );
     let replica_a = TestGateway::start(&text).await;
     let replica_b = TestGateway::start(&text).await;
     let c = client();
@@ -332,7 +349,10 @@ async fn a_redis_that_forgets_its_data_fails_money_closed_until_recovered() {
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 402, "a's budget is spent");
     let _: () = ::redis::cmd("FLUSHALL").query_async(&mut redis_conn(&redis.url).await).await.unwrap();
-    until(Duration::from_secs(5), "readyz 503 after FLUSHALL", || async { get(&client(), &gw.admin_url("/readyz"), None).await.status == 503 }).await;
+    until(Duration::from_secs(5), "readyz 503 after FLUSHALL", || async {
+        get(&client(), &gw.admin_url("/readyz"), None).await.status == 503
+    })
+    .await;
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Store unavailable"));
     assert_eq!(platform.generate_calls(), 1, "nothing forwarded after the loss");
@@ -346,7 +366,10 @@ async fn a_redis_that_forgets_its_data_fails_money_closed_until_recovered() {
     let report = tollgate::store::recover(&config.store).await.unwrap();
     assert!(report.contains("Lost for good") && report.contains("this month's spend"), "{report}");
     assert!(tollgate::store::recover(&config.store).await.unwrap_err().to_string().contains("nothing to recover"));
-    until(Duration::from_secs(5), "readyz 200 after recovery", || async { get(&client(), &gw.admin_url("/readyz"), None).await.status == 200 }).await;
+    until(Duration::from_secs(5), "readyz 200 after recovery", || async {
+        get(&client(), &gw.admin_url("/readyz"), None).await.status == 200
+    })
+    .await;
     let late = TestGateway::start(&text).await;
     assert_eq!(get(&c, &late.admin_url("/readyz"), None).await.status, 200);
     late.shutdown().await;
@@ -358,9 +381,18 @@ async fn a_redis_that_may_evict_keys_is_refused_at_start() {
     let platform = Platform::start().await;
     let (text, redis) = with_backend(&config_text(platform.addr, "", &default_tenants()), Backend::Redis);
     let redis = redis.unwrap();
-    let _: () = ::redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("allkeys-lru").query_async(&mut redis_conn(&redis.url).await).await.unwrap();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut redis_conn(&redis.url).await)
+        .await
+        .unwrap();
     let (log, _) = tollgate::observe::access_log::AccessLog::memory();
-    let err = tollgate::build(&tollgate::config::Config::from_toml(&text, &env()).unwrap(), log, None).await.err().expect("refused");
+    let err = tollgate::build(&tollgate::config::Config::from_toml(&text, &env()).unwrap(), log, None)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("maxmemory-policy is allkeys-lru"), "{err}");
 }
 
@@ -373,7 +405,11 @@ async fn readyz_is_503_while_money_writes_cannot_be_acknowledged() {
     let text = text.replace("backend = \"redis\"", "backend = \"redis\"\nmin_replica_acks = 1\ntimeout_ms = 300");
     let gw = TestGateway::start(&text).await;
     let c = client();
-    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 503, "no replica acknowledges the hold");
+    assert_eq!(
+        post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status,
+        503,
+        "no replica acknowledges the hold"
+    );
     assert_eq!(get(&c, &gw.admin_url("/readyz"), None).await.status, 503);
     gw.shutdown().await;
 }

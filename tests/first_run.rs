@@ -6,7 +6,9 @@ mod support;
 use support::*;
 
 fn metrics_of(text: &str, name: &str) -> Option<String> {
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).map(|l| l[name.len() + 1..].to_string())
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .map(|l| l[name.len() + 1..].to_string())
 }
 
 #[tokio::test]

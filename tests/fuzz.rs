@@ -5,8 +5,8 @@
 use http::StatusCode;
 use proptest::prelude::*;
 use tollgate::policy::family::Family;
-use tollgate::policy::image::{check_base64_image, ImageLimits};
 use tollgate::policy::image::fixtures::{b64, png};
+use tollgate::policy::image::{check_base64_image, ImageLimits};
 use tollgate::policy::validate::{parse_object, validate};
 use tollgate::upstream::normalize::normalize;
 
@@ -17,9 +17,29 @@ fn family() -> impl Strategy<Value = Family> {
 /// JSON-ish bodies: mostly objects with the fields the rules read, of any type.
 fn body() -> impl Strategy<Value = String> {
     let field = prop::sample::select(vec![
-        "prompt", "duration", "orientation", "image_base64", "image_url", "callback_url", "model", "model_type", "images",
-        "images_base64", "images_url", "images_urls", "aspect_ratio", "quality", "temperature", "seed", "bytes_image",
-        "start_frame", "end_frame", "reference_images", "img_resolution", "cfg_scale", "keep_original_sound",
+        "prompt",
+        "duration",
+        "orientation",
+        "image_base64",
+        "image_url",
+        "callback_url",
+        "model",
+        "model_type",
+        "images",
+        "images_base64",
+        "images_url",
+        "images_urls",
+        "aspect_ratio",
+        "quality",
+        "temperature",
+        "seed",
+        "bytes_image",
+        "start_frame",
+        "end_frame",
+        "reference_images",
+        "img_resolution",
+        "cfg_scale",
+        "keep_original_sound",
     ]);
     let value = prop_oneof![
         Just("null".to_string()),

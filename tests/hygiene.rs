@@ -129,7 +129,12 @@ async fn stalled_upload(addr: std::net::SocketAddr, key: &str) -> tokio::net::Tc
 #[tokio::test]
 async fn one_tenants_stalled_uploads_never_refuse_another_tenant() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "max_buffered_body_bytes = 67108864\nmin_upload_bytes_per_sec = 0", &default_tenants())).await;
+    let gw = TestGateway::start(&config_text(
+        platform.addr,
+        "max_buffered_body_bytes = 67108864\nmin_upload_bytes_per_sec = 0",
+        &default_tenants(),
+    ))
+    .await;
     // Tenant a opens 40 uploads that never finish (the old budget reserved 16 MiB for each).
     let mut stalled = Vec::new();
     for _ in 0..40 {
@@ -139,7 +144,10 @@ async fn one_tenants_stalled_uploads_never_refuse_another_tenant() {
     let c = client();
     // a is held to its own share: 32 uploads in progress at most.
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
-    assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Too many uploads in progress for this tenant; retry shortly"));
+    assert_eq!(
+        (r.status.as_u16(), r.detail().as_str()),
+        (429, "Too many uploads in progress for this tenant; retry shortly")
+    );
     assert!(r.headers.contains_key("retry-after"));
     // b is not affected at all.
     for _ in 0..5 {
@@ -153,7 +161,8 @@ async fn one_tenants_stalled_uploads_never_refuse_another_tenant() {
 async fn an_upload_slower_than_the_minimum_rate_gets_408_after_the_grace() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let platform = Platform::start().await;
-    let gw = TestGateway::start(&config_text(platform.addr, "min_upload_bytes_per_sec = 1024", &default_tenants())).await;
+    let gw =
+        TestGateway::start(&config_text(platform.addr, "min_upload_bytes_per_sec = 1024", &default_tenants())).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(format!("POST /v1/sora/generate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n").as_bytes()).await.unwrap();
     let started = Instant::now();

@@ -17,7 +17,8 @@ use tower::Service;
 #[tokio::test]
 async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving() {
     let platform = Platform::start().await;
-    let config = tollgate::config::Config::from_toml(&config_text(platform.addr, "", &default_tenants()), &env()).unwrap();
+    let config =
+        tollgate::config::Config::from_toml(&config_text(platform.addr, "", &default_tenants()), &env()).unwrap();
     let (log, lines) = tollgate::observe::access_log::AccessLog::memory();
     let gw = tollgate::build(&config, log, None).await.unwrap();
     let gateway = tollgate::gateway::service::GatewayService(gw.clone());
@@ -44,9 +45,15 @@ async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving(
     let gw2 = gw.clone();
     let on_refusal: tollgate::server::OnRefusal = Arc::new(move |r| gw2.protocol_refusal(r));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate::server::serve(listener, opts, tollgate::gateway::service::layered(gw.clone(), panicky), on_refusal, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(tollgate::server::serve(
+        listener,
+        opts,
+        tollgate::gateway::service::layered(gw.clone(), panicky),
+        on_refusal,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     let c = client(); // one pooled keep-alive connection for both requests
     let mut req = request(http::Method::GET, &format!("http://{addr}/v1/sora/generations/boom"), Some(KEY_A), "");
@@ -56,8 +63,17 @@ async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving(
     assert_eq!(r.headers["content-type"], "application/json");
     assert_eq!(r.json(), serde_json::json!({ "detail": "Internal server error" }));
     assert_eq!(r.headers["x-request-id"], "panic-probe-1");
-    let line = lines.lock().unwrap().iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["request_id"] == "panic-probe-1").expect("an access line for the panic");
-    assert_eq!((line["status"].as_u64(), line["outcome"].as_str(), line["route"].as_str()), (Some(500), Some("panic"), Some("/v1/sora/generations/{id}")));
+    let line = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["request_id"] == "panic-probe-1")
+        .expect("an access line for the panic");
+    assert_eq!(
+        (line["status"].as_u64(), line["outcome"].as_str(), line["route"].as_str()),
+        (Some(500), Some("panic"), Some("/v1/sora/generations/{id}"))
+    );
 
     // Without a usable id of its own, the panic's 500 and its access line share a fresh one.
     let mut req = request(http::Method::GET, &format!("http://{addr}/v1/sora/generations/boom"), Some(KEY_A), "");
@@ -66,7 +82,12 @@ async fn a_panic_becomes_a_500_with_an_access_line_and_the_server_keeps_serving(
     assert_eq!(r.status, 500);
     let id = r.headers["x-request-id"].to_str().unwrap().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
-    assert!(lines.lock().unwrap().iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).any(|v| v["request_id"] == id.as_str() && v["outcome"] == "panic"));
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .any(|v| v["request_id"] == id.as_str() && v["outcome"] == "panic"));
 
     let r = get(&c, &format!("http://{addr}/v1/data/balance"), Some(KEY_A)).await;
     assert_eq!(r.status, 200, "still serving after the panic");
@@ -110,7 +131,13 @@ async fn the_embedding_example_serves_its_own_route_and_the_gateway() {
     // target/debug/deps/interfaces-… → target/debug/examples/embed
     let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/embed");
     assert!(exe.exists(), "{} is built by cargo test", exe.display());
-    let mut child = Command::new(&exe).arg(&path).arg("127.0.0.1:0").env("TEST_PLATFORM_TOKEN", TOKEN).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(&exe)
+        .arg(&path)
+        .arg("127.0.0.1:0")
+        .env("TEST_PLATFORM_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
@@ -178,7 +205,11 @@ async fn the_admin_listener_serves_the_openapi_document() {
     assert_eq!(doc["openapi"], "3.1.0");
     for &f in tollgate::policy::catalog::Catalog::builtin().families() {
         let slash = if f == tollgate::policy::family::Family::builtin("sora") { "/" } else { "" };
-        for path in [format!("/v1/{}/generate", f.path()), format!("/v1/{}/generations", f.path()), format!("/v1/{}/generations/{{id}}{slash}", f.path())] {
+        for path in [
+            format!("/v1/{}/generate", f.path()),
+            format!("/v1/{}/generations", f.path()),
+            format!("/v1/{}/generations/{{id}}{slash}", f.path()),
+        ] {
             assert!(doc["paths"].get(&path).is_some(), "{path} is not documented");
         }
     }

@@ -37,7 +37,11 @@ async fn onboard(c: &HttpClient, gw: &TestGateway, id: &str, settings: Value, ke
 /// 401 it stands for: polling a key that does not work yet adds to that address's failures.
 async fn balance_status(c: &HttpClient, gw: &TestGateway, key: &str) -> u16 {
     let r = get(c, &gw.url("/v1/data/balance"), Some(key)).await;
-    if r.status == 429 && r.detail().starts_with("Too many failed authentication") { 401 } else { r.status.as_u16() }
+    if r.status == 429 && r.detail().starts_with("Too many failed authentication") {
+        401
+    } else {
+        r.status.as_u16()
+    }
 }
 
 /// How long until `key` gets `status` on a balance read (polled every 20 ms, up to 5 s). A 429
@@ -58,7 +62,14 @@ async fn a_team_is_created_given_a_key_that_works_and_its_budget_refuses() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&admin_config(platform.addr)).await;
     let c = client();
-    let (key, key_id) = onboard(&c, &gw, "team-x", json!({ "monthly_budget": "0.20", "generations_per_minute": 100 }), json!({ "label": "ci" })).await;
+    let (key, key_id) = onboard(
+        &c,
+        &gw,
+        "team-x",
+        json!({ "monthly_budget": "0.20", "generations_per_minute": 100 }),
+        json!({ "label": "ci" }),
+    )
+    .await;
     assert!(key.starts_with("tg_") && key.len() >= 35, "{key}");
     // Usable at once on the replica that made it.
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), SORA).await.status, 201);
@@ -68,21 +79,29 @@ async fn a_team_is_created_given_a_key_that_works_and_its_budget_refuses() {
     let r = admin(&c, &gw, Method::GET, "/admin/tenants/team-x", Value::Null).await;
     assert_eq!(r.status, 200);
     let t = r.json();
-    assert_eq!((t["source"].as_str(), t["monthly_budget"].as_str(), t["disabled"].as_bool()), (Some("api"), Some("0.2000"), Some(false)));
+    assert_eq!(
+        (t["source"].as_str(), t["monthly_budget"].as_str(), t["disabled"].as_bool()),
+        (Some("api"), Some("0.2000"), Some(false))
+    );
     assert_eq!(t["keys"][0]["id"], key_id.as_str());
     assert_eq!(t["keys"][0]["prefix"], &key[..8]);
-    assert_eq!((t["keys"][0]["state"].as_str(), t["keys"][0]["label"].as_str(), t["keys"][0]["scope"].as_str()), (Some("active"), Some("ci"), Some("api")));
+    assert_eq!(
+        (t["keys"][0]["state"].as_str(), t["keys"][0]["label"].as_str(), t["keys"][0]["scope"].as_str()),
+        (Some("active"), Some("ci"), Some("api"))
+    );
     assert!(!r.body.windows(key.len()).any(|w| w == key.as_bytes()));
     // Config tenants are listed and left alone.
     let all = admin(&c, &gw, Method::GET, "/admin/tenants", Value::Null).await.json();
-    let sources: Vec<(&str, &str)> = all.as_array().unwrap().iter().map(|t| (t["id"].as_str().unwrap(), t["source"].as_str().unwrap())).collect();
+    let sources: Vec<(&str, &str)> =
+        all.as_array().unwrap().iter().map(|t| (t["id"].as_str().unwrap(), t["source"].as_str().unwrap())).collect();
     assert_eq!(sources, vec![("a", "config"), ("b", "config"), ("team-x", "api")]);
     let r = admin(&c, &gw, Method::PATCH, "/admin/tenants/a", json!({ "burst": 5 })).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (409, "Tenant is managed by the config file"));
     // The audit trail has each change, and never a key.
     let audit = admin(&c, &gw, Method::GET, "/admin/audit?limit=10", Value::Null).await;
     let lines = audit.json();
-    let actions: Vec<String> = lines.as_array().unwrap().iter().rev().map(|l| l["action"].as_str().unwrap().to_string()).collect();
+    let actions: Vec<String> =
+        lines.as_array().unwrap().iter().rev().map(|l| l["action"].as_str().unwrap().to_string()).collect();
     assert_eq!(actions, ["tenant.create", "key.issue", "tenant.update"]);
     assert!(!audit.body.windows(key.len()).any(|w| w == key.as_bytes()));
     assert!(audit.body.windows(8).any(|w| w == &key.as_bytes()[..8]), "the audit names the key's prefix");
@@ -95,7 +114,14 @@ async fn rotation_keeps_the_old_key_for_its_grace_then_only_the_new_one_works() 
     let gw = TestGateway::start(&admin_config(platform.addr)).await;
     let c = client();
     let (old, old_id) = onboard(&c, &gw, "team-r", json!({ "requests_per_second": 1000 }), json!({})).await;
-    let r = admin(&c, &gw, Method::POST, &format!("/admin/tenants/team-r/keys/{old_id}/rotate"), json!({ "grace_secs": 2 })).await;
+    let r = admin(
+        &c,
+        &gw,
+        Method::POST,
+        &format!("/admin/tenants/team-r/keys/{old_id}/rotate"),
+        json!({ "grace_secs": 2 }),
+    )
+    .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let new = r.json()["key"].as_str().unwrap().to_string();
     let rotated = Instant::now();
@@ -106,7 +132,10 @@ async fn rotation_keeps_the_old_key_for_its_grace_then_only_the_new_one_works() 
     let waited = until_status(&c, &gw, &old, 401).await;
     let after = rotated.elapsed();
     assert!(after >= Duration::from_millis(1900), "the old key stopped before its grace ended ({after:?})");
-    assert!(after < Duration::from_secs(3) + Duration::from_millis(200), "the old key outlived its grace by more than 1 s ({after:?}, {waited:?})");
+    assert!(
+        after < Duration::from_secs(3) + Duration::from_millis(200),
+        "the old key outlived its grace by more than 1 s ({after:?}, {waited:?})"
+    );
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&new)).await.status, 200);
     let t = admin(&c, &gw, Method::GET, "/admin/tenants/team-r", Value::Null).await.json();
     assert_eq!((t["keys"][0]["state"].as_str(), t["keys"][1]["state"].as_str()), (Some("expired"), Some("active")));
@@ -121,7 +150,8 @@ async fn an_expiring_key_stops_at_its_time_and_a_viewer_key_only_reads_usage() {
     let ends = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
     let ends = ends.replace_nanosecond(0).unwrap();
     let at = ends.format(&time::format_description::well_known::Rfc3339).unwrap();
-    let (key, _) = onboard(&c, &gw, "team-e", json!({ "requests_per_second": 1000 }), json!({ "expires_at": at })).await;
+    let (key, _) =
+        onboard(&c, &gw, "team-e", json!({ "requests_per_second": 1000 }), json!({ "expires_at": at })).await;
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&key)).await.status, 200);
     until_status(&c, &gw, &key, 401).await;
     let late = time::OffsetDateTime::now_utc() - ends;
@@ -131,7 +161,10 @@ async fn an_expiring_key_stops_at_its_time_and_a_viewer_key_only_reads_usage() {
     let viewer = r.json()["key"].as_str().unwrap().to_string();
     assert_eq!(r.json()["scope"], "viewer");
     assert_eq!(get(&c, &gw.url("/v1/gateway/usage"), Some(&viewer)).await.status, 200);
-    for r in [post(&c, &gw.url("/v1/sora/generate"), Some(&viewer), SORA).await, get(&c, &gw.url("/v1/data/balance"), Some(&viewer)).await] {
+    for r in [
+        post(&c, &gw.url("/v1/sora/generate"), Some(&viewer), SORA).await,
+        get(&c, &gw.url("/v1/data/balance"), Some(&viewer)).await,
+    ] {
         assert_eq!((r.status.as_u16(), r.detail().as_str()), (403, "This key is read-only"));
     }
     assert_eq!(platform.generate_calls(), 0);
@@ -148,7 +181,15 @@ async fn revoked_disabled_and_deleted_keys_get_401_at_once() {
         let r = admin(&c, &gw, Method::POST, "/admin/tenants/team-v/keys", json!({})).await;
         (r.json()["key"].as_str().unwrap().to_string(), ())
     };
-    assert_eq!(send(&c, request(Method::DELETE, &gw.admin_url(&format!("/admin/tenants/team-v/keys/{key_id}")), Some(ADMIN), "")).await.status, 204);
+    assert_eq!(
+        send(
+            &c,
+            request(Method::DELETE, &gw.admin_url(&format!("/admin/tenants/team-v/keys/{key_id}")), Some(ADMIN), "")
+        )
+        .await
+        .status,
+        204
+    );
     let r = get(&c, &gw.url("/v1/data/balance"), Some(&key)).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (401, "Invalid credentials"));
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&other)).await.status, 200);
@@ -182,7 +223,13 @@ async fn every_bad_input_gets_its_status_and_names_the_field() {
         (Method::PATCH, "/admin/tenants/team-b", json!({ "disabled": "yes" }), 422, "disabled: "),
         (Method::PATCH, "/admin/tenants/team-b", json!({ "id": "x" }), 422, "id: unknown field"),
         (Method::PATCH, "/admin/tenants/nobody", json!({ "burst": 2 }), 404, "Tenant not found"),
-        (Method::POST, "/admin/tenants/team-b/keys", json!({ "expires_at": "2001-01-01T00:00:00Z" }), 422, "expires_at: must be in the future"),
+        (
+            Method::POST,
+            "/admin/tenants/team-b/keys",
+            json!({ "expires_at": "2001-01-01T00:00:00Z" }),
+            422,
+            "expires_at: must be in the future",
+        ),
         (Method::POST, "/admin/tenants/team-b/keys", json!({ "expires_at": "tomorrow" }), 422, "expires_at: "),
         (Method::POST, "/admin/tenants/team-b/keys", json!({ "scope": "root" }), 422, "scope: "),
         (Method::POST, "/admin/tenants/nobody/keys", json!({}), 404, "Tenant not found"),
@@ -212,8 +259,12 @@ async fn a_restart_on_sqlite_keeps_tenants_keys_revocations_and_spend() {
     let gw = TestGateway::start(&text).await;
     let (kept, _) = onboard(&c, &gw, "team-s", json!({ "monthly_budget": "5" }), json!({})).await;
     let r = admin(&c, &gw, Method::POST, "/admin/tenants/team-s/keys", json!({})).await;
-    let (revoked, revoked_id) = (r.json()["key"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string());
-    assert_eq!(admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/team-s/keys/{revoked_id}"), Value::Null).await.status, 204);
+    let (revoked, revoked_id) =
+        (r.json()["key"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string());
+    assert_eq!(
+        admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/team-s/keys/{revoked_id}"), Value::Null).await.status,
+        204
+    );
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&kept), SORA).await.status, 201);
     gw.shutdown().await;
 
@@ -236,13 +287,22 @@ async fn two_replicas_on_one_redis_see_new_and_revoked_keys_within_a_second() {
     let made = Instant::now();
     let (key, key_id) = onboard(&c, &one, "team-2", json!({ "requests_per_second": 1000 }), json!({})).await;
     let seen = until_status(&c, &two, &key, 200).await;
-    assert!(made.elapsed() < Duration::from_secs(2) && seen < Duration::from_secs(1), "a key made on one replica took {seen:?} to work on the other");
-    assert_eq!(admin(&c, &two, Method::DELETE, &format!("/admin/tenants/team-2/keys/{key_id}"), Value::Null).await.status, 204);
+    assert!(
+        made.elapsed() < Duration::from_secs(2) && seen < Duration::from_secs(1),
+        "a key made on one replica took {seen:?} to work on the other"
+    );
+    assert_eq!(
+        admin(&c, &two, Method::DELETE, &format!("/admin/tenants/team-2/keys/{key_id}"), Value::Null).await.status,
+        204
+    );
     assert_eq!(balance_status(&c, &two, &key).await, 401);
     let gone = until_status(&c, &one, &key, 401).await;
     assert!(gone < Duration::from_secs(1), "a revoked key worked on the other replica for {gone:?}");
     // The tenant itself, and its listing, are the same on both.
-    let (a, b) = (admin(&c, &one, Method::GET, "/admin/tenants/team-2", Value::Null).await.json(), admin(&c, &two, Method::GET, "/admin/tenants/team-2", Value::Null).await.json());
+    let (a, b) = (
+        admin(&c, &one, Method::GET, "/admin/tenants/team-2", Value::Null).await.json(),
+        admin(&c, &two, Method::GET, "/admin/tenants/team-2", Value::Null).await.json(),
+    );
     assert_eq!(a, b);
     one.shutdown().await;
     two.shutdown().await;
@@ -263,7 +323,10 @@ async fn propagation_between_two_replicas_p50_p99() {
     for i in 0..100 {
         let disable = i % 2 == 0;
         let start = Instant::now();
-        assert_eq!(admin(&c, &one, Method::PATCH, "/admin/tenants/team-p", json!({ "disabled": disable })).await.status, 200);
+        assert_eq!(
+            admin(&c, &one, Method::PATCH, "/admin/tenants/team-p", json!({ "disabled": disable })).await.status,
+            200
+        );
         until_status(&c, &two, &key, if disable { 401 } else { 200 }).await;
         took.push(start.elapsed());
     }
@@ -273,7 +336,12 @@ async fn propagation_between_two_replicas_p50_p99() {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Startup with 100,000 stored keys (10,000 API tenants of ten keys) on SQLite: the time until
@@ -297,7 +365,18 @@ async fn startup_with_100k_stored_keys() {
                     k
                 })
                 .collect();
-            let doc = ApiTenant { id: format!("t{t}"), requests_per_second: 100, burst: 100, generations_per_minute: 10, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys, deleted_ms: None };
+            let doc = ApiTenant {
+                id: format!("t{t}"),
+                requests_per_second: 100,
+                burst: 100,
+                generations_per_minute: 10,
+                monthly_budget_micros: None,
+                max_in_flight: None,
+                disabled: false,
+                created_ms: 0,
+                keys,
+                deleted_ms: None,
+            };
             assert!(store.directory_put(&doc.id, 0, Some(&doc)).await.unwrap());
         }
     }
@@ -307,7 +386,11 @@ async fn startup_with_100k_stored_keys() {
     let took = start.elapsed();
     let after = rss_kib();
     assert_eq!(get(&client(), &gw.url("/v1/data/balance"), Some(&some_key)).await.status, 200);
-    println!("startup with 100,000 stored keys: {took:?}; RSS +{} MiB (+{} KiB per 10,000 keys)", (after.saturating_sub(before)) / 1024, after.saturating_sub(before) / 10);
+    println!(
+        "startup with 100,000 stored keys: {took:?}; RSS +{} MiB (+{} KiB per 10,000 keys)",
+        (after.saturating_sub(before)) / 1024,
+        after.saturating_sub(before) / 10
+    );
     gw.shutdown().await;
 }
 
@@ -316,7 +399,8 @@ async fn a_deleted_tenants_id_is_never_handed_to_a_new_team() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&admin_config(platform.addr)).await;
     let c = client();
-    let (key, _) = onboard(&c, &gw, "zeta", json!({ "monthly_budget": "1.00", "generations_per_minute": 100 }), json!({})).await;
+    let (key, _) =
+        onboard(&c, &gw, "zeta", json!({ "monthly_budget": "1.00", "generations_per_minute": 100 }), json!({})).await;
     let id = create(&c, &gw, &key).await;
     assert_eq!(admin(&c, &gw, Method::DELETE, "/admin/tenants/zeta", Value::Null).await.status, 204);
     assert_eq!(balance_status(&c, &gw, &key).await, 401, "a deleted tenant's key stops working");
@@ -339,10 +423,12 @@ async fn a_file_tenant_with_an_api_tenants_id_is_refused_at_reload_and_start() {
     let platform = Platform::start().await;
     let dir = temp_dir();
     let db = dir.join("ledger.db");
-    let base = admin_config(platform.addr).replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", db.display()));
+    let base = admin_config(platform.addr)
+        .replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", db.display()));
     let text = Arc::new(std::sync::Mutex::new(base.clone()));
     let source = text.clone();
-    let reload: tollgate::gateway::ReloadSource = Arc::new(move || tollgate::config::Config::from_toml(&source.lock().unwrap(), &env()));
+    let reload: tollgate::gateway::ReloadSource =
+        Arc::new(move || tollgate::config::Config::from_toml(&source.lock().unwrap(), &env()));
     let gw = TestGateway::start_config(tollgate::config::Config::from_toml(&base, &env()).unwrap(), Some(reload)).await;
     let c = client();
     let (key, _) = onboard(&c, &gw, "zeta", json!({}), json!({})).await;
@@ -356,7 +442,10 @@ async fn a_file_tenant_with_an_api_tenants_id_is_refused_at_reload_and_start() {
     gw.shutdown().await;
     // The same file at start is refused, naming the tenant.
     let (log, _) = tollgate::observe::access_log::AccessLog::memory();
-    let err = tollgate::build(&tollgate::config::Config::from_toml(&clash, &env()).unwrap(), log, None).await.err().expect("refused");
+    let err = tollgate::build(&tollgate::config::Config::from_toml(&clash, &env()).unwrap(), log, None)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("`zeta`"), "{err}");
 }
 
@@ -371,6 +460,9 @@ async fn key_labels_with_control_characters_are_refused() {
         assert_eq!(r.status, 422, "{bad:?} {:?}", r.body);
         assert!(r.detail().contains("label"), "{}", r.detail());
     }
-    assert_eq!(admin(&c, &gw, Method::POST, "/admin/tenants/lab/keys", json!({ "label": "ci – ünïcode ok" })).await.status, 201);
+    assert_eq!(
+        admin(&c, &gw, Method::POST, "/admin/tenants/lab/keys", json!({ "label": "ci – ünïcode ok" })).await.status,
+        201
+    );
     gw.shutdown().await;
 }

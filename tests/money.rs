@@ -83,7 +83,8 @@ async fn balance_is_refetched_after_the_ttl() {
 #[tokio::test]
 async fn tenant_budget_is_enforced_without_calling_the_platform() {
     let platform = Platform::start().await;
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.30")), tenant("b", KEY_B, 1000, 1000, 1000, None));
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.30")), tenant("b", KEY_B, 1000, 1000, 1000, None));
     let gw = TestGateway::start(&config_text(platform.addr, "", &tenants)).await;
     let c = client();
     create(&c, &gw, KEY_A).await;
@@ -102,8 +103,16 @@ async fn tenant_budget_is_enforced_without_calling_the_platform() {
 #[tokio::test]
 async fn account_balance_is_enforced_and_reported_per_tenant() {
     let platform = Platform::with_balance("1.00").await;
-    let text = config_text(platform.addr, "", &format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.50")), tenant("b", KEY_B, 1000, 1000, 1000, None)))
-        .replace("[balance]\n", "[balance]\nreserve = \"0.10\"\n");
+    let text = config_text(
+        platform.addr,
+        "",
+        &format!(
+            "{}{}",
+            tenant("a", KEY_A, 1000, 1000, 1000, Some("0.50")),
+            tenant("b", KEY_B, 1000, 1000, 1000, None)
+        ),
+    )
+    .replace("[balance]\n", "[balance]\nreserve = \"0.10\"\n");
     let gw = TestGateway::start(&text).await;
     let c = client();
     // a: min(1.00 − 0.10, 0.50); b: 1.00 − 0.10.
@@ -125,7 +134,8 @@ async fn settles_at_the_charged_price_not_the_estimate() {
     let platform = Platform::start().await;
     // The config prices Sora 15 s at 0.18, but a table miss would hold the max; the platform
     // charges what it charges.
-    let text = config_text(platform.addr, "", &default_tenants()).replace(r#"sora = { "10" = "0.12", "15" = "0.18" }"#, r#"sora = { "10" = "0.50" }"#);
+    let text = config_text(platform.addr, "", &default_tenants())
+        .replace(r#"sora = { "10" = "0.12", "15" = "0.18" }"#, r#"sora = { "10" = "0.50" }"#);
     let gw = TestGateway::start(&text).await;
     let c = client();
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
@@ -133,7 +143,8 @@ async fn settles_at_the_charged_price_not_the_estimate() {
     assert_eq!(r.json()["price"], "0.1200");
     let line = gw.log_lines().pop().unwrap();
     assert_eq!(line["price"], "0.1200");
-    let spend = gw.gateway.store().spend_by_tenant(&tollgate::store::month_of(tollgate::store::now_ms())).await.unwrap();
+    let spend =
+        gw.gateway.store().spend_by_tenant(&tollgate::store::month_of(tollgate::store::now_ms())).await.unwrap();
     assert_eq!(spend, vec![(std::sync::Arc::from("a"), usd("0.12"))]);
     gw.shutdown().await;
 }
@@ -145,7 +156,11 @@ async fn foreign_generations_are_404_without_asking_the_platform() {
     let c = client();
     let id = create(&c, &gw, KEY_A).await;
     let before = platform.forwarded().len();
-    for path in [format!("/v1/sora/generations/{id}/"), format!("/v1/sora/generations/{id}"), format!("/v1/veo/generations/{id}")] {
+    for path in [
+        format!("/v1/sora/generations/{id}/"),
+        format!("/v1/sora/generations/{id}"),
+        format!("/v1/veo/generations/{id}"),
+    ] {
         let r = get(&c, &gw.url(&path), Some(KEY_B)).await;
         assert_eq!((r.status.as_u16(), r.detail().as_str()), (404, "Generation not found"), "{path}");
     }
@@ -174,7 +189,8 @@ async fn lists_show_only_the_tenants_own_generations() {
     }
     let r = get(&c, &gw.url("/v1/sora/generations"), Some(KEY_A)).await;
     assert_eq!(r.status, 200);
-    let ids: Vec<String> = r.json().as_array().unwrap().iter().map(|g| g["generation_id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        r.json().as_array().unwrap().iter().map(|g| g["generation_id"].as_str().unwrap().to_string()).collect();
     mine.reverse();
     assert_eq!(ids, mine, "own generations, newest first");
     let r = get(&c, &gw.url("/v1/sora/generations?limit=1&offset=1"), Some(KEY_A)).await;
@@ -200,14 +216,25 @@ async fn lists_show_only_the_tenants_own_generations() {
     assert_eq!(r.status, 200);
     let page = r.json();
     assert_eq!(page.as_array().unwrap().len(), 3);
-    assert_eq!((page[0]["generation_id"].as_str(), page[0]["status"].as_str()), (Some(mine[0].as_str()), Some("pending")));
+    assert_eq!(
+        (page[0]["generation_id"].as_str(), page[0]["status"].as_str()),
+        (Some(mine[0].as_str()), Some("pending"))
+    );
     assert_eq!(get(&c, &gw.url("/v1/gemini/generations"), Some(KEY_A)).await.json(), serde_json::json!([]));
     gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn failed_generations_are_credited_back_to_the_month() {
-    let platform = Platform::with(MockOptions { token: Some(TOKEN.into()), balance: usd("10"), step: Duration::from_millis(50), random_fault: None, record: true, echo_callback_url: false }).await;
+    let platform = Platform::with(MockOptions {
+        token: Some(TOKEN.into()),
+        balance: usd("10"),
+        step: Duration::from_millis(50),
+        random_fault: None,
+        record: true,
+        echo_callback_url: false,
+    })
+    .await;
     let tenants = tenant("a", KEY_A, 1000, 1000, 1000, Some("0.20"));
     let gw = TestGateway::start(&config_text(platform.addr, "", &tenants)).await;
     let c = client();
@@ -241,7 +268,10 @@ async fn idempotency_key_replays_conflicts_and_mismatches() {
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let dup = send(&c, with_key(SORA, "order-1", KEY_A)).await;
-    assert_eq!((dup.status.as_u16(), dup.detail().as_str()), (409, "A request with this Idempotency-Key is still in progress"));
+    assert_eq!(
+        (dup.status.as_u16(), dup.detail().as_str()),
+        (409, "A request with this Idempotency-Key is still in progress")
+    );
     let first = first.await.unwrap();
     assert_eq!(first.status, 201);
     // A repeat gets the first response, uncharged.
@@ -252,7 +282,10 @@ async fn idempotency_key_replays_conflicts_and_mismatches() {
     assert_eq!(platform.generate_calls(), 1);
     // Same key, other body: 422.
     let other = send(&c, with_key(r#"{"prompt":"something else"}"#, "order-1", KEY_A)).await;
-    assert_eq!((other.status.as_u16(), other.detail().as_str()), (422, "Idempotency-Key was already used with a different request body"));
+    assert_eq!(
+        (other.status.as_u16(), other.detail().as_str()),
+        (422, "Idempotency-Key was already used with a different request body")
+    );
     // Same key and body on another family is another request, not a replay of the Sora answer
     // (found by schemathesis: a Nano Banana 201 came back for a Sora generate).
     let mut r = request(Method::POST, &gw.url("/v1/gemini/generate"), Some(KEY_A), SORA.to_string());
@@ -264,7 +297,8 @@ async fn idempotency_key_replays_conflicts_and_mismatches() {
     // Keys are per tenant.
     assert_eq!(send(&c, with_key(SORA, "order-1", KEY_B)).await.status, 201);
     assert_eq!(platform.generate_calls(), 2);
-    let spend = gw.gateway.store().spend_by_tenant(&tollgate::store::month_of(tollgate::store::now_ms())).await.unwrap();
+    let spend =
+        gw.gateway.store().spend_by_tenant(&tollgate::store::month_of(tollgate::store::now_ms())).await.unwrap();
     assert!(spend.contains(&(std::sync::Arc::from("a"), usd("0.12"))), "{spend:?}");
     gw.shutdown().await;
 }
@@ -292,7 +326,11 @@ async fn a_refused_request_does_not_burn_its_idempotency_key() {
 #[tokio::test]
 async fn errors_release_holds_and_unknown_outcomes_stay_counted_until_reconciled() {
     let platform = Platform::with_balance("0.12").await;
-    let text = fast_reconcile(&config_text(platform.addr, "", &default_tenants()).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 500"), 3, 500);
+    let text = fast_reconcile(
+        &config_text(platform.addr, "", &default_tenants()).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 500"),
+        3,
+        500,
+    );
     let gw = TestGateway::start(&text).await;
     let c = client();
     // A platform error releases the hold: the same money is available again at once.
@@ -340,7 +378,8 @@ async fn upstream_timeout_on_generate_is_503_and_holds_as_unknown() {
 #[tokio::test]
 async fn status_polls_are_coalesced_and_cached_per_generation() {
     let platform = Platform::start().await;
-    let text = config_text(platform.addr, "", &default_tenants()).replace("status_cache_ms = 0", "status_cache_ms = 300");
+    let text =
+        config_text(platform.addr, "", &default_tenants()).replace("status_cache_ms = 0", "status_cache_ms = 300");
     let gw = TestGateway::start(&text).await;
     let c = client();
     let id = create(&c, &gw, KEY_A).await;

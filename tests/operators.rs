@@ -11,20 +11,28 @@ use support::*;
 #[tokio::test]
 async fn usage_reports_match_a_known_ledger() {
     let platform = Platform::start().await;
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("1.00")), tenant("b", KEY_B, 1000, 1000, 1000, None));
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("1.00")), tenant("b", KEY_B, 1000, 1000, 1000, None));
     let gw = TestGateway::start(&config_text(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", &tenants)).await;
     let c = client();
     // a: two generations, one that fails (and is refunded), one whose outcome is unknown.
     create(&c, &gw, KEY_A).await;
     create(&c, &gw, KEY_A).await;
-    let failed = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), r#"{"prompt": "[fail] x"}"#).await.json()["generation_id"].as_str().unwrap().to_string();
+    let failed = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), r#"{"prompt": "[fail] x"}"#).await.json()
+        ["generation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut f = platform.fault(FaultKind::LateAnswer);
     f.latency_ms = Some(2500);
     f.path_prefix = Some("/v1/sora/generate".into());
     platform.inject(f);
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 503);
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(get(&c, &gw.url(&format!("/v1/sora/generations/{failed}/")), Some(KEY_A)).await.json()["status"], "failed");
+    assert_eq!(
+        get(&c, &gw.url(&format!("/v1/sora/generations/{failed}/")), Some(KEY_A)).await.json()["status"],
+        "failed"
+    );
     // b: one generation.
     create(&c, &gw, KEY_B).await;
 
@@ -65,7 +73,10 @@ async fn usage_reports_match_a_known_ledger() {
     // The tenant's own view: its figures only, and when the budget resets.
     let mine = get(&c, &gw.url("/v1/gateway/usage"), Some(KEY_A)).await.json();
     assert_eq!(mine["tenant"], "a");
-    assert_eq!((mine["spent"].as_str(), mine["held"].as_str(), mine["remaining"].as_str()), (Some("0.2400"), Some("0.1200"), Some("0.6400")));
+    assert_eq!(
+        (mine["spent"].as_str(), mine["held"].as_str(), mine["remaining"].as_str()),
+        (Some("0.2400"), Some("0.1200"), Some("0.6400"))
+    );
     assert!(mine["resets_at"].as_str().unwrap().ends_with("-01T00:00:00Z"));
     assert_eq!(mine["limits"]["generations_per_minute"], 1000);
     // The account's balance moves with every team's spend: hidden unless the operator opts in.
@@ -87,7 +98,10 @@ async fn a_family_without_a_price_is_not_offered_and_never_a_500() {
     let c = client();
     let r = post(&c, &gw.url("/v1/seedance/generate"), Some(KEY_A), r#"{"prompt": "x"}"#).await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.detail(), "Model family seedance is not enabled on this gateway (enabled: gemini, kling/o1-photo, sora, veo)");
+    assert_eq!(
+        r.detail(),
+        "Model family seedance is not enabled on this gateway (enabled: gemini, kling/o1-photo, sora, veo)"
+    );
     assert_eq!(get(&c, &gw.url("/v1/seedance/generations/abc"), Some(KEY_A)).await.status, 404);
     assert_eq!(platform.generate_calls(), 0);
     gw.shutdown().await;
@@ -96,8 +110,12 @@ async fn a_family_without_a_price_is_not_offered_and_never_a_500() {
 #[tokio::test]
 async fn refusals_say_what_to_do() {
     let platform = Platform::start().await;
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.20")), tenant("b", KEY_B, 1000, 1000, 1, None));
-    let gw = TestGateway::start(&config_text(platform.addr, "", &tenants).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 200")).await;
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, Some("0.20")), tenant("b", KEY_B, 1000, 1000, 1, None));
+    let gw = TestGateway::start(
+        &config_text(platform.addr, "", &tenants).replace("cache_ttl_ms = 60000", "cache_ttl_ms = 200"),
+    )
+    .await;
     let c = client();
     create(&c, &gw, KEY_A).await;
     // The budget's detail stays the platform's string; headers say what is left and when it resets.

@@ -83,7 +83,11 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     // An unknown family is named, with the ones that exist.
     let r = post(&c, &gw.url("/v1/midjourney/generate"), Some(KEY_A), SORA).await;
     assert_eq!(r.status, 404);
-    assert!(r.detail().starts_with("Unknown model family \"midjourney\"; the families are: chatgpt-images, gemini, kling,"), "{}", r.detail());
+    assert!(
+        r.detail().starts_with("Unknown model family \"midjourney\"; the families are: chatgpt-images, gemini, kling,"),
+        "{}",
+        r.detail()
+    );
     let r = get(&c, &gw.url("/v1/sora/generate"), Some(KEY_A)).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.headers["allow"], "POST");
@@ -116,23 +120,92 @@ async fn every_upstream_fault_is_normalised() {
         f.path_prefix = Some("/v1/sora/generations/".into());
         f
     };
-    cases.push(Case { fault: mk(FaultKind::Html502, None, None, None, None), status: 503, detail: "Bad Gateway", retry_after: Some("5") });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(500), Some(r#"{"detail":"Server exploded"}"#), None, None), status: 500, detail: "Server exploded", retry_after: None });
     cases.push(Case {
-        fault: mk(FaultKind::Status, Some(422), Some(r#"{"detail":[{"type":"enum","loc":["body","orientation"],"msg":"Input should be '9:16' or '16:9'"}]}"#), None, None),
+        fault: mk(FaultKind::Html502, None, None, None, None),
+        status: 503,
+        detail: "Bad Gateway",
+        retry_after: Some("5"),
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Status, Some(500), Some(r#"{"detail":"Server exploded"}"#), None, None),
+        status: 500,
+        detail: "Server exploded",
+        retry_after: None,
+    });
+    cases.push(Case {
+        fault: mk(
+            FaultKind::Status,
+            Some(422),
+            Some(
+                r#"{"detail":[{"type":"enum","loc":["body","orientation"],"msg":"Input should be '9:16' or '16:9'"}]}"#,
+            ),
+            None,
+            None,
+        ),
         status: 422,
         detail: "orientation: Input should be '9:16' or '16:9'",
         retry_after: None,
     });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(402), Some(r#"{"success": false, "message": "INSUFFICIENT_CREDITS"}"#), None, None), status: 402, detail: "INSUFFICIENT_CREDITS", retry_after: None });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(503), Some(""), Some("text/plain"), Some(30)), status: 503, detail: "Service Unavailable", retry_after: Some("30") });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(504), Some("<html>timeout</html>"), Some("text/html"), None), status: 503, detail: "Gateway Timeout", retry_after: Some("5") });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(401), Some(r#"{"detail":"Missing credentials"}"#), None, None), status: 500, detail: "Upstream authentication failed", retry_after: None });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(403), Some(r#"{"error":"Forbidden","message":"bad key"}"#), None, None), status: 500, detail: "Upstream authentication failed", retry_after: None });
-    cases.push(Case { fault: mk(FaultKind::Status, Some(429), Some(r#"{"detail":"Too many status checks"}"#), None, Some(12)), status: 429, detail: "Too many status checks", retry_after: Some("12") });
-    cases.push(Case { fault: mk(FaultKind::MalformedJson, Some(500), None, None, None), status: 500, detail: "Internal Server Error", retry_after: None });
-    cases.push(Case { fault: mk(FaultKind::Reset, None, None, None, None), status: 503, detail: "Upstream unavailable", retry_after: Some("5") });
-    cases.push(Case { fault: mk(FaultKind::ResetMidBody, None, None, None, None), status: 503, detail: "Upstream unavailable", retry_after: Some("5") });
+    cases.push(Case {
+        fault: mk(
+            FaultKind::Status,
+            Some(402),
+            Some(r#"{"success": false, "message": "INSUFFICIENT_CREDITS"}"#),
+            None,
+            None,
+        ),
+        status: 402,
+        detail: "INSUFFICIENT_CREDITS",
+        retry_after: None,
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Status, Some(503), Some(""), Some("text/plain"), Some(30)),
+        status: 503,
+        detail: "Service Unavailable",
+        retry_after: Some("30"),
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Status, Some(504), Some("<html>timeout</html>"), Some("text/html"), None),
+        status: 503,
+        detail: "Gateway Timeout",
+        retry_after: Some("5"),
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Status, Some(401), Some(r#"{"detail":"Missing credentials"}"#), None, None),
+        status: 500,
+        detail: "Upstream authentication failed",
+        retry_after: None,
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Status, Some(403), Some(r#"{"error":"Forbidden","message":"bad key"}"#), None, None),
+        status: 500,
+        detail: "Upstream authentication failed",
+        retry_after: None,
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Status, Some(429), Some(r#"{"detail":"Too many status checks"}"#), None, Some(12)),
+        status: 429,
+        detail: "Too many status checks",
+        retry_after: Some("12"),
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::MalformedJson, Some(500), None, None, None),
+        status: 500,
+        detail: "Internal Server Error",
+        retry_after: None,
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::Reset, None, None, None, None),
+        status: 503,
+        detail: "Upstream unavailable",
+        retry_after: Some("5"),
+    });
+    cases.push(Case {
+        fault: mk(FaultKind::ResetMidBody, None, None, None, None),
+        status: 503,
+        detail: "Upstream unavailable",
+        retry_after: Some("5"),
+    });
 
     for case in cases {
         let name = format!("{:?}/{:?}", case.fault.kind, case.fault.status);
@@ -212,7 +285,20 @@ async fn one_access_log_line_per_request_without_secrets() {
     let lines = gw.log_lines();
     assert_eq!(lines.len(), 3);
     let first = &lines[0];
-    for k in ["time", "level", "request_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
+    for k in [
+        "time",
+        "level",
+        "request_id",
+        "tenant",
+        "method",
+        "route",
+        "status",
+        "outcome",
+        "latency_ms",
+        "upstream_status",
+        "upstream_latency_ms",
+        "price",
+    ] {
         assert!(first.get(k).is_some(), "missing {k} in {first}");
     }
     assert_eq!(first["tenant"], "a");

@@ -11,11 +11,27 @@ use serde_json::{json, Value};
 use support::*;
 
 fn quote_config(platform: std::net::SocketAddr, budget: &str) -> String {
-    config_text(platform, "", &format!("{}{}", tenant("a", KEY_A, 10_000, 10_000, 10_000, Some(budget)), tenant("b", KEY_B, 10_000, 10_000, 10_000, None)))
+    config_text(
+        platform,
+        "",
+        &format!(
+            "{}{}",
+            tenant("a", KEY_A, 10_000, 10_000, 10_000, Some(budget)),
+            tenant("b", KEY_B, 10_000, 10_000, 10_000, None)
+        ),
+    )
 }
 
 fn capped(platform: std::net::SocketAddr, cap: u32) -> String {
-    config_text(platform, "", &format!("{}\nmax_in_flight = {cap}\n\n{}", tenant("a", KEY_A, 10_000, 10_000, 10_000, None).trim_end(), tenant("b", KEY_B, 10_000, 10_000, 10_000, None)))
+    config_text(
+        platform,
+        "",
+        &format!(
+            "{}\nmax_in_flight = {cap}\n\n{}",
+            tenant("a", KEY_A, 10_000, 10_000, 10_000, None).trim_end(),
+            tenant("b", KEY_B, 10_000, 10_000, 10_000, None)
+        ),
+    )
 }
 
 /// Bodies a tenant might send to Sora: valid ones of both durations, and ones the validation,
@@ -44,7 +60,11 @@ async fn a_quote_says_what_the_generate_that_follows_does() {
         let q = post(&c, &gw.url("/v1/sora/quote"), Some(KEY_A), &body).await;
         let g = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &body).await;
         if q.status != 200 {
-            assert_eq!((q.status, q.detail()), (g.status, g.detail()), "the quote and the generate refuse {body} alike");
+            assert_eq!(
+                (q.status, q.detail()),
+                (g.status, g.detail()),
+                "the quote and the generate refuse {body} alike"
+            );
             continue;
         }
         let quote = q.json();
@@ -65,22 +85,32 @@ async fn a_quote_says_what_the_generate_that_follows_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quote_holds_and_forwards_nothing_and_reports_what_is_left() {
     let platform = Platform::with_balance("1.00").await;
-    let opted_in = quote_config(platform.addr, "0.30").replace("[server]\n", "[server]\nexpose_account_balance = true\n");
+    let opted_in =
+        quote_config(platform.addr, "0.30").replace("[server]\n", "[server]\nexpose_account_balance = true\n");
     assert!(opted_in.contains("expose_account_balance"));
     let gw = TestGateway::start(&opted_in).await;
     let c = client();
     let q = post(&c, &gw.url("/v1/sora/quote"), Some(KEY_A), SORA).await;
     assert_eq!(q.status, 200, "{:?}", q.body);
-    assert_eq!(q.json(), json!({ "price": "0.1200", "admitted": true, "detail": null, "budget_remaining": "0.3000", "account_available": "1.0000" }));
+    assert_eq!(
+        q.json(),
+        json!({ "price": "0.1200", "admitted": true, "detail": null, "budget_remaining": "0.3000", "account_available": "1.0000" })
+    );
     assert_eq!(platform.generate_calls(), 0);
     for _ in 0..2 {
         assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
     }
     let q = post(&c, &gw.url("/v1/sora/quote"), Some(KEY_A), SORA).await.json();
-    assert_eq!((q["admitted"].clone(), q["detail"].clone(), q["budget_remaining"].clone()), (json!(false), json!("BUDGET_EXCEEDED"), json!("0.0600")));
+    assert_eq!(
+        (q["admitted"].clone(), q["detail"].clone(), q["budget_remaining"].clone()),
+        (json!(false), json!("BUDGET_EXCEEDED"), json!("0.0600"))
+    );
     // Without a budget, the account is what limits.
     let q = post(&c, &gw.url("/v1/sora/quote"), Some(KEY_B), r#"{"prompt": "x", "duration": 15}"#).await.json();
-    assert_eq!((q["price"].clone(), q["admitted"].clone(), q["budget_remaining"].clone()), (json!("0.1800"), json!(true), Value::Null));
+    assert_eq!(
+        (q["price"].clone(), q["admitted"].clone(), q["budget_remaining"].clone()),
+        (json!("0.1800"), json!(true), Value::Null)
+    );
     gw.shutdown().await;
 }
 
@@ -144,7 +174,11 @@ async fn a_hang_up_keeps_its_slot_until_answered_and_a_timeout_frees_it() {
     platform.delay("/v1/sora/generate", 3000, 1);
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
-    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201, "an unknown outcome holds no slot");
+    assert_eq!(
+        post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status,
+        201,
+        "an unknown outcome holds no slot"
+    );
     gw.shutdown().await;
 }
 
@@ -165,7 +199,10 @@ async fn the_cap_holds_across_two_replicas_on_one_redis() {
     let r = post(&c, &two.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (429, "Too many generations in progress for this tenant"));
     let q = post(&c, &two.url("/v1/sora/quote"), Some(KEY_A), SORA).await.json();
-    assert_eq!((q["admitted"].clone(), q["detail"].clone()), (json!(false), json!("Too many generations in progress for this tenant")));
+    assert_eq!(
+        (q["admitted"].clone(), q["detail"].clone()),
+        (json!(false), json!("Too many generations in progress for this tenant"))
+    );
     for f in first {
         assert_eq!(f.await.unwrap().status, 201);
     }

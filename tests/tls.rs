@@ -58,7 +58,8 @@ async fn connect(addr: std::net::SocketAddr, root: &CertificateDer<'static>, alp
     let h2 = session.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     if h2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
         tokio::spawn(conn);
         Ok(Conn { peer_cert, h2: Some(send), h1: None })
     } else {
@@ -87,7 +88,11 @@ impl Conn {
 }
 
 fn tls_config(platform: std::net::SocketAddr, cert: &Path, key: &Path) -> String {
-    config_text(platform, &format!("tls_cert_path = \"{}\"\ntls_key_path = \"{}\"", cert.display(), key.display()), &default_tenants())
+    config_text(
+        platform,
+        &format!("tls_cert_path = \"{}\"\ntls_key_path = \"{}\"", cert.display(), key.display()),
+        &default_tenants(),
+    )
 }
 
 #[tokio::test]
@@ -111,7 +116,10 @@ async fn tls_serves_h2_and_http1_by_alpn_and_refuses_plain_http() {
     // A plain-HTTP client gets no answer; the refusal is logged and counted.
     let r = client().request(request(http::Method::GET, &gw.url("/v1/data/balance"), Some(KEY_A), "")).await;
     assert!(r.is_err(), "plain HTTP on the TLS port must fail: {r:?}");
-    eventually(std::time::Duration::from_secs(3), || gw.log_lines().iter().any(|l| l["outcome"] == "tls_handshake_failed" && l["status"] == 400)).await;
+    eventually(std::time::Duration::from_secs(3), || {
+        gw.log_lines().iter().any(|l| l["outcome"] == "tls_handshake_failed" && l["status"] == 400)
+    })
+    .await;
     gw.shutdown().await;
 }
 
@@ -124,7 +132,8 @@ async fn a_reload_swaps_the_certificate_for_new_connections_only() {
     let text = tls_config(platform.addr, &cert_path, &key_path);
     let config = tollgate::config::Config::from_toml(&text, &env()).unwrap();
     let source_text = text.clone();
-    let reload: tollgate::gateway::ReloadSource = Arc::new(move || tollgate::config::Config::from_toml(&source_text, &env()));
+    let reload: tollgate::gateway::ReloadSource =
+        Arc::new(move || tollgate::config::Config::from_toml(&source_text, &env()));
     let gw = TestGateway::start_config(config, Some(reload)).await;
 
     let mut open = connect(gw.addr, &old.der, &[b"h2"]).await.unwrap();
@@ -144,7 +153,10 @@ async fn a_reload_swaps_the_certificate_for_new_connections_only() {
     let mut fresh = connect(gw.addr, &new.der, &[b"h2"]).await.unwrap();
     assert_eq!(fresh.peer_cert, new.der);
     assert_eq!(fresh.balance().await.0, 200);
-    assert!(connect(gw.addr, &old.der, &[b"h2"]).await.is_err(), "clients trusting only the old certificate fail on new connections");
+    assert!(
+        connect(gw.addr, &old.der, &[b"h2"]).await.is_err(),
+        "clients trusting only the old certificate fail on new connections"
+    );
     // … while the connection opened before keeps working.
     assert_eq!(open.balance().await.0, 200);
     gw.shutdown().await;
@@ -165,6 +177,8 @@ fn tls_settings_are_checked_like_the_rest_of_the_config() {
     let (cert_path, _) = write_cert(&dir, &a);
     let other_key = dir.join("other.pem");
     std::fs::write(&other_key, &b.key_pem).unwrap();
-    let e = tollgate::config::Config::from_toml(&tls_config(platform, &cert_path, &other_key), &env()).unwrap_err().to_string();
+    let e = tollgate::config::Config::from_toml(&tls_config(platform, &cert_path, &other_key), &env())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not belong to the certificate"), "{e}");
 }

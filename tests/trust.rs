@@ -28,7 +28,12 @@ async fn admin(c: &HttpClient, gw: &TestGateway, method: Method, path: &str) -> 
 async fn unattributed(c: &HttpClient, gw: &TestGateway) -> Vec<String> {
     let r = admin(c, gw, Method::GET, "/admin/unattributed").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    r.json()["unattributed"].as_array().unwrap().iter().map(|g| g["generation_id"].as_str().unwrap().to_string()).collect()
+    r.json()["unattributed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["generation_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 async fn start(backend: Backend) -> (Platform, TestGateway, Option<tollgate::dev::testkit::RedisServer>) {
@@ -69,15 +74,29 @@ async fn same_prompt_two_tenants(backend: Backend, second_created: bool) {
     for id in &ids {
         for key in [KEY_A, KEY_B] {
             let r = get(&c, &gw.url(&format!("/v1/sora/generations/{id}")), Some(key)).await;
-            assert_eq!((r.status.as_u16(), r.detail().as_str()), (404, "Generation not found"), "{backend:?}: nobody owns {id}");
+            assert_eq!(
+                (r.status.as_u16(), r.detail().as_str()),
+                (404, "Generation not found"),
+                "{backend:?}: nobody owns {id}"
+            );
         }
     }
     assert_eq!(spend_of(&gw, "a").await, usd("0"));
     assert_eq!(spend_of(&gw, "b").await, usd("0"));
-    assert_eq!(spend_of(&gw, "~unattributed").await, platform.mock.charged_total(), "the account's charges are all accounted for");
+    assert_eq!(
+        spend_of(&gw, "~unattributed").await,
+        platform.mock.charged_total(),
+        "the account's charges are all accounted for"
+    );
     // The usage report has a line for them.
     let r = admin(&c, &gw, Method::GET, "/admin/usage").await;
-    let line = r.json()["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "~unattributed").cloned().expect("an unattributed line");
+    let line = r.json()["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "~unattributed")
+        .cloned()
+        .expect("an unattributed line");
     assert_eq!(line["spent"], platform.mock.charged_total().to_string());
 
     // An operator who knows assigns the first to `a` and dismisses the rest.
@@ -92,7 +111,10 @@ async fn same_prompt_two_tenants(backend: Backend, second_created: bool) {
     }
     assert!(unattributed(&c, &gw).await.is_empty());
     // Decided once: a second decision finds nothing; an unknown tenant is refused.
-    assert_eq!(admin(&c, &gw, Method::POST, &format!("/admin/unattributed/{}/assign?tenant=b", ids[0])).await.status, 404);
+    assert_eq!(
+        admin(&c, &gw, Method::POST, &format!("/admin/unattributed/{}/assign?tenant=b", ids[0])).await.status,
+        404
+    );
     assert_eq!(admin(&c, &gw, Method::POST, "/admin/unattributed/x/assign?tenant=nobody").await.status, 422);
     gw.shutdown().await;
 }
@@ -130,14 +152,21 @@ async fn request_fields_in_the_list_attribute_same_prompt_requests() {
         post(&c, &url, Some(KEY_B), r#"{"prompt":"same","duration":15}"#)
     );
     assert_eq!((ra.status.as_u16(), rb.status.as_u16()), (503, 503));
-    until(Duration::from_secs(20), "both found", || async { spend_of(&gw, "a").await == usd("0.12") && spend_of(&gw, "b").await == usd("0.18") }).await;
+    until(Duration::from_secs(20), "both found", || async {
+        spend_of(&gw, "a").await == usd("0.12") && spend_of(&gw, "b").await == usd("0.18")
+    })
+    .await;
     assert!(unattributed(&c, &gw).await.is_empty());
     gw.shutdown().await;
 }
 
 /// A relay config: tenant `a` with a webhook secret, the reconciler on.
 fn relay_text(platform: std::net::SocketAddr) -> String {
-    let tenants = tenant("a", KEY_A, 1000, 1000, 1000, None).replacen("generations_per_minute = 1000\n", "generations_per_minute = 1000\nwebhook_secret_env = \"TEST_WEBHOOK_SECRET\"\n", 1);
+    let tenants = tenant("a", KEY_A, 1000, 1000, 1000, None).replacen(
+        "generations_per_minute = 1000\n",
+        "generations_per_minute = 1000\nwebhook_secret_env = \"TEST_WEBHOOK_SECRET\"\n",
+        1,
+    );
     fast_reconcile(&config_text(platform, ADMIN, &tenants), 900, 10_000).replace(
         "[pricing]",
         "[webhooks]\npublic_base_url = \"http://{addr}\"\nallow_http_loopback = true\nretry_base_ms = 300\n\n[pricing]",
@@ -181,7 +210,13 @@ async fn a_forged_failed_webhook_moves_no_money_and_status_bodies_hide_the_relay
     // then a completion with a malicious output URL.
     let forged = post(&c, &relay_url, None, &format!(r#"{{"generation_id":"{id}","status":"failed"}}"#)).await;
     assert_eq!(forged.status, 200);
-    let forged = post(&c, &relay_url, None, &format!(r#"{{"generation_id":"{id}","status":"completed","video_url":"https://evil.example/malware.mp4"}}"#)).await;
+    let forged = post(
+        &c,
+        &relay_url,
+        None,
+        &format!(r#"{{"generation_id":"{id}","status":"completed","video_url":"https://evil.example/malware.mp4"}}"#),
+    )
+    .await;
     assert_eq!(forged.status, 200);
     until(Duration::from_secs(10), "the forgeries are counted", || async {
         let m = String::from_utf8_lossy(&get(&c, &gw.admin_url("/metrics"), None).await.body).into_owned();
@@ -213,7 +248,10 @@ async fn images_whose_header_lies_are_refused_with_the_limit() {
     bad_crc[29] ^= 0x5a;
     let cases = [
         (png(65535, 65535, 0), "image_base64: is 65535x65535 pixels, over the 8192x8192 limit"),
-        (png(i32::MAX as u32, i32::MAX as u32, 0), "image_base64: is 2147483647x2147483647 pixels, over the 8192x8192 limit"),
+        (
+            png(i32::MAX as u32, i32::MAX as u32, 0),
+            "image_base64: is 2147483647x2147483647 pixels, over the 8192x8192 limit",
+        ),
         (jpeg(65500, 65500, 0), "image_base64: is 65500x65500 pixels, over the 8192x8192 limit"),
         (webp(16383, 16383), "image_base64: is 16383x16383 pixels, over the 8192x8192 limit"),
         (png(8000, 8000, 0), "image_base64: is 8000x8000 = 64000000 pixels, over the 40000000 pixel limit"),
@@ -232,7 +270,8 @@ async fn images_whose_header_lies_are_refused_with_the_limit() {
 #[tokio::test]
 async fn a_charge_above_its_hold_is_counted() {
     let platform = Platform::start().await;
-    let text = config_text(platform.addr, "", &default_tenants()).replace(r#"sora = { "10" = "0.12", "15" = "0.18" }"#, r#"sora = "0.05""#);
+    let text = config_text(platform.addr, "", &default_tenants())
+        .replace(r#"sora = { "10" = "0.12", "15" = "0.18" }"#, r#"sora = "0.05""#);
     let gw = TestGateway::start(&text).await;
     let c = client();
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await.status, 201);
@@ -259,7 +298,9 @@ async fn garbage_2xx_answers_are_502_and_paid_ones_are_unknown_outcomes() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&fast_reconcile(&config_text(platform.addr, "", &default_tenants()), 2, 300)).await;
     let c = client();
-    for (status, ct, body) in [(200, "text/html", "<html>ok</html>"), (201, "application/json", r#"{"status":"pending","price":"0.12"}"#)] {
+    for (status, ct, body) in
+        [(200, "text/html", "<html>ok</html>"), (201, "application/json", r#"{"status":"pending","price":"0.12"}"#)]
+    {
         answer(&platform, "/v1/sora/generate", status, ct, body);
         let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), SORA).await;
         assert_eq!((r.status.as_u16(), r.detail().as_str()), (502, "Upstream returned an invalid answer"), "{body}");
@@ -267,7 +308,10 @@ async fn garbage_2xx_answers_are_502_and_paid_ones_are_unknown_outcomes() {
         let totals = gw.gateway.store().hold_totals().await.unwrap();
         assert_eq!(totals.unknown, 1, "counted as spent until reconciled");
         // Nothing was created: the reconciler releases it.
-        until(Duration::from_secs(10), "released", || async { gw.gateway.store().hold_totals().await.unwrap().unknown == 0 }).await;
+        until(Duration::from_secs(10), "released", || async {
+            gw.gateway.store().hold_totals().await.unwrap().unknown == 0
+        })
+        .await;
     }
     assert_eq!(spend_of(&gw, "a").await, usd("0"));
     let id = create(&c, &gw, KEY_A).await;
@@ -286,9 +330,21 @@ async fn callback_urls_in_any_spelling_of_a_private_address_are_refused() {
     let platform = Platform::start().await;
     let gw = TestGateway::start_templated(&relay_text(platform.addr)).await;
     let c = client();
-    for url in ["https://167772161/x", "https://0x0a000001/x", "https://10.1/x", "https://012.0.0.1/x", "https://169.254.169.254./x"] {
-        let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &format!(r#"{{"prompt":"p","callback_url":"{url}"}}"#)).await;
-        assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "callback_url: must not point to a private, loopback or link-local address"), "{url}");
+    for url in [
+        "https://167772161/x",
+        "https://0x0a000001/x",
+        "https://10.1/x",
+        "https://012.0.0.1/x",
+        "https://169.254.169.254./x",
+    ] {
+        let r =
+            post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &format!(r#"{{"prompt":"p","callback_url":"{url}"}}"#))
+                .await;
+        assert_eq!(
+            (r.status.as_u16(), r.detail().as_str()),
+            (422, "callback_url: must not point to a private, loopback or link-local address"),
+            "{url}"
+        );
     }
     assert_eq!(platform.generate_calls(), 0);
     gw.shutdown().await;
@@ -314,10 +370,18 @@ async fn failed_admin_authentication_is_throttled_per_address() {
     let last = statuses.last().unwrap();
     assert_eq!(last.detail(), "Too many failed authentication attempts; retry later");
     assert!(last.headers.contains_key("retry-after"));
-    assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 429, "a throttled address learns nothing, right token or not");
+    assert_eq!(
+        admin(&c, &gw, Method::GET, "/admin/usage").await.status,
+        429,
+        "a throttled address learns nothing, right token or not"
+    );
     let wait: u64 = last.headers["retry-after"].to_str().unwrap().parse().unwrap();
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    assert_eq!(admin(&c, &gw, Method::GET, "/admin/usage").await.status, 200, "the real token works once the wait is over");
+    assert_eq!(
+        admin(&c, &gw, Method::GET, "/admin/usage").await.status,
+        200,
+        "the real token works once the wait is over"
+    );
     gw.shutdown().await;
 }
 
@@ -327,7 +391,12 @@ async fn admin_get_from(from: std::net::IpAddr, to: std::net::SocketAddr, path: 
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(std::net::SocketAddr::new(from, 0)).unwrap();
     let mut s = sock.connect(to).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
@@ -342,7 +411,8 @@ async fn many_addresses_guessing_the_admin_token_are_throttled_together() {
     let mut statuses = Vec::new();
     for n in 2..9u8 {
         for i in 0..10 {
-            statuses.push(admin_get_from([127, 0, 0, n].into(), gw.admin, "/admin/usage", &format!("guess-{n}-{i}")).await);
+            statuses
+                .push(admin_get_from([127, 0, 0, n].into(), gw.admin, "/admin/usage", &format!("guess-{n}-{i}")).await);
         }
     }
     assert!(statuses[..60].iter().all(|s| *s == 401), "each address stayed within its own ten");
@@ -364,7 +434,8 @@ async fn readyz_is_503_while_the_store_cannot_write() {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let set = |v: &'static str| redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(v).to_owned();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
     let _: () = set("1").query_async(&mut conn).await.unwrap();
     let r = get(&c, &gw.admin_url("/readyz"), None).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (503, "Store unavailable"));
@@ -391,9 +462,14 @@ async fn http11_needs_exactly_one_host() {
     let none = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\n{auth}Connection: close\r\n\r\n")).await;
     assert!(none.starts_with("HTTP/1.1 400"), "{none}");
     assert!(none.contains(r#"{"detail":"HTTP/1.1 requests need exactly one Host header"}"#), "{none}");
-    let two = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\nHost: a\r\nHost: b\r\n{auth}Connection: close\r\n\r\n")).await;
+    let two = raw(
+        gw.addr,
+        &format!("GET /v1/data/balance HTTP/1.1\r\nHost: a\r\nHost: b\r\n{auth}Connection: close\r\n\r\n"),
+    )
+    .await;
     assert!(two.starts_with("HTTP/1.1 400"), "{two}");
-    let one = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n")).await;
+    let one =
+        raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n")).await;
     assert!(one.starts_with("HTTP/1.1 200"), "{one}");
     let old = raw(gw.addr, &format!("GET /v1/data/balance HTTP/1.0\r\n{auth}\r\n")).await;
     assert!(old.starts_with("HTTP/1.0 200") || old.starts_with("HTTP/1.1 200"), "{old}");
@@ -442,7 +518,10 @@ async fn a_declared_chunk_over_the_cap_gets_an_early_413() {
     s.write_all(format!("{head}40000000\r\n{{\"prompt\": \"aaaa").as_bytes()).await.unwrap();
     let started = std::time::Instant::now();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer before the body").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("Request body exceeds the 65536-byte limit"), "{text}");

@@ -10,8 +10,13 @@ use std::time::Duration;
 use support::*;
 
 fn relay_config(platform: std::net::SocketAddr, server_extra: &str, budget: Option<&str>) -> String {
-    let tenants = format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, budget), tenant("b", KEY_B, 1000, 1000, 1000, None))
-        .replacen("generations_per_minute = 1000\n", "generations_per_minute = 1000\nwebhook_secret_env = \"TEST_WEBHOOK_SECRET\"\n", 1);
+    let tenants =
+        format!("{}{}", tenant("a", KEY_A, 1000, 1000, 1000, budget), tenant("b", KEY_B, 1000, 1000, 1000, None))
+            .replacen(
+                "generations_per_minute = 1000\n",
+                "generations_per_minute = 1000\nwebhook_secret_env = \"TEST_WEBHOOK_SECRET\"\n",
+                1,
+            );
     let text = config_text(platform, server_extra, &tenants);
     text.replace(
         "[pricing]",
@@ -39,7 +44,8 @@ async fn webhooks_are_relayed_signed_and_byte_for_byte() {
     let c = client();
     const N: usize = 20;
     for i in 0..N {
-        let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), &format!("sunset {i}"))).await;
+        let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), &format!("sunset {i}")))
+            .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
     wait_accepted(&rx, N, Duration::from_secs(10)).await;
@@ -48,7 +54,11 @@ async fn webhooks_are_relayed_signed_and_byte_for_byte() {
     assert_eq!(got.len(), N, "each delivered once");
     let sent = platform.mock.webhooks_sent();
     // The platform never saw the tenant's URL: it called the gateway.
-    assert!(sent.iter().all(|(url, ..)| url.starts_with(&gw.url("/webhooks/runblob/"))), "{:?}", sent.iter().map(|s| &s.0).collect::<Vec<_>>());
+    assert!(
+        sent.iter().all(|(url, ..)| url.starts_with(&gw.url("/webhooks/runblob/"))),
+        "{:?}",
+        sent.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
     let mut latencies = Vec::new();
     for r in &got {
         assert!(verify_signature(WEBHOOK_SECRET, r), "signature must verify with the tenant's secret");
@@ -61,7 +71,11 @@ async fn webhooks_are_relayed_signed_and_byte_for_byte() {
         assert_eq!(v["status"], "completed");
     }
     latencies.sort();
-    eprintln!("webhook relay latency, platform POST → tenant receipt, {N} deliveries: p50 {:?}, p99 {:?}", latencies[N / 2], latencies[N - 1]);
+    eprintln!(
+        "webhook relay latency, platform POST → tenant receipt, {N} deliveries: p50 {:?}, p99 {:?}",
+        latencies[N / 2],
+        latencies[N - 1]
+    );
     let lines = gw.log_lines();
     assert_eq!(lines.iter().filter(|l| l["route"] == "/webhooks/runblob/{token}" && l["status"] == 200).count(), N);
     gw.shutdown().await;
@@ -74,7 +88,10 @@ async fn a_receiver_that_is_down_gets_the_webhook_once_it_is_back() {
     let rx = Receiver::start().await;
     rx.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let c = client();
-    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "a cat")).await.status, 201);
+    assert_eq!(
+        post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "a cat")).await.status,
+        201
+    );
     // Two refused attempts (300 ms, then 600 ms apart) …
     eventually(Duration::from_secs(10), || rx.got.lock().unwrap().len() >= 2).await;
     rx.down.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -95,12 +112,16 @@ async fn deliveries_pending_at_a_restart_are_delivered_once_after_it() {
     let platform = Platform::start().await;
     let dir = std::env::temp_dir().join(format!("tollgate-wh-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let text = relay_config(platform.addr, "", None).replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", dir.join("t.db").display()));
+    let text = relay_config(platform.addr, "", None)
+        .replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", dir.join("t.db").display()));
     let gw = TestGateway::start_templated(&text).await;
     let rx = Receiver::start().await;
     rx.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let c = client();
-    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "a dog")).await.status, 201);
+    assert_eq!(
+        post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "a dog")).await.status,
+        201
+    );
     eventually(Duration::from_secs(10), || !rx.got.lock().unwrap().is_empty()).await;
     gw.shutdown().await;
     assert!(rx.accepted().is_empty());
@@ -119,7 +140,8 @@ async fn deliveries_pending_at_a_restart_are_delivered_once_after_it() {
 async fn two_replicas_on_redis_deliver_each_webhook_once() {
     let redis = tollgate::dev::testkit::RedisServer::start();
     let platform = Platform::start().await;
-    let text = relay_config(platform.addr, "", None).replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"wh\"", redis.url));
+    let text = relay_config(platform.addr, "", None)
+        .replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"wh\"", redis.url));
     let a = TestGateway::start_templated(&text).await;
     let b = TestGateway::start_templated(&text).await;
     let rx = Receiver::start().await;
@@ -127,7 +149,12 @@ async fn two_replicas_on_redis_deliver_each_webhook_once() {
     const N: usize = 12;
     for i in 0..N {
         let gw = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), &format!("replica {i}"))).await.status, 201);
+        assert_eq!(
+            post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), &format!("replica {i}")))
+                .await
+                .status,
+            201
+        );
     }
     wait_accepted(&rx, N, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -143,7 +170,11 @@ async fn forged_or_unknown_tokens_are_404_and_record_nothing() {
     let platform = Platform::start().await;
     let gw = TestGateway::start_templated(&relay_config(platform.addr, "", None)).await;
     let c = client();
-    for path in ["/webhooks/runblob/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "/webhooks/runblob/x", "/webhooks/runblob/../v1"] {
+    for path in [
+        "/webhooks/runblob/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "/webhooks/runblob/x",
+        "/webhooks/runblob/../v1",
+    ] {
         let r = post(&c, &gw.url(path), None, r#"{"generation_id":"g","status":"failed"}"#).await;
         assert_eq!(r.status, 404, "{path}");
     }
@@ -153,7 +184,10 @@ async fn forged_or_unknown_tokens_are_404_and_record_nothing() {
     assert!(metrics.contains(r#"tollgate_webhook_rejected_total{cause="unknown_token"} 2"#), "{metrics}");
     // A tenant URL the relay would not call is refused up front.
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback("https://10.0.0.7/hook", "x")).await;
-    assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "callback_url: must not point to a private, loopback or link-local address"));
+    assert_eq!(
+        (r.status.as_u16(), r.detail().as_str()),
+        (422, "callback_url: must not point to a private, loopback or link-local address")
+    );
     // Port 0 reaches nothing: refused before anything is charged (it was accepted and charged).
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback("https://example.com:0/h", "x")).await;
     assert_eq!((r.status.as_u16(), r.detail().as_str()), (422, "callback_url: must name a port from 1 to 65535"));
@@ -167,7 +201,8 @@ async fn forged_or_unknown_tokens_are_404_and_record_nothing() {
 #[tokio::test]
 async fn a_failed_webhook_refunds_once_even_when_a_poll_sees_the_failure_too() {
     let platform = Platform::start().await;
-    let gw = TestGateway::start_templated(&fast_reconcile(&relay_config(platform.addr, "", Some("0.12")), 900, 10_000)).await;
+    let gw = TestGateway::start_templated(&fast_reconcile(&relay_config(platform.addr, "", Some("0.12")), 900, 10_000))
+        .await;
     let rx = Receiver::start().await;
     let c = client();
     let r = post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "[fail] a face")).await;
@@ -191,12 +226,16 @@ async fn a_failed_webhook_refunds_once_even_when_a_poll_sees_the_failure_too() {
 #[tokio::test]
 async fn undeliverable_webhooks_become_dead_letters_and_can_be_redriven() {
     let platform = Platform::start().await;
-    let text = relay_config(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", None).replace("retry_base_ms = 300", "retry_base_ms = 100\nmax_attempts = 2");
+    let text = relay_config(platform.addr, "admin_token_env = \"TEST_ADMIN_TOKEN\"", None)
+        .replace("retry_base_ms = 300", "retry_base_ms = 100\nmax_attempts = 2");
     let gw = TestGateway::start_templated(&text).await;
     let rx = Receiver::start().await;
     rx.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let c = client();
-    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "lost")).await.status, 201);
+    assert_eq!(
+        post(&c, &gw.url("/v1/sora/generate"), Some(KEY_A), &with_callback(&rx.url(), "lost")).await.status,
+        201
+    );
     let store = gw.gateway.store().clone();
     until(Duration::from_secs(10), "dead letter", || {
         let store = store.clone();

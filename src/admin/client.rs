@@ -19,7 +19,9 @@ pub enum ClientError {
     #[error("bad --admin-url {0:?}")]
     BadUrl(String),
     /// Nothing answered.
-    #[error("cannot reach the admin API at {url}: {why} (is the gateway running, and is --admin-url its admin_listen?)")]
+    #[error(
+        "cannot reach the admin API at {url}: {why} (is the gateway running, and is --admin-url its admin_listen?)"
+    )]
     Unreachable {
         /// Where.
         url: String,
@@ -52,23 +54,36 @@ impl AdminApi {
     pub fn new(base: &str, token: Option<String>) -> Result<AdminApi, ClientError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(ClientError::NoToken)?;
         let base = base.trim_end_matches('/').to_string();
-        base.parse::<http::Uri>().ok().filter(|u| u.scheme().is_some() && u.authority().is_some()).ok_or_else(|| ClientError::BadUrl(base.clone()))?;
+        base.parse::<http::Uri>()
+            .ok()
+            .filter(|u| u.scheme().is_some() && u.authority().is_some())
+            .ok_or_else(|| ClientError::BadUrl(base.clone()))?;
         Ok(AdminApi { base, token })
     }
 
     /// One call; a 2xx's JSON (or `null` for an empty answer), anything else an error.
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
-        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        let mut req = Request::builder().method(method).uri(&url).header(http::header::AUTHORIZATION, format!("Bearer {}", self.token));
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token));
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()))).map_err(|_| ClientError::BadUrl(url.clone()))?;
+        let req = req
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .map_err(|_| ClientError::BadUrl(url.clone()))?;
         let unreachable = |why: String| ClientError::Unreachable { url: self.base.clone(), why };
         let rsp = match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(unreachable(std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string()))),
+            Ok(Err(e)) => {
+                return Err(unreachable(
+                    std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string()),
+                ))
+            }
             Err(_) => return Err(unreachable("no answer within 10 s".into())),
         };
         let status = rsp.status();
@@ -77,11 +92,18 @@ impl AdminApi {
             .map_err(|_| unreachable("the answer stopped arriving".into()))?
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        let json: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
-        let detail = || json.get("detail").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| json.to_string());
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        let detail =
+            || json.get("detail").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| json.to_string());
         match status {
             s if s.is_success() => Ok(json),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => Err(ClientError::Refused(detail())),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                Err(ClientError::Refused(detail()))
+            }
             s => Err(ClientError::Api { status: s.as_u16(), detail: detail() }),
         }
     }
@@ -123,7 +145,9 @@ pub fn tenants_table(list: &Value) -> String {
         .unwrap_or_default()
         .iter()
         .map(|t| {
-            let live = t["keys"].as_array().map_or(0, |k| k.iter().filter(|k| matches!(k["state"].as_str(), Some("active" | "grace"))).count());
+            let live = t["keys"]
+                .as_array()
+                .map_or(0, |k| k.iter().filter(|k| matches!(k["state"].as_str(), Some("active" | "grace"))).count());
             vec![
                 text(&t["id"]),
                 text(&t["source"]),
@@ -143,7 +167,16 @@ pub fn tenants_table(list: &Value) -> String {
 /// `tenants show`.
 pub fn tenant_detail(t: &Value) -> String {
     let mut out = String::new();
-    for (label, field) in [("id", "id"), ("source", "source"), ("disabled", "disabled"), ("requests/s", "requests_per_second"), ("burst", "burst"), ("generations/min", "generations_per_minute"), ("monthly budget", "monthly_budget"), ("max in flight", "max_in_flight")] {
+    for (label, field) in [
+        ("id", "id"),
+        ("source", "source"),
+        ("disabled", "disabled"),
+        ("requests/s", "requests_per_second"),
+        ("burst", "burst"),
+        ("generations/min", "generations_per_minute"),
+        ("monthly budget", "monthly_budget"),
+        ("max in flight", "max_in_flight"),
+    ] {
         let _ = writeln!(out, "{label:<16} {}", text(&t[field]));
     }
     out.push('\n');
@@ -152,7 +185,12 @@ pub fn tenant_detail(t: &Value) -> String {
         .map(|a| a.as_slice())
         .unwrap_or_default()
         .iter()
-        .map(|k| ["id", "prefix", "label", "scope", "state", "created_at", "expires_at", "last_used_at"].iter().map(|f| text(&k[*f])).collect())
+        .map(|k| {
+            ["id", "prefix", "label", "scope", "state", "created_at", "expires_at", "last_used_at"]
+                .iter()
+                .map(|f| text(&k[*f]))
+                .collect()
+        })
         .collect();
     out.push_str(&table(&["KEY ID", "PREFIX", "LABEL", "SCOPE", "STATE", "CREATED", "EXPIRES", "LAST USED"], &keys));
     out

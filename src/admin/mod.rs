@@ -11,9 +11,9 @@ use std::sync::Arc;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::server::body::{self, Body};
 use crate::config::Secret;
 use crate::gateway::Gateway;
+use crate::server::body::{self, Body};
 
 /// Admin endpoints of one gateway.
 pub struct Admin {
@@ -69,10 +69,14 @@ where
     use http_body_util::BodyExt;
     let mut out = Vec::new();
     while let Some(frame) = incoming.frame().await {
-        let frame = frame.map_err(|e| body::detail(StatusCode::BAD_REQUEST, &format!("Could not read request body: {e}")))?;
+        let frame =
+            frame.map_err(|e| body::detail(StatusCode::BAD_REQUEST, &format!("Could not read request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > cap {
-                return Err(body::detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Request body exceeds the {cap}-byte limit")));
+                return Err(body::detail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("Request body exceeds the {cap}-byte limit"),
+                ));
             }
             out.extend_from_slice(&data);
         }
@@ -82,7 +86,10 @@ where
 
 /// The value of query parameter `name`, if given.
 fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
 }
 
 // === impl Admin ===
@@ -119,14 +126,18 @@ impl Admin {
         if self.token.is_none() {
             return Some(body::detail(
                 StatusCode::FORBIDDEN,
-                &format!("Admin API disabled: set the {} environment variable (server.admin_token_env) and restart", self.token_env),
+                &format!(
+                    "Admin API disabled: set the {} environment variable (server.admin_token_env) and restart",
+                    self.token_env
+                ),
             ));
         }
         // A throttled address gets 429 before its token is looked at, so a guess made while
         // throttled tells nothing.
         let ip = crate::gateway::peer_ip(req);
         let throttled = |secs: u64| {
-            let mut rsp = body::detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts; retry later");
+            let mut rsp =
+                body::detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts; retry later");
             rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             Some(rsp)
         };
@@ -149,7 +160,11 @@ impl Admin {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
         let mut rsp = if host_allowed(host, &self.hosts) {
             self.route(req).await
         } else {
@@ -177,7 +192,8 @@ impl Admin {
                 Ok(b) => b,
                 Err(refused) => return refused,
             };
-            return match tenants::route(&self.gateway, &parts.method, parts.uri.path(), parts.uri.query(), &bytes).await {
+            return match tenants::route(&self.gateway, &parts.method, parts.uri.path(), parts.uri.query(), &bytes).await
+            {
                 Some(rsp) => rsp,
                 None => body::detail(StatusCode::NOT_FOUND, "Not found"),
             };
@@ -191,14 +207,25 @@ impl Admin {
                     body::detail(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable")
                 }
             },
-            (&Method::GET, "/metrics") if self.metrics_require_token && self.refusal(&req).is_some() => self.refusal(&req).unwrap_or_else(|| body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials")),
+            (&Method::GET, "/metrics") if self.metrics_require_token && self.refusal(&req).is_some() => {
+                self.refusal(&req).unwrap_or_else(|| body::detail(StatusCode::UNAUTHORIZED, "Invalid credentials"))
+            }
             (&Method::GET, "/metrics") => {
                 let runtime = self.gateway.current();
-                self.gateway.metrics().set_budgets(runtime.tenants.tenants().iter().filter_map(|t| t.monthly_budget.map(|b| (t.id.clone(), b))));
+                self.gateway.metrics().set_budgets(
+                    runtime.tenants.tenants().iter().filter_map(|t| t.monthly_budget.map(|b| (t.id.clone(), b))),
+                );
                 self.gateway.metrics().set_token_rejected(self.gateway.upstream().token_rejected());
-                let text = self.gateway.metrics().render(&**self.gateway.store(), self.gateway.upstream().circuit_state()).await;
+                let text = self
+                    .gateway
+                    .metrics()
+                    .render(&**self.gateway.store(), self.gateway.upstream().circuit_state())
+                    .await;
                 let mut rsp = body::json(StatusCode::OK, text);
-                rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+                rsp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
                 rsp
             }
             (&Method::GET, "/openapi.json") => match openapi_json() {
@@ -230,9 +257,20 @@ impl Admin {
                     Err(refused) => return refused,
                 };
                 let tenant = query_param(&req, "tenant");
-                let csv = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
+                let csv = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("text/csv"));
                 let runtime = self.gateway.current();
-                match crate::store::usage::report(&**self.gateway.store(), runtime.tenants.tenants(), &month, tenant.as_deref()).await {
+                match crate::store::usage::report(
+                    &**self.gateway.store(),
+                    runtime.tenants.tenants(),
+                    &month,
+                    tenant.as_deref(),
+                )
+                .await
+                {
                     Ok(r) if csv => {
                         let mut rsp = body::json(StatusCode::OK, r.csv());
                         rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
@@ -272,7 +310,10 @@ impl Admin {
                             .iter()
                             .map(|r| serde_json::json!({ "generation_id": r.id, "family": r.family.path(), "price": r.price.to_string(), "status": r.status, "created_ms": r.created_ms }))
                             .collect();
-                        body::json(StatusCode::OK, serde_json::json!({ "month": month, "unattributed": items }).to_string())
+                        body::json(
+                            StatusCode::OK,
+                            serde_json::json!({ "month": month, "unattributed": items }).to_string(),
+                        )
                     }
                     Err(e) => store_unavailable("unattributed list", &e),
                 }
@@ -283,7 +324,18 @@ impl Admin {
                 }
                 self.decide_unattributed(&req, &path["/admin/unattributed/".len()..]).await
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/openapi-admin.json" | "/admin/reload" | "/admin/webhooks/redeliver" | "/admin/usage" | "/admin/unattributed") => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            (
+                _,
+                "/healthz"
+                | "/readyz"
+                | "/metrics"
+                | "/openapi.json"
+                | "/openapi-admin.json"
+                | "/admin/reload"
+                | "/admin/webhooks/redeliver"
+                | "/admin/usage"
+                | "/admin/unattributed",
+            ) => body::detail(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             _ => body::detail(StatusCode::NOT_FOUND, "Not found"),
         }
     }
@@ -301,7 +353,12 @@ impl Admin {
                 };
                 match self.gateway.current().tenants.tenants().iter().find(|t| *t.id == *tenant) {
                     Some(t) => t.id.clone(),
-                    None => return body::detail(StatusCode::UNPROCESSABLE_ENTITY, &format!("tenant: no tenant {tenant:?} is configured")),
+                    None => {
+                        return body::detail(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            &format!("tenant: no tenant {tenant:?} is configured"),
+                        )
+                    }
                 }
             }
             "dismiss" => Arc::from(crate::store::DISMISSED),
@@ -310,7 +367,11 @@ impl Admin {
         match self.gateway.store().reassign(id, crate::store::UNATTRIBUTED, &to).await {
             Ok(Some(r)) => {
                 tracing::info!(audit = true, action, generation = %r.id, family = r.family.path(), price = %r.price, tenant = %to, "unattributed generation decided by an operator");
-                body::json(StatusCode::OK, serde_json::json!({ "generation_id": r.id, "owner": &*to, "price": r.price.to_string() }).to_string())
+                body::json(
+                    StatusCode::OK,
+                    serde_json::json!({ "generation_id": r.id, "owner": &*to, "price": r.price.to_string() })
+                        .to_string(),
+                )
             }
             Ok(None) => body::detail(StatusCode::NOT_FOUND, "Generation not found"),
             Err(e) => store_unavailable("unattributed decision", &e),
@@ -330,7 +391,11 @@ pub fn admin_openapi_json() -> Result<&'static str, &'static str> {
     as_json(&JSON, "docs/admin-openapi.yaml", include_str!("../../docs/admin-openapi.yaml"))
 }
 
-fn as_json(cell: &'static std::sync::OnceLock<Result<String, String>>, name: &str, yaml: &str) -> Result<&'static str, &'static str> {
+fn as_json(
+    cell: &'static std::sync::OnceLock<Result<String, String>>,
+    name: &str,
+    yaml: &str,
+) -> Result<&'static str, &'static str> {
     cell.get_or_init(|| {
         let doc: serde_json::Value = serde_yaml_ng::from_str(yaml).map_err(|e| format!("{name}: {e}"))?;
         serde_json::to_string(&doc).map_err(|e| e.to_string())
@@ -349,10 +414,24 @@ mod tests {
     #[test]
     fn ip_literals_localhost_and_configured_names_only() {
         let allowed = vec!["tollgate-admin.internal".to_string()];
-        for ok in [None, Some("127.0.0.1:9090"), Some("10.1.2.3"), Some("[::1]:9090"), Some("localhost:9090"), Some("LOCALHOST"), Some("tollgate-admin.internal:9090")] {
+        for ok in [
+            None,
+            Some("127.0.0.1:9090"),
+            Some("10.1.2.3"),
+            Some("[::1]:9090"),
+            Some("localhost:9090"),
+            Some("LOCALHOST"),
+            Some("tollgate-admin.internal:9090"),
+        ] {
             assert!(host_allowed(ok, &allowed), "{ok:?}");
         }
-        for bad in [Some("evil.example"), Some("rebind.attacker.test:9090"), Some("localhost.evil.example"), Some(""), Some("a b")] {
+        for bad in [
+            Some("evil.example"),
+            Some("rebind.attacker.test:9090"),
+            Some("localhost.evil.example"),
+            Some(""),
+            Some("a b"),
+        ] {
             assert!(!host_allowed(bad, &allowed), "{bad:?}");
         }
     }

@@ -71,13 +71,22 @@ fn only(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), Refused> {
 fn whole(body: &Map<String, Value>, field: &str, min: u64, max: u64) -> Result<Option<u64>, Refused> {
     match body.get(field) {
         None => Ok(None),
-        Some(v) => v.as_u64().filter(|n| (min..=max).contains(n)).map(Some).ok_or_else(|| Refused::field(field, &format!("must be a whole number from {min} to {max}"))),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (min..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| Refused::field(field, &format!("must be a whole number from {min} to {max}"))),
     }
 }
 
 /// `null`, or a non-negative amount with at most 4 decimals (string or number).
 fn budget(v: &Value) -> Result<Option<Usd>, Refused> {
-    let bad = || Refused::field("monthly_budget", "must be null or a non-negative amount with at most 4 decimals, like \"50.00\"");
+    let bad = || {
+        Refused::field(
+            "monthly_budget",
+            "must be null or a non-negative amount with at most 4 decimals, like \"50.00\"",
+        )
+    };
     let text = match v {
         Value::Null => return Ok(None),
         Value::String(s) => s.trim().to_string(),
@@ -118,7 +127,11 @@ fn api_view(t: &ApiTenant, used: &std::collections::HashMap<String, u64>, now: u
     })
 }
 
-fn config_view(gw: &Gateway, t: &crate::policy::tenants::Tenant, used: &std::collections::HashMap<String, u64>) -> Value {
+fn config_view(
+    gw: &Gateway,
+    t: &crate::policy::tenants::Tenant,
+    used: &std::collections::HashMap<String, u64>,
+) -> Value {
     let runtime = gw.current();
     let keys: Vec<Value> = runtime
         .config_tenants
@@ -154,7 +167,13 @@ async fn audit(gw: &Gateway, action: &str, tenant: &str, key: Option<&ApiKey>, r
 
 /// Serves `/admin/tenants…` and `/admin/audit` (after the admin token was checked); `None` for
 /// any other path.
-pub(super) async fn route(gw: &Gateway, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Option<Response<Body>> {
+pub(super) async fn route(
+    gw: &Gateway,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Option<Response<Body>> {
     Some(match answer(gw, method, path, query, body).await? {
         Ok((status, Some(v))) => body::json(status, v.to_string()),
         Ok((status, None)) => {
@@ -168,7 +187,13 @@ pub(super) async fn route(gw: &Gateway, method: &Method, path: &str, query: Opti
 
 /// What `route` answers, before it becomes a response: the dashboard's forms make the same
 /// changes through here (same checks, same audit lines) and render the outcome as a page.
-pub(crate) async fn answer(gw: &Gateway, method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Option<Result<(StatusCode, Option<Value>), (StatusCode, String)>> {
+pub(crate) async fn answer(
+    gw: &Gateway,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Option<Result<(StatusCode, Option<Value>), (StatusCode, String)>> {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
     let answer = match (method, parts.as_slice()) {
         (&Method::GET, ["audit"]) => audit_list(gw, query).await,
@@ -190,7 +215,11 @@ pub(crate) async fn answer(gw: &Gateway, method: &Method, path: &str, query: Opt
 async fn audit_list(gw: &Gateway, query: Option<&str>) -> Answer {
     let limit = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit="))) {
         None => 100,
-        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| Refused::field("limit", "must be a whole number from 1 to 1000"))?,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| Refused::field("limit", "must be a whole number from 1 to 1000"))?,
     };
     let lines = gw.store().audit_latest(limit).await.map_err(Refused::store)?;
     let items: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -203,7 +232,11 @@ async fn list(gw: &Gateway) -> Answer {
     let now = now_ms();
     let runtime = gw.current();
     let mut out: Vec<Value> = runtime.config_tenants.tenants().iter().map(|t| config_view(gw, t, &used)).collect();
-    out.extend(docs.iter().filter(|d| !d.tenant.is_deleted() && runtime.config_tenants.source(&d.tenant.id).is_none()).map(|d| api_view(&d.tenant, &used, now)));
+    out.extend(
+        docs.iter()
+            .filter(|d| !d.tenant.is_deleted() && runtime.config_tenants.source(&d.tenant.id).is_none())
+            .map(|d| api_view(&d.tenant, &used, now)),
+    );
     Ok((StatusCode::OK, Some(Value::Array(out))))
 }
 
@@ -213,7 +246,12 @@ async fn show(gw: &Gateway, id: &str) -> Answer {
     if let Some(t) = runtime.config_tenants.tenants().iter().find(|t| &*t.id == id) {
         return Ok((StatusCode::OK, Some(config_view(gw, t, &used))));
     }
-    let doc = gw.api_tenant(id).await.map_err(Refused::store)?.filter(|d| !d.tenant.is_deleted()).ok_or_else(Refused::not_found)?;
+    let doc = gw
+        .api_tenant(id)
+        .await
+        .map_err(Refused::store)?
+        .filter(|d| !d.tenant.is_deleted())
+        .ok_or_else(Refused::not_found)?;
     Ok((StatusCode::OK, Some(api_view(&doc.tenant, &used, now_ms()))))
 }
 
@@ -245,7 +283,8 @@ fn apply_settings(t: &mut ApiTenant, body: &Map<String, Value>, rps_given: bool)
     Ok(())
 }
 
-const SETTINGS: &[&str] = &["requests_per_second", "burst", "generations_per_minute", "monthly_budget", "max_in_flight"];
+const SETTINGS: &[&str] =
+    &["requests_per_second", "burst", "generations_per_minute", "monthly_budget", "max_in_flight"];
 
 async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
     let body = parse_object(bytes)?;
@@ -292,12 +331,21 @@ async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
 
 /// Reads API tenant `id`, changes it with `change`, writes it back if nobody changed it in
 /// between (retrying otherwise). `change` returns what to answer, and `None` to delete.
-async fn modify<T>(gw: &Gateway, id: &str, mut change: impl FnMut(&mut ApiTenant) -> Result<(bool, T), Refused>) -> Result<(Option<ApiTenant>, T), Refused> {
+async fn modify<T>(
+    gw: &Gateway,
+    id: &str,
+    mut change: impl FnMut(&mut ApiTenant) -> Result<(bool, T), Refused>,
+) -> Result<(Option<ApiTenant>, T), Refused> {
     if gw.current().config_tenants.source(id).is_some() {
         return Err(Refused::managed_by_file());
     }
     for _ in 0..WRITE_ATTEMPTS {
-        let doc = gw.api_tenant(id).await.map_err(Refused::store)?.filter(|d| !d.tenant.is_deleted()).ok_or_else(Refused::not_found)?;
+        let doc = gw
+            .api_tenant(id)
+            .await
+            .map_err(Refused::store)?
+            .filter(|d| !d.tenant.is_deleted())
+            .ok_or_else(Refused::not_found)?;
         let mut t = doc.tenant.clone();
         let (keep, out) = change(&mut t)?;
         let next = keep.then_some(t);
@@ -319,7 +367,9 @@ async fn update(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
         Some(false) => "tenant.enable",
         None => "tenant.update",
     };
-    finish(gw, action, id, None, result.map(|(t, ())| t)).await.map(|t| (StatusCode::OK, t.map(|t| api_view(&t, &Default::default(), now_ms()))))
+    finish(gw, action, id, None, result.map(|(t, ())| t))
+        .await
+        .map(|t| (StatusCode::OK, t.map(|t| api_view(&t, &Default::default(), now_ms()))))
 }
 
 /// Deleting leaves a tombstone: keys revoked, the id retired for good.
@@ -334,14 +384,24 @@ async fn delete(gw: &Gateway, id: &str) -> Answer {
         Ok((true, ()))
     })
     .await;
-    finish(gw, "tenant.delete", id, None, result.map(|_| None::<ApiTenant>)).await.map(|_| (StatusCode::NO_CONTENT, None))
+    finish(gw, "tenant.delete", id, None, result.map(|_| None::<ApiTenant>))
+        .await
+        .map(|_| (StatusCode::NO_CONTENT, None))
 }
 
 /// Writes the audit line of a change's result and passes it on.
-async fn finish<T>(gw: &Gateway, action: &str, id: &str, key: Option<&ApiKey>, result: Result<T, Refused>) -> Result<T, Refused> {
+async fn finish<T>(
+    gw: &Gateway,
+    action: &str,
+    id: &str,
+    key: Option<&ApiKey>,
+    result: Result<T, Refused>,
+) -> Result<T, Refused> {
     match &result {
         Ok(_) => audit(gw, action, id, key, "ok").await,
-        Err(Refused(status, _)) if *status != StatusCode::SERVICE_UNAVAILABLE => audit(gw, action, id, key, &format!("refused: {}", status.as_u16())).await,
+        Err(Refused(status, _)) if *status != StatusCode::SERVICE_UNAVAILABLE => {
+            audit(gw, action, id, key, &format!("refused: {}", status.as_u16())).await
+        }
         Err(_) => {}
     }
     result
@@ -367,7 +427,12 @@ async fn issue(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
         None | Some(Value::Null) => None,
         // Control characters would reach operators' terminals raw (`tollgate tenants show`).
         Some(Value::String(s)) if s.chars().count() <= MAX_LABEL && !s.chars().any(char::is_control) => Some(s.clone()),
-        Some(_) => return Err(Refused::field("label", &format!("must be a string of at most {MAX_LABEL} characters, without control characters"))),
+        Some(_) => {
+            return Err(Refused::field(
+                "label",
+                &format!("must be a string of at most {MAX_LABEL} characters, without control characters"),
+            ))
+        }
     };
     let expires_ms = match body.get("expires_at") {
         None | Some(Value::Null) => None,
@@ -405,10 +470,17 @@ async fn rotate(gw: &Gateway, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     let now = now_ms();
     let (mut made, mut old_prefix) = (None, String::new());
     let result = modify(gw, id, |t| {
-        let old = t.keys.iter_mut().find(|k| k.id == key_id).ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        let old = t
+            .keys
+            .iter_mut()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
         old_prefix = old.prefix.clone();
         if !old.works(now) {
-            return Err(Refused(StatusCode::CONFLICT, format!("Key is {}; issue a new one instead", old.state(now).as_str())));
+            return Err(Refused(
+                StatusCode::CONFLICT,
+                format!("Key is {}; issue a new one instead", old.state(now).as_str()),
+            ));
         }
         let end = now + grace * 1000;
         old.grace_until_ms = Some(old.grace_until_ms.map_or(end, |g| g.min(end)));
@@ -420,7 +492,8 @@ async fn rotate(gw: &Gateway, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     .await;
     let old = ApiKey { id: key_id.to_string(), prefix: old_prefix, ..placeholder_key() };
     finish(gw, "key.rotate", id, Some(&old), result).await?;
-    let (record, key) = made.ok_or_else(|| Refused(StatusCode::INTERNAL_SERVER_ERROR, "rotation made no key".into()))?;
+    let (record, key) =
+        made.ok_or_else(|| Refused(StatusCode::INTERNAL_SERVER_ERROR, "rotation made no key".into()))?;
     audit(gw, "key.issue", id, Some(&record), "ok").await;
     Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
 }
@@ -429,7 +502,11 @@ async fn revoke(gw: &Gateway, id: &str, key_id: &str) -> Answer {
     let now = now_ms();
     let mut prefix = String::new();
     let result = modify(gw, id, |t| {
-        let k = t.keys.iter_mut().find(|k| k.id == key_id).ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        let k = t
+            .keys
+            .iter_mut()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
         prefix = k.prefix.clone();
         if k.state(now) != KeyState::Revoked {
             k.revoked_ms = Some(now);
@@ -444,7 +521,17 @@ async fn revoke(gw: &Gateway, id: &str, key_id: &str) -> Answer {
 
 /// A key record carrying only an id and prefix, for audit lines about a key by id.
 fn placeholder_key() -> ApiKey {
-    ApiKey { id: String::new(), digest: String::new(), prefix: String::new(), label: None, scope: Scope::Api, created_ms: 0, expires_ms: None, grace_until_ms: None, revoked_ms: None }
+    ApiKey {
+        id: String::new(),
+        digest: String::new(),
+        prefix: String::new(),
+        label: None,
+        scope: Scope::Api,
+        created_ms: 0,
+        expires_ms: None,
+        grace_until_ms: None,
+        revoked_ms: None,
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ impl Background {
                 let (gw, mut stop) = (gw.clone(), stop.clone());
                 async move {
                     loop {
-                        if let Err(e) = gw.balance.ensure_fresh(&http::HeaderValue::from_static("background-balance")).await {
+                        if let Err(e) =
+                            gw.balance.ensure_fresh(&http::HeaderValue::from_static("background-balance")).await
+                        {
                             tracing::debug!(error = %e, "background balance refresh failed");
                         }
                         tokio::select! {
@@ -59,11 +61,19 @@ impl Background {
                 metrics: gateway.metrics.clone(),
                 secret_of: Arc::new(move |tenant| match tenant {
                     crate::store::ALERTS => gw.alerts.as_ref().map(|a| a.secret.clone()),
-                    _ => gw.current().tenants.tenants().iter().find(|t| &*t.id == tenant).and_then(|t| t.webhook_secret.clone()),
+                    _ => gw
+                        .current()
+                        .tenants
+                        .tenants()
+                        .iter()
+                        .find(|t| &*t.id == tenant)
+                        .and_then(|t| t.webhook_secret.clone()),
                 }),
             };
             let stop = stop_rx.clone();
-            supervise("webhook_relay", metrics.clone(), move || webhooks::run(deliveries.clone(), r.clone(), stop.clone()))
+            supervise("webhook_relay", metrics.clone(), move || {
+                webhooks::run(deliveries.clone(), r.clone(), stop.clone())
+            })
         });
         // Summaries of sampled access lines, once a second.
         let sampler = {
@@ -86,33 +96,33 @@ impl Background {
             let (gw, stop) = (gateway.clone(), stop_rx.clone());
             let changed = gateway.store.directory_changes();
             supervise("directory", metrics.clone(), move || {
-            let (gw, mut stop, changed) = (gw.clone(), stop.clone(), changed.clone());
-            async move {
-                let mut last_flush = tokio::time::Instant::now();
-                loop {
-                    if let Err(e) = gw.refresh_directory().await {
-                        tracing::debug!(error = %e, "directory refresh failed; serving the tenants already loaded");
-                    }
-                    if last_flush.elapsed() >= crate::gateway::directory::LAST_USED_EVERY {
-                        last_flush = tokio::time::Instant::now();
-                        gw.flush_key_uses().await;
-                    }
-                    let stopping = tokio::select! {
-                        _ = tokio::time::sleep(crate::gateway::directory::REFRESH_EVERY) => false,
-                        // Another replica changed it (Redis pub/sub): refresh now.
-                        _ = async {
-                            match &changed {
-                                Some(n) => n.notified().await,
-                                None => std::future::pending().await,
-                            }
-                        } => false,
-                        _ = stop.wait_for(|s| *s) => true,
-                    };
-                    if stopping {
-                        return gw.flush_key_uses().await;
+                let (gw, mut stop, changed) = (gw.clone(), stop.clone(), changed.clone());
+                async move {
+                    let mut last_flush = tokio::time::Instant::now();
+                    loop {
+                        if let Err(e) = gw.refresh_directory().await {
+                            tracing::debug!(error = %e, "directory refresh failed; serving the tenants already loaded");
+                        }
+                        if last_flush.elapsed() >= crate::gateway::directory::LAST_USED_EVERY {
+                            last_flush = tokio::time::Instant::now();
+                            gw.flush_key_uses().await;
+                        }
+                        let stopping = tokio::select! {
+                            _ = tokio::time::sleep(crate::gateway::directory::REFRESH_EVERY) => false,
+                            // Another replica changed it (Redis pub/sub): refresh now.
+                            _ = async {
+                                match &changed {
+                                    Some(n) => n.notified().await,
+                                    None => std::future::pending().await,
+                                }
+                            } => false,
+                            _ = stop.wait_for(|s| *s) => true,
+                        };
+                        if stopping {
+                            return gw.flush_key_uses().await;
+                        }
                     }
                 }
-            }
             })
         };
         let mut tasks = vec![reconciler, refresher, sampler, directory, alerts];

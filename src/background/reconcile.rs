@@ -83,7 +83,9 @@ fn family_of(path: &str) -> Option<Family> {
 /// Unix ms of a platform timestamp (`2026-11-25T16:00:00.123456`, UTC with or without `Z`).
 fn parse_created(s: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
-    let t = time::OffsetDateTime::parse(s, &Rfc3339).or_else(|_| time::OffsetDateTime::parse(&format!("{s}Z"), &Rfc3339)).ok()?;
+    let t = time::OffsetDateTime::parse(s, &Rfc3339)
+        .or_else(|_| time::OffsetDateTime::parse(&format!("{s}Z"), &Rfc3339))
+        .ok()?;
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -97,7 +99,12 @@ struct Listed {
 }
 
 fn listed(family: Family, v: &serde_json::Value) -> Option<Listed> {
-    let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"))?.as_str()?.to_string();
+    let id = v
+        .get(family.id_field())
+        .or_else(|| v.get("generation_id"))
+        .or_else(|| v.get("task_uuid"))?
+        .as_str()?
+        .to_string();
     let prompt = v.get("prompt").and_then(|p| p.as_str()).unwrap_or("");
     let fields = v
         .as_object()
@@ -137,7 +144,13 @@ impl Reconciler {
     /// A reconciler for `gw`, under a fresh owner id.
     pub fn new(gw: Arc<Gateway>) -> Reconciler {
         let per_minute = f64::from(gw.reconcile.status_calls_per_minute);
-        Reconciler { gw, owner: uuid::Uuid::new_v4().simple().to_string(), last_checked: HashMap::new(), tokens: per_minute / 2.0, refilled: Instant::now() }
+        Reconciler {
+            gw,
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+            last_checked: HashMap::new(),
+            tokens: per_minute / 2.0,
+            refilled: Instant::now(),
+        }
     }
 
     /// Runs passes every `interval` until `stop` turns true.
@@ -159,7 +172,13 @@ impl Reconciler {
             }
             match pass {
                 Ok(r) if r.expired + r.found + r.released > 0 => {
-                    tracing::info!(expired = r.expired, found = r.found, released = r.released, followed = r.followed, "reconciler pass")
+                    tracing::info!(
+                        expired = r.expired,
+                        found = r.found,
+                        released = r.released,
+                        followed = r.followed,
+                        "reconciler pass"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reconciler pass failed; retrying next interval"),
@@ -183,7 +202,8 @@ impl Reconciler {
             tracing::warn!(holds = report.expired, cause = "lease_expired", "holds outlived their lease (crash, shutdown or slow store): now unknown outcomes, counted as spent until reconciled");
         }
         let per_minute = f64::from(cfg.status_calls_per_minute);
-        self.tokens = (self.tokens + self.refilled.elapsed().as_secs_f64() * per_minute / 60.0).min(per_minute.max(1.0));
+        self.tokens =
+            (self.tokens + self.refilled.elapsed().as_secs_f64() * per_minute / 60.0).min(per_minute.max(1.0));
         self.refilled = Instant::now();
         let budget = self.tokens.floor() as u64;
         let mut calls_left = budget;
@@ -217,10 +237,10 @@ impl Reconciler {
         let path = record.family.status_path(&record.id);
         let request_id = reconcile_id();
         match self.gw.upstream.send(Method::GET, &path, None, &request_id, None, Bytes::new()).await {
-            Ok(rsp) if rsp.status.is_success() => {
-                self.gw.track_status(record, &rsp.body).await
+            Ok(rsp) if rsp.status.is_success() => self.gw.track_status(record, &rsp.body).await,
+            Ok(rsp) => {
+                tracing::debug!(generation = %record.id, status = rsp.status.as_u16(), "reconciler status check answered with an error")
             }
-            Ok(rsp) => tracing::debug!(generation = %record.id, status = rsp.status.as_u16(), "reconciler status check answered with an error"),
             Err(e) => tracing::debug!(generation = %record.id, error = %e, "reconciler status check failed"),
         }
     }
@@ -252,7 +272,12 @@ impl Reconciler {
         }
     }
 
-    async fn resolve(&self, unknown: &[UnknownOutcome], calls_left: &mut u64, report: &mut PassReport) -> Result<(), StoreError> {
+    async fn resolve(
+        &self,
+        unknown: &[UnknownOutcome],
+        calls_left: &mut u64,
+        report: &mut PassReport,
+    ) -> Result<(), StoreError> {
         let gw = &self.gw;
         let now = now_ms();
         let window = (SKEW_MS, gw.hold_lease.as_millis() as i64 + SKEW_MS);
@@ -266,7 +291,10 @@ impl Reconciler {
             let oldest = outcomes.iter().map(|u| u.intent.created_ms as i64).min().unwrap_or(0) - SKEW_MS;
             // Without an answer from the platform nothing is released: unknown stays unknown.
             let Some(listed) = self.list(family, oldest, calls_left).await else {
-                tracing::warn!(family = fam, "could not read the platform's generation list; unknown outcomes stay counted");
+                tracing::warn!(
+                    family = fam,
+                    "could not read the platform's generation list; unknown outcomes stay counted"
+                );
                 continue;
             };
             // Only generations nobody owns yet (a tenant's own earlier records, or charges
@@ -311,8 +339,11 @@ impl Reconciler {
                     created_ms: listings[li].created_ms.unwrap_or(u.intent.created_ms as i64),
                     status: first_status(&l.status),
                 };
-                let reply = serde_json::json!({ family.id_field(): l.id, "status": "pending", "price": price.to_string() }).to_string();
-                if gw.store.resolve_unknown(&u.hold, &Resolution::Created { record, reply: Bytes::from(reply) }).await? {
+                let reply =
+                    serde_json::json!({ family.id_field(): l.id, "status": "pending", "price": price.to_string() })
+                        .to_string();
+                if gw.store.resolve_unknown(&u.hold, &Resolution::Created { record, reply: Bytes::from(reply) }).await?
+                {
                     report.found += 1;
                     gw.metrics.resolution("found");
                     tracing::warn!(hold = %u.hold, tenant = %u.tenant, generation = %l.id, price = %price, cause = "found_on_platform", "unknown outcome resolved: the platform created it; charged to the tenant");

@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use super::one_line;
 
-
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ServerSection {
     pub(super) listen: Option<String>,
@@ -143,7 +142,11 @@ pub(super) struct TenantSection {
 
 // ---------- validated config ----------
 
-pub(super) fn section<T: DeserializeOwned + Default>(value: Option<&toml::Value>, name: &str, problems: &mut Vec<String>) -> T {
+pub(super) fn section<T: DeserializeOwned + Default>(
+    value: Option<&toml::Value>,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> T {
     let Some(value) = value else { return T::default() };
     let mut unknown = Vec::new();
     let parsed = serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()));

@@ -12,10 +12,10 @@ use std::time::Duration;
 use http::Uri;
 
 use crate::policy::catalog::{toml_syntax_error, Catalog};
-pub use crate::policy::secret::Secret;
 use crate::policy::money::Usd;
 use crate::policy::pricing::{FamilyPrices, PriceTable};
 use crate::policy::rate_limit;
+pub use crate::policy::secret::Secret;
 use crate::policy::tenants::{Tenant, TenantDirectory};
 
 mod env;
@@ -94,14 +94,13 @@ pub enum ConfigError {
 }
 
 pub use env::{Env, ProcessEnv};
-pub use types::*;
 use file::*;
-
-
+pub use types::*;
 
 /// Keys written in this project's docs and example configs. A tenant that accepts one can be
 /// spent by anyone who has read them.
-pub const PUBLIC_KEYS: &[&str] = &["tg_example_marketing", "tg_example_research", "tg_demo_marketing_key", "tg_demo_research_key"];
+pub const PUBLIC_KEYS: &[&str] =
+    &["tg_example_marketing", "tg_example_research", "tg_demo_marketing_key", "tg_demo_research_key"];
 
 /// The absolute directory of a config file: its relative paths are resolved against it, so the
 /// ledger and the catalog do not depend on where the process was started.
@@ -136,9 +135,16 @@ fn parse_base_url(s: &str, problems: &mut Vec<String>) -> Uri {
     let fallback = || Uri::from_static(DEFAULT_BASE_URL);
     let trimmed = s.trim_end_matches('/');
     match trimmed.parse::<Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("http") | Some("https")) && u.authority().is_some() && u.query().is_none() => u,
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http") | Some("https"))
+                && u.authority().is_some()
+                && u.query().is_none() =>
+        {
+            u
+        }
         _ => {
-            problems.push(format!("upstream.base_url = {s:?} must be an http(s) URL like \"https://platform.runblob.io\""));
+            problems
+                .push(format!("upstream.base_url = {s:?} must be an http(s) URL like \"https://platform.runblob.io\""));
             fallback()
         }
     }
@@ -153,7 +159,8 @@ fn valid_tenant_id(id: &str) -> bool {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         Config::from_toml_at(&text, env, &config_dir(path))
     }
 
@@ -174,7 +181,8 @@ impl Config {
 
     /// [`Config::check`] of a file, relative paths resolved against its directory.
     pub fn check_file(path: &Path, env: &dyn Env) -> Result<(Config, Vec<String>), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
         Config::check_at(&text, env, &config_dir(path))
     }
 
@@ -200,7 +208,21 @@ impl Config {
             Err(e) => return (None, vec![toml_syntax_error(text, &e)]),
         };
         for key in table.keys() {
-            if !["server", "upstream", "store", "balance", "reconcile", "webhooks", "alerts", "telemetry", "catalog", "pricing", "tenants"].contains(&key.as_str()) {
+            if ![
+                "server",
+                "upstream",
+                "store",
+                "balance",
+                "reconcile",
+                "webhooks",
+                "alerts",
+                "telemetry",
+                "catalog",
+                "pricing",
+                "tenants",
+            ]
+            .contains(&key.as_str())
+            {
                 p.push(format!("unknown key `{key}`"));
             }
         }
@@ -257,7 +279,12 @@ impl Config {
         let upstream = Config::upstream(upstream, env, &mut p);
         let store = Config::store(store, env, base, &mut p);
         let balance = BalanceConfig {
-            cache_ttl: Duration::from_millis(positive(balance.cache_ttl_ms, DEFAULT_BALANCE_TTL_MS, "balance.cache_ttl_ms", &mut p)),
+            cache_ttl: Duration::from_millis(positive(
+                balance.cache_ttl_ms,
+                DEFAULT_BALANCE_TTL_MS,
+                "balance.cache_ttl_ms",
+                &mut p,
+            )),
             reserve: match balance.reserve.as_deref().map(Usd::parse) {
                 None => Usd::ZERO,
                 Some(Ok(r)) if r >= Usd::ZERO => r,
@@ -278,20 +305,43 @@ impl Config {
         let pricing = Config::pricing(&catalog, pricing, &mut p);
         let tenants = Config::tenants(tenants, env, &mut p);
         let reconcile = ReconcileConfig {
-            interval: Duration::from_secs(positive(reconcile.interval_secs, DEFAULT_RECONCILE_INTERVAL_SECS, "reconcile.interval_secs", &mut p)),
+            interval: Duration::from_secs(positive(
+                reconcile.interval_secs,
+                DEFAULT_RECONCILE_INTERVAL_SECS,
+                "reconcile.interval_secs",
+                &mut p,
+            )),
             status_calls_per_minute: positive(
                 reconcile.status_calls_per_minute.map(u64::from),
                 DEFAULT_RECONCILE_CALLS_PER_MINUTE as u64,
                 "reconcile.status_calls_per_minute",
                 &mut p,
             ) as u32,
-            unknown_after: Duration::from_secs(positive(reconcile.unknown_after_secs, DEFAULT_UNKNOWN_AFTER_SECS, "reconcile.unknown_after_secs", &mut p)),
+            unknown_after: Duration::from_secs(positive(
+                reconcile.unknown_after_secs,
+                DEFAULT_UNKNOWN_AFTER_SECS,
+                "reconcile.unknown_after_secs",
+                &mut p,
+            )),
             lease_margin: Duration::from_millis(reconcile.lease_margin_ms.unwrap_or(DEFAULT_LEASE_MARGIN_MS)),
         };
         let webhooks = webhooks.map(|w| Config::webhooks(w, &mut p));
         let alerts = alerts.map(|a| Config::alerts(a, env, &mut p));
         let telemetry = telemetry.and_then(|t| Config::telemetry(t, &mut p));
-        let config = Config { server, upstream, store, balance, reconcile, webhooks, alerts, telemetry, catalog, catalog_path, pricing, tenants };
+        let config = Config {
+            server,
+            upstream,
+            store,
+            balance,
+            reconcile,
+            webhooks,
+            alerts,
+            telemetry,
+            catalog,
+            catalog_path,
+            pricing,
+            tenants,
+        };
         (Some(config), p)
     }
 
@@ -301,7 +351,12 @@ impl Config {
             listen: addr(s.listen, DEFAULT_LISTEN, "server.listen", p),
             admin_listen: addr(s.admin_listen, DEFAULT_ADMIN_LISTEN, "server.admin_listen", p),
             max_body_bytes: positive(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES, "server.max_body_bytes", p) as usize,
-            request_timeout: Duration::from_secs(positive(s.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT_SECS, "server.request_timeout_secs", p)),
+            request_timeout: Duration::from_secs(positive(
+                s.request_timeout_secs,
+                DEFAULT_REQUEST_TIMEOUT_SECS,
+                "server.request_timeout_secs",
+                p,
+            )),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS)),
             header_read_timeout: Duration::from_secs(positive(
                 s.header_read_timeout_secs,
@@ -317,9 +372,19 @@ impl Config {
                 p,
             ) as usize,
             max_buffered_body_bytes_per_tenant: 0,
-            max_uploads_per_tenant: positive(s.max_uploads_per_tenant, DEFAULT_MAX_UPLOADS_PER_TENANT, "server.max_uploads_per_tenant", p) as usize,
+            max_uploads_per_tenant: positive(
+                s.max_uploads_per_tenant,
+                DEFAULT_MAX_UPLOADS_PER_TENANT,
+                "server.max_uploads_per_tenant",
+                p,
+            ) as usize,
             min_upload_bytes_per_sec: s.min_upload_bytes_per_sec.unwrap_or(DEFAULT_MIN_UPLOAD_BYTES_PER_SEC),
-            idle_timeout: Duration::from_secs(positive(s.idle_timeout_secs, DEFAULT_IDLE_TIMEOUT_SECS, "server.idle_timeout_secs", p)),
+            idle_timeout: Duration::from_secs(positive(
+                s.idle_timeout_secs,
+                DEFAULT_IDLE_TIMEOUT_SECS,
+                "server.idle_timeout_secs",
+                p,
+            )),
             admin_token: env.var(&token_env).filter(|t| !t.is_empty()).map(Secret::new),
             admin_token_env: token_env.clone(),
             admin_hosts: s.admin_hosts.unwrap_or_default().into_iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
@@ -357,12 +422,18 @@ impl Config {
         match (cert.filter(|c| !c.is_empty()), key.filter(|k| !k.is_empty())) {
             (None, None) => None,
             (Some(_), None) | (None, Some(_)) => {
-                p.push("server.tls_cert_path and server.tls_key_path go together: set both (TLS) or neither (plain HTTP)".into());
+                p.push(
+                    "server.tls_cert_path and server.tls_key_path go together: set both (TLS) or neither (plain HTTP)"
+                        .into(),
+                );
                 None
             }
             (Some(cert), Some(key)) => {
                 let paths = TlsPaths { cert: cert.into(), key: key.into() };
-                let missing: Vec<_> = [("tls_cert_path", &paths.cert), ("tls_key_path", &paths.key)].into_iter().filter(|(_, f)| !f.is_file()).collect();
+                let missing: Vec<_> = [("tls_cert_path", &paths.cert), ("tls_key_path", &paths.key)]
+                    .into_iter()
+                    .filter(|(_, f)| !f.is_file())
+                    .collect();
                 if !missing.is_empty() {
                     for (k, f) in missing {
                         p.push(format!("secret: server.{k} {} is not a readable file", f.display()));
@@ -388,8 +459,18 @@ impl Config {
         UpstreamConfig {
             base_url,
             token,
-            connect_timeout: Duration::from_millis(positive(u.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, "upstream.connect_timeout_ms", p)),
-            timeout: Duration::from_secs(positive(u.timeout_secs, DEFAULT_UPSTREAM_TIMEOUT_SECS, "upstream.timeout_secs", p)),
+            connect_timeout: Duration::from_millis(positive(
+                u.connect_timeout_ms,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+                "upstream.connect_timeout_ms",
+                p,
+            )),
+            timeout: Duration::from_secs(positive(
+                u.timeout_secs,
+                DEFAULT_UPSTREAM_TIMEOUT_SECS,
+                "upstream.timeout_secs",
+                p,
+            )),
             get_retries: u.get_retries.unwrap_or(DEFAULT_GET_RETRIES),
             status_cache: Duration::from_millis(u.status_cache_ms.unwrap_or(DEFAULT_STATUS_CACHE_MS)),
             circuit_failure_threshold: positive(
@@ -398,7 +479,12 @@ impl Config {
                 "upstream.circuit_failure_threshold",
                 p,
             ) as u32,
-            circuit_open: Duration::from_secs(positive(u.circuit_open_secs, DEFAULT_CIRCUIT_OPEN_SECS, "upstream.circuit_open_secs", p)),
+            circuit_open: Duration::from_secs(positive(
+                u.circuit_open_secs,
+                DEFAULT_CIRCUIT_OPEN_SECS,
+                "upstream.circuit_open_secs",
+                p,
+            )),
         }
     }
 
@@ -406,7 +492,10 @@ impl Config {
     fn telemetry(t: TelemetrySection, p: &mut Vec<String>) -> Option<TelemetryConfig> {
         let endpoint = t.otlp_endpoint.unwrap_or_default().trim().to_string();
         if endpoint.is_empty() {
-            p.push("telemetry.otlp_endpoint is required in [telemetry] (for example http://127.0.0.1:4318/v1/traces)".into());
+            p.push(
+                "telemetry.otlp_endpoint is required in [telemetry] (for example http://127.0.0.1:4318/v1/traces)"
+                    .into(),
+            );
             return None;
         }
         let Ok(uri) = endpoint.parse::<Uri>() else {
@@ -417,8 +506,15 @@ impl Config {
             p.push(format!("telemetry.otlp_endpoint `{endpoint}` must be an http(s) URL with a host"));
             return None;
         }
-        let otlp_endpoint = if matches!(uri.path(), "" | "/") { format!("{}/v1/traces", endpoint.trim_end_matches('/')) } else { endpoint };
-        Some(TelemetryConfig { otlp_endpoint, service_name: t.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| "tollgate".into()) })
+        let otlp_endpoint = if matches!(uri.path(), "" | "/") {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        } else {
+            endpoint
+        };
+        Some(TelemetryConfig {
+            otlp_endpoint,
+            service_name: t.service_name.filter(|s| !s.is_empty()).unwrap_or_else(|| "tollgate".into()),
+        })
     }
 
     fn alerts(a: AlertsSection, env: &dyn Env, p: &mut Vec<String>) -> AlertsConfig {
@@ -432,7 +528,10 @@ impl Config {
         }
         let secret = match a.secret_env.as_deref() {
             None => {
-                p.push("alerts.secret_env is required: the variable holding the whsec_ secret alerts are signed with".into());
+                p.push(
+                    "alerts.secret_env is required: the variable holding the whsec_ secret alerts are signed with"
+                        .into(),
+                );
                 Secret::new("")
             }
             Some(var) => match env.var(var).filter(|v| !v.trim().is_empty()) {
@@ -486,7 +585,12 @@ impl Config {
             public_base_url: base,
             allow_http_loopback,
             retry_base: Duration::from_millis(positive(w.retry_base_ms, 30_000, "webhooks.retry_base_ms", p)),
-            attempt_timeout: Duration::from_millis(positive(w.attempt_timeout_ms, 10_000, "webhooks.attempt_timeout_ms", p)),
+            attempt_timeout: Duration::from_millis(positive(
+                w.attempt_timeout_ms,
+                10_000,
+                "webhooks.attempt_timeout_ms",
+                p,
+            )),
             max_attempts: positive(w.max_attempts.map(u64::from), 6, "webhooks.max_attempts", p) as u32,
             concurrency: positive(w.concurrency, 16, "webhooks.concurrency", p) as usize,
         }
@@ -494,7 +598,9 @@ impl Config {
 
     fn store(s: StoreSection, env: &dyn Env, base: &Path, p: &mut Vec<String>) -> StoreConfig {
         match s.backend.as_deref().unwrap_or("sqlite") {
-            "sqlite" => StoreConfig::Sqlite { path: base.join(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) },
+            "sqlite" => {
+                StoreConfig::Sqlite { path: base.join(s.path.unwrap_or_else(|| DEFAULT_STORE_PATH.to_string())) }
+            }
             "memory" => StoreConfig::Memory,
             "redis" => {
                 let password = s.password_env.as_ref().and_then(|var| match env.var(var).filter(|v| !v.is_empty()) {
@@ -510,14 +616,27 @@ impl Config {
                         p.push("store.url and store.sentinels are alternatives: set one".into());
                         RedisTarget::Url(String::new())
                     }
-                    (Some(url), None) if url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://") => {
+                    (Some(url), None)
+                        if url.starts_with("redis://")
+                            || url.starts_with("rediss://")
+                            || url.starts_with("unix://") =>
+                    {
                         if s.master_name.is_some() || s.db.is_some() {
                             p.push("store.master_name and store.db go with store.sentinels (with store.url, the database is in the url)".into());
                         }
                         RedisTarget::Url(match password {
                             Some(pw) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                                 let (scheme, rest) = url.split_once("://").unwrap_or(("redis", &url));
-                                let enc: String = pw.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+                                let enc: String = pw
+                                    .bytes()
+                                    .map(|b| {
+                                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                                            (b as char).to_string()
+                                        } else {
+                                            format!("%{b:02X}")
+                                        }
+                                    })
+                                    .collect();
                                 format!("{scheme}://:{enc}@{}", rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest))
                             }
                             Some(_) => {
@@ -532,7 +651,9 @@ impl Config {
                             p.push("store.sentinels needs at least one \"host:port\"".into());
                         }
                         for a in &sentinels {
-                            let ok = a.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+                            let ok = a
+                                .rsplit_once(':')
+                                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
                             if !ok {
                                 p.push(format!("store.sentinels: {a:?} is not \"host:port\""));
                             }
@@ -558,7 +679,12 @@ impl Config {
                 }
                 StoreConfig::Redis {
                     target,
-                    timeout: Duration::from_millis(positive(s.timeout_ms, DEFAULT_REDIS_TIMEOUT_MS, "store.timeout_ms", p)),
+                    timeout: Duration::from_millis(positive(
+                        s.timeout_ms,
+                        DEFAULT_REDIS_TIMEOUT_MS,
+                        "store.timeout_ms",
+                        p,
+                    )),
                     key_prefix: s.key_prefix.unwrap_or_else(|| "tollgate".to_string()),
                     min_replica_acks,
                 }
@@ -677,7 +803,16 @@ impl Config {
                 },
             };
             if let Some(limits) = limits {
-                entries.push((Tenant { id: id.as_str().into(), limits, monthly_budget, max_in_flight: t.max_in_flight, webhook_secret }, digests));
+                entries.push((
+                    Tenant {
+                        id: id.as_str().into(),
+                        limits,
+                        monthly_budget,
+                        max_in_flight: t.max_in_flight,
+                        webhook_secret,
+                    },
+                    digests,
+                ));
             }
         }
         TenantDirectory::new(entries).unwrap_or_else(|e| {
@@ -715,7 +850,17 @@ impl Config {
             ("store", format!("{:?}", self.store)),
             (
                 "upstream",
-                format!("{} {:?} {:?} {} {:?} {} {:?} {}", u.base_url, u.connect_timeout, u.timeout, u.get_retries, u.status_cache, u.circuit_failure_threshold, u.circuit_open, u.token.expose().len()),
+                format!(
+                    "{} {:?} {:?} {} {:?} {} {:?} {}",
+                    u.base_url,
+                    u.connect_timeout,
+                    u.timeout,
+                    u.get_retries,
+                    u.status_cache,
+                    u.circuit_failure_threshold,
+                    u.circuit_open,
+                    u.token.expose().len()
+                ),
             ),
             ("webhooks", format!("{:?}", self.webhooks)),
             ("alerts", format!("{:?}", self.alerts)),
@@ -773,9 +918,18 @@ impl Config {
         out += &match &self.store {
             StoreConfig::Sqlite { path } => format!("store sqlite {}\n", path.display()),
             StoreConfig::Memory => "store memory (not durable)\n".to_string(),
-            StoreConfig::Redis { target: RedisTarget::Url(url), min_replica_acks, .. } => format!("store redis {}, min_replica_acks {min_replica_acks}\n", redact_url(url)),
-            StoreConfig::Redis { target: RedisTarget::Sentinel { sentinels, master_name, .. }, min_replica_acks, .. } => {
-                format!("store redis primary {master_name:?} via sentinels {}, min_replica_acks {min_replica_acks}\n", sentinels.join(", "))
+            StoreConfig::Redis { target: RedisTarget::Url(url), min_replica_acks, .. } => {
+                format!("store redis {}, min_replica_acks {min_replica_acks}\n", redact_url(url))
+            }
+            StoreConfig::Redis {
+                target: RedisTarget::Sentinel { sentinels, master_name, .. },
+                min_replica_acks,
+                ..
+            } => {
+                format!(
+                    "store redis primary {master_name:?} via sentinels {}, min_replica_acks {min_replica_acks}\n",
+                    sentinels.join(", ")
+                )
             }
         };
         out += &format!("balance ttl {}ms, reserve {}\n", self.balance.cache_ttl.as_millis(), self.balance.reserve);
@@ -786,8 +940,17 @@ impl Config {
         );
         let mut fams: Vec<&str> = self.pricing.families().map(|f| f.path()).collect();
         fams.sort();
-        out += &format!("enabled families (priced): {}\n", if fams.is_empty() { "none".to_string() } else { fams.join(", ") });
-        let mut off: Vec<&str> = self.catalog.families().iter().filter(|f| self.pricing.estimate(**f, &[]).is_none()).map(|f| f.path()).collect();
+        out += &format!(
+            "enabled families (priced): {}\n",
+            if fams.is_empty() { "none".to_string() } else { fams.join(", ") }
+        );
+        let mut off: Vec<&str> = self
+            .catalog
+            .families()
+            .iter()
+            .filter(|f| self.pricing.estimate(**f, &[]).is_none())
+            .map(|f| f.path())
+            .collect();
         off.sort();
         if !off.is_empty() {
             out += &format!("not offered (no price; their routes answer 404): {}\n", off.join(", "));

@@ -1,5 +1,5 @@
-use crate::policy::family::Family;
 use super::*;
+use crate::policy::family::Family;
 
 fn env() -> HashMap<String, String> {
     HashMap::from([("RUNBLOB_TOKEN".to_string(), "rb-secret".to_string())])
@@ -27,14 +27,21 @@ fn the_documented_example_loads() {
     assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
     assert_eq!(c.upstream.token.expose(), "rb-secret");
     assert_eq!(c.store, StoreConfig::Sqlite { path: "/var/lib/tollgate/tollgate.db".into() });
-    assert_eq!(c.catalog_path, Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/models.toml")), "relative to the file");
+    assert_eq!(
+        c.catalog_path,
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/models.toml")),
+        "relative to the file"
+    );
     let public: Vec<String> = c.public_key_tenants().into_iter().map(|(t, _)| t).collect();
     assert_eq!(public, ["marketing", "research"], "run refuses the example keys");
     assert_eq!(c.tenants.tenants().len(), 2);
     assert_eq!(&*c.tenants.lookup("tg_example_marketing").unwrap().tenant.id, "marketing");
     assert_eq!(&*c.tenants.lookup("tg_example_research").unwrap().tenant.id, "research");
     assert_eq!(c.pricing.estimate(Family::builtin("sora"), &["15".to_string()]), Some(Usd::parse("0.18").unwrap()));
-    assert_eq!(c.pricing.estimate(Family::builtin("kling/o1-photo"), &["2k".to_string()]), Some(Usd::parse("0.029").unwrap()));
+    assert_eq!(
+        c.pricing.estimate(Family::builtin("kling/o1-photo"), &["2k".to_string()]),
+        Some(Usd::parse("0.029").unwrap())
+    );
 }
 
 #[test]
@@ -46,7 +53,10 @@ fn defaults_fill_everything_but_tenants() {
     assert_eq!(c.upstream.connect_timeout, Duration::from_millis(2000));
     assert_eq!(c.balance.cache_ttl, Duration::from_millis(5000));
     let t = &c.tenants.tenants()[0];
-    assert_eq!((t.limits.requests_per_second.get(), t.limits.burst.get(), t.limits.generations_per_minute.get()), (20, 40, 10));
+    assert_eq!(
+        (t.limits.requests_per_second.get(), t.limits.burst.get(), t.limits.generations_per_minute.get()),
+        (20, 40, 10)
+    );
     assert_eq!(t.monthly_budget, None);
     assert!(c.server.admin_token.is_none());
 }
@@ -59,7 +69,14 @@ fn unknown_keys_anywhere_are_errors_and_all_are_reported() {
     );
     let p = problems(&text);
     let joined = p.join("\n");
-    for want in ["unknown key `bogus`", "unknown key `server.lsiten`", "unknown key `upstream.timeout_sec`", "server.listen", "balance.reserve", "unknown key `tenant \"a\".extra`"] {
+    for want in [
+        "unknown key `bogus`",
+        "unknown key `server.lsiten`",
+        "unknown key `upstream.timeout_sec`",
+        "server.listen",
+        "balance.reserve",
+        "unknown key `tenant \"a\".extra`",
+    ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
     assert_eq!(p.len(), 6, "{joined}");
@@ -68,7 +85,8 @@ fn unknown_keys_anywhere_are_errors_and_all_are_reported() {
 #[test]
 fn type_errors_name_their_section() {
     // Each bad key is named, and one bad key does not hide the others.
-    let p = problems(&format!("[server]\nmax_body_bytes = \"big\"\nmax_connections = \"many\"\nlisten = 7\n{}", minimal()));
+    let p =
+        problems(&format!("[server]\nmax_body_bytes = \"big\"\nmax_connections = \"many\"\nlisten = 7\n{}", minimal()));
     assert!(p.iter().any(|x| x.starts_with("server.max_body_bytes:")), "{p:?}");
     assert!(p.iter().any(|x| x.starts_with("server.max_connections:")), "{p:?}");
     assert!(p.iter().any(|x| x.starts_with("server.listen:")), "{p:?}");
@@ -100,7 +118,13 @@ monthly_budget = "lots"
 "#
     );
     let joined = problems(&text).join("\n");
-    for want in ["tenants[0].id", "tenant \"b\": a keys_sha256 entry (xyz…) looks like a key", "tenant \"b\": requests_per_second", "tenant \"c\": keys_sha256 needs", "tenant \"c\": monthly_budget"] {
+    for want in [
+        "tenants[0].id",
+        "tenant \"b\": a keys_sha256 entry (xyz…) looks like a key",
+        "tenant \"b\": requests_per_second",
+        "tenant \"c\": keys_sha256 needs",
+        "tenant \"c\": monthly_budget",
+    ] {
         assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
     }
 }
@@ -131,7 +155,10 @@ fn missing_token_is_a_problem_for_run_and_a_warning_for_check() {
 fn store_backends() {
     let c = |s: &str| Config::from_toml(&format!("[store]\n{s}\n{}", minimal()), &env());
     assert_eq!(c("backend = \"memory\"").unwrap().store, StoreConfig::Memory);
-    assert!(matches!(c("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"").unwrap().store, StoreConfig::Redis { .. }));
+    assert!(matches!(
+        c("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"").unwrap().store,
+        StoreConfig::Redis { .. }
+    ));
     assert!(c("backend = \"redis\"").is_err());
     assert!(c("backend = \"postgres\"").is_err());
 }
@@ -139,10 +166,20 @@ fn store_backends() {
 #[test]
 fn redis_through_sentinels() {
     let c = |s: &str| Config::from_toml(&format!("[store]\nbackend = \"redis\"\n{s}\n{}", minimal()), &env());
-    let ok = c("sentinels = [\"10.0.0.1:26379\", \"sentinel-2:26379\"]\nmaster_name = \"main\"\ndb = 2\nmin_replica_acks = 1").unwrap();
+    let ok = c(
+        "sentinels = [\"10.0.0.1:26379\", \"sentinel-2:26379\"]\nmaster_name = \"main\"\ndb = 2\nmin_replica_acks = 1",
+    )
+    .unwrap();
     match ok.store {
-        StoreConfig::Redis { target: RedisTarget::Sentinel { sentinels, master_name, db, password }, min_replica_acks, .. } => {
-            assert_eq!((sentinels.len(), master_name.as_str(), db, password, min_replica_acks), (2, "main", 2, None, 1));
+        StoreConfig::Redis {
+            target: RedisTarget::Sentinel { sentinels, master_name, db, password },
+            min_replica_acks,
+            ..
+        } => {
+            assert_eq!(
+                (sentinels.len(), master_name.as_str(), db, password, min_replica_acks),
+                (2, "main", 2, None, 1)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -164,7 +201,9 @@ fn redis_through_sentinels() {
 
 #[test]
 fn pricing_problems() {
-    let joined = problems(&format!("[pricing]\nmidjourney = \"1\"\nsora = {{ \"10\" = \"free\" }}\nveo = 3\n{}", minimal())).join("\n");
+    let joined =
+        problems(&format!("[pricing]\nmidjourney = \"1\"\nsora = {{ \"10\" = \"free\" }}\nveo = 3\n{}", minimal()))
+            .join("\n");
     assert!(joined.contains("midjourney"), "{joined}");
     assert!(joined.contains("\"free\""), "{joined}");
     assert!(joined.contains("pricing.\"veo\" must be a price string"), "{joined}");
@@ -173,7 +212,8 @@ fn pricing_problems() {
 #[test]
 fn base_url_must_be_http() {
     assert!(problems(&format!("[upstream]\nbase_url = \"ftp://x\"\n{}", minimal())).join(" ").contains("base_url"));
-    let c = Config::from_toml(&format!("[upstream]\nbase_url = \"http://127.0.0.1:9/\"\n{}", minimal()), &env()).unwrap();
+    let c =
+        Config::from_toml(&format!("[upstream]\nbase_url = \"http://127.0.0.1:9/\"\n{}", minimal()), &env()).unwrap();
     assert_eq!(c.upstream.base_url.authority().unwrap().as_str(), "127.0.0.1:9");
 }
 
@@ -205,12 +245,17 @@ fn a_budget_may_be_a_number() {
 
 #[test]
 fn the_redis_password_comes_from_the_environment() {
-    let text = minimal().replace("[[tenants]]", "[store]\nbackend = \"redis\"\nurl = \"redis://redis:6379/0\"\npassword_env = \"REDIS_PW\"\n\n[[tenants]]");
+    let text = minimal().replace(
+        "[[tenants]]",
+        "[store]\nbackend = \"redis\"\nurl = \"redis://redis:6379/0\"\npassword_env = \"REDIS_PW\"\n\n[[tenants]]",
+    );
     let mut e = env();
     e.insert("REDIS_PW".into(), "p@ss word".into());
     let c = Config::from_toml(&text, &e).unwrap_or_else(|err| panic!("{err}"));
     match c.store {
-        StoreConfig::Redis { target: RedisTarget::Url(url), .. } => assert_eq!(url, "redis://:p%40ss%20word@redis:6379/0"),
+        StoreConfig::Redis { target: RedisTarget::Url(url), .. } => {
+            assert_eq!(url, "redis://:p%40ss%20word@redis:6379/0")
+        }
         other => panic!("{other:?}"),
     }
     assert!(problems(&text).iter().any(|p| p.contains("REDIS_PW")));
@@ -218,10 +263,19 @@ fn the_redis_password_comes_from_the_environment() {
 
 #[test]
 fn telemetry_needs_an_http_endpoint_and_defaults_the_traces_path() {
-    let c = Config::from_toml(&format!("{}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\n", minimal()), &env()).unwrap();
+    let c =
+        Config::from_toml(&format!("{}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\n", minimal()), &env())
+            .unwrap();
     let t = c.telemetry.unwrap();
     assert_eq!((t.otlp_endpoint.as_str(), t.service_name.as_str()), ("http://collector:4318/v1/traces", "tollgate"));
-    let c = Config::from_toml(&format!("{}\n[telemetry]\notlp_endpoint = \"https://otel.example/custom/path\"\nservice_name = \"edge\"\n", minimal()), &env()).unwrap();
+    let c = Config::from_toml(
+        &format!(
+            "{}\n[telemetry]\notlp_endpoint = \"https://otel.example/custom/path\"\nservice_name = \"edge\"\n",
+            minimal()
+        ),
+        &env(),
+    )
+    .unwrap();
     assert_eq!(c.telemetry.unwrap().otlp_endpoint, "https://otel.example/custom/path");
     assert!(Config::from_toml(&minimal(), &env()).unwrap().telemetry.is_none());
     let p = problems(&format!("{}\n[telemetry]\notlp_endpoint = \"collector:4318\"\nsample = 1\n", minimal()));
@@ -233,7 +287,10 @@ fn telemetry_needs_an_http_endpoint_and_defaults_the_traces_path() {
 
 #[test]
 fn zero_negative_and_empty_prices_are_refused() {
-    let p = problems(&format!("{}[pricing]\nsora = {{ \"10\" = \"0\", \"15\" = \"-0.18\" }}\nveo = {{}}\ngemini = \"abc\"\n", minimal()));
+    let p = problems(&format!(
+        "{}[pricing]\nsora = {{ \"10\" = \"0\", \"15\" = \"-0.18\" }}\nveo = {{}}\ngemini = \"abc\"\n",
+        minimal()
+    ));
     let all = p.join("\n");
     assert!(all.contains(r#"pricing."sora"."10" = "0" must be above zero"#), "{all}");
     assert!(all.contains(r#"pricing."sora"."15" = "-0.18" must be above zero"#), "{all}");
@@ -243,8 +300,17 @@ fn zero_negative_and_empty_prices_are_refused() {
 
 #[test]
 fn alerts_and_in_flight_caps_are_checked() {
-    let ps = problems(&format!("{}max_in_flight = 0\n\n[alerts]\nurl = \"http://10.0.0.1/a\"\nthresholds = [0.8, -1]\nbalance_below = \"0\"\n", minimal()));
-    for expected in ["max_in_flight must be at least 1", "alerts.url", "alerts.secret_env is required", "alerts.thresholds", "alerts.balance_below"] {
+    let ps = problems(&format!(
+        "{}max_in_flight = 0\n\n[alerts]\nurl = \"http://10.0.0.1/a\"\nthresholds = [0.8, -1]\nbalance_below = \"0\"\n",
+        minimal()
+    ));
+    for expected in [
+        "max_in_flight must be at least 1",
+        "alerts.url",
+        "alerts.secret_env is required",
+        "alerts.thresholds",
+        "alerts.balance_below",
+    ] {
         assert!(ps.iter().any(|p| p.contains(expected)), "{expected}: {ps:?}");
     }
     let mut e = env();

@@ -9,8 +9,8 @@ use http::Uri;
 use crate::policy::catalog::Catalog;
 use crate::policy::money::Usd;
 use crate::policy::pricing::PriceTable;
-use crate::policy::tenants::TenantDirectory;
 use crate::policy::secret::Secret;
+use crate::policy::tenants::TenantDirectory;
 
 /// The validated configuration the library runs on.
 #[derive(Debug, Clone)]

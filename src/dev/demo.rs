@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::observe::access_log::AccessLog;
 use crate::config::Config;
 use crate::dev::mock::{MockOptions, MockPlatform};
+use crate::observe::access_log::AccessLog;
 use crate::policy::money::Usd;
 use crate::policy::tenants::key_digest;
 use crate::Listeners;
@@ -82,9 +82,17 @@ async fn api_team(gateway: &crate::gateway::Gateway) -> Result<(String, String),
         }
     };
     call(http::Method::POST, "/admin/tenants", serde_json::json!({ "id": "design", "monthly_budget": "2.00" })).await?;
-    let key = |v: serde_json::Value| v.get("key").and_then(|k| k.as_str()).map(str::to_string).ok_or("demo: no key in the answer");
-    let api = key(call(http::Method::POST, "/admin/tenants/design/keys", serde_json::json!({ "label": "demo app" })).await?)?;
-    let viewer = key(call(http::Method::POST, "/admin/tenants/design/keys", serde_json::json!({ "label": "team lead", "scope": "viewer" })).await?)?;
+    let key = |v: serde_json::Value| {
+        v.get("key").and_then(|k| k.as_str()).map(str::to_string).ok_or("demo: no key in the answer")
+    };
+    let api =
+        key(call(http::Method::POST, "/admin/tenants/design/keys", serde_json::json!({ "label": "demo app" })).await?)?;
+    let viewer = key(call(
+        http::Method::POST,
+        "/admin/tenants/design/keys",
+        serde_json::json!({ "label": "team lead", "scope": "viewer" }),
+    )
+    .await?)?;
     Ok((api, viewer))
 }
 
@@ -114,20 +122,40 @@ async fn start_receiver() -> std::io::Result<SocketAddr> {
                     let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let (id, ts, sig) = (get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"));
                     let ok = ts.parse().is_ok_and(|t| key.sign(&id, t, &body) == sig);
-                    println!("demo receiver: webhook {id} (signature {}): {}", if ok { "valid" } else { "INVALID" }, String::from_utf8_lossy(&body));
-                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+                    println!(
+                        "demo receiver: webhook {id} (signature {}): {}",
+                        if ok { "valid" } else { "INVALID" },
+                        String::from_utf8_lossy(&body)
+                    );
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::new(),
+                    )))
                 }
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+            );
         }
     });
     Ok(addr)
 }
 
 /// Runs the demo until `shutdown` resolves.
-pub async fn run(listen: SocketAddr, admin: SocketAddr, log: AccessLog, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    log: AccessLog,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error>> {
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
-    let platform = MockPlatform::new(MockOptions { token: Some(token.clone()), balance: Usd::parse("5.00")?, step: std::time::Duration::from_secs(3), random_fault: None, record: false, echo_callback_url: false });
+    let platform = MockPlatform::new(MockOptions {
+        token: Some(token.clone()),
+        balance: Usd::parse("5.00")?,
+        step: std::time::Duration::from_secs(3),
+        random_fault: None,
+        record: false,
+        echo_callback_url: false,
+    });
     let platform_listener = TcpListener::bind("127.0.0.1:0").await?;
     let platform_addr = platform_listener.local_addr()?;
     tokio::spawn(platform.serve(platform_listener, std::future::pending()));

@@ -53,7 +53,14 @@ pub struct MockOptions {
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions { token: None, balance: Usd::from_micros(100_000_000), step: Duration::from_millis(500), random_fault: None, record: true, echo_callback_url: false }
+        MockOptions {
+            token: None,
+            balance: Usd::from_micros(100_000_000),
+            step: Duration::from_millis(500),
+            random_fault: None,
+            record: true,
+            echo_callback_url: false,
+        }
     }
 }
 
@@ -183,13 +190,31 @@ fn detail(status: StatusCode, d: &str) -> Response<MockBody> {
 pub fn mock_price(family: Family, body: &serde_json::Value) -> Usd {
     let s = |k: &str| body.get(k).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
     let p = match family.path() {
-        "sora" => if s("duration").as_deref() == Some("15") { "0.1800" } else { "0.1200" },
+        "sora" => {
+            if s("duration").as_deref() == Some("15") {
+                "0.1800"
+            } else {
+                "0.1200"
+            }
+        }
         "veo" => match s("model").or_else(|| s("model_type")).as_deref() {
             Some("veo-3-quality") => "0.5000",
             _ => "0.2500",
         },
-        "kling" => if s("duration").as_deref() == Some("10") { "0.5000" } else { "0.2500" },
-        "kling/o1-video" => if s("duration").as_deref() == Some("10") { "0.60" } else { "0.30" },
+        "kling" => {
+            if s("duration").as_deref() == Some("10") {
+                "0.5000"
+            } else {
+                "0.2500"
+            }
+        }
+        "kling/o1-video" => {
+            if s("duration").as_deref() == Some("10") {
+                "0.60"
+            } else {
+                "0.30"
+            }
+        }
         "kling/o3-video" => match s("duration").as_deref() {
             Some("15") => "0.4500",
             Some("10") => "0.3000",
@@ -284,7 +309,12 @@ impl MockPlatform {
     /// Every generation created, oldest first: (id, family path, prompt).
     pub fn generations(&self) -> Vec<(String, String, String)> {
         let st = self.lock();
-        st.order.iter().filter_map(|id| st.generations.get(id).map(|g| (id.clone(), g.family.path().to_string(), g.prompt.clone()))).collect()
+        st.order
+            .iter()
+            .filter_map(|id| {
+                st.generations.get(id).map(|g| (id.clone(), g.family.path().to_string(), g.prompt.clone()))
+            })
+            .collect()
     }
 
     /// Webhooks the platform sent: (url, body, status the receiver answered or 0, when).
@@ -370,8 +400,18 @@ impl MockPlatform {
             let rec = Recorded {
                 method: parts.method.to_string(),
                 path: path.clone(),
-                authorization: parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string),
-                host: parts.headers.get_all(http::header::HOST).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect(),
+                authorization: parts
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                host: parts
+                    .headers
+                    .get_all(http::header::HOST)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .collect(),
                 headers: parts.headers.keys().map(|k| k.to_string()).collect(),
                 trace: (
                     parts.headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string),
@@ -387,17 +427,23 @@ impl MockPlatform {
             let delay = Duration::from_millis(f.latency_ms.unwrap_or(0));
             match f.kind {
                 FaultKind::Latency => tokio::time::sleep(delay).await,
-                FaultKind::Reset => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset")),
+                FaultKind::Reset => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"))
+                }
                 FaultKind::Html502 => {
                     return Ok(full(StatusCode::BAD_GATEWAY, "text/html", "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"));
                 }
                 FaultKind::MalformedJson => {
-                    let status = StatusCode::from_u16(f.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let status =
+                        StatusCode::from_u16(f.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     return Ok(full(status, "application/json", r#"{"detail": "Internal err"#));
                 }
                 FaultKind::Status => {
-                    let status = StatusCode::from_u16(f.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let body = f.body.clone().unwrap_or_else(|| json!({ "detail": status.canonical_reason().unwrap_or("error") }).to_string());
+                    let status =
+                        StatusCode::from_u16(f.status.unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let body = f.body.clone().unwrap_or_else(|| {
+                        json!({ "detail": status.canonical_reason().unwrap_or("error") }).to_string()
+                    });
                     let mut rsp = full(status, f.content_type.as_deref().unwrap_or("application/json"), body);
                     if let Some(r) = f.retry_after {
                         rsp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(r));
@@ -418,7 +464,9 @@ impl MockPlatform {
         }
         Ok(match fault {
             Some(f) if f.kind == FaultKind::ResetMidBody => trickle(rsp, None).await,
-            Some(f) if f.kind == FaultKind::SlowBody => trickle(rsp, Some(Duration::from_millis(f.latency_ms.unwrap_or(100)))).await,
+            Some(f) if f.kind == FaultKind::SlowBody => {
+                trickle(rsp, Some(Duration::from_millis(f.latency_ms.unwrap_or(100)))).await
+            }
             _ => rsp,
         })
     }
@@ -442,7 +490,9 @@ impl MockPlatform {
                     None => detail(StatusCode::BAD_REQUEST, "expected {\"balance\": \"<decimal>\"}"),
                 }
             }
-            (&Method::GET, "requests") => json_rsp(StatusCode::OK, serde_json::to_value(self.recorded()).unwrap_or_default()),
+            (&Method::GET, "requests") => {
+                json_rsp(StatusCode::OK, serde_json::to_value(self.recorded()).unwrap_or_default())
+            }
             (&Method::POST, "reset") => {
                 let mut st = self.lock();
                 st.faults.clear();
@@ -454,7 +504,10 @@ impl MockPlatform {
     }
 
     fn authorized(&self, headers: &http::HeaderMap) -> bool {
-        let presented = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         match (&self.opts.token, presented) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -462,7 +515,14 @@ impl MockPlatform {
         }
     }
 
-    fn platform(&self, method: &Method, path: &str, query: Option<&str>, headers: &http::HeaderMap, body: &[u8]) -> Response<MockBody> {
+    fn platform(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Response<MockBody> {
         if !self.authorized(headers) {
             return detail(StatusCode::UNAUTHORIZED, "Missing credentials");
         }
@@ -606,8 +666,15 @@ impl MockPlatform {
         };
         let (limit, offset) = (param("limit", 50).clamp(1, 100), param("offset", 0));
         let mut st = self.lock();
-        let ids: Vec<String> =
-            st.order.iter().rev().filter(|id| st.generations.get(*id).is_some_and(|g| g.family == family)).skip(offset).take(limit).cloned().collect();
+        let ids: Vec<String> = st
+            .order
+            .iter()
+            .rev()
+            .filter(|id| st.generations.get(*id).is_some_and(|g| g.family == family))
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect();
         let items: Vec<serde_json::Value> = ids.iter().filter_map(|id| self.status_json(&mut st, id)).collect();
         json_rsp(StatusCode::OK, serde_json::Value::Array(items))
     }
@@ -621,17 +688,21 @@ async fn trickle(rsp: Response<MockBody>, delay: Option<Duration>) -> Response<M
     let total = bytes.len();
     let chunks: Vec<Bytes> = (0..total).step_by(16).map(|i| bytes.slice(i..(i + 16).min(total))).collect();
     let half = chunks.len() / 2;
-    let stream = futures_util::stream::unfold((chunks.into_iter().enumerate(), delay), move |(mut it, delay)| async move {
-        let (i, chunk) = it.next()?;
-        match delay {
-            Some(d) => tokio::time::sleep(d).await,
-            None if i >= half.max(1) => {
-                return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected mid-body reset")), (it, delay)));
+    let stream =
+        futures_util::stream::unfold((chunks.into_iter().enumerate(), delay), move |(mut it, delay)| async move {
+            let (i, chunk) = it.next()?;
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None if i >= half.max(1) => {
+                    return Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected mid-body reset")),
+                        (it, delay),
+                    ));
+                }
+                None => {}
             }
-            None => {}
-        }
-        Some((Ok(Frame::data(chunk)), (it, delay)))
-    });
+            Some((Ok(Frame::data(chunk)), (it, delay)))
+        });
     let mut out = Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)));
     // Content-Length promises the whole body, so a cut is visible to the client.
     out.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(total));
@@ -646,7 +717,10 @@ mod tests {
     fn prices_match_the_example_config() {
         assert_eq!(mock_price(Family::builtin("sora"), &json!({"duration": 15})), Usd::parse("0.18").unwrap());
         assert_eq!(mock_price(Family::builtin("sora"), &json!({})), Usd::parse("0.12").unwrap());
-        assert_eq!(mock_price(Family::builtin("veo"), &json!({"model_type": "veo-3-quality"})), Usd::parse("0.5").unwrap());
+        assert_eq!(
+            mock_price(Family::builtin("veo"), &json!({"model_type": "veo-3-quality"})),
+            Usd::parse("0.5").unwrap()
+        );
         assert_eq!(mock_price(Family::builtin("kling/o1-photo"), &json!({})), Usd::parse("0.029").unwrap());
     }
 

@@ -121,10 +121,11 @@ impl Sentinels {
     fn start_node(&mut self, port: u16, replica_of: Option<u16>) {
         let ndir = self.dir.join(format!("node-{port}"));
         std::fs::create_dir_all(&ndir).expect("node dir");
-        let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.push(ndir.display().to_string());
         if let Some(p) = replica_of {
             args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), p.to_string()]);
@@ -174,8 +175,12 @@ impl Sentinels {
                 .ok()
                 .and_then(|v| v.get(1).and_then(|p| p.parse::<u16>().ok()))
                 == Some(primary);
-            let peers = redis_cmd::<Vec<::redis::Value>>(*port, &["SENTINEL", "sentinels", MASTER_NAME]).map(|v| v.len()).unwrap_or(0);
-            let seen = redis_cmd::<Vec<::redis::Value>>(*port, &["SENTINEL", "replicas", MASTER_NAME]).map(|v| v.len()).unwrap_or(0);
+            let peers = redis_cmd::<Vec<::redis::Value>>(*port, &["SENTINEL", "sentinels", MASTER_NAME])
+                .map(|v| v.len())
+                .unwrap_or(0);
+            let seen = redis_cmd::<Vec<::redis::Value>>(*port, &["SENTINEL", "replicas", MASTER_NAME])
+                .map(|v| v.len())
+                .unwrap_or(0);
             same && peers >= 2 && seen >= 2
         })
     }
@@ -188,7 +193,9 @@ impl Sentinels {
     /// The primary's port as the first sentinel that answers says.
     pub fn primary(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|(port, _)| {
-            redis_cmd::<Vec<String>>(*port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]).ok().and_then(|v| v.get(1)?.parse().ok())
+            redis_cmd::<Vec<String>>(*port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
+                .ok()
+                .and_then(|v| v.get(1)?.parse().ok())
         })
     }
 

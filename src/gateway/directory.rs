@@ -23,14 +23,25 @@ pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
 
 /// The API's tenants as the directory holds them at `now_ms`: a disabled tenant stays listed
 /// (its reports go on) with no key; a key works only while it is active or in its grace.
-pub(crate) fn merged(config: &TenantDirectory, docs: &[TenantDoc], previous: Option<&TenantDirectory>, now_ms: u64) -> (TenantDirectory, Vec<String>) {
+pub(crate) fn merged(
+    config: &TenantDirectory,
+    docs: &[TenantDoc],
+    previous: Option<&TenantDirectory>,
+    now_ms: u64,
+) -> (TenantDirectory, Vec<String>) {
     let api = docs
         .iter()
         .filter(|d| !d.tenant.is_deleted())
         .filter_map(|d| {
             let t = &d.tenant;
             let limits = rate_limit::limits(t.requests_per_second, t.burst, t.generations_per_minute)?;
-            let tenant = Tenant { id: Arc::from(t.id.as_str()), limits, monthly_budget: t.monthly_budget(), max_in_flight: t.max_in_flight, webhook_secret: None };
+            let tenant = Tenant {
+                id: Arc::from(t.id.as_str()),
+                limits,
+                monthly_budget: t.monthly_budget(),
+                max_in_flight: t.max_in_flight,
+                webhook_secret: None,
+            };
             let grants = if t.disabled {
                 Vec::new()
             } else {
@@ -52,7 +63,10 @@ pub(crate) fn merged(config: &TenantDirectory, docs: &[TenantDoc], previous: Opt
 
 /// The earliest moment after `now_ms` at which an API key stops working on its own.
 pub(crate) fn next_key_end(docs: &[TenantDoc], now_ms: u64) -> Option<u64> {
-    docs.iter().filter(|d| !d.tenant.disabled && !d.tenant.is_deleted()).filter_map(|d| d.tenant.next_key_end(now_ms)).min()
+    docs.iter()
+        .filter(|d| !d.tenant.disabled && !d.tenant.is_deleted())
+        .filter_map(|d| d.tenant.next_key_end(now_ms))
+        .min()
 }
 
 impl Gateway {
@@ -112,7 +126,11 @@ impl Gateway {
             .iter()
             .filter(|d| config.source(&d.tenant.id).is_some())
             .map(|d| {
-                let what = if d.tenant.is_deleted() { "a deleted API tenant (its id is retired)" } else { "an API tenant (made with the admin API)" };
+                let what = if d.tenant.is_deleted() {
+                    "a deleted API tenant (its id is retired)"
+                } else {
+                    "an API tenant (made with the admin API)"
+                };
                 format!("config-file tenant `{}` has the id of {what}", d.tenant.id)
             })
             .collect();
@@ -131,7 +149,12 @@ impl Gateway {
 
     /// Writes an API tenant's document if nobody changed it since `expect`, then applies the
     /// store's directory here at once.
-    pub(crate) async fn put_api_tenant(&self, id: &str, expect: u64, doc: Option<&ApiTenant>) -> Result<bool, StoreError> {
+    pub(crate) async fn put_api_tenant(
+        &self,
+        id: &str,
+        expect: u64,
+        doc: Option<&ApiTenant>,
+    ) -> Result<bool, StoreError> {
         let written = self.store.directory_put(id, expect, doc).await?;
         let (version, docs) = self.store.directory().await?;
         self.apply_directory(version, Arc::new(docs));

@@ -3,10 +3,10 @@
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
-use crate::server::body::{self, Body};
 use crate::policy::ledger::Refusal;
 use crate::policy::rate_limit::{Quotas, RateLimited};
 use crate::policy::validate::{BodyError, ValidationError};
+use crate::server::body::{self, Body};
 use crate::store::StoreError;
 use crate::upstream::normalize::Normalized;
 use crate::upstream::UpstreamError;
@@ -157,7 +157,9 @@ impl GatewayError {
             MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
             ReadOnlyKey => StatusCode::FORBIDDEN,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
-            RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy | TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy | TooManyInFlight => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             UploadTooSlow => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -253,7 +255,9 @@ impl GatewayError {
         }
         match &self {
             // The limiter that decided: its reset is when the next request passes.
-            GatewayError::RateLimited(r) => set_rate_limit_headers(h, &Quotas { reset_secs: r.retry_after_secs, ..r.quotas }),
+            GatewayError::RateLimited(r) => {
+                set_rate_limit_headers(h, &Quotas { reset_secs: r.retry_after_secs, ..r.quotas })
+            }
             GatewayError::BudgetExceeded { remaining, resets_at } => {
                 if let (Ok(r), Ok(t)) = (HeaderValue::from_str(remaining), HeaderValue::from_str(resets_at)) {
                     h.insert("x-budget-remaining", r);
@@ -397,7 +401,11 @@ mod tests {
 
     #[tokio::test]
     async fn rate_limited_carries_all_headers() {
-        let rl = RateLimited { kind: LimitKind::Generations, retry_after_secs: 6, quotas: Quotas { limit: 10, remaining: 0, reset_secs: 60 } };
+        let rl = RateLimited {
+            kind: LimitKind::Generations,
+            retry_after_secs: 6,
+            quotas: Quotas { limit: 10, remaining: 0, reset_secs: 60 },
+        };
         let (_, _, h) = render(GatewayError::RateLimited(rl)).await;
         assert_eq!(h["retry-after"], "6");
         assert_eq!(h["ratelimit-limit"], "10");

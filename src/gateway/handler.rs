@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri};
 
-use crate::server::body::{self, Body};
 use crate::gateway::error::GatewayError;
+use crate::gateway::status_cache::{CachedStatus, Lookup};
 use crate::gateway::{Ctx, Gateway, Runtime};
+use crate::paid::passthrough;
 use crate::policy::family::Family;
 use crate::policy::tenants::Tenant;
-use crate::gateway::status_cache::{CachedStatus, Lookup};
-use crate::paid::passthrough;
+use crate::server::body::{self, Body};
 use std::collections::HashMap;
 
 use crate::store::{month_of, now_ms, GenerationRecord, OutboxMessage};
@@ -31,8 +31,6 @@ struct Polled {
     result: Result<CachedStatus, GatewayError>,
     upstream: Option<(StatusCode, std::time::Duration)>,
 }
-
-
 
 /// Does the body open and close as a JSON object? An O(1) look at its ends that refuses HTML
 /// pages, empty bodies and truncated JSON on every poll without parsing the body again (the
@@ -101,7 +99,6 @@ fn scanned_status(body: &[u8]) -> Option<&[u8]> {
     None
 }
 
-
 fn query_usize(uri: &Uri, name: &str, default: usize, min: usize, max: usize) -> Result<usize, GatewayError> {
     let Some(q) = uri.query() else { return Ok(default) };
     let Some(v) = q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v) else {
@@ -120,7 +117,12 @@ fn query_usize(uri: &Uri, name: &str, default: usize, min: usize, max: usize) ->
 impl Gateway {
     /// `POST /webhooks/runblob/{token}`: the platform reports an outcome. Recorded (a refund on
     /// `failed`), queued for delivery to the tenant, answered at once.
-    pub(crate) async fn webhook_received<B>(&self, ctx: &mut Ctx, token: &str, req: Request<B>) -> Result<Response<Body>, GatewayError>
+    pub(crate) async fn webhook_received<B>(
+        &self,
+        ctx: &mut Ctx,
+        token: &str,
+        req: Request<B>,
+    ) -> Result<Response<Body>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -155,7 +157,9 @@ impl Gateway {
         // Its status is confirmed with one status call now (which records it, and refunds a
         // confirmed failure); the tenant gets the webhook's body only when the platform says
         // the same, else the platform's own answer. Nothing unconfirmed is ever relayed.
-        let named = ["generation_id", "task_uuid"].iter().find_map(|k| fields.get(*k).and_then(|v| v.as_str()).map(str::to_string));
+        let named = ["generation_id", "task_uuid"]
+            .iter()
+            .find_map(|k| fields.get(*k).and_then(|v| v.as_str()).map(str::to_string));
         let reported = fields.get("status").and_then(|v| v.as_str()).map(str::to_string);
         let record = match target.generation.clone().or(named) {
             Some(id) => self.store.generation(&id).await?.filter(|r| r.tenant == target.tenant),
@@ -166,14 +170,17 @@ impl Gateway {
             tracing::warn!(request_id = ctx.record.request_id(), tenant = %target.tenant, "webhook names no generation of this token's tenant; nothing relayed");
             return Ok(body::json(StatusCode::OK, r#"{"received":true}"#));
         };
-        let uri: Uri = record.family.status_path(&record.id).parse().map_err(|_| GatewayError::Internal("status path".into()))?;
+        let uri: Uri =
+            record.family.status_path(&record.id).parse().map_err(|_| GatewayError::Internal("status path".into()))?;
         let confirmed = self.current_status(&ctx.record.request_id, ctx.record.trace.as_ref(), &record, &uri).await;
         let answer = match confirmed.result {
             Ok(answer) => answer,
             Err(e) => {
                 // Not relayed unconfirmed: the platform's retry (or the tenant's poll) brings it.
                 tracing::warn!(request_id = ctx.record.request_id(), generation = %record.id, error = %e, "could not confirm a webhook's status with the platform; not relayed now");
-                return Err(GatewayError::Unreachable(crate::upstream::UpstreamError::Broken("could not confirm the webhook with the platform".into())));
+                return Err(GatewayError::Unreachable(crate::upstream::UpstreamError::Broken(
+                    "could not confirm the webhook with the platform".into(),
+                )));
             }
         };
         let platform_says = crate::upstream::normalize::reported_status(&answer.body);
@@ -200,7 +207,14 @@ impl Gateway {
     }
 
     /// `GET /v1/{family}/generations/{id}`: only the owner may look.
-    pub(crate) async fn status(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, id: &str, uri: &Uri) -> Result<Response<Body>, GatewayError> {
+    pub(crate) async fn status(
+        &self,
+        ctx: &mut Ctx,
+        tenant: &Tenant,
+        family: Family,
+        id: &str,
+        uri: &Uri,
+    ) -> Result<Response<Body>, GatewayError> {
         let record = self
             .store
             .generation(id)
@@ -220,7 +234,13 @@ impl Gateway {
 
     /// An owned generation's status: shared with concurrent polls and cached briefly
     /// (`status_cache.rs`), otherwise asked of the platform.
-    async fn current_status(&self, request_id: &HeaderValue, trace: Option<&crate::ids::trace::TraceContext>, record: &GenerationRecord, uri: &Uri) -> Polled {
+    async fn current_status(
+        &self,
+        request_id: &HeaderValue,
+        trace: Option<&crate::ids::trace::TraceContext>,
+        record: &GenerationRecord,
+        uri: &Uri,
+    ) -> Polled {
         let refresh = if self.status_cache.enabled() {
             match self.status_cache.lookup(&record.id).await {
                 Lookup::Hit(answer) => return Polled { result: Ok(answer), upstream: None },
@@ -245,7 +265,12 @@ impl Gateway {
             return Polled { result: Err(GatewayError::InvalidAnswer), upstream };
         }
         self.track_status(record, &rsp.body).await;
-        let answer = CachedStatus { at: Instant::now(), status: rsp.status, content_type: rsp.headers.get(CONTENT_TYPE).cloned(), body: rsp.body };
+        let answer = CachedStatus {
+            at: Instant::now(),
+            status: rsp.status,
+            content_type: rsp.headers.get(CONTENT_TYPE).cloned(),
+            body: rsp.body,
+        };
         if let Some(r) = refresh {
             r.store(answer.clone());
         }
@@ -297,7 +322,13 @@ impl Gateway {
     /// this family gives the current body of those generations it holds (status changes are
     /// recorded, a failure refunded); older ones are answered from the record, which the
     /// reconciler keeps current. N generations never cost N calls of the token's shared budget.
-    pub(crate) async fn list(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, uri: &Uri) -> Result<Response<Body>, GatewayError> {
+    pub(crate) async fn list(
+        &self,
+        ctx: &mut Ctx,
+        tenant: &Tenant,
+        family: Family,
+        uri: &Uri,
+    ) -> Result<Response<Body>, GatewayError> {
         let limit = query_usize(uri, "limit", LIST_DEFAULT, 1, LIST_MAX)?;
         let offset = query_usize(uri, "offset", 0, 0, usize::MAX / 2)?;
         let records = self.store.list_generations(&tenant.id, family, limit, offset).await?;
@@ -307,7 +338,11 @@ impl Gateway {
         }
         let path = format!("/v1/{}/generations?limit={LIST_MAX}", family.path());
         let mut current: HashMap<String, serde_json::Value> = HashMap::new();
-        match self.upstream.send(Method::GET, &path, None, &ctx.record.request_id, ctx.record.trace.as_ref(), Bytes::new()).await {
+        match self
+            .upstream
+            .send(Method::GET, &path, None, &ctx.record.request_id, ctx.record.trace.as_ref(), Bytes::new())
+            .await
+        {
             Ok(rsp) => {
                 ctx.record.upstream(rsp.status.as_u16(), rsp.latency);
                 if rsp.status.is_success() {
@@ -321,7 +356,9 @@ impl Gateway {
                 }
             }
             // The list still answers from the records; the reconciler catches up later.
-            Err(e) => tracing::debug!(request_id = ctx.record.request_id(), error = %e, "platform list unavailable; answering from records"),
+            Err(e) => {
+                tracing::debug!(request_id = ctx.record.request_id(), error = %e, "platform list unavailable; answering from records")
+            }
         }
         let mut items = Vec::with_capacity(records.len());
         for r in &records {
@@ -341,7 +378,12 @@ impl Gateway {
 
     /// `GET /v1/gateway/usage`: the tenant's own month: budget, spent, held, remaining, when it
     /// resets, what the account still allows, and its limits.
-    pub(crate) async fn tenant_usage(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
+    pub(crate) async fn tenant_usage(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        tenant: &Tenant,
+    ) -> Result<Response<Body>, GatewayError> {
         ctx.record.outcome = "served";
         let month = month_of(now_ms());
         let totals = self.store.month_totals(&month).await?.remove(&*tenant.id).unwrap_or_default();
@@ -373,7 +415,12 @@ impl Gateway {
     }
 
     /// `GET /v1/data/balance`: what this tenant can still spend.
-    pub(crate) async fn tenant_balance(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Tenant) -> Result<Response<Body>, GatewayError> {
+    pub(crate) async fn tenant_balance(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        tenant: &Tenant,
+    ) -> Result<Response<Body>, GatewayError> {
         ctx.record.outcome = "served";
         self.balance.ensure_fresh(&ctx.record.request_id).await?;
         let month = month_of(now_ms());
@@ -396,7 +443,10 @@ mod tests {
         assert_eq!(scan(r#"{"id":"g1","status":"processing"}"#).as_deref(), Some("processing"));
         assert_eq!(scan(r#" { "status" : "completed" , "x": 1}"#).as_deref(), Some("completed"));
         assert_eq!(scan(r#"{"result":{"status":"failed"},"status":"completed"}"#).as_deref(), Some("completed"));
-        assert_eq!(scan(r#"{"items":[{"status":"failed"}],"note":"status","status":"queued"}"#).as_deref(), Some("queued"));
+        assert_eq!(
+            scan(r#"{"items":[{"status":"failed"}],"note":"status","status":"queued"}"#).as_deref(),
+            Some("queued")
+        );
         assert_eq!(scan(r#"{"a":"say \"status\":\"failed\"","status":"ok"}"#).as_deref(), Some("ok"));
         assert_eq!(scan(r#"{"result":{"status":"failed"}}"#), None);
         assert_eq!(scan(r#"{"status":"fa\u0069led"}"#), None);
@@ -406,7 +456,11 @@ mod tests {
         assert_eq!(scan(r#"{"a":"\"#), None);
         assert_eq!(scan(""), None);
         // Wherever the scan answers, it agrees with the full parse.
-        for b in [r#"{"id":"g1","status":"processing"}"#, r#"{"result":{"status":"failed"},"status":"completed"}"#, r#"{"a":"say \"status\"","status":"ok"}"#] {
+        for b in [
+            r#"{"id":"g1","status":"processing"}"#,
+            r#"{"result":{"status":"failed"},"status":"completed"}"#,
+            r#"{"a":"say \"status\"","status":"ok"}"#,
+        ] {
             assert_eq!(scan(b).as_deref(), crate::upstream::normalize::reported_status(b.as_bytes()).as_deref());
         }
     }
@@ -421,5 +475,4 @@ mod tests {
         let none: Uri = "/x".parse().unwrap();
         assert_eq!(query_usize(&none, "limit", 50, 1, 100).unwrap(), 50);
     }
-
 }

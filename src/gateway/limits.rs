@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::policy::rate_limit::Quotas;
 use crate::policy::rate_limit::{quota_of, GcraParams, LimitKind, RateLimited, TenantLimiter};
 use crate::policy::tenants::{Tenant, TenantDirectory};
-use crate::policy::rate_limit::Quotas;
 use crate::store::{SharedLimit, Store};
 
 /// Per-tenant limiters for one config generation.
@@ -34,10 +34,7 @@ impl RateLimits {
             .tenants()
             .iter()
             .map(|t| {
-                let kept = previous
-                    .and_then(|p| p.local.get(&t.id))
-                    .filter(|l| l.limits() == &t.limits)
-                    .cloned();
+                let kept = previous.and_then(|p| p.local.get(&t.id)).filter(|l| l.limits() == &t.limits).cloned();
                 (t.id.clone(), kept.unwrap_or_else(|| Arc::new(TenantLimiter::new(t.limits))))
             })
             .collect();
@@ -47,13 +44,19 @@ impl RateLimits {
     /// Consumes one cell of `kind` for `tenant`.
     pub async fn check(&self, store: &dyn Store, tenant: &Tenant, kind: LimitKind) -> Result<Quotas, RateLimited> {
         let params = GcraParams::of(&quota_of(&tenant.limits, kind));
-        let shared = if store.shares_rate_limits() { store.shared_rate_limit(&tenant.id, kind_name(kind), params).await } else { None };
+        let shared = if store.shares_rate_limits() {
+            store.shared_rate_limit(&tenant.id, kind_name(kind), params).await
+        } else {
+            None
+        };
         match shared {
             Some(Ok(SharedLimit::Allowed(q))) => return Ok(q),
             Some(Ok(SharedLimit::Refused { retry_after_secs, quotas })) => {
                 return Err(RateLimited { kind, retry_after_secs, quotas });
             }
-            Some(Err(e)) => tracing::warn!(error = %e, tenant = %tenant.id, "shared rate limit unavailable; using the local limiter"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, tenant = %tenant.id, "shared rate limit unavailable; using the local limiter")
+            }
             None => {}
         }
         match self.local.get(&tenant.id) {
@@ -68,10 +71,16 @@ impl RateLimits {
     pub async fn give_back_generation(&self, store: &dyn Store, tenant: &str) {
         let Some(local) = self.local.get(tenant) else { return };
         let params = GcraParams::of(&quota_of(local.limits(), LimitKind::Generations));
-        let shared = if store.shares_rate_limits() { store.shared_rate_limit_give_back(tenant, kind_name(LimitKind::Generations), params).await } else { None };
+        let shared = if store.shares_rate_limits() {
+            store.shared_rate_limit_give_back(tenant, kind_name(LimitKind::Generations), params).await
+        } else {
+            None
+        };
         match shared {
             Some(Ok(())) => return,
-            Some(Err(e)) => tracing::warn!(error = %e, tenant, "shared rate limit unavailable; giving the cell back locally"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, tenant, "shared rate limit unavailable; giving the cell back locally")
+            }
             None => {}
         }
         local.give_back_generation();
@@ -146,7 +155,8 @@ const ADMIN_FAILURE_GLOBAL_BURST: u32 = 60;
 pub struct AdminFailures {
     per_address: AuthFailures,
     global: governor::DefaultDirectRateLimiter,
-    until: std::sync::Mutex<(std::collections::HashMap<std::net::IpAddr, std::time::Instant>, Option<std::time::Instant>)>,
+    until:
+        std::sync::Mutex<(std::collections::HashMap<std::net::IpAddr, std::time::Instant>, Option<std::time::Instant>)>,
 }
 
 impl AdminFailures {
@@ -154,7 +164,11 @@ impl AdminFailures {
     pub fn new() -> Self {
         let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN)
             .allow_burst(std::num::NonZeroU32::new(ADMIN_FAILURE_GLOBAL_BURST).unwrap_or(std::num::NonZeroU32::MIN));
-        AdminFailures { per_address: AuthFailures::new(), global: governor::RateLimiter::direct(quota), until: Default::default() }
+        AdminFailures {
+            per_address: AuthFailures::new(),
+            global: governor::RateLimiter::direct(quota),
+            until: Default::default(),
+        }
     }
 
     /// Seconds left while `ip` (or everyone) is throttled: answer 429 without looking at the token.
@@ -177,7 +191,9 @@ impl AdminFailures {
         let now = std::time::Instant::now();
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(not_until) = self.global.check() {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now()).max(std::time::Duration::from_secs(1));
+            let wait = not_until
+                .wait_time_from(governor::clock::DefaultClock::default().now())
+                .max(std::time::Duration::from_secs(1));
             until.1 = Some(now + wait);
             return Err(wait.as_secs().max(1));
         }
@@ -212,7 +228,10 @@ const REFUSALS_LOGGED_BURST: u32 = 50;
 impl RefusalSampler {
     /// A sampler at the default rate.
     pub fn new() -> Self {
-        RefusalSampler { logged: PerAddress::new(REFUSALS_LOGGED_PER_SEC, REFUSALS_LOGGED_BURST), suppressed: Default::default() }
+        RefusalSampler {
+            logged: PerAddress::new(REFUSALS_LOGGED_PER_SEC, REFUSALS_LOGGED_BURST),
+            suppressed: Default::default(),
+        }
     }
 
     /// Should this refused request's access line be written?
@@ -227,7 +246,8 @@ impl RefusalSampler {
 
     /// One line per address whose lines were held back since the last flush.
     pub fn flush(&self) {
-        let held: Vec<(std::net::IpAddr, u64)> = self.suppressed.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let held: Vec<(std::net::IpAddr, u64)> =
+            self.suppressed.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (peer, count) in held {
             tracing::warn!(peer = %peer, suppressed = count, cause = "refusal_flood", "access lines of refused requests from this address were sampled: {count} not written (metrics count every one)");
         }
@@ -248,7 +268,13 @@ mod tests {
     use crate::store::embedded::EmbeddedStore;
 
     fn dir(rps: u32) -> TenantDirectory {
-        let t = Tenant { id: "a".into(), limits: limits(rps, 1, 1).unwrap(), monthly_budget: None, max_in_flight: None, webhook_secret: None };
+        let t = Tenant {
+            id: "a".into(),
+            limits: limits(rps, 1, 1).unwrap(),
+            monthly_budget: None,
+            max_in_flight: None,
+            webhook_secret: None,
+        };
         TenantDirectory::new(vec![(t, vec![key_digest("k")])]).unwrap()
     }
 

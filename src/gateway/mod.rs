@@ -11,7 +11,6 @@
 //! pass through request extensions, and one straight-line function with `?` between stages is
 //! easier to read top to bottom (rpxy's `handle_request`) and cheaper per request.
 
-
 pub(crate) mod directory;
 pub(crate) mod error;
 mod handler;
@@ -29,22 +28,22 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Request, Response};
 
-use crate::observe::access_log::{AccessLog, AccessRecord};
-use crate::paid::balance::BalanceKeeper;
-use crate::server::body::Body;
 use crate::config::{Config, ConfigError};
 use crate::gateway::error::{set_rate_limit_headers, GatewayError};
 use crate::gateway::limits::RateLimits;
+use crate::gateway::status_cache::StatusCache;
+use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::observe::metrics::Metrics;
+use crate::paid::balance::BalanceKeeper;
+use crate::policy::keys::Scope;
 use crate::policy::money::Usd;
 use crate::policy::pricing::PriceTable;
 use crate::policy::rate_limit::{LimitKind, Quotas};
-use crate::policy::keys::Scope;
 use crate::policy::tenants::{KeyEntry, TenantDirectory};
-use routes::Route;
-use crate::gateway::status_cache::StatusCache;
+use crate::server::body::Body;
 use crate::store::Store;
 use crate::upstream::Upstream;
+use routes::Route;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +56,6 @@ pub struct Reloaded {
 
 /// Re-reads the config (from its file) for a hot reload.
 pub type ReloadSource = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
-
 
 /// What a reload may change: tenants, keys, limits, prices and the reserve.
 pub struct Runtime {
@@ -142,8 +140,17 @@ pub struct Ctx {
 
 impl Ctx {
     /// A request just arrived.
-    pub(crate) fn new(method: http::Method, request_id: HeaderValue, route: &'static str, outcome: &'static str) -> Ctx {
-        Ctx { record: AccessRecord::new(method, request_id, route, outcome), forwarded: Arc::new(AtomicBool::new(false)), quotas: None }
+    pub(crate) fn new(
+        method: http::Method,
+        request_id: HeaderValue,
+        route: &'static str,
+        outcome: &'static str,
+    ) -> Ctx {
+        Ctx {
+            record: AccessRecord::new(method, request_id, route, outcome),
+            forwarded: Arc::new(AtomicBool::new(false)),
+            quotas: None,
+        }
     }
 }
 
@@ -160,22 +167,36 @@ pub(crate) fn request_id_header(sent: Option<&HeaderValue>) -> HeaderValue {
         return v.clone();
     }
     let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(crate::ids::uuid().hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_str(crate::ids::uuid().hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// 400 for query parameters the route does not document (lists take `limit` and `offset`).
 fn check_query(route: &Route, query: Option<&str>) -> Result<(), GatewayError> {
     let Some(q) = query.filter(|q| !q.is_empty()) else { return Ok(()) };
     let allowed: &[&str] = if matches!(route, Route::List(_)) { &["limit", "offset"] } else { &[] };
-    let mut unknown: Vec<&str> = q.split('&').map(|kv| kv.split('=').next().unwrap_or("")).filter(|k| !allowed.contains(k)).collect();
+    let mut unknown: Vec<&str> =
+        q.split('&').map(|kv| kv.split('=').next().unwrap_or("")).filter(|k| !allowed.contains(k)).collect();
     unknown.dedup();
     if unknown.is_empty() {
         return Ok(());
     }
     let accepted = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
     // Long names are cut (on a character boundary) so a detail stays readable.
-    let names: Vec<String> = unknown.iter().map(|k| if k.chars().count() > 40 { format!("{}…", k.chars().take(40).collect::<String>()) } else { k.to_string() }).collect();
-    Err(GatewayError::BadRequest(format!("Unsupported query parameter(s): {} (this endpoint accepts: {accepted})", names.join(", "))))
+    let names: Vec<String> = unknown
+        .iter()
+        .map(|k| {
+            if k.chars().count() > 40 {
+                format!("{}…", k.chars().take(40).collect::<String>())
+            } else {
+                k.to_string()
+            }
+        })
+        .collect();
+    Err(GatewayError::BadRequest(format!(
+        "Unsupported query parameter(s): {} (this endpoint accepts: {accepted})",
+        names.join(", ")
+    )))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -188,7 +209,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 impl Gateway {
     /// Builds a gateway on an opened store.
-    pub fn new(config: &Config, store: Arc<dyn Store>, log: AccessLog, reload_source: Option<ReloadSource>, tls: Option<Arc<crate::server::tls::Certs>>) -> Arc<Gateway> {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        log: AccessLog,
+        reload_source: Option<ReloadSource>,
+        tls: Option<Arc<crate::server::tls::Certs>>,
+    ) -> Arc<Gateway> {
         let upstream = Arc::new(Upstream::new(&config.upstream));
         let balance = BalanceKeeper::new(store.clone(), upstream.clone(), config.balance.cache_ttl);
         let (relay, sender) = crate::background::webhooks::senders(config);
@@ -288,8 +315,13 @@ impl Gateway {
                 self.apply(&config);
                 self.metrics.reload(true);
                 let tenants = config.tenants.tenants().len();
-                let restart_required: Vec<&'static str> =
-                    config.restart_only().into_iter().zip(&self.started_with).filter(|(new, old)| new.1 != old.1).map(|(new, _)| new.0).collect();
+                let restart_required: Vec<&'static str> = config
+                    .restart_only()
+                    .into_iter()
+                    .zip(&self.started_with)
+                    .filter(|(new, old)| new.1 != old.1)
+                    .map(|(new, _)| new.0)
+                    .collect();
                 if restart_required.is_empty() {
                     tracing::info!(tenants, "config reloaded");
                 } else {
@@ -317,7 +349,11 @@ impl Gateway {
         let mut ctx = Ctx::new(req.method().clone(), id_header.clone(), routes::UNMATCHED, "forwarded");
         let mut trace = crate::ids::trace::TraceContext::from_headers(req.headers());
         // `None` (and free) unless `[telemetry]` exports spans.
-        let route = || routes::resolve(&self.current().catalog, req.method(), req.uri().path()).map(|r| r.template()).unwrap_or(routes::UNMATCHED);
+        let route = || {
+            routes::resolve(&self.current().catalog, req.method(), req.uri().path())
+                .map(|r| r.template())
+                .unwrap_or(routes::UNMATCHED)
+        };
         let span = crate::observe::telemetry::request_span(req.method(), route, &mut trace);
         ctx.record.trace = Some(trace);
         let forwarded = ctx.forwarded.clone();
@@ -376,7 +412,12 @@ impl Gateway {
     /// A connection refused before any request reached the gateway (no head in time, malformed
     /// head, headers too large, closed at the connection cap): logged and counted like a request.
     pub fn protocol_refusal(&self, r: crate::server::ProtocolRefusal) {
-        let mut ctx = Ctx::new(http::Method::from_bytes(b"-").unwrap_or(http::Method::GET), request_id_header(None), "-", r.outcome);
+        let mut ctx = Ctx::new(
+            http::Method::from_bytes(b"-").unwrap_or(http::Method::GET),
+            request_id_header(None),
+            "-",
+            r.outcome,
+        );
         ctx.record.peer = Some(r.peer.ip());
         tracing::debug!(peer = %r.peer, status = r.status, outcome = r.outcome, "connection refused at the protocol level");
         self.finish(&ctx, r.status);
@@ -463,9 +504,20 @@ impl Gateway {
 
     /// A valid key is never slowed down; a client address that keeps presenting unknown keys
     /// is answered 429 for a while (`auth_failures`).
-    fn authenticate<'r>(&self, runtime: &'r Runtime, headers: &HeaderMap, peer: Option<std::net::IpAddr>) -> Result<&'r KeyEntry, GatewayError> {
-        let missing = if headers.contains_key(AUTHORIZATION) { GatewayError::WrongScheme } else { GatewayError::MissingCredentials };
-        let found = bearer(headers).ok_or(missing).and_then(|key| runtime.tenants.lookup(key).ok_or(GatewayError::InvalidCredentials));
+    fn authenticate<'r>(
+        &self,
+        runtime: &'r Runtime,
+        headers: &HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<&'r KeyEntry, GatewayError> {
+        let missing = if headers.contains_key(AUTHORIZATION) {
+            GatewayError::WrongScheme
+        } else {
+            GatewayError::MissingCredentials
+        };
+        let found = bearer(headers)
+            .ok_or(missing)
+            .and_then(|key| runtime.tenants.lookup(key).ok_or(GatewayError::InvalidCredentials));
         match (found, peer) {
             (Ok(t), _) => Ok(t),
             (Err(e), Some(ip)) => match self.auth_failures.failed(ip) {

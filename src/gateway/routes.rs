@@ -64,7 +64,11 @@ pub fn resolve(catalog: &Catalog, method: &Method, path: &str) -> Result<Route, 
         if token.is_empty() || token.len() > MAX_ID_LEN || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(GatewayError::NotFound);
         }
-        return if method == Method::POST { Ok(Route::Webhook(token.to_string())) } else { Err(GatewayError::MethodNotAllowed { allow: "POST" }) };
+        return if method == Method::POST {
+            Ok(Route::Webhook(token.to_string()))
+        } else {
+            Err(GatewayError::MethodNotAllowed { allow: "POST" })
+        };
     }
     let rest = path.strip_prefix("/v1/").ok_or(GatewayError::NotFound)?;
     // Like the generation paths, the two gateway reads take an optional trailing slash.
@@ -77,7 +81,10 @@ pub fn resolve(catalog: &Catalog, method: &Method, path: &str) -> Result<Route, 
             // `/v1/<name>/generate` or `/v1/<name>/generations…` with a name that is no family.
             let mut parts = rest.splitn(2, '/');
             let (name, tail) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            if !name.is_empty() && name.len() <= 40 && (tail == "generate" || tail == "quote" || tail.starts_with("generations")) {
+            if !name.is_empty()
+                && name.len() <= 40
+                && (tail == "generate" || tail == "quote" || tail.starts_with("generations"))
+            {
                 return Err(GatewayError::UnknownFamily(name.to_string(), catalog.paths()));
             }
             return Err(GatewayError::NotFound);
@@ -144,16 +151,34 @@ mod tests {
 
     #[test]
     fn unknown_paths_are_404() {
-        for p in ["/", "/v1", "/v1/", "/v2/sora/generate", "/v1/sora", "/v1/sora/", "/v1/sora/generatex", "/v1/midjourney",
-            "/v1/sora/generations/a/b", "/v1/data/balance//", "/v1/data"] {
+        for p in [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v2/sora/generate",
+            "/v1/sora",
+            "/v1/sora/",
+            "/v1/sora/generatex",
+            "/v1/midjourney",
+            "/v1/sora/generations/a/b",
+            "/v1/data/balance//",
+            "/v1/data",
+        ] {
             assert!(matches!(resolve(Catalog::builtin(), &Method::GET, p), Err(GatewayError::NotFound)), "{p}");
         }
     }
 
     #[test]
     fn odd_ids_are_unknown_generations() {
-        for p in ["/v1/sora/generations/..%2f", "/v1/sora/generations/a.b", &format!("/v1/sora/generations/{}", "a".repeat(129))] {
-            assert!(matches!(resolve(Catalog::builtin(), &Method::GET, p), Err(GatewayError::GenerationNotFound)), "{p}");
+        for p in [
+            "/v1/sora/generations/..%2f",
+            "/v1/sora/generations/a.b",
+            &format!("/v1/sora/generations/{}", "a".repeat(129)),
+        ] {
+            assert!(
+                matches!(resolve(Catalog::builtin(), &Method::GET, p), Err(GatewayError::GenerationNotFound)),
+                "{p}"
+            );
         }
     }
 
@@ -175,9 +200,18 @@ mod tests {
 
     #[test]
     fn wrong_method_is_405_with_allow() {
-        assert!(matches!(resolve(Catalog::builtin(), &Method::GET, "/v1/sora/generate"), Err(GatewayError::MethodNotAllowed { allow: "POST" })));
-        assert!(matches!(resolve(Catalog::builtin(), &Method::DELETE, "/v1/sora/generations/x"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
-        assert!(matches!(resolve(Catalog::builtin(), &Method::POST, "/v1/data/balance"), Err(GatewayError::MethodNotAllowed { allow: "GET" })));
+        assert!(matches!(
+            resolve(Catalog::builtin(), &Method::GET, "/v1/sora/generate"),
+            Err(GatewayError::MethodNotAllowed { allow: "POST" })
+        ));
+        assert!(matches!(
+            resolve(Catalog::builtin(), &Method::DELETE, "/v1/sora/generations/x"),
+            Err(GatewayError::MethodNotAllowed { allow: "GET" })
+        ));
+        assert!(matches!(
+            resolve(Catalog::builtin(), &Method::POST, "/v1/data/balance"),
+            Err(GatewayError::MethodNotAllowed { allow: "GET" })
+        ));
     }
 
     #[test]

@@ -30,8 +30,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::server::body::Body;
 use crate::gateway::{Ctx, Gateway};
+use crate::server::body::Body;
 
 /// Response body of the layered stack (`CatchPanic` boxes it).
 pub type StackBody = tower_http::body::UnsyncBoxBody<Bytes, tower_http::BoxError>;
@@ -66,15 +66,24 @@ where
 struct Panicked;
 
 fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<Body> {
-    let what = err.downcast_ref::<String>().map(String::as_str).or_else(|| err.downcast_ref::<&str>().copied()).unwrap_or("(no message)");
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
     tracing::error!(panic = what, "a request handler panicked; answered 500");
-    let mut rsp = crate::server::body::json(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({ "detail": "Internal server error" }).to_string());
+    let mut rsp = crate::server::body::json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        serde_json::json!({ "detail": "Internal server error" }).to_string(),
+    );
     rsp.extensions_mut().insert(Panicked);
     rsp
 }
 
 /// The gateway with its tower-http layers: what the binary serves on the tenant listener.
-pub fn stack<B>(gw: Arc<Gateway>) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
+pub fn stack<B>(
+    gw: Arc<Gateway>,
+) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
@@ -86,7 +95,10 @@ where
 /// the embedder's): sensitive headers, then the panic guard with its access line; `gw` writes
 /// that line. Request ids are the gateway's own work (`Gateway::handle`); on a panic the guard
 /// keeps the request's sane id, or makes one, for the 500 and its access line.
-pub fn layered<S, B>(gw: Arc<Gateway>, inner: S) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
+pub fn layered<S, B>(
+    gw: Arc<Gateway>,
+    inner: S,
+) -> impl Service<Request<B>, Response = Response<StackBody>, Error = Infallible, Future = impl Send> + Clone + Send + 'static
 where
     S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -101,7 +113,9 @@ where
         async move {
             let mut rsp = inner.oneshot(req).await?;
             if rsp.extensions().get::<Panicked>().is_some() {
-                let route = crate::gateway::routes::resolve(&gw.current().catalog, &method, uri.path()).map(|r| r.template()).unwrap_or(crate::gateway::routes::UNMATCHED);
+                let route = crate::gateway::routes::resolve(&gw.current().catalog, &method, uri.path())
+                    .map(|r| r.template())
+                    .unwrap_or(crate::gateway::routes::UNMATCHED);
                 let id = crate::gateway::request_id_header(id.as_ref());
                 gw.finish(&Ctx::new(method, id.clone(), route, "panic"), 500);
                 rsp.headers_mut().insert(X_REQUEST_ID, id);
@@ -109,7 +123,9 @@ where
             Ok::<_, Infallible>(rsp)
         }
     });
-    ServiceBuilder::new().layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE])).service(logged)
+    ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
+        .service(logged)
 }
 
 #[cfg(test)]

@@ -149,7 +149,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn answer(body: &'static str) -> CachedStatus {
-        CachedStatus { at: Instant::now(), status: StatusCode::OK, content_type: None, body: Bytes::from_static(body.as_bytes()) }
+        CachedStatus {
+            at: Instant::now(),
+            status: StatusCode::OK,
+            content_type: None,
+            body: Bytes::from_static(body.as_bytes()),
+        }
     }
 
     async fn refresh(c: &StatusCache, id: &str) -> Refresh {

@@ -18,8 +18,8 @@ use http_body_util::BodyExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::server::framing::ChunkWatch;
 use crate::policy::scan::{BodyScan, Marks};
+use crate::server::framing::ChunkWatch;
 
 /// Accounting unit of the total budget: 1 KiB per semaphore permit.
 const UNIT: usize = 1024;
@@ -145,7 +145,14 @@ impl Uploads {
 
     /// Reads a body of at most `limit` bytes into one buffer, reserving memory as it goes, and
     /// hands each chunk to a `BodyScan` while it is in cache (see `policy::scan`).
-    pub async fn read<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, chunks: Option<&ChunkWatch>, limit: usize) -> Result<(Bytes, Option<Marks>), UploadError>
+    pub async fn read<B>(
+        &self,
+        r: &mut Reservation<'_>,
+        body: B,
+        declared: Option<u64>,
+        chunks: Option<&ChunkWatch>,
+        limit: usize,
+    ) -> Result<(Bytes, Option<Marks>), UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
@@ -156,7 +163,15 @@ impl Uploads {
         Ok((out?, scan.finish()))
     }
 
-    async fn read_inner<B>(&self, r: &mut Reservation<'_>, body: B, declared: Option<u64>, chunks: Option<&ChunkWatch>, limit: usize, scan: &mut BodyScan) -> Result<Bytes, UploadError>
+    async fn read_inner<B>(
+        &self,
+        r: &mut Reservation<'_>,
+        body: B,
+        declared: Option<u64>,
+        chunks: Option<&ChunkWatch>,
+        limit: usize,
+        scan: &mut BodyScan,
+    ) -> Result<Bytes, UploadError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
@@ -261,7 +276,9 @@ mod tests {
     async fn a_stalled_upload_ends_after_the_grace() {
         let u = Uploads::new(1 << 20, 1 << 20, 8, 16_384);
         let mut r = u.begin(&t("a")).unwrap();
-        let stalled = StreamBody::new(futures_util::stream::pending::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>());
+        let stalled = StreamBody::new(futures_util::stream::pending::<
+            Result<http_body::Frame<Bytes>, std::convert::Infallible>,
+        >());
         let started = Instant::now();
         assert_eq!(u.read(&mut r, stalled, None, None, 1 << 20).await.err(), Some(UploadError::TooSlow));
         assert_eq!(started.elapsed(), SLOW_UPLOAD_GRACE);

@@ -27,7 +27,6 @@ pub fn uuid() -> uuid::Uuid {
     uuid::Builder::from_random_bytes(random_bits().to_be_bytes()).into_uuid()
 }
 
-
 /// The request header carrying the request id (set on every answer, sent to the platform).
 pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 

@@ -28,7 +28,10 @@ impl<const N: usize> HexId<N> {
     pub fn of_bytes(bytes: &[u8]) -> HexId<N> {
         const { assert!(N % 2 == 0 && N <= 32, "an id of up to 128 bits") };
         let mut out = [b'0'; N];
-        let _ = hex::encode_to_slice(&bytes[bytes.len().saturating_sub(N / 2)..], &mut out[N.saturating_sub(2 * bytes.len())..]);
+        let _ = hex::encode_to_slice(
+            &bytes[bytes.len().saturating_sub(N / 2)..],
+            &mut out[N.saturating_sub(2 * bytes.len())..],
+        );
         HexId(out)
     }
 
@@ -106,9 +109,13 @@ fn parse(v: &str) -> Option<(HexId<32>, HexId<16>, u8)> {
     let mut parts = v.split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let (trace, parent) = (HexId::<32>::parse(trace)?, HexId::<16>::parse(parent)?);
-    let valid = version.len() == 2 && is_hex(version) && version != "ff"
-        && !trace.is_zero() && !parent.is_zero()
-        && flags.len() == 2 && is_hex(flags);
+    let valid = version.len() == 2
+        && is_hex(version)
+        && version != "ff"
+        && !trace.is_zero()
+        && !parent.is_zero()
+        && flags.len() == 2
+        && is_hex(flags);
     // Version 00 has exactly four fields; later versions may append more after a dash.
     let rest_ok = match parts.next() {
         None => true,
@@ -132,7 +139,13 @@ impl TraceContext {
                 parent_id: Some(parent),
                 tracestate: headers.get(TRACESTATE).filter(|v| v.len() <= MAX_TRACESTATE).cloned(),
             },
-            None => TraceContext { trace_id: random_hex(), span_id: random_hex(), flags: 0, parent_id: None, tracestate: None },
+            None => TraceContext {
+                trace_id: random_hex(),
+                span_id: random_hex(),
+                flags: 0,
+                parent_id: None,
+                tracestate: None,
+            },
         }
     }
 

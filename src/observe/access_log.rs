@@ -55,7 +55,12 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     /// A request just arrived.
-    pub fn new(method: http::Method, request_id: HeaderValue, route: &'static str, outcome: &'static str) -> AccessRecord {
+    pub fn new(
+        method: http::Method,
+        request_id: HeaderValue,
+        route: &'static str,
+        outcome: &'static str,
+    ) -> AccessRecord {
         AccessRecord {
             started: Instant::now(),
             method,
@@ -145,7 +150,13 @@ fn push_ms(out: &mut Vec<u8>, d: Duration) {
         return;
     }
     let digits = [b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
-    let keep = if frac % 100 == 0 { 1 } else if frac % 10 == 0 { 2 } else { 3 };
+    let keep = if frac % 100 == 0 {
+        1
+    } else if frac % 10 == 0 {
+        2
+    } else {
+        3
+    };
     out.extend_from_slice(&digits[..keep]);
 }
 
@@ -244,7 +255,11 @@ impl Drop for FlushGuard {
 impl AccessLog {
     /// Lines batched and written to `w` by a background thread every few milliseconds.
     pub fn batched(mut w: impl Write + Send + 'static) -> (Self, FlushGuard) {
-        let batch = Arc::new(Batch { buf: Mutex::new(Vec::with_capacity(64 * 1024)), dropped: AtomicU64::new(0), stop: AtomicBool::new(false) });
+        let batch = Arc::new(Batch {
+            buf: Mutex::new(Vec::with_capacity(64 * 1024)),
+            dropped: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
         let b = batch.clone();
         let thread = std::thread::Builder::new()
             .name("access-log".into())
@@ -350,9 +365,11 @@ mod tests {
     #[test]
     fn writes_one_json_line_with_the_spec_fields() {
         let (log, lines) = AccessLog::memory();
-        let mut r = AccessRecord::new(http::Method::POST, HeaderValue::from_static("r1"), "/v1/sora/generate", "forwarded");
+        let mut r =
+            AccessRecord::new(http::Method::POST, HeaderValue::from_static("r1"), "/v1/sora/generate", "forwarded");
         let mut headers = http::HeaderMap::new();
-        headers.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        headers
+            .insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
         r.trace = Some(TraceContext::from_headers(&headers));
         r.tenant = Some(Arc::from("marketing"));
         r.upstream(201, Duration::from_millis(10));
@@ -362,7 +379,21 @@ mod tests {
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-        for k in ["time", "level", "request_id", "trace_id", "tenant", "method", "route", "status", "outcome", "latency_ms", "upstream_status", "upstream_latency_ms", "price"] {
+        for k in [
+            "time",
+            "level",
+            "request_id",
+            "trace_id",
+            "tenant",
+            "method",
+            "route",
+            "status",
+            "outcome",
+            "latency_ms",
+            "upstream_status",
+            "upstream_latency_ms",
+            "price",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["price"], "0.1200");
@@ -396,7 +427,9 @@ mod tests {
                 assert_eq!(out, serde_json::to_vec(&s).unwrap(), "byte {c:#x} at {at}");
             }
         }
-        for (micros, text) in [(0, "0.0"), (100, "0.1"), (131, "0.131"), (12_500, "12.5"), (1_000_000, "1000.0"), (2_030, "2.03")] {
+        for (micros, text) in
+            [(0, "0.0"), (100, "0.1"), (131, "0.131"), (12_500, "12.5"), (1_000_000, "1000.0"), (2_030, "2.03")]
+        {
             let mut out = Vec::new();
             push_ms(&mut out, Duration::from_micros(micros));
             assert_eq!(String::from_utf8(out).unwrap(), text);

@@ -41,7 +41,12 @@ impl Visit for Fields {
 /// `level`, `target` and `message` first, then the other fields in name order.
 pub fn line(level: &tracing::Level, target: &str, mut fields: Map<String, Value>) -> String {
     let str = |s: &str| Value::String(s.to_string()).to_string();
-    let mut out = format!(r#"{{"time":{},"level":{},"target":{}"#, str(&crate::observe::access_log::now_rfc3339()), str(level.as_str()), str(target));
+    let mut out = format!(
+        r#"{{"time":{},"level":{},"target":{}"#,
+        str(&crate::observe::access_log::now_rfc3339()),
+        str(level.as_str()),
+        str(target)
+    );
     let message = fields.remove("message");
     for (k, v) in message.iter().map(|m| ("message", m)).chain(fields.iter().map(|(k, v)| (k.as_str(), v))) {
         out.push(',');

@@ -164,7 +164,11 @@ impl Metrics {
         let balance = Gauge::<f64, AtomicU64>::default();
         // NaN until a balance was read: 0 would say "empty account" when nothing is known.
         balance.set(f64::NAN);
-        registry.register("account_balance_usd", "Account balance last fetched from the platform (NaN until one was read)", balance.clone());
+        registry.register(
+            "account_balance_usd",
+            "Account balance last fetched from the platform (NaN until one was read)",
+            balance.clone(),
+        );
         let token_rejected = Gauge::default();
         registry.register(
             "upstream_token_rejected",
@@ -176,9 +180,17 @@ impl Metrics {
         let holds_open_usd = Gauge::<f64, AtomicU64>::default();
         registry.register("holds_open_usd", "USD held by paid requests in flight", holds_open_usd.clone());
         let holds_unknown = Gauge::default();
-        registry.register("holds_unknown", "Paid requests whose outcome is unknown, counted as spent until reconciled", holds_unknown.clone());
+        registry.register(
+            "holds_unknown",
+            "Paid requests whose outcome is unknown, counted as spent until reconciled",
+            holds_unknown.clone(),
+        );
         let held_usd = Gauge::<f64, AtomicU64>::default();
-        registry.register("held_usd", "USD counted against the cached balance (holds and recent charges)", held_usd.clone());
+        registry.register(
+            "held_usd",
+            "USD counted against the cached balance (holds and recent charges)",
+            held_usd.clone(),
+        );
         let spend = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("spend_usd", "Spend this month by tenant", spend.clone());
         let circuit_open = Gauge::default();
@@ -188,9 +200,17 @@ impl Metrics {
         let holds_unknown_usd = Gauge::<f64, AtomicU64>::default();
         registry.register("holds_unknown_usd", "USD held by outcomes being reconciled", holds_unknown_usd.clone());
         let unknown_outcomes = Family::<CauseLabels, Counter>::default();
-        registry.register("unknown_outcomes", "Paid requests forwarded without a readable answer, by cause", unknown_outcomes.clone());
+        registry.register(
+            "unknown_outcomes",
+            "Paid requests forwarded without a readable answer, by cause",
+            unknown_outcomes.clone(),
+        );
         let resolutions = Family::<ResultLabels, Counter>::default();
-        registry.register("reconcile_resolutions", "Unknown outcomes resolved by the reconciler (found / not_charged)", resolutions.clone());
+        registry.register(
+            "reconcile_resolutions",
+            "Unknown outcomes resolved by the reconciler (found / not_charged)",
+            resolutions.clone(),
+        );
         let refunds = Family::<TenantLabels, Counter>::default();
         registry.register("refunds", "Failed generations refunded to a tenant's month", refunds.clone());
         let generation_failures = Family::<FailureLabels, Counter>::default();
@@ -200,23 +220,55 @@ impl Metrics {
             generation_failures.clone(),
         );
         let expired_leases = Counter::default();
-        registry.register("expired_hold_leases", "Holds whose lease ran out (crash, grace expiry, slow store)", expired_leases.clone());
+        registry.register(
+            "expired_hold_leases",
+            "Holds whose lease ran out (crash, grace expiry, slow store)",
+            expired_leases.clone(),
+        );
         let untrusted_prices = Counter::default();
-        registry.register("untrusted_prices", "Platform prices not trusted (negative or far above the quote)", untrusted_prices.clone());
+        registry.register(
+            "untrusted_prices",
+            "Platform prices not trusted (negative or far above the quote)",
+            untrusted_prices.clone(),
+        );
         let store_retries = Family::<ResultLabels, Counter>::default();
-        registry.register("record_retries", "Retries writing a generation the platform accepted (ok / failed)", store_retries.clone());
+        registry.register(
+            "record_retries",
+            "Retries writing a generation the platform accepted (ok / failed)",
+            store_retries.clone(),
+        );
         let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
-        registry.register("webhook_deliveries", "Webhook delivery attempts by tenant and result (delivered / retry / dead_letter)", webhook_deliveries.clone());
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by tenant and result (delivered / retry / dead_letter)",
+            webhook_deliveries.clone(),
+        );
         let webhook_rejected = Family::<CauseLabels, Counter>::default();
-        registry.register("webhook_rejected", "Platform webhook calls refused (unknown or forged token, bad body)", webhook_rejected.clone());
+        registry.register(
+            "webhook_rejected",
+            "Platform webhook calls refused (unknown or forged token, bad body)",
+            webhook_rejected.clone(),
+        );
         let task_panics = Family::<TaskLabels, Counter>::default();
-        registry.register("task_panics", "Background tasks that panicked and were restarted, by task", task_panics.clone());
+        registry.register(
+            "task_panics",
+            "Background tasks that panicked and were restarted, by task",
+            task_panics.clone(),
+        );
         let outbox_pending = Gauge::default();
         registry.register("webhook_outbox_pending", "Webhook deliveries waiting", outbox_pending.clone());
         let outbox_oldest = Gauge::<f64, AtomicU64>::default();
-        registry.register("webhook_outbox_oldest_pending_seconds", "Age of the oldest waiting webhook delivery", outbox_oldest.clone());
+        registry.register(
+            "webhook_outbox_oldest_pending_seconds",
+            "Age of the oldest waiting webhook delivery",
+            outbox_oldest.clone(),
+        );
         let outbox_dead = Gauge::default();
-        registry.register("webhook_dead_letters", "Webhook deliveries given up on (re-drive with POST /admin/webhooks/redeliver)", outbox_dead.clone());
+        registry.register(
+            "webhook_dead_letters",
+            "Webhook deliveries given up on (re-drive with POST /admin/webhooks/redeliver)",
+            outbox_dead.clone(),
+        );
         let budget = Family::<TenantLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("budget_usd", "Monthly budget by tenant (alert on spend_usd / budget_usd)", budget.clone());
         let unattributed = Family::<FamilyLabels, Counter>::default();
@@ -232,7 +284,11 @@ impl Metrics {
             charged_above_hold.clone(),
         );
         let alerts = Family::<KindLabels, Counter>::default();
-        registry.register("alerts", "Budget and balance alerts queued for delivery, by kind (budget.threshold / balance.low)", alerts.clone());
+        registry.register(
+            "alerts",
+            "Budget and balance alerts queued for delivery, by kind (budget.threshold / balance.low)",
+            alerts.clone(),
+        );
         let budgets_over_balance = Gauge::default();
         registry.register(
             "budgets_over_balance",
@@ -295,7 +351,13 @@ impl Metrics {
     /// The series of one kind of request; the platform-latency one only once such a request
     /// called the platform (so routes that never do export none).
     fn handles(&self, labels: RequestLabels, upstream: bool) -> RequestHandles {
-        let found = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(&labels).filter(|h| !upstream || h.upstream_latency.is_some()).cloned();
+        let found = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&labels)
+            .filter(|h| !upstream || h.upstream_latency.is_some())
+            .cloned();
         if let Some(h) = found {
             return h;
         }
@@ -426,7 +488,8 @@ impl Metrics {
             Ok((balance, totals, spend, outbox)) => {
                 self.outbox_pending.set(outbox.pending as i64);
                 self.outbox_dead.set(outbox.dead as i64);
-                self.outbox_oldest.set(outbox.oldest_pending_ms.map(|t| now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0));
+                self.outbox_oldest
+                    .set(outbox.oldest_pending_ms.map(|t| now_ms().saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0));
                 self.store_up.set(1);
                 if let Some(b) = balance {
                     self.balance.set(b.amount.as_f64());
@@ -468,7 +531,12 @@ mod tests {
     async fn renders_request_and_state_series() {
         let m = Metrics::new();
         let t: Arc<str> = Arc::from("marketing");
-        let mut r = AccessRecord::new(http::Method::POST, http::HeaderValue::from_static("r1"), "/v1/sora/generate", "forwarded");
+        let mut r = AccessRecord::new(
+            http::Method::POST,
+            http::HeaderValue::from_static("r1"),
+            "/v1/sora/generate",
+            "forwarded",
+        );
         r.tenant = Some(t.clone());
         r.upstream(201, Duration::from_millis(10));
         m.observe(&r, 201, Duration::from_millis(12));
@@ -498,7 +566,12 @@ mod tests {
         let m = Metrics::new();
         let t: Arc<str> = Arc::from("ops");
         let sample = |upstream: Option<Duration>| {
-            let mut r = AccessRecord::new(http::Method::GET, http::HeaderValue::from_static("r1"), "/v1/data/balance", "served");
+            let mut r = AccessRecord::new(
+                http::Method::GET,
+                http::HeaderValue::from_static("r1"),
+                "/v1/data/balance",
+                "served",
+            );
             r.tenant = Some(t.clone());
             r.upstream_latency = upstream;
             r
@@ -507,14 +580,24 @@ mod tests {
         m.observe(&sample(None), 200, Duration::from_millis(1));
         m.observe(&sample(None), 200, Duration::from_millis(1));
         let text = m.render(&store, State::Closed).await;
-        assert!(text.contains(r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 2"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 2"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"tollgate_request_duration_seconds_count{route="/v1/data/balance"} 2"#), "{text}");
         // No platform series until a request of this kind called the platform.
         assert!(!text.contains(r#"tollgate_upstream_duration_seconds_count{route="/v1/data/balance"}"#), "{text}");
         m.observe(&sample(Some(Duration::from_millis(1))), 200, Duration::from_millis(1));
         m.observe(&sample(Some(Duration::from_millis(1))), 200, Duration::from_millis(1));
         let text = m.render(&store, State::Closed).await;
-        assert!(text.contains(r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 4"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tollgate_requests_total{tenant="ops",route="/v1/data/balance",status="200",outcome="served"} 4"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"tollgate_upstream_duration_seconds_count{route="/v1/data/balance"} 2"#), "{text}");
     }
 }

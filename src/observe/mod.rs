@@ -6,4 +6,3 @@ pub mod metrics;
 pub mod supervise;
 #[doc(hidden)]
 pub mod telemetry;
-

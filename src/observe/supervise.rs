@@ -62,7 +62,9 @@ mod tests {
         });
         done.await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 3);
-        let text = metrics.render(&crate::store::embedded::EmbeddedStore::memory(), crate::upstream::circuit::State::Closed).await;
+        let text = metrics
+            .render(&crate::store::embedded::EmbeddedStore::memory(), crate::upstream::circuit::State::Closed)
+            .await;
         assert!(text.contains("tollgate_task_panics_total{task=\"test\"} 2"), "{text}");
     }
 }

@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -36,7 +38,11 @@ where
         .build()
         .map_err(|e| format!("OTLP exporter for {}: {e}", cfg.otlp_endpoint))?;
     // The async-runtime batch processor: the hyper client it exports with needs tokio.
-    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        exporter,
+        opentelemetry_sdk::runtime::Tokio,
+    )
+    .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build())
@@ -53,7 +59,11 @@ where
 /// Afterwards `trace` names the exported span (its trace id and span id), so the access line
 /// and the `traceparent` sent to the platform agree with what the collector receives.
 /// `None`, at no cost, when export is off.
-pub fn request_span(method: &http::Method, route: impl FnOnce() -> &'static str, trace: &mut TraceContext) -> Option<tracing::Span> {
+pub fn request_span(
+    method: &http::Method,
+    route: impl FnOnce() -> &'static str,
+    trace: &mut TraceContext,
+) -> Option<tracing::Span> {
     if !ON.load(Ordering::Relaxed) {
         return None;
     }

@@ -52,18 +52,24 @@ fn path_and_query(uri: &Uri) -> &str {
 fn idempotency_key(req_headers: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
     let Some(v) = req_headers.get("idempotency-key") else { return Ok(None) };
     match v.to_str() {
-        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY && s.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(s.to_string())),
-        _ => Err(GatewayError::BadRequest(format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"))),
+        Ok(s) if !s.is_empty() && s.len() <= MAX_IDEMPOTENCY_KEY && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(GatewayError::BadRequest(format!(
+            "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
     }
 }
 
 /// The relay's rules for a tenant's `callback_url` (a generate and its quote alike).
 fn check_callback(tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str) -> Result<(), GatewayError> {
-        let invalid = |m: String| GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m });
-        if tenant.webhook_secret.is_none() {
-            return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
-        }
-        relay.policy.check_url(url).map(|_| ()).map_err(invalid)
+    let invalid = |m: String| {
+        GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m })
+    };
+    if tenant.webhook_secret.is_none() {
+        return Err(invalid("webhooks are relayed by this gateway, and this tenant has no webhook secret configured (webhook_secret_env)".into()));
+    }
+    relay.policy.check_url(url).map(|_| ()).map_err(invalid)
 }
 
 /// A body past the body and validate phases.
@@ -80,13 +86,24 @@ struct Checked<'u> {
 }
 
 /// Phase price: the catalog's price of these validated fields (404 for a family not priced).
-fn price_of(runtime: &Runtime, family: Family, validated: &crate::policy::validate::Validated) -> Result<Usd, GatewayError> {
+fn price_of(
+    runtime: &Runtime,
+    family: Family,
+    validated: &crate::policy::validate::Validated,
+) -> Result<Usd, GatewayError> {
     runtime.pricing.estimate(family, &validated.price_key).ok_or_else(|| runtime.family_not_enabled(family))
 }
 
 impl Gateway {
     /// Phases body and validate, shared by a generate and its quote so both refuse alike.
-    async fn check_body<B>(&self, ctx: &mut Ctx, tenant: &Tenant, family: Family, parts: &http::request::Parts, incoming: B) -> Result<Checked<'_>, GatewayError>
+    async fn check_body<B>(
+        &self,
+        ctx: &mut Ctx,
+        tenant: &Tenant,
+        family: Family,
+        parts: &http::request::Parts,
+        incoming: B,
+    ) -> Result<Checked<'_>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -98,8 +115,11 @@ impl Gateway {
         let declared = content_length(&parts.headers);
         let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
         let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
-        let (body, marks) =
-            self.uploads.read(&mut reservation, incoming, declared, chunks, self.max_body_bytes).await.map_err(|e| self.upload_error(e))?;
+        let (body, marks) = self
+            .uploads
+            .read(&mut reservation, incoming, declared, chunks, self.max_body_bytes)
+            .await
+            .map_err(|e| self.upload_error(e))?;
         ctx.record.request_bytes = body.len();
 
         // Phase validate: JSON and family rules, on borrowed slices of the body.
@@ -108,7 +128,12 @@ impl Gateway {
             let fields = parse_object_marked(&body, marks.as_ref())?;
             let validated = validate_with(family, &fields, relay)?;
             let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
-            let callback = fields.str("callback_url").ok().flatten().filter(|_| relay).map(|url| (url.to_string(), fields.str_span("callback_url")));
+            let callback = fields
+                .str("callback_url")
+                .ok()
+                .flatten()
+                .filter(|_| relay)
+                .map(|url| (url.to_string(), fields.str_span("callback_url")));
             let fingerprint = Fingerprint {
                 prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
                 body_sha256: String::new(),
@@ -121,7 +146,8 @@ impl Gateway {
         // The route is part of what the digest names: the same body sent to another family is
         // another request. It keys Idempotency-Keys and tells identical requests apart when the
         // reconciler attributes unknown outcomes.
-        let digest: [u8; 32] = Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
+        let digest: [u8; 32] =
+            Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
         fingerprint.body_sha256 = hex::encode(digest);
         Ok(Checked { reservation, body, validated, fingerprint, callback, digest })
     }
@@ -129,7 +155,14 @@ impl Gateway {
     /// `POST /v1/{family}/quote`: the price the generate of this body would be held at and
     /// whether it would be admitted now, from the same phases as the generate (body, validate,
     /// price, balance, the hold's rule, the generation limit) with nothing held or forwarded.
-    pub(crate) async fn quote<B>(&self, ctx: &mut Ctx, runtime: &Runtime, tenant: &Arc<Tenant>, family: Family, req: Request<B>) -> Result<Response<Body>, GatewayError>
+    pub(crate) async fn quote<B>(
+        &self,
+        ctx: &mut Ctx,
+        runtime: &Runtime,
+        tenant: &Arc<Tenant>,
+        family: Family,
+        req: Request<B>,
+    ) -> Result<Response<Body>, GatewayError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
@@ -197,7 +230,8 @@ impl Gateway {
     {
         let (parts, incoming) = req.into_parts();
         let idem_key = idempotency_key(&parts.headers)?;
-        let Checked { reservation: _reservation, body, validated, fingerprint, callback, digest } = self.check_body(ctx, tenant, family, &parts, incoming).await?;
+        let Checked { reservation: _reservation, body, validated, fingerprint, callback, digest } =
+            self.check_body(ctx, tenant, family, &parts, incoming).await?;
         let relay = self.relay.clone();
 
         // The hold's id exists before anything is stored, so every later step can clean up by it.
@@ -209,7 +243,13 @@ impl Gateway {
             Some(key) => {
                 let stale_ms = (self.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
                 match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
-                    IdemClaim::Fresh => Some(IdemGuard { store: self.store.clone(), tenant: tenant.id.clone(), key: key.clone(), digest, done: false }),
+                    IdemClaim::Fresh => Some(IdemGuard {
+                        store: self.store.clone(),
+                        tenant: tenant.id.clone(),
+                        key: key.clone(),
+                        digest,
+                        done: false,
+                    }),
                     IdemClaim::Replay(stored) => {
                         ctx.record.outcome = "idempotent_replay";
                         let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
@@ -241,7 +281,13 @@ impl Gateway {
             reserve: runtime.reserve,
             max_in_flight: tenant.max_in_flight,
             lease_ms: self.hold_lease.as_millis() as u64,
-            intent: Intent { family: family.path().to_string(), fingerprint: fingerprint.encode(), created_ms: 0, idem_key, month: month_of(now_ms()) },
+            intent: Intent {
+                family: family.path().to_string(),
+                fingerprint: fingerprint.encode(),
+                created_ms: 0,
+                idem_key,
+                month: month_of(now_ms()),
+            },
         };
         // A store error leaves the guard armed: the hold may have landed, so it is released by id.
         hold.arm();
@@ -251,9 +297,13 @@ impl Gateway {
         }
         match outcome {
             HoldOutcome::Held => {}
-            HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => return Err(self.budget_exceeded(tenant).await),
+            HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => {
+                return Err(self.budget_exceeded(tenant).await)
+            }
             HoldOutcome::Refused(r) => return Err(r.into()),
-            HoldOutcome::NoBalance => return Err(GatewayError::Internal("no balance cached after a successful refresh".into())),
+            HoldOutcome::NoBalance => {
+                return Err(GatewayError::Internal("no balance cached after a successful refresh".into()))
+            }
             HoldOutcome::Gone => return Err(GatewayError::Internal("hold id was released before it was taken".into())),
         }
 
@@ -277,7 +327,10 @@ impl Gateway {
             body,
             webhook_token,
         };
-        let out = paid.spawn(ctx).await.map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
+        let out = paid
+            .spawn(ctx)
+            .await
+            .map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
         if let Some((status, latency)) = out.upstream {
             ctx.record.upstream(status.as_u16(), latency);
         }
@@ -295,16 +348,32 @@ impl Gateway {
             }
             _ => String::new(),
         };
-        GatewayError::BudgetExceeded { remaining, resets_at: crate::store::usage::resets_at(&month).unwrap_or_default() }
+        GatewayError::BudgetExceeded {
+            remaining,
+            resets_at: crate::store::usage::resets_at(&month).unwrap_or_default(),
+        }
     }
 
     /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
     /// this gateway, and the target's token.
-    async fn relay_callback(&self, tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str, span: Option<std::ops::Range<usize>>, body: &Bytes) -> Result<(Bytes, Option<String>), GatewayError> {
+    async fn relay_callback(
+        &self,
+        tenant: &Tenant,
+        relay: &crate::background::webhooks::Relay,
+        url: &str,
+        span: Option<std::ops::Range<usize>>,
+        body: &Bytes,
+    ) -> Result<(Bytes, Option<String>), GatewayError> {
         check_callback(tenant, relay, url)?;
         let token = crate::background::webhooks::new_token();
         self.store
-            .webhook_register(&WebhookTarget { token: token.clone(), tenant: tenant.id.clone(), url: url.to_string(), generation: None, created_ms: now_ms() })
+            .webhook_register(&WebhookTarget {
+                token: token.clone(),
+                tenant: tenant.id.clone(),
+                url: url.to_string(),
+                generation: None,
+                created_ms: now_ms(),
+            })
             .await?;
         let ours = crate::background::webhooks::relay_url(&relay.config, &token);
         let out = with_callback_url(body, span, &ours).map_err(GatewayError::Internal)?;
@@ -329,7 +398,8 @@ fn with_callback_url(body: &[u8], span: Option<std::ops::Range<usize>>, ours: &s
             Ok(out)
         }
         None => {
-            let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).map_err(|e| format!("validated body did not re-parse: {e}"))?;
+            let mut v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(body).map_err(|e| format!("validated body did not re-parse: {e}"))?;
             v.insert("callback_url".into(), ours);
             serde_json::to_vec(&v).map_err(|e| e.to_string())
         }
@@ -349,8 +419,12 @@ mod tests {
         let span = at..at + "\"https://tenant.example/hook\"".len();
         let spliced = with_callback_url(body, Some(span), "https://gw.example/relay/t1").unwrap();
         let reparsed = with_callback_url(body, None, "https://gw.example/relay/t1").unwrap();
-        assert_eq!(std::str::from_utf8(&spliced).unwrap(), r#"{"prompt": "a \"quoted\" cat", "callback_url": "https://gw.example/relay/t1", "duration": 10}"#);
-        let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&spliced).unwrap(), serde_json::from_slice(&reparsed).unwrap());
+        assert_eq!(
+            std::str::from_utf8(&spliced).unwrap(),
+            r#"{"prompt": "a \"quoted\" cat", "callback_url": "https://gw.example/relay/t1", "duration": 10}"#
+        );
+        let (a, b): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_slice(&spliced).unwrap(), serde_json::from_slice(&reparsed).unwrap());
         assert_eq!(a, b);
     }
 
@@ -359,14 +433,18 @@ mod tests {
     #[ignore = "a measurement; run by hand"]
     fn callback_url_replacement_cost() {
         let image = "A".repeat(14 * 1000 * 1000);
-        let body = format!(r#"{{"prompt": "A lighthouse", "image_base64": "{image}", "callback_url": "https://tenant.example/hook"}}"#);
+        let body = format!(
+            r#"{{"prompt": "A lighthouse", "image_base64": "{image}", "callback_url": "https://tenant.example/hook"}}"#
+        );
         let at = body.find("\"https://tenant").unwrap();
         let span = at..at + "\"https://tenant.example/hook\"".len();
         let time = |span: Option<std::ops::Range<usize>>| {
             let mut best = std::time::Duration::MAX;
             for _ in 0..20 {
                 let t = std::time::Instant::now();
-                std::hint::black_box(with_callback_url(body.as_bytes(), span.clone(), "https://gw.example/relay/t1").unwrap());
+                std::hint::black_box(
+                    with_callback_url(body.as_bytes(), span.clone(), "https://gw.example/relay/t1").unwrap(),
+                );
                 best = best.min(t.elapsed());
             }
             best

@@ -34,9 +34,9 @@ impl BalanceSource for Upstream {
         }
         let v: serde_json::Value = serde_json::from_slice(&rsp.body)
             .map_err(|_| GatewayError::Unreachable(UpstreamError::Broken("balance response is not JSON".into())))?;
-        v.get("balance")
-            .and_then(Usd::from_json)
-            .ok_or_else(|| GatewayError::Unreachable(UpstreamError::Broken("balance response has no usable `balance`".into())))
+        v.get("balance").and_then(Usd::from_json).ok_or_else(|| {
+            GatewayError::Unreachable(UpstreamError::Broken("balance response has no usable `balance`".into()))
+        })
     }
 }
 
@@ -130,10 +130,12 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::memory());
         let source = Arc::new(Counting { calls: AtomicUsize::new(0), fail: false });
         let keeper = Arc::new(BalanceKeeper::new(store.clone(), source.clone(), Duration::from_secs(60)));
-        let tasks: Vec<_> = (0..200).map(|_| {
-            let k = keeper.clone();
-            tokio::spawn(async move { k.ensure_fresh(&HeaderValue::from_static("r")).await })
-        }).collect();
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let k = keeper.clone();
+                tokio::spawn(async move { k.ensure_fresh(&HeaderValue::from_static("r")).await })
+            })
+            .collect();
         for t in tasks {
             t.await.unwrap().unwrap();
         }
@@ -158,10 +160,12 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::memory());
         let source = Arc::new(Counting { calls: AtomicUsize::new(0), fail: true });
         let keeper = Arc::new(BalanceKeeper::new(store, source.clone(), Duration::from_secs(60)));
-        let tasks: Vec<_> = (0..50).map(|_| {
-            let k = keeper.clone();
-            tokio::spawn(async move { k.ensure_fresh(&HeaderValue::from_static("r")).await })
-        }).collect();
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let k = keeper.clone();
+                tokio::spawn(async move { k.ensure_fresh(&HeaderValue::from_static("r")).await })
+            })
+            .collect();
         for t in tasks {
             assert!(t.await.unwrap().is_err());
         }

@@ -33,12 +33,12 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use crate::server::body::{self, Body};
 use crate::gateway::error::GatewayError;
 use crate::gateway::{Ctx, Gateway};
 use crate::policy::family::Family;
 use crate::policy::money::Usd;
 use crate::policy::pricing::settle_price;
+use crate::server::body::{self, Body};
 use crate::store::{now_ms, GenerationRecord, Store, StoredResponse};
 
 /// First and longest wait between retries of writing an accepted generation.
@@ -137,7 +137,7 @@ impl Drop for IdemGuard {
     }
 }
 
-/// A clean-up write, tried again for a while when the store is unavailable (up to 
+/// A clean-up write, tried again for a while when the store is unavailable (up to
 /// `CLEANUP_TRIES` attempts over about 12 s, longer than a Sentinel failover takes).
 async fn until_stored<F, Fut>(mut write: F) -> Result<(), crate::store::StoreError>
 where
@@ -197,7 +197,9 @@ pub(crate) struct Created {
 }
 
 pub(crate) fn created(family: Family, body: &[u8]) -> Created {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return Created { id: None, price: None, absurd_price: None, status: None } };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Created { id: None, price: None, absurd_price: None, status: None };
+    };
     let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"));
     Created {
         id: id.and_then(|i| i.as_str()).map(str::to_string),
@@ -239,7 +241,11 @@ impl Paid {
                     ctx.record.upstream(platform_status.as_u16(), latency);
                 }
                 ctx.record.price = Some(out.price);
-                tracing::info!(request_id = ctx.record.request_id(), status = status.as_u16(), "client left before its paid request finished; it ran to its outcome");
+                tracing::info!(
+                    request_id = ctx.record.request_id(),
+                    status = status.as_u16(),
+                    "client left before its paid request finished; it ran to its outcome"
+                );
                 gw.finish(&ctx, status.as_u16());
             }
         });
@@ -249,7 +255,10 @@ impl Paid {
     async fn run(self, ctx: &Ctx) -> PaidOutcome {
         let Paid { gw, mut hold, idem, family, tenant, quoted, path, trace, content_type, body, webhook_token } = self;
         let request_id = ctx.record.request_id();
-        let sent = gw.upstream.send(Method::POST, &path, content_type.as_ref(), &ctx.record.request_id, trace.as_ref(), body).await;
+        let sent = gw
+            .upstream
+            .send(Method::POST, &path, content_type.as_ref(), &ctx.record.request_id, trace.as_ref(), body)
+            .await;
         let rsp = match sent {
             Ok(rsp) => rsp,
             Err(e) if e.maybe_delivered() => {
@@ -267,7 +276,10 @@ impl Paid {
         if !rsp.status.is_success() {
             hold.release().await;
             // Refused for capacity or money, not for the request: no generation, no slot used.
-            if matches!(rsp.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYMENT_REQUIRED) {
+            if matches!(
+                rsp.status,
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYMENT_REQUIRED
+            ) {
                 gw.current().limits.give_back_generation(&*gw.store, &tenant).await;
             }
             let err = GatewayError::Upstream(gw.upstream.error_of(&rsp));
@@ -356,7 +368,13 @@ async fn outcome_unknown(gw: &Gateway, mut hold: HoldGuard, idem: Option<IdemGua
 }
 
 /// Retries settling an accepted generation until the store takes it.
-async fn retry_record(gw: Arc<Gateway>, hold: String, charged: Usd, record: GenerationRecord, idem: Option<(IdemGuard, StatusCode, Bytes)>) {
+async fn retry_record(
+    gw: Arc<Gateway>,
+    hold: String,
+    charged: Usd,
+    record: GenerationRecord,
+    idem: Option<(IdemGuard, StatusCode, Bytes)>,
+) {
     let mut wait = RECORD_RETRY_FIRST;
     loop {
         tokio::time::sleep(wait).await;
@@ -402,8 +420,14 @@ mod tests {
             created(Family::builtin("sora"), br#"{"generation_id":"g1","status":"pending","price":"0.1200"}"#),
             c(Some("g1"), Some(120_000), Some("pending"))
         );
-        assert_eq!(created(Family::builtin("gemini"), br#"{"task_uuid":"t1","price":0.02}"#), c(Some("t1"), Some(20_000), None));
-        assert_eq!(created(Family::builtin("kling"), br#"{"generation_id":"k","price":"calculating"}"#), c(Some("k"), None, None));
+        assert_eq!(
+            created(Family::builtin("gemini"), br#"{"task_uuid":"t1","price":0.02}"#),
+            c(Some("t1"), Some(20_000), None)
+        );
+        assert_eq!(
+            created(Family::builtin("kling"), br#"{"generation_id":"k","price":"calculating"}"#),
+            c(Some("k"), None, None)
+        );
         assert_eq!(created(Family::builtin("veo"), b"not json"), c(None, None, None));
         let absurd = created(Family::builtin("sora"), br#"{"generation_id":"g","price":"99999999999999999999999"}"#);
         assert_eq!((absurd.price, absurd.absurd_price.as_deref()), (None, Some("\"99999999999999999999999\"")));

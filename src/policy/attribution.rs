@@ -54,7 +54,8 @@ impl Fingerprint {
 
 /// Body fields that never appear in the shape: the prompt is matched by digest, and images and
 /// callbacks are not echoed by the platform's list in a comparable form.
-pub const NOT_SHAPE: &[&str] = &["prompt", "callback_url", "image_base64", "image_url", "images", "image_urls", "reference_images"];
+pub const NOT_SHAPE: &[&str] =
+    &["prompt", "callback_url", "image_base64", "image_url", "images", "image_urls", "reference_images"];
 
 /// An unknown outcome as attribution sees it.
 #[derive(Debug, Clone)]
@@ -118,8 +119,9 @@ fn find(parent: &mut [usize], mut i: usize) -> usize {
 /// with a request still in flight are left for a later pass (neither assigned nor ambiguous).
 pub fn attribute(claims: &[Claim], listings: &[Listing], window: (i64, i64)) -> Verdict {
     let (nc, nl) = (claims.len(), listings.len());
-    let edges: Vec<(usize, usize)> =
-        (0..nc).flat_map(|c| (0..nl).filter(move |&l| compatible(&claims[c], &listings[l], window)).map(move |l| (c, l))).collect();
+    let edges: Vec<(usize, usize)> = (0..nc)
+        .flat_map(|c| (0..nl).filter(move |&l| compatible(&claims[c], &listings[l], window)).map(move |l| (c, l)))
+        .collect();
     // Connected clusters of the claim–listing graph (claims 0..nc, listings nc..nc+nl).
     let mut parent: Vec<usize> = (0..nc + nl).collect();
     for &(c, l) in &edges {
@@ -150,8 +152,9 @@ pub fn attribute(claims: &[Claim], listings: &[Listing], window: (i64, i64)) -> 
             continue;
         }
         let first = &claims[cs[0]];
-        let one_request = cs.iter().all(|&c| claims[c].tenant == first.tenant && claims[c].fingerprint.body_sha256 == first.fingerprint.body_sha256)
-            && !first.fingerprint.body_sha256.is_empty();
+        let one_request = cs.iter().all(|&c| {
+            claims[c].tenant == first.tenant && claims[c].fingerprint.body_sha256 == first.fingerprint.body_sha256
+        }) && !first.fingerprint.body_sha256.is_empty();
         if one_request {
             // Identical requests of one tenant: oldest claim to the oldest listing it can be.
             let mut used = vec![false; nl];
@@ -164,7 +167,8 @@ pub fn attribute(claims: &[Claim], listings: &[Listing], window: (i64, i64)) -> 
             continue;
         }
         for &l in &ls {
-            let mut tenants: Vec<String> = cs.iter().filter(|&&c| edges.contains(&(c, l))).map(|&c| claims[c].tenant.clone()).collect();
+            let mut tenants: Vec<String> =
+                cs.iter().filter(|&&c| edges.contains(&(c, l))).map(|&c| claims[c].tenant.clone()).collect();
             tenants.sort();
             tenants.dedup();
             out.ambiguous.push((l, tenants));
@@ -195,7 +199,11 @@ mod tests {
 
     #[test]
     fn fingerprints_round_trip_and_old_digests_still_read() {
-        let f = Fingerprint { prompt_sha256: "ab".into(), body_sha256: "cd".into(), shape: [("duration".to_string(), "10".to_string())].into() };
+        let f = Fingerprint {
+            prompt_sha256: "ab".into(),
+            body_sha256: "cd".into(),
+            shape: [("duration".to_string(), "10".to_string())].into(),
+        };
         assert_eq!(Fingerprint::decode(&f.encode()), f);
         assert_eq!(Fingerprint::decode("ab12"), Fingerprint { prompt_sha256: "ab12".into(), ..Default::default() });
     }
@@ -209,7 +217,11 @@ mod tests {
 
     #[test]
     fn two_tenants_same_prompt_are_owned_by_nobody() {
-        let v = attribute(&[claim("a", "p", "x", 100), claim("b", "p", "y", 150)], &[listing("p", 200), listing("p", 250)], W);
+        let v = attribute(
+            &[claim("a", "p", "x", 100), claim("b", "p", "y", 150)],
+            &[listing("p", 200), listing("p", 250)],
+            W,
+        );
         assert!(v.assigned.is_empty());
         assert_eq!(v.ambiguous, vec![(0, vec!["a".into(), "b".into()]), (1, vec!["a".into(), "b".into()])]);
         // Only one of them was created: still nobody's.
@@ -234,10 +246,18 @@ mod tests {
 
     #[test]
     fn identical_requests_of_one_tenant_pair_up() {
-        let v = attribute(&[claim("a", "p", "x", 100), claim("a", "p", "x", 120)], &[listing("p", 200), listing("p", 220)], W);
+        let v = attribute(
+            &[claim("a", "p", "x", 100), claim("a", "p", "x", 120)],
+            &[listing("p", 200), listing("p", 220)],
+            W,
+        );
         assert_eq!(v.assigned, vec![(0, 0), (1, 1)]);
         // Same tenant, different bodies (other images): not interchangeable.
-        let v = attribute(&[claim("a", "p", "x", 100), claim("a", "p", "z", 120)], &[listing("p", 200), listing("p", 220)], W);
+        let v = attribute(
+            &[claim("a", "p", "x", 100), claim("a", "p", "z", 120)],
+            &[listing("p", 200), listing("p", 220)],
+            W,
+        );
         assert!(v.assigned.is_empty());
     }
 

@@ -104,7 +104,9 @@ const CHECKS: &[(&str, &[&str])] = &[
 fn valid_path(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 64
-        && p.split('/').all(|seg| !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)))
+        && p.split('/').all(|seg| {
+            !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        })
         && !p.split('/').any(|seg| seg == "generate" || seg == "generations" || seg == "quote")
         && !matches!(p.split('/').next(), Some("data" | "gateway"))
 }
@@ -183,7 +185,11 @@ impl RuleEntry {
                 String::new()
             }
             (Some(_), true) => {
-                p.push(format!("{at}: check {:?} takes `{}`, not `field`", self.check, if multi { "fields" } else { "groups" }));
+                p.push(format!(
+                    "{at}: check {:?} takes `{}`, not `field`",
+                    self.check,
+                    if multi { "fields" } else { "groups" }
+                ));
                 String::new()
             }
             (None, true) => String::new(),
@@ -245,7 +251,9 @@ impl RuleEntry {
             "urls" => Check::Urls { field, max: usize_of(need(self.max, "max", p), &format!("{at}: max"), p) },
             "exclusive" => Check::Exclusive { fields },
             "together" => Check::Together { fields },
-            "max_total" => Check::MaxTotal { fields, max: usize_of(need(self.max, "max", p), &format!("{at}: max"), p) },
+            "max_total" => {
+                Check::MaxTotal { fields, max: usize_of(need(self.max, "max", p), &format!("{at}: max"), p) }
+            }
             "modes" => match &self.groups {
                 Some(g) if g.len() >= 2 && g.iter().all(|grp| !grp.is_empty()) => Check::Modes { groups: g.clone() },
                 _ => {
@@ -275,7 +283,8 @@ impl CondEntry {
 }
 
 fn family(i: usize, value: &toml::Value, p: &mut Vec<String>) -> Option<FamilySpec> {
-    let name = value.get("path").and_then(|v| v.as_str()).map(|s| format!("{s:?}")).unwrap_or_else(|| format!("#{}", i + 1));
+    let name =
+        value.get("path").and_then(|v| v.as_str()).map(|s| format!("{s:?}")).unwrap_or_else(|| format!("#{}", i + 1));
     let at = format!("catalog family {name}");
     let entry = match FamilyEntry::deserialize(value.clone()) {
         Ok(e) => e,
@@ -329,7 +338,11 @@ fn failure_rules(v: Option<&toml::Value>, p: &mut Vec<String>) -> crate::policy:
                 continue;
             }
         };
-        match v.as_array().map(|a| a.iter().map(|x| x.as_str().filter(|s| !s.trim().is_empty()).map(str::to_lowercase)).collect::<Option<Vec<_>>>()) {
+        match v.as_array().map(|a| {
+            a.iter()
+                .map(|x| x.as_str().filter(|s| !s.trim().is_empty()).map(str::to_lowercase))
+                .collect::<Option<Vec<_>>>()
+        }) {
             Some(Some(phrases)) => *slot = phrases,
             _ => p.push(format!("catalog: failure_reasons.{k}: must be a list of non-empty strings")),
         }
@@ -342,10 +355,13 @@ fn failure_rules(v: Option<&toml::Value>, p: &mut Vec<String>) -> crate::policy:
 impl Catalog {
     /// Reads a catalog file's text; `Err` lists every problem, one per line.
     pub fn parse(text: &str) -> Result<Catalog, Vec<String>> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| vec![format!("catalog: {}", toml_syntax_error(text, &e))])?;
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| vec![format!("catalog: {}", toml_syntax_error(text, &e))])?;
         let mut p = Vec::new();
         for key in table.keys().filter(|k| *k != "family" && *k != "failure_reasons") {
-            p.push(format!("catalog: unknown key `{key}` (families are [[family]] tables, failure classes [failure_reasons])"));
+            p.push(format!(
+                "catalog: unknown key `{key}` (families are [[family]] tables, failure classes [failure_reasons])"
+            ));
         }
         let failures = failure_rules(table.get("failure_reasons"), &mut p);
         let entries = match table.get("family") {
@@ -372,8 +388,11 @@ impl Catalog {
 
     /// Reads a catalog file.
     pub fn load(path: &std::path::Path) -> Result<Catalog, Vec<String>> {
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("catalog: cannot read {}: {e}", path.display())])?;
-        Catalog::parse(&text).map_err(|ps| ps.into_iter().map(|p| p.replacen("catalog", &format!("catalog {}", path.display()), 1)).collect())
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("catalog: cannot read {}: {e}", path.display())])?;
+        Catalog::parse(&text).map_err(|ps| {
+            ps.into_iter().map(|p| p.replacen("catalog", &format!("catalog {}", path.display()), 1)).collect()
+        })
     }
 
     /// The catalog built into the binary (`config/models.toml` as shipped).
@@ -382,7 +401,9 @@ impl Catalog {
     /// Never in a released build: a test parses the built-in file.
     pub fn builtin() -> &'static Catalog {
         static BUILT_IN: OnceLock<Catalog> = OnceLock::new();
-        BUILT_IN.get_or_init(|| Catalog::parse(BUILTIN).unwrap_or_else(|p| panic!("the built-in catalog is broken: {}", p.join("; "))))
+        BUILT_IN.get_or_init(|| {
+            Catalog::parse(BUILTIN).unwrap_or_else(|p| panic!("the built-in catalog is broken: {}", p.join("; ")))
+        })
     }
 
     /// The family at exactly `path`.
@@ -392,7 +413,9 @@ impl Catalog {
 
     /// The family whose path starts `rest` (`/v1/` stripped), and what follows its `/`.
     pub fn split<'a>(&self, rest: &'a str) -> Option<(Family, &'a str)> {
-        self.families.iter().find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
+        self.families
+            .iter()
+            .find_map(|f| rest.strip_prefix(f.path()).and_then(|t| t.strip_prefix('/')).map(|t| (*f, t)))
     }
 
     /// The rules that class a failed generation's message (`[failure_reasons]`).
@@ -428,7 +451,8 @@ impl std::fmt::Debug for Catalog {
 impl PartialEq for Catalog {
     /// Same families with the same specs, and the same failure rules.
     fn eq(&self, other: &Catalog) -> bool {
-        self.families.len() == other.families.len() && self.families.iter().zip(other.families.iter()).all(|(a, b)| std::ptr::eq(a.spec(), b.spec()))
+        self.families.len() == other.families.len()
+            && self.families.iter().zip(other.families.iter()).all(|(a, b)| std::ptr::eq(a.spec(), b.spec()))
             && self.failures == other.failures
     }
 }
@@ -444,7 +468,6 @@ pub fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
     format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,7 +478,10 @@ mod tests {
         assert_eq!(c.families().len(), 10);
         let pos = |p: &str| c.families().iter().position(|f| f.path() == p).unwrap();
         assert!(pos("kling/o1-video") < pos("kling"));
-        assert_eq!(c.split("kling/o1-video/generate").map(|(f, t)| (f.path(), t)), Some(("kling/o1-video", "generate")));
+        assert_eq!(
+            c.split("kling/o1-video/generate").map(|(f, t)| (f.path(), t)),
+            Some(("kling/o1-video", "generate"))
+        );
         assert_eq!(c.split("kling/generations/x").map(|(f, t)| (f.path(), t)), Some(("kling", "generations/x")));
         assert!(c.get("midjourney").is_none());
         assert_eq!(c.get("veo").unwrap().spec().aliases, vec![("model_type".to_string(), "model".to_string())]);
@@ -465,10 +491,14 @@ mod tests {
     fn failure_reasons_class_the_platforms_messages() {
         use crate::policy::failure::Reason;
         let r = Catalog::builtin().failure_rules();
-        assert_eq!(r.classify("Image contains photorealistic people. Please try with a different image."), Reason::People);
+        assert_eq!(
+            r.classify("Image contains photorealistic people. Please try with a different image."),
+            Reason::People
+        );
         assert_eq!(r.classify("Your prompt violates our content policy"), Reason::Policy);
         assert_eq!(r.classify("Task timed out"), Reason::Other);
-        let bad = "[failure_reasons]\npeople = [\"\"]\nweather = [\"rain\"]\n[[family]]\npath = \"x\"\nid_field = \"id\"\n";
+        let bad =
+            "[failure_reasons]\npeople = [\"\"]\nweather = [\"rain\"]\n[[family]]\npath = \"x\"\nid_field = \"id\"\n";
         let p = Catalog::parse(bad).unwrap_err();
         assert!(p.iter().any(|l| l.contains("failure_reasons.people: must be a list of non-empty strings")), "{p:?}");
         assert!(p.iter().any(|l| l.contains("failure_reasons.weather: unknown class")), "{p:?}");

@@ -87,7 +87,8 @@ impl Rules {
 /// The platform's failure text in a status body: `error_message`, `error` (a string or an object
 /// with a `message`), or `message`, the first that is a non-empty string.
 pub fn message_of(body: &serde_json::Value) -> Option<String> {
-    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).filter(|s| !s.trim().is_empty()).map(str::to_string);
+    let text =
+        |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).filter(|s| !s.trim().is_empty()).map(str::to_string);
     let found = text(body.get("error_message"))
         .or_else(|| text(body.get("error")))
         .or_else(|| text(body.get("error").and_then(|e| e.get("message"))))
@@ -101,15 +102,28 @@ mod tests {
     use serde_json::json;
 
     fn rules() -> Rules {
-        Rules { people: vec!["photorealistic people".into(), "real person".into()], policy: vec!["content policy".into(), "moderation".into()] }
+        Rules {
+            people: vec!["photorealistic people".into(), "real person".into()],
+            policy: vec!["content policy".into(), "moderation".into()],
+        }
     }
 
     #[test]
     fn messages_are_found_in_every_family_shape() {
-        assert_eq!(message_of(&json!({"status": "failed", "error_message": "Image contains photorealistic people."})).as_deref(), Some("Image contains photorealistic people."));
+        assert_eq!(
+            message_of(&json!({"status": "failed", "error_message": "Image contains photorealistic people."}))
+                .as_deref(),
+            Some("Image contains photorealistic people.")
+        );
         assert_eq!(message_of(&json!({"status": "failed", "error": "Blocked"})).as_deref(), Some("Blocked"));
-        assert_eq!(message_of(&json!({"status": "failed", "error": {"message": "Timed out"}})).as_deref(), Some("Timed out"));
-        assert_eq!(message_of(&json!({"status": "failed", "error_message": null, "message": "bad"})).as_deref(), Some("bad"));
+        assert_eq!(
+            message_of(&json!({"status": "failed", "error": {"message": "Timed out"}})).as_deref(),
+            Some("Timed out")
+        );
+        assert_eq!(
+            message_of(&json!({"status": "failed", "error_message": null, "message": "bad"})).as_deref(),
+            Some("bad")
+        );
         assert_eq!(message_of(&json!({"status": "failed", "error_message": "  "})), None);
         assert_eq!(message_of(&json!({"status": "failed"})), None);
         assert_eq!(message_of(&json!({"error_message": "x".repeat(2000)})).map(|m| m.len()), Some(MAX_MESSAGE));

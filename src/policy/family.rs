@@ -109,9 +109,17 @@ impl Check {
     pub fn fields(&self) -> Vec<&str> {
         use Check::*;
         match self {
-            Text { field, .. } | Enum { field, .. } | Number { field, .. } | Integer { field, .. } | Boolean { field } | Url { field } | CallbackUrl { field } => vec![field],
+            Text { field, .. }
+            | Enum { field, .. }
+            | Number { field, .. }
+            | Integer { field, .. }
+            | Boolean { field }
+            | Url { field }
+            | CallbackUrl { field } => vec![field],
             Image { field, .. } | Images { field, .. } | Urls { field, .. } | Forbidden { field } => vec![field],
-            Exclusive { fields } | Together { fields } | MaxTotal { fields, .. } => fields.iter().map(String::as_str).collect(),
+            Exclusive { fields } | Together { fields } | MaxTotal { fields, .. } => {
+                fields.iter().map(String::as_str).collect()
+            }
             Modes { groups } => groups.iter().flatten().map(String::as_str).collect(),
         }
     }
@@ -119,9 +127,21 @@ impl Check {
 
 impl FamilySpec {
     /// A spec; the route templates are derived from the path.
-    pub fn new(path: String, id_field: String, price_by: Vec<PriceDim>, aliases: Vec<(String, String)>, rules: Vec<Rule>) -> Self {
-        let templates = [format!("/v1/{path}/generate"), format!("/v1/{path}/generations/{{id}}"), format!("/v1/{path}/generations"), format!("/v1/{path}/quote")];
-        let mut known: std::collections::BTreeSet<String> = ["prompt", "callback_url"].iter().map(|s| s.to_string()).collect();
+    pub fn new(
+        path: String,
+        id_field: String,
+        price_by: Vec<PriceDim>,
+        aliases: Vec<(String, String)>,
+        rules: Vec<Rule>,
+    ) -> Self {
+        let templates = [
+            format!("/v1/{path}/generate"),
+            format!("/v1/{path}/generations/{{id}}"),
+            format!("/v1/{path}/generations"),
+            format!("/v1/{path}/quote"),
+        ];
+        let mut known: std::collections::BTreeSet<String> =
+            ["prompt", "callback_url"].iter().map(|s| s.to_string()).collect();
         known.extend(price_by.iter().map(|d| d.field.clone()));
         known.extend(aliases.iter().flat_map(|(a, f)| [a.clone(), f.clone()]));
         for r in &rules {
@@ -135,7 +155,16 @@ impl FamilySpec {
                 }
             }
         }
-        FamilySpec { path, id_field, price_by, aliases, rules, status_trailing_slash: false, known_fields: known, templates }
+        FamilySpec {
+            path,
+            id_field,
+            price_by,
+            aliases,
+            rules,
+            status_trailing_slash: false,
+            known_fields: known,
+            templates,
+        }
     }
 }
 
@@ -172,7 +201,13 @@ impl Family {
         let found = INTERNED.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find(|s| s.path == path).copied();
         match found {
             Some(s) => Family(s),
-            None => Family::intern(FamilySpec::new(path.to_string(), "generation_id".into(), Vec::new(), Vec::new(), Vec::new())),
+            None => Family::intern(FamilySpec::new(
+                path.to_string(),
+                "generation_id".into(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            )),
         }
     }
 

@@ -32,7 +32,12 @@ impl ImageLimits {
 
     /// The default dimensions with a size cap.
     pub fn bytes(max_bytes: usize) -> ImageLimits {
-        ImageLimits { max_bytes, max_width: Self::DEFAULT_SIDE, max_height: Self::DEFAULT_SIDE, max_pixels: Self::DEFAULT_PIXELS }
+        ImageLimits {
+            max_bytes,
+            max_width: Self::DEFAULT_SIDE,
+            max_height: Self::DEFAULT_SIDE,
+            max_pixels: Self::DEFAULT_PIXELS,
+        }
     }
 }
 
@@ -183,7 +188,9 @@ fn jpeg_single_frame(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageE
             // End of image, start of scan: the frame header is behind us.
             0xD9 | 0xDA => return Ok(()),
             _ => {
-                let Some(&[hi, lo]) = m.get(2..4).map(|l| <&[u8; 2]>::try_from(l).ok()).flatten() else { return Ok(()) };
+                let Some(&[hi, lo]) = m.get(2..4).map(|l| <&[u8; 2]>::try_from(l).ok()).flatten() else {
+                    return Ok(());
+                };
                 if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
                     frames += 1;
                     if frames > 1 {
@@ -261,7 +268,11 @@ pub fn check_base64_image(s: &str, limits: &ImageLimits) -> Result<ImageInfo, Im
 /// As `check_base64_image`, told by `alphabet_only` whether the base64 payload is known to hold
 /// only alphabet bytes apart from up to two `=` at its end (from the body's scan marks). Such a
 /// payload can only be invalid in its last quantum, so only that is checked.
-pub fn check_base64_image_marked(s: &str, limits: &ImageLimits, alphabet_only: impl Fn(&[u8]) -> bool) -> Result<ImageInfo, ImageError> {
+pub fn check_base64_image_marked(
+    s: &str,
+    limits: &ImageLimits,
+    alphabet_only: impl Fn(&[u8]) -> bool,
+) -> Result<ImageInfo, ImageError> {
     let max_decoded = limits.max_bytes;
     let (declared, payload) = split_data_url(s)?;
     let b64 = payload.as_bytes();
@@ -279,11 +290,7 @@ pub fn check_base64_image_marked(s: &str, limits: &ImageLimits, alphabet_only: i
 
     // A prefix of whole quanta never contains padding, so it decodes on its own.
     let prefix_chars = (HEADER_PREFIX_BYTES / 3) * 4;
-    let mut header = if b64.len() > prefix_chars {
-        decode(&b64[..prefix_chars])?
-    } else {
-        decode(b64)?
-    };
+    let mut header = if b64.len() > prefix_chars { decode(&b64[..prefix_chars])? } else { decode(b64)? };
     let format = sniff(&header)?;
     if let Some(declared) = declared {
         if declared != format {
@@ -426,7 +433,11 @@ mod tests {
             let iend = v.len() - 12;
             let second = png(60_000, 60_000, 0)[8..33].to_vec();
             v.splice(iend..iend, second);
-            assert_eq!(check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)), Err(ImageError::RepeatedHeader(ImageFormat::Png)), "pad {pad}");
+            assert_eq!(
+                check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)),
+                Err(ImageError::RepeatedHeader(ImageFormat::Png)),
+                "pad {pad}"
+            );
         }
         // JPEG: 100x100, then a second SOF of 60000x60000 before the scan.
         for app in [10, 200_000] {
@@ -435,7 +446,11 @@ mod tests {
             let second = jpeg(60_000, 60_000, 0);
             let sof = second.len() - 2 - 19;
             v.splice(eoi..eoi, second[sof..second.len() - 2].to_vec());
-            assert_eq!(check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)), Err(ImageError::RepeatedHeader(ImageFormat::Jpeg)), "app {app}");
+            assert_eq!(
+                check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)),
+                Err(ImageError::RepeatedHeader(ImageFormat::Jpeg)),
+                "app {app}"
+            );
         }
         // One header each, however large the file: accepted.
         assert!(check_base64_image(&b64(&png(64, 64, 300_000)), &ImageLimits::bytes(10 * MIB)).is_ok());
@@ -528,7 +543,10 @@ mod tests {
         let l = ImageLimits::bytes(10 * MIB);
         let wide = |w: usize, h: usize| ImageError::TooWide { width: w, height: h, max_width: 8192, max_height: 8192 };
         assert_eq!(check_base64_image(&b64(&png(65535, 65535, 0)), &l), Err(wide(65535, 65535)));
-        assert_eq!(check_base64_image(&b64(&png(i32::MAX as u32, i32::MAX as u32, 0)), &l), Err(wide(2147483647, 2147483647)));
+        assert_eq!(
+            check_base64_image(&b64(&png(i32::MAX as u32, i32::MAX as u32, 0)), &l),
+            Err(wide(2147483647, 2147483647))
+        );
         assert_eq!(check_base64_image(&b64(&jpeg(65500, 65500, 0)), &l), Err(wide(65500, 65500)));
         assert_eq!(check_base64_image(&b64(&webp(16383, 16383)), &l), Err(wide(16383, 16383)));
         assert_eq!(

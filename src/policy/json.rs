@@ -322,7 +322,9 @@ impl<'a> Parser<'a> {
         }
         // The token is ASCII digits and signs; serde_json gives the same Number it would have.
         let token = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("invalid number"))?;
-        serde_json::from_str::<serde_json::Number>(token).map(Json::Num).map_err(|_| JsonError { at: start, what: "number out of range" })
+        serde_json::from_str::<serde_json::Number>(token)
+            .map(Json::Num)
+            .map_err(|_| JsonError { at: start, what: "number out of range" })
     }
 }
 
@@ -355,11 +357,46 @@ mod tests {
     #[test]
     fn agrees_with_serde_json_on_tricky_inputs() {
         let cases: &[&str] = &[
-            "{}", "[]", " { \"a\" : [ 1 , -2.5e3 , true , false , null , \"x\" ] } ", "\"\\u00e9\\ud83d\\ude00\\n\\/\"",
-            "\"\\ud83d\"", "\"\\ude00\"", "\"\\ud83d\\u0041\"", "\"\\x\"", "\"a\tb\"", "\"a\u{1}b\"", "01", "-", "1.", "1e", "1e+",
-            "-0", "0.5E-7", "1e400", "18446744073709551616", "-9223372036854775809", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "{1:2}",
-            "tru", "nul", "[", "\"abc", "\"\\", "\"\\u12", "{} x", "  ", "", "[[[[]]]]", "\"é漢\"", "{\"a\":1,\"a\":2}", "[1 2]",
-            "\u{feff}{}", "1 ", "\r\n{}\t",
+            "{}",
+            "[]",
+            " { \"a\" : [ 1 , -2.5e3 , true , false , null , \"x\" ] } ",
+            "\"\\u00e9\\ud83d\\ude00\\n\\/\"",
+            "\"\\ud83d\"",
+            "\"\\ude00\"",
+            "\"\\ud83d\\u0041\"",
+            "\"\\x\"",
+            "\"a\tb\"",
+            "\"a\u{1}b\"",
+            "01",
+            "-",
+            "1.",
+            "1e",
+            "1e+",
+            "-0",
+            "0.5E-7",
+            "1e400",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "tru",
+            "nul",
+            "[",
+            "\"abc",
+            "\"\\",
+            "\"\\u12",
+            "{} x",
+            "  ",
+            "",
+            "[[[[]]]]",
+            "\"é漢\"",
+            "{\"a\":1,\"a\":2}",
+            "[1 2]",
+            "\u{feff}{}",
+            "1 ",
+            "\r\n{}\t",
         ];
         for c in cases {
             agrees_with_serde(c.as_bytes());
@@ -383,8 +420,10 @@ mod tests {
         leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("[{}]", v.join(","))),
-                proptest::collection::vec(("[a-z]{0,4}", inner), 0..6)
-                    .prop_map(|v| format!("{{{}}}", v.into_iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(" , "))),
+                proptest::collection::vec(("[a-z]{0,4}", inner), 0..6).prop_map(|v| format!(
+                    "{{{}}}",
+                    v.into_iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(" , ")
+                )),
             ]
         })
     }
@@ -417,8 +456,13 @@ mod tests {
     #[test]
     fn marks_change_nothing_on_odd_strings() {
         let run = "QUJD".repeat(20_000);
-        for inner in ["\x1f", "a\x01b", "\x7f", "caf\u{e9}", "a\\\"b", "a\\nb", "\\u00e9", "sp ace", "x=", "==", "a\"b"] {
-            for body in [format!("{{\"a\":\"{run}==\",\"b\":\"{inner}\"}}"), format!("{{\"b\":\"{inner}{run}\"}}"), format!("[\"{run}{inner}\"]")] {
+        for inner in ["\x1f", "a\x01b", "\x7f", "caf\u{e9}", "a\\\"b", "a\\nb", "\\u00e9", "sp ace", "x=", "==", "a\"b"]
+        {
+            for body in [
+                format!("{{\"a\":\"{run}==\",\"b\":\"{inner}\"}}"),
+                format!("{{\"b\":\"{inner}{run}\"}}"),
+                format!("[\"{run}{inner}\"]"),
+            ] {
                 marked_agrees(body.as_bytes());
             }
         }

@@ -218,8 +218,12 @@ impl LedgerState {
         self.balance = Some(balance);
         self.balance_fetched_ms = now_ms;
         self.balance_ticket = at.ticket;
-        let reflected: Vec<String> =
-            self.entries.iter().filter(|(_, e)| matches!(e.state, EntryState::Debit(s) if s <= at.mark)).map(|(id, _)| id.clone()).collect();
+        let reflected: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, EntryState::Debit(s) if s <= at.mark))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in reflected {
             self.remove(&id);
         }
@@ -228,9 +232,20 @@ impl LedgerState {
 
     /// The numbers a hold of `tenant` would be decided on now (`None`: no balance cached). The
     /// open holds are counted only when there is a cap to compare them with.
-    pub fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Option<Admission> {
+    pub fn admission(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+        max_in_flight: Option<u32>,
+    ) -> Option<Admission> {
         let in_flight = match max_in_flight {
-            Some(_) => self.entries.values().filter(|e| e.tenant == *tenant && matches!(e.state, EntryState::Open { .. })).count() as u32,
+            Some(_) => self
+                .entries
+                .values()
+                .filter(|e| e.tenant == *tenant && matches!(e.state, EntryState::Open { .. }))
+                .count() as u32,
             None => 0,
         };
         Some(Admission {
@@ -265,11 +280,16 @@ impl LedgerState {
         if self.tombstones.contains_key(id) {
             return HoldDecision::Gone;
         }
-        let Some(admission) = self.admission(tenant, &intent.month, budget, reserve, max_in_flight) else { return HoldDecision::NoBalance };
+        let Some(admission) = self.admission(tenant, &intent.month, budget, reserve, max_in_flight) else {
+            return HoldDecision::NoBalance;
+        };
         if let Err(r) = admission.admit(price) {
             return HoldDecision::Refused(r);
         }
-        self.insert(id.to_string(), Entry { tenant: tenant.clone(), amount: price, state: EntryState::Open { lease_until_ms }, intent });
+        self.insert(
+            id.to_string(),
+            Entry { tenant: tenant.clone(), amount: price, state: EntryState::Open { lease_until_ms }, intent },
+        );
         HoldDecision::Held
     }
 
@@ -350,15 +370,24 @@ impl LedgerState {
 
     /// Unknown outcomes, oldest first.
     pub fn unknown(&self) -> Vec<(String, Entry)> {
-        let mut v: Vec<(String, Entry)> = self.entries.iter().filter(|(_, e)| e.state == EntryState::Unknown).map(|(i, e)| (i.clone(), e.clone())).collect();
+        let mut v: Vec<(String, Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state == EntryState::Unknown)
+            .map(|(i, e)| (i.clone(), e.clone()))
+            .collect();
         v.sort_by_key(|(_, e)| e.intent.created_ms);
         v
     }
 
     /// Open holds (requests in flight), oldest first.
     pub fn open(&self) -> Vec<(String, Entry)> {
-        let mut v: Vec<(String, Entry)> =
-            self.entries.iter().filter(|(_, e)| matches!(e.state, EntryState::Open { .. })).map(|(i, e)| (i.clone(), e.clone())).collect();
+        let mut v: Vec<(String, Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, EntryState::Open { .. }))
+            .map(|(i, e)| (i.clone(), e.clone()))
+            .collect();
         v.sort_by_key(|(_, e)| e.intent.created_ms);
         v
     }

@@ -45,9 +45,7 @@ impl Usd {
     /// hold is never smaller than the real price.
     pub fn parse(s: &str) -> Result<Usd, MoneyError> {
         let t = s.trim();
-        let d = Decimal::from_str(t)
-            .or_else(|_| Decimal::from_scientific(t))
-            .map_err(|_| MoneyError(s.to_string()))?;
+        let d = Decimal::from_str(t).or_else(|_| Decimal::from_scientific(t)).map_err(|_| MoneyError(s.to_string()))?;
         Self::from_decimal(d).ok_or_else(|| MoneyError(s.to_string()))
     }
 
@@ -153,11 +151,18 @@ mod tests {
 
     #[test]
     fn absurd_amounts_are_errors_not_panics() {
-        for bad in ["99999999999999999999999", "-99999999999999999999999", "79228162514264337593543950335", "1e30", "1000000000.000001"] {
+        for bad in [
+            "99999999999999999999999",
+            "-99999999999999999999999",
+            "79228162514264337593543950335",
+            "1e30",
+            "1000000000.000001",
+        ] {
             assert!(Usd::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Usd::parse("1000000000").unwrap(), MAX);
-        let v: serde_json::Value = serde_json::from_str(r#"{"p":99999999999999999999999,"q":"99999999999999999999999"}"#).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"p":99999999999999999999999,"q":"99999999999999999999999"}"#).unwrap();
         assert_eq!(Usd::from_json(&v["p"]), None);
         assert_eq!(Usd::from_json(&v["q"]), None);
     }

@@ -78,7 +78,9 @@ pub fn settle_price(quoted: Usd, reported: Option<Usd>) -> Result<Usd, (Usd, &'s
     match reported {
         None => Ok(quoted),
         Some(p) if p < Usd::ZERO => Err((quoted, "negative")),
-        Some(p) if quoted > Usd::ZERO && p.micros() > quoted.micros().saturating_mul(UNTRUSTED_FACTOR) => Err((quoted, "far above the quote")),
+        Some(p) if quoted > Usd::ZERO && p.micros() > quoted.micros().saturating_mul(UNTRUSTED_FACTOR) => {
+            Err((quoted, "far above the quote"))
+        }
         Some(p) => Ok(p),
     }
 }
@@ -123,7 +125,10 @@ mod tests {
 
     #[test]
     fn unpriced_family_has_no_estimate() {
-        let t = PriceTable::new(HashMap::from([(Family::builtin("sora"), FamilyPrices::new([("10".into(), usd("0.12"))]))]));
+        let t = PriceTable::new(HashMap::from([(
+            Family::builtin("sora"),
+            FamilyPrices::new([("10".into(), usd("0.12"))]),
+        )]));
         assert_eq!(t.estimate(Family::builtin("sora"), &keys(&["10"])), Some(usd("0.12")));
         assert_eq!(t.estimate(Family::builtin("veo"), &keys(&["veo-3-fast"])), None);
     }

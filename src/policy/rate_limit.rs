@@ -141,7 +141,8 @@ impl TenantLimiter<DefaultClock> {
 impl<C: Clock + Clone> TenantLimiter<C> {
     /// Limiters on the given clock.
     pub fn with_clock(limits: Limits, clock: C) -> Self {
-        let mk = |q: Quota| RateLimiter::direct_with_clock(q, clock.clone()).with_middleware::<StateInformationMiddleware>();
+        let mk =
+            |q: Quota| RateLimiter::direct_with_clock(q, clock.clone()).with_middleware::<StateInformationMiddleware>();
         TenantLimiter {
             requests: mk(request_quota(&limits)),
             generations: Gcra::new(&generation_quota(&limits), &clock),
@@ -199,10 +200,7 @@ pub struct GcraParams {
 impl GcraParams {
     /// The parameters of a quota.
     pub fn of(quota: &Quota) -> Self {
-        GcraParams {
-            emission_ns: quota.replenish_interval().as_nanos() as u64,
-            burst: quota.burst_size().get(),
-        }
+        GcraParams { emission_ns: quota.replenish_interval().as_nanos() as u64, burst: quota.burst_size().get() }
     }
 }
 

@@ -74,7 +74,8 @@ impl BodyScan {
 
     /// The marks, unless the body was small or had too many.
     pub fn finish(self) -> Option<Marks> {
-        (!self.gave_up && self.len >= MIN_SCANNED && self.pending == 0).then_some(Marks { at: self.marks, len: self.len })
+        (!self.gave_up && self.len >= MIN_SCANNED && self.pending == 0)
+            .then_some(Marks { at: self.marks, len: self.len })
     }
 
     fn give_up(&mut self) {

@@ -118,20 +118,31 @@ impl TenantDirectory {
     pub fn new(entries: Vec<(Tenant, Vec<[u8; 32]>)>) -> Result<Self, DuplicateKey> {
         let mut dir = TenantDirectory::default();
         for (tenant, digests) in entries {
-            let grants = digests.iter().map(|d| Grant { digest: *d, scope: Scope::Api, key_id: config_key_id(d) }).collect();
+            let grants =
+                digests.iter().map(|d| Grant { digest: *d, scope: Scope::Api, key_id: config_key_id(d) }).collect();
             dir.add(tenant, grants, Source::Config, None)?;
         }
         Ok(dir)
     }
 
-    fn add(&mut self, tenant: Tenant, grants: Vec<Grant>, source: Source, previous: Option<&TenantDirectory>) -> Result<(), DuplicateKey> {
+    fn add(
+        &mut self,
+        tenant: Tenant,
+        grants: Vec<Grant>,
+        source: Source,
+        previous: Option<&TenantDirectory>,
+    ) -> Result<(), DuplicateKey> {
         let tenant = Arc::new(tenant);
         for g in grants {
             let used = previous.and_then(|p| p.by_digest.get(&g.digest)).map(|e| e.used.clone()).unwrap_or_default();
             let entry = KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, used };
             if let Some(prev) = self.by_digest.insert(g.digest, entry) {
                 if prev.tenant.id != tenant.id {
-                    return Err(DuplicateKey { digest: hex::encode(g.digest), first: prev.tenant.id.to_string(), second: tenant.id.to_string() });
+                    return Err(DuplicateKey {
+                        digest: hex::encode(g.digest),
+                        first: prev.tenant.id.to_string(),
+                        second: tenant.id.to_string(),
+                    });
                 }
             }
         }
@@ -143,7 +154,11 @@ impl TenantDirectory {
     /// This (config) directory with the API's tenants added. A tenant whose id the config file
     /// also has is left out (the file manages it) and named in the second value. Use marks carry
     /// over from `previous`.
-    pub fn with_api(&self, api: Vec<(Tenant, Vec<Grant>)>, previous: Option<&TenantDirectory>) -> (TenantDirectory, Vec<String>) {
+    pub fn with_api(
+        &self,
+        api: Vec<(Tenant, Vec<Grant>)>,
+        previous: Option<&TenantDirectory>,
+    ) -> (TenantDirectory, Vec<String>) {
         let mut dir = self.clone();
         if let Some(p) = previous {
             for (d, e) in dir.by_digest.iter_mut() {
@@ -194,8 +209,12 @@ impl TenantDirectory {
 
     /// The key ids a config tenant is listed with.
     pub fn config_key_ids(&self, tenant: &str) -> Vec<Arc<str>> {
-        let mut ids: Vec<Arc<str>> =
-            self.by_digest.values().filter(|e| &*e.tenant.id == tenant && self.sources.get(&e.tenant.id) == Some(&Source::Config)).map(|e| e.key_id.clone()).collect();
+        let mut ids: Vec<Arc<str>> = self
+            .by_digest
+            .values()
+            .filter(|e| &*e.tenant.id == tenant && self.sources.get(&e.tenant.id) == Some(&Source::Config))
+            .map(|e| e.key_id.clone())
+            .collect();
         ids.sort();
         ids
     }
@@ -240,12 +259,18 @@ mod tests {
     fn api_tenants_join_the_config_ones_and_never_shadow_them() {
         let config = TenantDirectory::new(vec![(tenant("a"), vec![key_digest("ka")])]).unwrap();
         let grant = |k: &str, scope| Grant { digest: key_digest(k), scope, key_id: Arc::from(k) };
-        let (dir, shadowed) = config.with_api(vec![(tenant("a"), vec![grant("evil", Scope::Api)]), (tenant("b"), vec![grant("kb", Scope::Viewer)])], None);
+        let (dir, shadowed) = config.with_api(
+            vec![(tenant("a"), vec![grant("evil", Scope::Api)]), (tenant("b"), vec![grant("kb", Scope::Viewer)])],
+            None,
+        );
         assert_eq!(shadowed, vec!["a".to_string()]);
         assert!(dir.lookup("evil").is_none());
         let b = dir.lookup("kb").unwrap();
         assert_eq!((&*b.tenant.id, b.scope), ("b", Scope::Viewer));
-        assert_eq!((dir.source("a"), dir.source("b"), dir.source("c")), (Some(Source::Config), Some(Source::Api), None));
+        assert_eq!(
+            (dir.source("a"), dir.source("b"), dir.source("c")),
+            (Some(Source::Config), Some(Source::Api), None)
+        );
         // Use marks are taken once, and survive a rebuild.
         dir.lookup("kb").unwrap().mark_used();
         let (again, _) = config.with_api(vec![(tenant("b"), vec![grant("kb", Scope::Viewer)])], Some(&dir));
@@ -255,11 +280,9 @@ mod tests {
 
     #[test]
     fn refuses_one_key_for_two_tenants() {
-        let err = TenantDirectory::new(vec![
-            (tenant("a"), vec![key_digest("k")]),
-            (tenant("b"), vec![key_digest("k")]),
-        ])
-        .unwrap_err();
+        let err =
+            TenantDirectory::new(vec![(tenant("a"), vec![key_digest("k")]), (tenant("b"), vec![key_digest("k")])])
+                .unwrap_err();
         assert_eq!(err.first, "a");
         assert_eq!(err.second, "b");
     }
@@ -267,9 +290,6 @@ mod tests {
     #[test]
     fn digest_matches_sha256sum() {
         // `printf demo | sha256sum`
-        assert_eq!(
-            hex::encode(key_digest("demo")),
-            "2a97516c354b68848cdbd8f54a226a0a55b21ed138e207ad6c5cbb9c00aa5aea"
-        );
+        assert_eq!(hex::encode(key_digest("demo")), "2a97516c354b68848cdbd8f54a226a0a55b21ed138e207ad6c5cbb9c00aa5aea");
     }
 }

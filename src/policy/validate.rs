@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::family::{Check, Cond, Family, FamilySpec, Rule};
-use super::json::{self, Json};
 use super::image::{check_base64_image_marked, ImageError};
+use super::json::{self, Json};
 use super::scan::Marks;
 
 /// Longest URL accepted in `image_url`, `callback_url` and image arrays.
@@ -218,8 +218,12 @@ impl<'f, 'a> Checker<'f, 'a> {
                     Err(Own(name.into(), format!("must be one of {}", quoted(values))))
                 }
             }
-            Check::Number { field, min, max } => self.in_range(field, *min, *max, serde_json::Number::as_f64, "must be a number"),
-            Check::Integer { field, min, max } => self.in_range(field, *min, *max, serde_json::Number::as_i64, "must be an integer"),
+            Check::Number { field, min, max } => {
+                self.in_range(field, *min, *max, serde_json::Number::as_f64, "must be a number")
+            }
+            Check::Integer { field, min, max } => {
+                self.in_range(field, *min, *max, serde_json::Number::as_i64, "must be an integer")
+            }
             Check::Boolean { field } => match self.field(field) {
                 (_, None | Some(Json::Bool(_))) => Ok(()),
                 (name, Some(_)) => Err(Inner(name.into(), "must be true or false".into())),
@@ -267,7 +271,9 @@ impl<'f, 'a> Checker<'f, 'a> {
             Check::Exclusive { fields } => {
                 let mut given = fields.iter().filter(|n| self.field(n).1.is_some());
                 match (given.next(), given.next()) {
-                    (Some(a), Some(b)) => Err(Own(a.clone(), format!("cannot be combined with {b}; provide one of them"))),
+                    (Some(a), Some(b)) => {
+                        Err(Own(a.clone(), format!("cannot be combined with {b}; provide one of them")))
+                    }
                     _ => Ok(()),
                 }
             }
@@ -282,7 +288,8 @@ impl<'f, 'a> Checker<'f, 'a> {
                 }
             }
             Check::Modes { groups } => {
-                let used: Vec<&Vec<String>> = groups.iter().filter(|g| g.iter().any(|n| self.field(n).1.is_some())).collect();
+                let used: Vec<&Vec<String>> =
+                    groups.iter().filter(|g| g.iter().any(|n| self.field(n).1.is_some())).collect();
                 if used.len() > 1 {
                     let names: Vec<String> = used.iter().map(|g| g.join("/")).collect();
                     Err(Own(groups[0][0].clone(), format!("{} cannot be combined", names.join(", "))))
@@ -312,7 +319,14 @@ impl<'f, 'a> Checker<'f, 'a> {
     }
 
     /// A number field within `min..=max`, read as `T` (`not_t`: the complaint when it is not one).
-    fn in_range<T: PartialOrd + Copy + std::fmt::Display>(&self, field: &str, min: T, max: T, read: fn(&serde_json::Number) -> Option<T>, not_t: &str) -> Result<(), Failure> {
+    fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+        &self,
+        field: &str,
+        min: T,
+        max: T,
+        read: fn(&serde_json::Number) -> Option<T>,
+        not_t: &str,
+    ) -> Result<(), Failure> {
         let (name, v) = self.field(field);
         match v.map(|j| match j {
             Json::Num(n) => read(n),
@@ -320,7 +334,9 @@ impl<'f, 'a> Checker<'f, 'a> {
         }) {
             None => Ok(()),
             Some(None) => Err(Inner(name.into(), not_t.into())),
-            Some(Some(x)) if !(min..=max).contains(&x) => Err(Own(name.into(), format!("must be between {min} and {max}"))),
+            Some(Some(x)) if !(min..=max).contains(&x) => {
+                Err(Own(name.into(), format!("must be between {min} and {max}")))
+            }
             Some(Some(_)) => Ok(()),
         }
     }
@@ -354,7 +370,8 @@ impl<'f, 'a> Checker<'f, 'a> {
     fn image_b64(&mut self, name: &str, value: &str, max: &crate::policy::image::ImageLimits) -> Result<(), Failure> {
         let f = self.f;
         let alphabet_only = |payload: &[u8]| f.marks.is_some_and(|m| m.alphabet_only(f.body, payload));
-        let info = check_base64_image_marked(value, max, alphabet_only).map_err(|e: ImageError| Inner(name.into(), e.to_string()))?;
+        let info = check_base64_image_marked(value, max, alphabet_only)
+            .map_err(|e: ImageError| Inner(name.into(), e.to_string()))?;
         self.out.images += 1;
         self.out.image_bytes += info.decoded_len;
         Ok(())
@@ -365,7 +382,9 @@ impl<'f, 'a> Checker<'f, 'a> {
         for d in &self.spec.price_by {
             let v = match self.field(&d.field) {
                 (_, None) => d.default.clone(),
-                (name, Some(v)) => scalar(v, &mut NumText::default()).ok_or_else(|| err(name, "must be a string or a number"))?.to_string(),
+                (name, Some(v)) => scalar(v, &mut NumText::default())
+                    .ok_or_else(|| err(name, "must be a string or a number"))?
+                    .to_string(),
             };
             self.out.price_key.push(v);
         }
@@ -469,7 +488,8 @@ pub fn validate_with(family: Family, f: &Fields<'_>, relayed_callbacks: bool) ->
     // Only fields the catalog knows for this family: an unknown one may change what the
     // platform charges, and was never priced or checked.
     if !spec.rules.is_empty() {
-        let mut unknown: Vec<&str> = f.map.keys().map(|k| k.as_ref()).filter(|k| !spec.known_fields.contains(*k)).collect();
+        let mut unknown: Vec<&str> =
+            f.map.keys().map(|k| k.as_ref()).filter(|k| !spec.known_fields.contains(*k)).collect();
         unknown.sort_unstable();
         if let Some(k) = unknown.first() {
             return Err(err(*k, format!("is not a field of {} (unknown fields may change the price; the model catalog lists what a family accepts)", spec.path)));

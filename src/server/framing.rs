@@ -72,7 +72,14 @@ pub struct Signals {
 impl Signals {
     /// Signals for a connection accepted at `origin`, waking `wake` when a later head begins.
     pub fn new(origin: Instant, wake: Arc<tokio::sync::Notify>) -> Self {
-        Signals { ambiguous: AtomicBool::new(false), largest_chunk: AtomicU64::new(0), chunked: AtomicBool::new(false), partial_since: AtomicU64::new(0), origin, wake }
+        Signals {
+            ambiguous: AtomicBool::new(false),
+            largest_chunk: AtomicU64::new(0),
+            chunked: AtomicBool::new(false),
+            partial_since: AtomicU64::new(0),
+            origin,
+            wake,
+        }
     }
 
     /// When the head being read began, if it is a later head (not the connection's first) that
@@ -145,7 +152,11 @@ impl Framing {
                         let from = before.saturating_sub(3);
                         match memchr::memmem::find(&buf[from..], b"\r\n\r\n") {
                             Some(i) => scan_head(&buf[..from + i + 4]),
-                            None => (None, memchr::memchr_iter(b'\n', &buf[from..]).any(|i| from + i > 0 && buf[from + i - 1] != b'\r')),
+                            None => (
+                                None,
+                                memchr::memchr_iter(b'\n', &buf[from..])
+                                    .any(|i| from + i > 0 && buf[from + i - 1] != b'\r'),
+                            ),
                         }
                     };
                     // A line ended by a bare LF: hyper accepts it, a proxy behind or before us
@@ -177,7 +188,11 @@ impl Framing {
                         self.signals.head_complete();
                     }
                     let mut spare = std::mem::take(buf);
-                    self.state = if before == 0 { self.after_head(&data[..head_len], framing) } else { self.after_head(&spare[..head_len], framing) };
+                    self.state = if before == 0 {
+                        self.after_head(&data[..head_len], framing)
+                    } else {
+                        self.after_head(&spare[..head_len], framing)
+                    };
                     spare.clear();
                     match &mut self.state {
                         State::Head(next) => *next = spare,
@@ -204,7 +219,12 @@ impl Framing {
                     Some(i) => {
                         line.extend_from_slice(&data[..=i]);
                         let text = String::from_utf8_lossy(line);
-                        let size = text.trim_end().split(';').next().map(str::trim).and_then(|h| u64::from_str_radix(h, 16).ok());
+                        let size = text
+                            .trim_end()
+                            .split(';')
+                            .next()
+                            .map(str::trim)
+                            .and_then(|h| u64::from_str_radix(h, 16).ok());
                         self.state = match size {
                             None => State::Off,
                             Some(0) => State::Trailers(Vec::new()),
@@ -240,7 +260,11 @@ impl Framing {
                     Some(i) => {
                         line.extend_from_slice(&data[..=i]);
                         let empty = line.as_slice() == b"\r\n" || line.as_slice() == b"\n";
-                        self.state = if empty { State::Head(std::mem::take(&mut self.spare)) } else { State::Trailers(Vec::new()) };
+                        self.state = if empty {
+                            State::Head(std::mem::take(&mut self.spare))
+                        } else {
+                            State::Trailers(Vec::new())
+                        };
                         &data[i + 1..]
                     }
                 },
@@ -255,7 +279,8 @@ impl Framing {
         }
         // Most heads (every poll) name none of the headers that decide framing: no body, nothing
         // to refuse, and no need to parse them a second time after hyper.
-        let state = if !head.starts_with(b"CONNECT ") && !framing { State::Head(Vec::new()) } else { self.parse_head(head) };
+        let state =
+            if !head.starts_with(b"CONNECT ") && !framing { State::Head(Vec::new()) } else { self.parse_head(head) };
         // Stored only when it changes: most connections never carry a chunked body.
         let chunked = matches!(state, State::ChunkSize(_));
         if self.signals.chunked.load(Ordering::Relaxed) != chunked {
@@ -268,7 +293,9 @@ impl Framing {
         // Uninitialised slots: zeroing 128 headers for every request was measurable.
         let mut headers = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
-        let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut headers) else { return State::Off };
+        let Ok(httparse::Status::Complete(_)) = req.parse_with_uninit_headers(head, &mut headers) else {
+            return State::Off;
+        };
         if req.method == Some("CONNECT") {
             return State::Off;
         }
@@ -281,7 +308,8 @@ impl Framing {
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 // Twice (as two headers or a list naming chunked twice): which one frames the
                 // body is a guess another hop may make differently.
-                let codings = h.value.split(|&b| b == b',').filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")).count();
+                let codings =
+                    h.value.split(|&b| b == b',').filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")).count();
                 if te || codings > 1 {
                     self.signals.ambiguous.store(true, Ordering::Relaxed);
                 }
@@ -368,7 +396,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -423,9 +455,11 @@ mod tests {
         // After a body, the next head is a later head too.
         f.feed(b"POST /d HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /e HTTP/1.1\r\n");
         assert!(s.partial_head_since().is_some());
-        let woken = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-            tokio::time::timeout(Duration::from_millis(100), s.wake.notified()).await.is_ok()
-        });
+        let woken = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async { tokio::time::timeout(Duration::from_millis(100), s.wake.notified()).await.is_ok() });
         assert!(woken);
     }
 
@@ -443,10 +477,16 @@ mod tests {
         let (flag, off) = run(&[first.as_bytes(), body, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]);
         assert!(!flag && !off);
         // …nor chunked ones, split at awkward places.
-        let (flag, off) = run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r", b"\nabc", b"de\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-", b"Length: 0\r\n\r\n"]);
+        let (flag, off) = run(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r",
+            b"\nabc",
+            b"de\r\n0\r\n\r\nGET / HTTP/1.1\r\nContent-",
+            b"Length: 0\r\n\r\n",
+        ]);
         assert!(!flag && !off);
         // A later ambiguous request on the same connection is still caught.
-        let (flag, _) = run(&[b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        let (flag, _) =
+            run(&[b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"]);
         assert!(flag);
     }
 
@@ -485,7 +525,12 @@ mod tests {
         ];
         let framing = |head: &[u8]| scan_head(head).0.is_some_and(|(_, framing)| framing);
         for head in heads {
-            assert_eq!(format!("{:?}", f.after_head(head, framing(head))), format!("{:?}", f.parse_head(head)), "{}", String::from_utf8_lossy(head));
+            assert_eq!(
+                format!("{:?}", f.after_head(head, framing(head))),
+                format!("{:?}", f.parse_head(head)),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
         assert!(!framing(heads[0]) && !framing(heads[1]) && !framing(heads[10]));
         // The ambiguous head raised the flag on the way, as before.
@@ -505,7 +550,11 @@ mod tests {
                 for piece in head.chunks(step) {
                     f.feed(piece);
                 }
-                assert!(f.signals.ambiguous.load(Ordering::Relaxed), "{:?} in pieces of {step}", String::from_utf8_lossy(head));
+                assert!(
+                    f.signals.ambiguous.load(Ordering::Relaxed),
+                    "{:?} in pieces of {step}",
+                    String::from_utf8_lossy(head)
+                );
             }
         }
         let mut f = Framing::new(signals());
@@ -536,7 +585,8 @@ mod tests {
                 let end = memchr::memmem::find(data, b"\r\n\r\n");
                 let limit = end.map_or(data.len(), |e| e + 1);
                 let bare = memchr::memchr_iter(b'\n', &data[..limit]).any(|j| j > 0 && data[j - 1] != b'\r');
-                let expected = if bare { (None, true) } else { (end.map(|end| (end, names_framing(&data[..end + 4]))), false) };
+                let expected =
+                    if bare { (None, true) } else { (end.map(|end| (end, names_framing(&data[..end + 4]))), false) };
                 assert_eq!(scan_head(data), expected, "{:?}", String::from_utf8_lossy(data));
             }
         }

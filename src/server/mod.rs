@@ -115,7 +115,10 @@ impl http_body::Body for Lingering {
     type Data = bytes::Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         match self.body.as_mut() {
             Some(b) => std::pin::Pin::new(b).poll_frame(cx),
             None => std::task::Poll::Ready(None),
@@ -140,7 +143,8 @@ impl Drop for Lingering {
             let until = tokio::time::Instant::now() + LINGER_TIME;
             let mut drained = 0usize;
             while drained < LINGER_BYTES {
-                let next = tokio::time::timeout_at(until.min(tokio::time::Instant::now() + LINGER_IDLE), body.frame()).await;
+                let next =
+                    tokio::time::timeout_at(until.min(tokio::time::Instant::now() + LINGER_IDLE), body.frame()).await;
                 match next {
                     Ok(Some(Ok(frame))) => drained += frame.data_ref().map(|d| d.len()).unwrap_or(0),
                     _ => break,
@@ -205,7 +209,8 @@ impl Silent {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.retain(|(a, _)| Arc::strong_count(a) > 1 && !a.evicted.load(Ordering::Acquire));
         let now = Instant::now();
-        let silent = q.iter().position(|(a, _)| a.seen.load(Ordering::Acquire) == 0 && now.duration_since(a.started) >= min_age);
+        let silent =
+            q.iter().position(|(a, _)| a.seen.load(Ordering::Acquire) == 0 && now.duration_since(a.started) >= min_age);
         let idle = || {
             q.iter()
                 .enumerate()
@@ -245,8 +250,13 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<(u16, &'static str)
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting and lets open
 /// connections finish their in-flight requests for up to the grace period.
-pub async fn serve<S, B>(listener: TcpListener, opts: ServerOptions, service: S, on_refusal: OnRefusal, shutdown: impl Future<Output = ()>)
-where
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    opts: ServerOptions,
+    service: S,
+    on_refusal: OnRefusal,
+    shutdown: impl Future<Output = ()>,
+) where
     S: tower::Service<Request<Lingering>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -334,7 +344,8 @@ where
                 rsp
             }
         });
-        let (builder, opts, on_refusal, mut stop) = (builder.clone(), opts.clone(), on_refusal.clone(), stop_rx.clone());
+        let (builder, opts, on_refusal, mut stop) =
+            (builder.clone(), opts.clone(), on_refusal.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let refuse = |status, outcome| on_refusal(ProtocolRefusal { peer, status, outcome });
             // The TLS handshake counts against the first head's deadline, and a connection still

@@ -40,9 +40,12 @@ pub fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         return Err(format!("server.tls_cert_path {}: no PEM certificate in the file", cert.display()));
     }
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("server.tls_key_path {}: {e}", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| format!("server.tls_key_path {}: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| format!("server.tls_key_path {}: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| format!("server.tls_key_path {} does not belong to the certificate in {}: {e}", key.display(), cert.display()))?;
+    certified.keys_match().map_err(|e| {
+        format!("server.tls_key_path {} does not belong to the certificate in {}: {e}", key.display(), cert.display())
+    })?;
     Ok(certified)
 }
 

@@ -13,7 +13,9 @@ pub fn runtime(workers: Option<&str>) -> Result<tokio::runtime::Runtime, String>
     let n = match workers.map(|v| v.trim().parse::<usize>()) {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         Some(Ok(n)) if n > 0 => n,
-        Some(_) => return Err(format!("{ENV} must be a whole number of at least 1, got {:?}", workers.unwrap_or_default())),
+        Some(_) => {
+            return Err(format!("{ENV} must be a whole number of at least 1, got {:?}", workers.unwrap_or_default()))
+        }
     };
     let mut builder = if n == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -17,7 +17,13 @@ fn req_id(id: &str, tenant: &str, price: &str, budget: Option<&str>, lease_ms: u
         reserve: Usd::ZERO,
         max_in_flight: None,
         lease_ms,
-        intent: Intent { family: "sora".into(), fingerprint: "digest".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: month_of(NOV as u64) },
+        intent: Intent {
+            family: "sora".into(),
+            fingerprint: "digest".into(),
+            created_ms: 0,
+            idem_key: idem.map(str::to_string),
+            month: month_of(NOV as u64),
+        },
     }
 }
 
@@ -26,7 +32,14 @@ fn req(tenant: &str, price: &str, budget: Option<&str>) -> HoldRequest {
 }
 
 fn record(id: &str, tenant: &str, family: Family, created_ms: i64) -> GenerationRecord {
-    GenerationRecord { id: id.into(), tenant: Arc::from(tenant), family, price: usd("0.12"), created_ms, status: "pending".into() }
+    GenerationRecord {
+        id: id.into(),
+        tenant: Arc::from(tenant),
+        family,
+        price: usd("0.12"),
+        created_ms,
+        status: "pending".into(),
+    }
 }
 
 /// 2026-11-10T00:00:00Z
@@ -148,7 +161,9 @@ pub async fn daily_rollups_add_up_to_the_month(s: &dyn Store) {
     assert!(s.update_status("d4", "completed", None).await.unwrap());
 
     let a = s.daily("a", day - 1, day + 1).await.unwrap();
-    let find = |v: &[DayTotals], d: i64, f: Family| v.iter().find(|x| x.day == d && x.family == f.path()).cloned().unwrap_or_default();
+    let find = |v: &[DayTotals], d: i64, f: Family| {
+        v.iter().find(|x| x.day == d && x.family == f.path()).cloned().unwrap_or_default()
+    };
     let a0 = find(&a, day, sora);
     assert_eq!((a0.generations, a0.charged, a0.refunded, a0.failed), (2, usd("0.24"), usd("0.12"), [1, 0, 0]));
     let a1 = find(&a, day + 1, veo);
@@ -160,7 +175,11 @@ pub async fn daily_rollups_add_up_to_the_month(s: &dyn Store) {
         let days = s.daily(tenant, day - 40, day + 40).await.unwrap();
         let spent = days.iter().fold(Usd::ZERO, |acc, d| acc + d.spent());
         let refunded = days.iter().fold(Usd::ZERO, |acc, d| acc + d.refunded);
-        assert_eq!((spent, refunded), (totals.spent, totals.refunded), "{tenant}: roll-ups {days:?} vs month {totals:?}");
+        assert_eq!(
+            (spent, refunded),
+            (totals.spent, totals.refunded),
+            "{tenant}: roll-ups {days:?} vs month {totals:?}"
+        );
     };
     check("a").await;
     check("b").await;
@@ -201,7 +220,10 @@ pub async fn unknown_outcomes_count_until_resolved(s: &dyn Store) {
     assert_eq!(s.idem_claim("b", "key-2", &[8; 32], "other", 0).await.unwrap(), IdemClaim::Unresolved);
     let unknown = s.unknown_outcomes().await.unwrap();
     assert_eq!(unknown.len(), 1);
-    assert_eq!((unknown[0].hold.as_str(), &*unknown[0].tenant, unknown[0].intent.idem_key.as_deref()), ("u2", "b", Some("key-2")));
+    assert_eq!(
+        (unknown[0].hold.as_str(), &*unknown[0].tenant, unknown[0].intent.idem_key.as_deref()),
+        ("u2", "b", Some("key-2"))
+    );
     assert_eq!(unknown[0].intent.fingerprint, "digest");
     // Found on the platform: owned, charged, and the key replays a 201.
     let rec = GenerationRecord { price: usd("0.50"), ..record("found-1", "b", Family::builtin("sora"), NOV) };
@@ -210,7 +232,10 @@ pub async fn unknown_outcomes_count_until_resolved(s: &dyn Store) {
     assert!(!s.resolve_unknown("u2", &Resolution::NotCharged).await.unwrap(), "resolved once");
     assert_eq!(s.generation("found-1").await.unwrap().map(|r| r.tenant), Some(t("b")));
     assert_eq!(s.spend_by_tenant(M).await.unwrap(), vec![(t("b"), usd("0.50"))]);
-    assert_eq!(s.idem_claim("b", "key-2", &[8; 32], "other", 0).await.unwrap(), IdemClaim::Replay(StoredResponse { status: 201, body: reply }));
+    assert_eq!(
+        s.idem_claim("b", "key-2", &[8; 32], "other", 0).await.unwrap(),
+        IdemClaim::Replay(StoredResponse { status: 201, body: reply })
+    );
     // A late 201 for the same hold does not count it twice.
     s.settle("u2", usd("0.50"), &rec).await.unwrap();
     assert_eq!(s.spend_by_tenant(M).await.unwrap(), vec![(t("b"), usd("0.50"))]);
@@ -246,9 +271,15 @@ pub async fn expired_leases_become_unknown(s: &dyn Store) {
 /// Lists are per tenant and family, newest first, paginated.
 pub async fn lists_are_per_tenant(s: &dyn Store) {
     set_balance(s, "100").await;
-    for (i, (tenant, family)) in [("a", Family::builtin("sora")), ("b", Family::builtin("sora")), ("a", Family::builtin("sora")), ("a", Family::builtin("veo")), ("a", Family::builtin("sora"))]
-        .into_iter()
-        .enumerate()
+    for (i, (tenant, family)) in [
+        ("a", Family::builtin("sora")),
+        ("b", Family::builtin("sora")),
+        ("a", Family::builtin("sora")),
+        ("a", Family::builtin("veo")),
+        ("a", Family::builtin("sora")),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let h = held(s, &req(tenant, "0.12", None)).await;
         s.settle(&h, usd("0.12"), &record(&format!("g{i}"), tenant, family, NOV + i as i64)).await.unwrap();

@@ -17,8 +17,8 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    is_final_status, month_of, BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage,
-    OutboxStats, Resolution, Store, StoreError, StoredResponse, UnknownOutcome, WebhookTarget,
+    is_final_status, month_of, BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim,
+    Intent, OutboxMessage, OutboxStats, Resolution, Store, StoreError, StoredResponse, UnknownOutcome, WebhookTarget,
 };
 use crate::policy::family::Family;
 use crate::policy::ledger::{Entry, EntryState, HoldDecision, HoldTotals, LedgerState};
@@ -32,8 +32,16 @@ const CACHE_LIMIT: usize = 200_000;
 
 enum Idem {
     /// Claimed by the request that takes hold `hold`.
-    Running { digest: [u8; 32], hold: String, since_ms: u64 },
-    Done { digest: [u8; 32], rsp: StoredResponse, at_ms: u64 },
+    Running {
+        digest: [u8; 32],
+        hold: String,
+        since_ms: u64,
+    },
+    Done {
+        digest: [u8; 32],
+        rsp: StoredResponse,
+        at_ms: u64,
+    },
 }
 
 /// An outbox entry of the memory backend.
@@ -152,7 +160,8 @@ fn daily_schema() -> String {
                 failed_policy = failed_policy + excluded.failed_policy, failed_other = failed_other + excluded.failed_other;"
         )
     };
-    let of_row = |row: &str| format!("tenant = {row}.tenant AND day = {row}.created_ms / 86400000 AND family = {row}.family");
+    let of_row =
+        |row: &str| format!("tenant = {row}.tenant AND day = {row}.created_ms / 86400000 AND family = {row}.family");
     format!(
         "CREATE TABLE IF NOT EXISTS daily (
             tenant TEXT NOT NULL, day INTEGER NOT NULL, family TEXT NOT NULL,
@@ -191,14 +200,26 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let has = |c: &Connection, table: &str, column: Option<&str>| -> rusqlite::Result<bool> {
         match column {
-            Some(col) => c.query_row("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2", params![table, col], |r| r.get::<_, i64>(0)).map(|n| n > 0),
-            None => c.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get::<_, i64>(0)).map(|n| n > 0),
+            Some(col) => c
+                .query_row("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2", params![table, col], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n > 0),
+            None => c
+                .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n > 0),
         }
     };
     if !has(&tx, "generations", Some("reason"))? {
-        tx.execute_batch("ALTER TABLE generations ADD COLUMN error TEXT; ALTER TABLE generations ADD COLUMN reason TEXT;")?;
+        tx.execute_batch(
+            "ALTER TABLE generations ADD COLUMN error TEXT; ALTER TABLE generations ADD COLUMN reason TEXT;",
+        )?;
     }
-    tx.execute_batch("CREATE INDEX IF NOT EXISTS generations_latest ON generations (tenant, created_ms DESC, id DESC);")?;
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS generations_latest ON generations (tenant, created_ms DESC, id DESC);",
+    )?;
     let fill = !has(&tx, "daily", None)?;
     tx.execute_batch(&daily_schema())?;
     if fill {
@@ -319,10 +340,15 @@ impl EmbeddedStore {
         let store = EmbeddedStore { inner: Mutex::new(inner), db: Some(writer), dir_writes: Default::default() };
         let (version, docs, used, sent) = store
             .with_db(|c| {
-                let version: u64 = c.query_row("SELECT version FROM directory_version WHERE k = 0", [], |r| r.get::<_, i64>(0)).optional()?.unwrap_or(0) as u64;
+                let version: u64 = c
+                    .query_row("SELECT version FROM directory_version WHERE k = 0", [], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .unwrap_or(0) as u64;
                 let docs = {
                     let mut stmt = c.prepare("SELECT id, rev, doc FROM api_tenants")?;
-                    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?)))?;
+                    let rows = stmt.query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?))
+                    })?;
                     rows.collect::<Result<Vec<_>, _>>()?
                 };
                 let sent = {
@@ -345,7 +371,8 @@ impl EmbeddedStore {
             inner.last_used = used;
             inner.alerts_sent = sent;
             for (id, rev, doc) in docs {
-                let tenant = serde_json::from_str(&doc).map_err(|e| StoreError(format!("api tenant {id:?} in the database is unreadable: {e}")))?;
+                let tenant = serde_json::from_str(&doc)
+                    .map_err(|e| StoreError(format!("api tenant {id:?} in the database is unreadable: {e}")))?;
                 inner.directory.insert(id, super::TenantDoc { rev, tenant });
             }
         }
@@ -379,7 +406,12 @@ impl EmbeddedStore {
 
     /// Writes a generation (if new), drops the hold row and finishes an Idempotency-Key, in one
     /// transaction. Returns whether the generation was new.
-    async fn record_generation(&self, r: &GenerationRecord, hold: &str, idem: Option<(String, String, Bytes)>) -> Result<bool, StoreError> {
+    async fn record_generation(
+        &self,
+        r: &GenerationRecord,
+        hold: &str,
+        idem: Option<(String, String, Bytes)>,
+    ) -> Result<bool, StoreError> {
         if self.db.is_none() {
             return Ok(!self.lock().generations.contains_key(&r.id));
         }
@@ -388,13 +420,13 @@ impl EmbeddedStore {
         let month = month_of(r.created_ms.max(0) as u64);
         self.with_db(move |c| {
             let tx = c.savepoint()?;
-            let new = exec(&tx, 
+            let new = exec(&tx,
                 "INSERT OR IGNORE INTO generations (id, tenant, family, price_micros, created_ms, month, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![r.id, &*r.tenant, r.family.path(), r.price.micros(), r.created_ms, month, r.status],
             )? == 1;
             exec(&tx, "DELETE FROM holds WHERE id = ?1", [&hold])?;
             if let Some((tenant, key, body)) = idem {
-                exec(&tx, 
+                exec(&tx,
                     "UPDATE idempotency_keys SET state = 'done', status = 201, body = ?3, created_ms = ?4 WHERE tenant = ?1 AND key = ?2 AND hold_id = ?5",
                     params![tenant, key, body.to_vec(), super::now_ms() as i64, hold],
                 )?;
@@ -429,7 +461,11 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         // A durable write, not a read: a full disk or a read-only file must make /readyz fail.
-        self.with_db(|c| exec(c, "INSERT OR REPLACE INTO ready_probe (k, at_ms) VALUES (1, ?1)", [super::now_ms() as i64])).await.map(|_| ())
+        self.with_db(|c| {
+            exec(c, "INSERT OR REPLACE INTO ready_probe (k, at_ms) VALUES (1, ?1)", [super::now_ms() as i64])
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn balance(&self) -> Result<Option<BalanceSnapshot>, StoreError> {
@@ -448,12 +484,21 @@ impl Store for EmbeddedStore {
         let now = super::now_ms();
         let mut intent = req.intent.clone();
         intent.created_ms = now;
-        let decision = self.lock().ledger.hold(&req.id, &req.tenant, req.price, req.budget, req.reserve, req.max_in_flight, now + req.lease_ms, intent.clone());
+        let decision = self.lock().ledger.hold(
+            &req.id,
+            &req.tenant,
+            req.price,
+            req.budget,
+            req.reserve,
+            req.max_in_flight,
+            now + req.lease_ms,
+            intent.clone(),
+        );
         if decision == HoldDecision::Held && self.db.is_some() {
             let (id, tenant, price) = (req.id.clone(), req.tenant.to_string(), req.price.micros());
             let written = self
                 .with_db(move |c| {
-                    exec(c, 
+                    exec(c,
                         "INSERT OR IGNORE INTO holds (id, tenant, price_micros, family, prompt_sha256, created_ms, idem_key, month) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                         params![id, tenant, price, intent.family, intent.fingerprint, intent.created_ms as i64, intent.idem_key, intent.month],
                     )
@@ -512,7 +557,10 @@ impl Store for EmbeddedStore {
             inner.idem.retain(|_, v| !matches!(v, Idem::Done { at_ms, .. } if *at_ms < cutoff));
             inner.ledger.expire(now).len() as u64
         };
-        self.with_db(move |c| exec(c, "DELETE FROM idempotency_keys WHERE state = 'done' AND created_ms < ?1", [cutoff as i64])).await?;
+        self.with_db(move |c| {
+            exec(c, "DELETE FROM idempotency_keys WHERE state = 'done' AND created_ms < ?1", [cutoff as i64])
+        })
+        .await?;
         Ok(expired)
     }
 
@@ -527,13 +575,25 @@ impl Store for EmbeddedStore {
     }
 
     async fn open_holds(&self) -> Result<Vec<UnknownOutcome>, StoreError> {
-        Ok(self.lock().ledger.open().into_iter().map(|(hold, e)| UnknownOutcome { hold, tenant: e.tenant, price: e.amount, intent: e.intent }).collect())
+        Ok(self
+            .lock()
+            .ledger
+            .open()
+            .into_iter()
+            .map(|(hold, e)| UnknownOutcome { hold, tenant: e.tenant, price: e.amount, intent: e.intent })
+            .collect())
     }
 
     async fn reassign(&self, id: &str, from: &str, to: &str) -> Result<Option<GenerationRecord>, StoreError> {
         let Some(record) = self.generation(id).await?.filter(|r| &*r.tenant == from) else { return Ok(None) };
         let (i, f, t) = (id.to_string(), from.to_string(), to.to_string());
-        if self.with_db(move |c| exec(c, "UPDATE generations SET tenant = ?3 WHERE id = ?1 AND tenant = ?2", params![i, f, t])).await? == Some(0) {
+        if self
+            .with_db(move |c| {
+                exec(c, "UPDATE generations SET tenant = ?3 WHERE id = ?1 AND tenant = ?2", params![i, f, t])
+            })
+            .await?
+            == Some(0)
+        {
             return Ok(None);
         }
         let month = month_of(record.created_ms.max(0) as u64);
@@ -550,7 +610,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError> {
-        let Some(entry) = self.lock().ledger.entry(hold).filter(|e| e.state == EntryState::Unknown).cloned() else { return Ok(false) };
+        let Some(entry) = self.lock().ledger.entry(hold).filter(|e| e.state == EntryState::Unknown).cloned() else {
+            return Ok(false);
+        };
         let idem_key = entry.intent.idem_key.clone();
         match resolution {
             Resolution::Created { record, reply } => {
@@ -593,11 +655,24 @@ impl Store for EmbeddedStore {
         Ok(true)
     }
 
-    async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError> {
+    async fn spendable(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+    ) -> Result<Option<Usd>, StoreError> {
         Ok(self.lock().ledger.spendable(tenant, month, budget, reserve))
     }
 
-    async fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Result<Option<crate::policy::ledger::Admission>, StoreError> {
+    async fn admission(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+        max_in_flight: Option<u32>,
+    ) -> Result<Option<crate::policy::ledger::Admission>, StoreError> {
         Ok(self.lock().ledger.admission(tenant, month, budget, reserve, max_in_flight))
     }
 
@@ -623,7 +698,13 @@ impl Store for EmbeddedStore {
         Ok(found)
     }
 
-    async fn list_generations(&self, tenant: &str, family: Family, limit: usize, offset: usize) -> Result<Vec<GenerationRecord>, StoreError> {
+    async fn list_generations(
+        &self,
+        tenant: &str,
+        family: Family,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<GenerationRecord>, StoreError> {
         if self.db.is_none() {
             let inner = self.lock();
             let mut mine: Vec<&GenerationRecord> =
@@ -638,7 +719,8 @@ impl Store for EmbeddedStore {
                     "SELECT id, tenant, family, price_micros, created_ms, status FROM generations
                      WHERE tenant = ?1 AND family = ?2 ORDER BY created_ms DESC, id DESC LIMIT ?3 OFFSET ?4",
                 )?;
-                let rows = stmt.query_map(params![tenant, family.path(), limit as i64, offset as i64], row_to_record)?;
+                let rows =
+                    stmt.query_map(params![tenant, family.path(), limit as i64, offset as i64], row_to_record)?;
                 rows.collect::<Result<Vec<_>, _>>()
             })
             .await?;
@@ -648,7 +730,8 @@ impl Store for EmbeddedStore {
     async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError> {
         if self.db.is_none() {
             let inner = self.lock();
-            let mut v: Vec<GenerationRecord> = inner.generations.values().filter(|r| !is_final_status(&r.status)).cloned().collect();
+            let mut v: Vec<GenerationRecord> =
+                inner.generations.values().filter(|r| !is_final_status(&r.status)).cloned().collect();
             v.sort_by_key(|r| r.created_ms);
             v.truncate(limit);
             return Ok(v);
@@ -666,14 +749,20 @@ impl Store for EmbeddedStore {
         Ok(rows.unwrap_or_default())
     }
 
-    async fn update_status(&self, id: &str, status: &str, failure: Option<&super::Failure>) -> Result<bool, StoreError> {
+    async fn update_status(
+        &self,
+        id: &str,
+        status: &str,
+        failure: Option<&super::Failure>,
+    ) -> Result<bool, StoreError> {
         let Some(record) = self.generation(id).await? else { return Ok(false) };
         if record.status == status || record.status == "failed" {
             return Ok(false);
         }
         let failure = failure.filter(|_| status == "failed").cloned();
         let (id_owned, status_owned) = (id.to_string(), status.to_string());
-        let (error, reason) = (failure.as_ref().map(|f| f.message.clone()), failure.as_ref().map(|f| f.reason.as_str()));
+        let (error, reason) =
+            (failure.as_ref().map(|f| f.message.clone()), failure.as_ref().map(|f| f.reason.as_str()));
         // Conditional on the old status, so two concurrent observers refund once. The daily
         // roll-up's refund is the `daily_fail` trigger of this same statement.
         let changed = self
@@ -697,7 +786,10 @@ impl Store for EmbeddedStore {
             let month = month_of(record.created_ms.max(0) as u64);
             inner.ledger.refund(&record.tenant, &month, record.price);
             if self.db.is_none() {
-                inner.failures.insert(id.to_string(), failure.unwrap_or(super::Failure { reason: super::Reason::Other, message: String::new() }));
+                inner.failures.insert(
+                    id.to_string(),
+                    failure.unwrap_or(super::Failure { reason: super::Reason::Other, message: String::new() }),
+                );
             }
         }
         if let Some(r) = inner.generations.get_mut(id) {
@@ -706,10 +798,16 @@ impl Store for EmbeddedStore {
         Ok(true)
     }
 
-    async fn latest_generations(&self, tenant: &str, _families: &[Family], limit: usize) -> Result<Vec<(GenerationRecord, Option<super::Failure>)>, StoreError> {
+    async fn latest_generations(
+        &self,
+        tenant: &str,
+        _families: &[Family],
+        limit: usize,
+    ) -> Result<Vec<(GenerationRecord, Option<super::Failure>)>, StoreError> {
         if self.db.is_none() {
             let inner = self.lock();
-            let mut mine: Vec<&GenerationRecord> = inner.generations.values().filter(|r| &*r.tenant == tenant).collect();
+            let mut mine: Vec<&GenerationRecord> =
+                inner.generations.values().filter(|r| &*r.tenant == tenant).collect();
             mine.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
             return Ok(mine.into_iter().take(limit).map(|r| (r.clone(), inner.failures.get(&r.id).cloned())).collect());
         }
@@ -746,7 +844,11 @@ impl Store for EmbeddedStore {
                 if day < from || day > to {
                     continue;
                 }
-                let d = days.entry((day, r.family.path().to_string())).or_insert_with(|| super::DayTotals { day, family: r.family.path().to_string(), ..Default::default() });
+                let d = days.entry((day, r.family.path().to_string())).or_insert_with(|| super::DayTotals {
+                    day,
+                    family: r.family.path().to_string(),
+                    ..Default::default()
+                });
                 d.generations += 1;
                 d.charged += r.price;
                 if r.status == "failed" {
@@ -779,7 +881,14 @@ impl Store for EmbeddedStore {
         Ok(rows.unwrap_or_default())
     }
 
-    async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {
+    async fn idem_claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        digest: &[u8; 32],
+        hold: &str,
+        stale_ms: u64,
+    ) -> Result<IdemClaim, StoreError> {
         let k = (tenant.to_string(), key.to_string());
         let in_memory = self.lock().idem.contains_key(&k);
         if !in_memory {
@@ -808,7 +917,11 @@ impl Store for EmbeddedStore {
                 let digest_arr: [u8; 32] = d.try_into().unwrap_or([0; 32]);
                 let at_ms = at.max(0) as u64;
                 let v = if state == "done" {
-                    Idem::Done { digest: digest_arr, rsp: StoredResponse { status: status as u16, body: Bytes::from(body) }, at_ms }
+                    Idem::Done {
+                        digest: digest_arr,
+                        rsp: StoredResponse { status: status as u16, body: Bytes::from(body) },
+                        at_ms,
+                    }
                 } else {
                     Idem::Running { digest: digest_arr, hold: h, since_ms: at_ms }
                 };
@@ -844,7 +957,7 @@ impl Store for EmbeddedStore {
         let (t, kk, d, h) = (k.0.clone(), k.1.clone(), digest.to_vec(), hold.to_string());
         let written = self
             .with_db(move |c| {
-                exec(c, 
+                exec(c,
                     "INSERT OR REPLACE INTO idempotency_keys (tenant, key, body_digest, state, hold_id, created_ms) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
                     params![t, kk, d, h, now as i64],
                 )
@@ -857,23 +970,36 @@ impl Store for EmbeddedStore {
         Ok(IdemClaim::Fresh)
     }
 
-    async fn idem_finish(&self, tenant: &str, key: &str, digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError> {
-        let (t, k, d, status, body) = (tenant.to_string(), key.to_string(), digest.to_vec(), rsp.status as i64, rsp.body.to_vec());
+    async fn idem_finish(
+        &self,
+        tenant: &str,
+        key: &str,
+        digest: &[u8; 32],
+        rsp: &StoredResponse,
+    ) -> Result<(), StoreError> {
+        let (t, k, d, status, body) =
+            (tenant.to_string(), key.to_string(), digest.to_vec(), rsp.status as i64, rsp.body.to_vec());
         let now = super::now_ms();
         self.with_db(move |c| {
-            exec(c, 
+            exec(c,
                 "INSERT OR REPLACE INTO idempotency_keys (tenant, key, body_digest, state, hold_id, status, body, created_ms) VALUES (?1, ?2, ?3, 'done', '', ?4, ?5, ?6)",
                 params![t, k, d, status, body, now as i64],
             )
         })
         .await?;
-        self.lock().idem.insert((tenant.to_string(), key.to_string()), Idem::Done { digest: *digest, rsp: rsp.clone(), at_ms: now });
+        self.lock().idem.insert(
+            (tenant.to_string(), key.to_string()),
+            Idem::Done { digest: *digest, rsp: rsp.clone(), at_ms: now },
+        );
         Ok(())
     }
 
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError> {
         let (t, k) = (tenant.to_string(), key.to_string());
-        self.with_db(move |c| exec(c, "DELETE FROM idempotency_keys WHERE tenant = ?1 AND key = ?2 AND state = 'running'", [t, k])).await?;
+        self.with_db(move |c| {
+            exec(c, "DELETE FROM idempotency_keys WHERE tenant = ?1 AND key = ?2 AND state = 'running'", [t, k])
+        })
+        .await?;
         let mut inner = self.lock();
         let kk = (tenant.to_string(), key.to_string());
         if matches!(inner.idem.get(&kk), Some(Idem::Running { .. })) {
@@ -889,7 +1015,7 @@ impl Store for EmbeddedStore {
         }
         let t = t.clone();
         self.with_db(move |c| {
-            exec(c, 
+            exec(c,
                 "INSERT OR REPLACE INTO webhook_targets (token, tenant, url, generation, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![t.token, &*t.tenant, t.url, t.generation, t.created_ms as i64],
             )
@@ -906,7 +1032,9 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let (t, g) = (token.to_string(), generation.to_string());
-        self.with_db(move |c| exec(c, "UPDATE webhook_targets SET generation = ?2 WHERE token = ?1", [t, g])).await.map(|_| ())
+        self.with_db(move |c| exec(c, "UPDATE webhook_targets SET generation = ?2 WHERE token = ?1", [t, g]))
+            .await
+            .map(|_| ())
     }
 
     async fn webhook_target(&self, token: &str) -> Result<Option<WebhookTarget>, StoreError> {
@@ -916,15 +1044,19 @@ impl Store for EmbeddedStore {
         let t = token.to_string();
         Ok(self
             .with_db(move |c| {
-                c.query_row("SELECT token, tenant, url, generation, created_ms FROM webhook_targets WHERE token = ?1", [t], |r| {
-                    Ok(WebhookTarget {
-                        token: r.get(0)?,
-                        tenant: Arc::from(r.get::<_, String>(1)?),
-                        url: r.get(2)?,
-                        generation: r.get(3)?,
-                        created_ms: r.get::<_, i64>(4)?.max(0) as u64,
-                    })
-                })
+                c.query_row(
+                    "SELECT token, tenant, url, generation, created_ms FROM webhook_targets WHERE token = ?1",
+                    [t],
+                    |r| {
+                        Ok(WebhookTarget {
+                            token: r.get(0)?,
+                            tenant: Arc::from(r.get::<_, String>(1)?),
+                            url: r.get(2)?,
+                            generation: r.get(3)?,
+                            created_ms: r.get::<_, i64>(4)?.max(0) as u64,
+                        })
+                    },
+                )
                 .optional()
             })
             .await?
@@ -939,7 +1071,7 @@ impl Store for EmbeddedStore {
         }
         let m = m.clone();
         self.with_db(move |c| {
-            exec(c, 
+            exec(c,
                 "INSERT OR IGNORE INTO outbox (id, tenant, url, body, attempts, created_ms, next_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![m.id, &*m.tenant, m.url, m.body.to_vec(), m.attempts, m.created_ms as i64, now as i64],
             )
@@ -1010,9 +1142,15 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let id = id.to_string();
-        self.with_db(move |c| exec(c, "UPDATE outbox SET attempts = ?2, next_ms = ?3 WHERE id = ?1", params![id, attempts, next_ms as i64]))
-            .await
-            .map(|_| ())
+        self.with_db(move |c| {
+            exec(
+                c,
+                "UPDATE outbox SET attempts = ?2, next_ms = ?3 WHERE id = ?1",
+                params![id, attempts, next_ms as i64],
+            )
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn outbox_dead(&self, id: &str, attempts: u32) -> Result<(), StoreError> {
@@ -1024,7 +1162,9 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         let id = id.to_string();
-        self.with_db(move |c| exec(c, "UPDATE outbox SET attempts = ?2, dead = 1 WHERE id = ?1", params![id, attempts])).await.map(|_| ())
+        self.with_db(move |c| exec(c, "UPDATE outbox SET attempts = ?2, dead = 1 WHERE id = ?1", params![id, attempts]))
+            .await
+            .map(|_| ())
     }
 
     async fn outbox_redeliver(&self, tenant: Option<&str>) -> Result<u64, StoreError> {
@@ -1042,7 +1182,7 @@ impl Store for EmbeddedStore {
         let tenant = tenant.map(str::to_string);
         let n = self
             .with_db(move |c| {
-                exec(c, 
+                exec(c,
                     "UPDATE outbox SET dead = 0, attempts = 0, next_ms = ?1 WHERE dead = 1 AND (?2 IS NULL OR tenant = ?2)",
                     params![now as i64, tenant],
                 )
@@ -1090,7 +1230,11 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError> {
+    async fn generations_in_month(
+        &self,
+        month: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<GenerationRecord>, StoreError> {
         if self.db.is_none() {
             let inner = self.lock();
             let mut v: Vec<GenerationRecord> = inner
@@ -1126,7 +1270,8 @@ impl Store for EmbeddedStore {
         }
         let rows = self
             .with_db(|c| {
-                let mut stmt = c.prepare_cached("SELECT tenant, COUNT(*) FROM outbox WHERE dead = 1 GROUP BY tenant")?;
+                let mut stmt =
+                    c.prepare_cached("SELECT tenant, COUNT(*) FROM outbox WHERE dead = 1 GROUP BY tenant")?;
                 let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
                 rows.collect::<Result<HashMap<_, _>, _>>()
             })
@@ -1156,7 +1301,12 @@ impl Store for EmbeddedStore {
         Ok(self.lock().dir_version)
     }
 
-    async fn directory_put(&self, id: &str, expect: u64, doc: Option<&crate::policy::keys::ApiTenant>) -> Result<bool, StoreError> {
+    async fn directory_put(
+        &self,
+        id: &str,
+        expect: u64,
+        doc: Option<&crate::policy::keys::ApiTenant>,
+    ) -> Result<bool, StoreError> {
         let _one_at_a_time = self.dir_writes.lock().await;
         let (current, version) = {
             let inner = self.lock();
@@ -1198,7 +1348,14 @@ impl Store for EmbeddedStore {
             return Ok(false);
         }
         let k = key.to_string();
-        self.with_db(move |c| exec(c, "INSERT OR IGNORE INTO alerts_sent (key, at_ms) VALUES (?1, ?2)", params![k, super::now_ms() as i64])).await?;
+        self.with_db(move |c| {
+            exec(
+                c,
+                "INSERT OR IGNORE INTO alerts_sent (key, at_ms) VALUES (?1, ?2)",
+                params![k, super::now_ms() as i64],
+            )
+        })
+        .await?;
         Ok(self.lock().alerts_sent.insert(key.to_string()))
     }
 
@@ -1306,7 +1463,9 @@ impl Store for EmbeddedStore {
         }
         let i = id.to_string();
         Ok(self
-            .with_db(move |c| c.query_row("SELECT COUNT(*) FROM ended_sessions WHERE id = ?1", [&i], |r| r.get::<_, i64>(0)))
+            .with_db(move |c| {
+                c.query_row("SELECT COUNT(*) FROM ended_sessions WHERE id = ?1", [&i], |r| r.get::<_, i64>(0))
+            })
             .await?
             .is_some_and(|n| n > 0))
     }

@@ -293,12 +293,24 @@ pub trait Store: Send + Sync + 'static {
     /// Settles an unknown outcome (and its Idempotency-Key); `false` if it was no longer unknown.
     async fn resolve_unknown(&self, hold: &str, resolution: &Resolution) -> Result<bool, StoreError>;
     /// What a tenant can still spend; `None` without a cached balance.
-    async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError>;
+    async fn spendable(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+    ) -> Result<Option<Usd>, StoreError>;
 
     /// Who owns a generation.
     async fn generation(&self, id: &str) -> Result<Option<GenerationRecord>, StoreError>;
     /// A tenant's generations in a family, newest first.
-    async fn list_generations(&self, tenant: &str, family: Family, limit: usize, offset: usize) -> Result<Vec<GenerationRecord>, StoreError>;
+    async fn list_generations(
+        &self,
+        tenant: &str,
+        family: Family,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<GenerationRecord>, StoreError>;
     /// Generations not yet `completed` or `failed`, oldest first (the reconciler follows them).
     async fn unfinished_generations(&self, limit: usize) -> Result<Vec<GenerationRecord>, StoreError>;
     /// The platform reported a new status; a first `failed` refunds the tenant's spend and keeps
@@ -307,7 +319,12 @@ pub trait Store: Send + Sync + 'static {
     async fn update_status(&self, id: &str, status: &str, failure: Option<&Failure>) -> Result<bool, StoreError>;
     /// A tenant's latest `limit` generations across `families`, newest first, with the failure
     /// of those that failed.
-    async fn latest_generations(&self, tenant: &str, families: &[Family], limit: usize) -> Result<Vec<(GenerationRecord, Option<Failure>)>, StoreError>;
+    async fn latest_generations(
+        &self,
+        tenant: &str,
+        families: &[Family],
+        limit: usize,
+    ) -> Result<Vec<(GenerationRecord, Option<Failure>)>, StoreError>;
     /// A tenant's daily roll-ups for days `from..=to` (days since 1970-01-01, UTC).
     async fn daily(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<DayTotals>, StoreError>;
 
@@ -318,9 +335,22 @@ pub trait Store: Send + Sync + 'static {
     /// Claims an Idempotency-Key for a request body digest, for the request that will take
     /// hold `hold`. A claim whose request died before taking its hold frees itself after
     /// `stale_ms`; one whose hold is unknown answers `Unresolved`.
-    async fn idem_claim(&self, tenant: &str, key: &str, body_digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError>;
+    async fn idem_claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        body_digest: &[u8; 32],
+        hold: &str,
+        stale_ms: u64,
+    ) -> Result<IdemClaim, StoreError>;
     /// Stores the response of a claimed key (kept 24 h).
-    async fn idem_finish(&self, tenant: &str, key: &str, body_digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError>;
+    async fn idem_finish(
+        &self,
+        tenant: &str,
+        key: &str,
+        body_digest: &[u8; 32],
+        rsp: &StoredResponse,
+    ) -> Result<(), StoreError>;
     /// Gives up a claim (nothing was charged), so a retry runs afresh.
     async fn idem_abort(&self, tenant: &str, key: &str) -> Result<(), StoreError>;
 
@@ -349,7 +379,11 @@ pub trait Store: Send + Sync + 'static {
     /// Each tenant's money in `month` (spent, refunded, held, unknown), for usage reports.
     async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, MonthTotals>, StoreError>;
     /// The month's generations (of one tenant, or all), oldest first.
-    async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError>;
+    async fn generations_in_month(
+        &self,
+        month: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<GenerationRecord>, StoreError>;
     /// Dead-letter webhook deliveries per tenant.
     async fn outbox_dead_by_tenant(&self) -> Result<std::collections::HashMap<String, u64>, StoreError>;
 
@@ -372,7 +406,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The numbers a hold of `tenant` would be decided on now, without taking one (`None`: no
     /// balance cached): what a quote answers from.
-    async fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Result<Option<crate::policy::ledger::Admission>, StoreError>;
+    async fn admission(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+        max_in_flight: Option<u32>,
+    ) -> Result<Option<crate::policy::ledger::Admission>, StoreError>;
 
     /// The tenants made through the admin API, and the directory's version (which moves on
     /// every change). The version is read first, so a change racing the read is seen again.
@@ -417,12 +458,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// A rate-limit check shared with other replicas; `None` when this backend has none (the
     /// caller uses its in-process limiter).
-    async fn shared_rate_limit(&self, _tenant: &str, _kind: &'static str, _params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {
+    async fn shared_rate_limit(
+        &self,
+        _tenant: &str,
+        _kind: &'static str,
+        _params: GcraParams,
+    ) -> Option<Result<SharedLimit, StoreError>> {
         None
     }
 
     /// Returns one cell of a shared limit; `None` when this backend has none.
-    async fn shared_rate_limit_give_back(&self, _tenant: &str, _kind: &'static str, _params: GcraParams) -> Option<Result<(), StoreError>> {
+    async fn shared_rate_limit_give_back(
+        &self,
+        _tenant: &str,
+        _kind: &'static str,
+        _params: GcraParams,
+    ) -> Option<Result<(), StoreError>> {
         None
     }
 }
@@ -465,7 +516,9 @@ pub fn is_final_status(status: &str) -> bool {
 pub async fn recover(config: &StoreConfig) -> Result<String, StoreError> {
     match config {
         StoreConfig::Redis { target, timeout, key_prefix, .. } => redis::recover(target, *timeout, key_prefix).await,
-        _ => Err(StoreError("only a Redis store can forget its data on its own; this config's store is not Redis".into())),
+        _ => Err(StoreError(
+            "only a Redis store can forget its data on its own; this config's store is not Redis".into(),
+        )),
     }
 }
 
@@ -478,7 +531,8 @@ pub(crate) fn random_secret_hex() -> String {
 /// A stored secret back to bytes.
 pub(crate) fn secret_from_hex(text: &str) -> Result<[u8; 32], StoreError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| StoreError("a stored secret is not 64 hex digits".into()))?;
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| StoreError("a stored secret is not 64 hex digits".into()))?;
     Ok(out)
 }
 

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage, OutboxStats, Resolution,
-    SharedLimit, Store, StoreError, StoredResponse, UnknownOutcome, WebhookTarget,
+    BalanceSnapshot, FetchTicket, GenerationRecord, HoldOutcome, HoldRequest, IdemClaim, Intent, OutboxMessage,
+    OutboxStats, Resolution, SharedLimit, Store, StoreError, StoredResponse, UnknownOutcome, WebhookTarget,
 };
 
 /// A hold entry as the scripts store it (see `COMMON`).
@@ -496,9 +496,17 @@ pub struct RedisStore {
 #[derive(Clone)]
 enum Rewrite {
     Settle(Vec<String>),
-    IdemFinish { key: String, digest: String, status: u16, body: Vec<u8> },
+    IdemFinish {
+        key: String,
+        digest: String,
+        status: u16,
+        body: Vec<u8>,
+    },
     /// A claim given up, by the hold that made it (never a later claim of the same key).
-    IdemAbort { key: String, hold: String },
+    IdemAbort {
+        key: String,
+        hold: String,
+    },
 }
 
 /// Acknowledged writes are kept this long (a failover takes seconds) and at most this many.
@@ -528,9 +536,12 @@ impl RedisStore {
     /// Connects to the primary at `target`, with money writes waiting for `acks` replicas.
     pub async fn open(target: &RedisTarget, timeout: Duration, prefix: &str, acks: u32) -> Result<Self, StoreError> {
         let (source, shown) = match target {
-            RedisTarget::Url(url) => (link::Source::Url(::redis::Client::open(url.as_str()).map_err(err)?), crate::config::redact_url(url)),
+            RedisTarget::Url(url) => {
+                (link::Source::Url(::redis::Client::open(url.as_str()).map_err(err)?), crate::config::redact_url(url))
+            }
             RedisTarget::Sentinel { sentinels, master_name, db, password } => (
-                link::Source::sentinel(sentinels, master_name, *db, password.as_ref().map(|p| p.expose().to_string())).map_err(err)?,
+                link::Source::sentinel(sentinels, master_name, *db, password.as_ref().map(|p| p.expose().to_string()))
+                    .map_err(err)?,
                 format!("primary {master_name:?} of sentinels {}", sentinels.join(", ")),
             ),
         };
@@ -541,7 +552,9 @@ impl RedisStore {
         loop {
             match link.get().await {
                 Ok(_) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(err(format!("no primary at {shown} within {:?}: {e}", timeout * 4))),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(err(format!("no primary at {shown} within {:?}: {e}", timeout * 4)))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(120)).await,
             }
         }
@@ -555,7 +568,9 @@ impl RedisStore {
             store_epoch.start(&mut c, prefix).await?;
         }
         store_epoch.watch(&link, prefix.to_string());
-        let common = COMMON.replace("ARGV_TOMB", &TOMBSTONE_MS.to_string()).replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string());
+        let common = COMMON
+            .replace("ARGV_TOMB", &TOMBSTONE_MS.to_string())
+            .replace("ARGV_IDEM_TTL", &super::IDEM_RETENTION_MS.to_string());
         let with_common = |body: &str| Script::new(&format!("{common}{body}"));
         let scripts = Scripts {
             dir_put: Script::new(DIR_PUT),
@@ -580,7 +595,16 @@ impl RedisStore {
             gcra: Script::new(GCRA),
             gcra_give_back: Script::new(GCRA_GIVE_BACK),
         };
-        let store = RedisStore { link, journal: Default::default(), prefix: prefix.to_string(), timeout, acks, scripts: Arc::new(scripts), dir_changed: Default::default(), epoch: store_epoch };
+        let store = RedisStore {
+            link,
+            journal: Default::default(),
+            prefix: prefix.to_string(),
+            timeout,
+            acks,
+            scripts: Arc::new(scripts),
+            dir_changed: Default::default(),
+            epoch: store_epoch,
+        };
         store.rewrite_on_move();
         store.follow_directory();
         Ok(store)
@@ -597,7 +621,8 @@ impl RedisStore {
     /// next version poll (which stays as the backstop while the subscription is down). Each
     /// (re)subscription wakes it too, for anything published while it was not listening.
     fn follow_directory(&self) {
-        let (link, changed, channel, timeout) = (Arc::downgrade(&self.link), self.dir_changed.clone(), self.key(DIR_CHANNEL), self.timeout);
+        let (link, changed, channel, timeout) =
+            (Arc::downgrade(&self.link), self.dir_changed.clone(), self.key(DIR_CHANNEL), self.timeout);
         tokio::spawn(async move {
             use futures_util::StreamExt;
             loop {
@@ -626,7 +651,9 @@ impl RedisStore {
                             }
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "directory subscription failed; the version poll covers it"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "directory subscription failed; the version poll covers it")
+                    }
                     Err(_) => tracing::debug!("directory subscription timed out; the version poll covers it"),
                 }
                 tokio::time::sleep(RESUBSCRIBE_EVERY).await;
@@ -642,7 +669,8 @@ impl RedisStore {
     /// a replica that dies with its primary.)
     fn rewrite_on_move(&self) {
         let mut moves = self.link.moves();
-        let (link, journal, scripts, timeout) = (Arc::downgrade(&self.link), self.journal.clone(), self.scripts.clone(), self.timeout);
+        let (link, journal, scripts, timeout) =
+            (Arc::downgrade(&self.link), self.journal.clone(), self.scripts.clone(), self.timeout);
         tokio::spawn(async move {
             while moves.changed().await.is_ok() {
                 let Some(link) = link.upgrade() else { return };
@@ -674,7 +702,10 @@ impl RedisStore {
                 if failed > 0 {
                     tracing::error!(failed, "a new Redis primary: some money writes of the last minute could not be written to it again (the store is still unavailable)");
                 }
-                tracing::warn!(rewritten = done, "a new Redis primary: the money writes of the last minute were written to it again");
+                tracing::warn!(
+                    rewritten = done,
+                    "a new Redis primary: the money writes of the last minute were written to it again"
+                );
             }
         });
     }
@@ -709,7 +740,8 @@ impl RedisStore {
     /// Hold entries in one state (`o` open, `u` unknown), oldest first.
     async fn holds_in(&self, state: &str) -> Result<Vec<UnknownOutcome>, StoreError> {
         let hk = self.key("holds");
-        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(hk).await }).await?;
+        let all: std::collections::HashMap<String, String> =
+            self.run(|mut c| async move { c.hgetall(hk).await }).await?;
         let mut out: Vec<UnknownOutcome> = all
             .into_iter()
             .filter_map(|(id, json)| {
@@ -718,7 +750,13 @@ impl RedisStore {
                     hold: id,
                     tenant: Arc::from(e.t.as_str()),
                     price: Usd::from_micros(e.a),
-                    intent: Intent { family: e.f, fingerprint: e.pd, created_ms: e.c, idem_key: Some(e.ik).filter(|k| !k.is_empty()), month: e.m },
+                    intent: Intent {
+                        family: e.f,
+                        fingerprint: e.pd,
+                        created_ms: e.c,
+                        idem_key: Some(e.ik).filter(|k| !k.is_empty()),
+                        month: e.m,
+                    },
                 })
             })
             .collect();
@@ -731,7 +769,11 @@ impl RedisStore {
     }
 
     /// One command per key, sent as one pipeline (one round trip), answers in key order.
-    async fn each<T: ::redis::FromRedisValue>(&self, keys: Vec<String>, cmd: impl Fn(&mut ::redis::Pipeline, &str)) -> Result<Vec<T>, StoreError> {
+    async fn each<T: ::redis::FromRedisValue>(
+        &self,
+        keys: Vec<String>,
+        cmd: impl Fn(&mut ::redis::Pipeline, &str),
+    ) -> Result<Vec<T>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -755,7 +797,11 @@ impl RedisStore {
     }
 
     /// As `run`, within `within`, also saying which connection answered.
-    async fn run_on<T, F>(&self, within: Duration, f: impl FnOnce(MultiplexedConnection) -> F) -> Result<(T, u64), StoreError>
+    async fn run_on<T, F>(
+        &self,
+        within: Duration,
+        f: impl FnOnce(MultiplexedConnection) -> F,
+    ) -> Result<(T, u64), StoreError>
     where
         F: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
@@ -782,18 +828,34 @@ impl RedisStore {
         }
     }
 
-    async fn script<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String]) -> Result<T, StoreError> {
+    async fn script<T: ::redis::FromRedisValue>(
+        &self,
+        pick: fn(&Scripts) -> &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
         self.script_on(pick, keys, args, false).await.map(|(v, _)| v)
     }
 
     /// A money write: with `min_replica_acks`, done only once that many replicas have it
     /// (`WAIT` on the same connection, bounded by the timeout). Falling short is an error, and
     /// each caller's error path decides: a hold or claim fails closed, a record is retried.
-    async fn money_script<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String]) -> Result<T, StoreError> {
+    async fn money_script<T: ::redis::FromRedisValue>(
+        &self,
+        pick: fn(&Scripts) -> &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, StoreError> {
         self.script_on(pick, keys, args, true).await.map(|(v, _)| v)
     }
 
-    async fn script_on<T: ::redis::FromRedisValue>(&self, pick: fn(&Scripts) -> &Script, keys: &[String], args: &[String], money: bool) -> Result<(T, u64), StoreError> {
+    async fn script_on<T: ::redis::FromRedisValue>(
+        &self,
+        pick: fn(&Scripts) -> &Script,
+        keys: &[String],
+        args: &[String],
+        money: bool,
+    ) -> Result<(T, u64), StoreError> {
         let scripts = self.scripts.clone();
         let acks = if money { self.acks } else { 0 };
         let wait_ms = self.timeout.as_millis() as u64;
@@ -811,7 +873,11 @@ impl RedisStore {
                 }
                 // Loads the script again on NOSCRIPT (a new primary starts with none).
                 let v: T = inv.invoke_async(&mut c).await?;
-                let got = if acks > 0 { ::redis::cmd("WAIT").arg(acks).arg(wait_ms).query_async::<i64>(&mut c).await? } else { 0 };
+                let got = if acks > 0 {
+                    ::redis::cmd("WAIT").arg(acks).arg(wait_ms).query_async::<i64>(&mut c).await?
+                } else {
+                    0
+                };
                 Ok((v, got))
             })
             .await?;
@@ -827,7 +893,8 @@ impl RedisStore {
         let key = self.key(&format!("rl:{tenant}:{kind}"));
         let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) =
             self.script(|s| &s.gcra, &[key], &[emission_us.to_string(), params.burst.to_string()]).await?;
-        let quotas = Quotas { limit: params.burst, remaining: remaining.max(0) as u32, reset_secs: ceil_secs_from_us(reset_us) };
+        let quotas =
+            Quotas { limit: params.burst, remaining: remaining.max(0) as u32, reset_secs: ceil_secs_from_us(reset_us) };
         Ok(if allowed == 1 {
             SharedLimit::Allowed(quotas)
         } else {
@@ -865,8 +932,12 @@ async fn invoke(scripts: &Scripts, w: &Rewrite, c: &mut MultiplexedConnection) -
             }
             inv.invoke_async::<i64>(c).await.map(|_| ())
         }
-        Rewrite::IdemFinish { key, digest, status, body } => idem_finish_cmd(key, digest, *status, body).query_async::<()>(c).await,
-        Rewrite::IdemAbort { key, hold } => scripts.idem_abort.key(key).arg(hold).invoke_async::<i64>(c).await.map(|_| ()),
+        Rewrite::IdemFinish { key, digest, status, body } => {
+            idem_finish_cmd(key, digest, *status, body).query_async::<()>(c).await
+        }
+        Rewrite::IdemAbort { key, hold } => {
+            scripts.idem_abort.key(key).arg(hold).invoke_async::<i64>(c).await.map(|_| ())
+        }
     }
 }
 
@@ -884,7 +955,15 @@ async fn apply(link: &link::Link, scripts: &Scripts, timeout: Duration, w: &Rewr
 fn idem_finish_cmd(k: &str, digest: &str, status: u16, body: &[u8]) -> ::redis::Pipeline {
     let mut p = ::redis::pipe();
     p.atomic()
-        .hset_multiple(k, &[("digest", digest.as_bytes().to_vec()), ("state", b"done".to_vec()), ("status", status.to_string().into_bytes()), ("body", body.to_vec())])
+        .hset_multiple(
+            k,
+            &[
+                ("digest", digest.as_bytes().to_vec()),
+                ("state", b"done".to_vec()),
+                ("status", status.to_string().into_bytes()),
+                ("body", body.to_vec()),
+            ],
+        )
         .pexpire(k, super::IDEM_RETENTION_MS as i64);
     p
 }
@@ -908,7 +987,13 @@ impl Store for RedisStore {
         let (acks, wait_ms) = (self.acks, self.timeout.as_millis() as u64);
         let got = self
             .run_on(self.timeout * 2, |mut c| async move {
-                ::redis::cmd("SET").arg(key).arg(super::now_ms()).arg("PX").arg(60_000).query_async::<String>(&mut c).await?;
+                ::redis::cmd("SET")
+                    .arg(key)
+                    .arg(super::now_ms())
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async::<String>(&mut c)
+                    .await?;
                 if acks == 0 {
                     return Ok(0);
                 }
@@ -1031,8 +1116,20 @@ impl Store for RedisStore {
         self.money_script::<i64>(|s| &s.resolve, &[], &args).await.map(|v| v == 1)
     }
 
-    async fn spendable(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd) -> Result<Option<Usd>, StoreError> {
-        let args = [self.prefix.clone(), tenant.to_string(), budget_arg(budget), reserve.micros().to_string(), month.to_string()];
+    async fn spendable(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+    ) -> Result<Option<Usd>, StoreError> {
+        let args = [
+            self.prefix.clone(),
+            tenant.to_string(),
+            budget_arg(budget),
+            reserve.micros().to_string(),
+            month.to_string(),
+        ];
         let v: Vec<Value> = self.script(|s| &s.spendable, &[], &args).await?;
         match v.as_slice() {
             [_, amount] => {
@@ -1043,8 +1140,16 @@ impl Store for RedisStore {
         }
     }
 
-    async fn admission(&self, tenant: &Arc<str>, month: &str, budget: Option<Usd>, reserve: Usd, max_in_flight: Option<u32>) -> Result<Option<crate::policy::ledger::Admission>, StoreError> {
-        let v: Vec<String> = self.script(|s| &s.admission, &[], &[self.prefix.clone(), tenant.to_string(), month.to_string()]).await?;
+    async fn admission(
+        &self,
+        tenant: &Arc<str>,
+        month: &str,
+        budget: Option<Usd>,
+        reserve: Usd,
+        max_in_flight: Option<u32>,
+    ) -> Result<Option<crate::policy::ledger::Admission>, StoreError> {
+        let v: Vec<String> =
+            self.script(|s| &s.admission, &[], &[self.prefix.clone(), tenant.to_string(), month.to_string()]).await?;
         let n = |i: usize| -> Result<i64, StoreError> { v[i].parse::<i64>().map_err(err) };
         if v.len() != 5 {
             return Ok(None);
@@ -1063,11 +1168,18 @@ impl Store for RedisStore {
 
     async fn generation(&self, id: &str) -> Result<Option<GenerationRecord>, StoreError> {
         let key = self.key(&format!("gen:{id}"));
-        let fields: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(key).await }).await?;
+        let fields: std::collections::HashMap<String, String> =
+            self.run(|mut c| async move { c.hgetall(key).await }).await?;
         Ok(if fields.is_empty() { None } else { RedisStore::parse_record(id, &fields) })
     }
 
-    async fn list_generations(&self, tenant: &str, family: Family, limit: usize, offset: usize) -> Result<Vec<GenerationRecord>, StoreError> {
+    async fn list_generations(
+        &self,
+        tenant: &str,
+        family: Family,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<GenerationRecord>, StoreError> {
         let key = self.key(&format!("gens:{tenant}:{}", family.path()));
         let start = offset as isize;
         let stop = (offset + limit) as isize - 1;
@@ -1095,23 +1207,41 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn update_status(&self, id: &str, status: &str, failure: Option<&super::Failure>) -> Result<bool, StoreError> {
+    async fn update_status(
+        &self,
+        id: &str,
+        status: &str,
+        failure: Option<&super::Failure>,
+    ) -> Result<bool, StoreError> {
         let (reason, message) = failure.map_or(("other", ""), |f| (f.reason.as_str(), f.message.as_str()));
         let args = [self.prefix.clone(), id.to_string(), status.to_string(), reason.to_string(), message.to_string()];
         self.script::<i64>(|s| &s.update_status, &[], &args).await.map(|n| n == 1)
     }
 
-    async fn latest_generations(&self, tenant: &str, families: &[Family], limit: usize) -> Result<Vec<(GenerationRecord, Option<super::Failure>)>, StoreError> {
+    async fn latest_generations(
+        &self,
+        tenant: &str,
+        families: &[Family],
+        limit: usize,
+    ) -> Result<Vec<(GenerationRecord, Option<super::Failure>)>, StoreError> {
         // The newest `limit` of each family's sorted set, merged: one round trip, however many
         // records the tenant has.
         let keys: Vec<String> = families.iter().map(|f| self.key(&format!("gens:{tenant}:{}", f.path()))).collect();
         let stop = limit.max(1) as isize - 1;
-        let lists: Vec<Vec<(String, f64)>> = self.each(keys, |p, k| { p.zrevrange_withscores(k, 0, stop); }).await?;
+        let lists: Vec<Vec<(String, f64)>> = self
+            .each(keys, |p, k| {
+                p.zrevrange_withscores(k, 0, stop);
+            })
+            .await?;
         let mut newest: Vec<(String, f64)> = lists.into_iter().flatten().collect();
         newest.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         newest.truncate(limit);
         let gen_keys: Vec<String> = newest.iter().map(|(id, _)| self.key(&format!("gen:{id}"))).collect();
-        let hashes: Vec<std::collections::HashMap<String, String>> = self.each(gen_keys, |p, k| { p.hgetall(k); }).await?;
+        let hashes: Vec<std::collections::HashMap<String, String>> = self
+            .each(gen_keys, |p, k| {
+                p.hgetall(k);
+            })
+            .await?;
         Ok(newest
             .iter()
             .zip(hashes)
@@ -1128,18 +1258,34 @@ impl Store for RedisStore {
 
     async fn daily(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<super::DayTotals>, StoreError> {
         // One hash per tenant and month: a 90-day chart reads four.
-        let mut months: Vec<String> = (from..=to).step_by(28).chain(std::iter::once(to)).map(|d| super::month_of((d.max(0) * super::DAY_MS) as u64)).collect();
+        let mut months: Vec<String> = (from..=to)
+            .step_by(28)
+            .chain(std::iter::once(to))
+            .map(|d| super::month_of((d.max(0) * super::DAY_MS) as u64))
+            .collect();
         months.dedup();
         let keys: Vec<String> = months.iter().map(|m| self.key(&format!("daily:{tenant}:{m}"))).collect();
-        let hashes: Vec<std::collections::HashMap<String, i64>> = self.each(keys, |p, k| { p.hgetall(k); }).await?;
+        let hashes: Vec<std::collections::HashMap<String, i64>> = self
+            .each(keys, |p, k| {
+                p.hgetall(k);
+            })
+            .await?;
         let mut days: std::collections::BTreeMap<(i64, String), super::DayTotals> = Default::default();
         for (field, v) in hashes.into_iter().flatten() {
             let mut parts = field.splitn(3, '|');
-            let (Some(day), Some(family), Some(what)) = (parts.next().and_then(|d| d.parse::<i64>().ok()), parts.next(), parts.next()) else { continue };
+            let (Some(day), Some(family), Some(what)) =
+                (parts.next().and_then(|d| d.parse::<i64>().ok()), parts.next(), parts.next())
+            else {
+                continue;
+            };
             if day < from || day > to {
                 continue;
             }
-            let d = days.entry((day, family.to_string())).or_insert_with(|| super::DayTotals { day, family: family.to_string(), ..Default::default() });
+            let d = days.entry((day, family.to_string())).or_insert_with(|| super::DayTotals {
+                day,
+                family: family.to_string(),
+                ..Default::default()
+            });
             match what {
                 "n" => d.generations = v.max(0) as u64,
                 "c" => d.charged = Usd::from_micros(v),
@@ -1154,7 +1300,14 @@ impl Store for RedisStore {
         Ok(days.into_values().collect())
     }
 
-    async fn idem_claim(&self, tenant: &str, key: &str, digest: &[u8; 32], hold: &str, stale_ms: u64) -> Result<IdemClaim, StoreError> {
+    async fn idem_claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        digest: &[u8; 32],
+        hold: &str,
+        stale_ms: u64,
+    ) -> Result<IdemClaim, StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
         let args = [self.prefix.clone(), hex::encode(digest), hold.to_string(), stale_ms.to_string()];
         let v: Vec<Value> = match self.money_script(|s| &s.idem_claim, std::slice::from_ref(&k), &args).await {
@@ -1184,14 +1337,21 @@ impl Store for RedisStore {
             "unresolved" => IdemClaim::Unresolved,
             "done" => {
                 let status: u16 = v.get(1).map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or(500);
-                let body: Vec<u8> = v.get(2).map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or_default();
+                let body: Vec<u8> =
+                    v.get(2).map(::redis::from_redis_value).transpose().map_err(err)?.unwrap_or_default();
                 IdemClaim::Replay(StoredResponse { status, body: Bytes::from(body) })
             }
             other => return Err(err(format!("unexpected idempotency state {other:?}"))),
         })
     }
 
-    async fn idem_finish(&self, tenant: &str, key: &str, digest: &[u8; 32], rsp: &StoredResponse) -> Result<(), StoreError> {
+    async fn idem_finish(
+        &self,
+        tenant: &str,
+        key: &str,
+        digest: &[u8; 32],
+        rsp: &StoredResponse,
+    ) -> Result<(), StoreError> {
         let k = self.key(&format!("idem:{tenant}:{key}"));
         let (d, status, body) = (hex::encode(digest), rsp.status, rsp.body.to_vec());
         let cmd = idem_finish_cmd(&k, &d, status, &body);
@@ -1204,7 +1364,9 @@ impl Store for RedisStore {
         let hk = k.clone();
         let hold: Option<String> = self.run(|mut c| async move { c.hget(hk, "hold").await }).await?;
         let Some(hold) = hold else { return Ok(()) };
-        let (_, n) = self.script_on::<i64>(|s| &s.idem_abort, std::slice::from_ref(&k), std::slice::from_ref(&hold), false).await?;
+        let (_, n) = self
+            .script_on::<i64>(|s| &s.idem_abort, std::slice::from_ref(&k), std::slice::from_ref(&hold), false)
+            .await?;
         self.acknowledged(Rewrite::IdemAbort { key: k, hold }, n).await
     }
 
@@ -1222,7 +1384,10 @@ impl Store for RedisStore {
     async fn webhook_link(&self, token: &str, generation: &str) -> Result<(), StoreError> {
         let k = self.key(&format!("wh:{token}"));
         let g = generation.to_string();
-        self.run(|mut c| async move { ::redis::cmd("HSET").arg(&k).arg("generation").arg(g).query_async::<()>(&mut c).await }).await
+        self.run(|mut c| async move {
+            ::redis::cmd("HSET").arg(&k).arg("generation").arg(g).query_async::<()>(&mut c).await
+        })
+        .await
     }
 
     async fn webhook_target(&self, token: &str) -> Result<Option<WebhookTarget>, StoreError> {
@@ -1252,25 +1417,39 @@ impl Store for RedisStore {
     }
 
     async fn outbox_claim(&self, limit: usize, lease_ms: u64) -> Result<Vec<OutboxMessage>, StoreError> {
-        let rows: Vec<(String, String, String, Vec<u8>, u32, u64)> =
-            self.script(|s| &s.outbox_claim, &[], &[self.prefix.clone(), limit.to_string(), lease_ms.to_string()]).await?;
+        let rows: Vec<(String, String, String, Vec<u8>, u32, u64)> = self
+            .script(|s| &s.outbox_claim, &[], &[self.prefix.clone(), limit.to_string(), lease_ms.to_string()])
+            .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, tenant, url, body, attempts, created_ms)| OutboxMessage { id, tenant: Arc::from(tenant.as_str()), url, body: Bytes::from(body), attempts, created_ms })
+            .map(|(id, tenant, url, body, attempts, created_ms)| OutboxMessage {
+                id,
+                tenant: Arc::from(tenant.as_str()),
+                url,
+                body: Bytes::from(body),
+                attempts,
+                created_ms,
+            })
             .collect())
     }
 
     async fn outbox_done(&self, id: &str) -> Result<(), StoreError> {
         let (k, due) = (self.key(&format!("ob:{id}")), self.key("ob:due"));
         let id = id.to_string();
-        self.run(|mut c| async move { ::redis::pipe().atomic().del(k).zrem(due, id).query_async::<()>(&mut c).await }).await
+        self.run(|mut c| async move { ::redis::pipe().atomic().del(k).zrem(due, id).query_async::<()>(&mut c).await })
+            .await
     }
 
     async fn outbox_retry(&self, id: &str, attempts: u32, next_ms: u64) -> Result<(), StoreError> {
         let (k, due) = (self.key(&format!("ob:{id}")), self.key("ob:due"));
         let id = id.to_string();
         self.run(|mut c| async move {
-            ::redis::pipe().atomic().hset(k, "attempts", attempts).zadd(due, id, next_ms).query_async::<()>(&mut c).await
+            ::redis::pipe()
+                .atomic()
+                .hset(k, "attempts", attempts)
+                .zadd(due, id, next_ms)
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
     }
@@ -1280,7 +1459,13 @@ impl Store for RedisStore {
         let id = id.to_string();
         let now = super::now_ms();
         self.run(|mut c| async move {
-            ::redis::pipe().atomic().hset(k, "attempts", attempts).zrem(due, &id).zadd(dead, &id, now).query_async::<()>(&mut c).await
+            ::redis::pipe()
+                .atomic()
+                .hset(k, "attempts", attempts)
+                .zrem(due, &id)
+                .zadd(dead, &id, now)
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
     }
@@ -1293,7 +1478,9 @@ impl Store for RedisStore {
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let (due, dead) = (self.key("ob:due"), self.key("ob:dead"));
         let prefix = self.key("ob:");
-        let (ids, dead_n): (Vec<String>, u64) = self.run(|mut c| async move { ::redis::pipe().zrange(due, 0, -1).zcard(dead).query_async(&mut c).await }).await?;
+        let (ids, dead_n): (Vec<String>, u64) = self
+            .run(|mut c| async move { ::redis::pipe().zrange(due, 0, -1).zcard(dead).query_async(&mut c).await })
+            .await?;
         let mut oldest: Option<u64> = None;
         for id in ids.iter().take(1000) {
             let k = format!("{prefix}{id}");
@@ -1306,10 +1493,19 @@ impl Store for RedisStore {
         Ok(OutboxStats { pending: ids.len() as u64, oldest_pending_ms: oldest, dead: dead_n })
     }
 
-    async fn month_totals(&self, month: &str) -> Result<std::collections::HashMap<String, crate::store::MonthTotals>, StoreError> {
-        let (sk, rk, hk) = (self.key(&format!("spend:{month}")), self.key(&format!("refunded:{month}")), self.key("holds"));
-        let (spend, refunded, holds): (std::collections::HashMap<String, i64>, std::collections::HashMap<String, i64>, Vec<String>) =
-            self.run(|mut c| async move { ::redis::pipe().hgetall(sk).hgetall(rk).hvals(hk).query_async(&mut c).await }).await?;
+    async fn month_totals(
+        &self,
+        month: &str,
+    ) -> Result<std::collections::HashMap<String, crate::store::MonthTotals>, StoreError> {
+        let (sk, rk, hk) =
+            (self.key(&format!("spend:{month}")), self.key(&format!("refunded:{month}")), self.key("holds"));
+        let (spend, refunded, holds): (
+            std::collections::HashMap<String, i64>,
+            std::collections::HashMap<String, i64>,
+            Vec<String>,
+        ) = self
+            .run(|mut c| async move { ::redis::pipe().hgetall(sk).hgetall(rk).hvals(hk).query_async(&mut c).await })
+            .await?;
         let mut out: std::collections::HashMap<String, crate::store::MonthTotals> = std::collections::HashMap::new();
         for (t, v) in spend {
             out.entry(t).or_default().spent = Usd::from_micros(v);
@@ -1328,7 +1524,11 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn generations_in_month(&self, month: &str, tenant: Option<&str>) -> Result<Vec<GenerationRecord>, StoreError> {
+    async fn generations_in_month(
+        &self,
+        month: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<GenerationRecord>, StoreError> {
         let key = self.key(&format!("month:{month}"));
         let ids: Vec<String> = self.run(|mut c| async move { c.zrange(key, 0, -1).await }).await?;
         let mut out = Vec::with_capacity(ids.len());
@@ -1399,11 +1599,13 @@ impl Store for RedisStore {
     async fn directory(&self) -> Result<(u64, Vec<super::TenantDoc>), StoreError> {
         let version = self.directory_version().await?;
         let k = self.key("dir");
-        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        let all: std::collections::HashMap<String, String> =
+            self.run(|mut c| async move { c.hgetall(k).await }).await?;
         let mut docs = Vec::with_capacity(all.len());
         for (id, v) in all {
             let (rev, json) = v.split_once('|').ok_or_else(|| err(format!("api tenant {id:?} is unreadable")))?;
-            let tenant = serde_json::from_str(json).map_err(|e| err(format!("api tenant {id:?} is unreadable: {e}")))?;
+            let tenant =
+                serde_json::from_str(json).map_err(|e| err(format!("api tenant {id:?} is unreadable: {e}")))?;
             docs.push(super::TenantDoc { rev: rev.parse().map_err(err)?, tenant });
         }
         docs.sort_by(|a, b| a.tenant.id.cmp(&b.tenant.id));
@@ -1416,10 +1618,17 @@ impl Store for RedisStore {
         Ok(v.unwrap_or(0))
     }
 
-    async fn directory_put(&self, id: &str, expect: u64, doc: Option<&crate::policy::keys::ApiTenant>) -> Result<bool, StoreError> {
+    async fn directory_put(
+        &self,
+        id: &str,
+        expect: u64,
+        doc: Option<&crate::policy::keys::ApiTenant>,
+    ) -> Result<bool, StoreError> {
         let json = doc.map(serde_json::to_string).transpose().map_err(err)?.unwrap_or_default();
         let keys = [self.key("dir"), self.key("dir:version")];
-        let written: i64 = self.script(|s| &s.dir_put, &keys, &[id.to_string(), expect.to_string(), json, self.key(DIR_CHANNEL)]).await?;
+        let written: i64 = self
+            .script(|s| &s.dir_put, &keys, &[id.to_string(), expect.to_string(), json, self.key(DIR_CHANNEL)])
+            .await?;
         Ok(written == 1)
     }
 
@@ -1428,12 +1637,19 @@ impl Store for RedisStore {
     }
 
     async fn alerts_marked(&self, keys: &[String]) -> Result<Vec<bool>, StoreError> {
-        self.each(keys.iter().map(|k| self.key(&format!("alert:{k}"))).collect(), |p, k| { p.exists(k); }).await
+        self.each(keys.iter().map(|k| self.key(&format!("alert:{k}"))).collect(), |p, k| {
+            p.exists(k);
+        })
+        .await
     }
 
     async fn alert_once(&self, key: &str) -> Result<bool, StoreError> {
         let k = self.key(&format!("alert:{key}"));
-        let set: Option<String> = self.run(|mut c| async move { ::redis::cmd("SET").arg(&k).arg(super::now_ms()).arg("NX").query_async(&mut c).await }).await?;
+        let set: Option<String> =
+            self.run(|mut c| async move {
+                ::redis::cmd("SET").arg(&k).arg(super::now_ms()).arg("NX").query_async(&mut c).await
+            })
+            .await?;
         Ok(set.is_some())
     }
 
@@ -1451,7 +1667,10 @@ impl Store for RedisStore {
     async fn session_end(&self, id: &str, until_ms: u64) -> Result<(), StoreError> {
         let k = self.key(&format!("session_ended:{id}"));
         let ttl = until_ms.saturating_sub(super::now_ms()).max(1);
-        self.run(|mut c| async move { ::redis::cmd("SET").arg(k).arg(1).arg("PX").arg(ttl).query_async::<()>(&mut c).await }).await
+        self.run(
+            |mut c| async move { ::redis::cmd("SET").arg(k).arg(1).arg("PX").arg(ttl).query_async::<()>(&mut c).await },
+        )
+        .await
     }
 
     async fn session_ended(&self, id: &str) -> Result<bool, StoreError> {
@@ -1468,7 +1687,14 @@ impl Store for RedisStore {
         let k = self.key("audit");
         let line = line.to_string();
         self.run(|mut c| async move {
-            ::redis::pipe().atomic().lpush(&k, line).ignore().ltrim(&k, 0, super::AUDIT_KEEP as isize - 1).ignore().query_async::<()>(&mut c).await
+            ::redis::pipe()
+                .atomic()
+                .lpush(&k, line)
+                .ignore()
+                .ltrim(&k, 0, super::AUDIT_KEEP as isize - 1)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
         })
         .await
     }
@@ -1489,7 +1715,8 @@ impl Store for RedisStore {
 
     async fn keys_last_used(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         let k = self.key("keys:last_used");
-        let all: std::collections::HashMap<String, String> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        let all: std::collections::HashMap<String, String> =
+            self.run(|mut c| async move { c.hgetall(k).await }).await?;
         Ok(all.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect())
     }
 
@@ -1497,11 +1724,21 @@ impl Store for RedisStore {
         true
     }
 
-    async fn shared_rate_limit(&self, tenant: &str, kind: &'static str, params: GcraParams) -> Option<Result<SharedLimit, StoreError>> {
+    async fn shared_rate_limit(
+        &self,
+        tenant: &str,
+        kind: &'static str,
+        params: GcraParams,
+    ) -> Option<Result<SharedLimit, StoreError>> {
         Some(self.rate_limit(tenant, kind, params).await)
     }
 
-    async fn shared_rate_limit_give_back(&self, tenant: &str, kind: &'static str, params: GcraParams) -> Option<Result<(), StoreError>> {
+    async fn shared_rate_limit_give_back(
+        &self,
+        tenant: &str,
+        kind: &'static str,
+        params: GcraParams,
+    ) -> Option<Result<(), StoreError>> {
         Some(self.rate_limit_give_back(tenant, kind, params).await)
     }
 }

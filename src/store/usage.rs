@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-
 use crate::policy::tenants::Tenant;
 use crate::store::{GenerationRecord, Store, StoreError};
 
@@ -48,7 +47,10 @@ pub struct Report {
 /// Is `m` a `YYYY-MM` month?
 pub fn valid_month(m: &str) -> bool {
     let b = m.as_bytes();
-    b.len() == 7 && b[4] == b'-' && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit) && matches!(&m[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12")
+    b.len() == 7
+        && b[4] == b'-'
+        && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
+        && matches!(&m[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12")
 }
 
 /// Unix ms of the first instant of the month after `month` (when budgets reset).
@@ -59,7 +61,12 @@ pub fn resets_at(month: &str) -> Option<String> {
 }
 
 /// Builds the report for `month`, for every configured tenant (or one).
-pub async fn report(store: &dyn Store, tenants: &[Arc<Tenant>], month: &str, only: Option<&str>) -> Result<Report, StoreError> {
+pub async fn report(
+    store: &dyn Store,
+    tenants: &[Arc<Tenant>],
+    month: &str,
+    only: Option<&str>,
+) -> Result<Report, StoreError> {
     let totals = store.month_totals(month).await?;
     let rows = store.generations_in_month(month, only).await?;
     let dead = store.outbox_dead_by_tenant().await?;
@@ -111,7 +118,15 @@ impl Report {
                 .ok()
                 .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
                 .unwrap_or_default();
-            out += &[time, csv_field(&r.tenant), r.family.path().to_string(), csv_field(&r.id), csv_field(&r.status), r.price.to_string()].join(",");
+            out += &[
+                time,
+                csv_field(&r.tenant),
+                r.family.path().to_string(),
+                csv_field(&r.id),
+                csv_field(&r.status),
+                r.price.to_string(),
+            ]
+            .join(",");
             out.push('\n');
         }
         out
@@ -120,7 +135,10 @@ impl Report {
     /// A table for a terminal.
     pub fn table(&self) -> String {
         let mut out = format!("usage {} (UTC)\n", self.month);
-        out += &format!("{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}\n", "tenant", "budget", "spent", "held", "unknown", "refunded", "remaining", "gens");
+        out += &format!(
+            "{:<20} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}\n",
+            "tenant", "budget", "spent", "held", "unknown", "refunded", "remaining", "gens"
+        );
         for t in &self.tenants {
             let gens: u64 = t.generations.values().flat_map(|m| m.values()).sum();
             out += &format!(

@@ -43,7 +43,11 @@ pub struct Permit<'a> {
 impl CircuitBreaker {
     /// Opens after `threshold` consecutive failures, for `open_for`.
     pub fn new(threshold: u32, open_for: Duration) -> Self {
-        CircuitBreaker { threshold: threshold.max(1), open_for, inner: Mutex::new(Inner { state: State::Closed, failures: 0 }) }
+        CircuitBreaker {
+            threshold: threshold.max(1),
+            open_for,
+            inner: Mutex::new(Inner { state: State::Closed, failures: 0 }),
+        }
     }
 
     /// Current state.

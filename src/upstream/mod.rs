@@ -212,11 +212,23 @@ impl Upstream {
     /// when it has one.
     fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, UpstreamError> {
         let b = Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone());
-        let b = if self.path_prefix.is_empty() { b.path_and_query(path_and_query) } else { b.path_and_query(format!("{}{}", self.path_prefix, path_and_query)) };
+        let b = if self.path_prefix.is_empty() {
+            b.path_and_query(path_and_query)
+        } else {
+            b.path_and_query(format!("{}{}", self.path_prefix, path_and_query))
+        };
         b.build().map_err(bad_uri)
     }
 
-    fn build(&self, method: &Method, uri: Uri, content_type: Option<&HeaderValue>, request_id: &HeaderValue, trace: Option<&TraceContext>, body: Bytes) -> Request<Full<Bytes>> {
+    fn build(
+        &self,
+        method: &Method,
+        uri: Uri,
+        content_type: Option<&HeaderValue>,
+        request_id: &HeaderValue,
+        trace: Option<&TraceContext>,
+        body: Bytes,
+    ) -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method.clone();
         *req.uri_mut() = uri;
@@ -259,8 +271,12 @@ impl Upstream {
     /// Logs why the platform failed, at most once a second (with how many were not logged).
     fn log_failure(&self, path: &str, request_id: &HeaderValue, result: &Result<UpstreamResponse, UpstreamError>) {
         let (cause, detail, status) = match result {
-            Ok(r) if matches!(r.status.as_u16(), 401 | 403) => ("token_rejected", "the platform rejected the gateway's token".to_string(), Some(r.status.as_u16())),
-            Ok(r) if matches!(r.status.as_u16(), 502..=504) => ("platform_unavailable", format!("the platform answered {}", r.status), Some(r.status.as_u16())),
+            Ok(r) if matches!(r.status.as_u16(), 401 | 403) => {
+                ("token_rejected", "the platform rejected the gateway's token".to_string(), Some(r.status.as_u16()))
+            }
+            Ok(r) if matches!(r.status.as_u16(), 502..=504) => {
+                ("platform_unavailable", format!("the platform answered {}", r.status), Some(r.status.as_u16()))
+            }
             Ok(_) => return,
             Err(UpstreamError::Connect(m)) => ("unreachable", m.clone(), None),
             Err(UpstreamError::Timeout) => ("timeout", format!("no answer within {:?}", self.timeout), None),
@@ -269,14 +285,23 @@ impl Upstream {
         };
         let now = crate::store::now_ms();
         let last = self.last_failure_log.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 1000 || self.last_failure_log.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        if now.saturating_sub(last) < 1000
+            || self.last_failure_log.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
         let request_id = request_id.to_str().unwrap_or("-");
         if cause == "token_rejected" {
-            tracing::error!(request_id, cause, status, path, suppressed, "{detail}: check the upstream token (upstream.token_env)");
+            tracing::error!(
+                request_id,
+                cause,
+                status,
+                path,
+                suppressed,
+                "{detail}: check the upstream token (upstream.token_env)"
+            );
         } else {
             tracing::warn!(request_id, cause, status, path, error = %detail, suppressed, "platform call failed");
         }
@@ -330,8 +355,13 @@ impl Upstream {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
-            let permit = self.circuit.try_acquire().map_err(|retry_after_secs| UpstreamError::CircuitOpen { retry_after_secs })?;
-            let result = self.attempt(self.build(&method, uri.clone(), content_type, request_id, trace, body.clone()), deadline).await;
+            let permit = self
+                .circuit
+                .try_acquire()
+                .map_err(|retry_after_secs| UpstreamError::CircuitOpen { retry_after_secs })?;
+            let result = self
+                .attempt(self.build(&method, uri.clone(), content_type, request_id, trace, body.clone()), deadline)
+                .await;
             let failed = match &result {
                 Ok(r) => matches!(r.status.as_u16(), 502..=504),
                 Err(_) => true,

@@ -38,7 +38,8 @@ pub fn redact(detail: &str, secrets: &[&str]) -> String {
     let mut rest = out.as_str();
     while let Some(i) = rest.to_ascii_lowercase().find("bearer ") {
         let after = &rest[i + 7..];
-        let cred_len = after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',').unwrap_or(after.len());
+        let cred_len =
+            after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == ',').unwrap_or(after.len());
         result.push_str(&rest[..i + 7]);
         if cred_len > 0 && &after[..cred_len] != REDACTED {
             result.push_str(REDACTED);
@@ -163,7 +164,10 @@ mod tests {
 
     #[test]
     fn secrets_and_bearer_credentials_are_redacted() {
-        assert_eq!(redact("Bad header Authorization: Bearer sk-live-123", &["sk-live-123"]), "Bad header Authorization: Bearer [redacted]");
+        assert_eq!(
+            redact("Bad header Authorization: Bearer sk-live-123", &["sk-live-123"]),
+            "Bad header Authorization: Bearer [redacted]"
+        );
         assert_eq!(redact("token sk-live-123 expired", &["sk-live-123"]), "token [redacted] expired");
         assert_eq!(redact("bearer abc, then BEARER xyz", &[]), "bearer [redacted], then BEARER [redacted]");
         assert_eq!(redact("nothing secret", &["sk-live-123"]), "nothing secret");
@@ -193,11 +197,19 @@ mod tests {
                 r#"{"detail":[{"loc":["body","duration"],"msg":"Input should be 10 or 15","input":5},{"loc":["query","limit",0],"msg":"bad"}]}"#,
                 (422, "duration: Input should be 10 or 15; query.limit.0: bad", None),
             ),
-            (422, r#"{"detail": "Validation error: prompt is required"}"#, (422, "Validation error: prompt is required", None)),
+            (
+                422,
+                r#"{"detail": "Validation error: prompt is required"}"#,
+                (422, "Validation error: prompt is required", None),
+            ),
             (402, r#"{"success": false, "message": "INSUFFICIENT_CREDITS"}"#, (402, "INSUFFICIENT_CREDITS", None)),
             (400, r#"{"error": {"code": "X", "message": "bad thing"}}"#, (400, "bad thing", None)),
             (400, r#"{"error": "plain error"}"#, (400, "plain error", None)),
-            (400, r#"{"detail": {"code": "INVALID_TASK_ID", "message": "must be valid UUID"}}"#, (400, "must be valid UUID", None)),
+            (
+                400,
+                r#"{"detail": {"code": "INVALID_TASK_ID", "message": "must be valid UUID"}}"#,
+                (400, "must be valid UUID", None),
+            ),
             (400, r#"{"detail": {"code": "INVALID_TASK_ID"}}"#, (400, "INVALID_TASK_ID", None)),
             (500, r#"{"detail": "boom"}"#, (500, "boom", None)),
             (500, "<html><body>Internal</body></html>", (500, "Internal Server Error", None)),
@@ -217,7 +229,10 @@ mod tests {
     #[test]
     fn upstream_auth_failures_are_500_never_401() {
         for s in [401, 403] {
-            assert_eq!(n(s, r#"{"detail":"Missing credentials"}"#), (500, "Upstream authentication failed".into(), None));
+            assert_eq!(
+                n(s, r#"{"detail":"Missing credentials"}"#),
+                (500, "Upstream authentication failed".into(), None)
+            );
         }
         assert_eq!(
             n(401, r#"{"error":"Unauthorized","message":"Invalid API key"}"#).1,

@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use tollgate::config::Config;
 pub use tollgate::dev::mock::{Fault, FaultKind, MockOptions, MockPlatform, Recorded};
 use tollgate::observe::access_log::AccessLog;
-use tollgate::config::Config;
 use tollgate::policy::money::Usd;
 use tollgate::policy::tenants::key_digest;
 use tollgate::{Gateway, Listeners};
@@ -53,7 +53,16 @@ impl Platform {
     }
 
     pub fn fault(&self, kind: FaultKind) -> Fault {
-        Fault { kind, status: None, latency_ms: None, body: None, content_type: None, retry_after: None, path_prefix: None, times: None }
+        Fault {
+            kind,
+            status: None,
+            latency_ms: None,
+            body: None,
+            content_type: None,
+            retry_after: None,
+            path_prefix: None,
+            times: None,
+        }
     }
 
     pub fn inject(&self, f: Fault) {
@@ -213,7 +222,11 @@ impl TestGateway {
         TestGateway::start_on(config, reload, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
     }
 
-    pub async fn start_on(config: Config, reload: Option<tollgate::gateway::ReloadSource>, tenant: TcpListener) -> TestGateway {
+    pub async fn start_on(
+        config: Config,
+        reload: Option<tollgate::gateway::ReloadSource>,
+        tenant: TcpListener,
+    ) -> TestGateway {
         let (log, logs) = AccessLog::memory();
         let gateway = tollgate::build(&config, log, reload).await.expect("store opens");
         let listeners = Listeners { tenant, admin: TcpListener::bind("127.0.0.1:0").await.unwrap() };
@@ -271,7 +284,8 @@ pub struct Rsp {
 
 impl Rsp {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn detail(&self) -> String {
@@ -361,12 +375,21 @@ pub fn with_backend(text: &str, backend: Backend) -> (String, Option<tollgate::d
         Backend::Sqlite => {
             let dir = std::env::temp_dir().join(format!("tollgate-fault-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&dir).unwrap();
-            (text.replace("backend = \"memory\"", &format!("backend = \"sqlite\"\npath = \"{}\"", dir.join("t.db").display())), None)
+            (
+                text.replace(
+                    "backend = \"memory\"",
+                    &format!("backend = \"sqlite\"\npath = \"{}\"", dir.join("t.db").display()),
+                ),
+                None,
+            )
         }
         Backend::Redis => {
             let server = tollgate::dev::testkit::RedisServer::start();
             let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
-            let t = text.replace("backend = \"memory\"", &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"", server.url));
+            let t = text.replace(
+                "backend = \"memory\"",
+                &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"", server.url),
+            );
             (t, Some(server))
         }
     }
@@ -449,7 +472,9 @@ async fn pipe(
         }
         let delay = marker.as_ref().and_then(|m| {
             let m = m.lock().unwrap();
-            m.as_ref().filter(|(needle, _)| buf[..n].windows(needle.len()).any(|w| w == needle.as_slice())).map(|(_, d)| *d)
+            m.as_ref()
+                .filter(|(needle, _)| buf[..n].windows(needle.len()).any(|w| w == needle.as_slice()))
+                .map(|(_, d)| *d)
         });
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
@@ -474,7 +499,15 @@ pub async fn spend_of(gw: &TestGateway, tenant: &str) -> Usd {
 /// As [`spend_of`], with the store's error when it cannot answer.
 pub async fn try_spend_of(gw: &TestGateway, tenant: &str) -> Result<Usd, tollgate::store::StoreError> {
     let month = tollgate::store::month_of(tollgate::store::now_ms());
-    Ok(gw.gateway.store().spend_by_tenant(&month).await?.into_iter().find(|(t, _)| &**t == tenant).map(|(_, s)| s).unwrap_or_default())
+    Ok(gw
+        .gateway
+        .store()
+        .spend_by_tenant(&month)
+        .await?
+        .into_iter()
+        .find(|(t, _)| &**t == tenant)
+        .map(|(_, s)| s)
+        .unwrap_or_default())
 }
 
 /// One webhook as a tenant's receiver got it.
@@ -517,7 +550,9 @@ impl Receiver {
                         Ok::<_, std::convert::Infallible>(rsp)
                     }
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
             }
         });
         Receiver { addr, got, down, task }
@@ -558,7 +593,8 @@ pub async fn login_form(c: &HttpClient, gw: &TestGateway) -> (String, String) {
     let cookie = r.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     assert!(cookie.starts_with("tollgate_login="), "{cookie}");
     let html = String::from_utf8_lossy(&r.body).into_owned();
-    let at = html.find("name=\"login_csrf\" value=\"").expect("the form carries a CSRF token") + "name=\"login_csrf\" value=\"".len();
+    let at = html.find("name=\"login_csrf\" value=\"").expect("the form carries a CSRF token")
+        + "name=\"login_csrf\" value=\"".len();
     (cookie, html[at..at + html[at..].find('"').unwrap()].to_string())
 }
 
@@ -581,7 +617,8 @@ pub async fn dashboard_page(c: &HttpClient, gw: &TestGateway, token: &str, path:
     let r = login_post(c, gw, token, &[]).await;
     assert_eq!(r.status, 303, "{:?}", r.body);
     let cookie = r.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let req = Request::builder().uri(gw.admin_url(path)).header("cookie", cookie).body(Full::new(Bytes::new())).unwrap();
+    let req =
+        Request::builder().uri(gw.admin_url(path)).header("cookie", cookie).body(Full::new(Bytes::new())).unwrap();
     let r = send(c, req).await;
     assert_eq!(r.status, 200, "{path}");
     String::from_utf8_lossy(&r.body).into_owned()

@@ -27,7 +27,8 @@ use session::{Session, Sessions, Who};
 
 /// No script may run, styles come only from this origin, forms post only here, and no other
 /// site may frame the pages.
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const STYLE: &str = include_str!("style.css");
 /// Largest form body.
 const MAX_FORM: usize = 16 * 1024;
@@ -62,7 +63,10 @@ fn not_found() -> Response<Body> {
 
 fn unavailable(e: &StoreError) -> Response<Body> {
     tracing::warn!(error = %e, "dashboard: store unreachable");
-    html(StatusCode::SERVICE_UNAVAILABLE, view::message("Store unavailable", "The store did not answer; try again in a moment."))
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        view::message("Store unavailable", "The store did not answer; try again in a moment."),
+    )
 }
 
 /// A form's fields.
@@ -80,7 +84,12 @@ fn date(day: i64) -> String {
 fn month_bounds(month: &str) -> Option<(u64, u64)> {
     let (y, m) = (month[..4].parse::<i32>().ok()?, month[5..].parse::<u8>().ok()?);
     let start = time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, 1).ok()?;
-    let next = if m == 12 { time::Date::from_calendar_date(y + 1, time::Month::January, 1) } else { time::Date::from_calendar_date(y, time::Month::try_from(m + 1).ok()?, 1) }.ok()?;
+    let next = if m == 12 {
+        time::Date::from_calendar_date(y + 1, time::Month::January, 1)
+    } else {
+        time::Date::from_calendar_date(y, time::Month::try_from(m + 1).ok()?, 1)
+    }
+    .ok()?;
     let ms = |d: time::Date| (d.midnight().assume_utc().unix_timestamp() * 1000) as u64;
     Some((ms(start), ms(next)))
 }
@@ -113,22 +122,38 @@ impl Dashboard {
     /// The session a request carries, if its cookie is good, it was not signed out and, for a
     /// viewer, its key still works.
     async fn session<B>(&self, sessions: &Sessions, req: &Request<B>, now: u64) -> Result<Option<Session>, StoreError> {
-        let Some(value) = req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(session::cookie_value) else { return Ok(None) };
+        let Some(value) =
+            req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(session::cookie_value)
+        else {
+            return Ok(None);
+        };
         let Some(s) = sessions.check(value, now) else { return Ok(None) };
         if self.gateway.store().session_ended(&s.id).await? {
             return Ok(None);
         }
         Ok(match &s.who {
             Who::Admin => self.token.is_some().then_some(s),
-            Who::Viewer { tenant, key_id } => (self.gateway.current().tenants.key_scope(tenant, key_id) == Some(Scope::Viewer)).then_some(s),
+            Who::Viewer { tenant, key_id } => {
+                (self.gateway.current().tenants.key_scope(tenant, key_id) == Some(Scope::Viewer)).then_some(s)
+            }
         })
     }
 
     /// The sign-in form, with a fresh form cookie and the CSRF token bound to it.
-    fn sign_in_form(&self, sessions: &Sessions, status: StatusCode, error: Option<&str>, secure: bool) -> Response<Body> {
+    fn sign_in_form(
+        &self,
+        sessions: &Sessions,
+        status: StatusCode,
+        error: Option<&str>,
+        secure: bool,
+    ) -> Response<Body> {
         let nonce = Sessions::login_nonce();
         let mut rsp = html(status, view::sign_in(error, &sessions.login_csrf(&nonce)));
-        let cookie = format!("{}={nonce}; Path=/dashboard; Max-Age=3600; HttpOnly; SameSite=Strict{}", session::LOGIN_COOKIE, if secure { "; Secure" } else { "" });
+        let cookie = format!(
+            "{}={nonce}; Path=/dashboard; Max-Age=3600; HttpOnly; SameSite=Strict{}",
+            session::LOGIN_COOKIE,
+            if secure { "; Secure" } else { "" }
+        );
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             rsp.headers_mut().insert(SET_COOKIE, v);
         }
@@ -168,10 +193,14 @@ impl Dashboard {
         let parts: Vec<&str> = path.split('/').skip(2).collect();
         let method = req.method().clone();
         match (&method, parts.as_slice()) {
-            (&Method::GET, ["style.css"]) => body::typed(StatusCode::OK, HeaderValue::from_static("text/css; charset=utf-8"), STYLE),
+            (&Method::GET, ["style.css"]) => {
+                body::typed(StatusCode::OK, HeaderValue::from_static("text/css; charset=utf-8"), STYLE)
+            }
             (&Method::GET, []) => match &session {
                 None => self.sign_in_form(sessions, StatusCode::OK, None, forwarded_https(&req)),
-                Some(Session { who: Who::Viewer { tenant, .. }, .. }) => see_other(&format!("/dashboard/tenants/{tenant}")),
+                Some(Session { who: Who::Viewer { tenant, .. }, .. }) => {
+                    see_other(&format!("/dashboard/tenants/{tenant}"))
+                }
                 Some(s) => match self.overview(s, now).await {
                     Ok(page) => html(StatusCode::OK, page),
                     Err(e) => unavailable(&e),
@@ -186,7 +215,13 @@ impl Dashboard {
                 };
                 if let Some(s) = &session {
                     if !sessions.csrf_ok(s, fields.get("csrf").map_or("", String::as_str)) {
-                        return html(StatusCode::FORBIDDEN, view::message("Refused", "The form was stale or not made here; sign out from the page again."));
+                        return html(
+                            StatusCode::FORBIDDEN,
+                            view::message(
+                                "Refused",
+                                "The form was stale or not made here; sign out from the page again.",
+                            ),
+                        );
                     }
                     // Ended on every replica, not only forgotten by this browser.
                     if let Err(e) = self.gateway.store().session_end(&s.id, s.expires_ms).await {
@@ -194,7 +229,11 @@ impl Dashboard {
                     }
                 }
                 let mut rsp = see_other("/dashboard");
-                let gone = format!("{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict{}", session::COOKIE, if secure { "; Secure" } else { "" });
+                let gone = format!(
+                    "{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict{}",
+                    session::COOKIE,
+                    if secure { "; Secure" } else { "" }
+                );
                 if let Ok(v) = HeaderValue::from_str(&gone) {
                     rsp.headers_mut().insert(SET_COOKIE, v);
                 }
@@ -218,13 +257,17 @@ impl Dashboard {
                     Err(refused) => return refused,
                 };
                 if !sessions.csrf_ok(&s, fields.get("csrf").map_or("", String::as_str)) {
-                    return html(StatusCode::FORBIDDEN, view::message("Refused", "The form was stale or not made here; open the page again and retry."));
+                    return html(
+                        StatusCode::FORBIDDEN,
+                        view::message("Refused", "The form was stale or not made here; open the page again and retry."),
+                    );
                 }
                 self.change_keys(&s, &id, &rest, &fields, now).await
             }
-            (_, ["style.css"] | [] | ["login"] | ["logout"] | ["tenants", _] | ["tenants", _, "keys", ..]) => {
-                html(StatusCode::METHOD_NOT_ALLOWED, view::message("Method not allowed", "This address does not take that method."))
-            }
+            (_, ["style.css"] | [] | ["login"] | ["logout"] | ["tenants", _] | ["tenants", _, "keys", ..]) => html(
+                StatusCode::METHOD_NOT_ALLOWED,
+                view::message("Method not allowed", "This address does not take that method."),
+            ),
             _ => not_found(),
         }
     }
@@ -239,36 +282,72 @@ impl Dashboard {
 
     /// `POST /dashboard/login`: the admin token or a viewer key starts a session; anything else
     /// gets the form again (and an address that keeps guessing is slowed down like the API's).
-    async fn sign_in<B>(&self, sessions: &Sessions, failures: &AdminFailures, req: Request<B>, now: u64) -> Response<Body>
+    async fn sign_in<B>(
+        &self,
+        sessions: &Sessions,
+        failures: &AdminFailures,
+        req: Request<B>,
+        now: u64,
+    ) -> Response<Body>
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
         let (secure, ip) = (forwarded_https(&req), crate::gateway::peer_ip(&req));
-        let nonce = req.headers().get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|h| session::named_cookie(h, session::LOGIN_COOKIE)).unwrap_or("").to_string();
+        let nonce = req
+            .headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|h| session::named_cookie(h, session::LOGIN_COOKIE))
+            .unwrap_or("")
+            .to_string();
         let fields = match super::read_capped(Box::pin(req.into_body()), MAX_FORM).await {
             Ok(b) => form(&b),
             Err(refused) => return refused,
         };
         if let Some(secs) = failures.throttled(ip) {
-            let mut rsp = self.sign_in_form(sessions, StatusCode::TOO_MANY_REQUESTS, Some("Too many failed attempts; retry later"), secure);
+            let mut rsp = self.sign_in_form(
+                sessions,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Too many failed attempts; retry later"),
+                secure,
+            );
             rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
             return rsp;
         }
         // Login CSRF: only a form this listener served, in this browser, signs it in.
         if !sessions.login_csrf_ok(&nonce, fields.get("login_csrf").map_or("", String::as_str)) {
-            return self.sign_in_form(sessions, StatusCode::FORBIDDEN, Some("The sign-in form was stale or not made here; sign in again"), secure);
+            return self.sign_in_form(
+                sessions,
+                StatusCode::FORBIDDEN,
+                Some("The sign-in form was stale or not made here; sign in again"),
+                secure,
+            );
         }
         let presented = fields.get("token").map_or("", |t| t.trim());
-        let who = if self.token.as_ref().is_some_and(|t| super::constant_time_eq(presented.as_bytes(), t.expose().as_bytes())) {
+        let who = if self
+            .token
+            .as_ref()
+            .is_some_and(|t| super::constant_time_eq(presented.as_bytes(), t.expose().as_bytes()))
+        {
             Some(Who::Admin)
         } else {
             let runtime = self.gateway.current();
-            runtime.tenants.lookup(presented).filter(|e| e.scope == Scope::Viewer).map(|e| Who::Viewer { tenant: e.tenant.id.to_string(), key_id: e.key_id.to_string() })
+            runtime
+                .tenants
+                .lookup(presented)
+                .filter(|e| e.scope == Scope::Viewer)
+                .map(|e| Who::Viewer { tenant: e.tenant.id.to_string(), key_id: e.key_id.to_string() })
         };
         let Some(who) = who else {
             if let Err(secs) = failures.failed(ip) {
-                let mut rsp = self.sign_in_form(sessions, StatusCode::TOO_MANY_REQUESTS, Some("Too many failed attempts; retry later"), secure);
+                let mut rsp = self.sign_in_form(
+                    sessions,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some("Too many failed attempts; retry later"),
+                    secure,
+                );
                 rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
                 return rsp;
             }
@@ -307,8 +386,10 @@ impl Dashboard {
         for h in store.open_holds().await? {
             *in_flight.entry(h.tenant.to_string()).or_default() += 1;
         }
-        let budgets: HashMap<&str, Option<Usd>> = runtime.tenants.tenants().iter().map(|t| (&*t.id, t.monthly_budget)).collect();
-        let (alerts, balance_alert) = self.alerts_sent(budgets.iter().filter(|(_, b)| b.is_some()).map(|(id, _)| *id), &month).await?;
+        let budgets: HashMap<&str, Option<Usd>> =
+            runtime.tenants.tenants().iter().map(|t| (&*t.id, t.monthly_budget)).collect();
+        let (alerts, balance_alert) =
+            self.alerts_sent(budgets.iter().filter(|(_, b)| b.is_some()).map(|(id, _)| *id), &month).await?;
         // Every tenant, and the owners of this month's money that are no longer configured
         // (as the usage report lists them).
         let mut ids: Vec<&str> = budgets.keys().copied().chain(totals.keys().map(String::as_str)).collect();
@@ -344,7 +425,12 @@ impl Dashboard {
             oldest_pending_secs: outbox.oldest_pending_ms.map(|ms| now.saturating_sub(ms) / 1000),
             dead: outbox.dead,
             alerts_on: self.gateway.alerts.is_some(),
-            reconciled_secs_ago: match self.gateway.reconciled_ms.load(std::sync::atomic::Ordering::Relaxed).max(shared_pass.unwrap_or(0)) {
+            reconciled_secs_ago: match self
+                .gateway
+                .reconciled_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(shared_pass.unwrap_or(0))
+            {
                 0 => None,
                 ms => Some(now.saturating_sub(ms) / 1000),
             },
@@ -356,10 +442,15 @@ impl Dashboard {
 
     /// The budget thresholds each of `tenants` has had an alert for in `month`, and whether the
     /// low-balance alert stands; nothing without `[alerts]`.
-    async fn alerts_sent<'a>(&self, tenants: impl Iterator<Item = &'a str>, month: &str) -> Result<(HashMap<String, Vec<f64>>, bool), StoreError> {
+    async fn alerts_sent<'a>(
+        &self,
+        tenants: impl Iterator<Item = &'a str>,
+        month: &str,
+    ) -> Result<(HashMap<String, Vec<f64>>, bool), StoreError> {
         use crate::background::alerts::{budget_key, BALANCE_KEY};
         let Some(cfg) = &self.gateway.alerts else { return Ok((HashMap::new(), false)) };
-        let asked: Vec<(String, f64)> = tenants.flat_map(|t| cfg.thresholds.iter().map(move |&th| (t.to_string(), th))).collect();
+        let asked: Vec<(String, f64)> =
+            tenants.flat_map(|t| cfg.thresholds.iter().map(move |&th| (t.to_string(), th))).collect();
         let mut keys: Vec<String> = asked.iter().map(|(t, th)| budget_key(t, month, *th)).collect();
         keys.push(BALANCE_KEY.to_string());
         let mut marked = self.gateway.store().alerts_marked(&keys).await?;
@@ -373,7 +464,14 @@ impl Dashboard {
         Ok((out, balance))
     }
 
-    async fn tenant_page(&self, s: &Session, id: &str, new_key: Option<String>, notice: Option<String>, now: u64) -> Response<Body> {
+    async fn tenant_page(
+        &self,
+        s: &Session,
+        id: &str,
+        new_key: Option<String>,
+        notice: Option<String>,
+        now: u64,
+    ) -> Response<Body> {
         let runtime = self.gateway.current();
         let Some(tenant) = runtime.tenants.tenants().iter().find(|t| &*t.id == id).cloned() else {
             return not_found();
@@ -384,7 +482,14 @@ impl Dashboard {
         }
     }
 
-    async fn tenant_data(&self, s: &Session, tenant: &crate::policy::tenants::Tenant, new_key: Option<String>, notice: Option<String>, now: u64) -> Result<view::TenantPage, StoreError> {
+    async fn tenant_data(
+        &self,
+        s: &Session,
+        tenant: &crate::policy::tenants::Tenant,
+        new_key: Option<String>,
+        notice: Option<String>,
+        now: u64,
+    ) -> Result<view::TenantPage, StoreError> {
         let store = self.gateway.store();
         let runtime = self.gateway.current();
         let id = &*tenant.id;
@@ -398,16 +503,26 @@ impl Dashboard {
         for d in &rollups {
             *by_day.entry(d.day).or_insert(Usd::ZERO) += d.spent();
             if d.day >= month_start {
-                let f = failures.entry(d.family.clone()).or_insert_with(|| view::FamilyFailures { family: d.family.clone(), generations: 0, failed: [0; 3] });
+                let f = failures.entry(d.family.clone()).or_insert_with(|| view::FamilyFailures {
+                    family: d.family.clone(),
+                    generations: 0,
+                    failed: [0; 3],
+                });
                 f.generations += d.generations;
                 for r in Reason::ALL {
                     f.failed[r.index()] += d.failed[r.index()];
                 }
             }
         }
-        let days = (today - (CHART_DAYS - 1)..=today).map(|d| (date(d), by_day.get(&d).copied().unwrap_or(Usd::ZERO))).collect();
+        let days = (today - (CHART_DAYS - 1)..=today)
+            .map(|d| (date(d), by_day.get(&d).copied().unwrap_or(Usd::ZERO)))
+            .collect();
         let in_flight = store.open_holds().await?.iter().filter(|h| &*h.tenant == id).count() as u64;
-        let alerts = self.alerts_sent(std::iter::once(id).filter(|_| tenant.monthly_budget.is_some()), &month).await?.0.remove(id);
+        let alerts = self
+            .alerts_sent(std::iter::once(id).filter(|_| tenant.monthly_budget.is_some()), &month)
+            .await?
+            .0
+            .remove(id);
         let latest = store
             .latest_generations(id, runtime.catalog.families(), LATEST)
             .await?
@@ -417,7 +532,9 @@ impl Dashboard {
                 (r, f, time)
             })
             .collect();
-        let keys = match super::tenants::answer(&self.gateway, &Method::GET, &format!("/admin/tenants/{id}"), None, b"").await {
+        let keys = match super::tenants::answer(&self.gateway, &Method::GET, &format!("/admin/tenants/{id}"), None, b"")
+            .await
+        {
             Some(Ok((_, Some(v)))) => key_rows(&v),
             Some(Err((StatusCode::SERVICE_UNAVAILABLE, detail))) => return Err(StoreError(detail)),
             _ => Vec::new(),
@@ -450,15 +567,30 @@ impl Dashboard {
 
     /// The key forms: `keys` (issue), `keys/{key}/rotate`, `keys/{key}/revoke`, made through
     /// the admin API's code; the page comes back with the outcome (a new key shown once).
-    async fn change_keys(&self, s: &Session, id: &str, rest: &[String], fields: &HashMap<String, String>, now: u64) -> Response<Body> {
+    async fn change_keys(
+        &self,
+        s: &Session,
+        id: &str,
+        rest: &[String],
+        fields: &HashMap<String, String>,
+        now: u64,
+    ) -> Response<Body> {
         let (method, path, body) = match rest {
             [] => {
                 let label = fields.get("label").map(|l| l.trim()).filter(|l| !l.is_empty());
                 let scope = fields.get("scope").map_or("api", String::as_str);
-                (Method::POST, format!("/admin/tenants/{id}/keys"), serde_json::json!({ "label": label, "scope": scope }))
+                (
+                    Method::POST,
+                    format!("/admin/tenants/{id}/keys"),
+                    serde_json::json!({ "label": label, "scope": scope }),
+                )
             }
-            [key, action] if action == "rotate" => (Method::POST, format!("/admin/tenants/{id}/keys/{key}/rotate"), serde_json::json!({})),
-            [key, action] if action == "revoke" => (Method::DELETE, format!("/admin/tenants/{id}/keys/{key}"), Value::Null),
+            [key, action] if action == "rotate" => {
+                (Method::POST, format!("/admin/tenants/{id}/keys/{key}/rotate"), serde_json::json!({}))
+            }
+            [key, action] if action == "revoke" => {
+                (Method::DELETE, format!("/admin/tenants/{id}/keys/{key}"), Value::Null)
+            }
             _ => return not_found(),
         };
         let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
@@ -483,7 +615,10 @@ impl Dashboard {
 /// Did the request come through a TLS proxy (`X-Forwarded-Proto: https`)? The admin port itself
 /// is plain HTTP; a session cookie that crossed TLS is marked `Secure`.
 fn forwarded_https<B>(req: &Request<B>) -> bool {
-    req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"))
+    req.headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
 /// The key rows of an admin API tenant document.

@@ -159,9 +159,15 @@ mod tests {
         let forged = v.replacen("v2.v.", "v2.a.", 1);
         assert!(s.check(&forged, 2_000).is_none());
         assert!(s.check("v2.a....99999999999999.00..00", 2_000).is_none());
-        assert!(Sessions::new([8; 32], Some("admin-token")).check(&v, 2_000).is_none(), "another store's sessions are not ours");
+        assert!(
+            Sessions::new([8; 32], Some("admin-token")).check(&v, 2_000).is_none(),
+            "another store's sessions are not ours"
+        );
         let admin_value = s.issue(&Who::Admin, 1_000);
-        assert!(Sessions::new([7; 32], Some("new-admin-token")).check(&admin_value, 2_000).is_none(), "a new admin token ends admin sessions");
+        assert!(
+            Sessions::new([7; 32], Some("new-admin-token")).check(&admin_value, 2_000).is_none(),
+            "a new admin token ends admin sessions"
+        );
         assert!(Sessions::new([7; 32], Some("new-admin-token")).check(&v, 2_000).is_some(), "viewers' sessions stay");
         assert!(!admin_value.contains("admin-token"));
         let admin = s.check(&admin_value, 2_000).unwrap();

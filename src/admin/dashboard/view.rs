@@ -247,7 +247,8 @@ fn chart(days: &[(String, Usd)]) -> Markup {
 /// One tenant's page.
 pub fn tenant(t: &TenantPage) -> Markup {
     let action = |rest: &str| format!("/dashboard/tenants/{}/{rest}", t.id);
-    let share = t.budget.filter(|b| b.micros() > 0).map(|b| (t.spent + t.held + t.unknown).micros() as f64 / b.micros() as f64);
+    let share =
+        t.budget.filter(|b| b.micros() > 0).map(|b| (t.spent + t.held + t.unknown).micros() as f64 / b.micros() as f64);
     page(
         &t.id,
         Some(&t.csrf),

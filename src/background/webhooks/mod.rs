@@ -10,7 +10,6 @@
 //! like the platform's own); after `max_attempts` a delivery is a dead letter, counted, shown in
 //! metrics and re-driven with `POST /admin/webhooks/redeliver`.
 
-
 pub(crate) mod target;
 
 use std::sync::Arc;
@@ -29,9 +28,9 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::{Config, WebhooksConfig};
 use crate::observe::metrics::Metrics;
 use crate::policy::secret::Secret;
+use crate::policy::signing::SigningKey;
 use crate::store::Store;
 use crate::store::{now_ms, OutboxMessage};
-use crate::policy::signing::SigningKey;
 use target::{CheckedResolver, Policy};
 
 /// Largest webhook body the platform may post.
@@ -73,7 +72,8 @@ pub fn scrub_relay_url(body: bytes::Bytes, config: &WebhooksConfig, replacement:
         // Not an object we can edit: never pass the token on.
         return bytes::Bytes::from_static(b"{}");
     };
-    let hits: Vec<String> = o.iter().filter(|(_, v)| v.as_str().is_some_and(|s| s.contains(&prefix))).map(|(k, _)| k.clone()).collect();
+    let hits: Vec<String> =
+        o.iter().filter(|(_, v)| v.as_str().is_some_and(|s| s.contains(&prefix))).map(|(k, _)| k.clone()).collect();
     for k in hits {
         match replacement {
             Some(r) => o.insert(k, serde_json::Value::String(r.to_string())),
@@ -115,7 +115,11 @@ impl Relay {
         http.enforce_http(false);
         http.set_connect_timeout(Some(config.attempt_timeout));
         http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().wrap_connector(http);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Relay { config: config.clone(), policy, alerts: None, client, wake: Notify::new() }
     }
@@ -153,7 +157,9 @@ impl Relay {
         h.insert("webhook-timestamp", HeaderValue::from(ts));
         h.insert("webhook-signature", HeaderValue::from_str(&key.sign(&m.id, ts, &m.body)).map_err(|e| e.to_string())?);
         let fut = async {
-            let rsp = self.client.request(req).await.map_err(|e| format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?;
+            let rsp = self.client.request(req).await.map_err(|e| {
+                format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())
+            })?;
             let status = rsp.status().as_u16();
             // Read (and drop) a bounded answer so the connection can be reused.
             let _ = http_body_util::Limited::new(rsp.into_body(), 64 * 1024).collect().await;

@@ -4,8 +4,8 @@
 //! resolves inside (DNS rebinding) is never reached. `allow_http_loopback` (tests, the demo)
 //! permits plain http to 127.0.0.1 / ::1 / localhost.
 
-use std::net::{IpAddr, SocketAddr};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -141,7 +141,10 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             if addrs.is_empty() || addrs.iter().any(|a| !policy.allows(a.ip())) {
-                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, format!("{} resolves to an address webhooks may not reach", name.as_str())));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{} resolves to an address webhooks may not reach", name.as_str()),
+                ));
             }
             Ok(addrs.into_iter())
         })

@@ -15,7 +15,15 @@ fn intent(month: &str) -> Intent {
 }
 
 /// A hold with a far lease in `month`.
-fn hold(l: &mut LedgerState, id: &str, tenant: &str, month: &str, price: &str, budget: Option<&str>, reserve: &str) -> HoldDecision {
+fn hold(
+    l: &mut LedgerState,
+    id: &str,
+    tenant: &str,
+    month: &str,
+    price: &str,
+    budget: Option<&str>,
+    reserve: &str,
+) -> HoldDecision {
     l.hold(id, &t(tenant), usd(price), budget.map(usd), usd(reserve), None, u64::MAX, intent(month))
 }
 
@@ -39,7 +47,11 @@ fn admission_checks_budget_before_account() {
     assert_eq!(a.admit(usd("0.40")), Ok(()));
     assert_eq!(Admission { max_in_flight: Some(3), ..a }.admit(usd("0.40")), Ok(()));
     assert_eq!(Admission { max_in_flight: Some(2), ..a }.admit(usd("0.40")), Err(Refusal::TooManyInFlight));
-    assert_eq!(Admission { max_in_flight: Some(2), ..a }.admit(usd("0.51")), Err(Refusal::BudgetExceeded), "money is decided first");
+    assert_eq!(
+        Admission { max_in_flight: Some(2), ..a }.admit(usd("0.51")),
+        Err(Refusal::BudgetExceeded),
+        "money is decided first"
+    );
     assert_eq!(a.admit(usd("0.41")), Err(Refusal::InsufficientCredits));
     assert_eq!(a.admit(usd("0.51")), Err(Refusal::BudgetExceeded));
     assert_eq!(a.spendable(), usd("0.40"));
@@ -59,7 +71,8 @@ fn no_balance_no_hold() {
 fn holds_never_exceed_the_balance_and_ids_are_idempotent() {
     let mut l = LedgerState::default();
     fresh(&mut l, "0.84", 1);
-    let granted = (0..50).filter(|i| hold(&mut l, &format!("h{i}"), "a", M, "0.12", None, "0") == HoldDecision::Held).count();
+    let granted =
+        (0..50).filter(|i| hold(&mut l, &format!("h{i}"), "a", M, "0.12", None, "0") == HoldDecision::Held).count();
     assert_eq!(granted, 7);
     // Asking again under a granted id is not a second hold.
     assert_eq!(hold(&mut l, "h0", "a", M, "0.12", None, "0"), HoldDecision::Held);

@@ -31,7 +31,11 @@ fn sora_accepts_documented_bodies_and_fills_price_key() {
     let v = check(Family::builtin("sora"), r#"{"prompt":"A sunset"}"#).unwrap();
     assert_eq!(v.price_key, vec!["10"]);
     let img = b64(&png(32, 32, 0));
-    let v = check(Family::builtin("sora"), &format!(r#"{{"prompt":"p","image_base64":"{img}","callback_url":"https://x.io/h"}}"#)).unwrap();
+    let v = check(
+        Family::builtin("sora"),
+        &format!(r#"{{"prompt":"p","image_base64":"{img}","callback_url":"https://x.io/h"}}"#),
+    )
+    .unwrap();
     assert_eq!((v.images, v.image_bytes), (1, png(32, 32, 0).len()));
 }
 
@@ -68,7 +72,8 @@ fn prompt_length_counts_characters_not_bytes() {
 
 #[test]
 fn null_means_absent() {
-    assert!(check(Family::builtin("sora"), r#"{"prompt":"p","image_base64":null,"image_url":"https://x.io/a.png"}"#).is_ok());
+    assert!(check(Family::builtin("sora"), r#"{"prompt":"p","image_base64":null,"image_url":"https://x.io/a.png"}"#)
+        .is_ok());
 }
 
 #[test]
@@ -82,25 +87,48 @@ fn detail_reads_field_then_reason() {
 #[test]
 fn veo_modes_and_models() {
     let img = b64(&jpeg(64, 64, 0));
-    assert_eq!(check(Family::builtin("veo"), r#"{"prompt":"A cat in the sun"}"#).unwrap().price_key, vec!["veo-3-fast"]);
     assert_eq!(
-        check(Family::builtin("veo"), r#"{"prompt":"A cat in the sun","model_type":"veo-3-quality"}"#).unwrap().price_key,
+        check(Family::builtin("veo"), r#"{"prompt":"A cat in the sun"}"#).unwrap().price_key,
+        vec!["veo-3-fast"]
+    );
+    assert_eq!(
+        check(Family::builtin("veo"), r#"{"prompt":"A cat in the sun","model_type":"veo-3-quality"}"#)
+            .unwrap()
+            .price_key,
         vec!["veo-3-quality"]
     );
     assert_eq!(field_of(Family::builtin("veo"), r#"{"prompt":"short"}"#), "prompt");
     assert_eq!(field_of(Family::builtin("veo"), r#"{"prompt":"A cat in the sun","model":"veo-9"}"#), "model");
     assert_eq!(
-        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","bytes_image":"{img}","start_frame":"{img}","end_frame":"{img}"}}"#)),
+        field_of(
+            Family::builtin("veo"),
+            &format!(
+                r#"{{"prompt":"A cat in the sun","bytes_image":"{img}","start_frame":"{img}","end_frame":"{img}"}}"#
+            )
+        ),
         "bytes_image"
     );
-    assert_eq!(field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","start_frame":"{img}"}}"#)), "end_frame");
-    assert!(check(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}"]}}"#)).is_ok());
     assert_eq!(
-        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}","{img}","{img}"]}}"#)),
+        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","start_frame":"{img}"}}"#)),
+        "end_frame"
+    );
+    assert!(check(
+        Family::builtin("veo"),
+        &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}"]}}"#)
+    )
+    .is_ok());
+    assert_eq!(
+        field_of(
+            Family::builtin("veo"),
+            &format!(r#"{{"prompt":"A cat in the sun","reference_images":["{img}","{img}","{img}","{img}"]}}"#)
+        ),
         "reference_images"
     );
     assert_eq!(
-        field_of(Family::builtin("veo"), &format!(r#"{{"prompt":"A cat in the sun","model":"veo-3-quality","reference_images":["{img}"]}}"#)),
+        field_of(
+            Family::builtin("veo"),
+            &format!(r#"{{"prompt":"A cat in the sun","model":"veo-3-quality","reference_images":["{img}"]}}"#)
+        ),
         "reference_images"
     );
 }
@@ -122,18 +150,43 @@ fn kling_o1_video_requires_duration_and_aspect() {
     assert_eq!(field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","aspect_ratio":"16:9"}"#), "duration");
     assert_eq!(field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"5"}"#), "aspect_ratio");
     // 3-second clips only for image-to-video.
-    assert_eq!(field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1"}"#), "duration");
-    assert!(check(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1","images_urls":["https://x.io/a.png"]}"#).is_ok());
+    assert_eq!(
+        field_of(Family::builtin("kling/o1-video"), r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1"}"#),
+        "duration"
+    );
+    assert!(check(
+        Family::builtin("kling/o1-video"),
+        r#"{"prompt":"p","duration":"3","aspect_ratio":"1:1","images_urls":["https://x.io/a.png"]}"#
+    )
+    .is_ok());
 }
 
 #[test]
 fn kling_image_arrays_are_counted_and_checked() {
     let img = b64(&png(8, 8, 0));
     let six: Vec<String> = (0..6).map(|_| format!("\"{img}\"")).collect();
-    assert_eq!(field_of(Family::builtin("kling/o3-video"), &format!(r#"{{"prompt":"p","images_base64":[{}]}}"#, six.join(","))), "images_base64");
-    assert_eq!(field_of(Family::builtin("kling/o3-video"), r#"{"prompt":"p","images_base64":["QUJD"]}"#), "images_base64[0]");
-    assert_eq!(field_of(Family::builtin("kling/o3-photo"), r#"{"prompt":"p","images_url":["https://a","https://b"],"images_base64":[]}"#), "images_base64");
-    assert_eq!(field_of(Family::builtin("kling/o3-photo"), r#"{"prompt":"p","img_resolution":"8k"}"#), "img_resolution");
+    assert_eq!(
+        field_of(
+            Family::builtin("kling/o3-video"),
+            &format!(r#"{{"prompt":"p","images_base64":[{}]}}"#, six.join(","))
+        ),
+        "images_base64"
+    );
+    assert_eq!(
+        field_of(Family::builtin("kling/o3-video"), r#"{"prompt":"p","images_base64":["QUJD"]}"#),
+        "images_base64[0]"
+    );
+    assert_eq!(
+        field_of(
+            Family::builtin("kling/o3-photo"),
+            r#"{"prompt":"p","images_url":["https://a","https://b"],"images_base64":[]}"#
+        ),
+        "images_base64"
+    );
+    assert_eq!(
+        field_of(Family::builtin("kling/o3-photo"), r#"{"prompt":"p","img_resolution":"8k"}"#),
+        "img_resolution"
+    );
     assert_eq!(
         check(Family::builtin("kling/o1-photo"), r#"{"prompt":"p","img_resolution":"1k"}"#).unwrap().price_key,
         vec!["1k"]
@@ -143,11 +196,18 @@ fn kling_image_arrays_are_counted_and_checked() {
 #[test]
 fn gemini_mixed_images_and_quality_rules() {
     let img = format!("data:image/png;base64,{}", b64(&png(8, 8, 0)));
-    let v = check(Family::builtin("gemini"), &format!(r#"{{"prompt":"p","model":"pro","quality":"4k","images":["https://x.io/a.png","{img}"]}}"#)).unwrap();
+    let v = check(
+        Family::builtin("gemini"),
+        &format!(r#"{{"prompt":"p","model":"pro","quality":"4k","images":["https://x.io/a.png","{img}"]}}"#),
+    )
+    .unwrap();
     assert_eq!((v.images, v.price_key.clone()), (1, vec!["pro".to_string(), "4k".to_string()]));
     assert_eq!(field_of(Family::builtin("gemini"), r#"{"prompt":"p","quality":"4k"}"#), "quality");
     assert_eq!(field_of(Family::builtin("gemini"), r#"{"prompt":"p","temperature":2}"#), "temperature");
-    assert_eq!(field_of(Family::builtin("gemini"), r#"{"prompt":"p","images":["https://x.io/a.png","QUJD"]}"#), "images[1]");
+    assert_eq!(
+        field_of(Family::builtin("gemini"), r#"{"prompt":"p","images":["https://x.io/a.png","QUJD"]}"#),
+        "images[1]"
+    );
 }
 
 #[test]

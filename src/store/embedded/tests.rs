@@ -1,6 +1,6 @@
 use super::*;
-use crate::store::contract;
 use crate::policy::ledger::HoldTotals;
+use crate::store::contract;
 
 macro_rules! both_backends {
     ($($name:ident),*) => {$(
@@ -53,7 +53,13 @@ fn hold_req(id: &str, idem: Option<&str>) -> HoldRequest {
         reserve: Usd::ZERO,
         max_in_flight: None,
         lease_ms: 60_000,
-        intent: Intent { family: "veo".into(), fingerprint: "d".into(), created_ms: 0, idem_key: idem.map(str::to_string), month: "2026-11".into() },
+        intent: Intent {
+            family: "veo".into(),
+            fingerprint: "d".into(),
+            created_ms: 0,
+            idem_key: idem.map(str::to_string),
+            month: "2026-11".into(),
+        },
     }
 }
 
@@ -79,7 +85,9 @@ async fn sqlite_records_survive_reopen_with_their_spend() {
             s.update_status(&rec.id, status, None).await.unwrap();
         }
         s.idem_claim("a", "k", &[7; 32], "hk", 60_000).await.unwrap();
-        s.idem_finish("a", "k", &[7; 32], &StoredResponse { status: 201, body: Bytes::from_static(b"{}") }).await.unwrap();
+        s.idem_finish("a", "k", &[7; 32], &StoredResponse { status: 201, body: Bytes::from_static(b"{}") })
+            .await
+            .unwrap();
     }
     let s = EmbeddedStore::sqlite(&path).await.unwrap();
     let g = s.generation("g0").await.unwrap().unwrap();
@@ -108,7 +116,10 @@ async fn sqlite_holds_in_flight_at_a_crash_come_back_as_unknown_outcomes() {
     assert_eq!(unknown.len(), 1);
     assert_eq!((unknown[0].hold.as_str(), unknown[0].intent.idem_key.as_deref()), ("inflight", Some("k")));
     // Counted against the tenant until resolved; its key is not forwarded again.
-    assert_eq!(s.spendable(&Arc::from("a"), "2026-11", Some(Usd::from_micros(120_000)), Usd::ZERO).await.unwrap(), None);
+    assert_eq!(
+        s.spendable(&Arc::from("a"), "2026-11", Some(Usd::from_micros(120_000)), Usd::ZERO).await.unwrap(),
+        None
+    );
     assert_eq!(s.idem_claim("a", "k", &[7; 32], "retry", 0).await.unwrap(), IdemClaim::Unresolved);
 }
 
@@ -139,7 +150,10 @@ async fn an_older_ledger_gets_its_daily_rollups() {
     let day = 1_794_268_800_000 / crate::store::DAY_MS;
     let d = s.daily("a", day, day).await.unwrap();
     assert_eq!(d.len(), 1);
-    assert_eq!((d[0].generations, d[0].spent(), d[0].refunded, d[0].failed), (2, Usd::from_micros(120_000), Usd::from_micros(120_000), [0, 0, 1]));
+    assert_eq!(
+        (d[0].generations, d[0].spent(), d[0].refunded, d[0].failed),
+        (2, Usd::from_micros(120_000), Usd::from_micros(120_000), [0, 0, 1])
+    );
     assert_eq!(s.month_totals("2026-11").await.unwrap()["a"].spent, d[0].spent());
     drop(s);
     // Opened again: not filled twice.

@@ -39,7 +39,10 @@ impl Writer {
     }
 
     /// Runs `f` in the next commit; resolves once that commit is durable (or failed).
-    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T, String> {
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, String>>();
         let job: Job = Box::new(move |conn: Result<&mut Connection, &str>| {
             let out = match conn {

@@ -60,7 +60,14 @@ impl Epoch {
             Some(v) => *self.mine.lock().unwrap_or_else(|p| p.into_inner()) = v,
             None => {
                 let fresh = uuid::Uuid::new_v4().simple().to_string();
-                let written: bool = ::redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").query_async::<Option<String>>(c).await.map_err(super::err)?.is_some();
+                let written: bool = ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query_async::<Option<String>>(c)
+                    .await
+                    .map_err(super::err)?
+                    .is_some();
                 if written {
                     tracing::info!(epoch = %fresh, "stamped the Redis store with a new epoch");
                     *self.mine.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -115,7 +122,8 @@ impl Epoch {
                 }
                 let (Some(epoch), Some(link)) = (epoch.upgrade(), link.upgrade()) else { return };
                 let Ok(Ok((_, mut c))) = tokio::time::timeout(CHECK_EVERY, link.get()).await else { continue };
-                if let Err(e) = tokio::time::timeout(CHECK_EVERY, epoch.check(&mut c, &prefix)).await.unwrap_or(Ok(())) {
+                if let Err(e) = tokio::time::timeout(CHECK_EVERY, epoch.check(&mut c, &prefix)).await.unwrap_or(Ok(()))
+                {
                     tracing::debug!(error = %e, "could not read the store's epoch; trying again");
                 }
             }
@@ -168,8 +176,15 @@ pub(super) async fn recover(c: &mut MultiplexedConnection, prefix: &str) -> Resu
     let mut cursor = 0u64;
     let mut found = 0usize;
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            ::redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{prefix}:*")).arg("COUNT").arg(1000).query_async(c).await.map_err(super::err)?;
+        let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await
+            .map_err(super::err)?;
         found += keys.iter().filter(|k| **k != key).count();
         cursor = next;
         if cursor == 0 {
@@ -177,7 +192,13 @@ pub(super) async fn recover(c: &mut MultiplexedConnection, prefix: &str) -> Resu
         }
     }
     let fresh = uuid::Uuid::new_v4().simple().to_string();
-    let _: () = ::redis::pipe().atomic().set(&key, &fresh).set(format!("{prefix}:{RECOVERED}"), &fresh).query_async(c).await.map_err(super::err)?;
+    let _: () = ::redis::pipe()
+        .atomic()
+        .set(&key, &fresh)
+        .set(format!("{prefix}:{RECOVERED}"), &fresh)
+        .query_async(c)
+        .await
+        .map_err(super::err)?;
     Ok(format!(
         "{noticed}.\n\
          Lost for good, for everything written before then: open holds and unknown outcomes, this month's spend and refunds \

@@ -14,7 +14,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, RedisConnectionInfo, RedisError, RedisResult, Value};
+use ::redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ErrorKind, RedisConnectionInfo, RedisError,
+    RedisResult, Value,
+};
 
 /// Between two failed dials.
 const REDIAL_EVERY: Duration = Duration::from_millis(100);
@@ -38,8 +41,13 @@ pub enum Source {
 impl Source {
     /// Sentinels given as `host:port`, the monitored name, and the data nodes' database and password.
     pub fn sentinel(sentinels: &[String], master_name: &str, db: i64, password: Option<String>) -> RedisResult<Source> {
-        let sentinels = sentinels.iter().map(|s| Client::open(format!("redis://{s}"))).collect::<RedisResult<Vec<_>>>()?;
-        Ok(Source::Sentinel { sentinels, master_name: master_name.to_string(), node: RedisConnectionInfo { db, password, ..Default::default() } })
+        let sentinels =
+            sentinels.iter().map(|s| Client::open(format!("redis://{s}"))).collect::<RedisResult<Vec<_>>>()?;
+        Ok(Source::Sentinel {
+            sentinels,
+            master_name: master_name.to_string(),
+            node: RedisConnectionInfo { db, password, ..Default::default() },
+        })
     }
 }
 
@@ -49,13 +57,22 @@ impl Source {
 /// check `ROLE`) rather than redis-rs's `SentinelClient`, which reads `SENTINEL MASTERS`: that
 /// names the old primary (flagged down) until every replica has been moved to the new one, which
 /// measured 1.2 s longer than get-master-addr-by-name after a kill -9 here.
-async fn primary_from(sentinels: &[Client], master_name: &str, node: &RedisConnectionInfo, config: &AsyncConnectionConfig) -> RedisResult<(MultiplexedConnection, (String, u16))> {
+async fn primary_from(
+    sentinels: &[Client],
+    master_name: &str,
+    node: &RedisConnectionInfo,
+    config: &AsyncConnectionConfig,
+) -> RedisResult<(MultiplexedConnection, (String, u16))> {
     let mut last = RedisError::from((ErrorKind::IoError, "no sentinel answered"));
     for sentinel in sentinels {
         let (host, port) = match named_primary(sentinel, master_name, config).await {
             Ok(Some(addr)) => addr,
             Ok(None) => {
-                last = RedisError::from((ErrorKind::ClientError, "the sentinels do not monitor this master_name", master_name.to_string()));
+                last = RedisError::from((
+                    ErrorKind::ClientError,
+                    "the sentinels do not monitor this master_name",
+                    master_name.to_string(),
+                ));
                 continue;
             }
             Err(e) => {
@@ -69,7 +86,11 @@ async fn primary_from(sentinels: &[Client], master_name: &str, node: &RedisConne
             let role: Vec<Value> = ::redis::cmd("ROLE").query_async(&mut c).await?;
             match role.first() {
                 Some(Value::BulkString(r)) if r.as_slice() == b"master" => Ok((c, (host.clone(), port))),
-                _ => Err(RedisError::from((ErrorKind::ReadOnly, "the node the sentinels name is not a primary yet", format!("{host}:{port}")))),
+                _ => Err(RedisError::from((
+                    ErrorKind::ReadOnly,
+                    "the node the sentinels name is not a primary yet",
+                    format!("{host}:{port}"),
+                ))),
             }
         }
         .await;
@@ -82,7 +103,11 @@ async fn primary_from(sentinels: &[Client], master_name: &str, node: &RedisConne
 }
 
 /// What one sentinel names as the primary now.
-async fn named_primary(sentinel: &Client, master_name: &str, config: &AsyncConnectionConfig) -> RedisResult<Option<(String, u16)>> {
+async fn named_primary(
+    sentinel: &Client,
+    master_name: &str,
+    config: &AsyncConnectionConfig,
+) -> RedisResult<Option<(String, u16)>> {
     ask_primary(&mut sentinel.get_multiplexed_async_connection_with_config(config).await?, master_name).await
 }
 
@@ -185,7 +210,8 @@ impl Link {
             Source::Url(client) => Ok(client.clone()),
             Source::Sentinel { node, .. } => {
                 let primary = self.state.lock().unwrap().primary.clone();
-                let (host, port) = primary.ok_or_else(|| RedisError::from((ErrorKind::IoError, "no primary named yet")))?;
+                let (host, port) =
+                    primary.ok_or_else(|| RedisError::from((ErrorKind::IoError, "no primary named yet")))?;
                 Client::open(ConnectionInfo { addr: ConnectionAddr::Tcp(host, port), redis: node.clone() })
             }
         }
@@ -217,7 +243,9 @@ impl Link {
         let config = self.config();
         match &self.source {
             Source::Url(client) => Ok((client.get_multiplexed_async_connection_with_config(&config).await?, None)),
-            Source::Sentinel { sentinels, master_name, node } => primary_from(sentinels, master_name, node, &config).await.map(|(c, p)| (c, Some(p))),
+            Source::Sentinel { sentinels, master_name, node } => {
+                primary_from(sentinels, master_name, node, &config).await.map(|(c, p)| (c, Some(p)))
+            }
         }
     }
 
@@ -240,7 +268,11 @@ impl Link {
                 let config = link.config();
                 let named: RedisResult<Option<(String, u16)>> = async {
                     if cached.is_none() {
-                        cached = Some(sentinels[at % sentinels.len()].get_multiplexed_async_connection_with_config(&config).await?);
+                        cached = Some(
+                            sentinels[at % sentinels.len()]
+                                .get_multiplexed_async_connection_with_config(&config)
+                                .await?,
+                        );
                     }
                     ask_primary(cached.as_mut().expect("just set"), &master_name).await
                 }

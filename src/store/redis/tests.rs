@@ -1,9 +1,11 @@
 use super::*;
-use crate::store::contract;
 use crate::dev::testkit::RedisServer;
+use crate::store::contract;
 
 async fn store(server: &RedisServer) -> RedisStore {
-    RedisStore::connect(&server.url, Duration::from_millis(500), &format!("t{}", uuid::Uuid::new_v4().simple())).await.unwrap()
+    RedisStore::connect(&server.url, Duration::from_millis(500), &format!("t{}", uuid::Uuid::new_v4().simple()))
+        .await
+        .unwrap()
 }
 
 macro_rules! contract_tests {
@@ -104,7 +106,18 @@ async fn connect_to_nothing_is_a_clear_error() {
 
 /// An API tenant with no keys, for directory writes.
 fn api_tenant(id: &str) -> crate::policy::keys::ApiTenant {
-    crate::policy::keys::ApiTenant { id: id.into(), requests_per_second: 1, burst: 1, generations_per_minute: 1, monthly_budget_micros: None, max_in_flight: None, disabled: false, created_ms: 0, keys: vec![], deleted_ms: None }
+    crate::policy::keys::ApiTenant {
+        id: id.into(),
+        requests_per_second: 1,
+        burst: 1,
+        generations_per_minute: 1,
+        monthly_budget_micros: None,
+        max_in_flight: None,
+        disabled: false,
+        created_ms: 0,
+        keys: vec![],
+        deleted_ms: None,
+    }
 }
 
 #[tokio::test]
@@ -120,8 +133,13 @@ async fn a_directory_write_wakes_the_other_replicas_follower() {
     tokio::time::timeout(Duration::from_secs(2), unrelated.notified()).await.expect("other subscribed");
     let doc = api_tenant("x");
     assert!(a.directory_put("x", 0, Some(&doc)).await.unwrap());
-    tokio::time::timeout(Duration::from_secs(1), heard.notified()).await.expect("b hears of a's write at once, not at its next poll");
-    assert!(tokio::time::timeout(Duration::from_millis(300), unrelated.notified()).await.is_err(), "another prefix's store hears nothing");
+    tokio::time::timeout(Duration::from_secs(1), heard.notified())
+        .await
+        .expect("b hears of a's write at once, not at its next poll");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), unrelated.notified()).await.is_err(),
+        "another prefix's store hears nothing"
+    );
     // A refused write (stale revision) announces nothing.
     assert!(!a.directory_put("x", 0, Some(&doc)).await.unwrap());
     assert!(tokio::time::timeout(Duration::from_millis(300), heard.notified()).await.is_err());
@@ -133,7 +151,12 @@ async fn a_directory_write_wakes_the_other_replicas_follower() {
 async fn the_directory_subscription_follows_a_new_primary() {
     use crate::dev::testkit::{Sentinels, MASTER_NAME};
     let mut sentinels = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
-    let target = RedisTarget::Sentinel { sentinels: sentinels.addrs(), master_name: MASTER_NAME.to_string(), db: 0, password: None };
+    let target = RedisTarget::Sentinel {
+        sentinels: sentinels.addrs(),
+        master_name: MASTER_NAME.to_string(),
+        db: 0,
+        password: None,
+    };
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let a = RedisStore::open(&target, Duration::from_millis(300), &prefix, 0).await.unwrap();
     let b = RedisStore::open(&target, Duration::from_millis(300), &prefix, 0).await.unwrap();
