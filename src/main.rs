@@ -275,9 +275,10 @@ async fn admin_command(
     }
 }
 
-fn tenants_call(
-    action: TenantsAction,
-) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
+/// An admin API call a CLI command makes: method, path, body, and how to print the answer.
+type AdminCall = (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String);
+
+fn tenants_call(action: TenantsAction) -> AdminCall {
     use http::Method;
     use tollgate::admin::client::{tenant_detail, tenants_table};
     match action {
@@ -301,9 +302,7 @@ fn tenants_call(
     }
 }
 
-fn keys_call(
-    action: KeysAction,
-) -> (http::Method, String, Option<serde_json::Value>, fn(&serde_json::Value) -> String) {
+fn keys_call(action: KeysAction) -> AdminCall {
     use http::Method;
     use tollgate::admin::client::new_key;
     match action {

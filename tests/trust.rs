@@ -47,7 +47,7 @@ async fn start(backend: Backend) -> (Platform, TestGateway, Option<tollgate::dev
 /// Two tenants, one templated prompt, two private images; the platform charges both and
 /// answers after the gateway's timeout.
 async fn same_prompt_two_tenants(backend: Backend, second_created: bool) {
-    let (platform, gw, _redis) = start(backend.clone()).await;
+    let (platform, gw, _redis) = start(backend).await;
     let c = client();
     late_answer(&platform, 2600);
     if second_created {

@@ -188,7 +188,7 @@ fn jpeg_single_frame(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageE
             // End of image, start of scan: the frame header is behind us.
             0xD9 | 0xDA => return Ok(()),
             _ => {
-                let Some(&[hi, lo]) = m.get(2..4).map(|l| <&[u8; 2]>::try_from(l).ok()).flatten() else {
+                let Some(&[hi, lo]) = m.get(2..4).and_then(|l| <&[u8; 2]>::try_from(l).ok()) else {
                     return Ok(());
                 };
                 if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {

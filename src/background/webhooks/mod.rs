@@ -180,8 +180,11 @@ pub struct Deliveries {
     /// Delivery counters.
     pub metrics: Arc<Metrics>,
     /// A tenant's current webhook signing secret (it follows config reloads).
-    pub secret_of: Arc<dyn Fn(&str) -> Option<Secret> + Send + Sync>,
+    pub secret_of: SecretOf,
 }
+
+/// A tenant's current webhook signing secret, by tenant id.
+pub type SecretOf = Arc<dyn Fn(&str) -> Option<Secret> + Send + Sync>;
 
 /// Delivers one claimed message and records the result.
 async fn deliver(gw: Deliveries, relay: Arc<Relay>, m: OutboxMessage) {
@@ -260,30 +263,6 @@ pub async fn run(gw: Deliveries, relay: Arc<Relay>, mut stop: tokio::sync::watch
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_double_from_the_base() {
-        let cfg = WebhooksConfig {
-            public_base_url: "https://gw.example.com".into(),
-            allow_http_loopback: false,
-            retry_base: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(5),
-            max_attempts: 6,
-            concurrency: 4,
-        };
-        let r = Relay::new(&cfg);
-        let secs: Vec<u64> = (1..=5).map(|a| r.backoff(a).as_secs()).collect();
-        assert_eq!(secs, [30, 60, 120, 240, 480]);
-        assert_eq!(relay_url(&cfg, "t"), "https://gw.example.com/webhooks/runblob/t");
-        assert_ne!(new_token(), new_token());
-        assert_eq!(message_id("t", b"{}"), message_id("t", b"{}"));
-        assert_ne!(message_id("t", b"{}"), message_id("u", b"{}"));
-    }
-}
-
 /// The webhook relay (with `[webhooks]`), and what delivers the outbox: the relay, extended to
 /// alerts when both are configured, or a sender for alerts alone.
 pub(crate) fn senders(config: &Config) -> (Option<Arc<Relay>>, Option<Arc<Relay>>) {
@@ -309,5 +288,29 @@ pub(crate) fn senders(config: &Config) -> (Option<Arc<Relay>>, Option<Arc<Relay>
             (None, Some(Arc::new(Relay::new(&settings).with_alerts(policy))))
         }
         _ => (None, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_from_the_base() {
+        let cfg = WebhooksConfig {
+            public_base_url: "https://gw.example.com".into(),
+            allow_http_loopback: false,
+            retry_base: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(5),
+            max_attempts: 6,
+            concurrency: 4,
+        };
+        let r = Relay::new(&cfg);
+        let secs: Vec<u64> = (1..=5).map(|a| r.backoff(a).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 480]);
+        assert_eq!(relay_url(&cfg, "t"), "https://gw.example.com/webhooks/runblob/t");
+        assert_ne!(new_token(), new_token());
+        assert_eq!(message_id("t", b"{}"), message_id("t", b"{}"));
+        assert_ne!(message_id("t", b"{}"), message_id("u", b"{}"));
     }
 }

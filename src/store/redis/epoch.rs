@@ -134,7 +134,7 @@ impl Epoch {
 fn lost_message(marker: &str) -> String {
     let mut parts = marker.splitn(3, ':').skip(1);
     let (old, at) = (parts.next().unwrap_or("?"), parts.next().and_then(|t| t.parse::<u64>().ok()));
-    let when = at.map(|ms| crate::store::rfc3339(ms)).unwrap_or_else(|| "an unknown time".into());
+    let when = at.map(crate::store::rfc3339).unwrap_or_else(|| "an unknown time".into());
     format!("Redis has lost tollgate's data (epoch {old} gone, noticed at {when}); money is refused until an operator runs `tollgate store recover`")
 }
 
