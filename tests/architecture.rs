@@ -229,12 +229,13 @@ fn policy_never_imports_config_or_the_wings_above_it() {
 /// fixtures) sits on top, and unit tests may use its fixtures.
 const WINGS: &[&str] = &[
     "ids",
+    // Accepting connections imports nothing of ours: the ground floor.
+    "server",
     "policy",
     "config",
     "store",
     "upstream",
     "observe",
-    "server",
     "paid",
     "gateway",
     "background",
@@ -245,8 +246,6 @@ const WINGS: &[&str] = &[
 
 /// Imports that still run up, each with the reason it is there. The list may only shrink.
 const UPWARD_ALLOWED: &[(&str, &str, &str)] = &[
-    ("config", "background::webhooks::target", "check-config validates webhook URLs with the rules the relay applies"),
-    ("config", "server::tls", "check-config loads the certificate the server will serve"),
     ("gateway", "background::webhooks", "the request path queues relayed webhooks for the delivery worker"),
     ("paid", "gateway", "the paid path runs on the gateway's shared state (store, upstream, limits, uploads) and answers with its one error enum"),
     ("paid::admit", "background::webhooks", "a generate's callback_url is swapped for the relay's URL"),

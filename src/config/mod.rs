@@ -520,7 +520,7 @@ impl Config {
     fn alerts(a: AlertsSection, env: &dyn Env, p: &mut Vec<String>) -> AlertsConfig {
         let allow_http_loopback = a.allow_http_loopback.unwrap_or(false);
         let url = a.url.unwrap_or_default().trim().to_string();
-        let policy = crate::background::webhooks::target::Policy { allow_http_loopback };
+        let policy = crate::policy::callback::Policy { allow_http_loopback };
         if url.is_empty() {
             p.push("alerts.url is required: where budget and balance alerts are POSTed".into());
         } else if let Err(e) = policy.check_url(&url) {
@@ -575,7 +575,7 @@ impl Config {
     fn webhooks(w: WebhooksSection, p: &mut Vec<String>) -> WebhooksConfig {
         let allow_http_loopback = w.allow_http_loopback.unwrap_or(false);
         let base = w.public_base_url.unwrap_or_default().trim().trim_end_matches('/').to_string();
-        let policy = crate::background::webhooks::target::Policy { allow_http_loopback };
+        let policy = crate::policy::callback::Policy { allow_http_loopback };
         if base.is_empty() {
             p.push("webhooks.public_base_url is required: where the platform can reach this gateway".into());
         } else if let Err(e) = policy.check_url(&base) {

@@ -2,6 +2,7 @@
 //! they unit-test fast. The layers and handler translate HTTP to these inputs and back.
 
 pub(crate) mod attribution;
+pub mod callback;
 pub mod catalog;
 pub(crate) mod failure;
 pub mod family;
