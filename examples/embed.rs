@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (log, _flush) = tollgate::observe::access_log::AccessLog::batched(std::io::stdout());
     let gateway = tollgate::build(&config, log, None).await?;
     let (_stop, stop) = tokio::sync::watch::channel(false);
-    let _background = tollgate::Background::spawn(gateway.clone(), stop); // reconciler, balance, webhooks
+    let _background = tollgate::Background::spawn(gateway.shared().clone(), stop); // reconciler, balance, webhooks
     let tollgate = tollgate::gateway::service::stack(gateway);
     let app = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let tollgate = tollgate.clone();

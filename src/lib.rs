@@ -3,24 +3,27 @@
 //! The library takes a validated [`Config`] and bound listeners ([`run`]), so tests start the
 //! real gateway in-process on `127.0.0.1:0`. `main.rs` is a thin CLI over it.
 //!
-//! Request path (`gateway/mod.rs` for the top, `gateway/handler.rs` for the free routes,
-//! `paid/` for a generate): accept (`server`) → request id → deadline → route
-//! (`gateway::routes`) → auth (`policy::tenants`) → rate limit (`gateway::limits`) → body cap →
-//! validation (`policy::validate`, `policy::image`) → idempotency → price (`policy::pricing`) →
-//! balance, hold and generation limit (`paid::balance`, `store`) → forward (`upstream`) →
-//! settle → normalise errors (`upstream::normalize`, `gateway::error`) → access record
-//! (`observe::access_log`) and metrics.
+//! Request path, one generate from accept to the access line: accept (`server`) → request id →
+//! deadline → route (`gateway::routes`) → auth (`policy::tenants`) → rate limit
+//! (`core::limits`) → `paid::generate`: body (`core::upload`) → validate (`policy::validate`,
+//! `policy::image`) → idempotency → price (`policy::pricing`) → balance (`core::balance`) → hold
+//! (`store`) → generation limit → forward and settle (`paid::Paid`, `upstream`) → errors to
+//! responses (`core::error`, `upstream::normalize`) → one access record (`core::Shared::finish`,
+//! `observe::access_log`) and metrics.
+//!
+//! The wings, lowest first (`tests/architecture.rs` holds every import to it, and to no cycle):
+//! `ids`, `server`, `policy`, `config`, `store`, `upstream`, `observe`, then `core` (the floor of
+//! shared state), `paid`, `gateway` (the front door), `background`, `admin`, and `dev` on top.
 //!
 //! Modules are `pub` where an embedder, the binary or the integration tests use them and
 //! `pub(crate)` otherwise.
 
 #![warn(missing_docs)]
 
-// The wings, lowest first. An import never runs up this list (tests/architecture.rs checks
-// that no two files reach each other through `crate::` paths).
 pub mod admin;
 pub(crate) mod background;
 pub mod config;
+pub mod core;
 pub mod dev;
 pub mod gateway;
 pub(crate) mod ids;
@@ -37,8 +40,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use crate::core::error::GatewayError;
 pub use config::{Config, ConfigError};
-pub use gateway::error::GatewayError;
 pub use gateway::Gateway;
 
 use gateway::ReloadSource;
@@ -88,7 +91,7 @@ pub async fn build(config: &Config, log: AccessLog, reload: Option<ReloadSource>
     let gateway = Gateway::new(config, store, log, reload, tls);
     // The admin API's tenants are served from the first request on.
     gateway.refresh_directory().await?;
-    Gateway::clashes(&config.tenants, &gateway.current().api).map_err(BuildError::Clash)?;
+    crate::core::Shared::clashes(&config.tenants, &gateway.current().api).map_err(BuildError::Clash)?;
     Ok(gateway)
 }
 
@@ -117,7 +120,7 @@ pub async fn run(
     let gw = gateway.clone();
     let on_refusal: server::OnRefusal = Arc::new(move |r| gw.protocol_refusal(r));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin = admin::Admin::new(gateway.clone(), &config.server);
+    let admin = admin::Admin::new(gateway.shared().clone(), &config.server);
     // The admin port stays plain HTTP: it is meant for loopback and the cluster network.
     let admin_opts = ServerOptions { max_connections: 256, tls: None, ..opts.clone() };
     let mut admin_stop = stop_rx.clone();
@@ -133,7 +136,7 @@ pub async fn run(
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
-    let background = background::Background::spawn(gateway.clone(), stop_rx.clone());
+    let background = background::Background::spawn(gateway.shared().clone(), stop_rx.clone());
     let gw = gateway.clone();
     let tenant = server::serve(listeners.tenant, opts, gateway::service::stack(gw), on_refusal, async move {
         shutdown.await;

@@ -289,10 +289,14 @@ async fn a_stale_balance_fetch_never_overwrites_a_newer_one_across_replicas() {
         "backend = \"memory\"",
         &format!("backend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"shared\"", redis.url),
     );
+    // Each replica fetches the balance at start, B once A's snapshot is stale (a B started
+    // within the TTL reads A's and fetches nothing: the count then depended on how slowly B
+    // started).
     let replica_a = TestGateway::start(&text).await;
+    eventually(Duration::from_secs(5), || platform.balance_calls() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let replica_b = TestGateway::start(&text).await;
     let c = client();
-    // (Both replicas fetched the balance at start; let that snapshot go stale.)
     eventually(Duration::from_secs(5), || platform.balance_calls() >= 2).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Replica A starts a balance fetch that the platform answers slowly (it will say 0.84) …

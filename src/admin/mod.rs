@@ -12,16 +12,16 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::config::Secret;
-use crate::gateway::Gateway;
+use crate::core::Shared;
 use crate::server::body::{self, Body};
 
 /// Admin endpoints of one gateway.
 pub struct Admin {
-    gateway: Arc<Gateway>,
+    gateway: Arc<Shared>,
     token: Option<Secret>,
     token_env: String,
     /// Wrong admin tokens per client address: past ten, one guess a second.
-    failures: crate::gateway::limits::AdminFailures,
+    failures: crate::core::limits::AdminFailures,
     dashboard: dashboard::Dashboard,
     /// Host names answered besides IP literals and `localhost`.
     hosts: Vec<String>,
@@ -40,9 +40,7 @@ fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
     name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || allowed.contains(&name)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::policy::secret::constant_time_eq;
 
 /// 503 `Store unavailable` for an admin request the store could not answer, logged once.
 fn store_unavailable(what: &str, e: &crate::store::StoreError) -> Response<Body> {
@@ -64,49 +62,38 @@ fn month_param<B>(req: &Request<B>) -> Result<String, Response<Body>> {
 }
 
 /// The request body, up to `cap` bytes (413 past it).
-async fn read_capped<B>(mut incoming: B, cap: usize) -> Result<Vec<u8>, Response<Body>>
+async fn read_capped<B>(incoming: B, cap: usize) -> Result<bytes::Bytes, Response<Body>>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B: http_body::Body<Data = bytes::Bytes>,
     B::Error: std::fmt::Display,
 {
-    use http_body_util::BodyExt;
-    let mut out = Vec::new();
-    while let Some(frame) = incoming.frame().await {
-        let frame =
-            frame.map_err(|e| body::detail(StatusCode::BAD_REQUEST, &format!("Could not read request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > cap {
-                return Err(body::detail(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("Request body exceeds the {cap}-byte limit"),
-                ));
-            }
-            out.extend_from_slice(&data);
+    body::read_capped(incoming, cap).await.map_err(|e| match e {
+        body::CappedError::TooLarge => {
+            body::detail(StatusCode::PAYLOAD_TOO_LARGE, &format!("Request body exceeds the {cap}-byte limit"))
         }
-    }
-    Ok(out)
+        body::CappedError::Broken(m) => {
+            body::detail(StatusCode::BAD_REQUEST, &format!("Could not read request body: {m}"))
+        }
+    })
 }
 
 /// The value of query parameter `name`, if given.
 fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+    crate::server::query::param(req.uri().query(), name)
 }
 
 // === impl Admin ===
 
 impl Admin {
     /// The admin token guards `/admin/*`; without one those endpoints refuse everything.
-    pub fn new(gateway: Arc<Gateway>, server: &crate::config::ServerConfig) -> Arc<Admin> {
+    pub fn new(gateway: Arc<Shared>, server: &crate::config::ServerConfig) -> Arc<Admin> {
         let token = server.admin_token.clone();
         let dashboard = dashboard::Dashboard::new(gateway.clone(), token.clone());
         Arc::new(Admin {
             gateway,
             token,
             token_env: server.admin_token_env.clone(),
-            failures: crate::gateway::limits::AdminFailures::new(),
+            failures: crate::core::limits::AdminFailures::new(),
             dashboard,
             hosts: server.admin_hosts.clone(),
             metrics_require_token: server.metrics_require_token,
@@ -137,7 +124,7 @@ impl Admin {
         }
         // A throttled address gets 429 before its token is looked at, so a guess made while
         // throttled tells nothing.
-        let ip = crate::gateway::peer_ip(req);
+        let ip = crate::core::peer_ip(req);
         let throttled = |secs: u64| {
             let mut rsp =
                 body::detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed authentication attempts; retry later");
@@ -191,7 +178,7 @@ impl Admin {
                 return refused;
             }
             let (parts, incoming) = req.into_parts();
-            let bytes = match read_capped(Box::pin(incoming), tenants::MAX_BODY).await {
+            let bytes = match read_capped(incoming, tenants::MAX_BODY).await {
                 Ok(b) => b,
                 Err(refused) => return refused,
             };

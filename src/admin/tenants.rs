@@ -10,7 +10,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::config::{DEFAULT_BURST, DEFAULT_GPM, DEFAULT_RPS};
-use crate::gateway::Gateway;
+use crate::core::Shared;
 use crate::policy::keys::{valid_tenant_id, ApiKey, ApiTenant, KeyState, Scope};
 use crate::policy::money::Usd;
 use crate::server::body::{self, Body};
@@ -128,7 +128,7 @@ fn api_view(t: &ApiTenant, used: &std::collections::HashMap<String, u64>, now: u
 }
 
 fn config_view(
-    gw: &Gateway,
+    gw: &Shared,
     t: &crate::policy::tenants::Tenant,
     used: &std::collections::HashMap<String, u64>,
 ) -> Value {
@@ -156,7 +156,7 @@ fn config_view(
 }
 
 /// The audit line of one change: never a key or a token.
-async fn audit(gw: &Gateway, action: &str, tenant: &str, key: Option<&ApiKey>, result: &str) {
+async fn audit(gw: &Shared, action: &str, tenant: &str, key: Option<&ApiKey>, result: &str) {
     let (key_id, key_prefix) = (key.map(|k| k.id.as_str()), key.map(|k| k.prefix.as_str()));
     tracing::info!(target: "audit", action, tenant, key_id, key_prefix, result, "admin change");
     let line = json!({ "time": rfc3339(now_ms()), "action": action, "tenant": tenant, "key_id": key_id, "key_prefix": key_prefix, "result": result });
@@ -168,7 +168,7 @@ async fn audit(gw: &Gateway, action: &str, tenant: &str, key: Option<&ApiKey>, r
 /// Serves `/admin/tenants…` and `/admin/audit` (after the admin token was checked); `None` for
 /// any other path.
 pub(super) async fn route(
-    gw: &Gateway,
+    gw: &Shared,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -188,7 +188,7 @@ pub(super) async fn route(
 /// What `route` answers, before it becomes a response: the dashboard's forms make the same
 /// changes through here (same checks, same audit lines) and render the outcome as a page.
 pub(crate) async fn answer(
-    gw: &Gateway,
+    gw: &Shared,
     method: &Method,
     path: &str,
     query: Option<&str>,
@@ -212,8 +212,8 @@ pub(crate) async fn answer(
     Some(answer.map_err(|Refused(status, detail)| (status, detail)))
 }
 
-async fn audit_list(gw: &Gateway, query: Option<&str>) -> Answer {
-    let limit = match query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit="))) {
+async fn audit_list(gw: &Shared, query: Option<&str>) -> Answer {
+    let limit = match crate::server::query::param(query, "limit") {
         None => 100,
         Some(v) => v
             .parse::<usize>()
@@ -226,7 +226,7 @@ async fn audit_list(gw: &Gateway, query: Option<&str>) -> Answer {
     Ok((StatusCode::OK, Some(Value::Array(items))))
 }
 
-async fn list(gw: &Gateway) -> Answer {
+async fn list(gw: &Shared) -> Answer {
     let (_, docs) = gw.store().directory().await.map_err(Refused::store)?;
     let used = gw.store().keys_last_used().await.map_err(Refused::store)?;
     let now = now_ms();
@@ -240,7 +240,7 @@ async fn list(gw: &Gateway) -> Answer {
     Ok((StatusCode::OK, Some(Value::Array(out))))
 }
 
-async fn show(gw: &Gateway, id: &str) -> Answer {
+async fn show(gw: &Shared, id: &str) -> Answer {
     let used = gw.store().keys_last_used().await.map_err(Refused::store)?;
     let runtime = gw.current();
     if let Some(t) = runtime.config_tenants.tenants().iter().find(|t| &*t.id == id) {
@@ -286,7 +286,7 @@ fn apply_settings(t: &mut ApiTenant, body: &Map<String, Value>, rps_given: bool)
 const SETTINGS: &[&str] =
     &["requests_per_second", "burst", "generations_per_minute", "monthly_budget", "max_in_flight"];
 
-async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
+async fn create(gw: &Shared, bytes: &[u8]) -> Answer {
     let body = parse_object(bytes)?;
     let mut allowed = vec!["id"];
     allowed.extend_from_slice(SETTINGS);
@@ -332,7 +332,7 @@ async fn create(gw: &Gateway, bytes: &[u8]) -> Answer {
 /// Reads API tenant `id`, changes it with `change`, writes it back if nobody changed it in
 /// between (retrying otherwise). `change` returns what to answer, and `None` to delete.
 async fn modify<T>(
-    gw: &Gateway,
+    gw: &Shared,
     id: &str,
     mut change: impl FnMut(&mut ApiTenant) -> Result<(bool, T), Refused>,
 ) -> Result<(Option<ApiTenant>, T), Refused> {
@@ -356,7 +356,7 @@ async fn modify<T>(
     Err(Refused(StatusCode::CONFLICT, "Tenant changed concurrently; retry".into()))
 }
 
-async fn update(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
+async fn update(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
     let body = parse_object(bytes)?;
     let mut allowed = SETTINGS.to_vec();
     allowed.push("disabled");
@@ -373,7 +373,7 @@ async fn update(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
 }
 
 /// Deleting leaves a tombstone: keys revoked, the id retired for good.
-async fn delete(gw: &Gateway, id: &str) -> Answer {
+async fn delete(gw: &Shared, id: &str) -> Answer {
     let now = now_ms();
     let result = modify(gw, id, |t| {
         t.deleted_ms = Some(now);
@@ -391,7 +391,7 @@ async fn delete(gw: &Gateway, id: &str) -> Answer {
 
 /// Writes the audit line of a change's result and passes it on.
 async fn finish<T>(
-    gw: &Gateway,
+    gw: &Shared,
     action: &str,
     id: &str,
     key: Option<&ApiKey>,
@@ -419,7 +419,7 @@ fn new_key_view(k: &ApiKey, key: &str) -> Value {
     })
 }
 
-async fn issue(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
+async fn issue(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
     let body = parse_object(bytes)?;
     only(&body, &["label", "expires_at", "scope"])?;
     let now = now_ms();
@@ -463,7 +463,7 @@ async fn issue(gw: &Gateway, id: &str, bytes: &[u8]) -> Answer {
     Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
 }
 
-async fn rotate(gw: &Gateway, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
+async fn rotate(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     let body = parse_object(bytes)?;
     only(&body, &["grace_secs"])?;
     let grace = whole(&body, "grace_secs", 0, MAX_GRACE_SECS)?.unwrap_or(DEFAULT_GRACE_SECS);
@@ -498,7 +498,7 @@ async fn rotate(gw: &Gateway, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
 }
 
-async fn revoke(gw: &Gateway, id: &str, key_id: &str) -> Answer {
+async fn revoke(gw: &Shared, id: &str, key_id: &str) -> Answer {
     let now = now_ms();
     let mut prefix = String::new();
     let result = modify(gw, id, |t| {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::AlertsConfig;
-use crate::gateway::Gateway;
+use crate::core::Shared;
 use crate::store::{month_of, now_ms, OutboxMessage, ALERTS};
 
 /// How often the totals are compared with the thresholds.
@@ -24,7 +24,7 @@ pub(crate) fn budget_key(tenant: &str, month: &str, threshold: f64) -> String {
 
 pub(crate) const BALANCE_KEY: &str = "balance_low";
 
-async fn queue(gw: &Gateway, alerts: &AlertsConfig, kind: &'static str, body: serde_json::Value) {
+async fn queue(gw: &Shared, alerts: &AlertsConfig, kind: &'static str, body: serde_json::Value) {
     let m = OutboxMessage {
         id: format!("alert_{}", crate::ids::uuid().simple()),
         tenant: Arc::from(ALERTS),
@@ -49,7 +49,7 @@ async fn queue(gw: &Gateway, alerts: &AlertsConfig, kind: &'static str, body: se
 /// One pass: every tenant with a budget, then the account balance (the alerts only with
 /// `[alerts]`). Answers whether the budgets add up to more than the balance (`None` while no
 /// balance is known).
-pub async fn check(gw: &Gateway, alerts: Option<&AlertsConfig>) -> Result<Option<bool>, crate::store::StoreError> {
+pub async fn check(gw: &Shared, alerts: Option<&AlertsConfig>) -> Result<Option<bool>, crate::store::StoreError> {
     let month = month_of(now_ms());
     let runtime = gw.current();
     let totals = gw.store.month_totals(&month).await?;
@@ -61,7 +61,7 @@ pub async fn check(gw: &Gateway, alerts: Option<&AlertsConfig>) -> Result<Option
             continue;
         }
         let Some(alerts) = alerts else { continue };
-        let used = totals.get(&*t.id).map(|m| m.spent + m.held + m.unknown).unwrap_or_default();
+        let used = totals.get(&*t.id).map(|m| m.used()).unwrap_or_default();
         for &threshold in &alerts.thresholds {
             if (used.micros() as f64) < threshold * budget.micros() as f64 {
                 break;
@@ -94,7 +94,7 @@ pub async fn check(gw: &Gateway, alerts: Option<&AlertsConfig>) -> Result<Option
 }
 
 /// Checks every [`CHECK_EVERY`] until `stop` turns true.
-pub async fn run(gw: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(gw: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     // Runs without [alerts] too: the budgets-over-balance warning and gauge are for everyone.
     let alerts = gw.alerts.clone();
     let mut was_over = false;

@@ -8,7 +8,7 @@ pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
-use crate::gateway::Gateway;
+use crate::core::Shared;
 use crate::observe::supervise::supervise;
 
 /// How often an idle gateway refreshes the account balance.
@@ -23,7 +23,7 @@ pub struct Background {
 
 impl Background {
     /// Starts the tasks; they end when `stop` turns true.
-    pub fn spawn(gateway: Arc<Gateway>, stop_rx: tokio::sync::watch::Receiver<bool>) -> Background {
+    pub fn spawn(gateway: Arc<Shared>, stop_rx: tokio::sync::watch::Receiver<bool>) -> Background {
         // Every task is supervised: a panic is logged, counted and the task started again.
         let metrics = Some(gateway.metrics.clone());
         let reconciler = {
@@ -103,12 +103,12 @@ impl Background {
                         if let Err(e) = gw.refresh_directory().await {
                             tracing::debug!(error = %e, "directory refresh failed; serving the tenants already loaded");
                         }
-                        if last_flush.elapsed() >= crate::gateway::directory::LAST_USED_EVERY {
+                        if last_flush.elapsed() >= crate::core::directory::LAST_USED_EVERY {
                             last_flush = tokio::time::Instant::now();
                             gw.flush_key_uses().await;
                         }
                         let stopping = tokio::select! {
-                            _ = tokio::time::sleep(crate::gateway::directory::REFRESH_EVERY) => false,
+                            _ = tokio::time::sleep(crate::core::directory::REFRESH_EVERY) => false,
                             // Another replica changed it (Redis pub/sub): refresh now.
                             _ = async {
                                 match &changed {

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::Method;
 use sha2::{Digest, Sha256};
 
-use crate::gateway::Gateway;
+use crate::core::Shared;
 use crate::policy::attribution::{attribute, compatible, Claim, Fingerprint, Listing};
 use crate::policy::family::Family;
 use crate::policy::money::Usd;
@@ -59,7 +59,7 @@ pub struct PassReport {
 
 /// The reconciler's state across passes.
 pub struct Reconciler {
-    gw: Arc<Gateway>,
+    gw: Arc<Shared>,
     owner: String,
     last_checked: HashMap<String, Instant>,
     /// Platform calls it may make now: refilled at `status_calls_per_minute`, at most a
@@ -142,7 +142,7 @@ fn first_status(listed: &str) -> String {
 
 impl Reconciler {
     /// A reconciler for `gw`, under a fresh owner id.
-    pub fn new(gw: Arc<Gateway>) -> Reconciler {
+    pub fn new(gw: Arc<Shared>) -> Reconciler {
         let per_minute = f64::from(gw.reconcile.status_calls_per_minute);
         Reconciler {
             gw,

@@ -659,10 +659,7 @@ impl MockPlatform {
 
     fn list(&self, family: Family, query: Option<&str>) -> Response<MockBody> {
         let param = |name: &str, default: usize| -> usize {
-            query
-                .and_then(|q| q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name))
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(default)
+            crate::server::query::param(query, name).and_then(|v| v.parse().ok()).unwrap_or(default)
         };
         let (limit, offset) = (param("limit", 50).clamp(1, 100), param("offset", 0));
         let mut st = self.lock();

@@ -1,8 +1,6 @@
-//! The stage handlers behind auth and the request rate limit, one per route kind.
-//!
-//! `generate` is the paid path of SPEC §4, straight down:
-//! buffer (413) → parse + validate (400/422) → idempotency → generation limit (429) → price →
-//! fresh balance → atomic hold (402) → forward → settle / release / mark unknown → respond.
+//! The free routes behind auth and the request rate limit: a generation's status (polls,
+//! coalesced by the status cache), lists, the tenant's balance and usage, and webhooks the
+//! platform posts. The paid routes (generate, quote) are `paid::generate` and `paid::quote`.
 
 use std::time::Instant;
 
@@ -10,7 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode, Uri};
 
-use crate::gateway::error::GatewayError;
+use crate::core::error::GatewayError;
 use crate::gateway::status_cache::{CachedStatus, Lookup};
 use crate::gateway::{Ctx, Gateway, Runtime};
 use crate::paid::passthrough;
@@ -41,69 +39,8 @@ fn framed_as_object(body: &[u8]) -> bool {
     matches!((first, last), (Some(f), Some(l)) if f < l && body[f] == b'{' && body[l] == b'}')
 }
 
-/// The top-level `"status"` string of a JSON object, found by a byte scan without parsing the
-/// rest; `None` when it is absent, escaped, or the scan meets anything unexpected. Only ever
-/// used to see that a status did *not* change (see `track_status`).
-fn scanned_status(body: &[u8]) -> Option<&[u8]> {
-    let ws = |b: &[u8], mut i: usize| {
-        while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
-            i += 1;
-        }
-        i
-    };
-    let mut i = ws(body, 0);
-    if body.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    let mut depth = 1usize;
-    while i < body.len() {
-        match body[i] {
-            b'"' => {
-                let start = i + 1;
-                i = start;
-                // To the closing quote, a memchr jump at a time (the bodies are mostly strings).
-                loop {
-                    i += memchr::memchr2(b'"', b'\\', body.get(i..)?)?;
-                    if body[i] == b'"' {
-                        break;
-                    }
-                    i += 2;
-                }
-                let key = &body[start..i];
-                i += 1;
-                if depth == 1 && key == b"status" {
-                    let colon = ws(body, i);
-                    if body.get(colon) == Some(&b':') {
-                        let v = ws(body, colon + 1);
-                        if body.get(v) != Some(&b'"') {
-                            return None;
-                        }
-                        let len = body[v + 1..].iter().position(|c| matches!(c, b'"' | b'\\'))?;
-                        return (body[v + 1 + len] == b'"').then(|| &body[v + 1..v + 1 + len]);
-                    }
-                }
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
 fn query_usize(uri: &Uri, name: &str, default: usize, min: usize, max: usize) -> Result<usize, GatewayError> {
-    let Some(q) = uri.query() else { return Ok(default) };
-    let Some(v) = q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v) else {
-        return Ok(default);
-    };
+    let Some(v) = crate::server::query::param(uri.query(), name) else { return Ok(default) };
     v.parse::<usize>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
         GatewayError::Validation(crate::policy::validate::ValidationError {
             field: name.to_string(),
@@ -127,7 +64,6 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        use http_body_util::BodyExt;
         let Some(relay) = self.relay.clone() else { return Err(GatewayError::NotFound) };
         let Some(target) = self.store.webhook_target(token).await? else {
             self.metrics.webhook_rejected("unknown_token");
@@ -135,19 +71,17 @@ impl Gateway {
         };
         ctx.record.tenant = Some(target.tenant.clone());
         ctx.record.outcome = "webhook_received";
-        let mut buf = bytes::BytesMut::new();
-        let mut incoming = std::pin::pin!(req.into_body());
-        while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(|e| GatewayError::BadRequest(format!("Could not read request body: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > crate::background::webhooks::MAX_WEBHOOK_BODY {
-                    self.metrics.webhook_rejected("too_large");
-                    return Err(GatewayError::PayloadTooLarge { limit: crate::background::webhooks::MAX_WEBHOOK_BODY });
-                }
-                buf.extend_from_slice(&data);
+        let limit = crate::core::relay::MAX_WEBHOOK_BODY;
+        let body = match body::read_capped(req.into_body(), limit).await {
+            Ok(b) => b,
+            Err(body::CappedError::TooLarge) => {
+                self.metrics.webhook_rejected("too_large");
+                return Err(GatewayError::PayloadTooLarge { limit });
             }
-        }
-        let body = buf.freeze();
+            Err(body::CappedError::Broken(m)) => {
+                return Err(GatewayError::BadRequest(format!("Could not read request body: {m}")))
+            }
+        };
         ctx.record.request_bytes = body.len();
         let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<serde_json::Value>(&body) else {
             self.metrics.webhook_rejected("not_json");
@@ -192,9 +126,9 @@ impl Gateway {
                 "webhook's status is not what the platform says; the platform's answer is relayed instead");
             answer.body
         };
-        let body = crate::background::webhooks::scrub_relay_url(body, &relay.config, Some(&target.url));
+        let body = crate::core::relay::scrub_relay_url(body, &relay.config, Some(&target.url));
         let m = OutboxMessage {
-            id: crate::background::webhooks::message_id(token, &body),
+            id: crate::core::relay::message_id(token, &body),
             tenant: target.tenant.clone(),
             url: target.url.clone(),
             body,
@@ -280,40 +214,8 @@ impl Gateway {
     /// A platform body for a tenant, without this gateway's relay URL (see `scrub_relay_url`).
     fn without_relay_url(&self, body: Bytes) -> Bytes {
         match &self.relay {
-            Some(relay) => crate::background::webhooks::scrub_relay_url(body, &relay.config, None),
+            Some(relay) => crate::core::relay::scrub_relay_url(body, &relay.config, None),
             None => body,
-        }
-    }
-
-    /// Records a status change reported in a platform body; a first `failed` refunds.
-    pub(crate) async fn track_status(&self, record: &GenerationRecord, body: &[u8]) {
-        // Most polls repeat the recorded status: a byte scan shows that without parsing the
-        // body. Anything else (a change, an odd body) is decided by the full parse, so a status
-        // is only ever recorded, and a failure refunded, from a body that is valid JSON.
-        if scanned_status(body) == Some(record.status.as_bytes()) {
-            return;
-        }
-        if let Some(status) = crate::upstream::normalize::reported_status(body) {
-            let failed = || serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
-            self.record_status(record, &status, failed).await;
-        }
-    }
-
-    /// Records `status` if it changed; a first `failed` refunds the tenant's spend and keeps the
-    /// platform's reason (read from `body`, only then) with the record.
-    async fn record_status(&self, record: &GenerationRecord, status: &str, body: impl FnOnce() -> serde_json::Value) {
-        if status != record.status {
-            let failure = (status == "failed").then(|| self.current().catalog.failure_rules().failure(&body()));
-            match self.store.update_status(&record.id, status, failure.as_ref()).await {
-                Ok(true) if status == "failed" => {
-                    let reason = failure.as_ref().map_or(crate::store::Reason::Other, |f| f.reason);
-                    self.metrics.refund(&record.tenant);
-                    self.metrics.generation_failed(record.family.path(), reason.as_str());
-                    tracing::warn!(generation = %record.id, tenant = %record.tenant, price = %record.price, cause = "generation_failed", "generation failed on the platform; refunded to the tenant's month");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, generation = %record.id, "could not record status change"),
-            }
         }
     }
 
@@ -403,7 +305,7 @@ impl Gateway {
             "spent": totals.spent.to_string(),
             "held": (totals.held + totals.unknown).to_string(),
             "refunded": totals.refunded.to_string(),
-            "remaining": tenant.monthly_budget.map(|b| (b - totals.spent - totals.held - totals.unknown).max_zero().to_string()),
+            "remaining": tenant.monthly_budget.map(|b| totals.remaining(b).to_string()),
             "account_available": account,
             "limits": {
                 "requests_per_second": tenant.limits.requests_per_second.get(),
@@ -436,34 +338,6 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_status_scan_finds_only_the_top_level_unescaped_status() {
-        let scan = |b: &str| scanned_status(b.as_bytes()).map(|s| String::from_utf8(s.to_vec()).unwrap());
-        assert_eq!(scan(r#"{"id":"g1","status":"processing"}"#).as_deref(), Some("processing"));
-        assert_eq!(scan(r#" { "status" : "completed" , "x": 1}"#).as_deref(), Some("completed"));
-        assert_eq!(scan(r#"{"result":{"status":"failed"},"status":"completed"}"#).as_deref(), Some("completed"));
-        assert_eq!(
-            scan(r#"{"items":[{"status":"failed"}],"note":"status","status":"queued"}"#).as_deref(),
-            Some("queued")
-        );
-        assert_eq!(scan(r#"{"a":"say \"status\":\"failed\"","status":"ok"}"#).as_deref(), Some("ok"));
-        assert_eq!(scan(r#"{"result":{"status":"failed"}}"#), None);
-        assert_eq!(scan(r#"{"status":"fa\u0069led"}"#), None);
-        assert_eq!(scan(r#"{"status":3}"#), None);
-        assert_eq!(scan(r#"["status"]"#), None);
-        assert_eq!(scan(r#"{"status":"unterminated"#), None);
-        assert_eq!(scan(r#"{"a":"\"#), None);
-        assert_eq!(scan(""), None);
-        // Wherever the scan answers, it agrees with the full parse.
-        for b in [
-            r#"{"id":"g1","status":"processing"}"#,
-            r#"{"result":{"status":"failed"},"status":"completed"}"#,
-            r#"{"a":"say \"status\"","status":"ok"}"#,
-        ] {
-            assert_eq!(scan(b).as_deref(), crate::upstream::normalize::reported_status(b.as_bytes()).as_deref());
-        }
-    }
 
     #[test]
     fn list_query_bounds() {

@@ -4,7 +4,7 @@
 
 use http::Method;
 
-use crate::gateway::error::GatewayError;
+use crate::core::error::GatewayError;
 use crate::policy::catalog::Catalog;
 use crate::policy::family::Family;
 

@@ -19,9 +19,9 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode, Uri};
 use sha2::{Digest, Sha256};
 
-use crate::gateway::error::GatewayError;
-use crate::gateway::upload::UploadError;
-use crate::gateway::{Ctx, Gateway, Runtime};
+use crate::core::error::GatewayError;
+use crate::core::upload::UploadError;
+use crate::core::{Ctx, Runtime, Shared};
 use crate::paid::{HoldGuard, IdemGuard, Paid};
 use crate::policy::attribution::{Fingerprint, NOT_SHAPE};
 use crate::policy::family::Family;
@@ -62,7 +62,7 @@ fn idempotency_key(req_headers: &http::HeaderMap) -> Result<Option<String>, Gate
 }
 
 /// The relay's rules for a tenant's `callback_url` (a generate and its quote alike).
-fn check_callback(tenant: &Tenant, relay: &crate::background::webhooks::Relay, url: &str) -> Result<(), GatewayError> {
+fn check_callback(tenant: &Tenant, relay: &crate::core::relay::Relay, url: &str) -> Result<(), GatewayError> {
     let invalid = |m: String| {
         GatewayError::Validation(crate::policy::validate::ValidationError { field: "callback_url".into(), message: m })
     };
@@ -75,7 +75,7 @@ fn check_callback(tenant: &Tenant, relay: &crate::background::webhooks::Relay, u
 /// A body past the body and validate phases.
 struct Checked<'u> {
     /// The body's memory stays reserved until the request is done with it (dropped last).
-    reservation: crate::gateway::upload::Reservation<'u>,
+    reservation: crate::core::upload::Reservation<'u>,
     body: Bytes,
     validated: crate::policy::validate::Validated,
     fingerprint: Fingerprint,
@@ -94,291 +94,325 @@ fn price_of(
     runtime.pricing.estimate(family, &validated.price_key).ok_or_else(|| runtime.family_not_enabled(family))
 }
 
-impl Gateway {
-    /// Phases body and validate, shared by a generate and its quote so both refuse alike.
-    async fn check_body<B>(
-        &self,
-        ctx: &mut Ctx,
-        tenant: &Tenant,
-        family: Family,
-        parts: &http::request::Parts,
-        incoming: B,
-    ) -> Result<Checked<'_>, GatewayError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
-    {
-        if !is_json(parts.headers.get(CONTENT_TYPE)) {
-            return Err(GatewayError::UnsupportedMediaType);
-        }
-        // Phase body: capped; memory for it is reserved first.
-        let declared = content_length(&parts.headers);
-        let mut reservation = self.uploads.begin(&tenant.id).map_err(|e| self.upload_error(e))?;
-        let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
-        let (body, marks) = self
-            .uploads
-            .read(&mut reservation, incoming, declared, chunks, self.max_body_bytes)
-            .await
-            .map_err(|e| self.upload_error(e))?;
-        ctx.record.request_bytes = body.len();
-
-        // Phase validate: JSON and family rules, on borrowed slices of the body.
-        let relay = self.relay.is_some();
-        let (validated, mut fingerprint, callback) = {
-            let fields = parse_object_marked(&body, marks.as_ref())?;
-            let validated = validate_with(family, &fields, relay)?;
-            let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
-            let callback = fields
-                .str("callback_url")
-                .ok()
-                .flatten()
-                .filter(|_| relay)
-                .map(|url| (url.to_string(), fields.str_span("callback_url")));
-            let fingerprint = Fingerprint {
-                prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
-                body_sha256: String::new(),
-                shape: fields.scalars(NOT_SHAPE),
-            };
-            (validated, fingerprint, callback)
-        };
-        drop(marks);
-        ctx.record.image_bytes = validated.image_bytes;
-        // The route is part of what the digest names: the same body sent to another family is
-        // another request. It keys Idempotency-Keys and tells identical requests apart when the
-        // reconciler attributes unknown outcomes.
-        let digest: [u8; 32] =
-            Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
-        fingerprint.body_sha256 = hex::encode(digest);
-        Ok(Checked { reservation, body, validated, fingerprint, callback, digest })
+/// Phases body and validate, shared by a generate and its quote so both refuse alike.
+async fn check_body<'s, B>(
+    shared: &'s Shared,
+    ctx: &mut Ctx,
+    tenant: &Tenant,
+    family: Family,
+    parts: &http::request::Parts,
+    incoming: B,
+) -> Result<Checked<'s>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    if !is_json(parts.headers.get(CONTENT_TYPE)) {
+        return Err(GatewayError::UnsupportedMediaType);
     }
+    // Phase body: capped; memory for it is reserved first.
+    let declared = content_length(&parts.headers);
+    let mut reservation = shared.uploads.begin(&tenant.id).map_err(|e| upload_error(shared, e))?;
+    let chunks = parts.extensions.get::<crate::server::framing::ChunkWatch>();
+    let (body, marks) = shared
+        .uploads
+        .read(&mut reservation, incoming, declared, chunks, shared.max_body_bytes)
+        .await
+        .map_err(|e| upload_error(shared, e))?;
+    ctx.record.request_bytes = body.len();
 
-    /// `POST /v1/{family}/quote`: the price the generate of this body would be held at and
-    /// whether it would be admitted now, from the same phases as the generate (body, validate,
-    /// price, balance, the hold's rule, the generation limit) with nothing held or forwarded.
-    pub(crate) async fn quote<B>(
-        &self,
-        ctx: &mut Ctx,
-        runtime: &Runtime,
-        tenant: &Arc<Tenant>,
-        family: Family,
-        req: Request<B>,
-    ) -> Result<Response<Body>, GatewayError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
-    {
-        let (parts, incoming) = req.into_parts();
-        let Checked { validated, callback, .. } = self.check_body(ctx, tenant, family, &parts, incoming).await?;
-        if let (Some((url, _)), Some(relay)) = (&callback, &self.relay) {
-            check_callback(tenant, relay, url)?;
-        }
-        let price = price_of(runtime, family, &validated)?;
-        ctx.record.price = Some(price);
-        ctx.record.outcome = "quoted";
-        self.balance.ensure_fresh(&ctx.record.request_id).await?;
-        let month = month_of(now_ms());
-        let admission = self
-            .store
-            .admission(&tenant.id, &month, tenant.monthly_budget, runtime.reserve, tenant.max_in_flight)
-            .await?
-            .ok_or_else(|| GatewayError::Internal("no balance cached after a successful refresh".into()))?;
-        let refusal: Option<GatewayError> = match admission.admit(price) {
-            Err(r) => Some(r.into()),
-            // The generation limit as a generate meets it: a cell taken, then given back.
-            Ok(()) => match runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await {
-                Ok(_) => {
-                    runtime.limits.give_back_generation(&*self.store, &tenant.id).await;
-                    None
-                }
-                Err(limited) => Some(GatewayError::RateLimited(limited)),
-            },
+    // Phase validate: JSON and family rules, on borrowed slices of the body.
+    let relay = shared.relay.is_some();
+    let (validated, mut fingerprint, callback) = {
+        let fields = parse_object_marked(&body, marks.as_ref())?;
+        let validated = validate_with(family, &fields, relay)?;
+        let prompt = fields.str("prompt").ok().flatten().unwrap_or("");
+        let callback = fields
+            .str("callback_url")
+            .ok()
+            .flatten()
+            .filter(|_| relay)
+            .map(|url| (url.to_string(), fields.str_span("callback_url")));
+        let fingerprint = Fingerprint {
+            prompt_sha256: hex::encode(Sha256::digest(prompt.as_bytes())),
+            body_sha256: String::new(),
+            shape: fields.scalars(NOT_SHAPE),
         };
-        let answer = serde_json::json!({
-            "price": price.to_string(),
-            "admitted": refusal.is_none(),
-            "detail": refusal.as_ref().map(|e| e.to_string()),
-            "budget_remaining": admission.budget_remaining().map(|b| b.to_string()),
-            // The account moves with every team's spend: shown only where the operator opted in.
-            "account_available": self.expose_account_balance.then(|| admission.account_available().to_string()),
-        });
-        Ok(body::json(StatusCode::OK, answer.to_string()))
-    }
+        (validated, fingerprint, callback)
+    };
+    drop(marks);
+    ctx.record.image_bytes = validated.image_bytes;
+    // The route is part of what the digest names: the same body sent to another family is
+    // another request. It keys Idempotency-Keys and tells identical requests apart when the
+    // reconciler attributes unknown outcomes.
+    let digest: [u8; 32] =
+        Sha256::new().chain_update(family.path()).chain_update(b"\n").chain_update(&body).finalize().into();
+    fingerprint.body_sha256 = hex::encode(digest);
+    Ok(Checked { reservation, body, validated, fingerprint, callback, digest })
+}
 
-    /// A body that could not be read, as the answer it gets.
-    fn upload_error(&self, e: UploadError) -> GatewayError {
-        match e {
-            UploadError::TooLarge => GatewayError::PayloadTooLarge { limit: self.max_body_bytes },
-            UploadError::Broken(m) => GatewayError::BadRequest(format!("Could not read request body: {m}")),
-            UploadError::TooSlow => GatewayError::UploadTooSlow,
-            UploadError::TenantBusy => GatewayError::TenantUploadsBusy,
-            UploadError::Busy => GatewayError::Overloaded,
-        }
-    }
-
-    /// `POST /v1/{family}/generate`: the paid path.
-    pub(crate) async fn generate<B>(
-        self: &Arc<Self>,
-        ctx: &mut Ctx,
-        runtime: &Runtime,
-        tenant: &Arc<Tenant>,
-        family: Family,
-        req: Request<B>,
-    ) -> Result<Response<Body>, GatewayError>
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display,
-    {
-        let (parts, incoming) = req.into_parts();
-        let idem_key = idempotency_key(&parts.headers)?;
-        let Checked { reservation: _reservation, body, validated, fingerprint, callback, digest } =
-            self.check_body(ctx, tenant, family, &parts, incoming).await?;
-        let relay = self.relay.clone();
-
-        // The hold's id exists before anything is stored, so every later step can clean up by it.
-        let mut hold = HoldGuard::new(self.store.clone());
-
-        // Phase idempotency: a repeat of a finished request is answered from the record, uncharged.
-        let idem = match &idem_key {
-            None => None,
-            Some(key) => {
-                let stale_ms = (self.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
-                match self.store.idem_claim(&tenant.id, key, &digest, &hold.id, stale_ms).await? {
-                    IdemClaim::Fresh => Some(IdemGuard {
-                        store: self.store.clone(),
-                        tenant: tenant.id.clone(),
-                        key: key.clone(),
-                        digest,
-                        done: false,
-                    }),
-                    IdemClaim::Replay(stored) => {
-                        ctx.record.outcome = "idempotent_replay";
-                        let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-                        let mut rsp = body::json(status, stored.body);
-                        rsp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-                        return Ok(rsp);
-                    }
-                    IdemClaim::InProgress => return Err(GatewayError::IdempotencyInProgress),
-                    IdemClaim::Unresolved => return Err(GatewayError::OutcomeUnresolved),
-                    IdemClaim::Mismatch => return Err(GatewayError::IdempotencyMismatch),
-                }
-            }
-        };
-
-        // Phases price, balance and hold: the hold is atomic against budget and balance.
-        let price = price_of(runtime, family, &validated)?;
-        ctx.record.price = Some(price);
-        self.balance.ensure_fresh(&ctx.record.request_id).await?;
-        // With the relay on, the platform calls the gateway back, never the tenant's URL.
-        let (body, webhook_token) = match (callback, &relay) {
-            (Some((url, span)), Some(relay)) => self.relay_callback(tenant, relay, &url, span, &body).await?,
-            _ => (body, None),
-        };
-        let hold_req = HoldRequest {
-            id: hold.id.clone(),
-            tenant: tenant.id.clone(),
-            price,
-            budget: tenant.monthly_budget,
-            reserve: runtime.reserve,
-            max_in_flight: tenant.max_in_flight,
-            lease_ms: self.hold_lease.as_millis() as u64,
-            intent: Intent {
-                family: family.path().to_string(),
-                fingerprint: fingerprint.encode(),
-                created_ms: 0,
-                idem_key,
-                month: month_of(now_ms()),
-            },
-        };
-        // A store error leaves the guard armed: the hold may have landed, so it is released by id.
-        hold.arm();
-        let outcome = self.store.hold(&hold_req).await?;
-        if outcome != HoldOutcome::Held {
-            hold.disarm();
-        }
-        match outcome {
-            HoldOutcome::Held => {}
-            HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => {
-                return Err(self.budget_exceeded(tenant).await)
-            }
-            HoldOutcome::Refused(r) => return Err(r.into()),
-            HoldOutcome::NoBalance => {
-                return Err(GatewayError::Internal("no balance cached after a successful refresh".into()))
-            }
-            HoldOutcome::Gone => return Err(GatewayError::Internal("hold id was released before it was taken".into())),
-        }
-
-        // Phase generation limit: once the request can be paid for: a 402 does not use a slot.
-        // A refusal drops the hold guard, which releases the hold.
-        ctx.quotas = Some(runtime.limits.check(&*self.store, tenant, LimitKind::Generations).await?);
-
-        // Forward (never retried: a POST may have been charged) and settle, in a task of its
-        // own: from here on the request runs to its outcome whether or not the client stays.
-        ctx.forwarded.store(true, std::sync::atomic::Ordering::Release);
-        let paid = Paid {
-            gw: self.clone(),
-            hold,
-            idem,
-            family,
-            tenant: tenant.id.clone(),
-            quoted: price,
-            path: path_and_query(&parts.uri).to_string(),
-            trace: ctx.record.trace.clone(),
-            content_type: parts.headers.get(CONTENT_TYPE).cloned(),
-            body,
-            webhook_token,
-        };
-        let out = paid
-            .spawn(ctx)
-            .await
-            .map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
-        if let Some((status, latency)) = out.upstream {
-            ctx.record.upstream(status.as_u16(), latency);
-        }
-        ctx.record.price = Some(out.price);
-        out.result
-    }
-
-    /// 402 BUDGET_EXCEEDED with what is left of the budget and when it resets.
-    async fn budget_exceeded(&self, tenant: &Tenant) -> GatewayError {
-        let month = month_of(now_ms());
-        let remaining = match (tenant.monthly_budget, self.store.month_totals(&month).await) {
-            (Some(b), Ok(mut t)) => {
-                let t = t.remove(&*tenant.id).unwrap_or_default();
-                (b - t.spent - t.held - t.unknown).max_zero().to_string()
-            }
-            _ => String::new(),
-        };
-        GatewayError::BudgetExceeded {
-            remaining,
-            resets_at: crate::store::usage::resets_at(&month).unwrap_or_default(),
-        }
-    }
-
-    /// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
-    /// this gateway, and the target's token.
-    async fn relay_callback(
-        &self,
-        tenant: &Tenant,
-        relay: &crate::background::webhooks::Relay,
-        url: &str,
-        span: Option<std::ops::Range<usize>>,
-        body: &Bytes,
-    ) -> Result<(Bytes, Option<String>), GatewayError> {
+/// `POST /v1/{family}/quote`: the price the generate of this body would be held at and
+/// whether it would be admitted now, from the same phases as the generate (body, validate,
+/// price, balance, the hold's rule, the generation limit) with nothing held or forwarded.
+pub(crate) async fn quote<B>(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    runtime: &Runtime,
+    tenant: &Arc<Tenant>,
+    family: Family,
+    req: Request<B>,
+) -> Result<Response<Body>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let (parts, incoming) = req.into_parts();
+    let Checked { validated, callback, .. } = check_body(shared, ctx, tenant, family, &parts, incoming).await?;
+    if let (Some((url, _)), Some(relay)) = (&callback, &shared.relay) {
         check_callback(tenant, relay, url)?;
-        let token = crate::background::webhooks::new_token();
-        self.store
-            .webhook_register(&WebhookTarget {
-                token: token.clone(),
-                tenant: tenant.id.clone(),
-                url: url.to_string(),
-                generation: None,
-                created_ms: now_ms(),
-            })
-            .await?;
-        let ours = crate::background::webhooks::relay_url(&relay.config, &token);
-        let out = with_callback_url(body, span, &ours).map_err(GatewayError::Internal)?;
-        Ok((Bytes::from(out), Some(token)))
     }
+    let price = price_of(runtime, family, &validated)?;
+    ctx.record.price = Some(price);
+    ctx.record.outcome = "quoted";
+    shared.balance.ensure_fresh(&ctx.record.request_id).await?;
+    let month = month_of(now_ms());
+    let admission = shared
+        .store
+        .admission(&tenant.id, &month, tenant.monthly_budget, runtime.reserve, tenant.max_in_flight)
+        .await?
+        .ok_or_else(|| GatewayError::Internal("no balance cached after a successful refresh".into()))?;
+    let refusal: Option<GatewayError> = match admission.admit(price) {
+        Err(r) => Some(r.into()),
+        // The generation limit as a generate meets it: a cell taken, then given back.
+        Ok(()) => match runtime.limits.check(&*shared.store, tenant, LimitKind::Generations).await {
+            Ok(_) => {
+                runtime.limits.give_back_generation(&*shared.store, &tenant.id).await;
+                None
+            }
+            Err(limited) => Some(GatewayError::RateLimited(limited)),
+        },
+    };
+    let answer = serde_json::json!({
+        "price": price.to_string(),
+        "admitted": refusal.is_none(),
+        "detail": refusal.as_ref().map(|e| e.to_string()),
+        "budget_remaining": admission.budget_remaining().map(|b| b.to_string()),
+        // The account moves with every team's spend: shown only where the operator opted in.
+        "account_available": shared.expose_account_balance.then(|| admission.account_available().to_string()),
+    });
+    Ok(body::json(StatusCode::OK, answer.to_string()))
+}
+
+/// A body that could not be read, as the answer it gets.
+fn upload_error(shared: &Shared, e: UploadError) -> GatewayError {
+    match e {
+        UploadError::TooLarge => GatewayError::PayloadTooLarge { limit: shared.max_body_bytes },
+        UploadError::Broken(m) => GatewayError::BadRequest(format!("Could not read request body: {m}")),
+        UploadError::TooSlow => GatewayError::UploadTooSlow,
+        UploadError::TenantBusy => GatewayError::TenantUploadsBusy,
+        UploadError::Busy => GatewayError::Overloaded,
+    }
+}
+
+/// `POST /v1/{family}/generate`: the paid path.
+pub(crate) async fn generate<B>(
+    shared: &Arc<Shared>,
+    ctx: &mut Ctx,
+    runtime: &Runtime,
+    tenant: &Arc<Tenant>,
+    family: Family,
+    req: Request<B>,
+) -> Result<Response<Body>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let (parts, incoming) = req.into_parts();
+    let idem_key = idempotency_key(&parts.headers)?;
+    let Checked { reservation: _reservation, body, validated, fingerprint, callback, digest } =
+        check_body(shared, ctx, tenant, family, &parts, incoming).await?;
+    let relay = shared.relay.clone();
+
+    // The hold's id exists before anything is stored, so every later step can clean up by it.
+    let mut hold = HoldGuard::new(shared.store.clone());
+
+    // Phase idempotency: a repeat of a finished request is answered from the record, uncharged.
+    let idem = match claim_idempotency(shared, ctx, tenant, idem_key.as_deref(), &digest, &hold.id).await? {
+        Claimed::Replay(rsp) => return Ok(rsp),
+        Claimed::Go(idem) => idem,
+    };
+
+    // Phases price, balance and hold: the hold is atomic against budget and balance.
+    let price = price_of(runtime, family, &validated)?;
+    ctx.record.price = Some(price);
+    shared.balance.ensure_fresh(&ctx.record.request_id).await?;
+    // With the relay on, the platform calls the gateway back, never the tenant's URL.
+    let (body, webhook_token) = match (callback, &relay) {
+        (Some((url, span)), Some(relay)) => relay_callback(shared, tenant, relay, &url, span, &body).await?,
+        _ => (body, None),
+    };
+    take_hold(shared, &mut hold, runtime, tenant, family, price, &fingerprint, idem_key).await?;
+
+    // Phase generation limit: once the request can be paid for: a 402 does not use a slot.
+    // A refusal drops the hold guard, which releases the hold.
+    ctx.quotas = Some(runtime.limits.check(&*shared.store, tenant, LimitKind::Generations).await?);
+
+    // Forward (never retried: a POST may have been charged) and settle, in a task of its
+    // own: from here on the request runs to its outcome whether or not the client stays.
+    ctx.forwarded.store(true, std::sync::atomic::Ordering::Release);
+    let paid = Paid {
+        gw: shared.clone(),
+        hold,
+        idem,
+        family,
+        tenant: tenant.id.clone(),
+        quoted: price,
+        path: path_and_query(&parts.uri).to_string(),
+        trace: ctx.record.trace.clone(),
+        content_type: parts.headers.get(CONTENT_TYPE).cloned(),
+        body,
+        webhook_token,
+    };
+    let out = paid
+        .spawn(ctx)
+        .await
+        .map_err(|_| GatewayError::Internal("the paid request's task ended without an answer".into()))?;
+    if let Some((status, latency)) = out.upstream {
+        ctx.record.upstream(status.as_u16(), latency);
+    }
+    ctx.record.price = Some(out.price);
+    out.result
+}
+
+/// What the idempotency phase decided.
+enum Claimed {
+    /// A repeat of a finished request: its stored answer.
+    Replay(Response<Body>),
+    /// Go on (holding the key's claim, if a key was sent).
+    Go(Option<IdemGuard>),
+}
+
+/// Phase idempotency: claims `key` for this request body (for the hold `hold_id` about to be
+/// taken), or answers a repeat from the record, uncharged.
+async fn claim_idempotency(
+    shared: &Shared,
+    ctx: &mut Ctx,
+    tenant: &Tenant,
+    key: Option<&str>,
+    digest: &[u8; 32],
+    hold_id: &str,
+) -> Result<Claimed, GatewayError> {
+    let Some(key) = key else { return Ok(Claimed::Go(None)) };
+    let stale_ms = (shared.request_timeout + IDEM_CLAIM_SLACK).as_millis() as u64;
+    match shared.store.idem_claim(&tenant.id, key, digest, hold_id, stale_ms).await? {
+        IdemClaim::Fresh => Ok(Claimed::Go(Some(IdemGuard {
+            store: shared.store.clone(),
+            tenant: tenant.id.clone(),
+            key: key.to_string(),
+            digest: *digest,
+            done: false,
+        }))),
+        IdemClaim::Replay(stored) => {
+            ctx.record.outcome = "idempotent_replay";
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+            let mut rsp = body::json(status, stored.body);
+            rsp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(Claimed::Replay(rsp))
+        }
+        IdemClaim::InProgress => Err(GatewayError::IdempotencyInProgress),
+        IdemClaim::Unresolved => Err(GatewayError::OutcomeUnresolved),
+        IdemClaim::Mismatch => Err(GatewayError::IdempotencyMismatch),
+    }
+}
+
+/// Phase hold: `price` held against the tenant's budget, its in-flight cap and the account
+/// balance in one atomic step of the store (402 naming what refused).
+#[allow(clippy::too_many_arguments)] // each is one input of the hold; a struct would only rename them
+async fn take_hold(
+    shared: &Shared,
+    hold: &mut HoldGuard,
+    runtime: &Runtime,
+    tenant: &Tenant,
+    family: Family,
+    price: Usd,
+    fingerprint: &Fingerprint,
+    idem_key: Option<String>,
+) -> Result<(), GatewayError> {
+    let hold_req = HoldRequest {
+        id: hold.id.clone(),
+        tenant: tenant.id.clone(),
+        price,
+        budget: tenant.monthly_budget,
+        reserve: runtime.reserve,
+        max_in_flight: tenant.max_in_flight,
+        lease_ms: shared.hold_lease.as_millis() as u64,
+        intent: Intent {
+            family: family.path().to_string(),
+            fingerprint: fingerprint.encode(),
+            created_ms: 0,
+            idem_key,
+            month: month_of(now_ms()),
+        },
+    };
+    // A store error leaves the guard armed: the hold may have landed, so it is released by id.
+    hold.arm();
+    let outcome = shared.store.hold(&hold_req).await?;
+    if outcome != HoldOutcome::Held {
+        hold.disarm();
+    }
+    match outcome {
+        HoldOutcome::Held => {}
+        HoldOutcome::Refused(crate::policy::ledger::Refusal::BudgetExceeded) => {
+            return Err(budget_exceeded(shared, tenant).await)
+        }
+        HoldOutcome::Refused(r) => return Err(r.into()),
+        HoldOutcome::NoBalance => {
+            return Err(GatewayError::Internal("no balance cached after a successful refresh".into()))
+        }
+        HoldOutcome::Gone => return Err(GatewayError::Internal("hold id was released before it was taken".into())),
+    }
+
+    Ok(())
+}
+
+/// 402 BUDGET_EXCEEDED with what is left of the budget and when it resets.
+async fn budget_exceeded(shared: &Shared, tenant: &Tenant) -> GatewayError {
+    let month = month_of(now_ms());
+    let remaining = match (tenant.monthly_budget, shared.store.month_totals(&month).await) {
+        (Some(b), Ok(mut t)) => {
+            let t = t.remove(&*tenant.id).unwrap_or_default();
+            t.remaining(b).to_string()
+        }
+        _ => String::new(),
+    };
+    GatewayError::BudgetExceeded { remaining, resets_at: crate::store::usage::resets_at(&month).unwrap_or_default() }
+}
+
+/// Registers a webhook target for `url` and returns the body with `callback_url` pointing at
+/// this gateway, and the target's token.
+async fn relay_callback(
+    shared: &Shared,
+    tenant: &Tenant,
+    relay: &crate::core::relay::Relay,
+    url: &str,
+    span: Option<std::ops::Range<usize>>,
+    body: &Bytes,
+) -> Result<(Bytes, Option<String>), GatewayError> {
+    check_callback(tenant, relay, url)?;
+    let token = crate::core::relay::new_token();
+    shared
+        .store
+        .webhook_register(&WebhookTarget {
+            token: token.clone(),
+            tenant: tenant.id.clone(),
+            url: url.to_string(),
+            generation: None,
+            created_ms: now_ms(),
+        })
+        .await?;
+    let ours = crate::core::relay::relay_url(&relay.config, &token);
+    let out = with_callback_url(body, span, &ours).map_err(GatewayError::Internal)?;
+    Ok((Bytes::from(out), Some(token)))
 }
 
 /// `body` with its `callback_url` set to `ours`. Only the value's bytes are replaced when the

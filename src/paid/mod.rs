@@ -23,7 +23,8 @@
 //!   nothing was sent; an unknown outcome keeps it (409) until the reconciler decides.
 
 mod admit;
-pub(crate) mod balance;
+
+pub(crate) use admit::{generate, quote};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +34,8 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
 
-use crate::gateway::error::GatewayError;
-use crate::gateway::{Ctx, Gateway};
+use crate::core::error::GatewayError;
+use crate::core::{Ctx, Shared};
 use crate::policy::family::Family;
 use crate::policy::money::Usd;
 use crate::policy::pricing::settle_price;
@@ -171,7 +172,7 @@ pub(crate) struct PaidOutcome {
 
 /// A held request about to be forwarded.
 pub(crate) struct Paid {
-    pub(crate) gw: Arc<Gateway>,
+    pub(crate) gw: Arc<Shared>,
     pub(crate) hold: HoldGuard,
     pub(crate) idem: Option<IdemGuard>,
     pub(crate) family: Family,
@@ -356,7 +357,7 @@ impl Paid {
 
 /// The request may have been charged but no usable answer was read: the hold stays, counted as
 /// spent, and its Idempotency-Key answers 409 until the reconciler resolves it.
-async fn outcome_unknown(gw: &Gateway, mut hold: HoldGuard, idem: Option<IdemGuard>, cause: &'static str) {
+async fn outcome_unknown(gw: &Shared, mut hold: HoldGuard, idem: Option<IdemGuard>, cause: &'static str) {
     hold.disarm();
     gw.metrics.unknown_outcome(cause);
     if let Err(se) = gw.store.mark_unknown(&hold.id).await {
@@ -369,7 +370,7 @@ async fn outcome_unknown(gw: &Gateway, mut hold: HoldGuard, idem: Option<IdemGua
 
 /// Retries settling an accepted generation until the store takes it.
 async fn retry_record(
-    gw: Arc<Gateway>,
+    gw: Arc<Shared>,
     hold: String,
     charged: Usd,
     record: GenerationRecord,

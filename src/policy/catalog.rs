@@ -468,6 +468,34 @@ pub fn toml_syntax_error(text: &str, e: &toml::de::Error) -> String {
     format!("TOML syntax{}: {}", at.unwrap_or_default(), e.message().trim())
 }
 
+// The family lookups that need the built-in catalog live here, beside it, so `family` never
+// reaches back up to `catalog`.
+impl Family {
+    /// The current family at `path`, for records and outcomes the store kept: a family since
+    /// removed from the catalog still names its path (and platform id field), with no rules.
+    pub fn named(path: &str) -> Family {
+        Catalog::builtin();
+        match Family::find_interned(path) {
+            Some(f) => f,
+            None => Family::intern(FamilySpec::new(
+                path.to_string(),
+                "generation_id".into(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            )),
+        }
+    }
+
+    /// The built-in catalog's family at `path` (tests and the simulated platform).
+    ///
+    /// # Panics
+    /// When the built-in catalog has no such family.
+    pub fn builtin(path: &str) -> Family {
+        Catalog::builtin().get(path).unwrap_or_else(|| panic!("no built-in family {path:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,6 +183,11 @@ static INTERNED: Mutex<Vec<&'static FamilySpec>> = Mutex::new(Vec::new());
 // === impl Family ===
 
 impl Family {
+    /// The latest family interned at `path`, if any.
+    pub(super) fn find_interned(path: &str) -> Option<Family> {
+        INTERNED.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find(|s| s.path == path).copied().map(Family)
+    }
+
     /// The interned handle for `spec`, which becomes its path's current spec.
     pub fn intern(spec: FamilySpec) -> Family {
         let mut all = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,31 +197,6 @@ impl Family {
         };
         all.push(s);
         Family(s)
-    }
-
-    /// The current family at `path`, for records and outcomes the store kept: a family since
-    /// removed from the catalog still names its path (and platform id field), with no rules.
-    pub fn named(path: &str) -> Family {
-        super::catalog::Catalog::builtin();
-        let found = INTERNED.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find(|s| s.path == path).copied();
-        match found {
-            Some(s) => Family(s),
-            None => Family::intern(FamilySpec::new(
-                path.to_string(),
-                "generation_id".into(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            )),
-        }
-    }
-
-    /// The built-in catalog's family at `path` (tests and the simulated platform).
-    ///
-    /// # Panics
-    /// When the built-in catalog has no such family.
-    pub fn builtin(path: &str) -> Family {
-        super::catalog::Catalog::builtin().get(path).unwrap_or_else(|| panic!("no built-in family {path:?}"))
     }
 
     /// Path segment(s) after `/v1/`; also the key of this family in `[pricing]`.

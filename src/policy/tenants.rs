@@ -7,8 +7,6 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use super::keys::Scope;
 use super::money::Usd;
 
@@ -106,10 +104,7 @@ pub struct DuplicateKey {
     pub second: String,
 }
 
-/// SHA-256 of a gateway key, as stored in the config.
-pub fn key_digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
+pub use super::keys::key_digest;
 
 // === impl TenantDirectory ===
 

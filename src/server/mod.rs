@@ -19,6 +19,7 @@
 
 pub(crate) mod body;
 pub(crate) mod framing;
+pub mod query;
 pub(crate) mod tls;
 pub mod workers;
 

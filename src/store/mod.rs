@@ -257,6 +257,18 @@ pub struct MonthTotals {
     pub unknown: Usd,
 }
 
+impl MonthTotals {
+    /// What counts against a budget: spent, held and unknown.
+    pub fn used(&self) -> Usd {
+        self.spent + self.held + self.unknown
+    }
+
+    /// What is left of `budget` (never below zero).
+    pub fn remaining(&self, budget: Usd) -> Usd {
+        (budget - self.used()).max_zero()
+    }
+}
+
 /// What the gateway remembers; see the module docs.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

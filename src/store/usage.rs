@@ -93,7 +93,7 @@ pub async fn report(
             held: t.held.to_string(),
             unknown: t.unknown.to_string(),
             refunded: t.refunded.to_string(),
-            remaining: budget.map(|b| (b - t.spent - t.held - t.unknown).max_zero().to_string()),
+            remaining: budget.map(|b| t.remaining(b).to_string()),
             generations,
             webhook_dead_letters: dead.get(id).copied().unwrap_or(0),
         });

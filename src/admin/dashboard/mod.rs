@@ -16,8 +16,8 @@ use http::header::{HeaderValue, CACHE_CONTROL, COOKIE, LOCATION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::gateway::limits::AdminFailures;
-use crate::gateway::Gateway;
+use crate::core::limits::AdminFailures;
+use crate::core::Shared;
 use crate::policy::keys::Scope;
 use crate::policy::money::Usd;
 use crate::policy::secret::Secret;
@@ -39,7 +39,7 @@ pub const LATEST: usize = 50;
 
 /// The dashboard of one admin listener.
 pub struct Dashboard {
-    gateway: Arc<Gateway>,
+    gateway: Arc<Shared>,
     token: Option<Secret>,
     /// Made on first use, keyed by the store's shared secret.
     sessions: tokio::sync::OnceCell<Sessions>,
@@ -105,7 +105,7 @@ fn projection(spent: Usd, month: &str, now: u64) -> Usd {
 
 impl Dashboard {
     /// `token` is the admin token.
-    pub fn new(gateway: Arc<Gateway>, token: Option<Secret>) -> Dashboard {
+    pub fn new(gateway: Arc<Shared>, token: Option<Secret>) -> Dashboard {
         Dashboard { gateway, token, sessions: tokio::sync::OnceCell::new() }
     }
 
@@ -209,7 +209,7 @@ impl Dashboard {
             (&Method::POST, ["login"]) => self.sign_in(sessions, failures, req, now).await,
             (&Method::POST, ["logout"]) => {
                 let secure = forwarded_https(&req);
-                let fields = match super::read_capped(Box::pin(req.into_body()), MAX_FORM).await {
+                let fields = match super::read_capped(req.into_body(), MAX_FORM).await {
                     Ok(b) => form(&b),
                     Err(refused) => return refused,
                 };
@@ -252,7 +252,7 @@ impl Dashboard {
                     return not_found();
                 }
                 let (id, rest) = (id.to_string(), rest.iter().map(|p| p.to_string()).collect::<Vec<_>>());
-                let fields = match super::read_capped(Box::pin(req.into_body()), MAX_FORM).await {
+                let fields = match super::read_capped(req.into_body(), MAX_FORM).await {
                     Ok(b) => form(&b),
                     Err(refused) => return refused,
                 };
@@ -293,7 +293,7 @@ impl Dashboard {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: std::fmt::Display,
     {
-        let (secure, ip) = (forwarded_https(&req), crate::gateway::peer_ip(&req));
+        let (secure, ip) = (forwarded_https(&req), crate::core::peer_ip(&req));
         let nonce = req
             .headers()
             .get_all(COOKIE)
@@ -302,7 +302,7 @@ impl Dashboard {
             .find_map(|h| session::named_cookie(h, session::LOGIN_COOKIE))
             .unwrap_or("")
             .to_string();
-        let fields = match super::read_capped(Box::pin(req.into_body()), MAX_FORM).await {
+        let fields = match super::read_capped(req.into_body(), MAX_FORM).await {
             Ok(b) => form(&b),
             Err(refused) => return refused,
         };
@@ -329,7 +329,7 @@ impl Dashboard {
         let who = if self
             .token
             .as_ref()
-            .is_some_and(|t| super::constant_time_eq(presented.as_bytes(), t.expose().as_bytes()))
+            .is_some_and(|t| crate::policy::secret::constant_time_eq(presented.as_bytes(), t.expose().as_bytes()))
         {
             Some(Who::Admin)
         } else {
@@ -400,7 +400,7 @@ impl Dashboard {
             .map(|id| {
                 let t = totals.get(id).copied().unwrap_or_default();
                 let budget = budgets.get(id).copied().flatten();
-                let used = t.spent + t.held + t.unknown;
+                let used = t.used();
                 view::TenantRow {
                     id: id.to_string(),
                     budget,
@@ -551,7 +551,7 @@ impl Dashboard {
             held: t.held,
             unknown: t.unknown,
             refunded: t.refunded,
-            remaining: tenant.monthly_budget.map(|b| (b - t.spent - t.held - t.unknown).max_zero()),
+            remaining: tenant.monthly_budget.map(|b| t.remaining(b)),
             projection: projection(t.spent, &month, now),
             month,
             in_flight,

@@ -62,9 +62,7 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-fn eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::policy::secret::constant_time_eq as eq;
 
 impl Sessions {
     /// Signs with `key` (the store's shared secret); admin sessions exist only with a token.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gateway::{Gateway, Runtime};
+use crate::core::{Runtime, Shared};
 use crate::policy::keys::ApiTenant;
 use crate::policy::rate_limit;
 use crate::policy::tenants::{Grant, Tenant, TenantDirectory};
@@ -69,7 +69,7 @@ pub(crate) fn next_key_end(docs: &[TenantDoc], now_ms: u64) -> Option<u64> {
         .min()
 }
 
-impl Gateway {
+impl Shared {
     /// Rebuilds the runtime's directory if the store's version moved or a key's end passed.
     pub async fn refresh_directory(&self) -> Result<bool, StoreError> {
         let current = self.current();
@@ -93,7 +93,7 @@ impl Gateway {
             tracing::warn!(tenant = %id, "an API tenant has the id of a config-file tenant (or one of its keys); the file's tenant is served");
         }
         let runtime = Runtime {
-            limits: crate::gateway::limits::RateLimits::new(&tenants, Some(&previous.limits)),
+            limits: crate::core::limits::RateLimits::new(&tenants, Some(&previous.limits)),
             tenants,
             config_tenants: previous.config_tenants.clone(),
             next_key_end: next_key_end(&docs, now),

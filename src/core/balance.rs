@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use http::{HeaderValue, Method};
 
-use crate::gateway::error::GatewayError;
+use crate::core::error::GatewayError;
 use crate::policy::money::Usd;
 use crate::store::{now_ms, Store};
 use crate::upstream::{Upstream, UpstreamError};
