@@ -466,3 +466,27 @@ async fn key_labels_with_control_characters_are_refused() {
     );
     gw.shutdown().await;
 }
+
+/// Before: `tollgate usage` built its report from the file's tenants only, so a team made at
+/// runtime showed budget `-` and remaining `-` while `/admin/usage` said 2.0000 / 1.8800. Both
+/// now come from one function given the file's tenants, which reads the store's teams itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_report_and_admin_usage_agree_on_a_runtime_team() {
+    let platform = Platform::start().await;
+    let text = admin_config(platform.addr);
+    let gw = TestGateway::start(&text).await;
+    let c = client();
+    let (key, _) = onboard(&c, &gw, "team-r", json!({ "monthly_budget": "2.00", "generations_per_minute": 100 }), json!({})).await;
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), SORA).await.status, 201);
+    let admin_view = admin(&c, &gw, Method::GET, "/admin/usage", Value::Null).await.json();
+    let config = tollgate::config::Config::from_toml(&text, &env()).unwrap();
+    let month = tollgate::store::month_of(tollgate::store::now_ms());
+    // What `tollgate usage` calls, with what it has: the config file's tenants.
+    let cli = tollgate::store::usage::report(&**gw.gateway.store(), config.tenants.tenants(), &month, None).await.unwrap();
+    let cli = serde_json::to_value(&cli).unwrap();
+    let team = |v: &Value| v["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "team-r").cloned().unwrap();
+    assert_eq!((team(&cli)["budget"].as_str(), team(&cli)["remaining"].as_str()), (Some("2.0000"), Some("1.8800")));
+    assert_eq!(team(&cli), team(&admin_view));
+    assert_eq!(cli["tenants"], admin_view["tenants"]);
+    gw.shutdown().await;
+}

@@ -255,7 +255,7 @@ impl Admin {
                 let runtime = self.gateway.current();
                 match crate::store::usage::report(
                     &**self.gateway.store(),
-                    runtime.tenants.tenants(),
+                    runtime.config_tenants.tenants(),
                     &month,
                     tenant.as_deref(),
                 )

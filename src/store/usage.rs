@@ -60,7 +60,9 @@ pub fn resets_at(month: &str) -> Option<String> {
     Some(format!("{y:04}-{m:02}-01T00:00:00Z"))
 }
 
-/// Builds the report for `month`, for every configured tenant (or one).
+/// Builds the report for `month`, for every tenant (or one): the config file's `tenants` and the
+/// ones the admin API keeps in the store, with their budgets. The one code path behind
+/// `/admin/usage`, `tollgate usage` and the dashboard's figures, so they never disagree.
 pub async fn report(
     store: &dyn Store,
     tenants: &[Arc<Tenant>],
@@ -70,8 +72,11 @@ pub async fn report(
     let totals = store.month_totals(month).await?;
     let rows = store.generations_in_month(month, only).await?;
     let dead = store.outbox_dead_by_tenant().await?;
+    let (_, docs) = store.directory().await?;
+    let api: Vec<&crate::policy::keys::ApiTenant> =
+        docs.iter().map(|d| &d.tenant).filter(|t| !t.is_deleted() && !tenants.iter().any(|c| *c.id == *t.id)).collect();
     let mut out = Vec::new();
-    let mut ids: Vec<&str> = tenants.iter().map(|t| &*t.id).collect();
+    let mut ids: Vec<&str> = tenants.iter().map(|t| &*t.id).chain(api.iter().map(|t| t.id.as_str())).collect();
     // Tenants removed from the config still have history.
     for t in totals.keys() {
         if !ids.contains(&t.as_str()) {
@@ -81,7 +86,10 @@ pub async fn report(
     ids.sort();
     for id in ids.into_iter().filter(|id| only.is_none_or(|o| o == *id)) {
         let t = totals.get(id).cloned().unwrap_or_default();
-        let budget = tenants.iter().find(|x| &*x.id == id).and_then(|x| x.monthly_budget);
+        let budget = match tenants.iter().find(|x| &*x.id == id) {
+            Some(x) => x.monthly_budget,
+            None => api.iter().find(|x| x.id == id).and_then(|x| x.monthly_budget()),
+        };
         let mut generations: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for r in rows.iter().filter(|r| &*r.tenant == id) {
             *generations.entry(r.family.path().to_string()).or_default().entry(r.status.clone()).or_default() += 1;
