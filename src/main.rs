@@ -391,13 +391,9 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     // A key printed in the docs is a key anyone can use: never live outside the demo.
-    let public = config.public_key_tenants();
-    if !public.is_empty() {
-        let named: Vec<String> = public.iter().map(|(t, k)| format!("tenant {t:?} accepts {k:?}")).collect();
-        eprintln!(
-            "tollgate: refusing to serve keys printed in tollgate's docs ({}): give each tenant its own key (tollgate keygen) and put its digest in keys_sha256",
-            named.join(", ")
-        );
+    let refusals = config.run_refusals();
+    if !refusals.is_empty() {
+        eprintln!("tollgate: refusing to serve keys printed in tollgate's docs: {}", refusals.join("; "));
         return Ok(ExitCode::from(EXIT_BAD_CONFIG));
     }
     let (log, _guard, telemetry) = init_logging(config.telemetry.as_ref());
@@ -516,12 +512,25 @@ fn check_config(path: &Path, skip_secrets: bool) -> ExitCode {
     };
     match checked {
         Ok((config, warnings)) => {
-            println!("config {} is valid", path.display());
+            // What `run` would refuse is refused here too: one verdict, one exit code.
+            let refusals = config.run_refusals();
+            if refusals.is_empty() {
+                println!("config {} is valid", path.display());
+            } else {
+                println!("config {} parses, but `run` refuses it:", path.display());
+                for r in &refusals {
+                    println!("error: {r}");
+                }
+            }
             print!("{}", config.summary());
             for w in warnings.iter().map(|w| w.trim_start_matches("secret: ").to_string()).chain(config.warnings()) {
                 println!("warning: {w}");
             }
-            ExitCode::SUCCESS
+            if refusals.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
         }
         Err(e) => {
             eprintln!("tollgate: {e}");

@@ -227,17 +227,33 @@ async fn platform_failures_are_logged_with_their_cause() {
     }
 }
 
+/// The shipped example with its public keys swapped for one of ours (what an operator does
+/// first), beside a copy of its model catalog.
+fn example_with_own_keys() -> std::path::PathBuf {
+    let dir = temp_dir();
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::copy(format!("{root}/config/models.toml"), dir.join("models.toml")).unwrap();
+    let text = std::fs::read_to_string(format!("{root}/config/tollgate.toml")).unwrap();
+    let mut fresh = text.clone();
+    for public in tollgate::config::PUBLIC_KEYS {
+        let own = hex::encode(tollgate::policy::tenants::key_digest(&tollgate::policy::keys::new_key()));
+        fresh = fresh.replace(&hex::encode(tollgate::policy::tenants::key_digest(public)), &own);
+    }
+    assert_ne!(fresh, text, "the example holds public keys");
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, fresh).unwrap();
+    path
+}
+
 #[test]
 fn check_config_and_keygen() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml");
+    let own = example_with_own_keys();
+    let example = own.to_str().unwrap();
     let out = Command::new(BIN).args(["check-config", "--config", example]).env("RUNBLOB_TOKEN", "t").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
-    assert!(
-        text.contains(&format!("model catalog {}/config/models.toml (10 families)", env!("CARGO_MANIFEST_DIR"))),
-        "{text}"
-    );
+    assert!(text.contains(&format!("model catalog {} (10 families)", own.with_file_name("models.toml").display())), "{text}");
     assert!(text.contains("enabled families (priced): chatgpt-images, gemini, kling"), "{text}");
     assert!(text.contains("not offered (no price; their routes answer 404): seedance"), "{text}");
     // Without the secret: the same verdict as `run` (exit 64) …
@@ -832,10 +848,12 @@ async fn the_first_real_run_is_safe_by_default() {
         .env_remove("TOLLGATE_ADMIN_TOKEN")
         .output()
         .unwrap();
+    // Before: "valid", exit 0, while `run` refused the same file with 64. Now one verdict.
+    assert_eq!(out.status.code(), Some(64), "check-config refuses what run refuses");
     let text = String::from_utf8(out.stdout).unwrap();
     for want in [
-        r#"warning: tenant "marketing" accepts the publicly known example key "tg_example_marketing""#,
-        r#"warning: tenant "research" accepts the publicly known example key "tg_example_research""#,
+        r#"error: tenant "marketing" accepts the publicly known example key "tg_example_marketing""#,
+        r#"error: tenant "research" accepts the publicly known example key "tg_example_research""#,
         "warning: the admin API is disabled (TOLLGATE_ADMIN_TOKEN is not set)",
         "store sqlite /var/lib/tollgate/tollgate.db",
     ] {
@@ -847,7 +865,8 @@ async fn the_first_real_run_is_safe_by_default() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(r#"tenant "marketing" accepts "tg_example_marketing""#) && err.contains("tollgate keygen"),
+        err.contains(r#"tenant "marketing" accepts the publicly known example key "tg_example_marketing""#)
+            && err.contains("tollgate keygen"),
         "{err}"
     );
 

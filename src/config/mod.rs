@@ -303,7 +303,16 @@ impl Config {
             }),
         };
         let pricing = Config::pricing(&catalog, pricing, &mut p);
+        let no_file_tenants = tenants.is_empty();
         let tenants = Config::tenants(tenants, env, &mut p);
+        // With the admin API on, teams can all live in the store: a file without [[tenants]]
+        // serves the ones made at runtime. Without it, nothing could ever be served.
+        if no_file_tenants && server.admin_token.is_none() {
+            p.push(format!(
+                "no [[tenants]] configured and the admin API is off: every request would be refused (add a [[tenants]] section, or set {} to manage teams at runtime)",
+                server.admin_token_env
+            ));
+        }
         let reconcile = ReconcileConfig {
             interval: Duration::from_secs(positive(
                 reconcile.interval_secs,
@@ -728,9 +737,6 @@ impl Config {
     }
 
     fn tenants(sections: Vec<TenantSection>, env: &dyn Env, p: &mut Vec<String>) -> TenantDirectory {
-        if sections.is_empty() {
-            p.push("no [[tenants]] configured: every request would be refused".into());
-        }
         let mut seen = HashSet::new();
         let mut entries = Vec::new();
         for (i, t) in sections.into_iter().enumerate() {
@@ -875,14 +881,22 @@ impl Config {
         PUBLIC_KEYS.iter().filter_map(|k| self.tenants.lookup(k).map(|e| (e.tenant.id.to_string(), *k))).collect()
     }
 
+    /// Why `run` would refuse this config although it parses (keys anyone who read the docs can
+    /// use): `check-config` gives the same verdict from the same list, exit 64.
+    pub fn run_refusals(&self) -> Vec<String> {
+        self.public_key_tenants()
+            .into_iter()
+            .map(|(tenant, key)| {
+                format!(
+                    "tenant {tenant:?} accepts the publicly known example key {key:?}: give it its own key (tollgate keygen) and put the digest in keys_sha256"
+                )
+            })
+            .collect()
+    }
+
     /// What a first real run should know, said once at start by `check-config` and `run`.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
-        for (tenant, key) in self.public_key_tenants() {
-            w.push(format!(
-                "tenant {tenant:?} accepts the publicly known example key {key:?}: `run` refuses to start with it; put your own digest in keys_sha256 (tollgate keygen)"
-            ));
-        }
         for t in self.tenants.tenants().iter().filter(|t| t.monthly_budget.is_none()) {
             w.push(format!("tenant {:?} has no monthly_budget: it can spend the whole account", t.id));
         }

@@ -138,6 +138,11 @@ fn one_key_for_two_tenants_is_refused() {
 #[test]
 fn no_tenants_is_a_problem() {
     assert!(problems("").join(" ").contains("no [[tenants]]"));
+    // With the admin API on, every team can live in the store.
+    let mut e = env();
+    e.insert("TOLLGATE_ADMIN_TOKEN".into(), "a-long-admin-token-0123456789abcdef".into());
+    let c = Config::from_toml("", &e).unwrap_or_else(|err| panic!("{err}"));
+    assert!(c.tenants.tenants().is_empty());
 }
 
 #[test]
