@@ -253,7 +253,10 @@ fn check_config_and_keygen() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("is valid") && text.contains("tenant marketing"), "{text}");
-    assert!(text.contains(&format!("model catalog {} (10 families)", own.with_file_name("models.toml").display())), "{text}");
+    assert!(
+        text.contains(&format!("model catalog {} (10 families)", own.with_file_name("models.toml").display())),
+        "{text}"
+    );
     assert!(text.contains("enabled families (priced): chatgpt-images, gemini, kling"), "{text}");
     assert!(text.contains("not offered (no price; their routes answer 404): seedance"), "{text}");
     // Without the secret: the same verdict as `run` (exit 64) …

@@ -476,13 +476,15 @@ async fn the_cli_report_and_admin_usage_agree_on_a_runtime_team() {
     let text = admin_config(platform.addr);
     let gw = TestGateway::start(&text).await;
     let c = client();
-    let (key, _) = onboard(&c, &gw, "team-r", json!({ "monthly_budget": "2.00", "generations_per_minute": 100 }), json!({})).await;
+    let (key, _) =
+        onboard(&c, &gw, "team-r", json!({ "monthly_budget": "2.00", "generations_per_minute": 100 }), json!({})).await;
     assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), SORA).await.status, 201);
     let admin_view = admin(&c, &gw, Method::GET, "/admin/usage", Value::Null).await.json();
     let config = tollgate::config::Config::from_toml(&text, &env()).unwrap();
     let month = tollgate::store::month_of(tollgate::store::now_ms());
     // What `tollgate usage` calls, with what it has: the config file's tenants.
-    let cli = tollgate::store::usage::report(&**gw.gateway.store(), config.tenants.tenants(), &month, None).await.unwrap();
+    let cli =
+        tollgate::store::usage::report(&**gw.gateway.store(), config.tenants.tenants(), &month, None).await.unwrap();
     let cli = serde_json::to_value(&cli).unwrap();
     let team = |v: &Value| v["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "team-r").cloned().unwrap();
     assert_eq!((team(&cli)["budget"].as_str(), team(&cli)["remaining"].as_str()), (Some("2.0000"), Some("1.8800")));
