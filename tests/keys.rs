@@ -492,3 +492,45 @@ async fn the_cli_report_and_admin_usage_agree_on_a_runtime_team() {
     assert_eq!(cli["tenants"], admin_view["tenants"]);
     gw.shutdown().await;
 }
+
+/// Before: "last used" was the time of the once-a-minute flush, and uses not yet flushed were
+/// dropped when an admin change replaced the directory, so a key used and then revoked showed
+/// "never" — the one figure that answers "is anyone still using the old key?".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_last_use_is_the_requests_time_and_survives_rotation_and_revocation() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&admin_config(platform.addr)).await;
+    let c = client();
+    let (old, old_id) = onboard(&c, &gw, "team-u", json!({}), json!({})).await;
+    let (other, other_id) = {
+        let r = admin(&c, &gw, Method::POST, "/admin/tenants/team-u/keys", json!({})).await;
+        (r.json()["key"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string())
+    };
+    let used_at = tollgate::store::now_ms();
+    assert_eq!(balance_status(&c, &gw, &old).await, 200);
+    assert_eq!(balance_status(&c, &gw, &other).await, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An admin change replaces the directory before the flush: rotate one, revoke the other.
+    let r = admin(&c, &gw, Method::POST, &format!("/admin/tenants/team-u/keys/{old_id}/rotate"), json!({})).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/team-u/keys/{other_id}"), Value::Null).await.status,
+        204
+    );
+    gw.gateway.flush_key_uses().await;
+    let t = admin(&c, &gw, Method::GET, "/admin/tenants/team-u", Value::Null).await.json();
+    for id in [&old_id, &other_id] {
+        let k = t["keys"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap();
+        let at = k["last_used_at"].as_str().unwrap_or_else(|| panic!("{id} shows never: {k}"));
+        let ms = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp_nanos()
+            / 1_000_000;
+        let ms = ms as u64;
+        assert!(
+            ms >= used_at.saturating_sub(1) && ms < used_at + 1000,
+            "{id}: last used {at}, used at {used_at} (not the flush's time)"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -92,6 +92,7 @@ impl Shared {
         for id in &shadowed {
             tracing::warn!(tenant = %id, "an API tenant has the id of a config-file tenant (or one of its keys); the file's tenant is served");
         }
+        self.stash_uses(&previous.tenants);
         let runtime = Runtime {
             limits: crate::core::limits::RateLimits::new(&tenants, Some(&previous.limits)),
             tenants,
@@ -108,12 +109,12 @@ impl Shared {
 
     /// Writes the keys used since the last flush to the store (`last_used_at`).
     pub async fn flush_key_uses(&self) {
-        let used = self.current().tenants.take_used();
-        if used.is_empty() {
+        let mut rows: Vec<(String, u64)> =
+            std::mem::take(&mut *self.pending_uses.lock().unwrap_or_else(|p| p.into_inner()));
+        rows.extend(self.current().tenants.take_used().into_iter().map(|(_, k, ms)| (k.to_string(), ms)));
+        if rows.is_empty() {
             return;
         }
-        let now = now_ms();
-        let rows: Vec<(String, u64)> = used.iter().map(|(_, k)| (k.to_string(), now)).collect();
         if let Err(e) = self.store.keys_touch(&rows).await {
             tracing::debug!(error = %e, keys = rows.len(), "could not record key uses; the next flush will");
         }
@@ -138,6 +139,16 @@ impl Shared {
             Ok(())
         } else {
             Err(format!("{}; rename the file's tenant, or delete the API tenant and use a new id", clash.join("; ")))
+        }
+    }
+
+    /// Keeps the not-yet-written uses of a directory about to be replaced (a revoked key's
+    /// entry is gone from the next one), for the next flush.
+    pub(crate) fn stash_uses(&self, replaced: &TenantDirectory) {
+        let taken = replaced.take_used();
+        if !taken.is_empty() {
+            let mut pending = self.pending_uses.lock().unwrap_or_else(|p| p.into_inner());
+            pending.extend(taken.into_iter().map(|(_, k, ms)| (k.to_string(), ms)));
         }
     }
 

@@ -119,6 +119,8 @@ pub struct Shared {
     pub(crate) refusals: crate::core::limits::RefusalSampler,
     /// Runtime swaps (config reloads, directory changes) one at a time, so none is lost.
     runtime_swap: std::sync::Mutex<()>,
+    /// Key uses taken from directories that were replaced, not yet written to the store.
+    pub(crate) pending_uses: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 /// One request in the gateway: its access record, and what the stages share beyond it.
@@ -214,6 +216,7 @@ impl Shared {
             reconciled_ms: Default::default(),
             refusals: crate::core::limits::RefusalSampler::new(),
             runtime_swap: Default::default(),
+            pending_uses: Default::default(),
         }
     }
 
@@ -259,6 +262,7 @@ impl Shared {
     pub fn apply(&self, config: &Config) {
         let _one_at_a_time = self.runtime_swap.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.runtime.load();
+        self.stash_uses(&previous.tenants);
         self.runtime.store(Arc::new(Shared::runtime(config, Some(&previous))));
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::keys::Scope;
@@ -54,16 +54,21 @@ pub struct KeyEntry {
     pub scope: Scope,
     /// Its id in listings.
     pub key_id: Arc<str>,
-    /// Set by a request that used it; taken (and written to the store at most once a minute)
-    /// by the gateway. Shared across rebuilds of the directory.
-    used: Arc<AtomicBool>,
+    /// Unix ms of its latest use not yet written to the store (0: none); taken (and written at
+    /// most once a minute) by the gateway. Shared across rebuilds of the directory.
+    used: Arc<AtomicU64>,
 }
 
+/// Uses of one key within this many ms are one use: the shared line is written about once a
+/// second per key, not once per request.
+const USE_GRANULARITY_MS: u64 = 1000;
+
 impl KeyEntry {
-    /// Notes a use. A load first, so the shared line is written once per flush, not per request.
-    pub fn mark_used(&self) {
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
+    /// Notes a use at `now_ms` (the request's time, not the later flush's). A load first, so
+    /// the shared line is written at most once a second.
+    pub fn mark_used(&self, now_ms: u64) {
+        if now_ms >= self.used.load(Ordering::Relaxed) + USE_GRANULARITY_MS {
+            self.used.store(now_ms, Ordering::Relaxed);
         }
     }
 }
@@ -193,12 +198,14 @@ impl TenantDirectory {
         self.sources.get(id).copied()
     }
 
-    /// The ids of keys used since the last call (each clears its mark).
-    pub fn take_used(&self) -> Vec<(Arc<str>, Arc<str>)> {
+    /// The keys used since the last call, with the time of their latest use (each clears it).
+    pub fn take_used(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
         self.by_digest
             .values()
-            .filter(|e| e.used.swap(false, Ordering::Relaxed))
-            .map(|e| (e.tenant.id.clone(), e.key_id.clone()))
+            .filter_map(|e| match e.used.swap(0, Ordering::Relaxed) {
+                0 => None,
+                ms => Some((e.tenant.id.clone(), e.key_id.clone(), ms)),
+            })
             .collect()
     }
 
@@ -267,9 +274,9 @@ mod tests {
             (Some(Source::Config), Some(Source::Api), None)
         );
         // Use marks are taken once, and survive a rebuild.
-        dir.lookup("kb").unwrap().mark_used();
+        dir.lookup("kb").unwrap().mark_used(5_000);
         let (again, _) = config.with_api(vec![(tenant("b"), vec![grant("kb", Scope::Viewer)])], Some(&dir));
-        assert_eq!(again.take_used(), vec![(Arc::from("b"), Arc::from("kb"))]);
+        assert_eq!(again.take_used(), vec![(Arc::from("b"), Arc::from("kb"), 5_000)]);
         assert!(again.take_used().is_empty());
     }
 
