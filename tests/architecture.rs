@@ -350,3 +350,89 @@ fn no_wing_imports_a_wing_above_it() {
     }
     assert!(upward.is_empty(), "imports that run up the wings (lowest first: {WINGS:?}): {upward:#?}");
 }
+
+/// Every access-line `outcome` and `cause` the code can write is listed in docs/reference.md
+/// (four were missing: `auth_throttled`, `forbidden`, `quoted`, `webhook_received`).
+#[test]
+fn every_outcome_and_cause_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference = std::fs::read_to_string(root.join("docs/reference.md")).unwrap();
+    let row = |name: &str| {
+        reference
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name}")))
+            .unwrap_or_else(|| panic!("no {name} row in docs/reference.md"))
+            .to_string()
+    };
+    let (outcomes, causes) = (row("`status`, `outcome`"), row("`cause`"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let quoted = |text: &str, from: usize, to: usize| -> Vec<String> {
+        text[from..to]
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .map(String::from)
+            .collect()
+    };
+    let mut named: Vec<(String, &str)> = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        // `outcome = "…"` and `r.outcome`-style refusals (`(408, "header_timeout")`).
+        for (i, _) in text.match_indices("outcome = \"") {
+            named.extend(quoted(&text, i, i + text[i..].find('\n').unwrap()).into_iter().map(|o| (o, "outcome")));
+        }
+        if f.ends_with("server/mod.rs") {
+            for (i, _) in
+                text.match_indices("refuse(").chain(text.match_indices("Some((4")).chain(text.match_indices("Err(("))
+            {
+                named.extend(quoted(&text, i, i + text[i..].find(')').unwrap()).into_iter().map(|o| (o, "outcome")));
+            }
+        }
+        if f.ends_with("core/error.rs") {
+            for (what, start) in [("outcome", "pub fn outcome("), ("cause", "pub fn cause(")] {
+                let a = text.find(start).unwrap();
+                let b = a + text[a..].find("\n    }\n").unwrap();
+                named.extend(quoted(&text, a, b).into_iter().map(|o| (o, what)));
+            }
+        }
+    }
+    assert!(named.len() > 30, "{named:?}");
+    let missing: Vec<String> = named
+        .iter()
+        .filter(|(n, what)| !(if *what == "cause" { &causes } else { &outcomes }).contains(&format!("`{n}`")))
+        .map(|(n, what)| format!("{what} {n}"))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/reference.md: {missing:?}");
+}
+
+/// Every relative link in the README and docs/ points at a file that exists (one in
+/// docs/reference.md pointed at docs/docs/operations.md).
+#[test]
+fn relative_links_in_the_docs_resolve() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    pages.extend(
+        std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "md")),
+    );
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        assert!(!text.contains("../shared"), "{} points outside the repository", page.display());
+        for (i, _) in text.match_indices("](") {
+            let target = &text[i + 2..i + 2 + text[i + 2..].find(')').unwrap_or(0)];
+            let path = target.split('#').next().unwrap_or("");
+            if path.is_empty() || path.contains("://") || path.starts_with("mailto:") {
+                continue;
+            }
+            if !page.parent().unwrap().join(path).exists() {
+                broken.push(format!("{}: {target}", page.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+}
