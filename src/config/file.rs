@@ -148,12 +148,22 @@ pub(super) fn section<T: DeserializeOwned + Default>(
     problems: &mut Vec<String>,
 ) -> T {
     let Some(value) = value else { return T::default() };
-    let mut unknown = Vec::new();
-    let parsed = serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()));
-    for path in unknown {
-        problems.push(format!("unknown key `{name}.{path}`"));
+    // Unknown keys are found key by key, so a type error elsewhere never hides one (serde stops
+    // at the first error), and each gets the nearest known name as a suggestion.
+    let known = fields_of::<T>();
+    if let Some(table) = value.as_table() {
+        for (k, v) in table {
+            let single = toml::Value::Table(toml::Table::from_iter([(k.clone(), v.clone())]));
+            let mut unknown = Vec::new();
+            let _ = serde_ignored::deserialize::<_, _, T>(single, |path| unknown.push(path.to_string()));
+            for path in unknown {
+                let leaf = path.rsplit('.').next().unwrap_or(&path);
+                let hint = nearest(leaf, known).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
+                problems.push(format!("unknown key `{name}.{path}`{hint}"));
+            }
+        }
     }
-    match parsed {
+    match T::deserialize(value.clone()) {
         Ok(v) => v,
         Err(e) => {
             // Find every key that fails on its own, report each, and keep the rest.
@@ -174,4 +184,55 @@ pub(super) fn section<T: DeserializeOwned + Default>(
             T::deserialize(toml::Value::Table(good)).unwrap_or_default()
         }
     }
+}
+
+/// The field names a section struct accepts, as serde's derive lists them.
+fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    /// A deserializer that only records the fields `deserialize_struct` is asked for.
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("fields recorded")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl serde::de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = fields;
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
+/// The known name closest to `key`, when it is close enough to be a typo.
+fn nearest(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 5))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }

@@ -335,3 +335,16 @@ fn absurd_amounts_are_problems_naming_the_field_not_panics() {
     let p = problems(&minimal().replace("[[tenants]]", &format!("[balance]\nreserve = \"{digits}\"\n\n[[tenants]]")));
     assert!(p.iter().any(|l| l.contains("reserve")), "{p:?}");
 }
+
+#[test]
+fn unknown_keys_are_reported_with_a_type_error_and_a_suggestion() {
+    // Before: the type error stopped serde, and the unknown key beside it went unreported.
+    let text = minimal().replace("[[tenants]]", "[[tenants]]\nmonthly_budgt = \"5\"\nrequests_per_second = \"fast\"");
+    let p = problems(&text);
+    assert!(p.iter().any(|l| l.contains("monthly_budgt") && l.contains("did you mean `monthly_budget`?")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("requests_per_second")), "{p:?}");
+    let p = problems(&minimal().replace("[[tenants]]", "[server]\nlisen = \"127.0.0.1:1\"\n\n[[tenants]]"));
+    assert!(p.iter().any(|l| l.contains("unknown key `server.lisen` (did you mean `listen`?)")), "{p:?}");
+    let p = problems(&minimal().replace("[[tenants]]", "[server]\nwhatever_this_is = 1\n\n[[tenants]]"));
+    assert!(p.iter().any(|l| l == "unknown key `server.whatever_this_is`"), "{p:?}");
+}
