@@ -432,6 +432,9 @@ async fn a_file_tenant_with_an_api_tenants_id_is_refused_at_reload_and_start() {
     let gw = TestGateway::start_config(tollgate::config::Config::from_toml(&base, &env()).unwrap(), Some(reload)).await;
     let c = client();
     let (key, _) = onboard(&c, &gw, "zeta", json!({}), json!({})).await;
+    // A reload counts every team it serves: the file's two and the API's one (before: 2).
+    let r = admin(&c, &gw, Method::POST, "/admin/reload", Value::Null).await;
+    assert_eq!((r.status.as_u16(), r.json()["tenants"].as_u64()), (200, Some(3)), "{:?}", r.body);
     let clash = format!("{base}\n{}", tenant("zeta", "file-zeta-key-0123456789abcdef", 5, 5, 5, None));
     *text.lock().unwrap() = clash.clone();
     // Before: the reload succeeded, the API tenant's key got 401 and the file tenant took its data.

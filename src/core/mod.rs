@@ -284,7 +284,8 @@ impl Shared {
             Ok(config) => {
                 self.apply(&config);
                 self.metrics.reload(true);
-                let tenants = config.tenants.tenants().len();
+                // Every team served now: the file's and the admin API's.
+                let tenants = self.current().tenants.tenants().len();
                 let restart_required: Vec<&'static str> = config
                     .restart_only()
                     .into_iter()

@@ -109,6 +109,17 @@ pub async fn report(
     Ok(Report { month: month.to_string(), tenants: out, rows })
 }
 
+/// RFC 3339 UTC with milliseconds always written, so every row's time has the same width
+/// (`2026-12-06T20:00:00.100Z`, never `…:00.1Z`) and sorts as text.
+fn csv_time(ms: i64) -> String {
+    let format = time::format_description::parse("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z")
+        .expect("a valid format description");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -122,10 +133,7 @@ impl Report {
     pub fn csv(&self) -> String {
         let mut out = String::from("time,tenant,family,generation_id,status,price\n");
         for r in &self.rows {
-            let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.created_ms) * 1_000_000)
-                .ok()
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                .unwrap_or_default();
+            let time = csv_time(r.created_ms);
             out += &[
                 time,
                 csv_field(&r.tenant),
@@ -181,5 +189,12 @@ mod tests {
     fn csv_escapes() {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("plain"), "plain");
+    }
+
+    #[test]
+    fn csv_times_have_one_width() {
+        // Before: RFC 3339 dropped trailing zeros, `…:00.1Z` beside `…:00.123Z`.
+        let times: Vec<String> = [1_796_083_200_100, 1_796_083_200_123, 1_796_083_200_000].map(csv_time).into();
+        assert_eq!(times, ["2026-12-01T00:00:00.100Z", "2026-12-01T00:00:00.123Z", "2026-12-01T00:00:00.000Z"]);
     }
 }
