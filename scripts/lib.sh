@@ -13,8 +13,14 @@ apt_install() {
     return 1
   fi
   echo "$who: installing $* with apt-get" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  # Quiet unless it fails: apt and debconf print notices a passing run should not show.
+  local log; log=$(mktemp)
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
 }
 
 # Python tools live in one virtualenv under target/tools.
