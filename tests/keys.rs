@@ -376,6 +376,7 @@ async fn startup_with_100k_stored_keys() {
                 created_ms: 0,
                 keys,
                 deleted_ms: None,
+                overlay: false,
             };
             assert!(store.directory_put(&doc.id, 0, Some(&doc)).await.unwrap());
         }
@@ -535,5 +536,50 @@ async fn a_keys_last_use_is_the_requests_time_and_survives_rotation_and_revocati
             "{id}: last used {at}, used at {used_at} (not the flush's time)"
         );
     }
+    gw.shutdown().await;
+}
+
+/// One kind of team (#43): a config-file team gets keys issued at runtime (a viewer key for its
+/// lead's dashboard, an app key), can be disabled and enabled, and has those keys revoked, all
+/// without editing the file; its limits, budget and listed keys stay the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_team_gets_runtime_keys_and_can_be_disabled() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&admin_config(platform.addr)).await;
+    let c = client();
+    // Before: 409 "Tenant is managed by the config file".
+    let r = admin(&c, &gw, Method::POST, "/admin/tenants/a/keys", json!({ "scope": "viewer", "label": "lead" })).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let viewer = r.json()["key"].as_str().unwrap().to_string();
+    let r = admin(&c, &gw, Method::POST, "/admin/tenants/a/keys", json!({ "label": "app" })).await;
+    let (app, app_id) = (r.json()["key"].as_str().unwrap().to_string(), r.json()["id"].as_str().unwrap().to_string());
+    assert_eq!(get(&c, &gw.url("/v1/gateway/usage"), Some(&viewer)).await.json()["tenant"], "a");
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&app), SORA).await.status, 201);
+    assert_eq!(spend_of(&gw, "a").await, usd("0.12"), "charged to the file team, under its budget");
+    let t = admin(&c, &gw, Method::GET, "/admin/tenants/a", Value::Null).await.json();
+    let sources: Vec<&str> = t["keys"].as_array().unwrap().iter().map(|k| k["source"].as_str().unwrap()).collect();
+    assert_eq!((t["source"].as_str(), sources), (Some("config"), vec!["config", "api", "api"]));
+    // The file's settings stay the file's; so do its keys.
+    let r = admin(&c, &gw, Method::PATCH, "/admin/tenants/a", json!({ "monthly_budget": "9.00" })).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (409, "Tenant is managed by the config file"));
+    let file_key_id = t["keys"][0]["id"].as_str().unwrap().to_string();
+    let r = admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/a/keys/{file_key_id}"), Value::Null).await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!(admin(&c, &gw, Method::DELETE, "/admin/tenants/a", Value::Null).await.status, 409);
+    // Disabled: every key of the team, the file's too, stops; enabled: they work again.
+    let r = admin(&c, &gw, Method::PATCH, "/admin/tenants/a", json!({ "disabled": true })).await;
+    assert_eq!((r.status.as_u16(), r.json()["disabled"].as_bool()), (200, Some(true)), "{:?}", r.body);
+    for key in [KEY_A, app.as_str(), viewer.as_str()] {
+        assert_eq!(balance_status(&c, &gw, key).await, 401);
+    }
+    assert_eq!(admin(&c, &gw, Method::PATCH, "/admin/tenants/a", json!({ "disabled": false })).await.status, 200);
+    assert_eq!(balance_status(&c, &gw, KEY_A).await, 200);
+    // A runtime key is revoked by id.
+    assert_eq!(
+        admin(&c, &gw, Method::DELETE, &format!("/admin/tenants/a/keys/{app_id}"), Value::Null).await.status,
+        204
+    );
+    assert_eq!(balance_status(&c, &gw, &app).await, 401);
+    assert_eq!(balance_status(&c, &gw, KEY_A).await, 200);
     gw.shutdown().await;
 }

@@ -133,19 +133,27 @@ fn config_view(
     used: &std::collections::HashMap<String, u64>,
 ) -> Value {
     let runtime = gw.current();
-    let keys: Vec<Value> = runtime
+    let overlay = runtime.api.iter().find(|d| d.tenant.overlay && d.tenant.id == *t.id && !d.tenant.is_deleted());
+    let mut keys: Vec<Value> = runtime
         .config_tenants
         .config_key_ids(&t.id)
         .iter()
         .map(|id| {
             json!({ "id": &**id, "prefix": null, "label": null, "scope": "api", "created_at": null, "expires_at": null,
-                    "last_used_at": used.get(&**id).copied().map(rfc3339), "state": "active" })
+                    "last_used_at": used.get(&**id).copied().map(rfc3339), "state": "active", "source": "config" })
         })
         .collect();
+    // Keys issued at runtime (viewer keys for the team's dashboard, say), revocable by id.
+    let now = now_ms();
+    keys.extend(overlay.into_iter().flat_map(|d| d.tenant.keys.iter()).map(|k| {
+        let mut v = key_view(k, used.get(&k.id).copied(), now);
+        v["source"] = json!("api");
+        v
+    }));
     json!({
         "id": &*t.id,
         "source": "config",
-        "disabled": false,
+        "disabled": overlay.is_some_and(|d| d.tenant.disabled),
         "requests_per_second": t.limits.requests_per_second.get(),
         "burst": t.limits.burst.get(),
         "generations_per_minute": t.limits.generations_per_minute.get(),
@@ -307,6 +315,7 @@ async fn create(gw: &Shared, bytes: &[u8]) -> Answer {
         created_ms: now_ms(),
         keys: Vec::new(),
         deleted_ms: None,
+        overlay: false,
     };
     t.burst = DEFAULT_BURST.max(t.requests_per_second);
     apply_settings(&mut t, &body, body.contains_key("burst"))?;
@@ -336,20 +345,20 @@ async fn modify<T>(
     id: &str,
     mut change: impl FnMut(&mut ApiTenant) -> Result<(bool, T), Refused>,
 ) -> Result<(Option<ApiTenant>, T), Refused> {
-    if gw.current().config_tenants.source(id).is_some() {
-        return Err(Refused::managed_by_file());
-    }
+    // A config-file tenant is changed through its overlay: its runtime keys and `disabled`.
+    let file = gw.current().config_tenants.source(id).is_some();
     for _ in 0..WRITE_ATTEMPTS {
-        let doc = gw
-            .api_tenant(id)
-            .await
-            .map_err(Refused::store)?
-            .filter(|d| !d.tenant.is_deleted())
-            .ok_or_else(Refused::not_found)?;
-        let mut t = doc.tenant.clone();
+        let found = gw.api_tenant(id).await.map_err(Refused::store)?.filter(|d| !d.tenant.is_deleted());
+        let (rev, mut t) = match (found, file) {
+            (Some(doc), false) if !doc.tenant.overlay => (doc.rev, doc.tenant),
+            (Some(doc), true) if doc.tenant.overlay => (doc.rev, doc.tenant),
+            (None, true) => (0, ApiTenant::overlay_of(id, now_ms())),
+            (Some(_), true) => return Err(Refused::managed_by_file()),
+            _ => return Err(Refused::not_found()),
+        };
         let (keep, out) = change(&mut t)?;
         let next = keep.then_some(t);
-        if gw.put_api_tenant(id, doc.rev, next.as_ref()).await.map_err(Refused::store)? {
+        if gw.put_api_tenant(id, rev, next.as_ref()).await.map_err(Refused::store)? {
             return Ok((next, out));
         }
     }
@@ -361,19 +370,26 @@ async fn update(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
     let mut allowed = SETTINGS.to_vec();
     allowed.push("disabled");
     only(&body, &allowed)?;
+    // A file tenant's limits and budget are the file's; the API may only disable or enable it.
+    let file = gw.current().config_tenants.source(id).is_some();
+    if file && body.keys().any(|k| k != "disabled") {
+        return finish(gw, "tenant.update", id, None, Err(Refused::managed_by_file())).await;
+    }
     let result = modify(gw, id, |t| apply_settings(t, &body, body.contains_key("burst")).map(|()| (true, ()))).await;
     let action = match body.get("disabled").and_then(Value::as_bool) {
         Some(true) => "tenant.disable",
         Some(false) => "tenant.enable",
         None => "tenant.update",
     };
-    finish(gw, action, id, None, result.map(|(t, ())| t))
-        .await
-        .map(|t| (StatusCode::OK, t.map(|t| api_view(&t, &Default::default(), now_ms()))))
+    finish(gw, action, id, None, result.map(|(t, ())| t)).await?;
+    show(gw, id).await
 }
 
 /// Deleting leaves a tombstone: keys revoked, the id retired for good.
 async fn delete(gw: &Shared, id: &str) -> Answer {
+    if gw.current().config_tenants.source(id).is_some() {
+        return finish(gw, "tenant.delete", id, None, Err(Refused::managed_by_file())).await;
+    }
     let now = now_ms();
     let result = modify(gw, id, |t| {
         t.deleted_ms = Some(now);
@@ -464,6 +480,7 @@ async fn issue(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
 }
 
 async fn rotate(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
+    refuse_file_key(gw, id, key_id)?;
     let body = parse_object(bytes)?;
     only(&body, &["grace_secs"])?;
     let grace = whole(&body, "grace_secs", 0, MAX_GRACE_SECS)?.unwrap_or(DEFAULT_GRACE_SECS);
@@ -498,7 +515,19 @@ async fn rotate(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
 }
 
+/// 409 for a key the config file lists: the file manages it.
+fn refuse_file_key(gw: &Shared, id: &str, key_id: &str) -> Result<(), Refused> {
+    if gw.current().config_tenants.config_key_ids(id).iter().any(|k| &**k == key_id) {
+        return Err(Refused(
+            StatusCode::CONFLICT,
+            "Key is listed in the config file: remove its digest from keys_sha256 and reload".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn revoke(gw: &Shared, id: &str, key_id: &str) -> Answer {
+    refuse_file_key(gw, id, key_id)?;
     let now = now_ms();
     let mut prefix = String::new();
     let result = modify(gw, id, |t| {

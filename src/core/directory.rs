@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::core::{Runtime, Shared};
 use crate::policy::keys::ApiTenant;
 use crate::policy::rate_limit;
-use crate::policy::tenants::{Grant, Tenant, TenantDirectory};
+use crate::policy::tenants::{Grant, Overlay, Tenant, TenantDirectory};
 use crate::store::{now_ms, StoreError, TenantDoc};
 
 /// How often every replica compares the store's directory version with its own. One small read
@@ -29,9 +29,28 @@ pub(crate) fn merged(
     previous: Option<&TenantDirectory>,
     now_ms: u64,
 ) -> (TenantDirectory, Vec<String>) {
+    // The keys of a document that work now.
+    let grants = |t: &ApiTenant| -> Vec<Grant> {
+        t.keys
+            .iter()
+            .filter(|k| k.works(now_ms))
+            .filter_map(|k| {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(&k.digest, &mut digest).ok()?;
+                Some(Grant { digest, scope: k.scope, key_id: Arc::from(k.id.as_str()) })
+            })
+            .collect()
+    };
+    // One kind of team: a config-file tenant's runtime keys and `disabled` live in an overlay
+    // document; one whose file tenant is gone serves nothing.
+    let overlays = docs
+        .iter()
+        .filter(|d| d.tenant.overlay && !d.tenant.is_deleted() && config.source(&d.tenant.id).is_some())
+        .map(|d| Overlay { tenant: d.tenant.id.clone(), disabled: d.tenant.disabled, grants: grants(&d.tenant) })
+        .collect();
     let api = docs
         .iter()
-        .filter(|d| !d.tenant.is_deleted())
+        .filter(|d| !d.tenant.is_deleted() && !d.tenant.overlay)
         .filter_map(|d| {
             let t = &d.tenant;
             let limits = rate_limit::limits(t.requests_per_second, t.burst, t.generations_per_minute)?;
@@ -42,23 +61,10 @@ pub(crate) fn merged(
                 max_in_flight: t.max_in_flight,
                 webhook_secret: None,
             };
-            let grants = if t.disabled {
-                Vec::new()
-            } else {
-                t.keys
-                    .iter()
-                    .filter(|k| k.works(now_ms))
-                    .filter_map(|k| {
-                        let mut digest = [0u8; 32];
-                        hex::decode_to_slice(&k.digest, &mut digest).ok()?;
-                        Some(Grant { digest, scope: k.scope, key_id: Arc::from(k.id.as_str()) })
-                    })
-                    .collect()
-            };
-            Some((tenant, grants))
+            Some((tenant, if t.disabled { Vec::new() } else { grants(t) }))
         })
         .collect();
-    config.with_api(api, previous)
+    config.with_api(api, overlays, previous)
 }
 
 /// The earliest moment after `now_ms` at which an API key stops working on its own.
@@ -125,7 +131,7 @@ impl Shared {
     pub(crate) fn clashes(config: &TenantDirectory, docs: &[TenantDoc]) -> Result<(), String> {
         let clash: Vec<String> = docs
             .iter()
-            .filter(|d| config.source(&d.tenant.id).is_some())
+            .filter(|d| !d.tenant.overlay && config.source(&d.tenant.id).is_some())
             .map(|d| {
                 let what = if d.tenant.is_deleted() {
                     "a deleted API tenant (its id is retired)"
@@ -192,6 +198,7 @@ mod tests {
                 created_ms: 0,
                 keys,
                 deleted_ms: None,
+                overlay: false,
             },
         }
     }

@@ -195,9 +195,31 @@ pub struct ApiTenant {
     /// generations and spend are still in the store, is never handed to a new team.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_ms: Option<u64>,
+    /// This document only adds to the config-file tenant of the same id: keys issued at runtime
+    /// (viewer keys for its dashboard, say) and `disabled`. The file keeps its limits, budget and
+    /// own keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlay: bool,
 }
 
 impl ApiTenant {
+    /// A new overlay of config-file tenant `id` (no keys yet, enabled).
+    pub fn overlay_of(id: &str, now_ms: u64) -> ApiTenant {
+        ApiTenant {
+            id: id.to_string(),
+            requests_per_second: 1,
+            burst: 1,
+            generations_per_minute: 1,
+            monthly_budget_micros: None,
+            max_in_flight: None,
+            disabled: false,
+            created_ms: now_ms,
+            keys: Vec::new(),
+            deleted_ms: None,
+            overlay: true,
+        }
+    }
+
     /// Deleted (a tombstone)?
     pub fn is_deleted(&self) -> bool {
         self.deleted_ms.is_some()

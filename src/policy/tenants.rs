@@ -97,6 +97,17 @@ pub struct TenantDirectory {
     sources: HashMap<Arc<str>, Source>,
 }
 
+/// What the admin API keeps for a config-file tenant: keys issued at runtime, or `disabled`.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    /// The config-file tenant's id.
+    pub tenant: String,
+    /// Its keys (the file's and these) stop working while set.
+    pub disabled: bool,
+    /// Keys issued at runtime.
+    pub grants: Vec<Grant>,
+}
+
 /// Two tenants listed the same key digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("key digest {digest} is listed by both tenant {first:?} and tenant {second:?}")]
@@ -157,6 +168,7 @@ impl TenantDirectory {
     pub fn with_api(
         &self,
         api: Vec<(Tenant, Vec<Grant>)>,
+        overlays: Vec<Overlay>,
         previous: Option<&TenantDirectory>,
     ) -> (TenantDirectory, Vec<String>) {
         let mut dir = self.clone();
@@ -176,6 +188,24 @@ impl TenantDirectory {
             let id = tenant.id.to_string();
             if dir.add(tenant, grants, Source::Api, previous).is_err() {
                 shadowed.push(id);
+            }
+        }
+        // What the admin API added to config-file tenants: keys, or the whole team disabled.
+        for o in overlays {
+            let Some(tenant) = dir.tenants.iter().find(|t| *t.id == *o.tenant).cloned() else { continue };
+            if o.disabled {
+                dir.by_digest.retain(|_, e| e.tenant.id != tenant.id);
+                continue;
+            }
+            for g in o.grants {
+                if dir.by_digest.get(&g.digest).is_some_and(|e| e.tenant.id != tenant.id) {
+                    shadowed.push(tenant.id.to_string());
+                    continue;
+                }
+                let used =
+                    previous.and_then(|p| p.by_digest.get(&g.digest)).map(|e| e.used.clone()).unwrap_or_default();
+                dir.by_digest
+                    .insert(g.digest, KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, used });
             }
         }
         (dir, shadowed)
@@ -263,6 +293,7 @@ mod tests {
         let grant = |k: &str, scope| Grant { digest: key_digest(k), scope, key_id: Arc::from(k) };
         let (dir, shadowed) = config.with_api(
             vec![(tenant("a"), vec![grant("evil", Scope::Api)]), (tenant("b"), vec![grant("kb", Scope::Viewer)])],
+            Vec::new(),
             None,
         );
         assert_eq!(shadowed, vec!["a".to_string()]);
@@ -275,7 +306,7 @@ mod tests {
         );
         // Use marks are taken once, and survive a rebuild.
         dir.lookup("kb").unwrap().mark_used(5_000);
-        let (again, _) = config.with_api(vec![(tenant("b"), vec![grant("kb", Scope::Viewer)])], Some(&dir));
+        let (again, _) = config.with_api(vec![(tenant("b"), vec![grant("kb", Scope::Viewer)])], Vec::new(), Some(&dir));
         assert_eq!(again.take_used(), vec![(Arc::from("b"), Arc::from("kb"), 5_000)]);
         assert!(again.take_used().is_empty());
     }

@@ -73,8 +73,11 @@ pub async fn report(
     let rows = store.generations_in_month(month, only).await?;
     let dead = store.outbox_dead_by_tenant().await?;
     let (_, docs) = store.directory().await?;
-    let api: Vec<&crate::policy::keys::ApiTenant> =
-        docs.iter().map(|d| &d.tenant).filter(|t| !t.is_deleted() && !tenants.iter().any(|c| *c.id == *t.id)).collect();
+    let api: Vec<&crate::policy::keys::ApiTenant> = docs
+        .iter()
+        .map(|d| &d.tenant)
+        .filter(|t| !t.is_deleted() && !t.overlay && !tenants.iter().any(|c| *c.id == *t.id))
+        .collect();
     let mut out = Vec::new();
     let mut ids: Vec<&str> = tenants.iter().map(|t| &*t.id).chain(api.iter().map(|t| t.id.as_str())).collect();
     // Tenants removed from the config still have history.
@@ -112,8 +115,10 @@ pub async fn report(
 /// RFC 3339 UTC with milliseconds always written, so every row's time has the same width
 /// (`2026-12-06T20:00:00.100Z`, never `…:00.1Z`) and sorts as text.
 fn csv_time(ms: i64) -> String {
-    let format = time::format_description::parse("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z")
-        .expect("a valid format description");
+    let format = time::format_description::parse_borrowed::<2>(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z",
+    )
+    .expect("a valid format description");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&format).ok())

@@ -543,7 +543,8 @@ impl Dashboard {
         Ok(view::TenantPage {
             id: id.to_string(),
             admin,
-            manage_keys: admin && runtime.tenants.source(id) == Some(crate::policy::tenants::Source::Api),
+            // One kind of team: keys are issued to config-file teams too (kept in their overlay).
+            manage_keys: admin && runtime.tenants.source(id).is_some(),
             // Made before any page is: `route` asks for it first.
             csrf: self.sessions.get().map(|k| k.csrf(s)).unwrap_or_default(),
             budget: tenant.monthly_budget,
@@ -637,6 +638,7 @@ fn key_rows(v: &Value) -> Vec<view::KeyRow> {
                     created: text(k, "created_at"),
                     expires: text(k, "expires_at"),
                     last_used: text(k, "last_used_at"),
+                    in_file: text(k, "source").as_deref() == Some("config"),
                 })
                 .collect()
         })

@@ -57,6 +57,8 @@ pub struct KeyRow {
     pub created: Option<String>,
     pub expires: Option<String>,
     pub last_used: Option<String>,
+    /// Listed in the config file: changed there, not here.
+    pub in_file: bool,
 }
 
 /// Failures of one family this month.
@@ -307,7 +309,9 @@ pub fn tenant(t: &TenantPage) -> Markup {
                             td { code { (k.id) } } td { @if let Some(p) = &k.prefix { code { (p) "…" } } }
                             td { (k.label.as_deref().unwrap_or("")) } td { (k.scope) } td.state { (k.state) }
                             td { (k.created.as_deref().unwrap_or("-")) } td { (k.expires.as_deref().unwrap_or("-")) } td { (k.last_used.as_deref().unwrap_or("never")) }
-                            @if t.manage_keys {
+                            @if t.manage_keys && k.in_file {
+                                td.actions { "in the config file" }
+                            } @else if t.manage_keys {
                                 td.actions {
                                     @if k.state == "active" {
                                         form method="post" action=(action(&format!("keys/{}/rotate", k.id))) {
@@ -335,8 +339,9 @@ pub fn tenant(t: &TenantPage) -> Markup {
                     select id="scope" name="scope" { option value="api" { "api" } option value="viewer" { "viewer" } }
                     button type="submit" { "Issue a key" }
                 }
-            } @else if t.admin {
-                p { "This tenant is managed by the config file: its keys change there." }
+            }
+            @if t.manage_keys && t.keys.iter().any(|k| k.in_file) {
+                p { "This team's limits, budget and listed keys are in the config file and change there; keys issued here (a viewer key for the team lead, say) are rotated and revoked here." }
             }
             h2 { "Latest generations" }
             table #generations {

@@ -117,6 +117,7 @@ fn api_tenant(id: &str) -> crate::policy::keys::ApiTenant {
         created_ms: 0,
         keys: vec![],
         deleted_ms: None,
+        overlay: false,
     }
 }
 
