@@ -141,7 +141,7 @@ fn key_lookup(c: &mut Criterion) {
                 (tenant, grants)
             })
             .collect();
-        let (dir, _) = TenantDirectory::default().with_api(api, None);
+        let (dir, _) = TenantDirectory::default().with_api(api, Vec::new(), None);
         let present = format!("key-{}-3", n / 20);
         g.bench_with_input(BenchmarkId::new("hit", n), &present, |b, k| b.iter(|| dir.lookup(black_box(k)).is_some()));
         g.bench_with_input(BenchmarkId::new("miss", n), &"tg_not_a_key", |b, k| {
