@@ -139,6 +139,7 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     assert!(text(&r).contains("Invalid credentials"));
     let r = login_post(&c, &gw, &app_key, &[]).await;
     assert_eq!(r.status, 401, "an API key is not a viewer key");
+    assert!(text(&r).contains("That is an API key"), "the hint says which key the page takes");
     // Login CSRF: a sign-in without this listener's form (another site's auto-submitted one,
     // which has no form cookie) starts no session, even with the right token.
     let r = page(&c, &gw, Method::POST, "/dashboard/login", None, &format!("token={ADMIN}")).await;
@@ -286,6 +287,38 @@ async fn the_dashboard_shows_what_usage_says(backend: Backend) {
     for other in ["/dashboard/tenants/a", "/dashboard/tenants/nobody"] {
         assert_eq!(page(&c, &gw, Method::GET, other, Some(&viewer), "").await.status, 404, "{other}");
     }
+    // For money (#43): the currency beside amounts, the budget and the month-to-date total on
+    // the chart, failed generations marked refunded, and the month's CSV for the lead.
+    assert!(vhtml.contains("<span class=\"cur\">USD</span>"), "the currency on amounts");
+    assert!(
+        vhtml.contains("class=\"mtd\"") && vhtml.contains("class=\"budget\""),
+        "month-to-date line and budget line"
+    );
+    assert!(vhtml.contains("refunded"), "failed generations are marked refunded");
+    let r = page(&c, &gw, Method::GET, "/dashboard/tenants/team-v/generations.csv", Some(&viewer), "").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = text(&r);
+    assert!(
+        csv.starts_with("time,tenant,family,generation_id,status,price\n")
+            && csv.lines().skip(1).all(|l| l.contains(",team-v,")),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().count() - 1,
+        usage["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "team-v").unwrap()["generations"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|f| f.as_object().unwrap().values())
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>() as usize
+    );
+    assert_eq!(
+        page(&c, &gw, Method::GET, "/dashboard/tenants/a/generations.csv", Some(&viewer), "").await.status,
+        404,
+        "another team's CSV"
+    );
     let vtoken = csrf(&vhtml);
     let r = page(
         &c,

@@ -140,6 +140,17 @@ try:
     check(no_script_ran() and driver.execute_script("return document.scripts.length") == 0, "nothing in it ran (no alert, title intact, no script element)")
     check(not driver.find_elements(By.CSS_SELECTOR, "#generations img, #keys b"), "no element was made from outside text")
     driver.save_screenshot(f"{SHOTS}/tenant.png")
+    # The layout holds from 1280 to 1920 px: every card title on one line, every time and
+    # amount cell unbroken (before: "IN FLIGHT" wrapped at 1400 px, timestamps broke).
+    for width in (1280, 1400, 1920):
+        driver.set_window_size(width, 1600)
+        driver.save_screenshot(f"{SHOTS}/tenant-{width}.png")
+        heights = {h.size["height"] for h in driver.find_elements(By.CSS_SELECTOR, ".card h2")}
+        cells = driver.find_elements(By.CSS_SELECTOR, "#generations td.time, #generations td.num")
+        tall = [c.text for c in cells if c.size["height"] > 2 * min(x.size["height"] for x in cells)]
+        check(len(heights) == 1 and not tall, f"at {width} px the cards' titles hold one line and no time or amount breaks ({heights}, {tall})")
+    driver.set_window_size(1280, 1600)
+    check(driver.find_element(By.CSS_SELECTOR, "a.csv").get_attribute("href").endswith("/dashboard/tenants/team-v/generations.csv"), "the month's CSV is offered")
 
     # Issue a key through the form: shown once, and it works.
     driver.find_element(By.ID, "label").send_keys("from the browser")

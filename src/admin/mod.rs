@@ -88,7 +88,7 @@ impl Admin {
     /// The admin token guards `/admin/*`; without one those endpoints refuse everything.
     pub fn new(gateway: Arc<Shared>, server: &crate::config::ServerConfig) -> Arc<Admin> {
         let token = server.admin_token.clone();
-        let dashboard = dashboard::Dashboard::new(gateway.clone(), token.clone());
+        let dashboard = dashboard::Dashboard::new(gateway.clone(), token.clone(), server.currency.clone());
         Arc::new(Admin {
             gateway,
             token,

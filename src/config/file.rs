@@ -26,6 +26,7 @@ pub(super) struct ServerSection {
     pub(super) admin_hosts: Option<Vec<String>>,
     pub(super) metrics_require_token: Option<bool>,
     pub(super) expose_account_balance: Option<bool>,
+    pub(super) currency: Option<String>,
     pub(super) tls_cert_path: Option<String>,
     pub(super) tls_key_path: Option<String>,
 }

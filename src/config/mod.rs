@@ -399,8 +399,12 @@ impl Config {
             admin_hosts: s.admin_hosts.unwrap_or_default().into_iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
             metrics_require_token: s.metrics_require_token.unwrap_or(false),
             expose_account_balance: s.expose_account_balance.unwrap_or(false),
+            currency: s.currency.clone().unwrap_or_else(|| "USD".to_string()),
             tls: Self::tls(s.tls_cert_path, s.tls_key_path, p),
         };
+        if !(1..=8).contains(&cfg.currency.len()) || !cfg.currency.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            p.push(format!("server.currency = {:?} must be 1-8 letters or digits, like \"USD\"", cfg.currency));
+        }
         for h in &cfg.admin_hosts {
             if h.is_empty() || h.contains(['/', ':', ' ']) {
                 p.push(format!("server.admin_hosts: {h:?} is not a host name (no port, no scheme)"));

@@ -89,6 +89,8 @@ pub struct ServerConfig {
     /// Tenants' quotes and usage show what the account can still pay (it moves with every
     /// team's spend, so it is off unless the operator opts in).
     pub expose_account_balance: bool,
+    /// The currency the dashboard names beside every amount (the platform bills in US dollars).
+    pub currency: String,
     /// TLS on the tenant listener: PEM certificate chain and private key.
     pub tls: Option<TlsPaths>,
 }

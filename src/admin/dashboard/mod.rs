@@ -43,6 +43,8 @@ pub struct Dashboard {
     token: Option<Secret>,
     /// Made on first use, keyed by the store's shared secret.
     sessions: tokio::sync::OnceCell<Sessions>,
+    /// Named beside every amount.
+    currency: String,
 }
 
 fn html(status: StatusCode, markup: maud::Markup) -> Response<Body> {
@@ -105,8 +107,8 @@ fn projection(spent: Usd, month: &str, now: u64) -> Usd {
 
 impl Dashboard {
     /// `token` is the admin token.
-    pub fn new(gateway: Arc<Shared>, token: Option<Secret>) -> Dashboard {
-        Dashboard { gateway, token, sessions: tokio::sync::OnceCell::new() }
+    pub fn new(gateway: Arc<Shared>, token: Option<Secret>, currency: String) -> Dashboard {
+        Dashboard { gateway, token, sessions: tokio::sync::OnceCell::new(), currency }
     }
 
     /// The session signer, keyed by the secret every replica shares through the store.
@@ -239,6 +241,34 @@ impl Dashboard {
                 }
                 rsp
             }
+            (&Method::GET, ["tenants", id, "generations.csv"]) => {
+                let Some(s) = session else { return see_other("/dashboard") };
+                if !self.may_see(&s, id) {
+                    return not_found();
+                }
+                // The month's generations of this team, for its lead and for finance: the same
+                // rows as `/admin/usage` in CSV.
+                let month = month_of(now);
+                let runtime = self.gateway.current();
+                match crate::store::usage::report(
+                    &**self.gateway.store(),
+                    runtime.config_tenants.tenants(),
+                    &month,
+                    Some(id),
+                )
+                .await
+                {
+                    Ok(r) => {
+                        let mut rsp =
+                            body::typed(StatusCode::OK, HeaderValue::from_static("text/csv; charset=utf-8"), r.csv());
+                        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{id}-{month}.csv\"")) {
+                            rsp.headers_mut().insert(http::header::CONTENT_DISPOSITION, v);
+                        }
+                        rsp
+                    }
+                    Err(e) => unavailable(&e),
+                }
+            }
             (&Method::GET, ["tenants", id]) => {
                 let Some(s) = session else { return see_other("/dashboard") };
                 if !self.may_see(&s, id) {
@@ -352,7 +382,14 @@ impl Dashboard {
                 return rsp;
             }
             tracing::info!(target: "audit", action = "dashboard.sign_in", result = "refused", "dashboard sign-in refused");
-            return self.sign_in_form(sessions, StatusCode::UNAUTHORIZED, Some("Invalid credentials"), secure);
+            // An app's key is a key, just not one for this page: say which one is.
+            let api_key = self.gateway.current().tenants.lookup(presented).is_some();
+            let why = if api_key {
+                "That is an API key, for apps: the dashboard takes a viewer key (ask an admin to issue one) or the admin token"
+            } else {
+                "Invalid credentials"
+            };
+            return self.sign_in_form(sessions, StatusCode::UNAUTHORIZED, Some(why), secure);
         };
         let (role, tenant) = match &who {
             Who::Admin => ("admin", None),
@@ -437,6 +474,7 @@ impl Dashboard {
             balance_alert,
             // Made before any page is: `route` asks for it first.
             csrf: self.sessions.get().map(|k| k.csrf(s)).unwrap_or_default(),
+            currency: self.currency.clone(),
         }))
     }
 
@@ -547,6 +585,7 @@ impl Dashboard {
             manage_keys: admin && runtime.tenants.source(id).is_some(),
             // Made before any page is: `route` asks for it first.
             csrf: self.sessions.get().map(|k| k.csrf(s)).unwrap_or_default(),
+            currency: self.currency.clone(),
             budget: tenant.monthly_budget,
             spent: t.spent,
             held: t.held,

@@ -45,6 +45,8 @@ pub struct Overview {
     /// The low-balance alert was sent and the balance has not recovered.
     pub balance_alert: bool,
     pub csrf: String,
+    /// Named beside every amount.
+    pub currency: String,
 }
 
 /// A key as the tenant page lists it.
@@ -95,6 +97,8 @@ pub struct TenantPage {
     pub new_key: Option<String>,
     /// The outcome of a form (an error from the admin API, or what was done).
     pub notice: Option<String>,
+    /// Named beside every amount.
+    pub currency: String,
 }
 
 fn page(title: &str, signed_in: Option<&str>, content: Markup) -> Markup {
@@ -162,6 +166,12 @@ fn bar(share: Option<f64>) -> Markup {
     }
 }
 
+/// The currency after an amount, outside its `data-figure` element (which keeps the bare number
+/// the usage report has).
+fn cur(c: &str) -> Markup {
+    html! { " " span.cur { (c) } }
+}
+
 fn money(u: Option<Usd>) -> String {
     u.map_or_else(|| "-".to_string(), |u| u.to_string())
 }
@@ -174,9 +184,9 @@ pub fn overview(o: &Overview) -> Markup {
         html! {
             h1 { "Overview " small { (o.month) " (UTC)" } }
             section.cards {
-                div.card { h2 { "Account balance" } p.figure data-figure="balance" { (money(o.balance)) } }
-                div.card { h2 { "Held" } p.figure data-figure="held" { (o.held) } }
-                div.card { h2 { "Unknown" } p.figure data-figure="unknown" { (o.unknown) } }
+                div.card { h2 { "Account balance" } p.figure { span data-figure="balance" { (money(o.balance)) } (cur(&o.currency)) } }
+                div.card { h2 { "Held" } p.figure { span data-figure="held" { (o.held) } (cur(&o.currency)) } }
+                div.card { h2 { "Unknown" } p.figure { span data-figure="unknown" { (o.unknown) } (cur(&o.currency)) } }
                 div.card {
                     h2 { "Webhooks" }
                     p { span data-figure="backlog" { (o.backlog) } " waiting"
@@ -199,7 +209,8 @@ pub fn overview(o: &Overview) -> Markup {
             }
             h2 { "Tenants" }
             table #tenants {
-                thead { tr { th { "Tenant" } th { "Budget" } th { "Spent" } th { "Held" } th { "Unknown" } th { "Remaining" } th { "In flight" } th { "Used" } @if o.alerts_on { th { "Alerts sent" } } } }
+                @let c = &o.currency;
+                thead { tr { th { "Tenant" } th { "Budget (" (c) ")" } th { "Spent (" (c) ")" } th { "Held (" (c) ")" } th { "Unknown (" (c) ")" } th { "Remaining (" (c) ")" } th { "In flight" } th { "Used" } @if o.alerts_on { th { "Alerts sent" } } } }
                 tbody {
                     @for r in &o.rows {
                         @let flag = match r.share { Some(s) if s >= 1.0 => "over", Some(s) if s >= 0.8 => "warn", _ => "" };
@@ -227,21 +238,49 @@ pub fn overview(o: &Overview) -> Markup {
     )
 }
 
-fn chart(days: &[(String, Usd)]) -> Markup {
+/// Daily spend as bars; the month-to-date total as a line that starts again at each month's
+/// first day (a dotted line marks it), against the budget (dashed), on a scale of its own.
+fn chart(days: &[(String, Usd)], budget: Option<Usd>, currency: &str) -> Markup {
     let max = days.iter().map(|(_, u)| u.micros()).max().unwrap_or(0).max(1) as f64;
     let (w, h, bar_w) = (900.0, 160.0, 10.0);
+    // Month to date: (x, total), reset where the month changes (`YYYY-MM` of the day).
+    let mut totals = Vec::with_capacity(days.len());
+    let mut run = 0i64;
+    for (i, (day, amount)) in days.iter().enumerate() {
+        if i > 0 && days[i - 1].0.get(..7) != day.get(..7) {
+            run = 0;
+        }
+        run += amount.micros().max(0);
+        totals.push((i as f64 * bar_w + 4.0, run, i > 0 && run == amount.micros().max(0)));
+    }
+    let top = totals.iter().map(|t| t.1).max().unwrap_or(0).max(budget.map_or(0, |b| b.micros())).max(1) as f64;
+    let y = |m: i64| h - m as f64 / top * (h - 10.0);
+    let path: String = totals
+        .iter()
+        .map(|(x, m, new_month)| format!("{}{x:.1},{:.1}", if *new_month { " M" } else { " L" }, y(*m)))
+        .collect::<String>()
+        .replacen(" L", "M", 1);
     html! {
-        svg.chart width="900" height="190" viewBox="0 0 900 190" role="img" aria-label="Daily spend, last 90 days" {
+        svg.chart width="900" height="190" viewBox="0 0 900 190" role="img" aria-label="Daily spend and month-to-date total, last 90 days" {
             line x1="0" y1=(h) x2=(w) y2=(h) class="axis" {}
             @for (i, (day, amount)) in days.iter().enumerate() {
                 @let bh = (amount.micros().max(0) as f64 / max * (h - 10.0)).max(if amount.micros() > 0 { 1.0 } else { 0.0 });
-                rect.spend x=(format!("{:.0}", i as f64 * bar_w)) y=(format!("{:.1}", h - bh)) width="8" height=(format!("{bh:.1}")) data-day=(day) data-amount=(amount) {
-                    title { (day) ": " (amount) }
+                @if i > 0 && days[i - 1].0.get(..7) != day.get(..7) {
+                    line.month x1=(format!("{:.0}", i as f64 * bar_w - 1.0)) y1="0" x2=(format!("{:.0}", i as f64 * bar_w - 1.0)) y2=(h) data-month=(day.get(..7).unwrap_or("")) {}
+                    text x=(format!("{:.0}", i as f64 * bar_w + 2.0)) y="24" { (day.get(..7).unwrap_or("")) }
                 }
+                rect.spend x=(format!("{:.0}", i as f64 * bar_w)) y=(format!("{:.1}", h - bh)) width="8" height=(format!("{bh:.1}")) data-day=(day) data-amount=(amount) {
+                    title { (day) ": " (amount) " " (currency) }
+                }
+            }
+            @if !totals.is_empty() { path.mtd d=(path) {} }
+            @if let Some(b) = budget {
+                line.budget x1="0" y1=(format!("{:.1}", y(b.micros()))) x2=(w) y2=(format!("{:.1}", y(b.micros()))) data-budget=(b) {}
+                text x="900" y=(format!("{:.1}", y(b.micros()) - 3.0)) text-anchor="end" { "budget " (b) " " (currency) }
             }
             text x="0" y="180" { (days.first().map(|d| d.0.as_str()).unwrap_or("")) }
             text x="900" y="180" text-anchor="end" { (days.last().map(|d| d.0.as_str()).unwrap_or("")) }
-            text x="0" y="12" { "max " (Usd::from_micros(max as i64)) }
+            text x="0" y="12" { "bars: daily, max " (Usd::from_micros(max as i64)) " " (currency) "; line: month to date" }
         }
     }
 }
@@ -265,24 +304,25 @@ pub fn tenant(t: &TenantPage) -> Markup {
                 }
             }
             section.cards {
-                div.card { h2 { "Spent this month" } p.figure data-figure="spent" { (t.spent) } }
-                div.card { h2 { "Budget" } p.figure data-figure="budget" { (money(t.budget)) } @if t.budget.is_some() { (bar(share)) } }
-                div.card { h2 { "Remaining" } p.figure data-figure="remaining" { (money(t.remaining)) } }
+                div.card { h2 { "Spent this month" } p.figure { span data-figure="spent" { (t.spent) } (cur(&t.currency)) } }
+                div.card { h2 { "Budget" } p.figure { span data-figure="budget" { (money(t.budget)) } (cur(&t.currency)) } @if t.budget.is_some() { (bar(share)) } }
+                div.card { h2 { "Remaining" } p.figure { span data-figure="remaining" { (money(t.remaining)) } (cur(&t.currency)) } }
                 div.card {
                     h2 { "Month-end at this pace" }
-                    p.figure data-figure="projection" { (t.projection) }
+                    p.figure { span data-figure="projection" { (t.projection) } (cur(&t.currency)) }
                     // Ahead of the budget at this pace: the lead sees it before the 429s do.
                     @if t.budget.is_some_and(|b| t.projection > b) { p.flag data-flag="projection" { "over the budget by month-end" } }
                 }
                 div.card { h2 { "Held / unknown" } p { span data-figure="held" { (t.held) } " / " span data-figure="unknown" { (t.unknown) } } }
-                div.card { h2 { "Refunded" } p.figure data-figure="refunded" { (t.refunded) } }
+                div.card { h2 { "Refunded" } p.figure { span data-figure="refunded" { (t.refunded) } (cur(&t.currency)) } }
                 div.card { h2 { "In flight" } p.figure data-figure="in-flight" { (t.in_flight) } }
                 @if let Some(a) = &t.alerts {
                     div.card { h2 { "Alerts sent" } p data-figure="alerts" { @if a.is_empty() { "none" } @else { (shares(a)) } } }
                 }
             }
             h2 { "Daily spend, last 90 days" }
-            (chart(&t.days))
+            (chart(&t.days, t.budget, &t.currency))
+            p { a.csv href=(action("generations.csv")) download { "This month's generations (CSV)" } }
             h2 { "Failures this month" }
             @if t.failures.is_empty() { p { "No generations this month." } } @else {
                 table #failures {
@@ -345,11 +385,13 @@ pub fn tenant(t: &TenantPage) -> Markup {
             }
             h2 { "Latest generations" }
             table #generations {
-                thead { tr { th { "Time" } th { "Family" } th { "Id" } th { "Status" } th { "Price" } th { "Platform's message" } } }
+                thead { tr { th { "Time (UTC)" } th { "Family" } th { "Id" } th { "Status" } th { "Price (" (t.currency) ")" } th { "Platform's message" } } }
                 tbody {
                     @for (r, failure, time) in &t.latest {
                         tr data-generation=(r.id) {
-                            td { (time) } td { (r.family.path()) } td { code { (r.id) } } td { (r.status) } td.num { (r.price) }
+                            td.time { (time) } td { (r.family.path()) } td { code { (r.id) } } td { (r.status) }
+                            // A failed generation was refunded to the month: its price is not spend.
+                            @if r.status == "failed" { td.num.refunded { s { (r.price) } " " span.flag { "refunded" } } } @else { td.num { (r.price) } }
                             td.message { @if let Some(f) = failure { span.reason { (f.reason.as_str()) } " " (f.message) } }
                         }
                     }
