@@ -130,6 +130,7 @@ fn key_lookup(c: &mut Criterion) {
                     monthly_budget: None,
                     max_in_flight: None,
                     webhook_secret: None,
+                    disabled: false,
                 };
                 let grants = (0..10)
                     .map(|k| Grant {

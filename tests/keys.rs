@@ -172,7 +172,7 @@ async fn an_expiring_key_stops_at_its_time_and_a_viewer_key_only_reads_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_disabled_and_deleted_keys_get_401_at_once() {
+async fn revoked_and_deleted_keys_get_401_and_disabled_ones_403_at_once() {
     let platform = Platform::start().await;
     let gw = TestGateway::start(&admin_config(platform.addr)).await;
     let c = client();
@@ -195,7 +195,9 @@ async fn revoked_disabled_and_deleted_keys_get_401_at_once() {
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&other)).await.status, 200);
     // Disable, enable, delete.
     assert_eq!(admin(&c, &gw, Method::PATCH, "/admin/tenants/team-v", json!({ "disabled": true })).await.status, 200);
-    assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&other)).await.status, 401);
+    // Before: a plain 401 "Invalid credentials"; now the key is known and the answer says why.
+    let r = get(&c, &gw.url("/v1/data/balance"), Some(&other)).await;
+    assert_eq!((r.status.as_u16(), r.detail().as_str()), (403, "This team is disabled; ask the gateway's admin"));
     assert_eq!(admin(&c, &gw, Method::PATCH, "/admin/tenants/team-v", json!({ "disabled": false })).await.status, 200);
     assert_eq!(get(&c, &gw.url("/v1/data/balance"), Some(&other)).await.status, 200);
     assert_eq!(admin(&c, &gw, Method::DELETE, "/admin/tenants/team-v", Value::Null).await.status, 204);
@@ -327,7 +329,7 @@ async fn propagation_between_two_replicas_p50_p99() {
             admin(&c, &one, Method::PATCH, "/admin/tenants/team-p", json!({ "disabled": disable })).await.status,
             200
         );
-        until_status(&c, &two, &key, if disable { 401 } else { 200 }).await;
+        until_status(&c, &two, &key, if disable { 403 } else { 200 }).await;
         took.push(start.elapsed());
     }
     took.sort();
@@ -570,7 +572,7 @@ async fn a_config_file_team_gets_runtime_keys_and_can_be_disabled() {
     let r = admin(&c, &gw, Method::PATCH, "/admin/tenants/a", json!({ "disabled": true })).await;
     assert_eq!((r.status.as_u16(), r.json()["disabled"].as_bool()), (200, Some(true)), "{:?}", r.body);
     for key in [KEY_A, app.as_str(), viewer.as_str()] {
-        assert_eq!(balance_status(&c, &gw, key).await, 401);
+        assert_eq!(balance_status(&c, &gw, key).await, 403);
     }
     assert_eq!(admin(&c, &gw, Method::PATCH, "/admin/tenants/a", json!({ "disabled": false })).await.status, 200);
     assert_eq!(balance_status(&c, &gw, KEY_A).await, 200);

@@ -820,6 +820,7 @@ impl Config {
                         monthly_budget,
                         max_in_flight: t.max_in_flight,
                         webhook_secret,
+                        disabled: false,
                     },
                     digests,
                 ));

@@ -60,8 +60,11 @@ pub(crate) fn merged(
                 monthly_budget: t.monthly_budget(),
                 max_in_flight: t.max_in_flight,
                 webhook_secret: None,
+                disabled: t.disabled,
             };
-            Some((tenant, if t.disabled { Vec::new() } else { grants(t) }))
+            // A disabled team's keys stay known, so they are refused as disabled (403), not as
+            // unknown keys.
+            Some((tenant, grants(t)))
         })
         .collect();
     config.with_api(api, overlays, previous)
@@ -216,7 +219,8 @@ mod tests {
         assert_eq!(&*dir.lookup(&live_key).unwrap().tenant.id, "a");
         assert!(dir.lookup(&revoked_key).is_none());
         assert_eq!(dir.lookup(&expiring_key).unwrap().scope, Scope::Viewer);
-        assert!(dir.lookup(&off_key).is_none());
+        // A disabled team's key is known (so refused as disabled, not as unknown).
+        assert!(dir.lookup(&off_key).unwrap().tenant.disabled);
         assert_eq!(dir.tenants().len(), 2, "a disabled tenant stays listed for its reports");
         assert_eq!(next_key_end(&docs, 1_000), Some(5_000));
         let (later, _) = merged(&config, &docs, Some(&dir), 5_000);

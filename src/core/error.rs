@@ -52,6 +52,9 @@ pub enum GatewayError {
     /// A viewer key on a route that does more than read usage.
     #[error("This key is read-only")]
     ReadOnlyKey,
+    /// A key of a team an admin disabled.
+    #[error("This team is disabled; ask the gateway's admin")]
+    TenantDisabled,
     /// This client address sent too many unknown keys: it waits before trying more.
     #[error("Too many failed authentication attempts from this address; retry later")]
     AuthThrottled {
@@ -155,7 +158,7 @@ impl GatewayError {
             NotFound | GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            ReadOnlyKey => StatusCode::FORBIDDEN,
+            ReadOnlyKey | TenantDisabled => StatusCode::FORBIDDEN,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy | TooManyInFlight => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -182,7 +185,7 @@ impl GatewayError {
             NotFound | MethodNotAllowed { .. } => "not_found",
             GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => "not_found",
             MissingCredentials | WrongScheme | InvalidCredentials => "unauthorized",
-            ReadOnlyKey => "forbidden",
+            ReadOnlyKey | TenantDisabled => "forbidden",
             BudgetExceeded { .. } => "budget_exceeded",
             RateLimited(_) => "rate_limited",
             TooManyInFlight => "in_flight_limited",
@@ -345,6 +348,7 @@ mod tests {
             (GatewayError::MethodNotAllowed { allow: "POST" }, 405, "Method not allowed"),
             (GatewayError::MissingCredentials, 401, "Missing credentials"),
             (GatewayError::InvalidCredentials, 401, "Invalid credentials"),
+            (GatewayError::TenantDisabled, 403, "This team is disabled; ask the gateway's admin"),
             (GatewayError::RateLimited(rl), 429, "Rate limit exceeded: requests per second for this key"),
             (GatewayError::WrongScheme, 401, "Missing credentials: use Authorization: Bearer <key>"),
             (GatewayError::BudgetExceeded { remaining: "0.0100".into(), resets_at: "2026-12-01T00:00:00Z".into() }, 402, "BUDGET_EXCEEDED"),

@@ -274,6 +274,7 @@ mod tests {
             monthly_budget: None,
             max_in_flight: None,
             webhook_secret: None,
+            disabled: false,
         };
         TenantDirectory::new(vec![(t, vec![key_digest("k")])]).unwrap()
     }

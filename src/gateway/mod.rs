@@ -223,6 +223,10 @@ impl Gateway {
             return Box::pin(self.webhook_received(ctx, token, req)).await;
         }
         let key = self.authenticate(&runtime, req.headers(), ctx.record.peer)?;
+        if key.tenant.disabled {
+            ctx.record.tenant = Some(key.tenant.id.clone());
+            return Err(GatewayError::TenantDisabled);
+        }
         key.mark_used(crate::store::now_ms());
         if key.scope == Scope::Viewer && !matches!(route, Route::Usage) {
             ctx.record.tenant = Some(key.tenant.id.clone());

@@ -23,6 +23,8 @@ pub struct Tenant {
     pub max_in_flight: Option<u32>,
     /// Standard Webhooks signing secret (`whsec_…`, from the environment), for relayed webhooks.
     pub webhook_secret: Option<crate::policy::secret::Secret>,
+    /// Disabled by an admin: its keys are known and refused with 403, not taken for unknown keys.
+    pub disabled: bool,
 }
 
 /// A tenant's rate limits; non-zero by construction.
@@ -193,10 +195,18 @@ impl TenantDirectory {
         // What the admin API added to config-file tenants: keys, or the whole team disabled.
         for o in overlays {
             let Some(tenant) = dir.tenants.iter().find(|t| *t.id == *o.tenant).cloned() else { continue };
-            if o.disabled {
-                dir.by_digest.retain(|_, e| e.tenant.id != tenant.id);
-                continue;
-            }
+            let tenant = if o.disabled {
+                let off = Arc::new(Tenant { disabled: true, ..(*tenant).clone() });
+                for e in dir.by_digest.values_mut().filter(|e| e.tenant.id == off.id) {
+                    e.tenant = off.clone();
+                }
+                if let Some(t) = dir.tenants.iter_mut().find(|t| t.id == off.id) {
+                    *t = off.clone();
+                }
+                off
+            } else {
+                tenant
+            };
             for g in o.grants {
                 if dir.by_digest.get(&g.digest).is_some_and(|e| e.tenant.id != tenant.id) {
                     shadowed.push(tenant.id.to_string());
@@ -220,7 +230,10 @@ impl TenantDirectory {
     /// viewer key ends when the key does). A pass over the keys: for a sign-in check, never
     /// the request path.
     pub fn key_scope(&self, tenant: &str, key_id: &str) -> Option<Scope> {
-        self.by_digest.values().find(|e| &*e.tenant.id == tenant && &*e.key_id == key_id).map(|e| e.scope)
+        self.by_digest
+            .values()
+            .find(|e| &*e.tenant.id == tenant && &*e.key_id == key_id && !e.tenant.disabled)
+            .map(|e| e.scope)
     }
 
     /// Where a tenant is managed, if it is known.
@@ -269,6 +282,7 @@ mod tests {
             monthly_budget: None,
             max_in_flight: None,
             webhook_secret: None,
+            disabled: false,
         }
     }
 

@@ -367,7 +367,7 @@ impl Dashboard {
             runtime
                 .tenants
                 .lookup(presented)
-                .filter(|e| e.scope == Scope::Viewer)
+                .filter(|e| e.scope == Scope::Viewer && !e.tenant.disabled)
                 .map(|e| Who::Viewer { tenant: e.tenant.id.to_string(), key_id: e.key_id.to_string() })
         };
         let Some(who) = who else {
