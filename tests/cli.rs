@@ -1078,3 +1078,17 @@ async fn a_team_is_onboarded_with_three_commands_and_no_secret_is_logged() {
         .iter()
         .any(|l| l.contains("\"target\":\"audit\"") && l.contains("key.revoke") && l.contains(&key[..8])));
 }
+
+/// Before: an idle gateway lingered 1.1 s after its `stopped` line (the runtime waited on idle
+/// pool threads). Now it exits at once.
+#[tokio::test]
+async fn an_idle_gateway_exits_promptly_on_sigterm() {
+    let platform = Platform::start().await;
+    let dir = temp_dir();
+    let mut gw = Proc::spawn(&config_text(platform.addr, "", &default_tenants()), &dir, &[]);
+    assert_eq!(get(&client(), &gw.url("/v1/data/balance"), Some(KEY_A)).await.status, 200);
+    let started = Instant::now();
+    gw.signal("TERM");
+    assert!(gw.wait(Duration::from_secs(5)).success());
+    assert!(started.elapsed() < Duration::from_millis(700), "exited {:?} after SIGTERM", started.elapsed());
+}
