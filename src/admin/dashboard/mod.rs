@@ -51,6 +51,18 @@ fn html(status: StatusCode, markup: maud::Markup) -> Response<Body> {
     body::typed(status, HeaderValue::from_static("text/html; charset=utf-8"), markup.into_string())
 }
 
+/// A dashboard cookie: this path only, never read by script, never sent cross-site, `Secure`
+/// behind a TLS proxy; `max_age` 0 deletes it.
+fn set_cookie(rsp: &mut Response<Body>, name: &str, value: &str, max_age: u64, secure: bool) {
+    let cookie = format!(
+        "{name}={value}; Path=/dashboard; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        rsp.headers_mut().insert(SET_COOKIE, v);
+    }
+}
+
 fn see_other(to: &str) -> Response<Body> {
     let mut rsp = body::typed(StatusCode::SEE_OTHER, HeaderValue::from_static("text/plain; charset=utf-8"), "");
     if let Ok(v) = HeaderValue::from_str(to) {
@@ -151,14 +163,7 @@ impl Dashboard {
     ) -> Response<Body> {
         let nonce = Sessions::login_nonce();
         let mut rsp = html(status, view::sign_in(error, &sessions.login_csrf(&nonce)));
-        let cookie = format!(
-            "{}={nonce}; Path=/dashboard; Max-Age=3600; HttpOnly; SameSite=Strict{}",
-            session::LOGIN_COOKIE,
-            if secure { "; Secure" } else { "" }
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            rsp.headers_mut().insert(SET_COOKIE, v);
-        }
+        set_cookie(&mut rsp, session::LOGIN_COOKIE, &nonce, 3600, secure);
         rsp
     }
 
@@ -231,14 +236,7 @@ impl Dashboard {
                     }
                 }
                 let mut rsp = see_other("/dashboard");
-                let gone = format!(
-                    "{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict{}",
-                    session::COOKIE,
-                    if secure { "; Secure" } else { "" }
-                );
-                if let Ok(v) = HeaderValue::from_str(&gone) {
-                    rsp.headers_mut().insert(SET_COOKIE, v);
-                }
+                set_cookie(&mut rsp, session::COOKIE, "", 0, secure);
                 rsp
             }
             (&Method::GET, ["tenants", id, "generations.csv"]) => {
@@ -397,16 +395,8 @@ impl Dashboard {
         };
         tracing::info!(target: "audit", action = "dashboard.sign_in", role, tenant, result = "ok", "dashboard sign-in");
         let value = sessions.issue(&who, now);
-        let cookie = format!(
-            "{}={value}; Path=/dashboard; Max-Age={}; HttpOnly; SameSite=Strict{}",
-            session::COOKIE,
-            session::LIFETIME_MS / 1000,
-            if secure { "; Secure" } else { "" }
-        );
         let mut rsp = see_other("/dashboard");
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            rsp.headers_mut().insert(SET_COOKIE, v);
-        }
+        set_cookie(&mut rsp, session::COOKIE, &value, session::LIFETIME_MS / 1000, secure);
         rsp
     }
 
