@@ -264,11 +264,19 @@ async fn show(gw: &Shared, id: &str) -> Answer {
 }
 
 /// Applies the tenant settings in `body` to `t` (create and update share the rules).
-fn apply_settings(t: &mut ApiTenant, body: &Map<String, Value>, rps_given: bool) -> Result<(), Refused> {
+/// A new rate without a burst: a new team gets the file's default (`max(40, rate)`); a team's
+/// update keeps its burst-to-rate ratio, so lowering the rate lowers the burst too (before,
+/// `--rps 5` kept a burst of 40).
+fn apply_settings(t: &mut ApiTenant, body: &Map<String, Value>, creating: bool) -> Result<(), Refused> {
     if let Some(n) = whole(body, "requests_per_second", 1, MAX_LIMIT)? {
+        let old = u64::from(t.requests_per_second.max(1));
         t.requests_per_second = n as u32;
-        if !rps_given {
-            t.burst = t.burst.max(t.requests_per_second);
+        if !body.contains_key("burst") {
+            t.burst = if creating {
+                DEFAULT_BURST.max(t.requests_per_second)
+            } else {
+                (u64::from(t.burst) * n).div_ceil(old).clamp(1, MAX_LIMIT) as u32
+            };
         }
     }
     if let Some(n) = whole(body, "burst", 1, MAX_LIMIT)? {
@@ -318,7 +326,7 @@ async fn create(gw: &Shared, bytes: &[u8]) -> Answer {
         overlay: false,
     };
     t.burst = DEFAULT_BURST.max(t.requests_per_second);
-    apply_settings(&mut t, &body, body.contains_key("burst"))?;
+    apply_settings(&mut t, &body, true)?;
     if gw.current().config_tenants.source(&id).is_some() {
         audit(gw, "tenant.create", &id, None, "conflict: managed by the config file").await;
         return Err(Refused::managed_by_file());
@@ -375,7 +383,7 @@ async fn update(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
     if file && body.keys().any(|k| k != "disabled") {
         return finish(gw, "tenant.update", id, None, Err(Refused::managed_by_file())).await;
     }
-    let result = modify(gw, id, |t| apply_settings(t, &body, body.contains_key("burst")).map(|()| (true, ()))).await;
+    let result = modify(gw, id, |t| apply_settings(t, &body, false).map(|()| (true, ()))).await;
     let action = match body.get("disabled").and_then(Value::as_bool) {
         Some(true) => "tenant.disable",
         Some(false) => "tenant.enable",
@@ -566,6 +574,22 @@ fn placeholder_key() -> ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_alone_sets_the_burst_by_the_files_rule_then_keeps_its_ratio() {
+        let mut t = ApiTenant::overlay_of("x", 0);
+        let body = |v: Value| v.as_object().unwrap().clone();
+        (t.requests_per_second, t.burst) = (DEFAULT_RPS, DEFAULT_BURST);
+        apply_settings(&mut t, &body(json!({ "requests_per_second": 5 })), false).unwrap();
+        assert_eq!((t.requests_per_second, t.burst), (5, 10), "20/40 lowered to 5: burst 10, not 40");
+        apply_settings(&mut t, &body(json!({ "requests_per_second": 50 })), false).unwrap();
+        assert_eq!(t.burst, 100);
+        apply_settings(&mut t, &body(json!({ "requests_per_second": 7, "burst": 3 })), false).unwrap();
+        assert_eq!(t.burst, 3, "a burst given wins");
+        (t.requests_per_second, t.burst) = (DEFAULT_RPS, DEFAULT_BURST);
+        apply_settings(&mut t, &body(json!({ "requests_per_second": 5 })), true).unwrap();
+        assert_eq!(t.burst, 40, "a new team: the file's default, max(40, rate)");
+    }
 
     #[test]
     fn budgets_are_non_negative_with_at_most_four_decimals() {
