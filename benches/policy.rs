@@ -137,6 +137,7 @@ fn key_lookup(c: &mut Criterion) {
                         digest: key_digest(&format!("key-{t}-{k}")),
                         scope: Scope::Api,
                         key_id: Arc::from(format!("k{t}-{k}")),
+                        limits: None,
                     })
                     .collect();
                 (tenant, grants)

@@ -211,6 +211,15 @@ enum KeysAction {
         /// `api` (default) or `viewer` (usage and the dashboard only).
         #[arg(long)]
         scope: Option<String>,
+        #[command(flatten)]
+        limits: KeyLimitArgs,
+    },
+    /// Change what a key may do: its families and its price ceiling.
+    Update {
+        tenant: String,
+        key_id: String,
+        #[command(flatten)]
+        limits: KeyLimitArgs,
     },
     /// A new key replacing `key_id`, which keeps working for the grace period.
     Rotate {
@@ -222,6 +231,30 @@ enum KeysAction {
     },
     /// Stop a key at once.
     Revoke { tenant: String, key_id: String },
+}
+
+/// What a key may do, as flags.
+#[derive(clap::Args)]
+struct KeyLimitArgs {
+    /// The families it may generate and quote with, comma-separated (`all` for every family).
+    #[arg(long)]
+    families: Option<String>,
+    /// The most one generation may hold, in USD (`none` for no limit).
+    #[arg(long)]
+    max_price: Option<String>,
+}
+
+impl KeyLimitArgs {
+    fn json(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::Value;
+        if let Some(f) = &self.families {
+            let list = f.split(',').map(str::trim).filter(|x| !x.is_empty()).map(|x| Value::from(x.to_string()));
+            out.insert("families".into(), if f == "all" { Value::Null } else { Value::Array(list.collect()) });
+        }
+        if let Some(m) = &self.max_price {
+            out.insert("max_price".into(), if m == "none" { Value::Null } else { Value::String(m.clone()) });
+        }
+    }
 }
 
 fn settings_json(s: &TenantSettings, out: &mut serde_json::Map<String, serde_json::Value>) {
@@ -306,9 +339,20 @@ fn keys_call(action: KeysAction) -> AdminCall {
     use http::Method;
     use tollgate::admin::client::new_key;
     match action {
-        KeysAction::Issue { tenant, label, expires_at, scope } => {
-            let body = serde_json::json!({ "label": label, "expires_at": expires_at, "scope": scope });
-            (Method::POST, format!("/admin/tenants/{tenant}/keys"), Some(body), new_key)
+        KeysAction::Issue { tenant, label, expires_at, scope, limits } => {
+            let mut body = serde_json::Map::new();
+            body.insert("label".into(), label.into());
+            body.insert("expires_at".into(), expires_at.into());
+            body.insert("scope".into(), scope.into());
+            limits.json(&mut body);
+            (Method::POST, format!("/admin/tenants/{tenant}/keys"), Some(body.into()), new_key)
+        }
+        KeysAction::Update { tenant, key_id, limits } => {
+            let mut body = serde_json::Map::new();
+            limits.json(&mut body);
+            (Method::PATCH, format!("/admin/tenants/{tenant}/keys/{key_id}"), Some(body.into()), |v| {
+                format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
+            })
         }
         KeysAction::Rotate { tenant, key_id, grace_secs } => {
             let body = match grace_secs {

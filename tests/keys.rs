@@ -585,3 +585,61 @@ async fn a_config_file_team_gets_runtime_keys_and_can_be_disabled() {
     assert_eq!(balance_status(&c, &gw, KEY_A).await, 200);
     gw.shutdown().await;
 }
+
+/// Controls below the team (#42, first part): a key's allow-list of families and its price
+/// ceiling, checked on the family as routing resolved it (no spelling of the path gets around
+/// it, the quote route included) and on the price the hold would take, before anything is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_families_and_price_ceiling_hold_on_every_route_to_them() {
+    let platform = Platform::start().await;
+    let gw = TestGateway::start(&admin_config(platform.addr)).await;
+    let c = client();
+    let (key, key_id) = onboard(
+        &c,
+        &gw,
+        "thumbs",
+        json!({ "generations_per_minute": 100 }),
+        json!({ "label": "thumbnails", "families": ["sora"], "max_price": "0.12" }),
+    )
+    .await;
+    let shown = admin(&c, &gw, Method::GET, "/admin/tenants/thumbs", Value::Null).await.json();
+    assert_eq!(
+        (shown["keys"][0]["families"].clone(), shown["keys"][0]["max_price"].clone()),
+        (json!(["sora"]), json!("0.1200"))
+    );
+    // Within its limits: served.
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), SORA).await.status, 201);
+    // Another family, however the path is spelled, and its quote: 403, nothing forwarded.
+    let veo = r#"{"prompt":"p","model":"veo-3-fast"}"#;
+    let mut refused = 0;
+    for path in ["/v1/veo/generate", "/v1/veo/generate/", "/v1/veo/quote", "//v1/veo/generate", "/v1/%76eo/generate"] {
+        let r = post(&c, &gw.url(path), Some(&key), veo).await;
+        assert!(r.status == 403 || r.status == 404, "{path}: {} {:?}", r.status, r.body);
+        if r.status == 403 {
+            assert_eq!(r.detail(), "This key may not use veo", "{path}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "the generate and quote routes refuse by the allow-list (the rest are no route)");
+    // Over its ceiling (a 15 s Sora holds 0.18): 403 naming both, quote and generate alike.
+    for route in ["/v1/sora/generate", "/v1/sora/quote"] {
+        let r = post(&c, &gw.url(route), Some(&key), r#"{"prompt":"p","duration":15}"#).await;
+        assert_eq!(
+            (r.status.as_u16(), r.detail().as_str()),
+            (403, "Price 0.1800 is over this key's limit of 0.1200 per generation")
+        );
+    }
+    assert_eq!(platform.generate_calls(), 1, "only the generate within the key's limits was forwarded");
+    // Lifted with PATCH: the 15 s generate goes through; an unknown family is a 422.
+    let r =
+        admin(&c, &gw, Method::PATCH, &format!("/admin/tenants/thumbs/keys/{key_id}"), json!({ "max_price": null }))
+            .await;
+    assert_eq!((r.status.as_u16(), r.json()["max_price"].clone()), (200, Value::Null), "{:?}", r.body);
+    assert_eq!(post(&c, &gw.url("/v1/sora/generate"), Some(&key), r#"{"prompt":"p","duration":15}"#).await.status, 201);
+    let r =
+        admin(&c, &gw, Method::PATCH, &format!("/admin/tenants/thumbs/keys/{key_id}"), json!({ "families": ["nope"] }))
+            .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.detail().starts_with("families:"), "{}", r.detail());
+    gw.shutdown().await;
+}

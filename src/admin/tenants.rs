@@ -110,6 +110,8 @@ fn key_view(k: &ApiKey, last_used: Option<u64>, now: u64) -> Value {
         "expires_at": k.ends_ms().map(rfc3339),
         "last_used_at": last_used.map(rfc3339),
         "state": k.state(now).as_str(),
+        "families": k.families,
+        "max_price": k.max_price_micros.map(|m| Usd::from_micros(m).to_string()),
     })
 }
 
@@ -214,6 +216,7 @@ pub(crate) async fn answer(
         (&Method::POST, ["tenants", id, "keys"]) => issue(gw, id, body).await,
         (&Method::POST, ["tenants", id, "keys", key, "rotate"]) => rotate(gw, id, key, body).await,
         (&Method::DELETE, ["tenants", id, "keys", key]) => revoke(gw, id, key).await,
+        (&Method::PATCH, ["tenants", id, "keys", key]) => update_key(gw, id, key, body).await,
         (_, ["tenants", ..]) => Err(Refused(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed".into())),
         _ => return None,
     };
@@ -440,12 +443,81 @@ fn new_key_view(k: &ApiKey, key: &str) -> Value {
         "scope": k.scope.as_str(),
         "created_at": rfc3339(k.created_ms),
         "expires_at": k.ends_ms().map(rfc3339),
+        "families": k.families,
+        "max_price": k.max_price_micros.map(|m| Usd::from_micros(m).to_string()),
     })
+}
+
+/// A key's `families` and `max_price` from a request body (absent: unchanged; `null`: none).
+fn key_limits(gw: &Shared, k: &mut ApiKey, body: &Map<String, Value>) -> Result<(), Refused> {
+    match body.get("families") {
+        None => {}
+        Some(Value::Null) => k.families = None,
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let catalog = gw.current().catalog.clone();
+            let mut out = Vec::new();
+            for item in items {
+                let Some(path) = item.as_str().filter(|p| catalog.get(p).is_some()) else {
+                    return Err(Refused::field(
+                        "families",
+                        &format!("{item} is not a family of this gateway's catalog"),
+                    ));
+                };
+                if !out.iter().any(|x| x == path) {
+                    out.push(path.to_string());
+                }
+            }
+            k.families = Some(out);
+        }
+        Some(_) => {
+            return Err(Refused::field(
+                "families",
+                "must be null or a non-empty array of family paths, like [\"sora\"]",
+            ))
+        }
+    }
+    match body.get("max_price") {
+        None => {}
+        Some(Value::Null) => k.max_price_micros = None,
+        Some(v) => match budget(v) {
+            Ok(Some(p)) if p > Usd::ZERO => k.max_price_micros = Some(p.micros()),
+            _ => {
+                return Err(Refused::field(
+                    "max_price",
+                    "must be null or an amount above zero with at most 4 decimals, like \"0.50\"",
+                ))
+            }
+        },
+    }
+    Ok(())
+}
+
+/// `PATCH /admin/tenants/{id}/keys/{key_id}`: a key's `families` and `max_price`.
+async fn update_key(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
+    refuse_file_key(gw, id, key_id)?;
+    let body = parse_object(bytes)?;
+    only(&body, &["families", "max_price"])?;
+    let mut changed = None;
+    let result = modify(gw, id, |t| {
+        let k = t
+            .keys
+            .iter_mut()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        key_limits(gw, k, &body)?;
+        changed = Some(k.clone());
+        Ok((true, ()))
+    })
+    .await;
+    let key = changed.clone().unwrap_or_else(|| ApiKey { id: key_id.to_string(), ..placeholder_key() });
+    finish(gw, "key.update", id, Some(&key), result).await?;
+    let used = gw.store().keys_last_used().await.map_err(Refused::store)?;
+    Ok((StatusCode::OK, changed.map(|k| key_view(&k, used.get(&k.id).copied(), now_ms()))))
 }
 
 async fn issue(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
     let body = parse_object(bytes)?;
-    only(&body, &["label", "expires_at", "scope"])?;
+    only(&body, &["label", "expires_at", "scope", "families", "max_price"])?;
     let now = now_ms();
     let label = match body.get("label") {
         None | Some(Value::Null) => None,
@@ -477,7 +549,8 @@ async fn issue(gw: &Shared, id: &str, bytes: &[u8]) -> Answer {
         Some(Value::String(s)) if s == "viewer" => Scope::Viewer,
         Some(_) => return Err(Refused::field("scope", "must be \"api\" or \"viewer\"")),
     };
-    let (record, key) = ApiKey::issue(label, scope, expires_ms, now);
+    let (mut record, key) = ApiKey::issue(label, scope, expires_ms, now);
+    key_limits(gw, &mut record, &body)?;
     let result = modify(gw, id, |t| {
         t.keys.push(record.clone());
         Ok((true, ()))
@@ -509,7 +582,9 @@ async fn rotate(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
         }
         let end = now + grace * 1000;
         old.grace_until_ms = Some(old.grace_until_ms.map_or(end, |g| g.min(end)));
-        let (record, key) = ApiKey::issue(old.label.clone(), old.scope, old.expires_ms, now);
+        let (mut record, key) = ApiKey::issue(old.label.clone(), old.scope, old.expires_ms, now);
+        // The new key may do what the old one could, no more.
+        (record.families, record.max_price_micros) = (old.families.clone(), old.max_price_micros);
         t.keys.push(record.clone());
         made = Some((record, key));
         Ok((true, ()))
@@ -568,6 +643,8 @@ fn placeholder_key() -> ApiKey {
         expires_ms: None,
         grace_until_ms: None,
         revoked_ms: None,
+        families: None,
+        max_price_micros: None,
     }
 }
 

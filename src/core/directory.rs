@@ -37,7 +37,12 @@ pub(crate) fn merged(
             .filter_map(|k| {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(&k.digest, &mut digest).ok()?;
-                Some(Grant { digest, scope: k.scope, key_id: Arc::from(k.id.as_str()) })
+                Some(Grant {
+                    digest,
+                    scope: k.scope,
+                    key_id: Arc::from(k.id.as_str()),
+                    limits: k.limits().map(Arc::new),
+                })
             })
             .collect()
     };

@@ -55,6 +55,17 @@ pub enum GatewayError {
     /// A key of a team an admin disabled.
     #[error("This team is disabled; ask the gateway's admin")]
     TenantDisabled,
+    /// A key whose allow-list does not name this family (as routing resolved it).
+    #[error("This key may not use {0}")]
+    KeyFamilyNotAllowed(&'static str),
+    /// One generation would hold more than this key may.
+    #[error("Price {price} is over this key's limit of {max} per generation")]
+    OverKeyMaxPrice {
+        /// What the hold would be.
+        price: crate::policy::money::Usd,
+        /// The key's `max_price`.
+        max: crate::policy::money::Usd,
+    },
     /// This client address sent too many unknown keys: it waits before trying more.
     #[error("Too many failed authentication attempts from this address; retry later")]
     AuthThrottled {
@@ -158,7 +169,7 @@ impl GatewayError {
             NotFound | GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             MissingCredentials | WrongScheme | InvalidCredentials => StatusCode::UNAUTHORIZED,
-            ReadOnlyKey | TenantDisabled => StatusCode::FORBIDDEN,
+            ReadOnlyKey | TenantDisabled | KeyFamilyNotAllowed(_) | OverKeyMaxPrice { .. } => StatusCode::FORBIDDEN,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             RateLimited(_) | AuthThrottled { .. } | TenantUploadsBusy | TooManyInFlight => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -185,7 +196,7 @@ impl GatewayError {
             NotFound | MethodNotAllowed { .. } => "not_found",
             GenerationNotFound | FamilyNotEnabled { .. } | UnknownFamily(..) => "not_found",
             MissingCredentials | WrongScheme | InvalidCredentials => "unauthorized",
-            ReadOnlyKey | TenantDisabled => "forbidden",
+            ReadOnlyKey | TenantDisabled | KeyFamilyNotAllowed(_) | OverKeyMaxPrice { .. } => "forbidden",
             BudgetExceeded { .. } => "budget_exceeded",
             RateLimited(_) => "rate_limited",
             TooManyInFlight => "in_flight_limited",
@@ -349,6 +360,12 @@ mod tests {
             (GatewayError::MissingCredentials, 401, "Missing credentials"),
             (GatewayError::InvalidCredentials, 401, "Invalid credentials"),
             (GatewayError::TenantDisabled, 403, "This team is disabled; ask the gateway's admin"),
+            (GatewayError::KeyFamilyNotAllowed("sora"), 403, "This key may not use sora"),
+            (
+                GatewayError::OverKeyMaxPrice { price: Usd::from_micros(180_000), max: Usd::from_micros(120_000) },
+                403,
+                "Price 0.1800 is over this key's limit of 0.1200 per generation",
+            ),
             (GatewayError::RateLimited(rl), 429, "Rate limit exceeded: requests per second for this key"),
             (GatewayError::WrongScheme, 401, "Missing credentials: use Authorization: Bearer <key>"),
             (GatewayError::BudgetExceeded { remaining: "0.0100".into(), resets_at: "2026-12-01T00:00:00Z".into() }, 402, "BUDGET_EXCEEDED"),

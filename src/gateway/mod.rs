@@ -241,16 +241,25 @@ impl Gateway {
             }
         }
         ctx.record.tenant = Some(tenant.id.clone());
+        // A key's allow-list is checked on the family as routing resolved it: no spelling of a
+        // path (case, slashes, encoding, the quote route) gets around it.
+        if let (Route::Generate(f) | Route::Quote(f), Some(limits)) = (&route, &key.limits) {
+            if !limits.allows_family(f.path()) {
+                return Err(GatewayError::KeyFamilyNotAllowed(f.path()));
+            }
+        }
+        let limits = key.limits.clone();
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
         match route {
             // The large, rarer stages are boxed (the paid path, lists, usage, webhooks above):
             // otherwise every request's future is as large as the largest of them, allocated
             // and moved whole. Status polls, the hot path, stay inline.
             Route::Generate(family) => {
-                Box::pin(crate::paid::generate(&self.shared, ctx, &runtime, &tenant, family, req)).await
+                Box::pin(crate::paid::generate(&self.shared, ctx, &runtime, &tenant, limits.as_deref(), family, req))
+                    .await
             }
             Route::Quote(family) => {
-                Box::pin(crate::paid::quote(&self.shared, ctx, &runtime, &tenant, family, req)).await
+                Box::pin(crate::paid::quote(&self.shared, ctx, &runtime, &tenant, limits.as_deref(), family, req)).await
             }
             Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
             Route::List(family) => Box::pin(self.list(ctx, &tenant, family, req.uri())).await,

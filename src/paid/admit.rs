@@ -25,6 +25,7 @@ use crate::core::{Ctx, Runtime, Shared};
 use crate::paid::{HoldGuard, IdemGuard, Paid};
 use crate::policy::attribution::{Fingerprint, NOT_SHAPE};
 use crate::policy::family::Family;
+use crate::policy::keys::KeyLimits;
 use crate::policy::money::Usd;
 use crate::policy::rate_limit::LimitKind;
 use crate::policy::tenants::Tenant;
@@ -83,6 +84,14 @@ struct Checked<'u> {
     callback: Option<(String, Option<std::ops::Range<usize>>)>,
     /// SHA-256 of the family and the body: keys Idempotency-Keys.
     digest: [u8; 32],
+}
+
+/// A key's `max_price`: the most one generation may hold.
+fn within_key_price(key: Option<&KeyLimits>, price: Usd) -> Result<(), GatewayError> {
+    match key.and_then(|k| k.max_price) {
+        Some(max) if price > max => Err(GatewayError::OverKeyMaxPrice { price, max }),
+        _ => Ok(()),
+    }
 }
 
 /// Phase price: the catalog's price of these validated fields (404 for a family not priced).
@@ -159,6 +168,7 @@ pub(crate) async fn quote<B>(
     ctx: &mut Ctx,
     runtime: &Runtime,
     tenant: &Arc<Tenant>,
+    key: Option<&KeyLimits>,
     family: Family,
     req: Request<B>,
 ) -> Result<Response<Body>, GatewayError>
@@ -173,6 +183,7 @@ where
     }
     let price = price_of(runtime, family, &validated)?;
     ctx.record.price = Some(price);
+    within_key_price(key, price)?;
     ctx.record.outcome = "quoted";
     shared.balance.ensure_fresh(&ctx.record.request_id).await?;
     let month = month_of(now_ms());
@@ -220,6 +231,7 @@ pub(crate) async fn generate<B>(
     ctx: &mut Ctx,
     runtime: &Runtime,
     tenant: &Arc<Tenant>,
+    key: Option<&KeyLimits>,
     family: Family,
     req: Request<B>,
 ) -> Result<Response<Body>, GatewayError>
@@ -245,6 +257,7 @@ where
     // Phases price, balance and hold: the hold is atomic against budget and balance.
     let price = price_of(runtime, family, &validated)?;
     ctx.record.price = Some(price);
+    within_key_price(key, price)?;
     shared.balance.ensure_fresh(&ctx.record.request_id).await?;
     // With the relay on, the platform calls the gateway back, never the tenant's URL.
     let (body, webhook_token) = match (callback, &relay) {

@@ -122,9 +122,43 @@ pub struct ApiKey {
     pub grace_until_ms: Option<u64>,
     /// Set when the key was revoked.
     pub revoked_ms: Option<u64>,
+    /// The families it may generate and quote with (`None`: every family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub families: Option<Vec<String>>,
+    /// The most one generation may hold, micro-dollars (`None`: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price_micros: Option<i64>,
+}
+
+/// What one key may do beyond its tenant's limits: checked on the family as routing resolved it
+/// and on the price the hold would take, before anything is held.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyLimits {
+    /// The families it may generate and quote with (`None`: every family).
+    pub families: Option<Vec<String>>,
+    /// The most one generation may hold.
+    pub max_price: Option<Usd>,
+}
+
+impl KeyLimits {
+    /// No limit at all?
+    pub fn is_empty(&self) -> bool {
+        self.families.is_none() && self.max_price.is_none()
+    }
+
+    /// May it use `family` (its path, as routing resolved it)?
+    pub fn allows_family(&self, family: &str) -> bool {
+        self.families.as_ref().is_none_or(|f| f.iter().any(|x| x == family))
+    }
 }
 
 impl ApiKey {
+    /// Its limits, when it has any.
+    pub fn limits(&self) -> Option<KeyLimits> {
+        let l = KeyLimits { families: self.families.clone(), max_price: self.max_price_micros.map(Usd::from_micros) };
+        (!l.is_empty()).then_some(l)
+    }
+
     /// A fresh key's record and the key itself (to be shown once).
     pub fn issue(label: Option<String>, scope: Scope, expires_ms: Option<u64>, now_ms: u64) -> (ApiKey, String) {
         let key = new_key();
@@ -138,6 +172,8 @@ impl ApiKey {
             expires_ms,
             grace_until_ms: None,
             revoked_ms: None,
+            families: None,
+            max_price_micros: None,
         };
         (record, key)
     }

@@ -56,6 +56,8 @@ pub struct KeyEntry {
     pub scope: Scope,
     /// Its id in listings.
     pub key_id: Arc<str>,
+    /// What it may do beyond its tenant's limits, if anything.
+    pub limits: Option<Arc<crate::policy::keys::KeyLimits>>,
     /// Unix ms of its latest use not yet written to the store (0: none); taken (and written at
     /// most once a minute) by the gateway. Shared across rebuilds of the directory.
     used: Arc<AtomicU64>,
@@ -84,6 +86,8 @@ pub struct Grant {
     pub scope: Scope,
     /// Its id.
     pub key_id: Arc<str>,
+    /// What it may do beyond its tenant's limits, if anything.
+    pub limits: Option<Arc<crate::policy::keys::KeyLimits>>,
 }
 
 /// The id a config file's key is listed by: its digest's first 16 hex characters.
@@ -131,8 +135,10 @@ impl TenantDirectory {
     pub fn new(entries: Vec<(Tenant, Vec<[u8; 32]>)>) -> Result<Self, DuplicateKey> {
         let mut dir = TenantDirectory::default();
         for (tenant, digests) in entries {
-            let grants =
-                digests.iter().map(|d| Grant { digest: *d, scope: Scope::Api, key_id: config_key_id(d) }).collect();
+            let grants = digests
+                .iter()
+                .map(|d| Grant { digest: *d, scope: Scope::Api, key_id: config_key_id(d), limits: None })
+                .collect();
             dir.add(tenant, grants, Source::Config, None)?;
         }
         Ok(dir)
@@ -148,7 +154,7 @@ impl TenantDirectory {
         let tenant = Arc::new(tenant);
         for g in grants {
             let used = previous.and_then(|p| p.by_digest.get(&g.digest)).map(|e| e.used.clone()).unwrap_or_default();
-            let entry = KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, used };
+            let entry = KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, limits: g.limits, used };
             if let Some(prev) = self.by_digest.insert(g.digest, entry) {
                 if prev.tenant.id != tenant.id {
                     return Err(DuplicateKey {
@@ -214,8 +220,10 @@ impl TenantDirectory {
                 }
                 let used =
                     previous.and_then(|p| p.by_digest.get(&g.digest)).map(|e| e.used.clone()).unwrap_or_default();
-                dir.by_digest
-                    .insert(g.digest, KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, used });
+                dir.by_digest.insert(
+                    g.digest,
+                    KeyEntry { tenant: tenant.clone(), scope: g.scope, key_id: g.key_id, limits: g.limits, used },
+                );
             }
         }
         (dir, shadowed)
@@ -304,7 +312,7 @@ mod tests {
     #[test]
     fn api_tenants_join_the_config_ones_and_never_shadow_them() {
         let config = TenantDirectory::new(vec![(tenant("a"), vec![key_digest("ka")])]).unwrap();
-        let grant = |k: &str, scope| Grant { digest: key_digest(k), scope, key_id: Arc::from(k) };
+        let grant = |k: &str, scope| Grant { digest: key_digest(k), scope, key_id: Arc::from(k), limits: None };
         let (dir, shadowed) = config.with_api(
             vec![(tenant("a"), vec![grant("evil", Scope::Api)]), (tenant("b"), vec![grant("kb", Scope::Viewer)])],
             Vec::new(),
