@@ -362,7 +362,10 @@ mod tests {
             (GatewayError::TenantDisabled, 403, "This team is disabled; ask the gateway's admin"),
             (GatewayError::KeyFamilyNotAllowed("sora"), 403, "This key may not use sora"),
             (
-                GatewayError::OverKeyMaxPrice { price: Usd::from_micros(180_000), max: Usd::from_micros(120_000) },
+                GatewayError::OverKeyMaxPrice {
+                    price: crate::policy::money::Usd::from_micros(180_000),
+                    max: crate::policy::money::Usd::from_micros(120_000),
+                },
                 403,
                 "Price 0.1800 is over this key's limit of 0.1200 per generation",
             ),
