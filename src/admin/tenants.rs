@@ -499,11 +499,7 @@ async fn update_key(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer
     only(&body, &["families", "max_price"])?;
     let mut changed = None;
     let result = modify(gw, id, |t| {
-        let k = t
-            .keys
-            .iter_mut()
-            .find(|k| k.id == key_id)
-            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        let k = key_mut(t, key_id)?;
         key_limits(gw, k, &body)?;
         changed = Some(k.clone());
         Ok((true, ()))
@@ -568,11 +564,7 @@ async fn rotate(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     let now = now_ms();
     let (mut made, mut old_prefix) = (None, String::new());
     let result = modify(gw, id, |t| {
-        let old = t
-            .keys
-            .iter_mut()
-            .find(|k| k.id == key_id)
-            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        let old = key_mut(t, key_id)?;
         old_prefix = old.prefix.clone();
         if !old.works(now) {
             return Err(Refused(
@@ -598,6 +590,11 @@ async fn rotate(gw: &Shared, id: &str, key_id: &str, bytes: &[u8]) -> Answer {
     Ok((StatusCode::CREATED, Some(new_key_view(&record, &key))))
 }
 
+/// Key `key_id` of `t`, or 404.
+fn key_mut<'a>(t: &'a mut ApiTenant, key_id: &str) -> Result<&'a mut ApiKey, Refused> {
+    t.keys.iter_mut().find(|k| k.id == key_id).ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))
+}
+
 /// 409 for a key the config file lists: the file manages it.
 fn refuse_file_key(gw: &Shared, id: &str, key_id: &str) -> Result<(), Refused> {
     if gw.current().config_tenants.config_key_ids(id).iter().any(|k| &**k == key_id) {
@@ -614,11 +611,7 @@ async fn revoke(gw: &Shared, id: &str, key_id: &str) -> Answer {
     let now = now_ms();
     let mut prefix = String::new();
     let result = modify(gw, id, |t| {
-        let k = t
-            .keys
-            .iter_mut()
-            .find(|k| k.id == key_id)
-            .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "Key not found".into()))?;
+        let k = key_mut(t, key_id)?;
         prefix = k.prefix.clone();
         if k.state(now) != KeyState::Revoked {
             k.revoked_ms = Some(now);

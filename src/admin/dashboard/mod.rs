@@ -334,7 +334,8 @@ impl Dashboard {
             Ok(b) => form(&b),
             Err(refused) => return refused,
         };
-        if let Some(secs) = failures.throttled(ip) {
+        // A throttled address learns nothing from its guess: the form again, with the wait.
+        let throttled = |secs: u64| {
             let mut rsp = self.sign_in_form(
                 sessions,
                 StatusCode::TOO_MANY_REQUESTS,
@@ -342,7 +343,10 @@ impl Dashboard {
                 secure,
             );
             rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-            return rsp;
+            rsp
+        };
+        if let Some(secs) = failures.throttled(ip) {
+            return throttled(secs);
         }
         // Login CSRF: only a form this listener served, in this browser, signs it in.
         if !sessions.login_csrf_ok(&nonce, fields.get("login_csrf").map_or("", String::as_str)) {
@@ -370,14 +374,7 @@ impl Dashboard {
         };
         let Some(who) = who else {
             if let Err(secs) = failures.failed(ip) {
-                let mut rsp = self.sign_in_form(
-                    sessions,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Some("Too many failed attempts; retry later"),
-                    secure,
-                );
-                rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-                return rsp;
+                return throttled(secs);
             }
             tracing::info!(target: "audit", action = "dashboard.sign_in", result = "refused", "dashboard sign-in refused");
             // An app's key is a key, just not one for this page: say which one is.
