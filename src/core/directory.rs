@@ -125,7 +125,8 @@ impl Shared {
     pub async fn flush_key_uses(&self) {
         let mut rows: Vec<(String, u64)> =
             std::mem::take(&mut *self.pending_uses.lock().unwrap_or_else(|p| p.into_inner()));
-        rows.extend(self.current().tenants.take_used().into_iter().map(|(_, k, ms)| (k.to_string(), ms)));
+        let used = self.current().tenants.take_used();
+        rows.extend(used.into_iter().map(|(_, k, at)| (k.to_string(), crate::core::use_time_to_unix_ms(at))));
         if rows.is_empty() {
             return;
         }
@@ -162,7 +163,7 @@ impl Shared {
         let taken = replaced.take_used();
         if !taken.is_empty() {
             let mut pending = self.pending_uses.lock().unwrap_or_else(|p| p.into_inner());
-            pending.extend(taken.into_iter().map(|(_, k, ms)| (k.to_string(), ms)));
+            pending.extend(taken.into_iter().map(|(_, k, at)| (k.to_string(), crate::core::use_time_to_unix_ms(at))));
         }
     }
 

@@ -168,6 +168,24 @@ pub(crate) fn request_id_header(sent: Option<&HeaderValue>) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("-"))
 }
 
+/// The request's time as `KeyEntry::mark_used` keeps it: ms since this process's clock base,
+/// never 0, from the `Instant` the access record already took (no clock read per request).
+pub(crate) fn use_time(at: std::time::Instant) -> u64 {
+    at.saturating_duration_since(*use_clock_base()).as_millis() as u64 + 1
+}
+
+/// A `use_time` as unix ms, measured back from now (so a wall-clock change since start does not
+/// shift it).
+pub(crate) fn use_time_to_unix_ms(at: u64) -> u64 {
+    let ago = use_time(std::time::Instant::now()).saturating_sub(at);
+    crate::store::now_ms().saturating_sub(ago)
+}
+
+fn use_clock_base() -> &'static std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+}
+
 /// The client's address: from the binary listener's body type, else from a `PeerAddr` extension
 /// an embedder put there.
 pub(crate) fn peer_ip<B: 'static>(req: &Request<B>) -> Option<std::net::IpAddr> {

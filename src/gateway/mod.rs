@@ -227,7 +227,7 @@ impl Gateway {
             ctx.record.tenant = Some(key.tenant.id.clone());
             return Err(GatewayError::TenantDisabled);
         }
-        key.mark_used(crate::store::now_ms());
+        key.mark_used(crate::core::use_time(ctx.record.started));
         if key.scope == Scope::Viewer && !matches!(route, Route::Usage) {
             ctx.record.tenant = Some(key.tenant.id.clone());
             return Err(GatewayError::ReadOnlyKey);
@@ -248,18 +248,26 @@ impl Gateway {
                 return Err(GatewayError::KeyFamilyNotAllowed(f.path()));
             }
         }
-        let limits = key.limits.clone();
         ctx.quotas = Some(runtime.limits.check(&*self.store, &tenant, LimitKind::Requests).await?);
         match route {
             // The large, rarer stages are boxed (the paid path, lists, usage, webhooks above):
             // otherwise every request's future is as large as the largest of them, allocated
             // and moved whole. Status polls, the hot path, stay inline.
             Route::Generate(family) => {
-                Box::pin(crate::paid::generate(&self.shared, ctx, &runtime, &tenant, limits.as_deref(), family, req))
-                    .await
+                Box::pin(crate::paid::generate(
+                    &self.shared,
+                    ctx,
+                    &runtime,
+                    &tenant,
+                    key.limits.as_deref(),
+                    family,
+                    req,
+                ))
+                .await
             }
             Route::Quote(family) => {
-                Box::pin(crate::paid::quote(&self.shared, ctx, &runtime, &tenant, limits.as_deref(), family, req)).await
+                Box::pin(crate::paid::quote(&self.shared, ctx, &runtime, &tenant, key.limits.as_deref(), family, req))
+                    .await
             }
             Route::Status(family, id) => self.status(ctx, &tenant, family, &id, req.uri()).await,
             Route::List(family) => Box::pin(self.list(ctx, &tenant, family, req.uri())).await,

@@ -58,8 +58,9 @@ pub struct KeyEntry {
     pub key_id: Arc<str>,
     /// What it may do beyond its tenant's limits, if anything.
     pub limits: Option<Arc<crate::policy::keys::KeyLimits>>,
-    /// Unix ms of its latest use not yet written to the store (0: none); taken (and written at
-    /// most once a minute) by the gateway. Shared across rebuilds of the directory.
+    /// When it was last used and not yet written to the store, in ms on the caller's clock
+    /// (0: not since); taken (and written at most once a minute) by the gateway. Shared across
+    /// rebuilds of the directory.
     used: Arc<AtomicU64>,
 }
 
@@ -68,11 +69,12 @@ pub struct KeyEntry {
 const USE_GRANULARITY_MS: u64 = 1000;
 
 impl KeyEntry {
-    /// Notes a use at `now_ms` (the request's time, not the later flush's). A load first, so
-    /// the shared line is written at most once a second.
-    pub fn mark_used(&self, now_ms: u64) {
-        if now_ms >= self.used.load(Ordering::Relaxed) + USE_GRANULARITY_MS {
-            self.used.store(now_ms, Ordering::Relaxed);
+    /// Notes a use at `at` (the request's time in ms on the caller's clock, never 0; not the
+    /// later flush's). A load first, so the shared line is written at most once a second.
+    pub fn mark_used(&self, at: u64) {
+        let last = self.used.load(Ordering::Relaxed);
+        if last == 0 || at >= last + USE_GRANULARITY_MS {
+            self.used.store(at, Ordering::Relaxed);
         }
     }
 }
@@ -249,7 +251,8 @@ impl TenantDirectory {
         self.sources.get(id).copied()
     }
 
-    /// The keys used since the last call, with the time of their latest use (each clears it).
+    /// The keys used since the last call, with the time of their latest use on the clock
+    /// `mark_used` was given (each clears it).
     pub fn take_used(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
         self.by_digest
             .values()
@@ -327,9 +330,10 @@ mod tests {
             (Some(Source::Config), Some(Source::Api), None)
         );
         // Use marks are taken once, and survive a rebuild.
-        dir.lookup("kb").unwrap().mark_used(5_000);
+        // The first use counts however early on the caller's clock it comes.
+        dir.lookup("kb").unwrap().mark_used(5);
         let (again, _) = config.with_api(vec![(tenant("b"), vec![grant("kb", Scope::Viewer)])], Vec::new(), Some(&dir));
-        assert_eq!(again.take_used(), vec![(Arc::from("b"), Arc::from("kb"), 5_000)]);
+        assert_eq!(again.take_used(), vec![(Arc::from("b"), Arc::from("kb"), 5)]);
         assert!(again.take_used().is_empty());
     }
 
