@@ -135,19 +135,47 @@ pub enum ImageError {
     RepeatedHeader(ImageFormat),
 }
 
-/// Decoded bytes `at..at + n` of strict base64 `b64` (shorter at the end), decoding only the
-/// quanta that hold them, or taken from `prefix` (already decoded) when it has them.
-fn bytes_at(b64: &[u8], prefix: &[u8], at: usize, n: usize) -> Option<Vec<u8>> {
-    if at + n <= prefix.len() {
-        return Some(prefix[at..at + n].to_vec());
+/// The decoded bytes of strict base64 `b64`, read at growing positions (a walk over chunk or
+/// segment headers): from `prefix` (already decoded) where it has them, else from a window
+/// decoded on demand. Where headers are close together the window is large, so each part of
+/// the payload is decoded at most once (a PNG of a million empty chunks costs one decode of the
+/// file, not a million small ones); where they are far apart only the few bytes asked for are.
+struct Decoded<'a> {
+    b64: &'a [u8],
+    prefix: &'a [u8],
+    start: usize,
+    window: Vec<u8>,
+    last_at: usize,
+}
+
+/// Bytes decoded at once where headers are close together (a multiple of 3).
+const WINDOW: usize = 48 * 1024;
+
+impl<'a> Decoded<'a> {
+    fn new(b64: &'a [u8], prefix: &'a [u8]) -> Self {
+        Decoded { b64, prefix, start: 0, window: Vec::new(), last_at: 0 }
     }
-    let (first, last) = (at / 3 * 4, ((at + n).div_ceil(3) * 4).min(b64.len()));
-    if first >= last {
-        return None;
+
+    /// Bytes `at..at + n` (fewer at the end of the payload).
+    fn get(&mut self, at: usize, n: usize) -> Option<&[u8]> {
+        let dense = at.saturating_sub(self.last_at) < WINDOW / 16;
+        self.last_at = at;
+        if at + n <= self.prefix.len() {
+            return Some(&self.prefix[at..at + n]);
+        }
+        if at < self.start || at + n > self.start + self.window.len() {
+            let start = at / 3 * 3;
+            let want = if dense { WINDOW.max(n + 3) } else { n + 3 };
+            let (first, last) = (start / 3 * 4, ((start + want).div_ceil(3) * 4).min(self.b64.len()));
+            if first >= last {
+                return None;
+            }
+            self.window = decode(&self.b64[first..last]).ok()?;
+            self.start = start;
+        }
+        let d = self.window.get(at - self.start..)?;
+        Some(&d[..n.min(d.len())])
     }
-    let decoded = decode(&b64[first..last]).ok()?;
-    let skip = at - at / 3 * 3;
-    decoded.get(skip..).map(|d| d[..n.min(d.len())].to_vec())
 }
 
 /// Most chunks or segments walked: far more than any real image has.
@@ -155,10 +183,11 @@ const MAX_WALK: usize = 1 << 20;
 
 /// Walks a PNG's chunk list to IEND (a few bytes decoded per chunk): one IHDR only.
 fn png_single_header(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageError> {
+    let mut bytes = Decoded::new(b64, prefix);
     // signature (8) and the first chunk, IHDR (4 + 4 + 13 + 4).
     let mut at = 33usize;
     for _ in 0..MAX_WALK {
-        let Some(head) = bytes_at(b64, prefix, at, 8).filter(|h| h.len() == 8) else { return Ok(()) };
+        let Some(head) = bytes.get(at, 8).filter(|h| h.len() == 8) else { return Ok(()) };
         match &head[4..8] {
             b"IHDR" => return Err(ImageError::RepeatedHeader(ImageFormat::Png)),
             b"IEND" => return Ok(()),
@@ -176,10 +205,11 @@ fn png_single_header(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageE
 /// Walks a JPEG's marker segments up to its first scan: one frame header (SOFn) only. The frame
 /// header must come before the scan, which is where decoders take the canvas size from.
 fn jpeg_single_frame(b64: &[u8], prefix: &[u8], len: usize) -> Result<(), ImageError> {
+    let mut bytes = Decoded::new(b64, prefix);
     let mut at = 2usize;
     let mut frames = 0;
     for _ in 0..MAX_WALK {
-        let Some(m) = bytes_at(b64, prefix, at, 4).filter(|m| m.len() >= 2 && m[0] == 0xFF) else { return Ok(()) };
+        let Some(m) = bytes.get(at, 4).filter(|m| m.len() >= 2 && m[0] == 0xFF) else { return Ok(()) };
         let marker = m[1];
         match marker {
             // Fill byte, then standalone markers (no length).
@@ -455,6 +485,28 @@ mod tests {
         // One header each, however large the file: accepted.
         assert!(check_base64_image(&b64(&png(64, 64, 300_000)), &ImageLimits::bytes(10 * MIB)).is_ok());
         assert!(check_base64_image(&b64(&jpeg(64, 64, 300_000)), &ImageLimits::bytes(10 * MIB)).is_ok());
+    }
+
+    #[test]
+    fn a_walk_over_many_tiny_chunks_finds_a_late_second_header() {
+        // 100,000 empty ancillary chunks after the first IHDR, then a second IHDR: the walk
+        // reads them through windows, and still sees the last one.
+        let mut v = png(64, 64, 0);
+        let iend = v.len() - 12;
+        let mut tiny = Vec::new();
+        for _ in 0..100_000 {
+            tiny.extend_from_slice(&[0, 0, 0, 0]);
+            tiny.extend_from_slice(b"tEXt");
+            tiny.extend_from_slice(&crc32fast::hash(b"tEXt").to_be_bytes());
+        }
+        let mut bad = v.clone();
+        bad.splice(iend..iend, tiny.iter().copied().chain(png(60_000, 60_000, 0)[8..33].iter().copied()));
+        assert_eq!(
+            check_base64_image(&b64(&bad), &ImageLimits::bytes(10 * MIB)),
+            Err(ImageError::RepeatedHeader(ImageFormat::Png))
+        );
+        v.splice(iend..iend, tiny);
+        assert!(check_base64_image(&b64(&v), &ImageLimits::bytes(10 * MIB)).is_ok());
     }
 
     #[test]
