@@ -25,7 +25,7 @@ impl Background {
     /// Starts the tasks; they end when `stop` turns true.
     pub fn spawn(gateway: Arc<Shared>, stop_rx: tokio::sync::watch::Receiver<bool>) -> Background {
         // Every task is supervised: a panic is logged, counted and the task started again.
-        let metrics = Some(gateway.metrics.clone());
+        let metrics = gateway.metrics.clone();
         let reconciler = {
             let (gw, stop) = (gateway.clone(), stop_rx.clone());
             supervise("reconciler", metrics.clone(), move || reconcile::Reconciler::new(gw.clone()).run(stop.clone()))

@@ -13,7 +13,7 @@ use super::metrics::Metrics;
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs `make()` in its own task and starts it again whenever it panics; ends when a run returns.
-pub fn supervise<F, Fut>(name: &'static str, metrics: Option<Arc<Metrics>>, make: F) -> tokio::task::JoinHandle<()>
+pub fn supervise<F, Fut>(name: &'static str, metrics: Arc<Metrics>, make: F) -> tokio::task::JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -29,9 +29,7 @@ where
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "non-text panic".into());
-                    if let Some(m) = &metrics {
-                        m.task_panicked(name);
-                    }
+                    metrics.task_panicked(name);
                     tracing::error!(task = name, panic = %why, "background task panicked; restarting it");
                     tokio::time::sleep(RESTART_AFTER).await;
                 }
@@ -52,7 +50,7 @@ mod tests {
         let runs = Arc::new(AtomicU32::new(0));
         let metrics = Arc::new(Metrics::new());
         let r = runs.clone();
-        let done = supervise("test", Some(metrics.clone()), move || {
+        let done = supervise("test", metrics.clone(), move || {
             let r = r.clone();
             async move {
                 if r.fetch_add(1, Ordering::SeqCst) < 2 {

@@ -202,10 +202,12 @@ pub(crate) fn created(family: Family, body: &[u8]) -> Created {
         return Created { id: None, price: None, absurd_price: None, status: None };
     };
     let id = v.get(family.id_field()).or_else(|| v.get("generation_id")).or_else(|| v.get("task_uuid"));
+    let reported = v.get("price");
+    let price = reported.and_then(Usd::from_json);
     Created {
         id: id.and_then(|i| i.as_str()).map(str::to_string),
-        price: v.get("price").and_then(Usd::from_json),
-        absurd_price: v.get("price").filter(|p| Usd::from_json(p).is_none() && looks_numeric(p)).map(|p| p.to_string()),
+        price,
+        absurd_price: reported.filter(|p| price.is_none() && looks_numeric(p)).map(|p| p.to_string()),
         status: v.get("status").and_then(|s| s.as_str()).map(str::to_string),
     }
 }

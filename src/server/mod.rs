@@ -191,15 +191,34 @@ impl Drop for InFlight {
 /// Open connections, oldest first: the ones closed at the cap are picked here.
 #[derive(Default)]
 struct Silent {
-    queue: Mutex<VecDeque<(Arc<Activity>, Arc<Notify>)>>,
+    queue: Mutex<Open>,
+}
+
+/// The queue, and its length after the last pass that dropped closed connections.
+#[derive(Default)]
+struct Open {
+    items: VecDeque<(Arc<Activity>, Arc<Notify>)>,
+    pruned_len: usize,
+}
+
+impl Open {
+    /// Drops the connections that closed or were evicted (the connection task holds the other
+    /// reference while it lives).
+    fn prune(&mut self) {
+        self.items.retain(|(a, _)| Arc::strong_count(a) > 1 && !a.evicted.load(Ordering::Acquire));
+        self.pruned_len = self.items.len();
+    }
 }
 
 impl Silent {
     fn push(&self, a: Arc<Activity>, n: Arc<Notify>) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        // The connection task holds the other reference while it lives.
-        q.retain(|(a, _)| Arc::strong_count(a) > 1 && !a.evicted.load(Ordering::Acquire));
-        q.push_back((a, n));
+        // A pass over every open connection only once the queue has doubled since the last
+        // one: amortised O(1) per accept, not a scan of thousands of keep-alives each time.
+        if q.items.len() >= (2 * q.pruned_len).max(64) {
+            q.prune();
+        }
+        q.items.push_back((a, n));
     }
 
     /// Makes room at the cap: closes the oldest connection silent for at least `min_age` (a
@@ -207,8 +226,9 @@ impl Silent {
     /// longest, at least `min_age`, with no request in flight. False when every connection is
     /// busy or young. A scan of the open connections, only at the cap.
     fn evict_oldest(&self, min_age: Duration) -> bool {
-        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.retain(|(a, _)| Arc::strong_count(a) > 1 && !a.evicted.load(Ordering::Acquire));
+        let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        guard.prune();
+        let q = &mut guard.items;
         let now = Instant::now();
         let silent =
             q.iter().position(|(a, _)| a.seen.load(Ordering::Acquire) == 0 && now.duration_since(a.started) >= min_age);

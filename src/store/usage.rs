@@ -115,13 +115,17 @@ pub async fn report(
 /// RFC 3339 UTC with milliseconds always written, so every row's time has the same width
 /// (`2026-12-06T20:00:00.100Z`, never `…:00.1Z`) and sorts as text.
 fn csv_time(ms: i64) -> String {
-    let format = time::format_description::parse_borrowed::<2>(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z",
-    )
-    .expect("a valid format description");
+    // Parsed once, not once per row.
+    static FORMAT: std::sync::OnceLock<time::format_description::OwnedFormatItem> = std::sync::OnceLock::new();
+    let format = FORMAT.get_or_init(|| {
+        time::format_description::parse_owned::<2>(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z",
+        )
+        .expect("a valid format description")
+    });
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&format).ok())
+        .and_then(|t| t.format(format).ok())
         .unwrap_or_default()
 }
 

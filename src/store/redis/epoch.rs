@@ -30,11 +30,16 @@ pub(super) struct Epoch {
     mine: Mutex<String>,
     /// Why store calls are refused, once the epoch went missing or changed.
     lost: Mutex<Option<String>>,
+    /// `lost` is set: read by every store call, so an atomic rather than the lock.
+    is_lost: std::sync::atomic::AtomicBool,
 }
 
 impl Epoch {
     /// Why every store call is refused now, if it is.
     pub(super) fn lost(&self) -> Option<String> {
+        if !self.is_lost.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -44,6 +49,7 @@ impl Epoch {
             tracing::error!(error = %why, "the Redis store has forgotten tollgate's data: money is refused until `tollgate store recover` is run");
         }
         *lost = Some(why);
+        self.is_lost.store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn mine(&self) -> String {
@@ -98,6 +104,7 @@ impl Epoch {
             Some(v) if self.lost().is_some() && recovered.as_deref() == Some(v.as_str()) => {
                 *self.mine.lock().unwrap_or_else(|p| p.into_inner()) = v.clone();
                 *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.is_lost.store(false, std::sync::atomic::Ordering::Release);
                 tracing::warn!(epoch = %v, "the Redis store was recovered by an operator: money is accepted again");
             }
             Some(v) => self.set_lost(format!(
